@@ -1,0 +1,240 @@
+"""Request-time scoring: calibrated confidence and out-of-distribution scores (numpy only).
+
+Every scorer takes a batch of logits (b, C) and, where it needs them, penultimate features
+(b, D) and returns one score per row, shape (b,), float64. HIGHER = MORE out-of-distribution;
+compare with ``artifact.thresholds[method]`` (accept when score <= threshold).
+
+Everything that does not depend on the request (Cholesky factors, whitened class means,
+transposed feature banks) is computed once when the scorer is made, so a request costs a few
+small matrix products.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+from .artifact import (
+    DETECTOR_TYPES,
+    FEATURE_METHODS,
+    EnergyParams,
+    GuardArtifact,
+    KnnParams,
+    MahalanobisParams,
+    MspParams,
+    VimParams,
+)
+
+METHODS: tuple[str, ...] = tuple(DETECTOR_TYPES)
+
+
+class ScorerError(ValueError):
+    """A scorer cannot be built or called as asked; the message says what to change."""
+
+
+# ----------------------------------------------------------------------------------- confidence
+
+
+def _as_logits(logits: np.ndarray, num_classes: int | None = None) -> np.ndarray:
+    x = np.asarray(logits, dtype=np.float64)
+    if x.ndim == 1:
+        x = x[None, :]
+    if x.ndim != 2 or (num_classes is not None and x.shape[1] != num_classes):
+        want = f"(batch, {num_classes})" if num_classes is not None else "(batch, classes)"
+        raise ScorerError(f"logits must have shape {want}, got {np.shape(logits)}")
+    return x
+
+
+def logsumexp(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    m = np.max(x, axis=axis, keepdims=True)
+    return np.log(np.sum(np.exp(x - m), axis=axis)) + np.squeeze(m, axis=axis)
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Softmax of logits / temperature, row-wise, numerically stable; (b, C) float64."""
+    z = _as_logits(logits) / float(temperature)
+    z = z - np.max(z, axis=1, keepdims=True)
+    np.exp(z, out=z)
+    z /= np.sum(z, axis=1, keepdims=True)
+    return z
+
+
+def calibrated_confidence(logits: np.ndarray, temperature: float) -> tuple[np.ndarray, np.ndarray]:
+    """(confidence (b,) float64, predicted class (b,) int64) after temperature scaling.
+
+    The confidence is the largest softmax probability at the calibrated temperature; with good
+    calibration its mean over a window estimates the model's accuracy on that window.
+    """
+    z = _as_logits(logits)
+    predicted = np.argmax(z, axis=1)
+    top = z[np.arange(z.shape[0]), predicted]
+    # max softmax = 1 / sum_j exp((z_j - z_max) / T): no full probability matrix needed
+    confidence = 1.0 / np.sum(np.exp((z - top[:, None]) / float(temperature)), axis=1)
+    return confidence, predicted.astype(np.int64, copy=False)
+
+
+# -------------------------------------------------------------------------------------- scorers
+
+
+class OodScorer(Protocol):
+    method: str
+    requires_features: bool
+
+    def score(self, logits: np.ndarray, features: np.ndarray | None) -> np.ndarray: ...
+
+
+class _FeatureScorer:
+    requires_features = True
+    method = ""
+
+    def __init__(self, num_classes: int, feature_dim: int) -> None:
+        self.num_classes = num_classes
+        self.feature_dim = feature_dim
+
+    def _features(self, features: np.ndarray | None, batch: int, dtype: type = np.float64) -> np.ndarray:
+        if features is None:
+            raise ScorerError(f"the {self.method} OOD score needs the model's features; none were given")
+        f = np.asarray(features, dtype=dtype)
+        if f.ndim == 1:
+            f = f[None, :]
+        if f.ndim != 2 or f.shape[1] != self.feature_dim or f.shape[0] != batch:
+            raise ScorerError(
+                f"features must have shape ({batch}, {self.feature_dim}) to match the logits, "
+                f"got {np.shape(features)}"
+            )
+        return f
+
+
+class MahalanobisScorer(_FeatureScorer):
+    """min over classes of (f - mu_c)^T P (f - mu_c), P the shared precision."""
+
+    method = "mahalanobis"
+
+    def __init__(self, params: MahalanobisParams, num_classes: int, feature_dim: int) -> None:
+        super().__init__(num_classes, feature_dim)
+        whitener = _psd_square_root(np.asarray(params.precision, dtype=np.float64))
+        # With P = L L^T: (f - mu)^T P (f - mu) = |f L|^2 - 2 (f L).(mu L) + |mu L|^2
+        self._whitener = np.ascontiguousarray(whitener)
+        means_w = np.asarray(params.class_means, dtype=np.float64) @ whitener
+        self._minus_two_means_t = np.ascontiguousarray(-2.0 * means_w.T)  # (D, C)
+        self._mean_norms = np.sum(means_w * means_w, axis=1)  # (C,)
+
+    def score(self, logits: np.ndarray, features: np.ndarray | None) -> np.ndarray:
+        batch = _as_logits(logits, self.num_classes).shape[0]
+        z = self._features(features, batch) @ self._whitener
+        cross = z @ self._minus_two_means_t
+        cross += self._mean_norms
+        out = np.einsum("ij,ij->i", z, z) + np.min(cross, axis=1)
+        return np.maximum(out, 0.0, out=out)  # the expansion can dip below 0 by rounding
+
+
+class KnnScorer(_FeatureScorer):
+    """Euclidean distance from the normalised features to their k-th nearest neighbour in the bank."""
+
+    method = "knn"
+
+    def __init__(self, params: KnnParams, num_classes: int, feature_dim: int) -> None:
+        super().__init__(num_classes, feature_dim)
+        self._bank_t = np.ascontiguousarray(np.asarray(params.bank, dtype=np.float32).T)  # (D, N)
+        self._k = int(params.k)
+
+    def score(self, logits: np.ndarray, features: np.ndarray | None) -> np.ndarray:
+        batch = _as_logits(logits, self.num_classes).shape[0]
+        f = self._features(features, batch, np.float32)
+        norms = np.sqrt(np.einsum("ij,ij->i", f, f))
+        sims = (f @ self._bank_t) / np.maximum(norms, 1e-12)[:, None]
+        # the k-th largest cosine similarity is the k-th nearest neighbour on the unit sphere
+        kth = -np.partition(-sims, self._k - 1, axis=1)[:, self._k - 1]
+        return np.sqrt(np.maximum(2.0 - 2.0 * kth.astype(np.float64), 0.0))
+
+
+class VimScorer(_FeatureScorer):
+    """alpha * |residual of (f - origin) off the principal subspace| - logsumexp(logits)."""
+
+    method = "vim"
+
+    def __init__(self, params: VimParams, num_classes: int, feature_dim: int) -> None:
+        super().__init__(num_classes, feature_dim)
+        basis = np.asarray(params.residual_basis, dtype=np.float64)
+        self._basis = np.ascontiguousarray(basis)
+        self._origin_proj = np.asarray(params.origin, dtype=np.float64) @ basis
+        self._alpha = float(params.alpha)
+
+    def score(self, logits: np.ndarray, features: np.ndarray | None) -> np.ndarray:
+        z = _as_logits(logits, self.num_classes)
+        r = self._features(features, z.shape[0]) @ self._basis
+        r -= self._origin_proj
+        return self._alpha * np.sqrt(np.einsum("ij,ij->i", r, r)) - logsumexp(z, axis=1)
+
+
+class EnergyScorer:
+    """Free energy -T logsumexp(logits / T); in-distribution inputs have lower (more negative) energy."""
+
+    method = "energy"
+    requires_features = False
+
+    def __init__(self, params: EnergyParams, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self._t = float(params.temperature)
+
+    def score(self, logits: np.ndarray, features: np.ndarray | None = None) -> np.ndarray:
+        z = _as_logits(logits, self.num_classes)
+        return -self._t * logsumexp(z / self._t, axis=1)
+
+
+class MspScorer:
+    """1 - maximum softmax probability (the baseline every other detector should beat)."""
+
+    method = "msp"
+    requires_features = False
+
+    def __init__(self, params: MspParams, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self._t = float(params.temperature)
+
+    def score(self, logits: np.ndarray, features: np.ndarray | None = None) -> np.ndarray:
+        z = _as_logits(logits, self.num_classes)
+        confidence, _ = calibrated_confidence(z, self._t)
+        return 1.0 - confidence
+
+
+def make_ood_scorer(method: str, artifact: GuardArtifact) -> OodScorer:
+    """Build the scorer for ``method`` from a loaded artifact (precomputes what it can)."""
+    if method not in DETECTOR_TYPES:
+        raise ScorerError(f"unknown OOD method {method!r}; known methods: {', '.join(METHODS)}")
+    params = artifact.detectors.get(method)
+    if params is None:
+        fitted = ", ".join(artifact.detectors) or "none"
+        raise ScorerError(
+            f"the guard artifact of {artifact.model_name} version {artifact.model_version} has no "
+            f"{method!r} detector (fitted: {fitted}); refit with that method or choose another"
+        )
+    if method in FEATURE_METHODS and (artifact.feature_dim <= 0 or not artifact.features_output):
+        raise ScorerError(
+            f"the {method!r} OOD score needs penultimate features, but the artifact of "
+            f"{artifact.model_name} has none; use 'energy' or 'msp', or export a features output"
+        )
+    c, d = artifact.num_classes, artifact.feature_dim
+    if isinstance(params, MahalanobisParams):
+        return MahalanobisScorer(params, c, d)
+    if isinstance(params, KnnParams):
+        return KnnScorer(params, c, d)
+    if isinstance(params, VimParams):
+        return VimScorer(params, c, d)
+    if isinstance(params, EnergyParams):
+        return EnergyScorer(params, c)
+    if isinstance(params, MspParams):
+        return MspScorer(params, c)
+    raise ScorerError(f"detector {method!r} has unexpected parameters {type(params).__name__}")
+
+
+def _psd_square_root(precision: np.ndarray) -> np.ndarray:
+    """L with L @ L.T == precision; Cholesky when it works, an eigen-square-root otherwise."""
+    sym = 0.5 * (precision + precision.T)
+    try:
+        return np.linalg.cholesky(sym)
+    except np.linalg.LinAlgError:
+        # Nearly singular precisions happen with collinear features; clip tiny negative eigenvalues.
+        values, vectors = np.linalg.eigh(sym)
+        return vectors * np.sqrt(np.clip(values, 0.0, None))
