@@ -281,7 +281,7 @@ def load_artifact(directory: Path) -> GuardArtifact:
             detectors=detectors,
             thresholds={str(k): float(v) for k, v in manifest["thresholds"].items()},
             target_acceptance=float(manifest["target_acceptance"]),
-            reference=reference,  # type: ignore[arg-type]
+            reference=reference,
             input_reference=input_reference,
             logits_output=str(model.get("logits_output", "LOGITS")),
             features_output=model.get("features_output"),
@@ -351,7 +351,7 @@ def _check_detector(method: str, params: DetectorParams, c: int, d: int) -> list
             out.append(f"vim origin shape {params.origin.shape} != {(d,)}")
         if params.residual_basis.ndim != 2 or params.residual_basis.shape[0] != d:
             out.append(f"vim residual_basis shape {params.residual_basis.shape} is not ({d}, k)")
-    for f in dataclasses.fields(params):  # type: ignore[arg-type]
+    for f in dataclasses.fields(params):
         value = getattr(params, f.name)
         if isinstance(value, np.ndarray) and not np.all(np.isfinite(value)):
             out.append(f"{method} {f.name} holds NaN or infinity")

@@ -95,7 +95,7 @@ class _FeatureScorer:
     def _features(self, features: np.ndarray | None, batch: int, dtype: type = np.float64) -> np.ndarray:
         if features is None:
             raise ScorerError(f"the {self.method} OOD score needs the model's features; none were given")
-        f = np.asarray(features, dtype=dtype)
+        f: np.ndarray = np.asarray(features, dtype=dtype)
         if f.ndim == 1:
             f = f[None, :]
         if f.ndim != 2 or f.shape[1] != self.feature_dim or f.shape[0] != batch:
