@@ -1,0 +1,1 @@
+"""The `guardedmodel` command line: one entry point, subcommands load their package lazily."""

@@ -1,0 +1,1 @@
+"""The guardedmodel operator: reconciles GuardedModel resources into guarded Triton deployments."""

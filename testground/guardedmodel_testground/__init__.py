@@ -1,0 +1,1 @@
+"""Real local parts for tests, demo and benchmarks: a Kubernetes control plane, Triton and Prometheus on loopback."""

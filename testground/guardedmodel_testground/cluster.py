@@ -1,0 +1,378 @@
+"""A real Kubernetes control plane on loopback: etcd, kube-apiserver,
+kube-controller-manager, kube-scheduler and kwok.
+
+Everything except the kubelet is the real thing: manifests are validated and
+admitted by the real API server (OpenAPI, CEL, RBAC, admission plugins),
+Deployments and ReplicaSets are rolled by the real controllers, pods are
+bound by the real scheduler against the nodes' `nvidia.com/gpu` capacity.
+kwok plays the kubelets: it marks its fake nodes Ready and the pods bound to
+them Running, without running a container.
+
+Authentication uses a static admin token in `system:masters`, which is the
+simplest credential the API server accepts and is fine on loopback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import ssl
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .k8s_binaries import K8sBinaries, ensure_k8s_binaries
+from .procs import ManagedProcess, StartError, free_port, http_ok, terminate_group, wait_until
+
+GPU_RESOURCE = "nvidia.com/gpu"
+KWOK_ANNOTATION = "kwok.x-k8s.io/node"
+
+
+@dataclass(frozen=True)
+class FakeNode:
+    name: str
+    gpus: int = 4
+    cpu: str = "32"
+    memory: str = "256Gi"
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+DEFAULT_NODES = (
+    FakeNode("gpu-node-a", labels={"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}),
+    FakeNode("gpu-node-b", labels={"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}),
+)
+
+
+def node_manifest(node: FakeNode) -> dict:
+    """The Node object kwok manages: a GPU node as the NVIDIA device plugin would report it."""
+    capacity = {"cpu": node.cpu, "memory": node.memory, "pods": "110", GPU_RESOURCE: str(node.gpus)}
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": node.name,
+            "annotations": {KWOK_ANNOTATION: "fake", "node.alpha.kubernetes.io/ttl": "0"},
+            "labels": {
+                "kubernetes.io/hostname": node.name,
+                "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": "amd64",
+                "type": "kwok",
+                "nvidia.com/gpu.present": "true",
+                **node.labels,
+            },
+        },
+        "spec": {},
+        "status": {"capacity": capacity, "allocatable": capacity},
+    }
+
+
+class LocalCluster:
+    """Start/stop a control plane whose state lives in `state_dir`.
+
+    `up()` writes `state.json` (ports, pids) so another process can find the
+    cluster (`guardedmodel cluster env`) or stop it (`guardedmodel cluster down`).
+    """
+
+    def __init__(self, state_dir: Path, *, nodes: Sequence[FakeNode] = DEFAULT_NODES) -> None:
+        self.state_dir = Path(state_dir).resolve()
+        self.nodes = tuple(nodes)
+        self.processes: list[ManagedProcess] = []
+        self.binaries: K8sBinaries | None = None
+        self.apiserver_port = 0
+
+    # -- paths -------------------------------------------------------------
+    @property
+    def kubeconfig(self) -> Path:
+        return self.state_dir / "kubeconfig"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.state_dir / "logs"
+
+    @property
+    def server_url(self) -> str:
+        return f"https://127.0.0.1:{self.apiserver_port}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Environment for subprocesses (kubectl, the operator) that talk to this cluster."""
+        assert self.binaries is not None
+        return {
+            **os.environ,
+            "KUBECONFIG": str(self.kubeconfig),
+            "PATH": f"{self.binaries.bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
+
+    # -- clients -----------------------------------------------------------
+    def kubectl(
+        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        assert self.binaries is not None
+        result = subprocess.run(
+            [str(self.binaries.kubectl), f"--kubeconfig={self.kubeconfig}", *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if check and result.returncode != 0:
+            raise subprocess.CalledProcessError(result.returncode, result.args, result.stdout, result.stderr)
+        return result
+
+    def kubectl_json(self, *args: str) -> dict:
+        return json.loads(self.kubectl(*args, "-o", "json").stdout)
+
+    def helm(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        assert self.binaries is not None
+        helm_home = self.state_dir / "helm"
+        env = {
+            **self.env,
+            "HELM_CACHE_HOME": str(helm_home / "cache"),
+            "HELM_CONFIG_HOME": str(helm_home / "config"),
+            "HELM_DATA_HOME": str(helm_home / "data"),
+        }
+        result = subprocess.run(
+            [str(self.binaries.helm), f"--kubeconfig={self.kubeconfig}", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=timeout,
+        )
+        if check and result.returncode != 0:
+            raise subprocess.CalledProcessError(result.returncode, result.args, result.stdout, result.stderr)
+        return result
+
+    # -- lifecycle ---------------------------------------------------------
+    def up(self, timeout: float = 120) -> LocalCluster:
+        started = time.monotonic()
+        self.binaries = ensure_k8s_binaries()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.logs_dir.mkdir(exist_ok=True)
+        try:
+            token = self._write_credentials()
+            etcd_url = self._start_etcd(timeout)
+            self._start_apiserver(etcd_url, token, timeout)
+            self._start_controllers()
+            self._start_kwok()
+            self._create_nodes(timeout)
+        except BaseException:
+            self.down()
+            raise
+        self._write_state(time.monotonic() - started)
+        return self
+
+    def down(self) -> None:
+        for process in reversed(self.processes):
+            process.stop()
+        self.processes.clear()
+        state = self.state_dir / "state.json"
+        if state.exists():
+            # A cluster started by another process (the CLI): stop it by pid.
+            for pid in json.loads(state.read_text()).get("pids", []):
+                terminate_group(pid)
+            state.unlink()
+
+    def __enter__(self) -> LocalCluster:
+        return self.up()
+
+    def __exit__(self, *exc: object) -> None:
+        self.down()
+
+    # -- steps -------------------------------------------------------------
+    def _run(self, name: str, argv: Sequence[str]) -> ManagedProcess:
+        process = ManagedProcess(name, argv, self.logs_dir / f"{name}.log").start()
+        self.processes.append(process)
+        return process
+
+    def _write_credentials(self) -> str:
+        pki = self.state_dir / "pki"
+        pki.mkdir(exist_ok=True)
+        key = pki / "sa.key"
+        if not key.exists():
+            subprocess.run(["openssl", "genrsa", "-out", str(key), "2048"], check=True, capture_output=True)
+            subprocess.run(
+                ["openssl", "rsa", "-in", str(key), "-pubout", "-out", str(pki / "sa.pub")],
+                check=True,
+                capture_output=True,
+            )
+        tokens = pki / "tokens.csv"
+        if tokens.exists():
+            token = tokens.read_text().split(",", 1)[0]
+        else:
+            token = secrets.token_hex(24)
+            tokens.write_text(f'{token},admin,admin-uid,"system:masters"\n')
+            tokens.chmod(0o600)
+        return token
+
+    def _start_etcd(self, timeout: float) -> str:
+        assert self.binaries is not None
+        client_port, peer_port = free_port(), free_port()
+        client_url, peer_url = f"http://127.0.0.1:{client_port}", f"http://127.0.0.1:{peer_port}"
+        process = self._run(
+            "etcd",
+            [
+                str(self.binaries.path("etcd")),
+                "--name=default",
+                f"--data-dir={self.state_dir / 'etcd'}",
+                f"--listen-client-urls={client_url}",
+                f"--advertise-client-urls={client_url}",
+                f"--listen-peer-urls={peer_url}",
+                f"--initial-advertise-peer-urls={peer_url}",
+                f"--initial-cluster=default={peer_url}",
+                # Tests throw the data away; fsync only slows them down.
+                "--unsafe-no-fsync",
+                "--quota-backend-bytes=4294967296",
+                "--log-level=warn",
+            ],
+        )
+        wait_until("etcd to be healthy", lambda: http_ok(f"{client_url}/health"), timeout, process=process)
+        return client_url
+
+    def _start_apiserver(self, etcd_url: str, token: str, timeout: float) -> None:
+        assert self.binaries is not None
+        pki = self.state_dir / "pki"
+        self.apiserver_port = free_port()
+        process = self._run(
+            "kube-apiserver",
+            [
+                str(self.binaries.path("kube-apiserver")),
+                f"--etcd-servers={etcd_url}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                f"--secure-port={self.apiserver_port}",
+                f"--cert-dir={pki}",
+                f"--token-auth-file={pki / 'tokens.csv'}",
+                "--authorization-mode=Node,RBAC",
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                f"--service-account-key-file={pki / 'sa.pub'}",
+                f"--service-account-signing-key-file={pki / 'sa.key'}",
+                "--service-cluster-ip-range=10.96.0.0/16",
+                "--enable-admission-plugins=NodeRestriction",
+                "--allow-privileged=true",
+                "--profiling=false",
+                "--v=1",
+            ],
+        )
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        headers = {"Authorization": f"Bearer {token}"}
+        wait_until(
+            "kube-apiserver /readyz",
+            lambda: http_ok(f"{self.server_url}/readyz", headers=headers, context=context),
+            timeout,
+            process=process,
+        )
+        self._write_kubeconfig(token, pki / "apiserver.crt")
+
+    def _write_kubeconfig(self, token: str, ca_file: Path) -> None:
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {"name": "guardedmodel-local", "cluster": {"server": self.server_url, "certificate-authority": str(ca_file)}}
+            ],
+            "users": [{"name": "admin", "user": {"token": token}}],
+            "contexts": [{"name": "guardedmodel-local", "context": {"cluster": "guardedmodel-local", "user": "admin"}}],
+            "current-context": "guardedmodel-local",
+        }
+        self.kubeconfig.write_text(yaml.safe_dump(config))
+        self.kubeconfig.chmod(0o600)
+
+    def _start_controllers(self) -> None:
+        assert self.binaries is not None
+        pki = self.state_dir / "pki"
+        common = [
+            f"--kubeconfig={self.kubeconfig}",
+            f"--authentication-kubeconfig={self.kubeconfig}",
+            f"--authorization-kubeconfig={self.kubeconfig}",
+            "--bind-address=127.0.0.1",
+            "--leader-elect=false",
+        ]
+        self._run(
+            "kube-controller-manager",
+            [
+                str(self.binaries.path("kube-controller-manager")),
+                *common,
+                f"--secure-port={free_port()}",
+                f"--service-account-private-key-file={pki / 'sa.key'}",
+                f"--root-ca-file={pki / 'apiserver.crt'}",
+                "--use-service-account-credentials=false",
+                "--controllers=*,-nodeipam,-cloud-node-lifecycle,-service-lb-controller,-route",
+                "--concurrent-deployment-syncs=10",
+                "--concurrent-replicaset-syncs=10",
+                "--kube-api-qps=200",
+                "--kube-api-burst=400",
+                "--v=1",
+            ],
+        )
+        self._run(
+            "kube-scheduler",
+            [
+                str(self.binaries.path("kube-scheduler")),
+                *common,
+                f"--secure-port={free_port()}",
+                "--v=1",
+            ],
+        )
+
+    def _start_kwok(self) -> None:
+        assert self.binaries is not None
+        self._run(
+            "kwok",
+            [
+                str(self.binaries.kwok),
+                f"--kubeconfig={self.kubeconfig}",
+                f"--config={Path(__file__).with_name('kwok_stages.yaml')}",
+                f"--manage-nodes-with-annotation-selector={KWOK_ANNOTATION}=fake",
+                "--cidr=10.244.0.1/16",
+                "--node-ip=10.0.0.1",
+                f"--server-address=127.0.0.1:{free_port()}",
+            ],
+        )
+
+    def _create_nodes(self, timeout: float) -> None:
+        manifest = "\n---\n".join(yaml.safe_dump(node_manifest(node)) for node in self.nodes)
+        self.kubectl("apply", "-f", "-", input=manifest)
+
+        def nodes_ready() -> bool:
+            items = self.kubectl_json("get", "nodes")["items"]
+            ready = {
+                item["metadata"]["name"]
+                for item in items
+                if any(c["type"] == "Ready" and c["status"] == "True" for c in item["status"].get("conditions", []))
+            }
+            return ready >= {node.name for node in self.nodes}
+
+        kwok = next(p for p in self.processes if p.name == "kwok")
+        wait_until("kwok nodes to be Ready", nodes_ready, timeout, process=kwok, interval=0.5)
+        # The namespace controller and service-account controller must be up
+        # before a test creates pods: pods need the "default" service account.
+        wait_until(
+            "the default service account",
+            lambda: self.kubectl("get", "serviceaccount", "default", check=False).returncode == 0,
+            timeout,
+        )
+
+    def _write_state(self, seconds: float) -> None:
+        state = {
+            "server": self.server_url,
+            "kubeconfig": str(self.kubeconfig),
+            "bin_dir": str(self.binaries.bin_dir) if self.binaries else None,
+            "pids": [p.pid for p in self.processes],
+            "started_in_seconds": round(seconds, 2),
+        }
+        (self.state_dir / "state.json").write_text(json.dumps(state, indent=2))
+
+
+def read_state(state_dir: Path) -> dict:
+    path = Path(state_dir) / "state.json"
+    if not path.exists():
+        raise StartError(f"no cluster is running from {state_dir} (start one with `guardedmodel cluster up`)")
+    return json.loads(path.read_text())
+

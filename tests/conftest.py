@@ -1,0 +1,69 @@
+"""Fixtures for the real local parts: Kubernetes control plane, Triton, Prometheus.
+
+They never skip: a test that needs a part which cannot start fails with the
+part's log tail, so CI cannot pass by silently testing nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from guardedmodel_testground.cluster import LocalCluster
+from guardedmodel_testground.prometheus import Alertmanager, Prometheus
+from guardedmodel_testground.triton import TritonServer
+
+
+@pytest.fixture(scope="session")
+def k8s_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """One control plane for the whole run (starting one takes seconds, building it minutes)."""
+    cluster = LocalCluster(tmp_path_factory.mktemp("cluster"))
+    with cluster:
+        yield cluster
+
+
+@pytest.fixture
+def triton_server_factory(tmp_path: Path) -> Iterator[Callable[..., TritonServer]]:
+    """Start Tritons on free loopback ports; all are stopped after the test."""
+    started: list[TritonServer] = []
+
+    def start(model_repository: Path, **kwargs: Any) -> TritonServer:
+        kwargs.setdefault("log_dir", tmp_path / "logs")
+        server = TritonServer(model_repository, **kwargs).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def prometheus_factory(tmp_path: Path) -> Iterator[Callable[..., Prometheus]]:
+    started: list[Prometheus] = []
+
+    def start(*args: Any, **kwargs: Any) -> Prometheus:
+        server = Prometheus(tmp_path / f"prometheus-{len(started)}", *args, **kwargs).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def alertmanager_factory(tmp_path: Path) -> Iterator[Callable[..., Alertmanager]]:
+    started: list[Alertmanager] = []
+
+    def start(**kwargs: Any) -> Alertmanager:
+        server = Alertmanager(tmp_path / f"alertmanager-{len(started)}", **kwargs).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
