@@ -1,0 +1,49 @@
+# The two commands a newcomer needs are `make demo` and `make test`; both
+# install whatever is missing first, so they work on a fresh machine.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+export PATH := $(CURDIR)/$(BIN):/usr/local/go/bin:$(PATH)
+# Re-install the Python side whenever pyproject.toml changes.
+PY_STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
+PACKAGES := -p guardedmodel_operator -p guardedmodel_sidecar -p guardedmodel_fit -p guardedmodel_cli -p guardedmodel_testground
+# CI runs the representative set; `make test-all` adds the slowest scenarios.
+PYTEST_ARGS ?= -m "not slow"
+
+.PHONY: setup system-deps python-deps cluster-binaries lint test test-all demo bench crds-check clean
+
+setup: system-deps python-deps cluster-binaries
+
+system-deps:
+	scripts/install-system-deps.sh
+
+python-deps: $(PY_STAMP)
+
+$(PY_STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+cluster-binaries: python-deps
+	$(BIN)/guardedmodel cluster build
+
+lint: python-deps
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	MYPYPATH=operator:sidecar:cli:testground $(BIN)/mypy $(PACKAGES)
+	$(BIN)/lint-imports
+
+test: setup lint
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-all:
+	$(MAKE) test PYTEST_ARGS=
+
+demo: setup
+	$(BIN)/guardedmodel demo
+
+clean:
+	rm -rf .state .pytest_cache .mypy_cache .ruff_cache
