@@ -1,0 +1,155 @@
+"""What every builder shares: the owner, names, metadata and the spec hash."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..config import OperatorConfig
+from ..labels import API_VERSION, KIND, SPEC_HASH_ANNOTATION, standard_labels
+from ..spec import GuardedModelSpec
+
+# Ports of the sidecar inside the pod; the ConfigMap tells the sidecar to use them.
+HTTP_PORT = 8080
+GRPC_PORT = 8081
+METRICS_PORT = 9090
+# Triton listens on loopback only: nothing but the sidecar may reach it.
+TRITON_HTTP_PORT = 8000
+TRITON_GRPC_PORT = 8001
+TRITON_METRICS_PORT = 8002
+
+MODEL_REPOSITORY_PATH = "/models"
+CONFIG_DIR = "/etc/guardedmodel"
+CONFIG_FILE = "sidecar.yaml"
+STATE_DIR = "/var/lib/guardedmodel"
+RUN_AS_USER = 1000
+
+
+@dataclass(frozen=True)
+class Owner:
+    namespace: str
+    name: str
+    uid: str
+
+    def reference(self) -> dict[str, Any]:
+        # controller=True makes the garbage collector delete the children with
+        # the GuardedModel, so the operator needs no finalizer for cleanup.
+        return {
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+
+
+@dataclass(frozen=True)
+class Routing:
+    """Which versions the sidecar routes to; owned by the operator's status."""
+
+    stable_version: str
+    canary_version: str | None = None
+    canary_weight: int = 0
+
+    @classmethod
+    def from_status(cls, status: Mapping[str, Any] | None, spec_version: str) -> Routing:
+        # Before the first rollout completes there is no stable version in the
+        # status yet; the version being rolled out is the only candidate.
+        status = status or {}
+        return cls(
+            stable_version=str(status.get("stableVersion") or spec_version),
+            canary_version=status.get("canaryVersion") or None,
+            canary_weight=int(status.get("canaryWeight") or 0),
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "stableVersion": self.stable_version,
+            "canaryVersion": self.canary_version,
+            "canaryWeight": self.canary_weight,
+        }
+
+
+@dataclass(frozen=True)
+class ChildNames:
+    deployment: str
+    service: str
+    configmap: str
+    serviceaccount: str
+    role: str
+    rolebinding: str
+    networkpolicy: str
+
+
+def child_names(name: str) -> ChildNames:
+    sidecar = f"{name}-sidecar"
+    return ChildNames(name, name, sidecar, sidecar, sidecar, sidecar, name)
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    owner: Owner
+    spec: GuardedModelSpec
+    config: OperatorConfig
+    routing: Routing
+    # The Deployment's current replica count, so that a scaling decision made
+    # elsewhere (within min..max) is kept rather than reset on every reconcile.
+    current_replicas: int | None = None
+    names: ChildNames = field(init=False)
+    spec_hash: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "names", child_names(self.owner.name))
+        object.__setattr__(self, "spec_hash", compute_spec_hash(self.spec, self.config))
+
+    @property
+    def triton_image(self) -> str:
+        return self.spec.triton_image or self.config.triton_image
+
+    @property
+    def sidecar_image(self) -> str:
+        return self.spec.sidecar_image or self.config.sidecar_image
+
+    def metadata(self, name: str, component: str) -> dict[str, Any]:
+        labels = {
+            **self.config.extra_labels,
+            **standard_labels(self.owner.name, component, self.spec.model_version),
+        }
+        return {
+            "name": name,
+            "namespace": self.owner.namespace,
+            "labels": labels,
+            "annotations": {SPEC_HASH_ANNOTATION: self.spec_hash},
+            "ownerReferences": [self.owner.reference()],
+        }
+
+
+def build_context(
+    body: Mapping[str, Any],
+    spec: GuardedModelSpec,
+    config: OperatorConfig,
+    current_replicas: int | None = None,
+) -> BuildContext:
+    meta = body["metadata"]
+    owner = Owner(namespace=meta["namespace"], name=meta["name"], uid=meta["uid"])
+    routing = Routing.from_status(body.get("status"), spec.model_version)
+    return BuildContext(owner, spec, config, routing, current_replicas)
+
+
+def compute_spec_hash(spec: GuardedModelSpec, config: OperatorConfig) -> str:
+    """A short, stable digest of everything the pod is built from.
+
+    Routing is deliberately left out: the sidecar follows routing live from
+    the GuardedModel status, so a canary step must not restart the pods.
+    """
+    material = {
+        "spec": spec.raw,
+        "tritonImage": spec.triton_image or config.triton_image,
+        "sidecarImage": spec.sidecar_image or config.sidecar_image,
+    }
+    digest = hashlib.sha256(json.dumps(material, sort_keys=True, separators=(",", ":")).encode())
+    return digest.hexdigest()[:16]

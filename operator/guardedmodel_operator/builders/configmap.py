@@ -1,0 +1,50 @@
+"""The sidecar's configuration file, rendered from the spec."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from .common import (
+    CONFIG_FILE,
+    GRPC_PORT,
+    HTTP_PORT,
+    METRICS_PORT,
+    MODEL_REPOSITORY_PATH,
+    STATE_DIR,
+    TRITON_GRPC_PORT,
+    TRITON_HTTP_PORT,
+    BuildContext,
+)
+
+
+def render_sidecar_config(ctx: BuildContext) -> dict[str, Any]:
+    """The `sidecar.yaml` document the sidecar reads at start-up.
+
+    The routing here is only the starting point: the sidecar then follows the
+    GuardedModel's status (stableVersion/canaryVersion/canaryWeight) live.
+    """
+    return {
+        "guardedModel": {"namespace": ctx.owner.namespace, "name": ctx.owner.name},
+        "spec": ctx.spec.raw,
+        "routing": ctx.routing.as_dict(),
+        "triton": {
+            "httpUrl": f"127.0.0.1:{TRITON_HTTP_PORT}",
+            "grpcUrl": f"127.0.0.1:{TRITON_GRPC_PORT}",
+        },
+        "modelRepository": MODEL_REPOSITORY_PATH,
+        "listen": {"host": "0.0.0.0", "http": HTTP_PORT, "grpc": GRPC_PORT, "metrics": METRICS_PORT},
+        "auditDir": f"{STATE_DIR}/audit",
+        "spoolDir": f"{STATE_DIR}/review-spool",
+    }
+
+
+def build_configmap(ctx: BuildContext) -> dict[str, Any]:
+    document = yaml.safe_dump(render_sidecar_config(ctx), sort_keys=False, default_flow_style=False)
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": ctx.metadata(ctx.names.configmap, "sidecar-config"),
+        "data": {CONFIG_FILE: document},
+    }

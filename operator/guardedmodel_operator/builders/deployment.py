@@ -1,0 +1,244 @@
+"""The Deployment: Triton (GPU, loopback only) plus the guard sidecar in one pod.
+
+The pod follows the Kubernetes "restricted" pod security standard: non-root,
+read-only root filesystem, no privilege escalation, all capabilities dropped,
+RuntimeDefault seccomp. Everything that must be writable is an emptyDir.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..labels import MODEL_VERSION_ANNOTATION, SPEC_HASH_ANNOTATION, selector_labels, standard_labels
+from .common import (
+    CONFIG_DIR,
+    CONFIG_FILE,
+    GRPC_PORT,
+    HTTP_PORT,
+    METRICS_PORT,
+    MODEL_REPOSITORY_PATH,
+    RUN_AS_USER,
+    STATE_DIR,
+    TRITON_GRPC_PORT,
+    TRITON_HTTP_PORT,
+    TRITON_METRICS_PORT,
+    BuildContext,
+)
+
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+# A rollout that makes no progress for this long is reported as Degraded.
+PROGRESS_DEADLINE_S = 600
+
+
+def triton_args(ctx: BuildContext) -> list[str]:
+    # Explicit model control: Triton loads nothing by itself; the sidecar loads
+    # exactly the versions the routing names, so stable and canary can both
+    # stay loaded and a rollback is a routing flip instead of a reload.
+    return [
+        f"--model-repository={MODEL_REPOSITORY_PATH}",
+        "--model-control-mode=explicit",
+        "--http-address=127.0.0.1",
+        f"--http-port={TRITON_HTTP_PORT}",
+        "--grpc-address=127.0.0.1",
+        f"--grpc-port={TRITON_GRPC_PORT}",
+        "--metrics-address=127.0.0.1",
+        f"--metrics-port={TRITON_METRICS_PORT}",
+        *ctx.spec.triton_args,
+    ]
+
+
+def desired_replicas(ctx: BuildContext) -> int:
+    """Keep the current count when it lies within min..max (a scaling decision
+    made elsewhere must survive a reconcile); otherwise clamp into the range."""
+    current = ctx.current_replicas if ctx.current_replicas is not None else ctx.spec.replicas_min
+    return max(ctx.spec.replicas_min, min(ctx.spec.replicas_max, current))
+
+
+def _container_security() -> dict[str, Any]:
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
+def _model_volume(ctx: BuildContext) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The volume holding the model repository and how both containers mount it."""
+    repo = ctx.spec.repository
+    mount: dict[str, Any] = {"name": "models", "mountPath": MODEL_REPOSITORY_PATH, "readOnly": True}
+    if repo.scheme == "pvc":
+        if repo.sub_path:
+            mount["subPath"] = repo.sub_path
+        return {"name": "models", "persistentVolumeClaim": {"claimName": repo.claim, "readOnly": True}}, mount
+    if repo.scheme == "file":
+        return {"name": "models", "hostPath": {"path": repo.host_path, "type": "Directory"}}, mount
+    # Remote repositories are copied into the pod by an init container, so
+    # Triton and the sidecar read the same bytes from one local path.
+    return {"name": "models", "emptyDir": {}}, mount
+
+
+def _fetch_container(ctx: BuildContext) -> dict[str, Any]:
+    spec = ctx.spec
+    return {
+        "name": "fetch-model",
+        "image": ctx.sidecar_image,
+        "command": ["guardedmodel", "sidecar", "fetch-model"],
+        "args": [
+            f"--repository={spec.repository.url}",
+            f"--model={spec.model_name}",
+            f"--dest={MODEL_REPOSITORY_PATH}",
+        ],
+        "volumeMounts": [
+            {"name": "models", "mountPath": MODEL_REPOSITORY_PATH},
+            {"name": "sidecar-tmp", "mountPath": "/tmp"},
+        ],
+        "securityContext": _container_security(),
+        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
+    }
+
+
+def _triton_container(ctx: BuildContext, models_mount: dict[str, Any]) -> dict[str, Any]:
+    # No probes on Triton itself: it listens on loopback, which the kubelet
+    # cannot reach. The sidecar's readiness reflects Triton's readiness.
+    return {
+        "name": "triton",
+        "image": ctx.triton_image,
+        "command": ["tritonserver"],
+        "args": triton_args(ctx),
+        "env": [{"name": "HOME", "value": "/tmp"}],
+        "resources": ctx.spec.triton_resources,
+        "volumeMounts": [
+            models_mount,
+            {"name": "dshm", "mountPath": "/dev/shm"},
+            {"name": "triton-tmp", "mountPath": "/tmp"},
+        ],
+        "securityContext": _container_security(),
+    }
+
+
+def _sidecar_container(ctx: BuildContext, models_mount: dict[str, Any]) -> dict[str, Any]:
+    def probe(path: str, period: int, failures: int) -> dict[str, Any]:
+        return {
+            "httpGet": {"path": path, "port": "http"},
+            "periodSeconds": period,
+            "timeoutSeconds": 2,
+            "failureThreshold": failures,
+        }
+
+    return {
+        "name": "sidecar",
+        "image": ctx.sidecar_image,
+        "command": ["guardedmodel", "sidecar"],
+        "args": [f"--config={CONFIG_DIR}/{CONFIG_FILE}"],
+        "ports": [
+            {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
+            {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
+        ],
+        "env": [
+            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+            {"name": "GUARDEDMODEL_LOG_LEVEL", "value": ctx.spec.sidecar_log_level},
+        ],
+        # Readiness is the sidecar's /v2/health/ready, which is false while
+        # Triton is not ready: the pod takes traffic only when both are.
+        "readinessProbe": probe("/v2/health/ready", 5, 3),
+        "livenessProbe": probe("/v2/health/live", 10, 3),
+        # Loading a large model can take minutes; liveness must not kill it meanwhile.
+        "startupProbe": probe("/v2/health/live", 5, 60),
+        "resources": ctx.spec.sidecar_resources,
+        "volumeMounts": [
+            {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+            models_mount,
+            {"name": "state", "mountPath": STATE_DIR},
+            {"name": "sidecar-tmp", "mountPath": "/tmp"},
+            {"name": "kube-api-access", "mountPath": SERVICE_ACCOUNT_DIR, "readOnly": True},
+        ],
+        "securityContext": _container_security(),
+    }
+
+
+def _volumes(ctx: BuildContext, models_volume: dict[str, Any]) -> list[dict[str, Any]]:
+    return [
+        {"name": "config", "configMap": {"name": ctx.names.configmap}},
+        models_volume,
+        {"name": "state", "emptyDir": {}},
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": ctx.spec.triton_shm_size}},
+        {"name": "triton-tmp", "emptyDir": {}},
+        {"name": "sidecar-tmp", "emptyDir": {}},
+        # The API token goes to the sidecar only (Triton never needs it), as a
+        # short-lived projected token instead of the automounted one.
+        {
+            "name": "kube-api-access",
+            "projected": {
+                "sources": [
+                    {"serviceAccountToken": {"path": "token", "expirationSeconds": 3600}},
+                    {
+                        "configMap": {
+                            "name": "kube-root-ca.crt",
+                            "items": [{"key": "ca.crt", "path": "ca.crt"}],
+                        }
+                    },
+                    {
+                        "downwardAPI": {
+                            "items": [{"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}}]
+                        }
+                    },
+                ]
+            },
+        },
+    ]
+
+
+def build_deployment(ctx: BuildContext) -> dict[str, Any]:
+    spec = ctx.spec
+    models_volume, models_mount = _model_volume(ctx)
+    pod_labels = standard_labels(ctx.owner.name, "inference", spec.model_version)
+    pod_spec: dict[str, Any] = {
+        "serviceAccountName": ctx.names.serviceaccount,
+        "automountServiceAccountToken": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS_USER,
+            "runAsGroup": RUN_AS_USER,
+            "fsGroup": RUN_AS_USER,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [_triton_container(ctx, models_mount), _sidecar_container(ctx, models_mount)],
+        "volumes": _volumes(ctx, models_volume),
+        "terminationGracePeriodSeconds": 30,
+    }
+    if spec.repository.is_remote:
+        pod_spec["initContainers"] = [_fetch_container(ctx)]
+    if spec.triton_node_selector:
+        pod_spec["nodeSelector"] = spec.triton_node_selector
+    if spec.triton_tolerations:
+        pod_spec["tolerations"] = spec.triton_tolerations
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": ctx.metadata(ctx.names.deployment, "inference"),
+        "spec": {
+            "replicas": desired_replicas(ctx),
+            "selector": {"matchLabels": selector_labels(ctx.owner.name)},
+            # A GPU is scarce: surge one pod at a time and never drop below the
+            # serving count while rolling.
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "revisionHistoryLimit": 5,
+            "progressDeadlineSeconds": PROGRESS_DEADLINE_S,
+            "template": {
+                "metadata": {
+                    "labels": pod_labels,
+                    "annotations": {
+                        SPEC_HASH_ANNOTATION: ctx.spec_hash,
+                        MODEL_VERSION_ANNOTATION: spec.model_version,
+                        "prometheus.io/scrape": "true",
+                        "prometheus.io/port": str(METRICS_PORT),
+                        "prometheus.io/path": "/metrics",
+                    },
+                },
+                "spec": pod_spec,
+            },
+        },
+    }

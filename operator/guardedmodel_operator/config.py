@@ -1,0 +1,160 @@
+"""The operator's one configuration object, read from the environment and flags.
+
+Environment variables carry the deployment-time defaults (the Helm chart sets
+them); command-line flags override them for local runs and tests. Everything
+the rest of the operator needs to know about its surroundings is in here, so
+no module reads `os.environ` on its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+
+ENV_PREFIX = "GUARDEDMODEL_"
+
+DEFAULT_TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:25.01-py3"
+DEFAULT_SIDECAR_IMAGE = "ghcr.io/guardedmodel/guardedmodel:0.1.0"
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    # Namespaces to watch: empty means the whole cluster.
+    namespaces: tuple[str, ...] = ()
+    triton_image: str = DEFAULT_TRITON_IMAGE
+    sidecar_image: str = DEFAULT_SIDECAR_IMAGE
+    log_format: str = "text"  # text | json
+    log_level: str = "info"  # debug | info | warning
+    # The operator's own Prometheus metrics; port 0 disables them.
+    metrics_host: str = "0.0.0.0"
+    metrics_port: int = 9100
+    # kopf's liveness endpoint (probe handlers answer there); empty disables it.
+    health_endpoint: str = "http://0.0.0.0:8080/healthz"
+    # With a peering name, several replicas elect one active operator (kopf
+    # peering, which needs the KopfPeering CRDs the chart installs); without
+    # one the operator runs standalone and must be the only replica.
+    peering_name: str = ""
+    priority: int = 0
+    # A watch that sees no event for this long is re-established: some load
+    # balancers and API server versions silently drop idle watch streams.
+    watch_server_timeout_s: float = 300.0
+    watch_client_timeout_s: float = 330.0
+    # A watch stream that delivers nothing (not even a bookmark) for this long
+    # is considered dead; the API server sends bookmarks every minute.
+    watch_inactivity_timeout_s: float = 70.0
+    # The initial listing is paged so 1000s of objects are not one huge response.
+    list_chunk_size: int = 500
+    connect_timeout_s: float = 10.0
+    request_timeout_s: float = 30.0
+    # Bounded concurrency: at most this many objects are processed at once,
+    # so 1000 GuardedModels do not become 1000 simultaneous API writers.
+    worker_limit: int = 20
+    field_manager: str = "guardedmodel-operator"
+    extra_labels: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.log_format not in ("text", "json"):
+            raise ConfigError(f"log format must be 'text' or 'json', not {self.log_format!r}")
+        if self.log_level not in ("debug", "info", "warning", "error"):
+            raise ConfigError(f"log level must be debug, info, warning or error, not {self.log_level!r}")
+        if not 0 <= self.metrics_port <= 65535:
+            raise ConfigError(f"metrics port must be 0..65535 (0 disables metrics), not {self.metrics_port}")
+        if self.worker_limit < 1:
+            raise ConfigError(f"worker limit must be at least 1, not {self.worker_limit}")
+        if self.watch_client_timeout_s <= self.watch_server_timeout_s:
+            raise ConfigError(
+                "the watch client timeout must exceed the server timeout, or every watch is cut "
+                f"client-side before the server ends it ({self.watch_client_timeout_s} <= "
+                f"{self.watch_server_timeout_s})"
+            )
+        if not self.triton_image or not self.sidecar_image:
+            raise ConfigError("the Triton and sidecar images must not be empty")
+
+    @property
+    def clusterwide(self) -> bool:
+        return not self.namespaces
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorConfig:
+        """Read every field from GUARDEDMODEL_<FIELD_NAME_UPPER>; unset ones keep their default."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            raw = environ.get(ENV_PREFIX + f.name.upper())
+            if raw is None:
+                continue
+            values[f.name] = _parse(f.name, raw, getattr(cls(), f.name))
+        return cls(**values)  # type: ignore[arg-type]
+
+    def with_args(self, args: argparse.Namespace) -> OperatorConfig:
+        """Override with the flags that were given on the command line (None = not given)."""
+        changes = {
+            f.name: getattr(args, f.name) for f in fields(self) if getattr(args, f.name, None) is not None
+        }
+        if "namespaces" in changes:
+            changes["namespaces"] = _namespaces(",".join(changes["namespaces"]))
+        return replace(self, **changes)
+
+
+def _namespaces(raw: str) -> tuple[str, ...]:
+    names = tuple(sorted({n.strip() for n in raw.split(",") if n.strip()}))
+    return () if names in ((), ("*",)) else names
+
+
+def _parse(name: str, raw: str, default: object) -> object:
+    try:
+        if name == "namespaces":
+            return _namespaces(raw)
+        if name == "extra_labels":
+            pairs = [p.split("=", 1) for p in raw.split(",") if p.strip()]
+            return {k.strip(): v.strip() for k, v in pairs}
+        if isinstance(default, bool):
+            return raw.strip().lower() in ("1", "true", "yes", "on")
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{ENV_PREFIX}{name.upper()}={raw!r} is not valid: {exc}") from exc
+    return raw
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags mirror the environment variables; each defaults to None so that
+    only flags actually given override the environment."""
+    add = parser.add_argument
+    add(
+        "--namespace",
+        dest="namespaces",
+        action="append",
+        metavar="NS",
+        help="namespace to watch (repeatable, or comma-separated); '*' or none = all namespaces "
+        f"[env {ENV_PREFIX}NAMESPACES]",
+    )
+    add("--triton-image", help=f"default Triton image [env {ENV_PREFIX}TRITON_IMAGE]")
+    add("--sidecar-image", help=f"default guard sidecar image [env {ENV_PREFIX}SIDECAR_IMAGE]")
+    add("--log-format", choices=["text", "json"], help=f"[env {ENV_PREFIX}LOG_FORMAT]")
+    add("--log-level", choices=["debug", "info", "warning", "error"], help=f"[env {ENV_PREFIX}LOG_LEVEL]")
+    add("--metrics-host", help=f"[env {ENV_PREFIX}METRICS_HOST]")
+    add("--metrics-port", type=int, help=f"operator metrics port, 0 disables [env {ENV_PREFIX}METRICS_PORT]")
+    add(
+        "--health-endpoint",
+        help="liveness URL to serve, e.g. http://0.0.0.0:8080/healthz; '' disables "
+        f"[env {ENV_PREFIX}HEALTH_ENDPOINT]",
+    )
+    add(
+        "--peering-name",
+        help="kopf peering object name for running several replicas; '' = standalone "
+        f"[env {ENV_PREFIX}PEERING_NAME]",
+    )
+    add("--priority", type=int, help=f"peering priority [env {ENV_PREFIX}PRIORITY]")
+    add("--worker-limit", type=int, help=f"objects processed concurrently [env {ENV_PREFIX}WORKER_LIMIT]")
+    add("--watch-server-timeout-s", type=float, help=f"[env {ENV_PREFIX}WATCH_SERVER_TIMEOUT_S]")
+    add("--watch-client-timeout-s", type=float, help=f"[env {ENV_PREFIX}WATCH_CLIENT_TIMEOUT_S]")
+    add("--watch-inactivity-timeout-s", type=float, help=f"[env {ENV_PREFIX}WATCH_INACTIVITY_TIMEOUT_S]")

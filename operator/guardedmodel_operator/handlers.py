@@ -1,0 +1,263 @@
+"""kopf wiring, kept thin: every handler turns a watch event into a call to
+`reconcile.reconcile` for the GuardedModel concerned.
+
+Design choices, and why:
+- Only watch-event handlers (`on.event`), no create/update/delete or timer
+  handlers: those make kopf store progress annotations on the object (a write
+  per change) and timers need a finalizer. Owner references let the garbage
+  collector delete the children, so no finalizer is needed at all.
+- Children are watched too (by our managed-by label), so a child deleted or
+  edited by hand triggers a reconcile of its owner: level-triggered repair.
+- Live objects come from kopf indices fed by those watches. kopf fills every
+  index before any handler runs, so the first reconcile after a restart sees
+  the existing children and writes nothing when they already match.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+
+from . import metrics
+from .config import OperatorConfig
+from .events import Event, failure_event
+from .kube import ApiError, KubeClient, login
+from .labels import GROUP, MANAGED_BY, MANAGED_BY_LABEL, OWNER_NAME_LABEL, PLURAL, VERSION
+from .reconcile import reconcile
+
+# (group, version, plural, kind) of every child kind the operator writes.
+CHILD_RESOURCES = (
+    ("", "v1", "configmaps", "ConfigMap"),
+    ("", "v1", "services", "Service"),
+    ("", "v1", "serviceaccounts", "ServiceAccount"),
+    ("apps", "v1", "deployments", "Deployment"),
+    ("rbac.authorization.k8s.io", "v1", "roles", "Role"),
+    ("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding"),
+    ("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy"),
+)
+MODEL_INDEX = "guardedmodels_index"
+RETRY_DELAYS_S = (0.5, 2.0, 5.0)
+
+Key = tuple[str, str]  # (namespace, name)
+
+
+@dataclass
+class OperatorState:
+    """Everything the handlers share, passed to kopf as its `memo`."""
+
+    config: OperatorConfig
+    client: KubeClient | None = None
+    # One lock per GuardedModel: a model event and a child event for the same
+    # model must not reconcile concurrently. Removed when the model is deleted.
+    locks: dict[Key, asyncio.Lock] = field(default_factory=dict)
+    phases: dict[Key, str] = field(default_factory=dict)
+    # Objects this operator just wrote, by (kind, namespace, name), kept only
+    # until the watch delivers the same or a newer version. Without them a
+    # reconcile triggered right after a write would see the pre-write copy in
+    # the index and write (and report) the same change twice.
+    recent: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
+
+    def forget(self, key: Key) -> None:
+        self.locks.pop(key, None)
+        self.phases.pop(key, None)
+        self.recent.pop(("GuardedModel", *key), None)
+        self.publish_phases()
+
+    def remember(self, obj: Mapping[str, Any]) -> None:
+        meta = obj["metadata"]
+        self.recent[(obj["kind"], meta["namespace"], meta["name"])] = _slim(obj)
+
+    def seen(self, kind: str, body: Mapping[str, Any], deleted: bool = False) -> None:
+        """A watch event arrived: drop our copy if the watch has caught up with it."""
+        meta = body["metadata"]
+        key = (kind, meta["namespace"], meta["name"])
+        mine = self.recent.get(key)
+        if mine is not None and (deleted or not _newer(mine, body)):
+            del self.recent[key]
+
+    def freshest(self, kind: str, namespace: str, name: str, watched: Mapping[str, Any] | None) -> Any:
+        mine = self.recent.get((kind, namespace, name))
+        if mine is None:
+            return watched
+        if watched is None or _newer(mine, watched):
+            return mine
+        return watched
+
+    def publish_phases(self) -> None:
+        counts = Counter(self.phases.values())
+        for phase in ("Pending", "Progressing", "Ready", "Degraded", "RolledBack", "Failed"):
+            metrics.MODELS.labels(phase=phase).set(counts.get(phase, 0))
+
+
+def _newer(left: Mapping[str, Any], right: Mapping[str, Any]) -> bool:
+    """Is `left` a newer version of the object than `right`?
+
+    resourceVersions are etcd revisions on every API server in use; should one
+    ever not be numeric, trust the watch (`right`).
+    """
+    lrv, rrv = left["metadata"].get("resourceVersion", ""), right["metadata"].get("resourceVersion", "")
+    if lrv.isdigit() and rrv.isdigit():
+        return int(lrv) > int(rrv)
+    return False
+
+
+def _slim(body: Mapping[str, Any]) -> dict[str, Any]:
+    # managedFields is often the largest part of an object and the operator
+    # never reads it; dropping it keeps the indices small with 1000s of models.
+    meta = {k: v for k, v in body["metadata"].items() if k != "managedFields"}
+    return {**body, "metadata": meta}
+
+
+def _index_lookup(
+    state: OperatorState, indices: Mapping[str, Any]
+) -> Callable[[str, str, str], Mapping[str, Any] | None]:
+    def lookup(kind: str, namespace: str, name: str) -> Mapping[str, Any] | None:
+        store = indices.get(f"{kind.lower()}_index")
+        found = store.get((namespace, name)) if store is not None else None
+        watched = next(iter(found), None) if found is not None else None
+        return state.freshest(kind, namespace, name, watched)
+
+    return lookup
+
+
+async def reconcile_model(
+    state: OperatorState, body: Mapping[str, Any], trigger: str, indices: Mapping[str, Any], logger: Any
+) -> None:
+    meta = body["metadata"]
+    key = (meta["namespace"], meta["name"])
+    if meta.get("deletionTimestamp"):
+        return  # the garbage collector is removing the children; nothing to build
+    assert state.client is not None, "the startup handler creates the client"
+
+    def emit(event: Event) -> None:
+        kopf.event(body, type=event.type, reason=event.reason, message=event.message)  # type: ignore[arg-type]
+
+    lock = state.locks.setdefault(key, asyncio.Lock())
+    async with lock:
+        # Re-read under the lock: the reconcile that held it may have written a newer status.
+        body = state.freshest("GuardedModel", key[0], key[1], body)
+        for attempt, delay in enumerate((*RETRY_DELAYS_S, None)):
+            started = time.perf_counter()
+            try:
+                outcome = await reconcile(
+                    body, _index_lookup(state, indices), state.client, state.config, emit
+                )
+            except (TimeoutError, ApiError, OSError) as error:
+                metrics.RECONCILES.labels(trigger=trigger, result="error").inc()
+                metrics.RECONCILE_ERRORS.labels(error=type(error).__name__).inc()
+                if delay is None or (isinstance(error, ApiError) and error.status in (400, 403, 404, 422)):
+                    # Not transient, or out of retries: say so on the object;
+                    # the next watch event for it or its children retries.
+                    logger.error(f"reconcile failed after {attempt + 1} attempt(s): {error}")
+                    emit(failure_event(error))
+                    return
+                logger.warning(f"reconcile failed ({error}); retrying in {delay}s")
+                await asyncio.sleep(delay)
+                continue
+            finally:
+                metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
+            metrics.RECONCILES.labels(trigger=trigger, result="success").inc()
+            for obj in outcome.written:
+                state.remember(obj)
+            for write in outcome.writes:
+                metrics.WRITES.labels(kind=write.kind, action=write.action.value).inc()
+            if outcome.status_written:
+                metrics.WRITES.labels(kind="GuardedModel", action="status").inc()
+            if outcome.phase:
+                state.phases[key] = outcome.phase
+                state.publish_phases()
+            return
+
+
+def register(registry: kopf.OperatorRegistry) -> None:
+    """Attach every handler to `registry` (not kopf's global one), so that
+    importing this module has no side effects."""
+    managed = {MANAGED_BY_LABEL: MANAGED_BY}
+
+    @kopf.on.startup(registry=registry)
+    async def configure(settings: kopf.OperatorSettings, memo: OperatorState, **_: Any) -> None:
+        config = memo.config
+        settings.watching.server_timeout = config.watch_server_timeout_s
+        settings.watching.client_timeout = config.watch_client_timeout_s
+        settings.watching.connect_timeout = config.connect_timeout_s
+        settings.watching.inactivity_timeout = config.watch_inactivity_timeout_s
+        settings.watching.chunk_size = config.list_chunk_size
+        settings.networking.request_timeout = config.request_timeout_s
+        settings.batching.worker_limit = config.worker_limit
+        # Nothing here uses kopf's progress or diff-base storage; if a future
+        # handler does, it writes annotations under our own prefix, never status.
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
+        settings.persistence.finalizer = f"{GROUP}/operator"
+        # kopf's own log lines must not become Kubernetes Events; the operator
+        # posts its decisions explicitly.
+        settings.posting.level = logging.ERROR
+        settings.peering.standalone = not config.peering_name
+        if config.peering_name:
+            settings.peering.name = config.peering_name
+            settings.peering.priority = config.priority
+            settings.peering.clusterwide = config.clusterwide
+        memo.client = KubeClient.connect(
+            login(), field_manager=config.field_manager, timeout_s=config.request_timeout_s
+        )
+        metrics.serve(config.metrics_host, config.metrics_port)
+        memo.publish_phases()
+
+    @kopf.on.cleanup(registry=registry)
+    async def close(memo: OperatorState, **_: Any) -> None:
+        if memo.client is not None:
+            await memo.client.close()
+
+    @kopf.on.probe(id="models", registry=registry)
+    def tracked_models(memo: OperatorState, **_: Any) -> int:
+        return len(memo.phases)
+
+    @kopf.index(GROUP, VERSION, PLURAL, id=MODEL_INDEX, registry=registry)
+    def index_model(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> Any:
+        return {(namespace, name): _slim(body)}
+
+    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
+    async def on_model(
+        event: kopf.RawEvent, body: kopf.Body, memo: OperatorState, logger: Any, **kw: Any
+    ) -> None:
+        meta = body["metadata"]
+        if event["type"] == "DELETED":
+            memo.forget((meta["namespace"], meta["name"]))
+            return
+        memo.seen("GuardedModel", body)
+        await reconcile_model(memo, _slim(body), "guardedmodel", kw, logger)
+
+    for group, version, plural, kind in CHILD_RESOURCES:
+        _register_child(registry, group, version, plural, kind, managed)
+
+
+def _register_child(
+    registry: kopf.OperatorRegistry, group: str, version: str, plural: str, kind: str, managed: dict[str, str]
+) -> None:
+    api = f"{group}/{version}" if group else version
+
+    @kopf.index(api, plural, id=f"{kind.lower()}_index", labels=managed, registry=registry)
+    def index_child(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> Any:
+        return {(namespace, name): _slim(body)}
+
+    @kopf.on.event(api, plural, id=f"{kind.lower()}_event", labels=managed, registry=registry)
+    async def on_child(
+        event: kopf.RawEvent, body: kopf.Body, memo: OperatorState, logger: Any, **kw: Any
+    ) -> None:
+        memo.seen(kind, body, deleted=event["type"] == "DELETED")
+        owner = body["metadata"].get("labels", {}).get(OWNER_NAME_LABEL)
+        namespace = body["metadata"]["namespace"]
+        if not owner:
+            return
+        found = kw[MODEL_INDEX].get((namespace, owner))
+        model = next(iter(found), None) if found is not None else None
+        if model is None:
+            return  # its GuardedModel is gone; the garbage collector takes the child
+        await reconcile_model(memo, model, kind.lower(), kw, logger)

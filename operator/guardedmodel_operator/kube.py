@@ -1,0 +1,149 @@
+"""A small async Kubernetes client for the writes the operator makes.
+
+kopf watches; this writes (server-side apply of children, merge patches of
+status). It reuses kopf's login functions so that the operator authenticates
+exactly as kopf does — in-cluster service account first, then kubeconfig —
+and it keeps one connection pool for all writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import ssl
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import kopf
+
+from .labels import GROUP, PLURAL, VERSION
+
+# kind → (plural, namespaced). Only the kinds this operator writes.
+_PLURALS = {
+    "ConfigMap": "configmaps",
+    "Service": "services",
+    "ServiceAccount": "serviceaccounts",
+    "Deployment": "deployments",
+    "Role": "roles",
+    "RoleBinding": "rolebindings",
+    "NetworkPolicy": "networkpolicies",
+    "GuardedModel": PLURAL,
+}
+
+
+class ApiError(Exception):
+    """The API server refused a request; the message is the server's own."""
+
+    def __init__(self, status: int, method: str, path: str, body: str) -> None:
+        try:
+            message = json.loads(body).get("message", body)
+        except ValueError:
+            message = body
+        super().__init__(f"{method} {path} → HTTP {status}: {message}")
+        self.status = status
+
+
+def object_path(api_version: str, kind: str, namespace: str, name: str, subresource: str = "") -> str:
+    prefix = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
+    path = f"{prefix}/namespaces/{namespace}/{_PLURALS[kind]}/{name}"
+    return f"{path}/{subresource}" if subresource else path
+
+
+def login() -> kopf.ConnectionInfo:
+    settings = kopf.OperatorSettings()
+    info = kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(settings=settings)
+    if info is None:
+        raise kopf.LoginError("no in-cluster service account and no kubeconfig (set KUBECONFIG)")
+    return info
+
+
+def _ssl_context(info: kopf.ConnectionInfo) -> ssl.SSLContext | bool:
+    if info.insecure:
+        return False
+    context = ssl.create_default_context(cafile=info.ca_path)
+    if info.ca_data:
+        ca = info.ca_data
+        context.load_verify_locations(cadata=ca.decode() if isinstance(ca, bytes) else ca)
+    cert_path, key_path = info.certificate_path, info.private_key_path
+    temporary: list[str] = []
+    try:
+        # ssl can only load client certificates from files; inline kubeconfig
+        # data goes through private temporary files removed right after loading.
+        for data, attr in ((info.certificate_data, "cert"), (info.private_key_data, "key")):
+            if data:
+                fd, path = tempfile.mkstemp(prefix=f"guardedmodel-{attr}-")
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(data if isinstance(data, bytes) else data.encode())
+                temporary.append(path)
+                if attr == "cert":
+                    cert_path = path
+                else:
+                    key_path = path
+        if cert_path:
+            context.load_cert_chain(cert_path, key_path)
+    finally:
+        for path in temporary:
+            os.unlink(path)
+    return context
+
+
+@dataclass
+class KubeClient:
+    session: aiohttp.ClientSession
+    server: str
+    field_manager: str
+
+    @classmethod
+    def connect(cls, info: kopf.ConnectionInfo, *, field_manager: str, timeout_s: float = 30.0) -> KubeClient:
+        headers = {"Accept": "application/json", "User-Agent": "guardedmodel-operator"}
+        auth = None
+        if info.token:
+            headers["Authorization"] = f"{info.scheme or 'Bearer'} {info.token}"
+        elif info.username and info.password:
+            auth = aiohttp.BasicAuth(info.username, info.password)
+        connector = aiohttp.TCPConnector(ssl=_ssl_context(info), limit=50)
+        session = aiohttp.ClientSession(
+            connector=connector, headers=headers, auth=auth, timeout=aiohttp.ClientTimeout(total=timeout_s)
+        )
+        return cls(session, info.server.rstrip("/"), field_manager)
+
+    async def close(self) -> None:
+        await self.session.close()
+
+    async def _request(
+        self, method: str, path: str, body: Any, content_type: str, **params: str
+    ) -> dict[str, Any]:
+        async with self.session.request(
+            method,
+            self.server + path,
+            params=params,
+            data=json.dumps(body),
+            headers={"Content-Type": content_type},
+        ) as response:
+            text = await response.text()
+            if response.status >= 400:
+                raise ApiError(response.status, method, path, text)
+            return json.loads(text) if text else {}
+
+    async def apply(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
+        """Server-side apply, forcing ownership of the fields we set: a hand
+        edit of one of them is overwritten, which is the point."""
+        meta = manifest["metadata"]
+        path = object_path(manifest["apiVersion"], manifest["kind"], meta["namespace"], meta["name"])
+        return await self._request(
+            "PATCH",
+            path,
+            manifest,
+            "application/apply-patch+yaml",
+            fieldManager=self.field_manager,
+            force="true",
+        )
+
+    async def patch_status(self, namespace: str, name: str, patch: Mapping[str, Any]) -> dict[str, Any]:
+        path = object_path(f"{GROUP}/{VERSION}", "GuardedModel", namespace, name, "status")
+        return await self._request(
+            "PATCH", path, {"status": patch}, "application/merge-patch+json", fieldManager=self.field_manager
+        )

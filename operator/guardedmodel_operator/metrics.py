@@ -1,0 +1,43 @@
+"""The operator's own Prometheus metrics (not the models'; the sidecars export those)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+RECONCILES = Counter(
+    "guardedmodel_operator_reconciles_total",
+    "Reconciles of a GuardedModel, by what triggered it and the result.",
+    ["trigger", "result"],
+    registry=REGISTRY,
+)
+RECONCILE_SECONDS = Histogram(
+    "guardedmodel_operator_reconcile_duration_seconds",
+    "Time to reconcile one GuardedModel, API writes included.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    registry=REGISTRY,
+)
+RECONCILE_ERRORS = Counter(
+    "guardedmodel_operator_reconcile_errors_total",
+    "Reconciles that failed, by error type.",
+    ["error"],
+    registry=REGISTRY,
+)
+WRITES = Counter(
+    "guardedmodel_operator_writes_total",
+    "Objects the operator wrote, by kind and action (create, update, restore, status).",
+    ["kind", "action"],
+    registry=REGISTRY,
+)
+MODELS = Gauge(
+    "guardedmodel_operator_models",
+    "GuardedModels the operator currently tracks, by phase.",
+    ["phase"],
+    registry=REGISTRY,
+)
+
+
+def serve(host: str, port: int) -> None:
+    if port:
+        start_http_server(port, addr=host, registry=REGISTRY)

@@ -1,0 +1,140 @@
+"""One reconcile of one GuardedModel: observe → pure build/plan/judge → write.
+
+This is the only module that combines the pure parts with I/O. It reads live
+children from a lookup (kopf's watch-fed indices, so observing costs no API
+call), writes only the children that differ, and patches status only when the
+computed status differs from the stored one.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .apply import Write, plan_write
+from .builders import build_children, build_context, child_names
+from .config import OperatorConfig
+from .events import Event, status_events, write_events
+from .kube import KubeClient
+from .spec import SpecError, parse_spec
+from .status import DeploymentState, next_status, status_patch
+
+ChildLookup = Callable[[str, str, str], Mapping[str, Any] | None]  # (kind, namespace, name) → live object
+EventSink = Callable[[Event], None]
+
+
+def utcnow() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class Outcome:
+    writes: list[Write] = field(default_factory=list)
+    # What the API server returned for each write: newer than any watch-fed
+    # copy until the watch event for it arrives.
+    written: list[dict[str, Any]] = field(default_factory=list)
+    status_written: bool = False
+    phase: str | None = None
+
+
+async def reconcile(
+    body: Mapping[str, Any],
+    lookup: ChildLookup,
+    client: KubeClient,
+    config: OperatorConfig,
+    emit: EventSink,
+    now: Callable[[], str] = utcnow,
+) -> Outcome:
+    meta = body["metadata"]
+    namespace, name, generation = meta["namespace"], meta["name"], int(meta.get("generation") or 0)
+    status = dict(body.get("status") or {})
+    outcome = Outcome()
+    try:
+        spec = parse_spec(body.get("spec") or {})
+    except SpecError as error:
+        await _write_invalid_spec(
+            client, namespace, name, status, generation, str(error), emit, now(), outcome
+        )
+        return outcome
+
+    names = child_names(name)
+    live_deployment = lookup("Deployment", namespace, names.deployment)
+    current_replicas = (live_deployment or {}).get("spec", {}).get("replicas")
+    ctx = build_context(body, spec, config, current_replicas)
+    reconciled_before = "observedGeneration" in status
+
+    for desired in build_children(ctx):
+        kind, child = desired["kind"], desired["metadata"]["name"]
+        actual = lookup(kind, namespace, child)
+        write = plan_write(desired, actual, reconciled_before=reconciled_before)
+        if write is None:
+            continue
+        written = await client.apply(desired)
+        outcome.writes.append(write)
+        outcome.written.append(written)
+        if kind == "Deployment":
+            # The object the server returned is newer than the index's copy.
+            live_deployment = written
+
+    new_status = next_status(
+        status,
+        DeploymentState.observe(live_deployment),
+        generation=generation,
+        spec_hash=ctx.spec_hash,
+        spec_version=spec.model_version,
+        now=now(),
+    )
+    patch = status_patch(status, new_status)
+    if patch is not None:
+        outcome.written.append(await client.patch_status(namespace, name, patch))
+        outcome.status_written = True
+    outcome.phase = new_status.get("phase")
+    for event in write_events(outcome.writes) + status_events(status, new_status):
+        emit(event)
+    return outcome
+
+
+async def _write_invalid_spec(
+    client: KubeClient,
+    namespace: str,
+    name: str,
+    status: dict[str, Any],
+    generation: int,
+    message: str,
+    emit: EventSink,
+    now: str,
+    outcome: Outcome,
+) -> None:
+    # Leave the children as they are: a spec the operator cannot parse must
+    # not tear down a model that is serving.
+    previous = {c.get("type"): c for c in status.get("conditions") or []}
+    ready = previous.get("Ready") or {
+        "type": "Ready",
+        "status": "False",
+        "reason": "InvalidSpec",
+        "message": "",
+    }
+    degraded = {
+        "type": "Degraded",
+        "status": "True",
+        "reason": "InvalidSpec",
+        "message": message,
+        "lastTransitionTime": (previous.get("Degraded") or {}).get("lastTransitionTime", now)
+        if (previous.get("Degraded") or {}).get("status") == "True"
+        else now,
+        "observedGeneration": generation,
+    }
+    new_status = {
+        **status,
+        "phase": "Failed",
+        "observedGeneration": generation,
+        "conditions": [ready, degraded],
+    }
+    patch = status_patch(status, new_status)
+    if patch is not None:
+        outcome.written.append(await client.patch_status(namespace, name, patch))
+        outcome.status_written = True
+        emit(Event("Warning", "InvalidSpec", message))
+    outcome.phase = "Failed"

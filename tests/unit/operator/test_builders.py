@@ -1,0 +1,239 @@
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+import yaml
+from guardedmodel_operator.builders import (
+    build_children,
+    build_configmap,
+    build_context,
+    build_deployment,
+    build_networkpolicy,
+    build_role,
+    build_rolebinding,
+    build_service,
+)
+from guardedmodel_operator.config import OperatorConfig
+from guardedmodel_operator.labels import SPEC_HASH_ANNOTATION
+from guardedmodel_operator.spec import parse_spec
+
+CONFIG = OperatorConfig(triton_image="triton:test", sidecar_image="sidecar:test")
+
+
+def context(
+    body: dict[str, Any], current_replicas: int | None = None, config: OperatorConfig = CONFIG
+) -> Any:
+    return build_context(body, parse_spec(body["spec"]), config, current_replicas)
+
+
+def containers(deployment: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["name"]: c for c in deployment["spec"]["template"]["spec"]["containers"]}
+
+
+def test_every_child_is_owned_by_the_guardedmodel(minimal_body: dict[str, Any]) -> None:
+    children = build_children(context(minimal_body))
+    assert [c["kind"] for c in children] == [
+        "ServiceAccount",
+        "Role",
+        "RoleBinding",
+        "ConfigMap",
+        "Service",
+        "NetworkPolicy",
+        "Deployment",
+    ]
+    for child in children:
+        (ref,) = child["metadata"]["ownerReferences"]
+        assert ref == {
+            "apiVersion": "guardedmodel.io/v1alpha1",
+            "kind": "GuardedModel",
+            "name": "classifier",
+            "uid": "0000-1111",
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+        assert child["metadata"]["namespace"] == "ml"
+        assert child["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "guardedmodel-operator"
+        assert child["metadata"]["labels"]["guardedmodel.io/name"] == "classifier"
+
+
+def test_triton_is_on_loopback_in_explicit_mode_with_a_gpu(minimal_body: dict[str, Any]) -> None:
+    triton = containers(build_deployment(context(minimal_body)))["triton"]
+    assert triton["image"] == "triton:test"
+    args = triton["args"]
+    for flag in (
+        "--model-control-mode=explicit",
+        "--http-address=127.0.0.1",
+        "--grpc-address=127.0.0.1",
+        "--metrics-address=127.0.0.1",
+        "--model-repository=/models",
+    ):
+        assert flag in args
+    assert triton["resources"] == {"limits": {"nvidia.com/gpu": "1"}}
+    assert "ports" not in triton  # nothing outside the pod may reach Triton
+    pod = build_deployment(context(minimal_body))["spec"]["template"]["spec"]
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+
+
+def test_user_triton_args_come_after_ours_and_image_override_wins(minimal_body: dict[str, Any]) -> None:
+    minimal_body["spec"]["triton"] = {
+        "image": "my/triton:1",
+        "args": ["--log-verbose=1"],
+        "nodeSelector": {"a": "b"},
+    }
+    deployment = build_deployment(context(minimal_body))
+    triton = containers(deployment)["triton"]
+    assert triton["image"] == "my/triton:1"
+    assert triton["args"][-1] == "--log-verbose=1"
+    assert deployment["spec"]["template"]["spec"]["nodeSelector"] == {"a": "b"}
+
+
+def test_pod_meets_the_restricted_security_standard(minimal_body: dict[str, Any]) -> None:
+    pod = build_deployment(context(minimal_body))["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["automountServiceAccountToken"] is False
+    for container in pod["containers"] + pod.get("initContainers", []):
+        security = container["securityContext"]
+        assert security["allowPrivilegeEscalation"] is False
+        assert security["readOnlyRootFilesystem"] is True
+        assert security["capabilities"] == {"drop": ["ALL"]}
+    # every writable path is a volume, since the root filesystem is read-only
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: m["name"] for c in pod["containers"] for m in c["volumeMounts"]}
+    assert "emptyDir" in volumes[mounts["/tmp"]]
+    assert volumes["dshm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "1Gi"}
+    assert "emptyDir" in volumes[mounts["/var/lib/guardedmodel"]]
+
+
+def test_sidecar_ports_probes_and_api_token(minimal_body: dict[str, Any]) -> None:
+    pod = build_deployment(context(minimal_body))["spec"]["template"]["spec"]
+    sidecar = {c["name"]: c for c in pod["containers"]}["sidecar"]
+    assert {p["name"]: p["containerPort"] for p in sidecar["ports"]} == {
+        "http": 8080,
+        "grpc": 8081,
+        "metrics": 9090,
+    }
+    assert sidecar["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
+    assert sidecar["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
+    assert sidecar["args"] == ["--config=/etc/guardedmodel/sidecar.yaml"]
+    token_mounts = [m for m in sidecar["volumeMounts"] if m["name"] == "kube-api-access"]
+    assert token_mounts and token_mounts[0]["readOnly"]
+    triton = {c["name"]: c for c in pod["containers"]}["triton"]
+    assert all(m["name"] != "kube-api-access" for m in triton["volumeMounts"])
+
+
+@pytest.mark.parametrize(
+    ("repository", "volume_key", "init_containers"),
+    [
+        ("pvc://models/classifiers", "persistentVolumeClaim", 0),
+        ("file:///srv/models", "hostPath", 0),
+        ("s3://b/p", "emptyDir", 1),
+    ],
+)
+def test_model_repository_volume_per_scheme(
+    minimal_body: dict[str, Any], repository: str, volume_key: str, init_containers: int
+) -> None:
+    minimal_body["spec"]["model"]["repository"] = repository
+    pod = build_deployment(context(minimal_body))["spec"]["template"]["spec"]
+    models = next(v for v in pod["volumes"] if v["name"] == "models")
+    assert volume_key in models
+    assert len(pod.get("initContainers", [])) == init_containers
+    if repository.startswith("pvc://"):
+        assert models["persistentVolumeClaim"] == {"claimName": "models", "readOnly": True}
+        triton_mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "models")
+        assert triton_mount["subPath"] == "classifiers"
+
+
+@pytest.mark.parametrize(("current", "expected"), [(None, 2), (1, 2), (3, 3), (9, 4)])
+def test_replicas_keep_a_scaling_decision_within_min_max(
+    minimal_body: dict[str, Any], current: int | None, expected: int
+) -> None:
+    minimal_body["spec"]["replicas"] = {"min": 2, "max": 4}
+    assert build_deployment(context(minimal_body, current))["spec"]["replicas"] == expected
+
+
+def test_spec_change_rolls_pods_but_routing_change_does_not(minimal_body: dict[str, Any]) -> None:
+    def pod_hash(body: dict[str, Any]) -> str:
+        return str(
+            build_deployment(context(body))["spec"]["template"]["metadata"]["annotations"][
+                SPEC_HASH_ANNOTATION
+            ]
+        )
+
+    base = pod_hash(minimal_body)
+    assert pod_hash(copy.deepcopy(minimal_body)) == base  # deterministic
+    routed = copy.deepcopy(minimal_body) | {
+        "status": {"stableVersion": "1", "canaryVersion": "2", "canaryWeight": 10}
+    }
+    assert pod_hash(routed) == base
+    bumped = copy.deepcopy(minimal_body)
+    bumped["spec"]["model"]["version"] = "2"
+    assert pod_hash(bumped) != base
+    other_image = build_deployment(context(minimal_body, config=OperatorConfig(triton_image="triton:next")))
+    assert other_image["spec"]["template"]["metadata"]["annotations"][SPEC_HASH_ANNOTATION] != base
+
+
+def test_configmap_renders_the_sidecar_contract(minimal_body: dict[str, Any]) -> None:
+    configmap = build_configmap(context(minimal_body))
+    assert configmap["metadata"]["name"] == "classifier-sidecar"
+    document = yaml.safe_load(configmap["data"]["sidecar.yaml"])
+    assert list(document) == [
+        "guardedModel",
+        "spec",
+        "routing",
+        "triton",
+        "modelRepository",
+        "listen",
+        "auditDir",
+        "spoolDir",
+    ]
+    assert document["guardedModel"] == {"namespace": "ml", "name": "classifier"}
+    assert document["routing"] == {"stableVersion": "1", "canaryVersion": None, "canaryWeight": 0}
+    assert document["triton"] == {"httpUrl": "127.0.0.1:8000", "grpcUrl": "127.0.0.1:8001"}
+    assert document["modelRepository"] == "/models"
+    assert document["listen"] == {"host": "0.0.0.0", "http": 8080, "grpc": 8081, "metrics": 9090}
+    assert document["auditDir"] == "/var/lib/guardedmodel/audit"
+    assert document["spoolDir"] == "/var/lib/guardedmodel/review-spool"
+    spec = document["spec"]
+    assert spec["model"] == {"name": "classifier", "repository": "pvc://models/classifiers", "version": "1"}
+    assert spec["gate"]["ood"] == {"method": "energy", "action": "reject"}  # defaults applied, camelCase
+    assert spec["confidence"]["reviewBelow"] == 0.5
+
+
+def test_configmap_routing_follows_status(minimal_body: dict[str, Any]) -> None:
+    minimal_body["status"] = {"stableVersion": "1", "canaryVersion": "2", "canaryWeight": 50}
+    minimal_body["spec"]["model"]["version"] = "2"
+    document = yaml.safe_load(build_configmap(context(minimal_body))["data"]["sidecar.yaml"])
+    assert document["routing"] == {"stableVersion": "1", "canaryVersion": "2", "canaryWeight": 50}
+
+
+def test_service_exposes_only_sidecar_ports(minimal_body: dict[str, Any]) -> None:
+    service = build_service(context(minimal_body))
+    assert sorted(p["port"] for p in service["spec"]["ports"]) == [8080, 8081, 9090]
+    assert service["spec"]["selector"] == {
+        "app.kubernetes.io/name": "guardedmodel",
+        "app.kubernetes.io/instance": "classifier",
+    }
+
+
+def test_rbac_reaches_only_the_own_guardedmodel(minimal_body: dict[str, Any]) -> None:
+    ctx = context(minimal_body)
+    (rule,) = build_role(ctx)["rules"]
+    assert rule["resourceNames"] == ["classifier"]
+    assert set(rule["verbs"]) == {"get", "list", "watch"}
+    assert rule["apiGroups"] == ["guardedmodel.io"]
+    binding = build_rolebinding(ctx)
+    assert binding["roleRef"]["name"] == build_role(ctx)["metadata"]["name"]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "classifier-sidecar", "namespace": "ml"}
+    ]
+
+
+def test_networkpolicy_admits_only_sidecar_ports(minimal_body: dict[str, Any]) -> None:
+    policy = build_networkpolicy(context(minimal_body))["spec"]
+    assert policy["policyTypes"] == ["Ingress"]
+    (rule,) = policy["ingress"]
+    assert sorted(p["port"] for p in rule["ports"]) == [8080, 8081, 9090]
+    assert policy["podSelector"]["matchLabels"]["app.kubernetes.io/instance"] == "classifier"

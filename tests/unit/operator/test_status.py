@@ -1,0 +1,128 @@
+from __future__ import annotations
+
+from typing import Any
+
+from guardedmodel_operator.status import DeploymentState, judge, next_status, status_patch
+
+HASH = "abc"
+
+
+def deployment(
+    *, ready: int, updated: int, replicas: int, desired: int = 1, hash_: str = HASH, **status: Any
+) -> dict:
+    return {
+        "metadata": {"generation": 2},
+        "spec": {
+            "replicas": desired,
+            "template": {"metadata": {"annotations": {"guardedmodel.io/spec-hash": hash_}}},
+        },
+        "status": {
+            "observedGeneration": 2,
+            "replicas": replicas,
+            "updatedReplicas": updated,
+            "readyReplicas": ready,
+            "availableReplicas": ready,
+            **status,
+        },
+    }
+
+
+def conditions(status: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    return {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]}
+
+
+def step(
+    current: dict[str, Any] | None, dep: dict | None, *, version: str = "1", now: str = "T1"
+) -> dict[str, Any]:
+    return next_status(
+        current, DeploymentState.observe(dep), generation=5, spec_hash=HASH, spec_version=version, now=now
+    )
+
+
+def test_no_deployment_is_pending_and_not_ready() -> None:
+    status = step(None, None)
+    assert status["phase"] == "Pending"
+    assert conditions(status)["Ready"] == ("False", "DeploymentMissing")
+    assert "stableVersion" not in status
+
+
+def test_not_ready_before_the_pods_are() -> None:
+    status = step(None, deployment(ready=0, updated=1, replicas=1))
+    assert status["phase"] == "Pending"
+    assert conditions(status)["Ready"][0] == "False"
+    assert conditions(status)["Progressing"] == ("True", "RollingOut")
+
+
+def test_rolled_out_is_ready_and_promotes_the_version() -> None:
+    status = step(None, deployment(ready=1, updated=1, replicas=1))
+    assert status["phase"] == "Ready"
+    assert conditions(status) == {
+        "Ready": ("True", "RolloutComplete"),
+        "Progressing": ("False", "RolloutComplete"),
+        "Degraded": ("False", "AsExpected"),
+    }
+    assert status["stableVersion"] == "1"
+    assert status["observedGeneration"] == 5
+    assert [h["version"] for h in status["history"]] == ["1"]
+    assert "lastGoodVersion" not in status
+
+
+def test_stale_deployment_template_is_not_ready_yet() -> None:
+    # The Deployment is healthy but built from an older spec: not "Ready" for this one.
+    status = step(
+        {"stableVersion": "1"}, deployment(ready=1, updated=1, replicas=1, hash_="old"), version="2"
+    )
+    assert status["phase"] == "Progressing"
+    assert conditions(status)["Ready"] == ("True", "ServingPreviousRevision")
+    assert status["stableVersion"] == "1"
+
+
+def test_new_version_promoted_after_the_roll_keeps_the_last_good_one() -> None:
+    rolling = step({"stableVersion": "1"}, deployment(ready=1, updated=1, replicas=2), version="2")
+    assert rolling["phase"] == "Progressing" and rolling["stableVersion"] == "1"
+    done = step(rolling, deployment(ready=1, updated=1, replicas=1), version="2", now="T2")
+    assert done["phase"] == "Ready"
+    assert (done["stableVersion"], done["lastGoodVersion"]) == ("2", "1")
+
+
+def test_deadline_exceeded_is_degraded_while_old_pods_serve_and_failed_without() -> None:
+    stuck = {"conditions": [{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded"}]}
+    serving = step({"stableVersion": "1"}, deployment(ready=1, updated=1, replicas=2, **stuck), version="2")
+    assert serving["phase"] == "Degraded"
+    assert conditions(serving)["Degraded"] == ("True", "ProgressDeadlineExceeded")
+    dead = step(None, deployment(ready=0, updated=1, replicas=1, **stuck))
+    assert dead["phase"] == "Failed"
+
+
+def test_lost_pods_after_rollout_is_degraded() -> None:
+    ready = step(None, deployment(ready=2, updated=2, replicas=2, desired=2))
+    lost = step(ready, deployment(ready=1, updated=2, replicas=2, desired=2), now="T2")
+    assert lost["phase"] == "Degraded"
+    assert conditions(lost)["Degraded"] == ("True", "ReplicasUnavailable")
+    assert conditions(lost)["Ready"][0] == "True"
+
+
+def test_transition_time_moves_only_when_a_condition_flips_and_steady_state_writes_nothing() -> None:
+    first = step(None, deployment(ready=1, updated=1, replicas=1), now="T1")
+    again = step(first, deployment(ready=1, updated=1, replicas=1), now="T2")
+    assert again == first
+    assert status_patch(first, again) is None
+    lost = step(first, deployment(ready=0, updated=1, replicas=1), now="T3")
+    times = {c["type"]: c["lastTransitionTime"] for c in lost["conditions"]}
+    assert times == {"Ready": "T3", "Progressing": "T1", "Degraded": "T3"}
+
+
+def test_status_keeps_fields_owned_elsewhere() -> None:
+    status = step({"metrics": {"oodRate": 0.1}}, deployment(ready=1, updated=1, replicas=1))
+    assert status["metrics"] == {"oodRate": 0.1}
+
+
+def test_status_patch_deletes_with_null() -> None:
+    assert status_patch({"a": 1, "b": 2}, {"a": 1}) == {"b": None}
+    assert status_patch({"a": 1}, {"a": 2, "c": 3}) == {"a": 2, "c": 3}
+
+
+def test_judge_without_deployment_never_promotes() -> None:
+    assert not judge(
+        DeploymentState(exists=False), spec_hash=HASH, spec_version="1", stable_version=None
+    ).promote
