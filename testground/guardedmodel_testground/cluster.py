@@ -27,7 +27,7 @@ from pathlib import Path
 import yaml
 
 from .k8s_binaries import K8sBinaries, ensure_k8s_binaries
-from .procs import ManagedProcess, StartError, free_port, http_ok, terminate_group, wait_until
+from .procs import ManagedProcess, StartError, free_port, http_ok, terminate_groups, wait_until
 
 GPU_RESOURCE = "nvidia.com/gpu"
 KWOK_ANNOTATION = "kwok.x-k8s.io/node"
@@ -167,15 +167,17 @@ class LocalCluster:
         return self
 
     def down(self) -> None:
-        for process in reversed(self.processes):
-            process.stop()
-        self.processes.clear()
+        pids = [p.pid for p in self.processes if p.popen is not None]
         state = self.state_dir / "state.json"
         if state.exists():
-            # A cluster started by another process (the CLI): stop it by pid.
-            for pid in json.loads(state.read_text()).get("pids", []):
-                terminate_group(pid)
-            state.unlink()
+            # Also a cluster started by another process (the CLI): stop it by pid.
+            pids += json.loads(state.read_text()).get("pids", [])
+        # The data is thrown away, so there is nothing to wait for beyond a short grace period.
+        terminate_groups(sorted(set(pids)), timeout=5)
+        for process in self.processes:
+            process.stop(timeout=1)
+        self.processes.clear()
+        state.unlink(missing_ok=True)
 
     def __enter__(self) -> LocalCluster:
         return self.up()
@@ -275,10 +277,15 @@ class LocalCluster:
             "apiVersion": "v1",
             "kind": "Config",
             "clusters": [
-                {"name": "guardedmodel-local", "cluster": {"server": self.server_url, "certificate-authority": str(ca_file)}}
+                {
+                    "name": "guardedmodel-local",
+                    "cluster": {"server": self.server_url, "certificate-authority": str(ca_file)},
+                }
             ],
             "users": [{"name": "admin", "user": {"token": token}}],
-            "contexts": [{"name": "guardedmodel-local", "context": {"cluster": "guardedmodel-local", "user": "admin"}}],
+            "contexts": [
+                {"name": "guardedmodel-local", "context": {"cluster": "guardedmodel-local", "user": "admin"}}
+            ],
             "current-context": "guardedmodel-local",
         }
         self.kubeconfig.write_text(yaml.safe_dump(config))
@@ -345,7 +352,10 @@ class LocalCluster:
             ready = {
                 item["metadata"]["name"]
                 for item in items
-                if any(c["type"] == "Ready" and c["status"] == "True" for c in item["status"].get("conditions", []))
+                if any(
+                    c["type"] == "Ready" and c["status"] == "True"
+                    for c in item["status"].get("conditions", [])
+                )
             }
             return ready >= {node.name for node in self.nodes}
 
@@ -375,4 +385,3 @@ def read_state(state_dir: Path) -> dict:
     if not path.exists():
         raise StartError(f"no cluster is running from {state_dir} (start one with `guardedmodel cluster up`)")
     return json.loads(path.read_text())
-

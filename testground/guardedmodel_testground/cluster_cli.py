@@ -37,14 +37,17 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.action == "up":
         if (state_dir / "state.json").exists():
-            print(f"a cluster is already running from {state_dir}; `guardedmodel cluster down` first", file=sys.stderr)
+            print(
+                f"a cluster is already running from {state_dir}; `guardedmodel cluster down` first",
+                file=sys.stderr,
+            )
             return 1
         cluster = LocalCluster(state_dir).up()
         # The servers run in their own sessions and outlive this command.
         cluster.processes.clear()
         state = read_state(state_dir)
         print(f"cluster up in {state['started_in_seconds']}s at {state['server']}")
-        print(f'use it with: export KUBECONFIG={state["kubeconfig"]} PATH={state["bin_dir"]}:$PATH')
+        print(f"use it with: export KUBECONFIG={state['kubeconfig']} PATH={state['bin_dir']}:$PATH")
         return 0
     if args.action == "down":
         LocalCluster(state_dir).down()

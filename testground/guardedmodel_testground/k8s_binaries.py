@@ -17,6 +17,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 from .paths import cache_dir, repo_root
 
@@ -62,7 +63,10 @@ def build_key() -> str:
     digest = hashlib.sha256()
     for name in ("go.mod", "go.sum", "main.go"):
         digest.update((_module_dir() / name).read_bytes())
-    digest.update(subprocess.run([_go(), "version"], capture_output=True, text=True, check=True).stdout.encode())
+    digest.update(Path(__file__).read_bytes())  # the build flags live here
+    digest.update(
+        subprocess.run([_go(), "version"], capture_output=True, text=True, check=True).stdout.encode()
+    )
     return digest.hexdigest()[:16]
 
 
@@ -71,7 +75,7 @@ def _complete(bin_dir: Path) -> bool:
     return (bin_dir / ".complete").exists() and all((bin_dir / name).exists() for name in names)
 
 
-def ensure_k8s_binaries(*, log=sys.stderr) -> K8sBinaries:  # type: ignore[no-untyped-def]
+def ensure_k8s_binaries(*, log: TextIO = sys.stderr) -> K8sBinaries:
     """Return the cached binaries, building them first if this machine has none."""
     bin_dir = cache_dir() / "k8s" / build_key() / "bin"
     if _complete(bin_dir):
@@ -85,10 +89,38 @@ def ensure_k8s_binaries(*, log=sys.stderr) -> K8sBinaries:  # type: ignore[no-un
     return K8sBinaries(bin_dir)
 
 
-def _build(bin_dir: Path, log) -> None:  # type: ignore[no-untyped-def]
+def kubernetes_version() -> str:
+    """The pinned k8s.io/kubernetes release, read from the wrapper's go.mod."""
+    for line in (_module_dir() / "go.mod").read_text().splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] == "k8s.io/kubernetes":
+            return parts[1]
+    raise RuntimeError("k8s.io/kubernetes is not required in tools/k8sbundle/go.mod")
+
+
+def _version_ldflags() -> str:
+    """Stamp the release into the binaries, as Kubernetes' own build does.
+
+    Without it the server reports v0.0.0-master, which kubectl refuses to
+    parse and which breaks helm's kubeVersion checks.
+    """
+    version = kubernetes_version()
+    major, minor = version.lstrip("v").split(".")[:2]
+    flags = []
+    for package in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version"):
+        flags += [
+            f"-X {package}.gitVersion={version}",
+            f"-X {package}.gitMajor={major}",
+            f"-X {package}.gitMinor={minor}",
+            f"-X {package}.gitTreeState=clean",
+        ]
+    return " ".join(flags)
+
+
+def _build(bin_dir: Path, log: TextIO) -> None:
     env = dict(os.environ, GOFLAGS="-mod=mod")
-    flags = ["-trimpath", "-ldflags=-s -w"]
-    steps = [("k8sbundle", ".")] + list(SEPARATE_PROGRAMS.items())
+    flags = ["-trimpath", f"-ldflags=-s -w {_version_ldflags()}"]
+    steps = [("k8sbundle", "."), *list(SEPARATE_PROGRAMS.items())]
     for name, package in steps:
         started = time.monotonic()
         print(f"building {name} (cached after the first build) ...", file=log, flush=True)

@@ -11,6 +11,7 @@ import contextlib
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import time
 import urllib.error
@@ -77,7 +78,9 @@ class ManagedProcess:
     def check_alive(self) -> None:
         if not self.alive():
             code = self.popen.returncode if self.popen else None
-            raise StartError(f"{self.name} exited (code {code}); log {self.log_path}:\n{log_tail(self.log_path)}")
+            raise StartError(
+                f"{self.name} exited (code {code}); log {self.log_path}:\n{log_tail(self.log_path)}"
+            )
 
     def stop(self, timeout: float = 10.0) -> None:
         if self.popen is None:
@@ -98,22 +101,32 @@ class ManagedProcess:
 
 def terminate_group(pid: int, timeout: float = 10.0) -> None:
     """SIGTERM a process group, then SIGKILL what is left after `timeout`."""
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except (ProcessLookupError, PermissionError):
-        return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    terminate_groups([pid], timeout)
+
+
+def terminate_groups(pids: Sequence[int], timeout: float = 10.0) -> None:
+    """Stop several process groups at once, so their shutdowns overlap."""
+    pending = []
+    for pid in pids:
         try:
-            os.killpg(pid, 0)
+            os.killpg(pid, signal.SIGTERM)
+            pending.append(pid)
         except (ProcessLookupError, PermissionError):
-            return
-        # Reap our own child if it is one, so the group can disappear.
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)
+            pass
+    deadline = time.monotonic() + timeout
+    while pending and time.monotonic() < deadline:
+        for pid in list(pending):
+            # Reap our own child if it is one, so its group can disappear.
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+            try:
+                os.killpg(pid, 0)
+            except (ProcessLookupError, PermissionError):
+                pending.remove(pid)
         time.sleep(0.1)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
+    for pid in pending:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
 
 
 def wait_until(
@@ -132,17 +145,19 @@ def wait_until(
         try:
             if probe():
                 return
-        except Exception:  # noqa: BLE001 - a probe failing just means "not yet"
+        except Exception:
             pass
         time.sleep(interval)
     detail = f"; log {process.log_path}:\n{log_tail(process.log_path)}" if process else ""
     raise StartError(f"timed out after {timeout:.0f}s waiting for {what}{detail}")
 
 
-def http_ok(url: str, *, headers: Mapping[str, str] | None = None, context: object = None) -> bool:
+def http_ok(
+    url: str, *, headers: Mapping[str, str] | None = None, context: ssl.SSLContext | None = None
+) -> bool:
     request = urllib.request.Request(url, headers=dict(headers or {}))
     try:
-        with urllib.request.urlopen(request, timeout=2, context=context) as response:  # type: ignore[arg-type]
+        with urllib.request.urlopen(request, timeout=2, context=context) as response:
             return 200 <= response.status < 300
     except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
         return False

@@ -58,7 +58,12 @@ class Alertmanager:
         if self.receiver_url:
             receiver["webhook_configs"] = [{"url": self.receiver_url, "send_resolved": True}]
         config = {
-            "route": {"receiver": "default", "group_wait": "1s", "group_interval": "1s", "repeat_interval": "1h"},
+            "route": {
+                "receiver": "default",
+                "group_wait": "1s",
+                "group_interval": "1s",
+                "repeat_interval": "1h",
+            },
             "receivers": [receiver],
         }
         config_path = self.state_dir / "alertmanager.yml"

@@ -25,7 +25,9 @@ def _pytriton_root() -> Path:
     try:
         import pytriton
     except ImportError as error:  # pragma: no cover - a setup problem, explained
-        raise StartError("the nvidia-pytriton wheel is needed for a local Triton (pip install -e '.[test]')") from error
+        raise StartError(
+            "the nvidia-pytriton wheel is needed for a local Triton (pip install -e '.[test]')"
+        ) from error
     return Path(pytriton.__file__).parent
 
 
@@ -113,7 +115,9 @@ class TritonServer:
         venv_bin = sysconfig.get_path("scripts")
         env = dict(os.environ)
         env["PATH"] = f"{venv_bin}{os.pathsep}{env.get('PATH', '')}"
-        env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(triton_libs()), env.get("LD_LIBRARY_PATH")]))
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(
+            filter(None, [str(triton_libs()), env.get("LD_LIBRARY_PATH")])
+        )
         return env
 
     def start(self, timeout: float = 90) -> TritonServer:

@@ -16,6 +16,7 @@ import (
 	"go.etcd.io/etcd/server/v3/etcdmain"
 	"k8s.io/component-base/cli"
 	kubectlcmd "k8s.io/kubectl/pkg/cmd"
+	cmdutil "k8s.io/kubectl/pkg/cmd/util"
 	apiserver "k8s.io/kubernetes/cmd/kube-apiserver/app"
 	controllermanager "k8s.io/kubernetes/cmd/kube-controller-manager/app"
 	scheduler "k8s.io/kubernetes/cmd/kube-scheduler/app"
@@ -51,8 +52,12 @@ func main() {
 	command := build()
 	command.SetArgs(args[1:])
 	if name == "kubectl" {
-		// kubectl prints its own errors; RunNoErrOutput avoids printing them twice.
-		os.Exit(cli.RunNoErrOutput(command))
+		// kubectl formats its own errors (and their exit codes) through CheckErr,
+		// as the upstream kubectl main does; RunNoErrOutput avoids printing twice.
+		if err := cli.RunNoErrOutput(command); err != nil {
+			cmdutil.CheckErr(err)
+		}
+		return
 	}
 	os.Exit(cli.Run(command))
 }

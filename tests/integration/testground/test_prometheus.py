@@ -45,7 +45,9 @@ def test_scrape_query_and_alert(tmp_path: Path, prometheus_factory, alertmanager
                 break
             time.sleep(0.5)
         else:
-            pytest.fail(f"DemoRejecting never reached Alertmanager; Prometheus targets: {prometheus.targets()}")
+            pytest.fail(
+                f"DemoRejecting never reached Alertmanager; Prometheus targets: {prometheus.targets()}"
+            )
     finally:
         server.shutdown()
         thread.join(timeout=5)
