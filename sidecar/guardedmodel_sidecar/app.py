@@ -1,0 +1,258 @@
+"""Wiring and lifecycle of the sidecar: one process, one event loop, three listening ports.
+
+Start-up order: metrics and the audit/review sinks first (so nothing is lost), then the HTTP and
+gRPC listeners (they answer not-ready until Triton is), then a health monitor that waits for Triton,
+loads the versions routing needs, builds their guards and only then declares the sidecar ready. When
+Triton stops answering the sidecar turns not-ready at once (health 503, infer 503 / UNAVAILABLE);
+when Triton is back, the monitor reloads the routed versions (an explicit-mode Triton restarts empty)
+and the sidecar becomes ready again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from guardedmodel_sidecar.audit import AuditLog
+from guardedmodel_sidecar.config import Routing, SidecarConfig
+from guardedmodel_sidecar.grpc_server import GuardServicer, start_grpc_server
+from guardedmodel_sidecar.http_server import V2HttpServer
+from guardedmodel_sidecar.metrics import SidecarMetrics
+from guardedmodel_sidecar.microbatch import MicroBatcher
+from guardedmodel_sidecar.pipeline import Pipeline
+from guardedmodel_sidecar.review import ReviewSink
+from guardedmodel_sidecar.routing import (
+    ApiServer,
+    GuardedModelWatcher,
+    LoadError,
+    Router,
+    ensure_loaded,
+    local_model_config,
+)
+from guardedmodel_sidecar.upstream import TritonHttp
+
+log = logging.getLogger(__name__)
+
+
+class SidecarApp:
+    def __init__(
+        self, config: SidecarConfig, *, kubeconfig: str | None = None, health_interval_s: float = 0.5
+    ) -> None:
+        self.config = config
+        self.kubeconfig = kubeconfig
+        self.health_interval_s = health_interval_s
+        spec = config.spec
+        self.metrics = SidecarMetrics(spec.model.name)
+        self.audit = AuditLog(
+            config.audit_dir,
+            enabled=spec.audit_enabled,
+            sample_rate=spec.sample_rate,
+            rotate_bytes=config.tuning.audit_rotate_bytes,
+        )
+        self.review = ReviewSink(
+            spec.review.webhook,
+            config.spool_dir,
+            max_fraction=spec.review.max_fraction,
+            retries=config.tuning.review_retries,
+        )
+        self.triton = TritonHttp(config.triton_http_url)
+        self.router = Router(config.routing)
+        self.pipeline = Pipeline(config, self.triton, self.router, self.metrics, self.audit, self.review)
+        mb = config.tuning.micro_batching
+        self.batcher: MicroBatcher | None = None
+        if mb.enabled:
+            self.batcher = MicroBatcher(
+                self.pipeline.call_triton, max_batch=mb.max_batch, max_inflight=mb.max_inflight
+            )
+            self.pipeline.upstream_call = self.batcher.infer
+        self.metrics.review_counts = lambda: {
+            "spooled": self.review.spooled,
+            "capped": self.review.capped,
+            "sent": self.review.sent,
+            "send_failed": self.review.send_failures,
+        }
+        self.metrics.spool_depth = self.review.spool_depth
+        self.metrics.audit_records = lambda: self.audit.records_written
+        self.http_port = self.grpc_port = self.metrics_port = 0
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._http: asyncio.Server | None = None
+        self._grpc: Any = None
+        self._servicer: GuardServicer | None = None
+        self._metrics_runner: web.AppRunner | None = None
+        self._prepared: tuple[str, ...] = ()
+        self._prepare_lock = asyncio.Lock()
+        self.watcher: GuardedModelWatcher | None = None
+
+    # ------------------------------------------------------------------------------- readiness
+
+    def is_ready(self) -> bool:
+        return self.pipeline.triton_ready and all(
+            v in self.pipeline.guards for v in self.router.routing.versions()
+        )
+
+    async def _prepare(self, routing: Routing) -> None:
+        """Load and guard every version ``routing`` needs; raises LoadError when Triton refuses."""
+        async with self._prepare_lock:
+            model = self.config.spec.model.name
+            versions = tuple(dict.fromkeys([*routing.versions(), *self.router.versions_to_load()]))
+            if self.config.tuning.load_versions:
+                try:
+                    local = local_model_config(self.config.model_repository, model)
+                    if await ensure_loaded(self.triton, model, versions, local):
+                        await self._wait_triton_ready()
+                except LoadError as exc:
+                    # A Triton without explicit model control cannot load: fine if the versions are there.
+                    missing = [
+                        v
+                        for v in routing.versions()
+                        if (await self.triton.request("GET", f"/v2/models/{model}/versions/{v}/ready")).status
+                        != 200
+                    ]
+                    if missing:
+                        raise
+                    log.info("versions already loaded; Triton did not accept a load: %s", exc)
+            for version in routing.versions():
+                if version not in self.pipeline.guards:
+                    status, triton_config = await self.triton.get_json(
+                        f"/v2/models/{model}/versions/{version}/config"
+                    )
+                    guard = self.pipeline.build_guard(version, triton_config if status == 200 else None)
+                    self.pipeline.install_guard(guard)
+            self._prepared = versions
+
+    async def _wait_triton_ready(self, timeout_s: float = 30.0) -> None:
+        # Triton settles its version set just after a load returns (strict readiness dips meanwhile).
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while not await self.triton.is_ready():
+            if asyncio.get_running_loop().time() > deadline:
+                return
+            await asyncio.sleep(0.1)
+
+    async def apply_routing(self, routing: Routing) -> None:
+        """New routing from the GuardedModel: prepare its versions first, then switch traffic."""
+        try:
+            await self._prepare(routing)
+        except (LoadError, Exception) as exc:
+            log.error("cannot adopt routing %s (keeping %s): %s", routing, self.router.routing, exc)
+            return
+        if self.router.update(routing):
+            log.info("routing is now %s", routing)
+
+    async def _monitor(self) -> None:
+        checks = 0
+        while True:
+            ready = await self.triton.is_ready()
+            checks += 1
+            if ready and (not self.pipeline.triton_ready or checks % 4 == 0):
+                try:
+                    await self._prepare(self.router.routing)
+                    self.pipeline.triton_ready = True
+                except Exception as exc:
+                    self.pipeline.triton_ready = False
+                    log.error("Triton is up but the routed versions are not servable: %s", exc)
+            elif not ready:
+                if self.pipeline.triton_ready:
+                    log.warning(
+                        "Triton at %s is not ready; refusing requests until it is",
+                        self.config.triton_http_url,
+                    )
+                self.pipeline.triton_ready = False
+            self.metrics.triton_ready = self.pipeline.triton_ready
+            await asyncio.sleep(self.health_interval_s)
+
+    async def _drift_windows(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.spec.drift_window_s)
+            self.metrics.close_windows()
+
+    # ------------------------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        listen = self.config.listen
+        metrics_app = web.Application()
+        metrics_app.router.add_get("/metrics", self._metrics_handler)
+        self._metrics_runner = web.AppRunner(metrics_app, access_log=None)
+        await self._metrics_runner.setup()
+        site = web.TCPSite(self._metrics_runner, listen.host, listen.metrics)
+        await site.start()
+        self.metrics_port = _bound_port(site)
+
+        server = V2HttpServer(
+            self.pipeline, self.triton, max_body=self.config.tuning.max_request_bytes, is_ready=self.is_ready
+        )
+        self._http = await server.start(listen.host, listen.http)
+        self.http_port = self._http.sockets[0].getsockname()[1]
+        self._servicer = GuardServicer(self.pipeline, self.config.triton_grpc_url, self.is_ready)
+        self._grpc, self.grpc_port = await start_grpc_server(
+            self._servicer, listen.host, listen.grpc, self.config.tuning.max_request_bytes
+        )
+        spawn = asyncio.get_running_loop().create_task
+        self._tasks += [
+            spawn(self._monitor(), name="triton-monitor"),
+            spawn(self.audit.run_flusher(), name="audit-flusher"),
+            spawn(self.review.run_sender(), name="review-sender"),
+            spawn(self._drift_windows(), name="drift-windows"),
+        ]
+        if self.config.guarded_model is not None:
+            namespace, name = self.config.guarded_model
+            try:
+                api = ApiServer.from_environment(self.kubeconfig)
+            except Exception as exc:
+                log.warning("no Kubernetes API access (%s); routing stays %s", exc, self.router.routing)
+            else:
+                self.watcher = GuardedModelWatcher(
+                    api, namespace, name, self.apply_routing, lambda: self.router.routing
+                )
+                self._tasks.append(spawn(self.watcher.run(), name="routing-watcher"))
+        log.info(
+            "guard sidecar for '%s': HTTP :%d, gRPC :%d, metrics :%d, Triton %s",
+            self.config.spec.model.name,
+            self.http_port,
+            self.grpc_port,
+            self.metrics_port,
+            self.config.triton_http_url,
+        )
+
+    async def wait_ready(self, timeout_s: float = 60.0) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while not self.is_ready():
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(
+                    f"sidecar not ready after {timeout_s} s (Triton {self.config.triton_http_url})"
+                )
+            await asyncio.sleep(0.05)
+
+    async def stop(self) -> None:
+        if self._http is not None:
+            self._http.close()
+        if self._grpc is not None:
+            await self._grpc.stop(grace=1.0)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        if self._servicer is not None:
+            await self._servicer.close()
+        if self._metrics_runner is not None:
+            await self._metrics_runner.cleanup()
+        self.metrics.close_windows()
+        self.audit.close()
+        self.triton.close()
+
+    async def _metrics_handler(self, request: web.Request) -> web.Response:
+        body = generate_latest(self.metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def _bound_port(site: web.TCPSite) -> int:
+    server = site._server  # aiohttp keeps the asyncio server here; the public API has no bound port
+    assert server is not None
+    sockets = getattr(server, "sockets", None) or []
+    return int(sockets[0].getsockname()[1]) if sockets else 0

@@ -1,0 +1,412 @@
+"""The sidecar's one typed configuration: the ``sidecar.yaml`` file, then environment, then flags.
+
+The operator renders ``sidecar.yaml`` into the pod's ConfigMap; standalone runs and benchmarks write
+it by hand. Keys (camelCase, as in the GuardedModel API)::
+
+    guardedModel: {namespace: ns, name: n}   # optional: watch routing from this GuardedModel's status
+    spec:                                    # the GuardedModel spec with defaults applied
+      model: {name: m, repository: ..., version: "1"}
+      gate:
+        inputs: [{name: INPUT, datatype: FP32, shape: [784], min: 0.0, max: 1.0}]  # shape w/o batch dim
+        ood: {method: mahalanobis|energy|knn|msp|vim|none, threshold: null, action: reject|review|flag}
+      confidence: {reviewBelow: 0.5, review: {webhook: http://..., maxFraction: 0.05}}
+      audit: {enabled: true, sampleRate: 0.01}
+      drift: {window: 60s}
+    routing: {stableVersion: "1", canaryVersion: null, canaryWeight: 0}   # initial / standalone routing
+    triton: {httpUrl: "127.0.0.1:8000", grpcUrl: "127.0.0.1:8001"}
+    modelRepository: /models                 # local path where <model>/<version>/guard/ is readable
+    listen: {host: 0.0.0.0, http: 8080, grpc: 8081, metrics: 9090}
+    auditDir: /var/lib/guardedmodel/audit
+    spoolDir: /var/lib/guardedmodel/review-spool
+    tuning:                                  # optional, sidecar-only knobs (defaults below)
+      maxRequestBytes: 67108864              # larger bodies are refused with 413
+      maxBatch: 1024                         # larger batch dimensions are refused by the gate
+      loadVersions: true                     # load routed versions through Triton's repository API
+      microBatching: {enabled: false, maxBatch: 64, maxInflight: 2}
+      auditRotateBytes: 104857600
+      reviewRetries: 5
+      logitsOutput: null                     # default: the artifact's (LOGITS)
+      featuresOutput: null                   # default: the artifact's (FEATURES)
+
+Environment (overrides the file): GUARDEDMODEL_TRITON_HTTP_URL, GUARDEDMODEL_TRITON_GRPC_URL,
+GUARDEDMODEL_MODEL_REPOSITORY, GUARDEDMODEL_AUDIT_DIR, GUARDEDMODEL_SPOOL_DIR. Flags of
+``guardedmodel sidecar`` override both.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from guardedmodel_sidecar.protocol.datatypes import KNOWN_DATATYPES
+
+OOD_METHODS = ("mahalanobis", "energy", "knn", "msp", "vim", "none")
+OOD_ACTIONS = ("reject", "review", "flag")
+
+
+class ConfigError(ValueError):
+    """The sidecar configuration is invalid; the message names the key and what to change."""
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    name: str
+    datatype: str
+    shape: tuple[int, ...]  # without the batch dimension; -1 = any size
+    min: float | None = None
+    max: float | None = None
+
+
+@dataclass(frozen=True)
+class OodSpec:
+    method: str = "none"
+    threshold: float | None = None  # None: the artifact's threshold for the method
+    action: str = "flag"
+
+
+@dataclass(frozen=True)
+class ReviewSpec:
+    webhook: str | None = None
+    max_fraction: float = 0.05
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    repository: str = ""
+    version: str = "1"
+
+
+@dataclass(frozen=True)
+class GuardSpec:
+    model: ModelSpec
+    inputs: tuple[InputSpec, ...] = ()
+    ood: OodSpec = field(default_factory=OodSpec)
+    review_below: float | None = None
+    review: ReviewSpec = field(default_factory=ReviewSpec)
+    audit_enabled: bool = True
+    sample_rate: float = 0.0
+    drift_window_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class Routing:
+    stable_version: str
+    canary_version: str | None = None
+    canary_weight: int = 0  # percent of requests to the canary
+
+    def versions(self) -> tuple[str, ...]:
+        if self.canary_version and self.canary_version != self.stable_version:
+            return (self.stable_version, self.canary_version)
+        return (self.stable_version,)
+
+
+@dataclass(frozen=True)
+class MicroBatching:
+    enabled: bool = False
+    max_batch: int = 64
+    max_inflight: int = 2
+
+
+@dataclass(frozen=True)
+class Tuning:
+    max_request_bytes: int = 64 * 1024 * 1024
+    max_batch: int = 1024
+    load_versions: bool = True
+    micro_batching: MicroBatching = field(default_factory=MicroBatching)
+    audit_rotate_bytes: int = 100 * 1024 * 1024
+    review_retries: int = 5
+    logits_output: str | None = None
+    features_output: str | None = None
+
+
+@dataclass(frozen=True)
+class Listen:
+    host: str = "0.0.0.0"
+    http: int = 8080
+    grpc: int = 8081
+    metrics: int = 9090
+
+
+@dataclass(frozen=True)
+class SidecarConfig:
+    spec: GuardSpec
+    routing: Routing
+    triton_http_url: str = "127.0.0.1:8000"
+    triton_grpc_url: str = "127.0.0.1:8001"
+    model_repository: Path | None = None
+    listen: Listen = field(default_factory=Listen)
+    audit_dir: Path = Path("/var/lib/guardedmodel/audit")
+    spool_dir: Path = Path("/var/lib/guardedmodel/review-spool")
+    guarded_model: tuple[str, str] | None = None  # (namespace, name)
+    tuning: Tuning = field(default_factory=Tuning)
+
+    def with_overrides(self, **changes: Any) -> SidecarConfig:
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+
+
+def parse_duration(value: Any, key: str) -> float:
+    """Seconds from 30, "30s", "5m", "1h", "500ms"."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    match = _DURATION.match(str(value))
+    if not match:
+        raise ConfigError(f"{key}: {value!r} is not a duration (examples: 30s, 5m, 1h)")
+    number = float(match.group(1))
+    return number * {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}[match.group(2)]
+
+
+def _section(data: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any]:
+    value = data.get(key) or {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where}{key}: must be a mapping, got {type(value).__name__}")
+    return value
+
+
+def _opt_float(data: Mapping[str, Any], key: str, where: str) -> float | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}{key}: {value!r} is not a number") from None
+
+
+def _fraction(value: Any, key: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}: {value!r} is not a number") from None
+    if not 0.0 <= number <= 1.0:
+        raise ConfigError(f"{key}: {number} must be between 0 and 1")
+    return number
+
+
+def parse_input(entry: Any, index: int) -> InputSpec:
+    where = f"spec.gate.inputs[{index}]."
+    if not isinstance(entry, Mapping) or not isinstance(entry.get("name"), str):
+        raise ConfigError(f"{where}name: every gate input needs a name")
+    datatype = str(entry.get("datatype", "FP32")).upper()
+    if datatype not in KNOWN_DATATYPES:
+        raise ConfigError(
+            f"{where}datatype: {datatype!r} is not a v2 datatype ({', '.join(sorted(KNOWN_DATATYPES))})"
+        )
+    shape = entry.get("shape", [])
+    if not isinstance(shape, list) or not all(isinstance(d, int) and (d >= 0 or d == -1) for d in shape):
+        raise ConfigError(f"{where}shape: {shape!r} must be a list of sizes (-1 = variable), without batch")
+    lo, hi = _opt_float(entry, "min", where), _opt_float(entry, "max", where)
+    if lo is not None and hi is not None and lo > hi:
+        raise ConfigError(f"{where}min {lo} is above max {hi}")
+    return InputSpec(entry["name"], datatype, tuple(shape), lo, hi)
+
+
+def parse_spec(spec: Mapping[str, Any]) -> GuardSpec:
+    model = _section(spec, "model", "spec.")
+    if not model.get("name"):
+        raise ConfigError("spec.model.name: the model name is required")
+    gate = _section(spec, "gate", "spec.")
+    raw_inputs = gate.get("inputs") or []
+    if not isinstance(raw_inputs, list):
+        raise ConfigError("spec.gate.inputs: must be a list")
+    ood = _section(gate, "ood", "spec.gate.")
+    method = str(ood.get("method", "none")).lower()
+    if method not in OOD_METHODS:
+        raise ConfigError(f"spec.gate.ood.method: {method!r} is not one of {', '.join(OOD_METHODS)}")
+    action = str(ood.get("action", "flag")).lower()
+    if action not in OOD_ACTIONS:
+        raise ConfigError(f"spec.gate.ood.action: {action!r} is not one of {', '.join(OOD_ACTIONS)}")
+    confidence = _section(spec, "confidence", "spec.")
+    review = _section(confidence, "review", "spec.confidence.")
+    review_below = _opt_float(confidence, "reviewBelow", "spec.confidence.")
+    if review_below is not None:
+        review_below = _fraction(review_below, "spec.confidence.reviewBelow")
+    audit = _section(spec, "audit", "spec.")
+    drift = _section(spec, "drift", "spec.")
+    return GuardSpec(
+        model=ModelSpec(str(model["name"]), str(model.get("repository", "")), str(model.get("version", "1"))),
+        inputs=tuple(parse_input(e, i) for i, e in enumerate(raw_inputs)),
+        ood=OodSpec(method, _opt_float(ood, "threshold", "spec.gate.ood."), action),
+        review_below=review_below,
+        review=ReviewSpec(
+            webhook=review.get("webhook") or None,
+            max_fraction=_fraction(review.get("maxFraction", 0.05), "spec.confidence.review.maxFraction"),
+        ),
+        audit_enabled=bool(audit.get("enabled", True)),
+        sample_rate=_fraction(audit.get("sampleRate", 0.0), "spec.audit.sampleRate"),
+        drift_window_s=parse_duration(drift.get("window", "60s"), "spec.drift.window"),
+    )
+
+
+def parse_routing(data: Mapping[str, Any], default_version: str) -> Routing:
+    stable = data.get("stableVersion") or default_version
+    canary = data.get("canaryVersion") or None
+    weight = data.get("canaryWeight") or 0
+    if not isinstance(weight, int) or not 0 <= weight <= 100:
+        raise ConfigError(f"routing.canaryWeight: {weight!r} must be an integer percentage 0-100")
+    return Routing(str(stable), None if canary is None else str(canary), weight if canary else 0)
+
+
+def parse_config(data: Mapping[str, Any]) -> SidecarConfig:
+    if not isinstance(data, Mapping):
+        raise ConfigError("sidecar config must be a mapping at the top level")
+    spec = parse_spec(_section(data, "spec", ""))
+    routing = parse_routing(_section(data, "routing", ""), spec.model.version)
+    triton = _section(data, "triton", "")
+    listen = _section(data, "listen", "")
+    gm = data.get("guardedModel")
+    guarded_model = None
+    if gm:
+        if not isinstance(gm, Mapping) or not gm.get("name"):
+            raise ConfigError("guardedModel: needs {namespace, name}")
+        guarded_model = (str(gm.get("namespace", "default")), str(gm["name"]))
+    tuning = _section(data, "tuning", "")
+    mb = _section(tuning, "microBatching", "tuning.")
+    defaults = Tuning()
+    repo = data.get("modelRepository")
+    return SidecarConfig(
+        spec=spec,
+        routing=routing,
+        triton_http_url=_strip_scheme(str(triton.get("httpUrl", "127.0.0.1:8000"))),
+        triton_grpc_url=_strip_scheme(str(triton.get("grpcUrl", "127.0.0.1:8001"))),
+        model_repository=Path(repo) if repo else None,
+        listen=Listen(
+            host=str(listen.get("host", "0.0.0.0")),
+            http=int(listen.get("http", 8080)),
+            grpc=int(listen.get("grpc", 8081)),
+            metrics=int(listen.get("metrics", 9090)),
+        ),
+        audit_dir=Path(data.get("auditDir", "/var/lib/guardedmodel/audit")),
+        spool_dir=Path(data.get("spoolDir", "/var/lib/guardedmodel/review-spool")),
+        guarded_model=guarded_model,
+        tuning=Tuning(
+            max_request_bytes=int(tuning.get("maxRequestBytes", defaults.max_request_bytes)),
+            max_batch=int(tuning.get("maxBatch", defaults.max_batch)),
+            load_versions=bool(tuning.get("loadVersions", defaults.load_versions)),
+            micro_batching=MicroBatching(
+                enabled=bool(mb.get("enabled", False)),
+                max_batch=int(mb.get("maxBatch", 64)),
+                max_inflight=int(mb.get("maxInflight", 2)),
+            ),
+            audit_rotate_bytes=int(tuning.get("auditRotateBytes", defaults.audit_rotate_bytes)),
+            review_retries=int(tuning.get("reviewRetries", defaults.review_retries)),
+            logits_output=tuning.get("logitsOutput"),
+            features_output=tuning.get("featuresOutput"),
+        ),
+    )
+
+
+def _strip_scheme(url: str) -> str:
+    for prefix in ("http://", "grpc://"):
+        if url.startswith(prefix):
+            return url[len(prefix) :].rstrip("/")
+    return url.rstrip("/")
+
+
+def load_config(path: Path | None, env: Mapping[str, str] | None = None) -> SidecarConfig:
+    """Read ``sidecar.yaml`` and apply environment overrides."""
+    if path is None:
+        raise ConfigError("no config file given (--config sidecar.yaml)")
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the sidecar config: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    config = parse_config(data)
+    env = os.environ if env is None else env
+    return config.with_overrides(
+        triton_http_url=_env_url(env, "GUARDEDMODEL_TRITON_HTTP_URL"),
+        triton_grpc_url=_env_url(env, "GUARDEDMODEL_TRITON_GRPC_URL"),
+        model_repository=_env_path(env, "GUARDEDMODEL_MODEL_REPOSITORY"),
+        audit_dir=_env_path(env, "GUARDEDMODEL_AUDIT_DIR"),
+        spool_dir=_env_path(env, "GUARDEDMODEL_SPOOL_DIR"),
+    )
+
+
+def _env_url(env: Mapping[str, str], key: str) -> str | None:
+    value = env.get(key)
+    return _strip_scheme(value) if value else None
+
+
+def _env_path(env: Mapping[str, str], key: str) -> Path | None:
+    value = env.get(key)
+    return Path(value) if value else None
+
+
+def dump_config(config: SidecarConfig) -> dict[str, Any]:
+    """The camelCase YAML form of a config (what the operator renders), for tests and benchmarks."""
+    spec = config.spec
+    return {
+        **(
+            {"guardedModel": {"namespace": config.guarded_model[0], "name": config.guarded_model[1]}}
+            if config.guarded_model
+            else {}
+        ),
+        "spec": {
+            "model": {
+                "name": spec.model.name,
+                "repository": spec.model.repository,
+                "version": spec.model.version,
+            },
+            "gate": {
+                "inputs": [
+                    {
+                        "name": i.name,
+                        "datatype": i.datatype,
+                        "shape": list(i.shape),
+                        "min": i.min,
+                        "max": i.max,
+                    }
+                    for i in spec.inputs
+                ],
+                "ood": {
+                    "method": spec.ood.method,
+                    "threshold": spec.ood.threshold,
+                    "action": spec.ood.action,
+                },
+            },
+            "confidence": {
+                "reviewBelow": spec.review_below,
+                "review": {"webhook": spec.review.webhook, "maxFraction": spec.review.max_fraction},
+            },
+            "audit": {"enabled": spec.audit_enabled, "sampleRate": spec.sample_rate},
+            "drift": {"window": spec.drift_window_s},
+        },
+        "routing": {
+            "stableVersion": config.routing.stable_version,
+            "canaryVersion": config.routing.canary_version,
+            "canaryWeight": config.routing.canary_weight,
+        },
+        "triton": {"httpUrl": config.triton_http_url, "grpcUrl": config.triton_grpc_url},
+        **({"modelRepository": str(config.model_repository)} if config.model_repository else {}),
+        "listen": {
+            "host": config.listen.host,
+            "http": config.listen.http,
+            "grpc": config.listen.grpc,
+            "metrics": config.listen.metrics,
+        },
+        "auditDir": str(config.audit_dir),
+        "spoolDir": str(config.spool_dir),
+        "tuning": {
+            "maxRequestBytes": config.tuning.max_request_bytes,
+            "maxBatch": config.tuning.max_batch,
+            "loadVersions": config.tuning.load_versions,
+            "microBatching": {
+                "enabled": config.tuning.micro_batching.enabled,
+                "maxBatch": config.tuning.micro_batching.max_batch,
+                "maxInflight": config.tuning.micro_batching.max_inflight,
+            },
+            "auditRotateBytes": config.tuning.audit_rotate_bytes,
+            "reviewRetries": config.tuning.review_retries,
+        },
+    }

@@ -1,0 +1,93 @@
+"""Domain errors of the data plane and the one place that maps them to HTTP status and gRPC codes.
+
+Every refusal carries a message a caller can act on ("input 'INPUT': 3 values are NaN"); the HTTP and
+gRPC adapters never invent their own status codes, so both protocols refuse the same input the same way.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class GuardError(Exception):
+    """Base of every error the data plane reports to a caller."""
+
+    http_status: int = 500
+    grpc_code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        # Guard results of a post-model refusal (scores, decision) still travel with the error.
+        self.headers = headers or {}
+
+
+class InvalidRequest(GuardError):
+    """The request is not a well-formed v2 inference request (bad JSON, sizes that do not add up)."""
+
+    http_status = 400
+    grpc_code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class InputRefused(InvalidRequest):
+    """The input gate refused an input: wrong name, datatype, shape, value range, NaN/Inf, size."""
+
+
+class PayloadTooLarge(InvalidRequest):
+    http_status = 413
+    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class OutOfDistribution(GuardError):
+    """The scorer found the input out of distribution and the spec says to reject it."""
+
+    http_status = 422
+    grpc_code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class ModelNotFound(GuardError):
+    http_status = 404
+    grpc_code = grpc.StatusCode.NOT_FOUND
+
+
+class Unavailable(GuardError):
+    """Triton (or the model version routing chose) cannot serve right now; retrying later may work."""
+
+    http_status = 503
+    grpc_code = grpc.StatusCode.UNAVAILABLE
+
+
+class Forbidden(GuardError):
+    """An operation the sidecar owns (loading/unloading models) that callers may not do through it."""
+
+    http_status = 403
+    grpc_code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class UpstreamError(GuardError):
+    """Triton answered with an error; its status and message are passed on unchanged."""
+
+    def __init__(self, message: str, http_status: int) -> None:
+        super().__init__(message)
+        self.http_status = http_status
+        self.grpc_code = grpc_code_for_http(http_status)
+
+
+_HTTP_TO_GRPC = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED,
+    404: grpc.StatusCode.NOT_FOUND,
+    409: grpc.StatusCode.ALREADY_EXISTS,
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    422: grpc.StatusCode.INVALID_ARGUMENT,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    499: grpc.StatusCode.CANCELLED,
+    501: grpc.StatusCode.UNIMPLEMENTED,
+    503: grpc.StatusCode.UNAVAILABLE,
+    504: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+
+def grpc_code_for_http(status: int) -> grpc.StatusCode:
+    return _HTTP_TO_GRPC.get(status, grpc.StatusCode.INTERNAL if status >= 500 else grpc.StatusCode.UNKNOWN)

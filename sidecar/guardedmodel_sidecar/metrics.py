@@ -1,0 +1,319 @@
+"""Prometheus metrics of the data plane: one registry, plain counters on the hot path, served apart.
+
+The hot path only bumps Python ints and copies a batch's scores into a preallocated buffer; the
+buffers are binned into histograms and drift counts in bulk (when full, at each window's end and at
+scrape time), so per-sample metrics cost no per-sample Python work. Everything runs on the event
+loop thread, so no locks are needed.
+
+Exported (labels ``model``, ``version`` unless noted):
+  guardedmodel_requests_total{decision}            requests by guard decision (gate refusals: reject)
+  guardedmodel_samples_total                       samples scored (a batch of 32 counts 32)
+  guardedmodel_ood_samples_total                   samples whose OOD score is above the threshold
+  guardedmodel_gate_refusals_total{model}          requests the input gate refused
+  guardedmodel_upstream_errors_total{model,code}   Triton errors and unreachable Triton
+  guardedmodel_confidence                          histogram of calibrated confidence per sample
+  guardedmodel_ood_score{method}                   histogram of OOD scores per sample
+  guardedmodel_estimated_accuracy                  mean calibrated confidence of the last window
+  guardedmodel_drift_score{statistic}              PSI/KS of the last window against the reference
+  guardedmodel_drift_window_samples                samples in the last window
+  guardedmodel_stage_seconds{stage}                gate / model / scorer / total latency per request
+  guardedmodel_review_items_total{outcome}         review items: spooled, capped, sent, send_failed
+  guardedmodel_review_spool_items                  items waiting in the durable spool
+  guardedmodel_audit_records_total                 audit records written
+  guardedmodel_triton_ready                        1 when Triton answers ready, else 0
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+from guardedmodel_sidecar.decision import DECISIONS
+from guardedmodel_sidecar.guard.drift import DriftAccumulator, DriftCounts
+
+CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+STAGES = ("gate", "model", "scorer", "total")
+_OOD_STEPS = (-1.0, -0.5, -0.25, -0.1, 0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
+
+
+def ood_buckets(threshold: float | None) -> tuple[float, ...]:
+    """Buckets around the threshold, whatever the method's scale or sign (energy scores are negative)."""
+    t = 0.0 if threshold is None else threshold
+    scale = abs(t) if t else 1.0
+    return tuple(sorted({round(t + s * scale, 12) for s in _OOD_STEPS}))
+
+
+class _Histogram:
+    """Bucket counts in numpy; observe many values at once."""
+
+    def __init__(self, buckets: Iterable[float]) -> None:
+        self.bounds = np.asarray(list(buckets), dtype=np.float64)
+        self.counts = np.zeros(self.bounds.size + 1, dtype=np.int64)
+        self.total = 0.0
+
+    def observe_many(self, values: np.ndarray) -> None:
+        if values.size == 0:
+            return
+        finite = values[np.isfinite(values)]
+        index = np.searchsorted(self.bounds, finite, side="left")
+        self.counts += np.bincount(index, minlength=self.counts.size)
+        self.total += float(finite.sum())
+
+    def family_samples(self) -> tuple[list[tuple[str, float]], float]:
+        cumulative = np.cumsum(self.counts)
+        buckets = [(_fmt(b), float(c)) for b, c in zip(self.bounds, cumulative[:-1], strict=True)]
+        buckets.append(("+Inf", float(cumulative[-1])))
+        return buckets, self.total
+
+
+class _LatencyHistogram:
+    """Single observations (one per request) with bisect on a tuple: cheaper than numpy for one value."""
+
+    def __init__(self, buckets: tuple[float, ...]) -> None:
+        self.bounds = buckets
+        self.counts = [0] * (len(buckets) + 1)
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def family_samples(self) -> tuple[list[tuple[str, float]], float]:
+        out, running = [], 0
+        for bound, count in zip(self.bounds, self.counts, strict=False):
+            running += count
+            out.append((_fmt(bound), float(running)))
+        out.append(("+Inf", float(running + self.counts[-1])))
+        return out, self.total
+
+
+def _fmt(value: float) -> str:
+    return repr(float(value))
+
+
+@dataclass
+class VersionMetrics:
+    """Everything counted for one model version; the sample buffer amortises per-sample work."""
+
+    model: str
+    version: str
+    method: str
+    ood_threshold: float | None
+    drift: DriftAccumulator | None
+    feature_dim: int
+    buffer_rows: int = 2048
+    decisions: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DECISIONS, 0))
+    samples: int = 0
+    ood_samples: int = 0
+
+    def __post_init__(self) -> None:
+        self.confidence = _Histogram(CONFIDENCE_BUCKETS)
+        self.ood = _Histogram(ood_buckets(self.ood_threshold))
+        cap = self.buffer_rows
+        self._conf = np.empty(cap, dtype=np.float64)
+        self._ood = np.empty(cap, dtype=np.float64)
+        self._pred = np.empty(cap, dtype=np.int64)
+        use_features = self.drift is not None and self.drift.reference.feature_edges.shape[0] > 0
+        self._features = np.empty((cap, self.feature_dim), dtype=np.float32) if use_features else None
+        self._n = 0
+        self._has_ood = False
+        self.window: DriftCounts | None = self.drift.zeros() if self.drift is not None else None
+        self.window_conf_sum = 0.0
+        self.window_samples = 0
+        self.last_accuracy = math.nan
+        self.last_drift: dict[str, float] = {}
+        self.last_window_samples = 0
+
+    def observe(
+        self,
+        confidence: np.ndarray,
+        predicted: np.ndarray,
+        ood: np.ndarray | None,
+        features: np.ndarray | None,
+    ) -> None:
+        b = confidence.shape[0]
+        if self._n + b > self.buffer_rows:
+            self.flush()
+            if b > self.buffer_rows:
+                self._account(confidence, predicted, ood, features)
+                return
+        n = self._n
+        self._conf[n : n + b] = confidence
+        self._pred[n : n + b] = predicted
+        if ood is not None:
+            self._ood[n : n + b] = ood
+            self._has_ood = True
+        if self._features is not None and features is not None:
+            self._features[n : n + b] = features.reshape(b, -1)
+        self._n = n + b
+
+    def flush(self) -> None:
+        n = self._n
+        if not n:
+            return
+        self._n = 0
+        self._account(
+            self._conf[:n],
+            self._pred[:n],
+            self._ood[:n] if self._has_ood else None,
+            self._features[:n] if self._features is not None else None,
+        )
+
+    def _account(
+        self, conf: np.ndarray, pred: np.ndarray, ood: np.ndarray | None, features: np.ndarray | None
+    ) -> None:
+        self.samples += conf.shape[0]
+        self.confidence.observe_many(conf)
+        self.window_conf_sum += float(conf.sum())
+        self.window_samples += conf.shape[0]
+        if ood is not None:
+            self.ood.observe_many(ood)
+            if self.ood_threshold is not None:
+                self.ood_samples += int((ood > self.ood_threshold).sum())
+        if self.drift is not None and self.window is not None:
+            self.window = self.window + self.drift.count(features, conf, pred)
+
+    def close_window(self) -> None:
+        """End the drift window: publish its estimated accuracy and drift, start a new one."""
+        self.flush()
+        self.last_window_samples = self.window_samples
+        self.last_accuracy = self.window_conf_sum / self.window_samples if self.window_samples else math.nan
+        if self.drift is not None and self.window is not None:
+            if self.window.n:
+                scores = self.drift.score(self.window)
+                self.last_drift = {
+                    "score": scores.score,
+                    "feature_psi_mean": scores.feature_psi_mean,
+                    "feature_psi_max": scores.feature_psi_max,
+                    "confidence_psi": scores.confidence_psi,
+                    "confidence_ks": scores.confidence_ks,
+                    "class_psi": scores.class_psi,
+                    "noise_floor": scores.noise_floor,
+                }
+            else:
+                self.last_drift = dict.fromkeys(self.last_drift or ("score",), math.nan)
+            self.window = self.drift.zeros()
+        self.window_conf_sum = 0.0
+        self.window_samples = 0
+
+
+class SidecarMetrics(Collector):
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.versions: dict[str, VersionMetrics] = {}
+        self.stages = {stage: _LatencyHistogram(LATENCY_BUCKETS) for stage in STAGES}
+        self.gate_refusals = 0
+        self.upstream_errors: dict[str, int] = {}
+        self.triton_ready = False
+        # Read at scrape time from the parts that own the numbers.
+        self.review_counts: Callable[[], dict[str, int]] = dict
+        self.spool_depth: Callable[[], int] = lambda: 0
+        self.audit_records: Callable[[], int] = lambda: 0
+        self.registry.register(self)
+
+    def version(self, version: str) -> VersionMetrics | None:
+        return self.versions.get(version)
+
+    def add_version(self, metrics: VersionMetrics) -> None:
+        self.versions.setdefault(metrics.version, metrics)
+
+    def count_decision(self, version: str, decision: str) -> None:
+        vm = self.versions.get(version)
+        if vm is not None:
+            vm.decisions[decision] += 1
+
+    def count_upstream_error(self, code: str) -> None:
+        self.upstream_errors[code] = self.upstream_errors.get(code, 0) + 1
+
+    def close_windows(self) -> None:
+        for vm in self.versions.values():
+            vm.close_window()
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
+        labels = ["model", "version"]
+        requests = CounterMetricFamily(
+            "guardedmodel_requests", "Requests by guard decision", labels=[*labels, "decision"]
+        )
+        samples = CounterMetricFamily("guardedmodel_samples", "Samples scored", labels=labels)
+        ood_samples = CounterMetricFamily(
+            "guardedmodel_ood_samples", "Samples with an OOD score above the threshold", labels=labels
+        )
+        confidence = HistogramMetricFamily(
+            "guardedmodel_confidence", "Calibrated confidence per sample", labels=labels
+        )
+        ood = HistogramMetricFamily(
+            "guardedmodel_ood_score", "OOD score per sample (higher = more OOD)", labels=[*labels, "method"]
+        )
+        accuracy = GaugeMetricFamily(
+            "guardedmodel_estimated_accuracy", "Mean calibrated confidence of the last window", labels=labels
+        )
+        drift = GaugeMetricFamily(
+            "guardedmodel_drift_score",
+            "Drift of the last window against the reference",
+            labels=[*labels, "statistic"],
+        )
+        window = GaugeMetricFamily(
+            "guardedmodel_drift_window_samples", "Samples in the last drift window", labels=labels
+        )
+        for vm in self.versions.values():
+            vm.flush()
+            lv = [vm.model, vm.version]
+            for decision, count in vm.decisions.items():
+                requests.add_metric([*lv, decision], count)
+            samples.add_metric(lv, vm.samples)
+            ood_samples.add_metric(lv, vm.ood_samples)
+            buckets, total = vm.confidence.family_samples()
+            confidence.add_metric(lv, buckets, total)
+            if vm.method != "none":
+                buckets, total = vm.ood.family_samples()
+                ood.add_metric([*lv, vm.method], buckets, total)
+            accuracy.add_metric(lv, vm.last_accuracy)
+            for statistic, value in vm.last_drift.items():
+                drift.add_metric([*lv, statistic], value)
+            window.add_metric(lv, vm.last_window_samples)
+        yield from (requests, samples, ood_samples, confidence, ood, accuracy, drift, window)
+
+        refusals = CounterMetricFamily(
+            "guardedmodel_gate_refusals", "Requests refused by the input gate", labels=["model"]
+        )
+        refusals.add_metric([self.model], self.gate_refusals)
+        yield refusals
+        upstream = CounterMetricFamily(
+            "guardedmodel_upstream_errors", "Errors from or reaching Triton", labels=["model", "code"]
+        )
+        for code, count in self.upstream_errors.items():
+            upstream.add_metric([self.model, code], count)
+        yield upstream
+        stages = HistogramMetricFamily(
+            "guardedmodel_stage_seconds", "Latency per request by stage", labels=["model", "stage"]
+        )
+        for stage, hist in self.stages.items():
+            buckets, total = hist.family_samples()
+            stages.add_metric([self.model, stage], buckets, total)
+        yield stages
+        review = CounterMetricFamily(
+            "guardedmodel_review_items", "Human-review items by outcome", labels=["model", "outcome"]
+        )
+        for outcome, count in self.review_counts().items():
+            review.add_metric([self.model, outcome], count)
+        yield review
+        yield GaugeMetricFamily(
+            "guardedmodel_review_spool_items", "Review items waiting in the spool", value=self.spool_depth()
+        )
+        yield CounterMetricFamily(
+            "guardedmodel_audit_records", "Audit records written", value=self.audit_records()
+        )
+        yield GaugeMetricFamily(
+            "guardedmodel_triton_ready",
+            "1 when Triton answers ready",
+            value=1.0 if self.triton_ready else 0.0,
+        )

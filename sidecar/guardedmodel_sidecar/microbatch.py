@@ -1,0 +1,166 @@
+"""Opt-in adaptive micro-batching: concurrent requests for one model version share one Triton call.
+
+No timer and no added wait: a request goes upstream at once while fewer than ``max_inflight`` calls
+are in flight for its kind; otherwise it queues, and when a call returns, everything queued (up to
+``max_batch`` rows) leaves together as one batch. At concurrency 1 nothing changes; under load the
+fixed per-call cost (HTTP round trip in the sidecar, request handling and Python-backend IPC in
+Triton) is paid once per batch instead of once per request.
+
+Only requests that can be stacked are batched: same version, same input names/datatypes/per-sample
+shapes, same requested outputs, no request parameters, numeric tensors. Outputs are split back by
+rows, so each caller gets exactly its own rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from guardedmodel_sidecar.protocol.datatypes import BYTES, NUMPY_DTYPES
+from guardedmodel_sidecar.protocol.model import InferRequest, InferResponse, OutputTensor, Tensor
+
+UpstreamInfer = Callable[[str, str, InferRequest, "list[str] | None"], Awaitable[InferResponse]]
+
+
+@dataclass
+class _Lane:
+    inflight: int = 0
+    queue: list[tuple[InferRequest, asyncio.Future[InferResponse]]] = field(default_factory=list)
+    queued_rows: int = 0
+
+
+class MicroBatcher:
+    def __init__(self, upstream: UpstreamInfer, *, max_batch: int, max_inflight: int) -> None:
+        self.upstream = upstream
+        self.max_batch = max_batch
+        self.max_inflight = max(1, max_inflight)
+        self._lanes: dict[tuple[object, ...], _Lane] = {}
+        self.calls = 0
+        self.requests = 0
+
+    @staticmethod
+    def _key(
+        model: str, version: str, request: InferRequest, outputs: list[str] | None
+    ) -> tuple[object, ...] | None:
+        if request.parameters:
+            return None
+        parts: list[object] = [model, version, None if outputs is None else tuple(outputs)]
+        for t in request.inputs:
+            if t.datatype == BYTES or not t.shape:
+                return None
+            parts.append((t.name, t.datatype, t.shape[1:]))
+        return tuple(parts)
+
+    async def infer(
+        self, model: str, version: str, request: InferRequest, outputs: list[str] | None
+    ) -> InferResponse:
+        self.requests += 1
+        key = self._key(model, version, request, outputs)
+        rows = request.batch_size()
+        if key is None or rows >= self.max_batch:
+            self.calls += 1
+            return await self.upstream(model, version, request, outputs)
+        lane = self._lanes.get(key)
+        if lane is None:
+            lane = self._lanes[key] = _Lane()
+        if lane.inflight < self.max_inflight and not lane.queue:
+            lane.inflight += 1
+            try:
+                self.calls += 1
+                return await self.upstream(model, version, request, outputs)
+            finally:
+                lane.inflight -= 1
+                self._dispatch(lane, model, version, outputs)
+        future: asyncio.Future[InferResponse] = asyncio.get_running_loop().create_future()
+        lane.queue.append((request, future))
+        lane.queued_rows += rows
+        return await future
+
+    def _dispatch(self, lane: _Lane, model: str, version: str, outputs: list[str] | None) -> None:
+        if not lane.queue or lane.inflight >= self.max_inflight:
+            return
+        taken: list[tuple[InferRequest, asyncio.Future[InferResponse]]] = []
+        rows = 0
+        while lane.queue:
+            request = lane.queue[0][0]
+            b = request.batch_size()
+            if taken and rows + b > self.max_batch:
+                break
+            taken.append(lane.queue.pop(0))
+            rows += b
+        lane.queued_rows -= rows
+        lane.inflight += 1
+        asyncio.get_running_loop().create_task(self._run(lane, model, version, outputs, taken, rows))
+
+    async def _run(
+        self,
+        lane: _Lane,
+        model: str,
+        version: str,
+        outputs: list[str] | None,
+        taken: list[tuple[InferRequest, asyncio.Future[InferResponse]]],
+        rows: int,
+    ) -> None:
+        try:
+            self.calls += 1
+            if len(taken) == 1:
+                request, future = taken[0]
+                try:
+                    response = await self.upstream(model, version, request, outputs)
+                except BaseException as exc:
+                    if not future.done():
+                        future.set_exception(exc)
+                else:
+                    if not future.done():
+                        future.set_result(response)
+                return
+            stacked = stack_requests([r for r, _ in taken], rows)
+            try:
+                response = await self.upstream(model, version, stacked, outputs)
+                parts = split_response(response, [r.batch_size() for r, _ in taken], [r.id for r, _ in taken])
+            except BaseException as exc:
+                for _, future in taken:
+                    if not future.done():
+                        future.set_exception(exc)
+                return
+            for (_, future), part in zip(taken, parts, strict=True):
+                if not future.done():
+                    future.set_result(part)
+        finally:
+            lane.inflight -= 1
+            self._dispatch(lane, model, version, outputs)
+
+
+def stack_requests(requests: list[InferRequest], rows: int) -> InferRequest:
+    first = requests[0]
+    inputs = []
+    for index, tensor in enumerate(first.inputs):
+        raw = b"".join(r.inputs[index].raw for r in requests)
+        shape = (rows, *tensor.shape[1:])
+        inputs.append(Tensor(tensor.name, tensor.datatype, shape, raw, None))
+    return InferRequest(first.model_name, first.model_version, "", {}, inputs, first.outputs)
+
+
+def split_response(response: InferResponse, batch_sizes: list[int], ids: list[str]) -> list[InferResponse]:
+    total = sum(batch_sizes)
+    parts: list[list[OutputTensor]] = [[] for _ in batch_sizes]
+    for out in response.outputs:
+        if not out.shape or out.shape[0] != total or out.datatype not in NUMPY_DTYPES:
+            raise ValueError(
+                f"output '{out.name}' of shape {list(out.shape)} cannot be split into {batch_sizes}"
+            )
+        row_bytes = len(out.raw) // total
+        view = memoryview(out.raw)
+        offset = 0
+        for index, b in enumerate(batch_sizes):
+            parts[index].append(
+                OutputTensor(
+                    out.name, out.datatype, (b, *out.shape[1:]), view[offset : offset + b * row_bytes]
+                )
+            )
+            offset += b * row_bytes
+    return [
+        InferResponse(response.model_name, response.model_version, rid, dict(response.parameters), outs)
+        for rid, outs in zip(ids, parts, strict=True)
+    ]
