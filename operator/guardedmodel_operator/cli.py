@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
 
     kopf.configure(
         debug=config.log_level == "debug",
-        verbose=config.log_level in ("debug", "info"),
+        verbose=config.log_level == "debug",
         quiet=config.log_level in ("warning", "error"),
         log_format=kopf.LogFormat.JSON if config.log_format == "json" else kopf.LogFormat.FULL,
         log_refkey="k8s" if config.log_format == "json" else None,

@@ -43,7 +43,7 @@ class OperatorConfig:
     priority: int = 0
     # A watch that sees no event for this long is re-established: some load
     # balancers and API server versions silently drop idle watch streams.
-    watch_server_timeout_s: float = 300.0
+    watch_server_timeout_s: int = 300  # the API server wants whole seconds
     watch_client_timeout_s: float = 330.0
     # A watch stream that delivers nothing (not even a bookmark) for this long
     # is considered dead; the API server sends bookmarks every minute.
@@ -155,6 +155,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add("--priority", type=int, help=f"peering priority [env {ENV_PREFIX}PRIORITY]")
     add("--worker-limit", type=int, help=f"objects processed concurrently [env {ENV_PREFIX}WORKER_LIMIT]")
-    add("--watch-server-timeout-s", type=float, help=f"[env {ENV_PREFIX}WATCH_SERVER_TIMEOUT_S]")
+    add("--watch-server-timeout-s", type=int, help=f"[env {ENV_PREFIX}WATCH_SERVER_TIMEOUT_S]")
     add("--watch-client-timeout-s", type=float, help=f"[env {ENV_PREFIX}WATCH_CLIENT_TIMEOUT_S]")
     add("--watch-inactivity-timeout-s", type=float, help=f"[env {ENV_PREFIX}WATCH_INACTIVITY_TIMEOUT_S]")

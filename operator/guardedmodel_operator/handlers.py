@@ -181,6 +181,11 @@ def register(registry: kopf.OperatorRegistry) -> None:
     importing this module has no side effects."""
     managed = {MANAGED_BY_LABEL: MANAGED_BY}
 
+    # A private registry does not inherit kopf's default login handlers.
+    @kopf.on.login(registry=registry)
+    def authenticate(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
     @kopf.on.startup(registry=registry)
     async def configure(settings: kopf.OperatorSettings, memo: OperatorState, **_: Any) -> None:
         config = memo.config
@@ -223,7 +228,7 @@ def register(registry: kopf.OperatorRegistry) -> None:
     def index_model(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> Any:
         return {(namespace, name): _slim(body)}
 
-    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
+    @kopf.on.event(GROUP, VERSION, PLURAL, id="guardedmodel_event", registry=registry)
     async def on_model(
         event: kopf.RawEvent, body: kopf.Body, memo: OperatorState, logger: Any, **kw: Any
     ) -> None:

@@ -4,6 +4,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+
 from guardedmodel_operator.apply import Action, is_subset, parse_quantity, plan_write
 
 

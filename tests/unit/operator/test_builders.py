@@ -5,6 +5,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from guardedmodel_operator.builders import (
     build_children,
     build_configmap,

@@ -3,6 +3,7 @@ from __future__ import annotations
 import argparse
 
 import pytest
+
 from guardedmodel_operator.config import ConfigError, OperatorConfig, add_arguments
 
 
@@ -19,7 +20,7 @@ def test_env_sets_every_kind_of_field() -> None:
     )
     assert config.namespaces == ("ml", "prod")
     assert not config.clusterwide
-    assert (config.log_format, config.metrics_port, config.watch_server_timeout_s) == ("json", 0, 120.0)
+    assert (config.log_format, config.metrics_port, config.watch_server_timeout_s) == ("json", 0, 120)
     assert config.extra_labels == {"team": "ml", "env": "prod"}
 
 

@@ -100,3 +100,19 @@ def test_status_has_the_routing_fields_the_sidecar_reads(crd: dict[str, Any]) ->
         "RolledBack",
         "Failed",
     }
+
+
+def test_chart_crds_are_in_sync_with_the_source(tmp_path: Any) -> None:
+    from guardedmodel_operator import crdsync
+
+    root = crdsync.repo_root()
+    assert crdsync.differences(root) == []
+    # and the check does fail on a difference
+    fake = tmp_path / "repo"
+    (fake / "crds").mkdir(parents=True)
+    (fake / "charts" / "guardedmodel" / "crds").mkdir(parents=True)
+    (fake / "crds" / "a.yaml").write_text("a: 1\n")
+    (fake / "charts" / "guardedmodel" / "crds" / "a.yaml").write_text("a: 2\n")
+    assert crdsync.differences(fake) == ["charts/guardedmodel/crds/a.yaml differs from crds/a.yaml"]
+    crdsync.sync(fake)
+    assert crdsync.differences(fake) == []

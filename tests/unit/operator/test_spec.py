@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+
 from guardedmodel_operator.spec import SpecError, parse_repository, parse_spec, with_defaults
 
 
