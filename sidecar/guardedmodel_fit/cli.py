@@ -60,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--holdout-fraction", type=float, default=0.5, help="share of --data held out of fitting"
     )
-    parser.add_argument("--knn-k", type=int, default=10)
+    parser.add_argument("--knn-k", type=int, default=5)
     parser.add_argument("--knn-bank-size", type=int, default=4096)
     parser.add_argument("--logits-output", default="LOGITS")
     parser.add_argument("--features-output", default="FEATURES", help="'' if the model has none")

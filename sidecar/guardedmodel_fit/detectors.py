@@ -5,18 +5,27 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
 from guardedmodel_sidecar.guard.artifact import KnnParams, MahalanobisParams, VimParams
 
 
 def fit_mahalanobis(
-    features: np.ndarray, labels: np.ndarray, num_classes: int, *, shrinkage: float = 1e-3
+    features: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int,
+    *,
+    shrinkage: float = 1e-3,
+    normalise: bool = True,
 ) -> MahalanobisParams:
     """Class means and the precision of the pooled within-class covariance.
 
     A small ridge (``shrinkage`` x mean variance) keeps the covariance invertible when features
-    are collinear or constant, which is common after a ReLU.
+    are collinear or constant, which is common after a ReLU. ``normalise`` fits on L2-normalised
+    features (the scorer then normalises too).
     """
     f = np.asarray(features, dtype=np.float64)
+    if normalise:
+        f = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
     y = np.asarray(labels, dtype=np.int64)
     present = np.bincount(y, minlength=num_classes)
     missing = np.flatnonzero(present == 0)
@@ -32,10 +41,12 @@ def fit_mahalanobis(
     ridge = shrinkage * max(float(np.trace(cov)) / cov.shape[0], 1e-12)
     cov[np.diag_indices_from(cov)] += ridge
     precision = np.linalg.inv(cov)
-    return MahalanobisParams(class_means=means, precision=0.5 * (precision + precision.T))
+    return MahalanobisParams(
+        class_means=means, precision=0.5 * (precision + precision.T), normalise=normalise
+    )
 
 
-def fit_knn(features: np.ndarray, *, k: int = 10, bank_size: int | None = 4096, seed: int = 0) -> KnnParams:
+def fit_knn(features: np.ndarray, *, k: int = 5, bank_size: int | None = 4096, seed: int = 0) -> KnnParams:
     """A bank of L2-normalised features; subsampled (seeded) to ``bank_size`` to bound request cost."""
     f = np.asarray(features, dtype=np.float64)
     if bank_size is not None and f.shape[0] > bank_size:

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
+
 from guardedmodel_sidecar.guard.artifact import (
     FEATURE_METHODS,
     FORMAT_VERSION,
@@ -27,7 +29,6 @@ from guardedmodel_sidecar.guard.artifact import (
     MspParams,
 )
 from guardedmodel_sidecar.guard.scoring import calibrated_confidence, make_ood_scorer
-from tqdm.auto import tqdm
 
 from . import metrics
 from .calibration import fit_temperature
@@ -48,7 +49,7 @@ class FitConfig:
     methods: tuple[str, ...] = ALL_METHODS
     target_acceptance: float = 0.95
     holdout_fraction: float = 0.5  # of val_set, when no separate fit_set is given
-    knn_k: int = 10
+    knn_k: int = 5
     knn_bank_size: int = 4096
     vim_principal_dim: int | None = None
     feature_bins: int = 10

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from guardedmodel_sidecar.guard.artifact import DriftReference, InputReference
 from guardedmodel_sidecar.guard.drift import bin_counts
 

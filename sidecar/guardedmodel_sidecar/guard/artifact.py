@@ -40,10 +40,15 @@ class ArtifactError(Exception):
 
 @dataclass(frozen=True, eq=False)
 class MahalanobisParams:
-    """Class-conditional Gaussians with one shared covariance (Lee et al., 2018)."""
+    """Class-conditional Gaussians with one shared covariance (Lee et al., 2018).
+
+    With ``normalise`` the features are L2-normalised before the distance (means and precision
+    were fitted on normalised features too); this usually separates far-OOD inputs better.
+    """
 
     class_means: np.ndarray  # (C, D) float64
     precision: np.ndarray  # (D, D) float64, inverse of the shared (tied) covariance
+    normalise: bool = False
 
 
 @dataclass(frozen=True, eq=False)

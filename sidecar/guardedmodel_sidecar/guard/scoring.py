@@ -119,10 +119,14 @@ class MahalanobisScorer(_FeatureScorer):
         means_w = np.asarray(params.class_means, dtype=np.float64) @ whitener
         self._minus_two_means_t = np.ascontiguousarray(-2.0 * means_w.T)  # (D, C)
         self._mean_norms = np.sum(means_w * means_w, axis=1)  # (C,)
+        self._normalise = bool(params.normalise)
 
     def score(self, logits: np.ndarray, features: np.ndarray | None) -> np.ndarray:
         batch = _as_logits(logits, self.num_classes).shape[0]
-        z = self._features(features, batch) @ self._whitener
+        f = self._features(features, batch)
+        if self._normalise:
+            f = f / np.maximum(np.sqrt(np.einsum("ij,ij->i", f, f)), 1e-12)[:, None]
+        z = f @ self._whitener
         cross = z @ self._minus_two_means_t
         cross += self._mean_norms
         out = np.einsum("ij,ij->i", z, z) + np.min(cross, axis=1)
@@ -143,9 +147,9 @@ class KnnScorer(_FeatureScorer):
         batch = _as_logits(logits, self.num_classes).shape[0]
         f = self._features(features, batch, np.float32)
         norms = np.sqrt(np.einsum("ij,ij->i", f, f))
-        sims = (f @ self._bank_t) / np.maximum(norms, 1e-12)[:, None]
+        sims = f @ self._bank_t
         # the k-th largest cosine similarity is the k-th nearest neighbour on the unit sphere
-        kth = -np.partition(-sims, self._k - 1, axis=1)[:, self._k - 1]
+        kth = _kth_largest(sims, self._k) / np.maximum(norms, 1e-12)
         return np.sqrt(np.maximum(2.0 - 2.0 * kth.astype(np.float64), 0.0))
 
 
@@ -227,6 +231,19 @@ def make_ood_scorer(method: str, artifact: GuardArtifact) -> OodScorer:
     if isinstance(params, MspParams):
         return MspScorer(params, c)
     raise ScorerError(f"detector {method!r} has unexpected parameters {type(params).__name__}")
+
+
+def _kth_largest(x: np.ndarray, k: int) -> np.ndarray:
+    """k-th largest value of each row. For small k, k passes of max() beat np.partition ~10x."""
+    if k == 1:
+        return np.max(x, axis=1)
+    if k > 16:
+        return -np.partition(-x, k - 1, axis=1)[:, k - 1]
+    work = x.copy()
+    rows = np.arange(x.shape[0])
+    for _ in range(k - 1):
+        work[rows, np.argmax(work, axis=1)] = -np.inf
+    return np.max(work, axis=1)
 
 
 def _psd_square_root(precision: np.ndarray) -> np.ndarray:
