@@ -1,0 +1,149 @@
+"""The API server itself refuses bad GuardedModels, with a message that names
+the field and says what to write instead. Every case is sent with kubectl to
+the real kube-apiserver (server-side dry run: validated, never stored)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+import yaml
+from gm_operator_helpers import EXAMPLES, minimal_example
+
+from guardedmodel_testground.cluster import LocalCluster
+
+pytestmark = pytest.mark.integration
+
+
+def with_change(path: str, value: Any, base: dict[str, Any] | None = None) -> dict[str, Any]:
+    manifest = copy.deepcopy(base or minimal_example())
+    *parents, last = path.split(".")
+    node = manifest
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[last] = value
+    return manifest
+
+
+def submit(cluster: LocalCluster, manifest: dict[str, Any]) -> tuple[int, str]:
+    result = cluster.kubectl(
+        "create", "--dry-run=server", "-n", "default", "-f", "-", input=yaml.safe_dump(manifest), check=False
+    )
+    return result.returncode, result.stdout + result.stderr
+
+
+INVALID = [
+    ("spec.spec.model.version", "v1", ["spec.model.version", 'e.g. version: "3"']),
+    ("spec.spec.model.version", "0", ["spec.model.version", "positive integer"]),
+    ("spec.spec.model.repository", "ftp://host/models", ["spec.model.repository", "s3://, gs://, pvc://"]),
+    ("spec.spec.model.repository", "models/dir", ["spec.model.repository", "schemes"]),
+    ("spec.spec.model.repository", "pvc://Bad_Claim/x", ["spec.model.repository", "pvc://<claim-name>"]),
+    ("spec.spec.model.repository", "file://relative", ["spec.model.repository", "three"]),
+    ("spec.spec.model.name", "../escape", ["spec.model.name", "Triton model directory name"]),
+    ("spec.spec.rollout", {"steps": [50, 10, 100]}, ["spec.rollout.steps", "ascending order"]),
+    ("spec.spec.rollout", {"steps": [10, 50]}, ["spec.rollout.steps", "must end at 100"]),
+    ("spec.spec.rollout", {"steps": [10, 150]}, ["spec.rollout.steps", "less than or equal to 100"]),
+    ("spec.spec.rollout", {"steps": [10, 10, 100]}, ["spec.rollout.steps", "Duplicate value"]),
+    ("spec.spec.rollout", {"interval": "0s"}, ["spec.rollout.interval", "positive duration"]),
+    ("spec.spec.rollout", {"interval": "soon"}, ["spec.rollout.interval", "positive duration"]),
+    ("spec.spec.rollout", {"failureLimit": -1}, ["spec.rollout.failureLimit", "greater than or equal to 0"]),
+    ("spec.spec.rollout", {"strategy": "bluegreen"}, ["spec.rollout.strategy", "canary", "instant"]),
+    ("spec.spec.rollout", {"thresholds": {"maxOodRate": 1.5}}, ["maxOodRate", "less than or equal to 1"]),
+    ("spec.spec.rollout", {"thresholds": {"maxP99LatencyMs": 0}}, ["maxP99LatencyMs", "greater than 0"]),
+    ("spec.spec.drift", {"window": "-5m"}, ["spec.drift.window", "positive duration"]),
+    ("spec.spec.replicas", {"min": 3, "max": 2}, ["spec.replicas", "must not exceed spec.replicas.max"]),
+    ("spec.spec.replicas", {"min": 0, "max": 2}, ["spec.replicas.min", "greater than or equal to 1"]),
+    (
+        "spec.spec.confidence",
+        {"reviewBelow": 1.2},
+        ["spec.confidence.reviewBelow", "less than or equal to 1"],
+    ),
+    (
+        "spec.spec.confidence",
+        {"review": {"maxFraction": -0.1}},
+        ["maxFraction", "greater than or equal to 0"],
+    ),
+    ("spec.spec.confidence", {"review": {"webhook": "mailto:x@y"}}, ["webhook", "http:// or https:// URL"]),
+    ("spec.spec.audit", {"sampleRate": 2}, ["spec.audit.sampleRate", "less than or equal to 1"]),
+    ("spec.spec.gate", {"ood": {"method": "magic"}}, ["spec.gate.ood.method", "mahalanobis"]),
+    ("spec.spec.gate", {"ood": {"action": "ignore"}}, ["spec.gate.ood.action", "reject"]),
+    (
+        "spec.spec.gate",
+        {"inputs": [{"name": "x", "datatype": "FP32", "shape": [4], "min": 1, "max": 0}]},
+        ["inputs[0]", "min must not exceed max"],
+    ),
+    ("spec.spec.gate", {"inputs": [{"name": "x", "datatype": "FLOAT", "shape": [4]}]}, ["datatype", "FP32"]),
+    ("spec.spec.scaling", {"targetQueueTimeMs": 0}, ["targetQueueTimeMs", "greater than 0"]),
+    ("spec.spec.triton", {"shmSize": "lots"}, ["spec.triton.shmSize", "positive quantity"]),
+    ("spec.metadata.name", "Has_Upper", []),  # the API server's own name rule
+    ("spec.metadata.name", "x" * 60, ["metadata.name", "at most 52 characters"]),
+]
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "expected"), INVALID, ids=[f"{p}={v!r}"[:60] for p, v, _ in INVALID]
+)
+def test_invalid_manifest_is_refused_with_a_helpful_message(
+    cluster: LocalCluster, path: str, value: Any, expected: list[str]
+) -> None:
+    manifest = with_change(path.removeprefix("spec."), value)
+    code, output = submit(cluster, manifest)
+    assert code != 0, f"accepted: {manifest}"
+    assert "is invalid" in output or "Invalid value" in output, output
+    for fragment in expected:
+        assert fragment in output, f"{fragment!r} not in: {output}"
+
+
+def test_missing_required_fields_are_named(cluster: LocalCluster) -> None:
+    manifest = minimal_example()
+    del manifest["spec"]["model"]["version"]
+    code, output = submit(cluster, manifest)
+    assert code != 0 and "spec.model.version: Required value" in output, output
+
+
+VALID = [
+    ("spec.model.repository", "s3://bucket/models"),
+    ("spec.model.repository", "gs://bucket/models"),
+    ("spec.model.repository", "https://models.example.com/repo"),
+    ("spec.model.repository", "file:///srv/models"),
+    ("spec.model.repository", "pvc://models"),
+    ("spec.model.version", "12"),
+    ("spec.rollout", {"steps": [100]}),
+    ("spec.rollout", {"steps": [0, 1, 99, 100], "interval": "1h30m"}),
+    ("spec.replicas", {"min": 2, "max": 2}),
+    ("spec.confidence", {"reviewBelow": 0, "review": {"maxFraction": 1}}),
+    ("spec.gate", {"ood": {"method": "none"}, "inputs": [{"name": "x", "datatype": "BYTES", "shape": [-1]}]}),
+]
+
+
+@pytest.mark.parametrize(("path", "value"), VALID, ids=[f"{p}={v!r}"[:60] for p, v in VALID])
+def test_valid_variants_are_accepted(cluster: LocalCluster, path: str, value: Any) -> None:
+    code, output = submit(cluster, with_change(path, value))
+    assert code == 0, output
+
+
+def test_examples_are_accepted_and_defaulted(cluster: LocalCluster) -> None:
+    for example in ("guardedmodel-minimal.yaml", "guardedmodel-full.yaml"):
+        result = cluster.kubectl(
+            "create", "--dry-run=server", "-n", "default", "-o", "yaml", "-f", str(EXAMPLES / example)
+        )
+        stored = yaml.safe_load(result.stdout)
+        # defaults applied by the API server, not by the operator
+        assert stored["spec"]["rollout"]["interval"]
+        assert stored["spec"]["replicas"]["min"] >= 1
+    minimal = yaml.safe_load(
+        cluster.kubectl(
+            "create",
+            "--dry-run=server",
+            "-n",
+            "default",
+            "-o",
+            "yaml",
+            "-f",
+            str(EXAMPLES / "guardedmodel-minimal.yaml"),
+        ).stdout
+    )
+    assert minimal["spec"]["triton"]["resources"] == {"limits": {"nvidia.com/gpu": "1"}}
+    assert minimal["spec"]["rollout"]["steps"] == [10, 50, 100]
+    assert minimal["spec"]["gate"]["ood"] == {"method": "energy", "action": "reject"}
