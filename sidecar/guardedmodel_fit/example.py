@@ -4,10 +4,10 @@
 
 builds (and caches) a Triton model repository::
 
-    OUT/fashion-mnist/config.pbtxt            Python backend, max_batch_size 64, dynamic batching
-    OUT/fashion-mnist/<v>/model.py            Triton side; runs network.py (numpy, no torch)
-    OUT/fashion-mnist/<v>/network.py, weights.npz
-    OUT/fashion-mnist/<v>/guard/              guard.json, guard.npz, report/ (json, png, html)
+    OUT/models/fashion-mnist/config.pbtxt     Python backend, max_batch_size 64, dynamic batching
+    OUT/models/fashion-mnist/<v>/model.py     Triton side; runs network.py (numpy, no torch)
+    OUT/models/fashion-mnist/<v>/network.py, weights.npz
+    OUT/models/fashion-mnist/<v>/guard/       guard.json, guard.npz, report/ (json, png, html)
     OUT/data/*.npz                            validation, fit, near- and far-OOD sets
     OUT/torchscript/fashion-mnist-v<v>.pt     the same network as TorchScript (for checks)
 
@@ -87,6 +87,7 @@ RECIPES: dict[str, Recipe] = {
 
 @dataclass(frozen=True)
 class ExampleBuild:
+    out: Path
     repository: Path  # the Triton model repository (pass to tritonserver --model-repository)
     model_dir: Path
     data_dir: Path
@@ -99,7 +100,7 @@ class ExampleBuild:
         return load_dataset(self.data_dir / f"{name}.npz", name=name)
 
     def torchscript(self, version: str) -> Path:
-        return self.repository / "torchscript" / f"{MODEL_NAME}-v{version}.pt"
+        return self.out / "torchscript" / f"{MODEL_NAME}-v{version}.pt"
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -249,7 +250,7 @@ def train(recipe: Recipe, progress: bool = True):
             optimiser.step()
             schedule.step()
             if step % 50 == 0:
-                bar.set_postfix(loss=f"{float(loss):.3f}")
+                bar.set_postfix(loss=f"{loss.item():.3f}")
     return net.eval()
 
 
@@ -319,7 +320,8 @@ def build_example(
     from .extract import open_model
 
     out = Path(out).expanduser()
-    model_dir = out / MODEL_NAME
+    repository = out / "models"
+    model_dir = repository / MODEL_NAME
     data_dir = out / "data"
     here = Path(__file__).parent
     sidecar_guard = here.parent / "guardedmodel_sidecar" / "guard"
@@ -366,7 +368,7 @@ def build_example(
             )
         ):
             shutil.rmtree(guard_dir, ignore_errors=True)
-            build = ExampleBuild(out, model_dir, data_dir, tuple(versions), ())
+            build = ExampleBuild(out, repository, model_dir, data_dir, tuple(versions), ())
             extractor = open_model(model_dir, version=version)
             fit_to_directory(
                 extractor,
@@ -382,7 +384,7 @@ def build_example(
             )
             (guard_dir / "BUILD.json").write_text(json.dumps({"digest": guard_digest}))
             rebuilt.append(f"guard v{version}")
-    return ExampleBuild(out, model_dir, data_dir, tuple(versions), tuple(rebuilt))
+    return ExampleBuild(out, repository, model_dir, data_dir, tuple(versions), tuple(rebuilt))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,129 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from guard_synthetic import C, D, make_artifact
+from scipy import special, stats
+
+from guardedmodel_sidecar.guard.artifact import GuardArtifact, KnnParams, MahalanobisParams
+from guardedmodel_sidecar.guard.scoring import (
+    METHODS,
+    KnnScorer,
+    MahalanobisScorer,
+    ScorerError,
+    calibrated_confidence,
+    make_ood_scorer,
+    softmax,
+)
+
+
+def test_softmax_is_stable_and_normalised() -> None:
+    logits = np.array([[1000.0, 999.0, -1000.0], [0.0, 0.0, 0.0]])
+    p = softmax(logits, temperature=2.0)
+    assert np.allclose(p.sum(axis=1), 1.0)
+    assert np.allclose(p[0, :2], special.softmax([500.0, 499.5]))
+    assert np.allclose(p[1], 1 / 3)
+
+
+def test_calibrated_confidence_is_max_softmax_at_temperature(rng: np.random.Generator) -> None:
+    logits = rng.normal(scale=4.0, size=(64, 7))
+    conf, pred = calibrated_confidence(logits, 2.5)
+    expected = special.softmax(logits / 2.5, axis=1)
+    assert np.allclose(conf, expected.max(axis=1))
+    assert np.array_equal(pred, expected.argmax(axis=1))
+    assert pred.dtype == np.int64
+    # a higher temperature can only lower the top probability
+    assert np.all(calibrated_confidence(logits, 5.0)[0] <= conf + 1e-12)
+
+
+def test_scores_match_their_definitions(artifact: GuardArtifact, rng: np.random.Generator) -> None:
+    logits = rng.normal(size=(17, C))
+    features = rng.normal(size=(17, D))
+    maha = artifact.detectors["mahalanobis"]
+    diffs = features[:, None, :] - maha.class_means[None]
+    expected_maha = np.einsum("ncd,de,nce->nc", diffs, maha.precision, diffs).min(axis=1)
+    knn = artifact.detectors["knn"]
+    unit = features / np.linalg.norm(features, axis=1, keepdims=True)
+    dists = np.linalg.norm(unit[:, None, :] - knn.bank[None].astype(np.float64), axis=2)
+    expected_knn = np.sort(dists, axis=1)[:, knn.k - 1]
+    vim = artifact.detectors["vim"]
+    residual = np.linalg.norm((features - vim.origin) @ vim.residual_basis, axis=1)
+    expected = {
+        "mahalanobis": expected_maha,
+        "knn": expected_knn,
+        "energy": -special.logsumexp(logits, axis=1),
+        "msp": 1.0 - special.softmax(logits / 1.7, axis=1).max(axis=1),
+        "vim": vim.alpha * residual - special.logsumexp(logits, axis=1),
+    }
+    for method in METHODS:
+        scores = make_ood_scorer(method, artifact).score(logits, features)
+        assert scores.shape == (17,)
+        assert np.allclose(scores, expected[method], rtol=1e-5, atol=1e-5), method
+
+
+def test_batch_of_one_and_one_dimensional_rows_agree(
+    artifact: GuardArtifact, rng: np.random.Generator
+) -> None:
+    logits = rng.normal(size=(5, C))
+    features = rng.normal(size=(5, D))
+    for method in METHODS:
+        scorer = make_ood_scorer(method, artifact)
+        batch = scorer.score(logits, features)
+        single = np.array([scorer.score(logits[i], features[i])[0] for i in range(5)])
+        assert np.allclose(batch, single, rtol=1e-5), method
+
+
+@pytest.mark.parametrize("k", [1, 4, 20])
+def test_knn_kth_neighbour_for_every_k(rng: np.random.Generator, k: int) -> None:
+    bank = rng.normal(size=(200, 8))
+    bank /= np.linalg.norm(bank, axis=1, keepdims=True)
+    scorer = KnnScorer(KnnParams(bank.astype(np.float32), k), 3, 8)
+    f = rng.normal(size=(9, 8))
+    unit = f / np.linalg.norm(f, axis=1, keepdims=True)
+    expected = np.sort(np.linalg.norm(unit[:, None] - bank[None], axis=2), axis=1)[:, k - 1]
+    assert np.allclose(scorer.score(np.zeros((9, 3)), f), expected, atol=1e-5)
+
+
+def test_mahalanobis_auroc_matches_the_optimal_test_for_a_scale_shift(rng: np.random.Generator) -> None:
+    """In-distribution N(0, S), OOD N(0, s^2 S): the squared Mahalanobis distance is chi2_D and
+    s^2 chi2_D, the likelihood ratio is monotone in it, so the best AUROC is P(F(D, D) < s^2)."""
+    d, s, n = 5, 1.3, 6000
+    a = rng.normal(size=(d, d))
+    cov = a @ a.T + 0.5 * np.eye(d)
+    chol = np.linalg.cholesky(cov)
+    params = MahalanobisParams(np.zeros((2, d)), np.linalg.inv(cov))
+    scorer = MahalanobisScorer(params, 2, d)
+    id_scores = scorer.score(np.zeros((n, 2)), rng.normal(size=(n, d)) @ chol.T)
+    ood_scores = scorer.score(np.zeros((n, 2)), s * rng.normal(size=(n, d)) @ chol.T)
+    ranks = stats.rankdata(np.concatenate([id_scores, ood_scores]))
+    auroc = (ranks[n:].sum() - n * (n + 1) / 2) / (n * n)
+    assert auroc == pytest.approx(stats.f.cdf(s**2, d, d), abs=0.015)
+
+
+def test_feature_methods_refuse_an_artifact_without_features(rng: np.random.Generator) -> None:
+    logits_only = make_artifact(rng, with_features=False)
+    assert make_ood_scorer("energy", logits_only).score(np.zeros((2, C)), None).shape == (2,)
+    with pytest.raises(ScorerError, match="no 'mahalanobis' detector"):
+        make_ood_scorer("mahalanobis", logits_only)
+
+
+def test_clear_errors_for_unknown_methods_and_bad_shapes(artifact: GuardArtifact) -> None:
+    with pytest.raises(ScorerError, match=r"unknown OOD method 'odin'.*mahalanobis"):
+        make_ood_scorer("odin", artifact)
+    scorer = make_ood_scorer("mahalanobis", artifact)
+    with pytest.raises(ScorerError, match="needs the model's features"):
+        scorer.score(np.zeros((2, C)), None)
+    with pytest.raises(ScorerError, match=rf"features must have shape \(2, {D}\)"):
+        scorer.score(np.zeros((2, C)), np.zeros((2, D + 1)))
+    with pytest.raises(ScorerError, match=rf"logits must have shape \(batch, {C}\)"):
+        make_ood_scorer("energy", artifact).score(np.zeros((2, C + 2)), None)
+
+
+def test_singular_precision_still_scores(rng: np.random.Generator) -> None:
+    v = rng.normal(size=(D, 2))
+    precision = v @ v.T  # rank 2: Cholesky fails, the eigen square root takes over
+    scorer = MahalanobisScorer(MahalanobisParams(np.zeros((C, D)), precision), C, D)
+    f = rng.normal(size=(4, D))
+    assert np.allclose(
+        scorer.score(np.zeros((4, C)), f), np.einsum("nd,de,ne->n", f, precision, f), atol=1e-8
+    )
