@@ -35,6 +35,7 @@ DEFAULTS: dict[str, Any] = {
         "steps": [10, 50, 100],
         "interval": "30s",
         "failureLimit": 1,
+        "minRequests": 20,
         "autoRollback": True,
         "continuousGuard": True,
         "thresholds": {"maxOodRate": 0.25, "maxErrorRate": 0.05},

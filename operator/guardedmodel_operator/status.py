@@ -178,8 +178,14 @@ def next_status(
     spec_hash: str,
     spec_version: str,
     now: str,
+    promote_changes: bool = True,
 ) -> dict[str, Any]:
-    """The full status to store; fields owned by other controllers (metrics) are kept."""
+    """The full status to store; fields owned by other controllers (metrics) are kept.
+
+    The first version is promoted to stable as soon as its pods are ready.
+    With `promote_changes` False, later versions are left to a rollout policy
+    (canary steps) instead of being promoted here once rolled out.
+    """
     status: dict[str, Any] = copy.deepcopy(dict(current or {}))
     stable = status.get("stableVersion")
     verdict = judge(dep, spec_hash=spec_hash, spec_version=spec_version, stable_version=stable)
@@ -194,7 +200,7 @@ def next_status(
     status["replicas"] = dep.replicas
     status["readyReplicas"] = dep.ready
     status.setdefault("canaryWeight", 0)
-    if verdict.promote:
+    if verdict.promote and (promote_changes or stable is None):
         history = list(status.get("history") or [])
         history.append(
             {

@@ -126,3 +126,26 @@ def test_judge_without_deployment_never_promotes() -> None:
     assert not judge(
         DeploymentState(exists=False), spec_hash=HASH, spec_version="1", stable_version=None
     ).promote
+
+
+def test_later_versions_can_be_left_to_a_rollout_policy() -> None:
+    first = next_status(
+        None,
+        DeploymentState.observe(deployment(ready=1, updated=1, replicas=1)),
+        generation=1,
+        spec_hash=HASH,
+        spec_version="1",
+        now="T1",
+        promote_changes=False,
+    )
+    assert first["stableVersion"] == "1"  # the first version is always promoted
+    second = next_status(
+        first,
+        DeploymentState.observe(deployment(ready=1, updated=1, replicas=1)),
+        generation=2,
+        spec_hash=HASH,
+        spec_version="2",
+        now="T2",
+        promote_changes=False,
+    )
+    assert second["stableVersion"] == "1" and second["phase"] == "Ready"
