@@ -1,0 +1,201 @@
+"""The typed inputs of the rollout policy, parsed from the GuardedModel's spec and status."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+DEFAULT_MIN_REQUESTS = 20
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> float:
+    """'30s', '5m', '1h30m', '500ms' → seconds (the CRD's interval format)."""
+    text = str(text).strip()
+    parts = _DURATION_PART.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"{text!r} is not a duration such as 30s, 5m or 1h30m")
+    return sum(float(n) * _UNIT_S[u] for n, u in parts)
+
+
+def parse_time(text: str | None) -> dt.datetime | None:
+    if not text:
+        return None
+    try:
+        return dt.datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def format_time(when: dt.datetime) -> str:
+    return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """A check fails when any threshold that is set breaks; unset ones are not checked."""
+
+    max_ood_rate: float | None = None
+    max_review_rate: float | None = None
+    min_estimated_accuracy: float | None = None
+    max_drift_score: float | None = None
+    max_error_rate: float | None = None
+    max_p99_latency_ms: float | None = None
+
+    @classmethod
+    def from_spec(cls, raw: Mapping[str, Any] | None) -> Thresholds:
+        raw = raw or {}
+        values = {}
+        for f in fields(cls):
+            value = raw.get(_camel(f.name))
+            values[f.name] = None if value is None else float(value)
+        return cls(**values)
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part[:1].upper() + part[1:] for part in rest)
+
+
+# threshold field → (spec key, MetricSamples field, "max" or "min", how to print the value)
+THRESHOLD_METRICS: tuple[tuple[str, str, str, str], ...] = (
+    ("max_ood_rate", "ood_rate", "max", "{:.3f}"),
+    ("max_review_rate", "review_rate", "max", "{:.3f}"),
+    ("min_estimated_accuracy", "estimated_accuracy", "min", "{:.3f}"),
+    ("max_drift_score", "drift_score", "max", "{:.3f}"),
+    ("max_error_rate", "error_rate", "max", "{:.3f}"),
+    ("max_p99_latency_ms", "p99_latency_ms", "max", "{:.1f}"),
+)
+
+
+@dataclass(frozen=True)
+class RolloutSpec:
+    """spec.rollout plus the two facts of the object the policy needs: the
+    version the user asks for and the generation of that request."""
+
+    version: str
+    generation: int = 0
+    strategy: str = "canary"
+    steps: tuple[int, ...] = (10, 50, 100)
+    interval_s: float = 30.0
+    failure_limit: int = 1
+    auto_rollback: bool = True
+    continuous_guard: bool = True
+    min_requests: int = DEFAULT_MIN_REQUESTS
+    thresholds: Thresholds = Thresholds(max_ood_rate=0.25, max_error_rate=0.05)
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> RolloutSpec:
+        """From a whole GuardedModel (defaults already applied by the API server
+        or by `spec.with_defaults`)."""
+        spec = body.get("spec") or {}
+        rollout = spec.get("rollout") or {}
+        steps = tuple(sorted(int(s) for s in rollout.get("steps") or (10, 50, 100)))
+        return cls(
+            version=str((spec.get("model") or {}).get("version", "")),
+            generation=int((body.get("metadata") or {}).get("generation") or 0),
+            strategy=str(rollout.get("strategy", "canary")),
+            steps=steps,
+            interval_s=parse_duration(rollout.get("interval", "30s")),
+            failure_limit=int(rollout.get("failureLimit", 1)),
+            auto_rollback=bool(rollout.get("autoRollback", True)),
+            continuous_guard=bool(rollout.get("continuousGuard", True)),
+            min_requests=int(rollout.get("minRequests", DEFAULT_MIN_REQUESTS)),
+            thresholds=Thresholds.from_spec(rollout.get("thresholds")),
+        )
+
+    @property
+    def failures_to_act(self) -> int:
+        # failureLimit 0 and 1 both mean "act on the first failed check".
+        return max(1, self.failure_limit)
+
+
+@dataclass(frozen=True)
+class RolloutState:
+    """The routing and bookkeeping the rollout controller owns in the status."""
+
+    stable: str | None = None
+    canary: str | None = None
+    weight: int = 0
+    last_good: str | None = None
+    phase: str | None = None  # the rollout's own view: Progressing | Ready | Degraded | RolledBack
+    reason: str | None = None
+    failed_checks: int = 0
+    since: dt.datetime | None = None  # last routing change or failed check
+    blocked_version: str | None = None  # rolled back or halted; not retried until the spec changes
+    blocked_generation: int | None = None
+    # The core's view of the Deployment: the pods for this generation are rolled out.
+    deployment_ready: bool = False
+
+    @classmethod
+    def from_status(cls, status: Mapping[str, Any] | None, generation: int) -> RolloutState:
+        status = status or {}
+        rollout = status.get("rollout") or {}
+        canary = status.get("canaryVersion") or None
+        ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
+        blocked_generation = rollout.get("blockedGeneration")
+        return cls(
+            stable=_str_or_none(status.get("stableVersion")),
+            canary=_str_or_none(canary),
+            weight=int(status.get("canaryWeight") or 0) if canary else 0,
+            last_good=_str_or_none(status.get("lastGoodVersion")),
+            phase=rollout.get("phase"),
+            reason=rollout.get("reason"),
+            failed_checks=int(rollout.get("failedChecks") or 0),
+            since=parse_time(rollout.get("since")),
+            blocked_version=_str_or_none(rollout.get("blockedVersion")),
+            blocked_generation=None if blocked_generation is None else int(blocked_generation),
+            deployment_ready=(
+                ready.get("status") == "True"
+                and ready.get("reason") == "RolloutComplete"
+                and int(status.get("observedGeneration") or -1) == generation
+            ),
+        )
+
+    def blocks(self, version: str | None, generation: int) -> bool:
+        return (
+            version is not None and self.blocked_version == version and self.blocked_generation == generation
+        )
+
+
+def _str_or_none(value: Any) -> str | None:
+    return None if value in (None, "") else str(value)
+
+
+@dataclass(frozen=True)
+class MetricSamples:
+    """What one model version did over the check window; None = no data for that figure."""
+
+    version: str
+    window_s: float
+    requests: float | None = None
+    ood_rate: float | None = None
+    review_rate: float | None = None
+    reject_rate: float | None = None
+    estimated_accuracy: float | None = None
+    drift_score: float | None = None
+    error_rate: float | None = None
+    p99_latency_ms: float | None = None
+    # Error rate and latency come from model-wide series when the sidecar does
+    # not split them by version; the verdict says so.
+    model_wide: tuple[str, ...] = ()
+    # Why there are no samples at all (metrics source unreachable or not configured).
+    error: str | None = None
+
+    @property
+    def requests_per_second(self) -> float | None:
+        if self.requests is None or self.window_s <= 0:
+            return None
+        return self.requests / self.window_s
+
+    def value(self, name: str) -> float | None:
+        value = getattr(self, name)
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return None
+        return float(value)
