@@ -432,11 +432,14 @@ def apply_verdict(
         record(verdict.version, "Recovered", verdict.message)
         rollout["phase"] = "RolledBack" if rollout.get("blockedVersion") else "Ready"
         rollout["failedChecks"] = 0
-    elif kind is Kind.HOLD:
-        if verdict.failed_checks is not None and verdict.failed_checks != rollout.get("failedChecks", 0):
-            rollout["failedChecks"] = verdict.failed_checks
-            if verdict.failed_checks:
-                rollout["since"] = at  # the next check is one interval after this failure
+    elif (
+        kind is Kind.HOLD
+        and verdict.failed_checks is not None
+        and verdict.failed_checks != rollout.get("failedChecks", 0)
+    ):
+        rollout["failedChecks"] = verdict.failed_checks
+        if verdict.failed_checks:
+            rollout["since"] = at  # the next check is one interval after this failure
 
     # A routing change or a failed check rewrites the message; a repeated hold or a
     # repeated Degraded keeps the first message, so a steady state writes nothing.

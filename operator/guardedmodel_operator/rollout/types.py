@@ -138,7 +138,9 @@ class RolloutState:
         status = status or {}
         rollout = status.get("rollout") or {}
         canary = status.get("canaryVersion") or None
-        ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
+        ready: Mapping[str, Any] = next(
+            (c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {}
+        )
         blocked_generation = rollout.get("blockedGeneration")
         return cls(
             stable=_str_or_none(status.get("stableVersion")),
