@@ -67,7 +67,10 @@ class SidecarApp:
         self.batcher: MicroBatcher | None = None
         if mb.enabled:
             self.batcher = MicroBatcher(
-                self.pipeline.call_triton, max_batch=mb.max_batch, max_inflight=mb.max_inflight
+                self.pipeline.call_triton,
+                max_batch=mb.max_batch,
+                max_inflight=mb.max_inflight,
+                score=self.pipeline.score_version,
             )
             self.pipeline.upstream_call = self.batcher.infer
         self.metrics.review_counts = lambda: {
@@ -122,6 +125,9 @@ class SidecarApp:
                         f"/v2/models/{model}/versions/{version}/config"
                     )
                     guard = self.pipeline.build_guard(version, triton_config if status == 200 else None)
+                    model_max = int((triton_config or {}).get("max_batch_size", 0)) if status == 200 else 0
+                    if self.batcher is not None and model_max > 0:
+                        self.batcher.max_batch = min(self.batcher.max_batch, model_max)
                     self.pipeline.install_guard(guard)
             self._prepared = versions
 

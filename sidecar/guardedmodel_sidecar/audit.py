@@ -125,7 +125,7 @@ class AuditLog:
         if not self.enabled or self.sample_rate <= 0.0:
             return False
         self._sample_credit += self.sample_rate
-        if self._sample_credit < 1.0:
+        if self._sample_credit < 1.0 - 1e-9:  # tolerate float accumulation (10 x 0.1 < 1.0)
             return False
         self._sample_credit -= 1.0
         entry = {

@@ -17,7 +17,7 @@ import logging
 import signal
 from pathlib import Path
 
-from guardedmodel_sidecar.config import ConfigError, Listen, MicroBatching, load_config
+from guardedmodel_sidecar.config import ConfigError, Listen, MicroBatching, SidecarConfig, load_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _serve(config, kubeconfig: str | None) -> None:  # type: ignore[no-untyped-def]
+async def _serve(config: SidecarConfig, kubeconfig: str | None) -> None:
     from guardedmodel_sidecar.app import SidecarApp
 
     app = SidecarApp(config, kubeconfig=kubeconfig)

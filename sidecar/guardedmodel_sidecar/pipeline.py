@@ -89,6 +89,22 @@ class VersionGuard:
 
 
 @dataclass(slots=True)
+class Scores:
+    confidence: np.ndarray  # (b,) calibrated
+    predicted: np.ndarray  # (b,) class index
+    ood: np.ndarray | None  # (b,) higher = more OOD
+    features: np.ndarray | None  # (b, D) when drift or the detector needs them
+
+    def rows(self, start: int, stop: int) -> Scores:
+        return Scores(
+            self.confidence[start:stop],
+            self.predicted[start:stop],
+            None if self.ood is None else self.ood[start:stop],
+            None if self.features is None else self.features[start:stop],
+        )
+
+
+@dataclass(slots=True)
 class GuardedResult:
     response: InferResponse
     version: str
@@ -275,14 +291,7 @@ class Pipeline:
             )
         return result
 
-    def _score(
-        self,
-        request: InferRequest,
-        request_id: str,
-        guard: VersionGuard,
-        response: InferResponse,
-        flags: list[str],
-    ) -> GuardedResult:
+    def score_response(self, guard: VersionGuard, response: InferResponse) -> Scores:
         logits_out = response.output(guard.logits_output)
         if logits_out is None:
             raise Unavailable(
@@ -299,6 +308,35 @@ class Pipeline:
                 features = features.reshape(features.shape[0], -1)
         confidence, predicted = calibrated_confidence(logits, guard.temperature)
         ood = guard.scorer.score(logits, features) if guard.scorer is not None else None
+        return Scores(confidence, predicted, ood, features)
+
+    def score_version(self, version: str, response: InferResponse) -> Scores | None:
+        """Scores of a whole (stacked) response, for the micro-batcher; None when it cannot."""
+        guard = self.guards.get(version)
+        if guard is None:
+            return None
+        try:
+            return self.score_response(guard, response)
+        except (GuardError, ScorerError, ValueError):
+            return None
+
+    def _score(
+        self,
+        request: InferRequest,
+        request_id: str,
+        guard: VersionGuard,
+        response: InferResponse,
+        flags: list[str],
+    ) -> GuardedResult:
+        scores = (
+            response.scores if isinstance(response.scores, Scores) else self.score_response(guard, response)
+        )
+        confidence, predicted, ood, features = (
+            scores.confidence,
+            scores.predicted,
+            scores.ood,
+            scores.features,
+        )
         decision = decide(confidence, ood, flags, guard.policy)
         guard.metrics.observe(confidence, predicted, ood, features)
         guard.metrics.decisions[decision.decision] += 1

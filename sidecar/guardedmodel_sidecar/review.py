@@ -64,7 +64,7 @@ class ReviewSink:
         self.offered += 1
         if self.webhook is None:
             return False
-        if self._credit < 1.0:
+        if self._credit < 1.0 - 1e-9:  # tolerate float accumulation
             self.capped += 1
             return False
         self._credit -= 1.0

@@ -104,6 +104,7 @@ class _Connection(asyncio.Protocol):
                 self._length = int(headers.get("content-length", "0"))
             self._keep_alive = headers.get("connection", "").lower() != "close"
         start = self._head_end
+        body: bytes | memoryview | None
         if self._chunked:
             body = self._dechunk(start)
             if body is None:
@@ -115,7 +116,7 @@ class _Connection(asyncio.Protocol):
             self._buf = bytearray()
             body = memoryview(buf)[start : start + self._length]
         waiter, self._waiter = self._waiter, None
-        response = UpstreamResponse(self._status, self._headers, body)
+        response = UpstreamResponse(self._status, self._headers, body)  # body is set on every path here
         keep = self._keep_alive
         self._reset_parse()
         if not keep:

@@ -1,0 +1,549 @@
+"""Direct Triton vs. Triton behind the guard sidecar, side by side in one run.
+
+    .venv/bin/python bench/sidecar_vs_triton.py [--model-repository DIR] [--seconds 5]
+
+Same Triton, same model, same inputs; for HTTP and gRPC, batch 1 and 32, concurrency 1 and 16, a
+closed-loop load generator (its own process, binary tensors, one connection per concurrent stream)
+measures throughput and latency against Triton directly and through the sidecar. CPU time of Triton
+(its whole process group, Python-backend stubs included) and of the sidecar is read from /proc around
+each cell, giving T and P per request and the ratio rule's prediction T / (T + P) next to the measured
+throughput ratio; the sidecar's own stage histograms give the gate + scorer cost per request.
+``--profile`` records the sidecar with py-spy during the batch-1, concurrency-16 HTTP cell.
+Writes bench/results/sidecar_vs_triton.json and .png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+CLK = os.sysconf("SC_CLK_TCK")
+
+
+# ------------------------------------------------------------------------------------ load generator
+
+
+async def _http_worker(
+    url: str, path: str, body: list[bytes], header_len: int, deadline: float, lat: list[float]
+) -> int:
+    from guardedmodel_sidecar.upstream import TritonHttp
+
+    client = TritonHttp(url, max_idle=2)
+    extra = f"Inference-Header-Content-Length: {header_len}\r\n"
+    count = 0
+    perf = time.perf_counter
+    while True:
+        t0 = perf()
+        if t0 >= deadline:
+            break
+        response = await client.request("POST", path, body, extra)
+        if response.status != 200:
+            raise RuntimeError(f"HTTP {response.status}: {bytes(response.body[:300])!r}")
+        lat.append(perf() - t0)
+        count += 1
+    client.close()
+    return count
+
+
+async def _grpc_worker(url: str, message: Any, deadline: float, lat: list[float]) -> int:
+    import grpc
+    from tritonclient.grpc import service_pb2_grpc
+
+    channel = grpc.aio.insecure_channel(url)
+    stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+    count = 0
+    perf = time.perf_counter
+    while True:
+        t0 = perf()
+        if t0 >= deadline:
+            break
+        await stub.ModelInfer(message)
+        lat.append(perf() - t0)
+        count += 1
+    await channel.close()
+    return count
+
+
+def run_load(args: argparse.Namespace) -> dict[str, Any]:
+    """One cell: closed loop with ``concurrency`` streams for ``seconds`` after a warm-up."""
+    import uvloop
+
+    x = np.load(args.inputs)[: args.batch].astype(np.float32)
+    if x.shape[0] < args.batch:
+        x = np.resize(x, (args.batch, *x.shape[1:]))
+    header = {
+        "inputs": [
+            {
+                "name": "INPUT",
+                "datatype": "FP32",
+                "shape": list(x.shape),
+                "parameters": {"binary_data_size": x.nbytes},
+            }
+        ],
+        "outputs": [{"name": "LOGITS", "parameters": {"binary_data": True}}],
+    }
+    header_bytes = json.dumps(header).encode()
+    body = [header_bytes, x.tobytes()]
+
+    async def cell(seconds: float) -> tuple[int, list[float]]:
+        lat: list[float] = []
+        deadline = time.perf_counter() + seconds
+        if args.protocol == "http":
+            tasks = [
+                _http_worker(
+                    args.url, f"/v2/models/{args.model}/infer", body, len(header_bytes), deadline, lat
+                )
+                for _ in range(args.concurrency)
+            ]
+        else:
+            from tritonclient.grpc import service_pb2
+
+            msg = service_pb2.ModelInferRequest(model_name=args.model)
+            tensor = msg.inputs.add()
+            tensor.name, tensor.datatype = "INPUT", "FP32"
+            tensor.shape.extend(x.shape)
+            msg.outputs.add().name = "LOGITS"
+            msg.raw_input_contents.append(x.tobytes())
+            tasks = [_grpc_worker(args.url, msg, deadline, lat) for _ in range(args.concurrency)]
+        counts = await asyncio.gather(*tasks)
+        return sum(counts), lat
+
+    uvloop.install()
+    asyncio.run(cell(args.warmup))
+    sys.stdout.write("START\n")
+    sys.stdout.flush()
+    t0 = time.perf_counter()
+    count, lat = asyncio.run(cell(args.seconds))
+    elapsed = time.perf_counter() - t0
+    lat_ms = np.asarray(lat) * 1000.0
+    return {
+        "requests": count,
+        "seconds": elapsed,
+        "rps": count / elapsed,
+        "p50_ms": float(np.percentile(lat_ms, 50)),
+        "p99_ms": float(np.percentile(lat_ms, 99)),
+    }
+
+
+# ------------------------------------------------------------------------------------ measurement
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / CLK
+
+
+def group_pids(pgid: int) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid:
+                pids.append(int(entry.name))
+    return pids
+
+
+def scrape(url: str) -> dict[str, float]:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        match = re.match(r'guardedmodel_stage_seconds_(sum|count)\{model="[^"]*",stage="(\w+)"\} (\S+)', line)
+        if match:
+            out[f"{match.group(2)}_{match.group(1)}"] = float(match.group(3))
+    return out
+
+
+def measure_cell(
+    protocol: str,
+    target: str,
+    url: str,
+    batch: int,
+    concurrency: int,
+    inputs: Path,
+    seconds: float,
+    model: str,
+    triton_pgid: int,
+    sidecar_pid: int,
+    metrics_url: str,
+    profile_out: Path | None = None,
+) -> dict[str, Any]:
+    argv = [
+        sys.executable,
+        __file__,
+        "--worker",
+        "--protocol",
+        protocol,
+        "--url",
+        url,
+        "--batch",
+        str(batch),
+        "--concurrency",
+        str(concurrency),
+        "--inputs",
+        str(inputs),
+        "--seconds",
+        str(seconds),
+        "--model",
+        model,
+    ]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if line.strip() != "START":
+        raise RuntimeError(f"load generator failed: {line}{proc.stdout.read()}")
+    triton_pids = group_pids(triton_pgid)
+    t_cpu0, s_cpu0 = cpu_seconds(triton_pids), cpu_seconds([sidecar_pid])
+    stages0 = scrape(metrics_url) if target == "sidecar" else {}
+    spy = None
+    if profile_out is not None:
+        spy = subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "py-spy"),
+                "record",
+                "--pid",
+                str(sidecar_pid),
+                "--format",
+                "raw",
+                "--duration",
+                str(max(1, int(seconds) - 1)),
+                "--rate",
+                "250",
+                "--nonblocking",
+                "--output",
+                str(profile_out),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    out, _ = proc.communicate(timeout=seconds + 120)
+    t_cpu1, s_cpu1 = cpu_seconds(triton_pids), cpu_seconds([sidecar_pid])
+    if spy is not None:
+        spy.wait(timeout=60)
+    result = json.loads(out.strip().splitlines()[-1])
+    n = max(result["requests"], 1)
+    result.update(
+        protocol=protocol,
+        target=target,
+        batch=batch,
+        concurrency=concurrency,
+        triton_cpu_ms_per_request=(t_cpu1 - t_cpu0) * 1000.0 / n,
+    )
+    if target == "sidecar":
+        stages1 = scrape(metrics_url)
+        count = max(stages1.get("total_count", 0) - stages0.get("total_count", 0), 1)
+        result["sidecar_cpu_ms_per_request"] = (s_cpu1 - s_cpu0) * 1000.0 / n
+        for stage in ("gate", "model", "scorer", "total"):
+            delta = stages1.get(f"{stage}_sum", 0.0) - stages0.get(f"{stage}_sum", 0.0)
+            result[f"{stage}_ms_per_request"] = delta * 1000.0 / count
+        result["gate_scorer_ms_per_request"] = result["gate_ms_per_request"] + result["scorer_ms_per_request"]
+    return result
+
+
+def summarize_profile(path: Path, top: int = 15) -> dict[str, Any]:
+    """Self and inclusive shares of the hottest frames from py-spy's collapsed stacks."""
+    self_counts: dict[str, int] = {}
+    incl_counts: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack:
+            continue
+        count = int(count_text)
+        total += count
+        frames = [re.sub(r" \(.*?/site-packages/", " (", f) for f in stack.split(";")]
+        leaf = frames[-1]
+        self_counts[leaf] = self_counts.get(leaf, 0) + count
+        for frame in set(frames):
+            incl_counts[frame] = incl_counts.get(frame, 0) + count
+
+    def ranked(counts: dict[str, int]) -> list[dict[str, Any]]:
+        return [
+            {"frame": f, "share": round(c / total, 4)}
+            for f, c in sorted(counts.items(), key=lambda kv: -kv[1])[:top]
+        ]
+
+    return {"samples": total, "top_self": ranked(self_counts), "top_inclusive": ranked(incl_counts)}
+
+
+# ------------------------------------------------------------------------------------ orchestration
+
+
+def example_repository(path: Path | None) -> Path:
+    if path is not None:
+        return path
+    sys.path.insert(0, str(ROOT / "sidecar"))
+    from guardedmodel_fit.example import build_example
+
+    return Path(
+        build_example(Path(tempfile.gettempdir()) / "gm-example", versions=["1"], progress=False).repository
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--protocol", default="http")
+    parser.add_argument("--url", default="")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--concurrency", type=int, default=1)
+    parser.add_argument("--inputs", type=Path)
+    parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--model", default="fashion-mnist")
+    parser.add_argument(
+        "--model-repository", type=Path, help="Triton repository (default: build the worked example)"
+    )
+    parser.add_argument(
+        "--micro-batching", action="store_true", help="also measure the sidecar with micro-batching"
+    )
+    parser.add_argument("--profile", action="store_true", help="py-spy the sidecar in the b=1 c=16 HTTP cell")
+    parser.add_argument("--out", type=Path, default=RESULTS / "sidecar_vs_triton.json")
+    parser.add_argument(
+        "--input-shape", default="1,28,28", help="per-sample shape when the repository has no data"
+    )
+    parser.add_argument("--batches", default="1,32")
+    parser.add_argument("--concurrencies", default="1,16")
+    parser.add_argument("--protocols", default="http,grpc")
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(run_load(args)))
+        return 0
+
+    from guardedmodel_testground.procs import free_port
+    from guardedmodel_testground.triton import TritonServer
+
+    repository = example_repository(args.model_repository)
+    work = Path(tempfile.mkdtemp(prefix="sidecar-bench-"))
+    data_file = repository.parent / "data" / "validation.npz"
+    if data_file.exists():
+        with np.load(data_file) as data:
+            x = data["x"][:64].astype(np.float32)
+    else:
+        shape = tuple(int(d) for d in args.input_shape.split(","))
+        x = np.random.default_rng(0).uniform(0.3, 0.7, (64, *shape)).astype(np.float32)
+    inputs = work / "inputs.npy"
+    np.save(inputs, x)
+
+    results: list[dict[str, Any]] = []
+    variants = [("sidecar", False)] + ([("sidecar-microbatch", True)] if args.micro_batching else [])
+    with TritonServer(repository, model_control_mode="explicit", log_dir=work) as triton:
+        triton_pgid = triton.process.pid if triton.process else 0
+        for variant, micro in variants:
+            listen = {"host": "127.0.0.1", "http": free_port(), "grpc": free_port(), "metrics": free_port()}
+            config = {
+                "spec": {
+                    "model": {"name": args.model, "version": "1"},
+                    "gate": {
+                        "inputs": [
+                            {
+                                "name": "INPUT",
+                                "datatype": "FP32",
+                                "shape": list(x.shape[1:]),
+                                "min": 0.0,
+                                "max": 1.0,
+                            }
+                        ],
+                        "ood": {"method": "mahalanobis", "action": "review"},
+                    },
+                    "confidence": {"reviewBelow": 0.5, "review": {"maxFraction": 0.05}},
+                    "audit": {"enabled": True, "sampleRate": 0.01},
+                    "drift": {"window": "60s"},
+                },
+                "routing": {"stableVersion": "1"},
+                "triton": {"httpUrl": triton.http_url, "grpcUrl": triton.grpc_url},
+                "modelRepository": str(repository),
+                "listen": listen,
+                "auditDir": str(work / variant / "audit"),
+                "spoolDir": str(work / variant / "spool"),
+                "tuning": {"microBatching": {"enabled": micro, "maxBatch": 64, "maxInflight": 2}},
+            }
+            config_path = work / f"{variant}.yaml"
+            config_path.write_text(yaml.safe_dump(config))
+            log = (work / f"{variant}.log").open("wb")
+            sidecar = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "guardedmodel_cli.main",
+                    "sidecar",
+                    "--config",
+                    str(config_path),
+                    "--log-level",
+                    "WARNING",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+            )
+            try:
+                ready_url = f"http://127.0.0.1:{listen['http']}/v2/health/ready"
+                deadline = time.monotonic() + 120
+                while True:
+                    try:
+                        with urllib.request.urlopen(ready_url, timeout=2):
+                            break
+                    except OSError:
+                        if time.monotonic() > deadline or sidecar.poll() is not None:
+                            raise RuntimeError(f"sidecar not ready; see {work / variant}.log") from None
+                        time.sleep(0.2)
+                metrics_url = f"http://127.0.0.1:{listen['metrics']}/metrics"
+                for protocol in args.protocols.split(","):
+                    for batch in (int(b) for b in args.batches.split(",")):
+                        for concurrency in (int(c) for c in args.concurrencies.split(",")):
+                            targets = [("sidecar", listen["http"] if protocol == "http" else listen["grpc"])]
+                            if variant == "sidecar":
+                                direct = triton.http_url if protocol == "http" else triton.grpc_url
+                                targets.insert(0, ("direct", int(direct.rsplit(":", 1)[1])))
+                            for target, port in targets:
+                                profile = None
+                                if (
+                                    args.profile
+                                    and target == "sidecar"
+                                    and protocol == "http"
+                                    and batch == 1
+                                    and concurrency == 16
+                                ):
+                                    profile = work / f"{variant}-profile.txt"
+                                cell = measure_cell(
+                                    protocol,
+                                    target,
+                                    f"127.0.0.1:{port}",
+                                    batch,
+                                    concurrency,
+                                    inputs,
+                                    args.seconds,
+                                    args.model,
+                                    triton_pgid,
+                                    sidecar.pid,
+                                    metrics_url,
+                                    profile,
+                                )
+                                cell["variant"] = variant if target == "sidecar" else "direct"
+                                if profile is not None and profile.exists():
+                                    cell["profile"] = summarize_profile(profile)
+                                results.append(cell)
+                                print(
+                                    json.dumps({k: v for k, v in cell.items() if k != "profile"}), flush=True
+                                )
+            finally:
+                sidecar.terminate()
+                sidecar.wait(timeout=30)
+                log.close()
+
+    summary = summarize(results)
+    payload = {
+        "machine": {"cpus": os.cpu_count(), "note": "Triton, sidecar and load generator share these CPUs"},
+        "model": args.model,
+        "seconds_per_cell": args.seconds,
+        "cells": results,
+        "comparison": summary,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(payload, indent=2))
+    plot(summary, args.out.with_suffix(".png"))
+    print_table(summary)
+    return 0
+
+
+def summarize(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    direct = {(c["protocol"], c["batch"], c["concurrency"]): c for c in cells if c["target"] == "direct"}
+    rows = []
+    for c in cells:
+        if c["target"] != "sidecar":
+            continue
+        d = direct[(c["protocol"], c["batch"], c["concurrency"])]
+        t = d["triton_cpu_ms_per_request"]
+        p = c["sidecar_cpu_ms_per_request"]
+        rows.append(
+            {
+                "variant": c["variant"],
+                "protocol": c["protocol"],
+                "batch": c["batch"],
+                "concurrency": c["concurrency"],
+                "direct_rps": d["rps"],
+                "sidecar_rps": c["rps"],
+                "throughput_ratio": c["rps"] / d["rps"],
+                "predicted_ratio_T_over_T_plus_P": t / (t + p) if t + p > 0 else None,
+                "p50_added_ms": c["p50_ms"] - d["p50_ms"],
+                "p99_added_ms": c["p99_ms"] - d["p99_ms"],
+                "direct_p50_ms": d["p50_ms"],
+                "direct_p99_ms": d["p99_ms"],
+                "triton_cpu_ms_per_request_direct": t,
+                "triton_cpu_ms_per_request_via_sidecar": c["triton_cpu_ms_per_request"],
+                "sidecar_cpu_ms_per_request": p,
+                "gate_scorer_ms_per_request": c["gate_scorer_ms_per_request"],
+            }
+        )
+    return rows
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    print(
+        f"{'variant':20} {'proto':5} {'b':>3} {'c':>3} {'ratio':>6} {'T/(T+P)':>8} {'p50+ms':>7} {'p99+ms':>7} "
+        f"{'P ms':>6} {'T ms':>6} {'g+s ms':>7}"
+    )
+    for r in rows:
+        pred = r["predicted_ratio_T_over_T_plus_P"]
+        print(
+            f"{r['variant']:20} {r['protocol']:5} {r['batch']:>3} {r['concurrency']:>3} {r['throughput_ratio']:6.2f} "
+            f"{pred if pred is None else round(pred, 2):>8} {r['p50_added_ms']:7.2f} {r['p99_added_ms']:7.2f} "
+            f"{r['sidecar_cpu_ms_per_request']:6.3f} {r['triton_cpu_ms_per_request_direct']:6.3f} "
+            f"{r['gate_scorer_ms_per_request']:7.3f}"
+        )
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [
+        f"{r['variant'].replace('sidecar', 'sc')}\n{r['protocol']} b{r['batch']} c{r['concurrency']}"
+        for r in rows
+    ]
+    fig, axes = plt.subplots(1, 2, figsize=(max(10, len(rows) * 0.9), 4.5))
+    xs = np.arange(len(rows))
+    axes[0].bar(xs - 0.2, [r["throughput_ratio"] for r in rows], 0.4, label="measured")
+    axes[0].bar(xs + 0.2, [r["predicted_ratio_T_over_T_plus_P"] or 0 for r in rows], 0.4, label="T/(T+P)")
+    axes[0].axhline(1.0, color="grey", lw=0.8)
+    axes[0].set_ylabel("throughput sidecar / direct")
+    axes[0].set_xticks(xs, labels, fontsize=7)
+    axes[0].legend()
+    axes[1].bar(xs - 0.2, [r["p50_added_ms"] for r in rows], 0.4, label="p50 added")
+    axes[1].bar(xs + 0.2, [r["p99_added_ms"] for r in rows], 0.4, label="p99 added")
+    axes[1].set_ylabel("ms added by the sidecar")
+    axes[1].set_xticks(xs, labels, fontsize=7)
+    axes[1].legend()
+    fig.suptitle("guard sidecar vs direct Triton (same run, same Triton)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""sidecar.yaml: the agreed keys, defaults, env overrides and errors that name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from guardedmodel_sidecar.config import ConfigError, dump_config, load_config, parse_config, parse_duration
+
+FULL = {
+    "guardedModel": {"namespace": "ns", "name": "n"},
+    "spec": {
+        "model": {"name": "fashion", "repository": "pvc://models", "version": "3"},
+        "gate": {
+            "inputs": [{"name": "INPUT", "datatype": "FP32", "shape": [1, 28, 28], "min": 0, "max": 1}],
+            "ood": {"method": "mahalanobis", "threshold": 42.0, "action": "reject"},
+        },
+        "confidence": {"reviewBelow": 0.6, "review": {"webhook": "http://hook", "maxFraction": 0.1}},
+        "audit": {"enabled": True, "sampleRate": 0.01},
+        "drift": {"window": "5m"},
+    },
+    "routing": {"stableVersion": "3", "canaryVersion": "4", "canaryWeight": 10},
+    "triton": {"httpUrl": "127.0.0.1:8000", "grpcUrl": "127.0.0.1:8001"},
+    "modelRepository": "/models",
+    "listen": {"host": "0.0.0.0", "http": 8080, "grpc": 8081, "metrics": 9090},
+    "auditDir": "/var/lib/guardedmodel/audit",
+    "spoolDir": "/var/lib/guardedmodel/review-spool",
+}
+
+
+def test_the_agreed_file_parses_into_one_typed_object() -> None:
+    config = parse_config(FULL)
+    assert config.guarded_model == ("ns", "n")
+    assert config.spec.model.name == "fashion"
+    assert config.spec.inputs[0].shape == (1, 28, 28) and config.spec.inputs[0].max == 1.0
+    assert (config.spec.ood.method, config.spec.ood.threshold, config.spec.ood.action) == (
+        "mahalanobis",
+        42.0,
+        "reject",
+    )
+    assert config.spec.review_below == 0.6 and config.spec.review.max_fraction == 0.1
+    assert config.spec.drift_window_s == 300.0 and config.spec.sample_rate == 0.01
+    assert config.routing.versions() == ("3", "4") and config.routing.canary_weight == 10
+    assert config.listen.metrics == 9090 and str(config.model_repository) == "/models"
+    assert parse_config(dump_config(config)) == config
+
+
+def test_defaults_make_a_minimal_file_enough() -> None:
+    config = parse_config({"spec": {"model": {"name": "m", "version": "2"}}})
+    assert config.routing.stable_version == "2" and config.routing.versions() == ("2",)
+    assert config.spec.ood.method == "none" and config.spec.review_below is None
+    assert config.guarded_model is None and not config.tuning.micro_batching.enabled
+
+
+@pytest.mark.parametrize(
+    ("patch", "message"),
+    [
+        ({"spec": {"model": {}}}, "spec.model.name"),
+        ({"spec": {"model": {"name": "m"}, "gate": {"ood": {"method": "lof"}}}}, "spec.gate.ood.method"),
+        ({"spec": {"model": {"name": "m"}, "gate": {"ood": {"action": "drop"}}}}, "spec.gate.ood.action"),
+        ({"spec": {"model": {"name": "m"}, "confidence": {"reviewBelow": 2}}}, "reviewBelow"),
+        ({"spec": {"model": {"name": "m"}, "audit": {"sampleRate": -0.1}}}, "sampleRate"),
+        ({"spec": {"model": {"name": "m"}, "drift": {"window": "soon"}}}, "spec.drift.window"),
+        (
+            {"spec": {"model": {"name": "m"}, "gate": {"inputs": [{"name": "X", "datatype": "FLOAT"}]}}},
+            "datatype",
+        ),
+        ({"spec": {"model": {"name": "m"}, "gate": {"inputs": [{"name": "X", "shape": [-2]}]}}}, "shape"),
+        (
+            {"spec": {"model": {"name": "m"}, "gate": {"inputs": [{"name": "X", "min": 2, "max": 1}]}}},
+            "above max",
+        ),
+        (
+            {"spec": {"model": {"name": "m"}}, "routing": {"canaryVersion": "2", "canaryWeight": 150}},
+            "canaryWeight",
+        ),
+    ],
+)
+def test_invalid_configs_name_the_key(patch: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_config(patch)
+
+
+def test_environment_overrides_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "sidecar.yaml"
+    path.write_text(yaml.safe_dump(FULL))
+    config = load_config(
+        path,
+        env={"GUARDEDMODEL_TRITON_HTTP_URL": "http://10.0.0.1:9000/", "GUARDEDMODEL_AUDIT_DIR": "/tmp/a"},
+    )
+    assert config.triton_http_url == "10.0.0.1:9000" and str(config.audit_dir) == "/tmp/a"
+    assert config.triton_grpc_url == "127.0.0.1:8001"
+
+
+def test_unreadable_files_are_explained(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("spec: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("30s", 30), ("5m", 300), ("1h", 3600), ("250ms", 0.25), (12, 12)]
+)
+def test_durations(text: object, seconds: float) -> None:
+    assert parse_duration(text, "k") == pytest.approx(seconds)
