@@ -162,7 +162,8 @@ def response_to_proto(result: GuardedResult, request: InferRequest) -> Any:
     if request.outputs is None:
         selected = response.outputs
     else:
-        selected = [o for o in (response.output(w.name) for w in request.outputs) if o is not None]
+        wanted = {w.name for w in request.outputs}
+        selected = [o for o in response.outputs if o.name in wanted]
     for out in selected:
         tensor = msg.outputs.add()
         tensor.name = out.name
@@ -207,7 +208,11 @@ class GuardServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     RepositoryModelUnload = RepositoryModelLoad
 
     async def _guarded(self, msg: Any) -> Any:
-        request = request_from_proto(msg)
+        try:
+            request = request_from_proto(msg)
+        except GuardError as exc:
+            self.pipeline.record_undecodable(msg.model_name, msg.model_version, exc, msg.SerializeToString())
+            raise
         result = await self.pipeline.infer(request)
         return response_to_proto(result, request)
 

@@ -122,10 +122,14 @@ class V2HttpServer:
             return 404, _JSON, [encode_error(f"no v2 endpoint at {path}")], {}
         header_length = request.headers.get(_HEADER_LENGTH_LOWER)
         try:
-            hlen = int(header_length) if header_length is not None else None
-        except ValueError:
-            raise InvalidRequest(f"{HEADER_LENGTH} must be an integer, got {header_length!r}") from None
-        infer_request = decode_infer_request(request.body, hlen, model, version)
+            try:
+                hlen = int(header_length) if header_length is not None else None
+            except ValueError:
+                raise InvalidRequest(f"{HEADER_LENGTH} must be an integer, got {header_length!r}") from None
+            infer_request = decode_infer_request(request.body, hlen, model, version)
+        except GuardError as exc:
+            self.pipeline.record_undecodable(model, version, exc, request.body)
+            raise
         result = await self.pipeline.infer(infer_request)
         chunks, json_length = encode_infer_response(result.response, infer_request, result.parameters)
         headers = dict(result.headers)

@@ -383,6 +383,25 @@ class Pipeline:
         self.audit.record(record)
         return GuardedResult(response, guard.version, decision, parameters, headers)
 
+    def record_undecodable(self, model: str, version: str, exc: GuardError, body: bytes | memoryview) -> None:
+        """Audit a request that never became an InferRequest (bad JSON, sizes that do not add up)."""
+        self.review.note_request()
+        self.metrics.gate_refusals += 1
+        self.audit.record(
+            {
+                "id": self._next_id(),
+                "ts": time.time(),
+                "model": model,
+                "version": version or None,
+                "status": exc.http_status,
+                "decision": REJECT,
+                "stage": "decode",
+                "error": exc.message,
+                "batch": 0,
+                "input_digest": hashlib.blake2b(body, digest_size=16).hexdigest(),
+            }
+        )
+
     def _record_failure(
         self,
         request: InferRequest,

@@ -8,6 +8,7 @@ form the caller asked for, splicing Triton's raw output bytes instead of re-enco
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from typing import Any
 
@@ -43,7 +44,12 @@ def _load_json_header(body: memoryview, header_length: int | None, what: str) ->
     try:
         header = orjson.loads(body[:end])
     except orjson.JSONDecodeError as exc:
-        raise InvalidRequest(f"{what} body is not valid JSON: {exc}") from None
+        # Python's json module writes NaN/Infinity as bare words (tritonclient does so for JSON
+        # tensors); read them so that the gate can say which input holds non-finite values.
+        try:
+            header = json.loads(bytes(body[:end]))
+        except (ValueError, UnicodeDecodeError):
+            raise InvalidRequest(f"{what} body is not valid JSON: {exc}") from None
     if not isinstance(header, dict):
         raise InvalidRequest(f"{what} body must be a JSON object, got {type(header).__name__}")
     return header, end
@@ -249,11 +255,9 @@ def encode_infer_response(
     if request.outputs is None:
         selected = [(o, request.binary_output_default) for o in response.outputs]
     else:
-        selected = []
-        for wanted in request.outputs:
-            out = response.output(wanted.name)
-            if out is not None:
-                selected.append((out, wanted.binary))
+        # Triton answers in the model's output order, whatever order they were asked in.
+        wanted = {w.name: w.binary for w in request.outputs}
+        selected = [(o, wanted[o.name]) for o in response.outputs if o.name in wanted]
     for out, binary in selected:
         entry: dict[str, Any] = {"name": out.name, "datatype": out.datatype, "shape": out.shape}
         if binary:
