@@ -1,0 +1,215 @@
+"""Metric samples per model version from the Prometheus HTTP API.
+
+The sidecars export per-version series (see the sidecar's metrics module for the
+names); Prometheus adds the scrape's target labels. A GuardedModel's series are
+found by two of those labels: its namespace and its name. With the usual
+Kubernetes pod scrape config (`labelmap: __meta_kubernetes_pod_label_(.+)`) the
+pods' `guardedmodel.io/name` label becomes `guardedmodel_io_name`, and the
+namespace is relabelled to `namespace`; both label names are configurable.
+
+One check = eight instant queries over the check window, each grouped by version,
+so both versions of a canary come back together. Figures with no series, or too
+few scrapes in the window, come back as None (no data), never as 0 — except the
+error counter, which the sidecar only creates on the first error: no error series
+next to live request series means no errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+import aiohttp
+
+from .types import MetricSamples
+
+# The sidecar's metric names (the operator must not import the sidecar package).
+REQUESTS = "guardedmodel_requests_total"
+SAMPLES = "guardedmodel_samples_total"
+OOD_SAMPLES = "guardedmodel_ood_samples_total"
+CONFIDENCE = "guardedmodel_confidence"
+DRIFT = "guardedmodel_drift_score"
+UPSTREAM_ERRORS = "guardedmodel_upstream_errors_total"
+STAGE_SECONDS = "guardedmodel_stage_seconds"
+
+
+class MetricsUnavailable(Exception):
+    """Prometheus could not answer; the message says what to check."""
+
+
+@dataclass(frozen=True)
+class PrometheusSettings:
+    url: str
+    namespace_label: str = "namespace"
+    name_label: str = "guardedmodel_io_name"
+    timeout_s: float = 10.0
+    # increase() needs at least two scrapes inside the window: a window shorter
+    # than twice the scrape interval would see no data at all.
+    min_window_s: float = 60.0
+
+
+def _quote(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def queries(settings: PrometheusSettings, namespace: str, name: str, window_s: float) -> dict[str, str]:
+    """PromQL per figure, grouped by version. Pure, so it is unit-tested as text."""
+    sel = f'{settings.namespace_label}="{_quote(namespace)}",{settings.name_label}="{_quote(name)}"'
+    w = f"{math.ceil(window_s)}s"
+    return {
+        "requests": f"sum by (version, decision) (increase({REQUESTS}{{{sel}}}[{w}]))",
+        "samples": f"sum by (version) (increase({SAMPLES}{{{sel}}}[{w}]))",
+        "ood_samples": f"sum by (version) (increase({OOD_SAMPLES}{{{sel}}}[{w}]))",
+        "confidence_sum": f"sum by (version) (increase({CONFIDENCE}_sum{{{sel}}}[{w}]))",
+        "confidence_count": f"sum by (version) (increase({CONFIDENCE}_count{{{sel}}}[{w}]))",
+        # The sidecar publishes drift once per drift window; NaN until a window had samples.
+        # max_over_time skips NaN unless every value is NaN.
+        "drift": f'max by (version) (max_over_time({DRIFT}{{{sel},statistic="score"}}[{w}]))',
+        # The sidecar creates an error series on the first error, and increase() cannot
+        # see a series' first value: a series born inside the window counts whole.
+        # Series without a version label group under version="" (model-wide).
+        "errors": (
+            f"sum by (version) (({UPSTREAM_ERRORS}{{{sel}}} unless {UPSTREAM_ERRORS}{{{sel}}} offset {w})"
+            f" or increase({UPSTREAM_ERRORS}{{{sel}}}[{w}]))"
+        ),
+        "p99": (
+            "histogram_quantile(0.99, sum by (version, le) "
+            f'(rate({STAGE_SECONDS}_bucket{{{sel},stage="total"}}[{w}])))'
+        ),
+    }
+
+
+def _by_version(result: list[dict[str, Any]]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for item in result:
+        value = float(item["value"][1])
+        if math.isfinite(value):
+            out[item["metric"].get("version", "")] = value
+    return out
+
+
+def samples_from_results(
+    results: Mapping[str, list[dict[str, Any]]], version: str, window_s: float
+) -> MetricSamples:
+    """One version's figures from the query results. Pure."""
+    requests: dict[str, dict[str, float]] = {}
+    for item in results.get("requests", []):
+        value = float(item["value"][1])
+        if math.isfinite(value):
+            labels = item["metric"]
+            requests.setdefault(labels.get("version", ""), {})[labels.get("decision", "")] = value
+    mine = requests.get(version)
+    total = sum(mine.values()) if mine else None
+    samples = _by_version(results.get("samples", [])).get(version)
+    ood = _by_version(results.get("ood_samples", [])).get(version)
+    conf_sum = _by_version(results.get("confidence_sum", [])).get(version)
+    conf_count = _by_version(results.get("confidence_count", [])).get(version)
+    drift = _by_version(results.get("drift", [])).get(version)
+    model_wide: list[str] = []
+
+    errors_by_version = _by_version(results.get("errors", []))
+    error_rate: float | None = None
+    if total is not None:
+        if version in errors_by_version:
+            errors = errors_by_version[version]
+            error_rate = _ratio(errors, total + errors)
+        elif "" in errors_by_version:
+            errors = errors_by_version[""]
+            every = sum(sum(d.values()) for d in requests.values())
+            error_rate = _ratio(errors, every + errors)
+            model_wide.append("error_rate")
+        else:
+            error_rate = 0.0  # the sidecar creates the error series on the first error
+
+    p99_by_version = _by_version(results.get("p99", []))
+    p99 = p99_by_version.get(version)
+    if p99 is None and "" in p99_by_version and total is not None:
+        p99 = p99_by_version[""]
+        model_wide.append("p99_latency_ms")
+
+    return MetricSamples(
+        version=version,
+        window_s=window_s,
+        requests=total,
+        ood_rate=_ratio(ood, samples),
+        review_rate=_ratio(mine.get("review", 0.0), total) if mine and total else None,
+        reject_rate=_ratio(mine.get("reject", 0.0), total) if mine and total else None,
+        estimated_accuracy=_ratio(conf_sum, conf_count),
+        drift_score=drift,
+        error_rate=error_rate,
+        p99_latency_ms=None if p99 is None else p99 * 1000.0,
+        model_wide=tuple(model_wide),
+    )
+
+
+def _ratio(part: float | None, whole: float | None) -> float | None:
+    if part is None or whole is None or whole <= 0:
+        return None
+    return part / whole
+
+
+class PrometheusSource:
+    """Reads MetricSamples from one Prometheus; one HTTP session for all models."""
+
+    def __init__(self, settings: PrometheusSettings, session: aiohttp.ClientSession | None = None) -> None:
+        self.settings = settings
+        self._session = session
+        self._owns_session = session is None
+
+    async def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.settings.timeout_s)
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None and self._owns_session:
+            await self._session.close()
+            self._session = None
+
+    def window_s(self, interval_s: float) -> float:
+        return max(interval_s, self.settings.min_window_s)
+
+    async def query(self, promql: str) -> list[dict[str, Any]]:
+        session = await self._get_session()
+        url = self.settings.url.rstrip("/") + "/api/v1/query"
+        try:
+            async with session.get(url, params={"query": promql}) as response:
+                text = await response.text()
+                try:
+                    body = await response.json(content_type=None)
+                except ValueError:
+                    body = None
+        except (aiohttp.ClientError, TimeoutError) as error:
+            raise MetricsUnavailable(
+                f"Prometheus at {self.settings.url} did not answer ({type(error).__name__}: {error}); "
+                "check the operator's prometheusUrl"
+            ) from error
+        if not isinstance(body, dict) or body.get("status") != "success":
+            detail = body.get("error") if isinstance(body, dict) else text[:200]
+            raise MetricsUnavailable(
+                f"Prometheus at {self.settings.url} refused {promql!r} (HTTP {response.status}): {detail}"
+            )
+        return list(body["data"]["result"])
+
+    async def samples(
+        self, namespace: str, name: str, versions: tuple[str, ...], interval_s: float
+    ) -> dict[str, MetricSamples]:
+        """Samples of each version over the check window; on failure every version
+        gets a MetricSamples whose `error` says why (the policy holds on it)."""
+        window = self.window_s(interval_s)
+        promql = queries(self.settings, namespace, name, window)
+        try:
+            answers = await asyncio.gather(*(self.query(q) for q in promql.values()))
+        except MetricsUnavailable as error:
+            return {v: MetricSamples(v, window, error=str(error)) for v in versions}
+        results = dict(zip(promql, answers, strict=True))
+        return {v: samples_from_results(results, v, window) for v in versions}
+
+
+def unavailable(version: str, window_s: float, why: str) -> MetricSamples:
+    return replace(MetricSamples(version, window_s), error=why)
