@@ -62,6 +62,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--knn-k", type=int, default=5)
     parser.add_argument("--knn-bank-size", type=int, default=4096)
+    parser.add_argument(
+        "--mahalanobis-normalise",
+        action="store_true",
+        help="L2-normalise features for Mahalanobis (often better on deep features; blind to feature norm)",
+    )
     parser.add_argument("--logits-output", default="LOGITS")
     parser.add_argument("--features-output", default="FEATURES", help="'' if the model has none")
     parser.add_argument("--class-names", help="comma-separated class names (image folders)")
@@ -86,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
                 holdout_fraction=args.holdout_fraction,
                 knn_k=args.knn_k,
                 knn_bank_size=args.knn_bank_size,
+                mahalanobis_normalise=args.mahalanobis_normalise,
                 seed=args.seed,
                 progress=not args.no_progress,
             ),

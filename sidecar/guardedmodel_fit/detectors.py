@@ -15,7 +15,7 @@ def fit_mahalanobis(
     num_classes: int,
     *,
     shrinkage: float = 1e-3,
-    normalise: bool = True,
+    normalise: bool = False,
 ) -> MahalanobisParams:
     """Class means and the precision of the pooled within-class covariance.
 

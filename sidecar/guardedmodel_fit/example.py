@@ -378,6 +378,7 @@ def build_example(
                 ood_sets=[build.dataset(NEAR_OOD_SET), *(build.dataset(n) for n in FAR_OOD_SETS)],
                 config=FitConfig(
                     seed=0,
+                    mahalanobis_normalise=True,  # measured better on this network, near and far
                     progress=progress,
                     metadata={"class_names": [CLASS_NAMES[c] for c in IN_CLASSES], "example": MODEL_NAME},
                 ),

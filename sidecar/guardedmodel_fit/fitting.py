@@ -50,6 +50,9 @@ class FitConfig:
     target_acceptance: float = 0.95
     holdout_fraction: float = 0.5  # of val_set, when no separate fit_set is given
     knn_k: int = 5
+    # L2-normalise features for Mahalanobis: often better on real networks, but blind to the
+    # feature norm (the textbook detector, the default, is not)
+    mahalanobis_normalise: bool = False
     knn_bank_size: int = 4096
     vim_principal_dim: int | None = None
     feature_bins: int = 10
@@ -118,7 +121,9 @@ def fit_guard(
         steps.set_postfix_str(method)
         if method == "mahalanobis":
             assert fit_part.features is not None and fit_part.labels is not None
-            detectors[method] = fit_mahalanobis(fit_part.features, fit_part.labels, num_classes)
+            detectors[method] = fit_mahalanobis(
+                fit_part.features, fit_part.labels, num_classes, normalise=config.mahalanobis_normalise
+            )
         elif method == "knn":
             assert fit_part.features is not None
             detectors[method] = fit_knn(
