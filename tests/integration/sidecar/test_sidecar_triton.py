@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from conftest import RestartableTriton, SidecarProcess, WebhookReceiver, sidecar_config
 from prometheus_client.parser import text_string_to_metric_families
+from sidecar_toy import MODEL, reference_outputs, toy_data
 from tritonclient.utils import InferenceServerException
 
-from conftest import RestartableTriton, SidecarProcess, WebhookReceiver, sidecar_config
 from guardedmodel_sidecar.audit import iter_records
-from sidecar_toy import MODEL, reference_outputs, toy_data
 
 pytestmark = pytest.mark.integration
 
@@ -47,7 +47,14 @@ def stack(
     proc = SidecarProcess(config, work / "sidecar.log")
     with proc.log_path.open("ab") as log:
         proc.popen = subprocess.Popen(
-            [sys.executable, "-m", "guardedmodel_cli.main", "sidecar", "--config", str(work / "sidecar.yaml")],
+            [
+                sys.executable,
+                "-m",
+                "guardedmodel_cli.main",
+                "sidecar",
+                "--config",
+                str(work / "sidecar.yaml"),
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -64,7 +71,9 @@ def http_infer(url: str, x: np.ndarray, *, binary: bool = True, outputs: list[st
     client = httpclient.InferenceServerClient(url)
     inp = httpclient.InferInput("INPUT", list(x.shape), httpclient.np_to_triton_dtype(x.dtype))
     inp.set_data_from_numpy(x, binary_data=binary)
-    requested = None if outputs is None else [httpclient.InferRequestedOutput(o, binary_data=binary) for o in outputs]
+    requested = (
+        None if outputs is None else [httpclient.InferRequestedOutput(o, binary_data=binary) for o in outputs]
+    )
     return client.infer(MODEL, [inp], outputs=requested, **kw)
 
 
@@ -128,12 +137,18 @@ def test_grpc_outputs_equal_direct_triton(stack, outputs: list[str] | None) -> N
 
 def test_health_and_metadata_match_triton(stack) -> None:
     triton, sidecar, _ = stack
-    direct, guarded = httpclient.InferenceServerClient(triton.http_url), httpclient.InferenceServerClient(sidecar.http_url)
+    direct, guarded = (
+        httpclient.InferenceServerClient(triton.http_url),
+        httpclient.InferenceServerClient(sidecar.http_url),
+    )
     assert guarded.is_server_live() and guarded.is_server_ready() and guarded.is_model_ready(MODEL)
     assert guarded.get_model_metadata(MODEL) == direct.get_model_metadata(MODEL)
     assert guarded.get_model_config(MODEL) == direct.get_model_config(MODEL)
     assert guarded.get_server_metadata()["name"] == direct.get_server_metadata()["name"]
-    gdirect, gguarded = grpcclient.InferenceServerClient(triton.grpc_url), grpcclient.InferenceServerClient(sidecar.grpc_url)
+    gdirect, gguarded = (
+        grpcclient.InferenceServerClient(triton.grpc_url),
+        grpcclient.InferenceServerClient(sidecar.grpc_url),
+    )
     assert gguarded.is_server_live() and gguarded.is_server_ready() and gguarded.is_model_ready(MODEL)
     assert gguarded.get_model_metadata(MODEL, as_json=True) == gdirect.get_model_metadata(MODEL, as_json=True)
     with pytest.raises(InferenceServerException, match="managed by the guard sidecar"):
@@ -152,7 +167,11 @@ GARBAGE = [
     ("NaN", lambda x: np.where(np.arange(8) == 2, np.nan, x).astype(np.float32), "value\\(s\\) are NaN"),
     ("infinite", lambda x: np.where(np.arange(8) == 0, np.inf, x).astype(np.float32), "infinite"),
     ("unscaled pixels", lambda x: (x * 255).astype(np.float32), r"outside the allowed range \[0.0, 1.0\]"),
-    ("corrupted value", lambda x: np.where(np.arange(8) == 7, -3e7, x).astype(np.float32), "outside the allowed range"),
+    (
+        "corrupted value",
+        lambda x: np.where(np.arange(8) == 7, -3e7, x).astype(np.float32),
+        "outside the allowed range",
+    ),
 ]
 
 
@@ -172,7 +191,9 @@ def test_garbage_is_refused_with_a_reason_over_http_and_grpc(stack, what, corrup
         grpc_infer(sidecar.grpc_url, x)
     assert grpc_error.value.status() == "StatusCode.INVALID_ARGUMENT"
     assert "INPUT" in grpc_error.value.message()
-    records = list(iter_records(sidecar.audit_dir))[before:] if wait_audit(sidecar.audit_dir, before + 3) else []
+    records = (
+        list(iter_records(sidecar.audit_dir))[before:] if wait_audit(sidecar.audit_dir, before + 3) else []
+    )
     assert [r["decision"] for r in records[-3:]] == ["reject"] * 3
     assert all(r["status"] == 400 and "INPUT" in r["error"] for r in records[-3:])
 
@@ -245,7 +266,9 @@ def test_audit_records_equal_requests_under_concurrency(stack) -> None:
         x = bad if i % 5 == 0 else good
         try:
             if i % 2:
-                return grpc_infer(sidecar.grpc_url, x).get_response().parameters["guard_decision"].string_param
+                return (
+                    grpc_infer(sidecar.grpc_url, x).get_response().parameters["guard_decision"].string_param
+                )
             return http_infer(sidecar.http_url, x).get_response()["parameters"]["guard_decision"]
         except InferenceServerException:
             return "refused"
@@ -265,9 +288,16 @@ def test_metrics_are_exposed_and_parseable(stack) -> None:
     http_infer(sidecar.http_url, toy_data().sample(3, seed=11)[0])
     families = {f.name: f for f in text_string_to_metric_families(sidecar.metrics())}
     for name in (
-        "guardedmodel_requests", "guardedmodel_confidence", "guardedmodel_ood_score", "guardedmodel_estimated_accuracy",
-        "guardedmodel_drift_score", "guardedmodel_stage_seconds", "guardedmodel_review_items",
-        "guardedmodel_audit_records", "guardedmodel_triton_ready", "guardedmodel_gate_refusals",
+        "guardedmodel_requests",
+        "guardedmodel_confidence",
+        "guardedmodel_ood_score",
+        "guardedmodel_estimated_accuracy",
+        "guardedmodel_drift_score",
+        "guardedmodel_stage_seconds",
+        "guardedmodel_review_items",
+        "guardedmodel_audit_records",
+        "guardedmodel_triton_ready",
+        "guardedmodel_gate_refusals",
     ):
         assert name in families, name
     requests = {s.labels["decision"]: s.value for s in families["guardedmodel_requests"].samples}
