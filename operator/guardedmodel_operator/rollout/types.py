@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from ..spec import with_defaults
+
 DEFAULT_MIN_REQUESTS = 20
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
@@ -92,9 +94,9 @@ class RolloutSpec:
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> RolloutSpec:
-        """From a whole GuardedModel (defaults already applied by the API server
-        or by `spec.with_defaults`)."""
-        spec = body.get("spec") or {}
+        """From a whole GuardedModel; the CRD's defaults fill what is missing,
+        as the API server would."""
+        spec = with_defaults(body.get("spec") or {})
         rollout = spec.get("rollout") or {}
         steps = tuple(sorted(int(s) for s in rollout.get("steps") or (10, 50, 100)))
         return cls(

@@ -420,7 +420,8 @@ def test_spec_from_a_defaulted_body() -> None:
     parsed = RolloutSpec.from_body(body)
     assert (parsed.version, parsed.generation, parsed.steps, parsed.interval_s) == ("3", 4, (20, 100), 60)
     assert parsed.min_requests == 50
-    assert parsed.thresholds == Thresholds(max_ood_rate=0.1, max_p99_latency_ms=250.0)
+    # the CRD default for maxErrorRate fills in, as the API server would
+    assert parsed.thresholds == Thresholds(max_ood_rate=0.1, max_error_rate=0.05, max_p99_latency_ms=250.0)
 
 
 # ---------------------------------------------------------------- helpers

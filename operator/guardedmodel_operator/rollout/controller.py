@@ -1,0 +1,214 @@
+"""The rollout controller: observe → decide → write, once per model per interval.
+
+Each GuardedModel gets one asyncio task (`RolloutScheduler`) that runs a rollout
+step, then sleeps until the next check is due — or until a watch event for the
+model wakes it (a version edit starts a canary at once, not an interval later).
+A model with nothing to measure sleeps until the next event: idle costs nothing.
+
+Why not a kopf timer: kopf timers put a finalizer on every object and have one
+fixed interval per handler, while spec.rollout.interval differs per model. The
+operator otherwise needs no finalizer (owner references clean up), so a model
+can be deleted even when the operator is not running.
+
+Ownership of the status: this controller writes only the routing fields,
+lastGoodVersion, history, metrics and `rollout`; the core writes phase,
+conditions and observedGeneration, and folds `rollout.phase` into them
+(`rollout.phase.overlay`). Both write under the same per-model lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..events import Event
+from . import metrics
+from .metrics_source import PrometheusSource
+from .policy import (
+    ANALYSING,
+    CHECK_FAILED,
+    CHECKS_PASSED,
+    HALTED,
+    IDLE,
+    NO_DATA,
+    WAITING_FOR_DEPLOYMENT,
+    WAITING_FOR_FIRST_VERSION,
+    Kind,
+    Verdict,
+    apply_verdict,
+    decide,
+    measure_version,
+    status_changes,
+)
+from .types import MetricSamples, RolloutSpec, RolloutState
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str]  # (namespace, name)
+
+# Holds that only a watch event can end: the loop sleeps until one arrives.
+_EVENT_DRIVEN = (WAITING_FOR_FIRST_VERSION, WAITING_FOR_DEPLOYMENT, HALTED, IDLE)
+# Holds that say nothing new: no Event even when the reason changes to them.
+_QUIET = (ANALYSING, CHECKS_PASSED)
+
+_EVENTS = {
+    Kind.START_CANARY: ("Normal", "CanaryStarted"),
+    Kind.PROMOTE_STEP: ("Normal", "Promoted"),
+    Kind.PROMOTE_FULL: ("Normal", "Promoted"),
+    Kind.ROLLBACK: ("Warning", "RolledBack"),
+    Kind.DEGRADE: ("Warning", "Degraded"),
+    Kind.ABORT: ("Normal", "CanaryAborted"),
+    Kind.RECOVER: ("Normal", "Recovered"),
+}
+
+
+def verdict_events(verdict: Verdict, state: RolloutState) -> list[Event]:
+    """The Events a decision deserves. Pure.
+
+    Every routing change gets one; a hold gets a "Held" Event only when its reason
+    differs from the one stored, so a model waiting for data does not flood them.
+    """
+    if verdict.kind is Kind.HOLD:
+        if verdict.reason == CHECK_FAILED:
+            return [Event("Warning", "CheckFailed", verdict.message)]
+        if verdict.reason in _QUIET or verdict.reason == state.reason:
+            return []
+        return [Event("Normal", "Held", f"{verdict.reason}: {verdict.message}")]
+    if verdict.kind is Kind.DEGRADE and state.phase == "Degraded":
+        return []  # still degraded: said already
+    kind, reason = _EVENTS[verdict.kind]
+    return [Event(kind, reason, verdict.message)]
+
+
+@dataclass(frozen=True)
+class StepResult:
+    verdict: Verdict
+    patch: dict[str, Any] | None
+    events: list[Event]
+    # Seconds until the next step, or None to sleep until a watch event.
+    next_in_s: float | None
+
+
+def plan_step(body: Mapping[str, Any], samples: MetricSamples | None, now: dt.datetime) -> StepResult:
+    """One rollout step of one model, given the samples it asked for. Pure."""
+    spec = RolloutSpec.from_body(body)
+    status = body.get("status") or {}
+    state = RolloutState.from_status(status, spec.generation)
+    verdict = decide(spec, state, samples, now)
+    owned = apply_verdict(status, verdict, spec, now)
+    patch = status_changes(status, owned)
+    if patch is not None and verdict.kind is not Kind.HOLD:
+        next_in: float | None = 0.0  # routing changed: look again at once, the next step may follow
+    elif verdict.kind is Kind.HOLD and verdict.reason in _EVENT_DRIVEN:
+        next_in = None
+    else:
+        next_in = verdict.recheck_after_s if verdict.recheck_after_s is not None else spec.interval_s
+    return StepResult(verdict, patch, verdict_events(verdict, state), next_in)
+
+
+def needed_version(body: Mapping[str, Any], now: dt.datetime) -> str | None:
+    spec = RolloutSpec.from_body(body)
+    return measure_version(spec, RolloutState.from_status(body.get("status"), spec.generation), now)
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+PatchStatus = Callable[[str, str, Mapping[str, Any]], Awaitable[dict[str, Any]]]
+EmitEvent = Callable[[Mapping[str, Any], Event], None]
+
+
+@dataclass
+class RolloutController:
+    """The I/O around `plan_step`: read samples, write the status, post Events, count."""
+
+    source: PrometheusSource | None
+    patch_status: PatchStatus
+    emit: EmitEvent
+    now: Callable[[], dt.datetime] = utcnow
+
+    async def samples_for(self, body: Mapping[str, Any], version: str) -> MetricSamples:
+        spec = RolloutSpec.from_body(body)
+        if self.source is None:
+            return MetricSamples(
+                version,
+                spec.interval_s,
+                error="the operator has no prometheusUrl, so canary analysis has no metrics "
+                "(set GUARDEDMODEL_PROMETHEUS_URL, or use spec.rollout.strategy: instant)",
+            )
+        meta = body["metadata"]
+        found = await self.source.samples(meta["namespace"], meta["name"], (version,), spec.interval_s)
+        return found[version]
+
+    async def step(self, body: Mapping[str, Any]) -> tuple[StepResult, dict[str, Any] | None]:
+        """One step; returns the result and the object the API server returned, if written."""
+        now = self.now()
+        version = needed_version(body, now)
+        samples = await self.samples_for(body, version) if version is not None else None
+        result = plan_step(body, samples, now)
+        written = None
+        meta = body["metadata"]
+        if result.patch is not None:
+            written = await self.patch_status(meta["namespace"], meta["name"], result.patch)
+        metrics.count(meta["namespace"], meta["name"], result.verdict)
+        for event in result.events:
+            self.emit(body, event)
+        if result.verdict.kind is not Kind.HOLD or result.verdict.reason in (CHECK_FAILED, NO_DATA):
+            log.info("%s/%s: %s", meta["namespace"], meta["name"], result.verdict.message)
+        return result, written
+
+
+@dataclass
+class RolloutScheduler:
+    """One task per GuardedModel; `touch` on each watch event, `forget` on deletion."""
+
+    run: Callable[[Key], Awaitable[float | None]]  # one step; seconds until the next or None
+    retry_after_s: float = 10.0
+    tasks: dict[Key, asyncio.Task[None]] = field(default_factory=dict)
+    wakers: dict[Key, asyncio.Event] = field(default_factory=dict)
+
+    def touch(self, key: Key) -> None:
+        waker = self.wakers.setdefault(key, asyncio.Event())
+        waker.set()
+        task = self.tasks.get(key)
+        if task is None or task.done():
+            self.tasks[key] = asyncio.create_task(self._loop(key), name=f"rollout {key[0]}/{key[1]}")
+
+    def forget(self, key: Key) -> None:
+        task = self.tasks.pop(key, None)
+        self.wakers.pop(key, None)
+        if task is not None:
+            task.cancel()
+
+    async def close(self) -> None:
+        tasks = list(self.tasks.values())
+        self.tasks.clear()
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _loop(self, key: Key) -> None:
+        waker = self.wakers[key]
+        while True:
+            waker.clear()
+            try:
+                delay = await self.run(key)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # one model's failure must not end its loop
+                log.warning(
+                    "rollout step of %s/%s failed (%s); retrying in %ss", *key, error, self.retry_after_s
+                )
+                delay = self.retry_after_s
+            if delay is not None and delay <= 0:
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(waker.wait(), timeout=delay)

@@ -1,0 +1,97 @@
+"""kopf wiring of the rollout controller, kept apart from the core's handlers.
+
+Its own watch-event handler on GuardedModels wakes the model's rollout task; the
+step itself runs under the core's per-model lock and reads the freshest copy of
+the object, so the core's reconcile and a rollout step never interleave.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from ..events import Event
+from ..labels import GROUP, PLURAL, VERSION
+from . import metrics
+from .controller import Key, RolloutController, RolloutScheduler
+from .metrics_source import PrometheusSettings, PrometheusSource
+
+log = logging.getLogger(__name__)
+
+
+def settings_from(config: Any) -> PrometheusSettings | None:
+    url = getattr(config, "prometheus_url", "")
+    if not url:
+        return None
+    return PrometheusSettings(
+        url=url,
+        namespace_label=config.prometheus_namespace_label,
+        name_label=config.prometheus_name_label,
+        timeout_s=config.request_timeout_s,
+        min_window_s=config.rollout_min_window_s,
+    )
+
+
+def _emit(body: Mapping[str, Any], event: Event) -> None:
+    kopf.event(dict(body), type=event.type, reason=event.reason, message=event.message)  # type: ignore[arg-type]
+
+
+def register(registry: kopf.OperatorRegistry) -> None:
+    """Attach the rollout handlers. `memo` is the core's OperatorState; its
+    `rollouts` field holds the scheduler."""
+
+    @kopf.on.startup(registry=registry)
+    async def start_rollouts(memo: Any, **_: Any) -> None:
+        settings = settings_from(memo.config)
+        source = PrometheusSource(settings) if settings is not None else None
+        if source is None:
+            log.warning(
+                "no prometheusUrl: canaries will hold for lack of metrics (strategy instant still works)"
+            )
+
+        async def patch_status(namespace: str, name: str, patch: Mapping[str, Any]) -> dict[str, Any]:
+            assert memo.client is not None, "the core's startup handler creates the client"
+            written: dict[str, Any] = await memo.client.patch_status(namespace, name, patch)
+            return written
+
+        controller = RolloutController(source, patch_status, _emit)
+
+        async def run(key: Key) -> float | None:
+            body = memo.freshest("GuardedModel", key[0], key[1], memo.rollout_bodies.get(key))
+            if body is None or body["metadata"].get("deletionTimestamp"):
+                return None
+            async with memo.locks.setdefault(key, asyncio.Lock()):
+                body = memo.freshest("GuardedModel", key[0], key[1], body)
+                result, written = await controller.step(body)
+                if written is not None:
+                    memo.remember(written)
+            return result.next_in_s
+
+        memo.rollouts = RolloutScheduler(run)
+        memo.rollout_source = source
+
+    @kopf.on.cleanup(registry=registry)
+    async def stop_rollouts(memo: Any, **_: Any) -> None:
+        if memo.rollouts is not None:
+            await memo.rollouts.close()
+        if memo.rollout_source is not None:
+            await memo.rollout_source.close()
+
+    @kopf.on.event(GROUP, VERSION, PLURAL, id="rollout", registry=registry)
+    async def on_model_rollout(event: kopf.RawEvent, body: kopf.Body, memo: Any, **_: Any) -> None:
+        meta = body["metadata"]
+        key = (meta["namespace"], meta["name"])
+        if memo.rollouts is None:
+            return
+        if event["type"] == "DELETED":
+            memo.rollouts.forget(key)
+            memo.rollout_bodies.pop(key, None)
+            metrics.forget(*key)
+            return
+        slim_meta = {k: v for k, v in meta.items() if k != "managedFields"}
+        memo.rollout_bodies[key] = {**dict(body), "metadata": slim_meta}
+        memo.rollouts.touch(key)
