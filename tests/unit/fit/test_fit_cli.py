@@ -1,0 +1,106 @@
+"""`guardedmodel fit` end to end on a small TorchScript model (real torch, real files)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fit_synthetic import gaussian_classes
+
+from guardedmodel_cli.main import main
+from guardedmodel_sidecar.guard.artifact import load_artifact
+from guardedmodel_sidecar.guard.scoring import make_ood_scorer
+
+
+class TwoHeads(torch.nn.Module):
+    """Features = a fixed random ReLU layer of the input; logits = a linear readout of them."""
+
+    def __init__(self, with_features: bool = True) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.hidden = torch.nn.Linear(8, 16)
+        self.head = torch.nn.Linear(16, 3)
+        with torch.no_grad():
+            self.hidden.weight.copy_(torch.randn(16, 8, generator=g))
+            self.hidden.bias.zero_()
+        self.with_features = with_features
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = torch.relu(self.hidden(x))
+        return self.head(features), features
+
+
+class LogitsOnly(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("fitcli")
+    rng = np.random.default_rng(5)
+    x, y, _ = gaussian_classes(rng, 1500)
+    model = TwoHeads()
+    # train the readout briefly so the logits mean something
+    opt = torch.optim.Adam(model.head.parameters(), lr=0.05)
+    xt, yt = torch.tensor(x, dtype=torch.float32), torch.tensor(y)
+    for _ in range(200):
+        loss = torch.nn.functional.cross_entropy(model(xt)[0], yt)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    torch.jit.script(model).save(str(root / "model.pt"))
+    torch.jit.script(LogitsOnly()).save(str(root / "logits_only.pt"))
+    np.savez(root / "val.npz", inputs=x.astype(np.float32), labels=y)
+    np.savez(root / "far.npz", inputs=(rng.normal(size=(400, 8)) * 4 + 6).astype(np.float32))
+    return root
+
+
+def test_fit_command_writes_artifact_and_report(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = workdir / "guard"
+    argv = ["fit", "--model", str(workdir / "model.pt"), "--data", str(workdir / "val.npz")]
+    argv += ["--ood", f"far={workdir / 'far.npz'}", "--out", str(out), "--no-progress"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "guard for model v1 written to" in printed and "AUROC/FPR@95: far" in printed
+    artifact = load_artifact(out)
+    assert artifact.num_classes == 3 and artifact.feature_dim == 16
+    assert set(artifact.thresholds) == {"mahalanobis", "energy", "knn", "msp", "vim"}
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert report["detectors"]["mahalanobis"]["ood"]["far"]["auroc"] > 0.95
+    assert (out / "report" / "report.png").stat().st_size > 10000
+    # the artifact scores the model's own outputs exactly as the fit did
+    module = torch.jit.load(str(workdir / "model.pt"))
+    far = np.load(workdir / "far.npz")["inputs"]
+    with torch.no_grad():
+        logits, features = (t.numpy() for t in module(torch.from_numpy(far)))
+    score = make_ood_scorer("mahalanobis", artifact).score(logits, features)
+    assert np.mean(score > artifact.thresholds["mahalanobis"]) == pytest.approx(
+        report["detectors"]["mahalanobis"]["ood"]["far"]["flagged_at_threshold"], abs=1e-9
+    )
+
+
+def test_errors_are_reported_not_raised(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["fit", "--no-progress", "--out", str(workdir / "x")]
+    code = main([*base, "--model", str(workdir / "logits_only.pt"), "--data", str(workdir / "val.npz")])
+    assert code == 2
+    assert "has no feature output, but mahalanobis, knn, vim need(s)" in capsys.readouterr().err
+    logits_only = ["--model", str(workdir / "logits_only.pt"), "--data", str(workdir / "val.npz")]
+    code = main([*base, *logits_only, "--methods", "energy,msp"])
+    assert code == 0
+    capsys.readouterr()
+    code = main([*base, "--model", str(workdir / "model.pt"), "--data", str(workdir / "far.npz")])
+    assert code == 2 and "needs labels" in capsys.readouterr().err
+    code = main(
+        [*base, "--model", str(workdir / "model.pt"), "--data", str(workdir / "val.npz"), "--ood", "broken"]
+    )
+    assert code == 2 and "expected NAME=SPEC" in capsys.readouterr().err
+    code = main([*base, "--model", str(workdir / "val.npz"), "--data", str(workdir / "val.npz")])
+    assert code == 2 and "expected a TorchScript file" in capsys.readouterr().err
