@@ -110,15 +110,13 @@ class SidecarApp:
                         await self._wait_triton_ready()
                 except LoadError as exc:
                     # A Triton without explicit model control cannot load: fine if the versions are there.
-                    missing = [
-                        v
-                        for v in routing.versions()
-                        if (await self.triton.request("GET", f"/v2/models/{model}/versions/{v}/ready")).status
-                        != 200
-                    ]
-                    if missing:
+                    if await self._missing(model, routing.versions()):
                         raise
                     log.info("versions already loaded; Triton did not accept a load: %s", exc)
+            else:
+                missing = await self._missing(model, routing.versions())
+                if missing:
+                    raise LoadError(f"waiting for Triton to serve '{model}' versions {', '.join(missing)}")
             for version in routing.versions():
                 if version not in self.pipeline.guards:
                     status, triton_config = await self.triton.get_json(
@@ -130,6 +128,14 @@ class SidecarApp:
                         self.batcher.max_batch = min(self.batcher.max_batch, model_max)
                     self.pipeline.install_guard(guard)
             self._prepared = versions
+
+    async def _missing(self, model: str, versions: tuple[str, ...]) -> list[str]:
+        missing = []
+        for version in versions:
+            response = await self.triton.request("GET", f"/v2/models/{model}/versions/{version}/ready")
+            if response.status != 200:
+                missing.append(version)
+        return missing
 
     async def _wait_triton_ready(self, timeout_s: float = 30.0) -> None:
         # Triton settles its version set just after a load returns (strict readiness dips meanwhile).
@@ -191,11 +197,15 @@ class SidecarApp:
         server = V2HttpServer(
             self.pipeline, self.triton, max_body=self.config.tuning.max_request_bytes, is_ready=self.is_ready
         )
-        self._http = await server.start(listen.host, listen.http)
+        self._http = await server.start(listen.host, listen.http, reuse_port=self.config.tuning.workers > 1)
         self.http_port = self._http.sockets[0].getsockname()[1]
         self._servicer = GuardServicer(self.pipeline, self.config.triton_grpc_url, self.is_ready)
         self._grpc, self.grpc_port = await start_grpc_server(
-            self._servicer, listen.host, listen.grpc, self.config.tuning.max_request_bytes
+            self._servicer,
+            listen.host,
+            listen.grpc,
+            self.config.tuning.max_request_bytes,
+            reuse_port=self.config.tuning.workers > 1,
         )
         spawn = asyncio.get_running_loop().create_task
         self._tasks += [

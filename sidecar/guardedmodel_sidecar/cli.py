@@ -14,7 +14,10 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import multiprocessing
+import os
 import signal
+from dataclasses import replace
 from pathlib import Path
 
 from guardedmodel_sidecar.config import ConfigError, Listen, MicroBatching, SidecarConfig, load_config
@@ -42,6 +45,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="batch concurrent requests into one Triton call (tuning.microBatching.enabled)",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="processes sharing the HTTP/gRPC ports, for many-core nodes (tuning.workers)",
+    )
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
 
 
@@ -68,20 +77,60 @@ def run(args: argparse.Namespace) -> int:
             metrics=listen.metrics if args.metrics_port is None else args.metrics_port,
         ),
     )
+    tuning = config.tuning
     if args.micro_batching:
-        mb = config.tuning.micro_batching
-        tuning = config.tuning.__class__(
-            **{**config.tuning.__dict__, "micro_batching": MicroBatching(True, mb.max_batch, mb.max_inflight)}
-        )
-        config = config.with_overrides(tuning=tuning)
+        mb = tuning.micro_batching
+        tuning = replace(tuning, micro_batching=MicroBatching(True, mb.max_batch, mb.max_inflight))
+    if args.workers is not None:
+        tuning = replace(tuning, workers=max(1, args.workers))
+    config = config.with_overrides(tuning=tuning)
+    if config.tuning.workers == 1:
+        _run_worker(config, args.kubeconfig)
+        return 0
+    return _run_workers(config, args.kubeconfig)
+
+
+def worker_config(config: SidecarConfig, index: int) -> SidecarConfig:
+    """Worker ``index`` of several: its own metrics port and audit directory; only worker 0 loads models."""
+    listen = config.listen
+    return config.with_overrides(
+        listen=Listen(listen.host, listen.http, listen.grpc, listen.metrics + index if listen.metrics else 0),
+        audit_dir=config.audit_dir / f"worker-{index}",
+        tuning=replace(config.tuning, load_versions=config.tuning.load_versions and index == 0),
+    )
+
+
+def _run_workers(config: SidecarConfig, kubeconfig: str | None) -> int:
+    # Separate processes (not threads): each has its own GIL and event loop; the kernel spreads
+    # connections over them through SO_REUSEPORT.
+    context = multiprocessing.get_context("spawn")
+    workers = [
+        context.Process(target=_run_worker, args=(worker_config(config, i), kubeconfig), name=f"sidecar-{i}")
+        for i in range(config.tuning.workers)
+    ]
+    for worker in workers:
+        worker.start()
+
+    def forward(signum: int, frame: object) -> None:
+        for worker in workers:
+            if worker.pid is not None and worker.is_alive():
+                os.kill(worker.pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for worker in workers:
+        worker.join()
+    return max((w.exitcode or 0) for w in workers)
+
+
+def _run_worker(config: SidecarConfig, kubeconfig: str | None) -> None:
     try:
         import uvloop
 
         uvloop.install()
     except ImportError:  # pragma: no cover - uvloop is a runtime dependency; plain asyncio also works
         pass
-    asyncio.run(_serve(config, args.kubeconfig))
-    return 0
+    asyncio.run(_serve(config, kubeconfig))
 
 
 async def _serve(config: SidecarConfig, kubeconfig: str | None) -> None:

@@ -23,6 +23,9 @@ it by hand. Keys (camelCase, as in the GuardedModel API)::
       maxBatch: 1024                         # larger batch dimensions are refused by the gate
       loadVersions: true                     # load routed versions through Triton's repository API
       microBatching: {enabled: false, maxBatch: 64, maxInflight: 2}
+      workers: 1                             # >1: that many processes share the HTTP/gRPC ports
+                                             # (SO_REUSEPORT); worker i serves metrics on metrics+i
+                                             # and audits into auditDir/worker-i
       auditRotateBytes: 104857600
       reviewRetries: 5
       logitsOutput: null                     # default: the artifact's (LOGITS)
@@ -122,6 +125,7 @@ class Tuning:
     micro_batching: MicroBatching = field(default_factory=MicroBatching)
     audit_rotate_bytes: int = 100 * 1024 * 1024
     review_retries: int = 5
+    workers: int = 1
     logits_output: str | None = None
     features_output: str | None = None
 
@@ -299,6 +303,7 @@ def parse_config(data: Mapping[str, Any]) -> SidecarConfig:
             ),
             audit_rotate_bytes=int(tuning.get("auditRotateBytes", defaults.audit_rotate_bytes)),
             review_retries=int(tuning.get("reviewRetries", defaults.review_retries)),
+            workers=max(1, int(tuning.get("workers", defaults.workers))),
             logits_output=tuning.get("logitsOutput"),
             features_output=tuning.get("featuresOutput"),
         ),
@@ -408,5 +413,6 @@ def dump_config(config: SidecarConfig) -> dict[str, Any]:
             },
             "auditRotateBytes": config.tuning.audit_rotate_bytes,
             "reviewRetries": config.tuning.review_retries,
+            "workers": config.tuning.workers,
         },
     }

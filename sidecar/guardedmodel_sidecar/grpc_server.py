@@ -243,13 +243,13 @@ class GuardServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
 
 async def start_grpc_server(
-    servicer: GuardServicer, host: str, port: int, max_message: int
+    servicer: GuardServicer, host: str, port: int, max_message: int, *, reuse_port: bool = False
 ) -> tuple[grpc.aio.Server, int]:
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", max_message),
             ("grpc.max_send_message_length", -1),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", 1 if reuse_port else 0),
         ]
     )
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)

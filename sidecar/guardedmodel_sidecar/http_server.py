@@ -79,9 +79,11 @@ class V2HttpServer:
     def protocol(self) -> _HttpConnection:
         return _HttpConnection(self)
 
-    async def start(self, host: str, port: int) -> asyncio.Server:
+    async def start(self, host: str, port: int, *, reuse_port: bool = False) -> asyncio.Server:
         loop = asyncio.get_running_loop()
-        return await loop.create_server(self.protocol, host, port, reuse_address=True, backlog=1024)
+        return await loop.create_server(
+            self.protocol, host, port, reuse_address=True, reuse_port=reuse_port or None, backlog=1024
+        )
 
     async def handle(self, request: _Request) -> tuple[int, str, list[bytes | memoryview], dict[str, str]]:
         """(status, content type, body chunks, extra headers)."""
@@ -200,7 +202,11 @@ class _HttpConnection(asyncio.Protocol):
         start = end + 4
         chunked = headers.get("transfer-encoding", "").lower() == "chunked"
         if chunked:
-            decoded = _dechunk(buf, start)
+            try:
+                decoded = _dechunk(buf, start)
+            except ValueError:
+                self._fail(400, "malformed chunked body (a chunk size is not hexadecimal)")
+                return
             if decoded is None:
                 self._maybe_continue(headers)
                 return
