@@ -8,7 +8,9 @@ Pure, no I/O. The rules, in the order they are tried:
    - spec.model.version names a third version → it supersedes the canary (new canary at steps[0]);
    - the canary was halted (failed with autoRollback off) and the spec has not changed → hold;
    - otherwise analyse the canary (below).
-3. No canary, spec.model.version differs from stable:
+3. No canary, after a rollback, spec.model.version set back to the stable version:
+   the rollback is acknowledged (phase Ready again).
+   No canary, spec.model.version differs from stable:
    - that version was rolled back or halted and the spec has not changed since → do not retry it;
    - the Deployment for this generation is not rolled out yet → wait;
    - strategy instant → promote it at once; canary → start a canary at steps[0].
@@ -67,6 +69,7 @@ CHECK_FAILED = "CheckFailed"
 CHECKS_PASSED = "ChecksPassed"
 HALTED = "Halted"
 IDLE = "Idle"
+ROLLBACK_ACKNOWLEDGED = "RollbackAcknowledged"
 
 
 @dataclass(frozen=True)
@@ -134,6 +137,13 @@ def plan(spec: RolloutSpec, state: RolloutState, now: dt.datetime) -> Verdict | 
             return _waiting_for_deployment(canary)
         resumed = state.blocked_version == canary  # halted before, the spec changed since
         return _due(spec, state, now) or Analysis(canary, True, 0 if resumed else state.failed_checks)
+    if target == state.stable and state.phase == "RolledBack":
+        return Verdict(
+            Kind.RECOVER,
+            ROLLBACK_ACKNOWLEDGED,
+            f"spec.model.version is back at {target}, the version serving: the rollback is acknowledged",
+            version=target,
+        )
     if target != state.stable and not state.blocks(target, spec.generation):
         if not state.deployment_ready:
             return _waiting_for_deployment(target)
@@ -428,6 +438,9 @@ def apply_verdict(
         rollout["failedChecks"] = verdict.failed_checks
         if verdict.reason == "CanaryHalted":
             rollout["blockedVersion"], rollout["blockedGeneration"] = verdict.version, spec.generation
+    elif kind is Kind.RECOVER and verdict.reason == ROLLBACK_ACKNOWLEDGED:
+        _unblock(rollout)
+        rollout["phase"] = "Ready"
     elif kind is Kind.RECOVER:
         record(verdict.version, "Recovered", verdict.message)
         rollout["phase"] = "RolledBack" if rollout.get("blockedVersion") else "Ready"

@@ -382,6 +382,20 @@ def test_holding_twice_writes_once() -> None:
     assert status_changes(once, twice) is None  # same reason, no new write
 
 
+def test_setting_the_spec_back_to_the_serving_version_acknowledges_a_rollback() -> None:
+    s = spec()
+    status = _step(_status(canary_state()), s, healthy(ood_rate=0.9), T0)
+    assert status["rollout"]["phase"] == "RolledBack"
+    back = replace(s, version="1", generation=3)
+    status["observedGeneration"] = 3
+    status = _step(status, back, None, T0 + dt.timedelta(minutes=1))
+    assert status["rollout"]["phase"] == "Ready" and "blockedVersion" not in status["rollout"]
+    assert status["stableVersion"] == "1" and status["history"][-1]["outcome"] == "RolledBack"
+    # and from then on the stable version is simply guarded
+    later = decide(back, _state(status, back), healthy(version="1"), T0 + dt.timedelta(minutes=2))
+    assert later.reason == CHECKS_PASSED
+
+
 def test_rollback_after_canary_is_not_retried_for_the_same_generation() -> None:
     s = spec()
     status = _step(_status(canary_state()), s, healthy(ood_rate=0.9), T0)
