@@ -57,6 +57,16 @@ class OperatorState:
     # One lock per GuardedModel: a model event and a child event for the same
     # model must not reconcile concurrently. Removed when the model is deleted.
     locks: dict[Key, asyncio.Lock] = field(default_factory=dict)
+    # Bounds how many reconciles run at once (and so the API writes in flight).
+    # This is deliberately not kopf's queueing.worker_limit: kopf's workers wait
+    # for every index to be filled before running handlers, so with more
+    # objects than workers at start-up the waiting workers starve the ones
+    # that would fill the indices, and the operator never starts work.
+    slots: asyncio.Semaphore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.slots = asyncio.Semaphore(self.config.worker_limit)
+
     phases: dict[Key, str] = field(default_factory=dict)
     # Objects this operator just wrote, by (kind, namespace, name), kept only
     # until the watch delivers the same or a newer version. Without them a
@@ -140,7 +150,7 @@ async def reconcile_model(
         kopf.event(body, type=event.type, reason=event.reason, message=event.message)  # type: ignore[arg-type]
 
     lock = state.locks.setdefault(key, asyncio.Lock())
-    async with lock:
+    async with lock, state.slots:
         # Re-read under the lock: the reconcile that held it may have written a newer status.
         body = state.freshest("GuardedModel", key[0], key[1], body)
         for attempt, delay in enumerate((*RETRY_DELAYS_S, None)):
@@ -195,7 +205,11 @@ def register(registry: kopf.OperatorRegistry) -> None:
         settings.watching.inactivity_timeout = config.watch_inactivity_timeout_s
         settings.watching.chunk_size = config.list_chunk_size
         settings.networking.request_timeout = config.request_timeout_s
-        settings.batching.worker_limit = config.worker_limit
+        # Unbounded on purpose (see OperatorState.slots); idle workers exit after idle_timeout.
+        settings.queueing.worker_limit = None
+        # Events are posted in the background; a bounded pool keeps a burst of
+        # 1000s of decisions from opening 1000s of concurrent requests.
+        settings.posting.worker_limit = config.worker_limit
         # Nothing here uses kopf's progress or diff-base storage; if a future
         # handler does, it writes annotations under our own prefix, never status.
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)

@@ -8,6 +8,7 @@ computed status differs from the stored one.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -65,18 +66,30 @@ async def reconcile(
     ctx = build_context(body, spec, config, current_replicas)
     reconciled_before = "observedGeneration" in status
 
-    for desired in build_children(ctx):
-        kind, child = desired["kind"], desired["metadata"]["name"]
-        actual = lookup(kind, namespace, child)
-        write = plan_write(desired, actual, reconciled_before=reconciled_before)
-        if write is None:
-            continue
-        written = await client.apply(desired)
-        outcome.writes.append(write)
-        outcome.written.append(written)
-        if kind == "Deployment":
-            # The object the server returned is newer than the index's copy.
-            live_deployment = written
+    writes = [
+        write
+        for desired in build_children(ctx)
+        if (
+            write := plan_write(
+                desired,
+                lookup(desired["kind"], namespace, desired["metadata"]["name"]),
+                reconciled_before=reconciled_before,
+            )
+        )
+        is not None
+    ]
+    # Everything the pod refers to is written first, concurrently (the objects
+    # are independent); the Deployment last, so its pods find them in place.
+    supporting = [w for w in writes if w.kind != "Deployment"]
+    deployment = [w for w in writes if w.kind == "Deployment"]
+    for batch in (supporting, deployment):
+        written = await asyncio.gather(*(client.apply(w.manifest) for w in batch))
+        outcome.writes.extend(batch)
+        outcome.written.extend(written)
+        for write, obj in zip(batch, written, strict=True):
+            if write.kind == "Deployment":
+                # The object the server returned is newer than the index's copy.
+                live_deployment = obj
 
     new_status = next_status(
         status,

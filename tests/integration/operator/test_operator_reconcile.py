@@ -291,7 +291,9 @@ def test_operator_restart_mid_way_converges(
     namespace.kubectl("delete", "service", "classifier")
     time.sleep(1)
     assert namespace.get("service", "classifier") is None
-    second = start_operator(namespace.name)
+    # One worker for 8 objects: the start-up listing must not starve (a kopf
+    # worker limit would deadlock here, waiting for its indices).
+    second = start_operator(namespace.name, "--worker-limit=1")
     eventually("the Service restored", lambda: namespace.get("service", "classifier"))
     gm = eventually(
         "version 3 stable",
@@ -305,6 +307,12 @@ def test_operator_restart_mid_way_converges(
     assert gm["status"]["observedGeneration"] == gm["metadata"]["generation"]
     # a third start with nothing to do writes nothing
     second.stop()
-    third = start_operator(namespace.name)
-    time.sleep(3)
+    third = start_operator(namespace.name, "--worker-limit=1")
+    eventually(
+        "the restarted operator to re-check the model",
+        lambda: third.metrics().get(
+            'guardedmodel_operator_reconciles_total{result="success",trigger="guardedmodel"}'
+        ),
+    )
+    time.sleep(2)
     assert third.writes() == 0, third.log()
