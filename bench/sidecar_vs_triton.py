@@ -326,6 +326,7 @@ def main() -> int:
     parser.add_argument(
         "--input-shape", default="1,28,28", help="per-sample shape when the repository has no data"
     )
+    parser.add_argument("--rounds", type=int, default=3, help="paired rounds; the summary takes medians")
     parser.add_argument("--batches", default="1,32")
     parser.add_argument("--concurrencies", default="1,16")
     parser.add_argument("--protocols", default="http,grpc")
@@ -334,7 +335,6 @@ def main() -> int:
         print(json.dumps(run_load(args)))
         return 0
 
-    from guardedmodel_testground.procs import free_port
     from guardedmodel_testground.triton import TritonServer
 
     repository = example_repository(args.model_repository)
@@ -349,119 +349,77 @@ def main() -> int:
     inputs = work / "inputs.npy"
     np.save(inputs, x)
 
-    results: list[dict[str, Any]] = []
     variants = [("sidecar", False)] + ([("sidecar-microbatch", True)] if args.micro_batching else [])
+    cells: list[dict[str, Any]] = []
+    sidecars: dict[str, tuple[subprocess.Popen[bytes], dict[str, int]]] = {}
     with TritonServer(repository, model_control_mode="explicit", log_dir=work) as triton:
         triton_pgid = triton.process.pid if triton.process else 0
-        for variant, micro in variants:
-            listen = {"host": "127.0.0.1", "http": free_port(), "grpc": free_port(), "metrics": free_port()}
-            config = {
-                "spec": {
-                    "model": {"name": args.model, "version": "1"},
-                    "gate": {
-                        "inputs": [
-                            {
-                                "name": "INPUT",
-                                "datatype": "FP32",
-                                "shape": list(x.shape[1:]),
-                                "min": 0.0,
-                                "max": 1.0,
-                            }
-                        ],
-                        "ood": {"method": "mahalanobis", "action": "review"},
-                    },
-                    "confidence": {"reviewBelow": 0.5, "review": {"maxFraction": 0.05}},
-                    "audit": {"enabled": True, "sampleRate": 0.01},
-                    "drift": {"window": "60s"},
-                },
-                "routing": {"stableVersion": "1"},
-                "triton": {"httpUrl": triton.http_url, "grpcUrl": triton.grpc_url},
-                "modelRepository": str(repository),
-                "listen": listen,
-                "auditDir": str(work / variant / "audit"),
-                "spoolDir": str(work / variant / "spool"),
-                "tuning": {"microBatching": {"enabled": micro, "maxBatch": 64, "maxInflight": 2}},
-            }
-            config_path = work / f"{variant}.yaml"
-            config_path.write_text(yaml.safe_dump(config))
-            log = (work / f"{variant}.log").open("wb")
-            sidecar = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "guardedmodel_cli.main",
-                    "sidecar",
-                    "--config",
-                    str(config_path),
-                    "--log-level",
-                    "WARNING",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=ROOT,
-            )
-            try:
-                ready_url = f"http://127.0.0.1:{listen['http']}/v2/health/ready"
-                deadline = time.monotonic() + 120
-                while True:
-                    try:
-                        with urllib.request.urlopen(ready_url, timeout=2):
-                            break
-                    except OSError:
-                        if time.monotonic() > deadline or sidecar.poll() is not None:
-                            raise RuntimeError(f"sidecar not ready; see {work / variant}.log") from None
-                        time.sleep(0.2)
-                metrics_url = f"http://127.0.0.1:{listen['metrics']}/metrics"
+        try:
+            for variant, micro in variants:
+                sidecars[variant] = start_sidecar(work, variant, micro, args.model, x, repository, triton)
+            # Neighbours on a shared machine come and go: every round measures direct and each sidecar
+            # back to back, and the summary takes the median over rounds.
+            for round_index in range(args.rounds):
                 for protocol in args.protocols.split(","):
                     for batch in (int(b) for b in args.batches.split(",")):
                         for concurrency in (int(c) for c in args.concurrencies.split(",")):
-                            targets = [("sidecar", listen["http"] if protocol == "http" else listen["grpc"])]
-                            if variant == "sidecar":
-                                direct = triton.http_url if protocol == "http" else triton.grpc_url
-                                targets.insert(0, ("direct", int(direct.rsplit(":", 1)[1])))
-                            for target, port in targets:
+                            direct = triton.http_url if protocol == "http" else triton.grpc_url
+                            targets = [("direct", direct, 0, "")]
+                            for variant, (proc, listen) in sidecars.items():
+                                port = listen["http"] if protocol == "http" else listen["grpc"]
+                                metrics_url = f"http://127.0.0.1:{listen['metrics']}/metrics"
+                                targets.append((variant, f"127.0.0.1:{port}", proc.pid, metrics_url))
+                            for target, url, pid, metrics_url in targets:
                                 profile = None
                                 if (
                                     args.profile
+                                    and round_index == 0
                                     and target == "sidecar"
                                     and protocol == "http"
                                     and batch == 1
                                     and concurrency == 16
                                 ):
-                                    profile = work / f"{variant}-profile.txt"
+                                    profile = work / f"{target}-profile.txt"
+                                load_before = os.getloadavg()[0]
                                 cell = measure_cell(
                                     protocol,
-                                    target,
-                                    f"127.0.0.1:{port}",
+                                    "direct" if target == "direct" else "sidecar",
+                                    url,
                                     batch,
                                     concurrency,
                                     inputs,
                                     args.seconds,
                                     args.model,
                                     triton_pgid,
-                                    sidecar.pid,
+                                    pid or next(iter(sidecars.values()))[0].pid,
                                     metrics_url,
                                     profile,
                                 )
-                                cell["variant"] = variant if target == "sidecar" else "direct"
+                                cell.update(variant=target, round=round_index, loadavg_1m=load_before)
                                 if profile is not None and profile.exists():
                                     cell["profile"] = summarize_profile(profile)
-                                results.append(cell)
+                                cells.append(cell)
                                 print(
                                     json.dumps({k: v for k, v in cell.items() if k != "profile"}), flush=True
                                 )
-            finally:
-                sidecar.terminate()
-                sidecar.wait(timeout=30)
-                log.close()
+        finally:
+            for proc, _ in sidecars.values():
+                proc.terminate()
+                proc.wait(timeout=30)
 
-    summary = summarize(results)
+    summary = summarize(cells)
     payload = {
-        "machine": {"cpus": os.cpu_count(), "note": "Triton, sidecar and load generator share these CPUs"},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "note": "Triton, sidecar(s) and the load generator share these CPUs with other work on the machine",
+            "loadavg_1m_range": [min(c["loadavg_1m"] for c in cells), max(c["loadavg_1m"] for c in cells)],
+        },
         "model": args.model,
         "seconds_per_cell": args.seconds,
-        "cells": results,
+        "rounds": args.rounds,
+        "cells": cells,
         "comparison": summary,
+        "profile": next((c["profile"] for c in cells if "profile" in c), None),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(payload, indent=2))
@@ -470,25 +428,82 @@ def main() -> int:
     return 0
 
 
+def start_sidecar(
+    work: Path, variant: str, micro: bool, model: str, x: np.ndarray, repository: Path, triton: Any
+) -> tuple[subprocess.Popen[bytes], dict[str, int]]:
+    from guardedmodel_testground.procs import free_port
+
+    listen = {"host": "127.0.0.1", "http": free_port(), "grpc": free_port(), "metrics": free_port()}
+    config = {
+        "spec": {
+            "model": {"name": model, "version": "1"},
+            "gate": {
+                "inputs": [
+                    {"name": "INPUT", "datatype": "FP32", "shape": list(x.shape[1:]), "min": 0.0, "max": 1.0}
+                ],
+                "ood": {"method": "mahalanobis", "action": "review"},
+            },
+            "confidence": {"reviewBelow": 0.5, "review": {"maxFraction": 0.05}},
+            "audit": {"enabled": True, "sampleRate": 0.01},
+            "drift": {"window": "60s"},
+        },
+        "routing": {"stableVersion": "1"},
+        "triton": {"httpUrl": triton.http_url, "grpcUrl": triton.grpc_url},
+        "modelRepository": str(repository),
+        "listen": listen,
+        "auditDir": str(work / variant / "audit"),
+        "spoolDir": str(work / variant / "spool"),
+        "tuning": {"microBatching": {"enabled": micro, "maxBatch": 64, "maxInflight": 2}},
+    }
+    config_path = work / f"{variant}.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    log = (work / f"{variant}.log").open("wb")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "guardedmodel_cli.main",
+            "sidecar",
+            "--config",
+            str(config_path),
+            "--log-level",
+            "WARNING",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
+    )
+    ready_url = f"http://127.0.0.1:{listen['http']}/v2/health/ready"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(ready_url, timeout=2):
+                return proc, listen
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"sidecar not ready; see {work / variant}.log") from None
+            time.sleep(0.2)
+
+
 def summarize(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    direct = {(c["protocol"], c["batch"], c["concurrency"]): c for c in cells if c["target"] == "direct"}
-    rows = []
+    """Per (variant, protocol, batch, concurrency): medians over rounds of the paired measurements."""
+    direct = {
+        (c["round"], c["protocol"], c["batch"], c["concurrency"]): c
+        for c in cells
+        if c["variant"] == "direct"
+    }
+    groups: dict[tuple[str, str, int, int], list[dict[str, Any]]] = {}
     for c in cells:
-        if c["target"] != "sidecar":
+        if c["variant"] == "direct":
             continue
-        d = direct[(c["protocol"], c["batch"], c["concurrency"])]
-        t = d["triton_cpu_ms_per_request"]
-        p = c["sidecar_cpu_ms_per_request"]
-        rows.append(
+        d = direct[(c["round"], c["protocol"], c["batch"], c["concurrency"])]
+        t, p = d["triton_cpu_ms_per_request"], c["sidecar_cpu_ms_per_request"]
+        groups.setdefault((c["variant"], c["protocol"], c["batch"], c["concurrency"]), []).append(
             {
-                "variant": c["variant"],
-                "protocol": c["protocol"],
-                "batch": c["batch"],
-                "concurrency": c["concurrency"],
                 "direct_rps": d["rps"],
                 "sidecar_rps": c["rps"],
                 "throughput_ratio": c["rps"] / d["rps"],
-                "predicted_ratio_T_over_T_plus_P": t / (t + p) if t + p > 0 else None,
+                "predicted_ratio_T_over_T_plus_P": t / (t + p) if t + p > 0 else float("nan"),
                 "p50_added_ms": c["p50_ms"] - d["p50_ms"],
                 "p99_added_ms": c["p99_ms"] - d["p99_ms"],
                 "direct_p50_ms": d["p50_ms"],
@@ -497,8 +512,21 @@ def summarize(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "triton_cpu_ms_per_request_via_sidecar": c["triton_cpu_ms_per_request"],
                 "sidecar_cpu_ms_per_request": p,
                 "gate_scorer_ms_per_request": c["gate_scorer_ms_per_request"],
+                "loadavg_1m": c["loadavg_1m"],
             }
         )
+    rows = []
+    for (variant, protocol, batch, concurrency), entries in groups.items():
+        row: dict[str, Any] = {
+            "variant": variant,
+            "protocol": protocol,
+            "batch": batch,
+            "concurrency": concurrency,
+        }
+        for key in entries[0]:
+            row[key] = float(np.median([e[key] for e in entries]))
+        row["throughput_ratio_per_round"] = [round(e["throughput_ratio"], 3) for e in entries]
+        rows.append(row)
     return rows
 
 
