@@ -84,13 +84,19 @@ class OperatorState:
         meta = obj["metadata"]
         self.recent[(obj["kind"], meta["namespace"], meta["name"])] = _slim(obj)
 
-    def seen(self, kind: str, body: Mapping[str, Any], deleted: bool = False) -> None:
-        """A watch event arrived: drop our copy if the watch has caught up with it."""
+    def seen(self, kind: str, body: Mapping[str, Any], deleted: bool = False) -> bool:
+        """A watch event arrived: drop our copy if the watch has caught up with it.
+
+        Returns True when the event is the echo of our own write (same
+        resourceVersion): nothing changed that this operator does not know.
+        """
         meta = body["metadata"]
         key = (kind, meta["namespace"], meta["name"])
         mine = self.recent.get(key)
-        if mine is not None and (deleted or not _newer(mine, body)):
-            del self.recent[key]
+        if mine is None or (not deleted and _newer(mine, body)):
+            return False
+        del self.recent[key]
+        return not deleted and mine["metadata"].get("resourceVersion") == meta.get("resourceVersion")
 
     def freshest(self, kind: str, namespace: str, name: str, watched: Mapping[str, Any] | None) -> Any:
         mine = self.recent.get((kind, namespace, name))
@@ -270,7 +276,10 @@ def _register_child(
     async def on_child(
         event: kopf.RawEvent, body: kopf.Body, memo: OperatorState, logger: Any, **kw: Any
     ) -> None:
-        memo.seen(kind, body, deleted=event["type"] == "DELETED")
+        if memo.seen(kind, body, deleted=event["type"] == "DELETED"):
+            # The echo of our own write: the reconcile that wrote it already
+            # used the server's answer, so there is nothing to look at again.
+            return
         owner = body["metadata"].get("labels", {}).get(OWNER_NAME_LABEL)
         namespace = body["metadata"]["namespace"]
         if not owner:

@@ -15,7 +15,7 @@ RECONCILES = Counter(
 RECONCILE_SECONDS = Histogram(
     "guardedmodel_operator_reconcile_duration_seconds",
     "Time to reconcile one GuardedModel, API writes included.",
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
     registry=REGISTRY,
 )
 RECONCILE_ERRORS = Counter(
