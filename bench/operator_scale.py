@@ -23,9 +23,11 @@ bench/results/operator_scale.json and bench/results/operator_scale.png.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import platform
+import signal
 import sys
 import tempfile
 import time
@@ -147,11 +149,12 @@ def run(count: int, worker_limit: int, timeout: float, batch: int) -> dict[str, 
     with tempfile.TemporaryDirectory(prefix="gm-bench-") as tmp:
         state = Path(tmp)
         cluster = LocalCluster(state / "cluster", nodes=nodes)
-        with cluster:
+        with cluster, contextlib.ExitStack() as cleanup:
             cluster.kubectl("apply", "--server-side", "-f", str(CRD))
             cluster.kubectl("wait", "--for=condition=Established", "crd/guardedmodels.guardedmodel.io")
             cluster.kubectl("create", "namespace", NAMESPACE)
             operator, metrics_url = start_operator(cluster, state, "operator", worker_limit)
+            cleanup.callback(operator.stop)
             timeline: list[dict[str, Any]] = []
             started = time.monotonic()
 
@@ -204,6 +207,7 @@ def run(count: int, worker_limit: int, timeout: float, batch: int) -> dict[str, 
             # Restart: a fresh operator lists everything and re-checks every model.
             restart_started = time.monotonic()
             second, second_url = start_operator(cluster, state, "operator-restart", worker_limit)
+            cleanup.callback(second.stop)
             restart_reconciles = 0.0
             while time.monotonic() - restart_started < timeout:
                 restart_reconciles = total(
@@ -296,6 +300,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=900, help="give up waiting for Ready after this")
     parser.add_argument("--output", type=Path, default=RESULTS / "operator_scale.json")
     args = parser.parse_args(argv)
+    # A SIGTERM (e.g. from `timeout`) unwinds normally, so the cluster and the
+    # operator started here are stopped instead of outliving the benchmark.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     result = run(args.count, args.worker_limit, args.timeout, args.batch)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")

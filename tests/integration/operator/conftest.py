@@ -68,7 +68,7 @@ def namespace(cluster: LocalCluster) -> Iterator[Namespace]:
 def start_operator(cluster: LocalCluster, tmp_path: Path) -> Iterator[Callable[..., OperatorProcess]]:
     started: list[OperatorProcess] = []
 
-    def start(namespace: str, *extra: str) -> OperatorProcess:
+    def start(namespace: str, *extra: str, kubeconfig: Path | None = None) -> OperatorProcess:
         metrics_port, health_port = free_port(), free_port()
         health_url = f"http://127.0.0.1:{health_port}/healthz"
         argv = [
@@ -85,7 +85,10 @@ def start_operator(cluster: LocalCluster, tmp_path: Path) -> Iterator[Callable[.
             *extra,
         ]
         process = ManagedProcess(
-            f"operator-{len(started)}", argv, tmp_path / f"operator-{len(started)}.log", env=cluster.env
+            f"operator-{len(started)}",
+            argv,
+            tmp_path / f"operator-{len(started)}.log",
+            env={**cluster.env, **({"KUBECONFIG": str(kubeconfig)} if kubeconfig else {})},
         ).start()
         operator = OperatorProcess(process, f"http://127.0.0.1:{metrics_port}/metrics", health_url)
         started.append(operator)
