@@ -25,9 +25,15 @@ from typing import Any
 
 import numpy as np
 
-from guardedmodel_fit.example import DEFAULT_OUT, FAR_OOD_SETS, NEAR_OOD_SET, build_example
+from guardedmodel_fit.example import (
+    DEFAULT_OUT,
+    FAR_OOD_SETS,
+    NEAR_OOD_SET,
+    build_example,
+    example_fit_config,
+)
 from guardedmodel_fit.extract import extract, open_model
-from guardedmodel_fit.fitting import FitConfig, fit_guard
+from guardedmodel_fit.fitting import fit_guard
 from guardedmodel_sidecar.guard.scoring import OodScorer, calibrated_confidence, make_ood_scorer
 
 RESULTS = Path(__file__).parent / "results"
@@ -74,7 +80,7 @@ def main() -> int:
     extractor = open_model(build.model_dir, version=args.version)
     sets = {name: extract(extractor, build.dataset(name), progress=False) for name in ("validation", "fit")}
     oods = [extract(extractor, build.dataset(n), progress=False) for n in (NEAR_OOD_SET, *FAR_OOD_SETS)]
-    config = FitConfig(seed=0, progress=False, mahalanobis_normalise=True)
+    config = example_fit_config(progress=False)
     result = fit_guard(extractor.spec, sets["validation"], fit_set=sets["fit"], ood_sets=oods, config=config)
     report = result.report
 

@@ -26,11 +26,13 @@ from __future__ import annotations
 import argparse
 import gzip
 import hashlib
+import inspect
 import json
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -287,17 +289,26 @@ def export_version(net, model_dir: Path, version: str, torchscript_path: Path) -
     for name in ("model.py", "network.py"):
         shutil.copy2(_TEMPLATE_DIR / name, version_dir / name)
     torchscript_path.parent.mkdir(parents=True, exist_ok=True)
-    torch.jit.script(net).save(str(torchscript_path))
+    with warnings.catch_warnings():  # TorchScript is deprecated upstream but is what Triton's libtorch loads
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.script(net).save(str(torchscript_path))
 
 
 # ----------------------------------------------------------------------------------------- build
 
 
-def _code_hash(paths: Sequence[Path], extra: object) -> str:
+def _code_hash(paths: Sequence[Path], extra: object, functions: Sequence[Callable[..., object]] = ()) -> str:
+    """Digest of what made a cached output: files, the source of functions, and parameters.
+
+    Only the code that shapes an output goes in, so editing unrelated parts of this module
+    does not retrain the models.
+    """
     h = hashlib.sha256(json.dumps(extra, sort_keys=True, default=str).encode())
     for path in sorted(paths):
         h.update(path.name.encode())
         h.update(path.read_bytes())
+    for func in functions:
+        h.update(inspect.getsource(func).encode())
     return h.hexdigest()
 
 
@@ -306,6 +317,15 @@ def _stamp_matches(path: Path, digest: str) -> bool:
         return bool(json.loads(path.read_text()).get("digest") == digest)
     except (OSError, ValueError):
         return False
+
+
+def example_fit_config(progress: bool = True) -> FitConfig:
+    return FitConfig(
+        seed=0,
+        mahalanobis_normalise=True,  # measured better on this network, near and far
+        progress=progress,
+        metadata={"class_names": [CLASS_NAMES[c] for c in IN_CLASSES], "example": MODEL_NAME},
+    )
 
 
 def build_example(
@@ -327,7 +347,11 @@ def build_example(
     sidecar_guard = here.parent / "guardedmodel_sidecar" / "guard"
     rebuilt: list[str] = []
 
-    data_digest = _code_hash([Path(__file__)], {"held_out": HELD_OUT_CLASSES, "far": FAR_OOD_SETS})
+    data_digest = _code_hash(
+        [],
+        {"held_out": HELD_OUT_CLASSES, "far": FAR_OOD_SETS},
+        [read_idx, load_fashion_mnist, _pixels, _remap, _gaussian_blur, far_ood_sets, prepare_data],
+    )
     if force or not _stamp_matches(data_dir / "BUILD.json", data_digest):
         prepare_data(data_dir)
         (data_dir / "BUILD.json").write_text(json.dumps({"digest": data_digest}))
@@ -335,13 +359,17 @@ def build_example(
 
     model_dir.mkdir(parents=True, exist_ok=True)
     (model_dir / "config.pbtxt").write_text(config_pbtxt())
-    fit_code = sorted(here.glob("*.py")) + sorted(sidecar_guard.glob("*.py"))
+    fit_code = [p for p in sorted(here.glob("*.py")) if p.name != "example.py"] + sorted(
+        sidecar_guard.glob("*.py")
+    )
     for version in versions:
         recipe = RECIPES[version]
         version_dir = model_dir / version
         torchscript_path = out / "torchscript" / f"{MODEL_NAME}-v{version}.pt"
         train_digest = _code_hash(
-            [Path(__file__), *sorted(_TEMPLATE_DIR.glob("*.py"))], {"recipe": asdict(recipe), "v": version}
+            sorted(_TEMPLATE_DIR.glob("*.py")),
+            {"recipe": asdict(recipe), "v": version, "data": data_digest},
+            [_make_net, train, export_version],
         )
         if (
             force
@@ -358,7 +386,12 @@ def build_example(
             )
             rebuilt.append(f"model v{version}")
         guard_dir = version_dir / "guard"
-        guard_digest = _code_hash(fit_code, {"train": train_digest, "data": data_digest})
+        fit_config = example_fit_config(progress=False)
+        guard_digest = _code_hash(
+            fit_code,
+            {"train": train_digest, "data": data_digest, "config": repr(fit_config)},
+            [example_fit_config],
+        )
         if (
             force
             or f"model v{version}" in rebuilt
@@ -376,12 +409,7 @@ def build_example(
                 guard_dir,
                 fit_set=build.dataset("fit"),
                 ood_sets=[build.dataset(NEAR_OOD_SET), *(build.dataset(n) for n in FAR_OOD_SETS)],
-                config=FitConfig(
-                    seed=0,
-                    mahalanobis_normalise=True,  # measured better on this network, near and far
-                    progress=progress,
-                    metadata={"class_names": [CLASS_NAMES[c] for c in IN_CLASSES], "example": MODEL_NAME},
-                ),
+                config=example_fit_config(progress),
             )
             (guard_dir / "BUILD.json").write_text(json.dumps({"digest": guard_digest}))
             rebuilt.append(f"guard v{version}")

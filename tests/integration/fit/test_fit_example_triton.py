@@ -77,7 +77,8 @@ def test_triton_outputs_and_guard_scores_match(
             from_fit = scorer.score(fitted.logits, fitted.features)
             assert np.allclose(from_triton[:192], from_fit, rtol=1e-4, atol=1e-4), (version, method)
         conf, pred = calibrated_confidence(logits[:192], artifact.temperature)
-        assert np.mean(pred == validation.labels[:192]) > (0.8 if version == "1" else 0.6)
+        # version 2 is the deliberately weak model (1 epoch on 5% of the data); chance is 1/8
+        assert np.mean(pred == validation.labels[:192]) > (0.8 if version == "1" else 0.35)
         assert np.all((conf > 0) & (conf <= 1))
     # the reference model's guard flags held-out classes far more often than it rejects known ones
     artifact = load_artifact(fashion_example.model_dir / "1" / "guard")
