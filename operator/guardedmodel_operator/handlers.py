@@ -68,6 +68,10 @@ class OperatorState:
         self.slots = asyncio.Semaphore(self.config.worker_limit)
 
     phases: dict[Key, str] = field(default_factory=dict)
+    # Models with a reconcile queued but not started. A trigger for one of them
+    # adds nothing: the queued reconcile reads the latest state when it starts.
+    # This coalesces the burst of child events that follows every creation.
+    queued: set[Key] = field(default_factory=set)
     # Objects this operator just wrote, by (kind, namespace, name), kept only
     # until the watch delivers the same or a newer version. Without them a
     # reconcile triggered right after a write would see the pre-write copy in
@@ -150,46 +154,66 @@ async def reconcile_model(
     key = (meta["namespace"], meta["name"])
     if meta.get("deletionTimestamp"):
         return  # the garbage collector is removing the children; nothing to build
+    if key in state.queued:
+        metrics.COALESCED.inc()
+        return
+    state.queued.add(key)
+    lock = state.locks.setdefault(key, asyncio.Lock())
+    try:
+        async with lock, state.slots:
+            state.queued.discard(key)
+            await _reconcile_latest(state, key, trigger, indices, logger)
+    finally:
+        state.queued.discard(key)
+
+
+async def _reconcile_latest(
+    state: OperatorState, key: Key, trigger: str, indices: Mapping[str, Any], logger: Any
+) -> None:
     assert state.client is not None, "the startup handler creates the client"
+    # The newest copy of the model: the watch-fed index, or our own last status
+    # write if the watch has not delivered it yet. Not the event that queued
+    # this reconcile: later events were coalesced into it.
+    found = indices[MODEL_INDEX].get(key)
+    indexed = next(iter(found), None) if found is not None else None
+    if indexed is None:
+        return  # deleted while queued
+    body = state.freshest("GuardedModel", key[0], key[1], indexed)
+    if body["metadata"].get("deletionTimestamp"):
+        return
 
     def emit(event: Event) -> None:
-        kopf.event(body, type=event.type, reason=event.reason, message=event.message)  # type: ignore[arg-type]
+        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
 
-    lock = state.locks.setdefault(key, asyncio.Lock())
-    async with lock, state.slots:
-        # Re-read under the lock: the reconcile that held it may have written a newer status.
-        body = state.freshest("GuardedModel", key[0], key[1], body)
-        for attempt, delay in enumerate((*RETRY_DELAYS_S, None)):
-            started = time.perf_counter()
-            try:
-                outcome = await reconcile(
-                    body, _index_lookup(state, indices), state.client, state.config, emit
-                )
-            except (TimeoutError, ApiError, OSError) as error:
-                metrics.RECONCILES.labels(trigger=trigger, result="error").inc()
-                metrics.RECONCILE_ERRORS.labels(error=type(error).__name__).inc()
-                if delay is None or (isinstance(error, ApiError) and error.status in (400, 403, 404, 422)):
-                    # Not transient, or out of retries: say so on the object;
-                    # the next watch event for it or its children retries.
-                    logger.error(f"reconcile failed after {attempt + 1} attempt(s): {error}")
-                    emit(failure_event(error))
-                    return
-                logger.warning(f"reconcile failed ({error}); retrying in {delay}s")
-                await asyncio.sleep(delay)
-                continue
-            finally:
-                metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
-            metrics.RECONCILES.labels(trigger=trigger, result="success").inc()
-            for obj in outcome.written:
-                state.remember(obj)
-            for write in outcome.writes:
-                metrics.WRITES.labels(kind=write.kind, action=write.action.value).inc()
-            if outcome.status_written:
-                metrics.WRITES.labels(kind="GuardedModel", action="status").inc()
-            if outcome.phase:
-                state.phases[key] = outcome.phase
-                state.publish_phases()
-            return
+    for attempt, delay in enumerate((*RETRY_DELAYS_S, None)):
+        started = time.perf_counter()
+        try:
+            outcome = await reconcile(
+                body, _index_lookup(state, indices), state.client, state.config, emit, written=state.remember
+            )
+        except (TimeoutError, ApiError, OSError) as error:
+            metrics.RECONCILES.labels(trigger=trigger, result="error").inc()
+            metrics.RECONCILE_ERRORS.labels(error=type(error).__name__).inc()
+            if delay is None or (isinstance(error, ApiError) and error.status in (400, 403, 404, 422)):
+                # Not transient, or out of retries: say so on the object;
+                # the next watch event for it or its children retries.
+                logger.error(f"reconcile failed after {attempt + 1} attempt(s): {error}")
+                emit(failure_event(error))
+                return
+            logger.warning(f"reconcile failed ({error}); retrying in {delay}s")
+            await asyncio.sleep(delay)
+            continue
+        finally:
+            metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
+        metrics.RECONCILES.labels(trigger=trigger, result="success").inc()
+        for write in outcome.writes:
+            metrics.WRITES.labels(kind=write.kind, action=write.action.value).inc()
+        if outcome.status_written:
+            metrics.WRITES.labels(kind="GuardedModel", action="status").inc()
+        if outcome.phase:
+            state.phases[key] = outcome.phase
+            state.publish_phases()
+        return
 
 
 def register(registry: kopf.OperatorRegistry) -> None:

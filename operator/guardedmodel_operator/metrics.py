@@ -30,6 +30,11 @@ WRITES = Counter(
     ["kind", "action"],
     registry=REGISTRY,
 )
+COALESCED = Counter(
+    "guardedmodel_operator_coalesced_triggers_total",
+    "Triggers dropped because a reconcile of the same model was already queued (it covers them).",
+    registry=REGISTRY,
+)
 MODELS = Gauge(
     "guardedmodel_operator_models",
     "GuardedModels the operator currently tracks, by phase.",

@@ -26,6 +26,18 @@ ChildLookup = Callable[[str, str, str], Mapping[str, Any] | None]  # (kind, name
 EventSink = Callable[[Event], None]
 
 
+# Writes within a stage are independent and go concurrently; stages go in
+# order. A RoleBinding waits for its Role: without the `bind` verb (which the
+# operator deliberately lacks) the API server admits a binding only after
+# checking the Role it names, so the Role must exist. The Deployment goes last
+# so its pods find their ServiceAccount and ConfigMap in place.
+WRITE_STAGES = (
+    frozenset({"ServiceAccount", "Role", "ConfigMap", "Service", "NetworkPolicy"}),
+    frozenset({"RoleBinding"}),
+    frozenset({"Deployment"}),
+)
+
+
 def utcnow() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -47,7 +59,10 @@ async def reconcile(
     config: OperatorConfig,
     emit: EventSink,
     now: Callable[[], str] = utcnow,
+    written: Callable[[dict[str, Any]], None] = lambda obj: None,
 ) -> Outcome:
+    """Make the children and the status match the spec; `written` hears about
+    every object the server returns from a write, as soon as it returns."""
     meta = body["metadata"]
     namespace, name, generation = meta["namespace"], meta["name"], int(meta.get("generation") or 0)
     status = dict(body.get("status") or {})
@@ -78,15 +93,18 @@ async def reconcile(
         )
         is not None
     ]
-    # Everything the pod refers to is written first, concurrently (the objects
-    # are independent); the Deployment last, so its pods find them in place.
-    supporting = [w for w in writes if w.kind != "Deployment"]
-    deployment = [w for w in writes if w.kind == "Deployment"]
-    for batch in (supporting, deployment):
-        written = await asyncio.gather(*(client.apply(w.manifest) for w in batch))
+
+    async def apply(manifest: dict[str, Any]) -> dict[str, Any]:
+        obj = await client.apply(manifest)
+        written(obj)
+        return obj
+
+    for stage in WRITE_STAGES:
+        batch = [w for w in writes if w.kind in stage]
+        results = await asyncio.gather(*(apply(w.manifest) for w in batch))
         outcome.writes.extend(batch)
-        outcome.written.extend(written)
-        for write, obj in zip(batch, written, strict=True):
+        outcome.written.extend(results)
+        for write, obj in zip(batch, results, strict=True):
             if write.kind == "Deployment":
                 # The object the server returned is newer than the index's copy.
                 live_deployment = obj
@@ -101,7 +119,9 @@ async def reconcile(
     )
     patch = status_patch(status, new_status)
     if patch is not None:
-        outcome.written.append(await client.patch_status(namespace, name, patch))
+        model = await client.patch_status(namespace, name, patch)
+        written(model)
+        outcome.written.append(model)
         outcome.status_written = True
     outcome.phase = new_status.get("phase")
     for event in write_events(outcome.writes) + status_events(status, new_status):

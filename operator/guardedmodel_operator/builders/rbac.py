@@ -32,7 +32,8 @@ def build_role(ctx: BuildContext) -> dict[str, Any]:
         "rules": [
             {
                 "apiGroups": [GROUP],
-                "resources": [PLURAL, f"{PLURAL}/status"],
+                # The status (its routing) comes with the object on get and watch.
+                "resources": [PLURAL],
                 "resourceNames": [ctx.owner.name],
                 "verbs": ["get", "list", "watch"],
             }

@@ -225,6 +225,7 @@ def test_rbac_reaches_only_the_own_guardedmodel(minimal_body: dict[str, Any]) ->
     assert rule["resourceNames"] == ["classifier"]
     assert set(rule["verbs"]) == {"get", "list", "watch"}
     assert rule["apiGroups"] == ["guardedmodel.io"]
+    assert rule["resources"] == ["guardedmodels"]
     binding = build_rolebinding(ctx)
     assert binding["roleRef"]["name"] == build_role(ctx)["metadata"]["name"]
     assert binding["subjects"] == [
@@ -238,3 +239,12 @@ def test_networkpolicy_admits_only_sidecar_ports(minimal_body: dict[str, Any]) -
     (rule,) = policy["ingress"]
     assert sorted(p["port"] for p in rule["ports"]) == [8080, 8081, 9090]
     assert policy["podSelector"]["matchLabels"]["app.kubernetes.io/instance"] == "classifier"
+
+
+def test_every_child_kind_has_a_write_stage(minimal_body: dict[str, Any]) -> None:
+    from guardedmodel_operator.reconcile import WRITE_STAGES
+
+    kinds = [c["kind"] for c in build_children(context(minimal_body))]
+    stage_of = {kind: i for i, stage in enumerate(WRITE_STAGES) for kind in stage}
+    assert set(kinds) == set(stage_of)
+    assert stage_of["Role"] < stage_of["RoleBinding"] < stage_of["Deployment"]
