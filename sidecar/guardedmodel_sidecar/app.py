@@ -20,6 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from guardedmodel_sidecar.audit import AuditLog
 from guardedmodel_sidecar.config import Routing, SidecarConfig
+from guardedmodel_sidecar.errors import Unavailable
 from guardedmodel_sidecar.grpc_server import GuardServicer, start_grpc_server
 from guardedmodel_sidecar.http_server import V2HttpServer
 from guardedmodel_sidecar.metrics import SidecarMetrics
@@ -90,6 +91,7 @@ class SidecarApp:
         self._prepared: tuple[str, ...] = ()
         self._prepare_lock = asyncio.Lock()
         self.watcher: GuardedModelWatcher | None = None
+        self._pending_routing: Routing | None = None  # routing the watcher asked for but not yet servable
 
     # ------------------------------------------------------------------------------- readiness
 
@@ -106,8 +108,7 @@ class SidecarApp:
             if self.config.tuning.load_versions:
                 try:
                     local = local_model_config(self.config.model_repository, model)
-                    if await ensure_loaded(self.triton, model, versions, local):
-                        await self._wait_triton_ready()
+                    await ensure_loaded(self.triton, model, versions, local)
                 except LoadError as exc:
                     # A Triton without explicit model control cannot load: fine if the versions are there.
                     if await self._missing(model, routing.versions()):
@@ -137,44 +138,48 @@ class SidecarApp:
                 missing.append(version)
         return missing
 
-    async def _wait_triton_ready(self, timeout_s: float = 30.0) -> None:
-        # Triton settles its version set just after a load returns (strict readiness dips meanwhile).
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        while not await self.triton.is_ready():
-            if asyncio.get_running_loop().time() > deadline:
-                return
-            await asyncio.sleep(0.1)
-
     async def apply_routing(self, routing: Routing) -> None:
         """New routing from the GuardedModel: prepare its versions first, then switch traffic."""
         try:
             await self._prepare(routing)
-        except (LoadError, Exception) as exc:
-            log.error("cannot adopt routing %s (keeping %s): %s", routing, self.router.routing, exc)
+        except Exception as exc:
+            self._pending_routing = routing
+            log.error("cannot adopt routing %s yet (keeping %s): %s", routing, self.router.routing, exc)
             return
+        self._pending_routing = None
         if self.router.update(routing):
             log.info("routing is now %s", routing)
 
     async def _monitor(self) -> None:
+        """Readiness = Triton is live and serves every routed version (not Triton's server-wide
+        readiness, which dips while another version loads: a canary load must not stop traffic)."""
+        model = self.config.spec.model.name
         checks = 0
         while True:
-            ready = await self.triton.is_ready()
             checks += 1
-            if ready and (not self.pipeline.triton_ready or checks % 4 == 0):
-                try:
-                    await self._prepare(self.router.routing)
-                    self.pipeline.triton_ready = True
-                except Exception as exc:
-                    self.pipeline.triton_ready = False
-                    log.error("Triton is up but the routed versions are not servable: %s", exc)
-            elif not ready:
-                if self.pipeline.triton_ready:
-                    log.warning(
-                        "Triton at %s is not ready; refusing requests until it is",
-                        self.config.triton_http_url,
-                    )
-                self.pipeline.triton_ready = False
-            self.metrics.triton_ready = self.pipeline.triton_ready
+            ready = False
+            try:
+                if await self.triton.is_live():
+                    versions = self.router.routing.versions()
+                    missing = await self._missing(model, versions)
+                    if missing or not self.pipeline.triton_ready or checks % 4 == 0:
+                        try:
+                            await self._prepare(self.router.routing)
+                        except Exception as exc:
+                            log.error("Triton is up but the routed versions are not servable: %s", exc)
+                        missing = await self._missing(model, versions)
+                    ready = not missing and all(v in self.pipeline.guards for v in versions)
+            except Unavailable:
+                ready = False
+            if self.pipeline.triton_ready and not ready:
+                log.warning(
+                    "Triton at %s is not serving the routed versions; refusing requests until it is",
+                    self.config.triton_http_url,
+                )
+            self.pipeline.triton_ready = ready
+            self.metrics.triton_ready = ready
+            if self._pending_routing is not None and ready:
+                await self.apply_routing(self._pending_routing)
             await asyncio.sleep(self.health_interval_s)
 
     async def _drift_windows(self) -> None:

@@ -13,8 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import zlib
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Callable
 
 from guardedmodel_sidecar.errors import Forbidden, GuardError, InvalidRequest, PayloadTooLarge
 from guardedmodel_sidecar.pipeline import Pipeline
@@ -336,6 +335,3 @@ def _decompress(body: bytes, encoding: str) -> bytes:
     if encoding == "identity":
         return body
     raise ValueError(f"unsupported Content-Encoding {encoding!r} (use gzip, deflate or identity)")
-
-
-Handler = Callable[[_Request], Awaitable[Any]]

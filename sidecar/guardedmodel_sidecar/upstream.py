@@ -245,6 +245,13 @@ class TritonHttp:
         except orjson.JSONDecodeError:
             return response.status, None
 
+    async def is_live(self) -> bool:
+        try:
+            response = await self.request("GET", "/v2/health/live", timeout_s=2.0)
+        except Unavailable:
+            return False
+        return response.status == 200
+
     async def is_ready(self) -> bool:
         try:
             response = await self.request("GET", "/v2/health/ready", timeout_s=2.0)

@@ -336,3 +336,26 @@ def test_triton_killed_makes_the_sidecar_not_ready_then_it_recovers(stack) -> No
     triton.restart()  # explicit mode: Triton comes back empty; the sidecar reloads version 1
     sidecar.wait_ready(timeout=60)
     assert http_infer(sidecar.http_url, x).get_response()["parameters"]["model_version"] == "1"
+
+
+def test_grpc_stream_infer_is_guarded_too(stack) -> None:
+    _, sidecar, _ = stack
+    results: list[Any] = []
+    errors: list[Any] = []
+    client = grpcclient.InferenceServerClient(sidecar.grpc_url)
+    client.start_stream(callback=lambda result, error: (errors if error else results).append(error or result))
+    good = toy_data().sample(2, seed=14)[0]
+    bad = np.full((1, 8), np.nan, np.float32)
+    for x in (good, bad, good):
+        inp = grpcclient.InferInput("INPUT", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x)
+        client.async_stream_infer(MODEL, [inp])
+    deadline = time.monotonic() + 10
+    while len(results) + len(errors) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    client.stop_stream()
+    assert len(results) == 2 and len(errors) == 1
+    assert "NaN" in str(errors[0])
+    for result in results:
+        np.testing.assert_allclose(result.as_numpy("LOGITS"), reference_outputs(good)[0], rtol=1e-5)
+        assert result.get_response().parameters["guard_decision"].string_param in ("accept", "review")
