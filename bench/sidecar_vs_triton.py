@@ -326,11 +326,17 @@ def main() -> int:
     parser.add_argument(
         "--input-shape", default="1,28,28", help="per-sample shape when the repository has no data"
     )
+    parser.add_argument("--replot", action="store_true", help="redraw the plot and table from --out")
     parser.add_argument("--rounds", type=int, default=3, help="paired rounds; the summary takes medians")
     parser.add_argument("--batches", default="1,32")
     parser.add_argument("--concurrencies", default="1,16")
     parser.add_argument("--protocols", default="http,grpc")
     args = parser.parse_args()
+    if args.replot:
+        payload = json.loads(args.out.read_text())
+        plot(payload["comparison"], args.out.with_suffix(".png"))
+        print_table(payload["comparison"])
+        return 0
     if args.worker:
         print(json.dumps(run_load(args)))
         return 0
@@ -561,14 +567,19 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     axes[0].bar(xs + 0.2, [r["predicted_ratio_T_over_T_plus_P"] or 0 for r in rows], 0.4, label="T/(T+P)")
     axes[0].axhline(1.0, color="grey", lw=0.8)
     axes[0].set_ylabel("throughput sidecar / direct")
-    axes[0].set_xticks(xs, labels, fontsize=7)
+    axes[0].set_xticks(xs, labels, fontsize=7, rotation=60, ha="right")
+    for x, r in zip(xs, rows, strict=True):  # the spread over rounds (noisy neighbours)
+        per_round = r.get("throughput_ratio_per_round") or []
+        if per_round:
+            axes[0].plot([x - 0.2, x - 0.2], [min(per_round), max(per_round)], color="black", lw=1)
     axes[0].legend()
     axes[1].bar(xs - 0.2, [r["p50_added_ms"] for r in rows], 0.4, label="p50 added")
     axes[1].bar(xs + 0.2, [r["p99_added_ms"] for r in rows], 0.4, label="p99 added")
     axes[1].set_ylabel("ms added by the sidecar")
-    axes[1].set_xticks(xs, labels, fontsize=7)
+    axes[1].set_xticks(xs, labels, fontsize=7, rotation=60, ha="right")
+    axes[1].set_yscale("symlog", linthresh=1.0)
     axes[1].legend()
-    fig.suptitle("guard sidecar vs direct Triton (same run, same Triton)")
+    fig.suptitle("guard sidecar vs direct Triton (same run, same Triton; medians over rounds, bars = range)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
