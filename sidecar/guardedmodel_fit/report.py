@@ -87,7 +87,7 @@ def render_html(report: dict[str, Any], png_name: str) -> str:
     model = report["model"]
     cal = report["calibration"]
     detectors = report["detectors"]
-    ood_names = sorted({name for d in detectors.values() for name in d["ood"]})
+    ood_names = list(dict.fromkeys(name for d in detectors.values() for name in d["ood"]))  # given order
     head = "".join(f"<th>{esc(n)}<br>AUROC / FPR@95</th>" for n in ood_names)
     rows = []
     for method, d in detectors.items():
