@@ -143,8 +143,10 @@ def phases(cluster: LocalCluster) -> dict[str, int]:
 
 
 def run(count: int, worker_limit: int, timeout: float, batch: int) -> dict[str, Any]:
+    # Sized so that GPUs, CPU (each sidecar requests 500m) and pod slots all fit --count pods.
     nodes = [
-        FakeNode(f"gpu-node-{i:02d}", gpus=PODS_PER_NODE) for i in range(math.ceil(count / PODS_PER_NODE) + 1)
+        FakeNode(f"gpu-node-{i:02d}", gpus=PODS_PER_NODE, cpu="128", memory="1024Gi")
+        for i in range(math.ceil(count / PODS_PER_NODE) + 1)
     ]
     with tempfile.TemporaryDirectory(prefix="gm-bench-") as tmp:
         state = Path(tmp)

@@ -252,7 +252,7 @@ def test_deleting_the_guardedmodel_removes_every_child(running: tuple[Namespace,
 def test_not_ready_before_the_pods_are(
     namespace: Namespace, start_operator: Callable[..., OperatorProcess]
 ) -> None:
-    start_operator(namespace.name)
+    operator = start_operator(namespace.name, "--log-format=json")
     manifest = minimal_example()
     manifest["spec"]["triton"] = {"nodeSelector": {"nvidia.com/gpu.product": "no-such-gpu"}}
     namespace.apply(manifest)
@@ -276,6 +276,11 @@ def test_not_ready_before_the_pods_are(
         '[{"op":"remove","path":"/spec/triton/nodeSelector"}]',
     )
     wait_ready(namespace)
+    # --log-format=json: every line the operator logged is one JSON object
+    records = [
+        json.loads(line) for line in operator.process.log_path.read_text().splitlines() if line.strip()
+    ]
+    assert records and all("message" in r for r in records)
 
 
 @pytest.mark.slow
