@@ -122,20 +122,27 @@ class TritonServer:
 
     def start(self, timeout: float = 90) -> TritonServer:
         self.http_port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
+        self._launch(f"tritonserver-{self.http_port}.log", timeout)
+        return self
+
+    def restart(self, timeout: float = 90) -> TritonServer:
+        """Start again on the same ports, as a pod's Triton container comes back after a crash."""
+        self.stop()
+        self._launch(f"tritonserver-{self.http_port}-restart.log", timeout)
+        return self
+
+    def _launch(self, log_name: str, timeout: float) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.process = ManagedProcess(
-            "tritonserver",
-            self.argv(),
-            self.log_dir / f"tritonserver-{self.http_port}.log",
-            env=self.environment(),
-        ).start()
+            "tritonserver", self.argv(), self.log_dir / log_name, env=self.environment()
+        )
+        self.process.start()
         wait_until(
             "Triton /v2/health/ready",
             lambda: http_ok(f"http://{self.http_url}/v2/health/ready"),
             timeout,
             process=self.process,
         )
-        return self
 
     def ready(self) -> bool:
         return http_ok(f"http://{self.http_url}/v2/health/ready")

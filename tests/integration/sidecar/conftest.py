@@ -20,7 +20,7 @@ import pytest
 import yaml
 from aiohttp import web
 
-from guardedmodel_testground.procs import ManagedProcess, free_port, http_ok, log_tail, wait_until
+from guardedmodel_testground.procs import free_port, log_tail
 from guardedmodel_testground.triton import TritonServer
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -36,24 +36,6 @@ def toy_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def toy_triton(toy_repository: Path, triton_server_factory: Callable[..., TritonServer]) -> TritonServer:
     """Explicit model control, nothing loaded: the sidecar loads what routing needs."""
     return triton_server_factory(toy_repository, model_control_mode="explicit")
-
-
-class RestartableTriton(TritonServer):
-    """A Triton that comes back on the same ports after a kill, as a pod's Triton container does."""
-
-    def restart(self, timeout: float = 90) -> None:
-        self.process = ManagedProcess(
-            "tritonserver",
-            self.argv(),
-            self.log_dir / f"tritonserver-{self.http_port}-restart.log",
-            env=self.environment(),
-        ).start()
-        wait_until(
-            "Triton /v2/health/ready after restart",
-            lambda: http_ok(f"http://{self.http_url}/v2/health/ready"),
-            timeout,
-            process=self.process,
-        )
 
 
 def sidecar_config(

@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from conftest import RestartableTriton, SidecarProcess, WebhookReceiver, sidecar_config
+from conftest import SidecarProcess, WebhookReceiver, sidecar_config
 from prometheus_client.parser import text_string_to_metric_families
 from sidecar_toy import MODEL, reference_outputs, toy_data
 from tritonclient.utils import InferenceServerException
 
 from guardedmodel_sidecar.audit import iter_records
+from guardedmodel_testground.triton import TritonServer
 
 pytestmark = pytest.mark.integration
 
@@ -26,11 +27,11 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def stack(
     tmp_path_factory: pytest.TempPathFactory, toy_repository: Path
-) -> Iterator[tuple[RestartableTriton, SidecarProcess, WebhookReceiver]]:
+) -> Iterator[tuple[TritonServer, SidecarProcess, WebhookReceiver]]:
     """One Triton (explicit model control) and one sidecar for the read-mostly tests of this module."""
     work = tmp_path_factory.mktemp("stack")
     receiver = WebhookReceiver().start()
-    triton = RestartableTriton(toy_repository, model_control_mode="explicit", log_dir=work / "logs")
+    triton = TritonServer(toy_repository, model_control_mode="explicit", log_dir=work / "logs")
     triton.start()
     config = sidecar_config(
         triton,
