@@ -57,6 +57,17 @@ class OperatorConfig:
     worker_limit: int = 20
     field_manager: str = "guardedmodel-operator"
     extra_labels: dict[str, str] = field(default_factory=dict)
+    # Where the rollout controller reads the sidecars' metrics; empty = nowhere,
+    # so canaries hold (no data is not success) and only strategy instant rolls.
+    prometheus_url: str = ""
+    # The target labels that carry a GuardedModel's namespace and name on its
+    # pods' series (a pod scrape with labelmap turns guardedmodel.io/name into
+    # guardedmodel_io_name).
+    prometheus_namespace_label: str = "namespace"
+    prometheus_name_label: str = "guardedmodel_io_name"
+    # increase() needs two scrapes inside the window: keep it above twice the
+    # scrape interval even when spec.rollout.interval is shorter.
+    rollout_min_window_s: float = 60.0
 
     def __post_init__(self) -> None:
         if self.log_format not in ("text", "json"):
@@ -73,6 +84,12 @@ class OperatorConfig:
                 f"client-side before the server ends it ({self.watch_client_timeout_s} <= "
                 f"{self.watch_server_timeout_s})"
             )
+        if self.prometheus_url and not self.prometheus_url.startswith(("http://", "https://")):
+            raise ConfigError(
+                f"prometheus URL must start with http:// or https://, not {self.prometheus_url!r}"
+            )
+        if self.rollout_min_window_s < 0:
+            raise ConfigError(f"rollout min window must not be negative, not {self.rollout_min_window_s}")
         if not self.triton_image or not self.sidecar_image:
             raise ConfigError("the Triton and sidecar images must not be empty")
 
@@ -158,3 +175,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--watch-server-timeout-s", type=int, help=f"[env {ENV_PREFIX}WATCH_SERVER_TIMEOUT_S]")
     add("--watch-client-timeout-s", type=float, help=f"[env {ENV_PREFIX}WATCH_CLIENT_TIMEOUT_S]")
     add("--watch-inactivity-timeout-s", type=float, help=f"[env {ENV_PREFIX}WATCH_INACTIVITY_TIMEOUT_S]")
+    add(
+        "--prometheus-url",
+        help="Prometheus the rollout controller queries, e.g. http://prometheus.monitoring:9090; '' = none "
+        f"(canaries hold) [env {ENV_PREFIX}PROMETHEUS_URL]",
+    )
+    add(
+        "--prometheus-namespace-label",
+        help=f"target label holding a model's namespace [env {ENV_PREFIX}PROMETHEUS_NAMESPACE_LABEL]",
+    )
+    add(
+        "--prometheus-name-label",
+        help=f"target label holding a GuardedModel's name [env {ENV_PREFIX}PROMETHEUS_NAME_LABEL]",
+    )
+    add(
+        "--rollout-min-window-s",
+        type=float,
+        help=f"shortest metrics window of a rollout check, in seconds [env {ENV_PREFIX}ROLLOUT_MIN_WINDOW_S]",
+    )

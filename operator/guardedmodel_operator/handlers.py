@@ -31,6 +31,7 @@ from .events import Event, failure_event
 from .kube import ApiError, KubeClient, login
 from .labels import GROUP, MANAGED_BY, MANAGED_BY_LABEL, OWNER_NAME_LABEL, PLURAL, VERSION
 from .reconcile import reconcile
+from .rollout import wiring as rollout_wiring
 
 # (group, version, plural, kind) of every child kind the operator writes.
 CHILD_RESOURCES = (
@@ -77,6 +78,10 @@ class OperatorState:
     # reconcile triggered right after a write would see the pre-write copy in
     # the index and write (and report) the same change twice.
     recent: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
+    # The rollout controller's per-model tasks and what they need (rollout.wiring).
+    rollouts: Any = None
+    rollout_source: Any = None
+    rollout_bodies: dict[Key, dict[str, Any]] = field(default_factory=dict)
 
     def forget(self, key: Key) -> None:
         self.locks.pop(key, None)
@@ -285,6 +290,7 @@ def register(registry: kopf.OperatorRegistry) -> None:
 
     for group, version, plural, kind in CHILD_RESOURCES:
         _register_child(registry, group, version, plural, kind, managed)
+    rollout_wiring.register(registry)
 
 
 def _register_child(

@@ -116,6 +116,8 @@ async def reconcile(
         spec_hash=ctx.spec_hash,
         spec_version=spec.model_version,
         now=now(),
+        # Versions after the first are the rollout controller's (canary, instant, rollback).
+        promote_changes=False,
     )
     patch = status_patch(status, new_status)
     if patch is not None:

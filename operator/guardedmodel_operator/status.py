@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .labels import MODEL_VERSION_ANNOTATION, SPEC_HASH_ANNOTATION
+from .rollout.phase import overlay
 
 HISTORY_LIMIT = 20
 
@@ -189,13 +190,15 @@ def next_status(
     status: dict[str, Any] = copy.deepcopy(dict(current or {}))
     stable = status.get("stableVersion")
     verdict = judge(dep, spec_hash=spec_hash, spec_version=spec_version, stable_version=stable)
+    # The rollout's phase (canary, rollback, breached guard) counts once the pods are Ready.
+    phase, progressing, degraded = overlay(verdict.phase, verdict.progressing, verdict.degraded, status)
     previous = {c.get("type"): c for c in status.get("conditions") or []}
     status["conditions"] = [
         _condition("Ready", verdict.ready, previous.get("Ready"), generation, now),
-        _condition("Progressing", verdict.progressing, previous.get("Progressing"), generation, now),
-        _condition("Degraded", verdict.degraded, previous.get("Degraded"), generation, now),
+        _condition("Progressing", progressing, previous.get("Progressing"), generation, now),
+        _condition("Degraded", degraded, previous.get("Degraded"), generation, now),
     ]
-    status["phase"] = verdict.phase
+    status["phase"] = phase
     status["observedGeneration"] = generation
     status["replicas"] = dep.replicas
     status["readyReplicas"] = dep.ready

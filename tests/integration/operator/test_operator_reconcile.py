@@ -192,7 +192,15 @@ def test_version_edit_rolls_the_deployment_and_promotes(running: tuple[Namespace
     deployment = ns.get("deployment", "classifier")
     assert deployment is not None
     old_hash = deployment["spec"]["template"]["metadata"]["annotations"]["guardedmodel.io/spec-hash"]
-    ns.kubectl("patch", "gm", "classifier", "--type=merge", "-p", '{"spec":{"model":{"version":"2"}}}')
+    # strategy instant: no Prometheus here, and a canary without metrics holds (no data is not success)
+    ns.kubectl(
+        "patch",
+        "gm",
+        "classifier",
+        "--type=merge",
+        "-p",
+        '{"spec":{"model":{"version":"2"},"rollout":{"strategy":"instant"}}}',
+    )
 
     def rolled() -> dict[str, Any] | None:
         d = ns.get("deployment", "classifier")
@@ -292,7 +300,14 @@ def test_operator_restart_mid_way_converges(
     wait_ready(namespace)
     first.stop()
     # While no operator runs: the spec changes and a child disappears.
-    namespace.kubectl("patch", "gm", "classifier", "--type=merge", "-p", '{"spec":{"model":{"version":"3"}}}')
+    namespace.kubectl(
+        "patch",
+        "gm",
+        "classifier",
+        "--type=merge",
+        "-p",
+        '{"spec":{"model":{"version":"3"},"rollout":{"strategy":"instant"}}}',
+    )
     namespace.kubectl("delete", "service", "classifier")
     time.sleep(1)
     assert namespace.get("service", "classifier") is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from guardedmodel_operator.rollout.phase import overlay
+from guardedmodel_operator.status import DeploymentState, next_status
 
 OK = ("False", "AsExpected", "")
 DONE = ("False", "RolloutComplete", "version 2 rolled out")
@@ -44,3 +45,41 @@ def test_ready_deployment_takes_the_rollout_phase() -> None:
 def test_ready_rollout_or_none_changes_nothing() -> None:
     assert overlay("Ready", DONE, OK, {"rollout": {"phase": "Ready"}}) == ("Ready", DONE, OK)
     assert overlay("Ready", DONE, OK, {}) == ("Ready", DONE, OK)
+
+
+def test_the_core_status_keeps_a_rollback_and_the_routing() -> None:
+    rolled_out = DeploymentState(
+        exists=True,
+        spec_hash="h",
+        model_version="2",
+        generation=3,
+        observed_generation=3,
+        desired=1,
+        replicas=1,
+        updated=1,
+        ready=1,
+        available=1,
+    )
+    current = {
+        "stableVersion": "1",
+        "lastGoodVersion": "1",
+        "canaryWeight": 0,
+        "rollout": {
+            "phase": "RolledBack",
+            "reason": "RolledBack",
+            "message": "oodRate 0.5 > maxOodRate 0.25",
+        },
+        "history": [
+            {"version": "2", "outcome": "RolledBack", "at": "t", "reason": "oodRate 0.5 > maxOodRate 0.25"}
+        ],
+    }
+    status = next_status(
+        current, rolled_out, generation=3, spec_hash="h", spec_version="2", now="t2", promote_changes=False
+    )
+    assert status["phase"] == "RolledBack"
+    assert status["stableVersion"] == "1"  # the core does not promote version 2 behind the rollout's back
+    assert status["history"] == current["history"]
+    degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
+    assert (degraded["status"], degraded["reason"]) == ("True", "RolledBack")
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "True"  # still serving, version 1

@@ -1,0 +1,313 @@
+"""Canary rollouts end to end: the real API server, the real operator process, a real
+Prometheus scraping the sidecar's real metric objects.
+
+The pods are kwok's (no containers run), so the sidecar's traffic is played by
+`SidecarTraffic`: per version, the numbers the sidecar would record, scraped with
+the labels a pod scrape gives a GuardedModel's pods. What is under test is the
+operator: version edit → canary at 10 % → checks against Prometheus → promotion
+step by step, or a rollback with its phase, history entry and Event.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sidecar_traffic import SidecarTraffic
+
+from guardedmodel_testground.cluster import LocalCluster
+from guardedmodel_testground.prometheus import Prometheus, ScrapeJob
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[3]
+CRD = REPO / "crds" / "guardedmodel.io_guardedmodels.yaml"
+MODEL = "classifier"
+NAME = "clf"
+
+
+def manifest(namespace: str, version: str) -> str:
+    return json.dumps(
+        {
+            "apiVersion": "guardedmodel.io/v1alpha1",
+            "kind": "GuardedModel",
+            "metadata": {"name": NAME, "namespace": namespace},
+            "spec": {
+                "model": {"name": MODEL, "repository": "file:///srv/models", "version": version},
+                "rollout": {
+                    "strategy": "canary",
+                    "steps": [10, 50, 100],
+                    "interval": "3s",
+                    "failureLimit": 1,
+                    "minRequests": 20,
+                    "thresholds": {"maxOodRate": 0.25, "maxErrorRate": 0.05},
+                },
+            },
+        }
+    )
+
+
+class StatusWatch:
+    """Every status the API server sends for one GuardedModel (kubectl get -w), in order."""
+
+    def __init__(self, cluster: LocalCluster, namespace: str) -> None:
+        self.seen: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+        assert cluster.binaries is not None
+        self.process = subprocess.Popen(
+            [
+                str(cluster.binaries.kubectl),
+                f"--kubeconfig={cluster.kubeconfig}",
+                "get",
+                "guardedmodel",
+                NAME,
+                "-n",
+                namespace,
+                "--watch",
+                "-o",
+                "json",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        decoder, buffer = json.JSONDecoder(), ""
+        for line in self.process.stdout:
+            buffer += line
+            while buffer.strip():
+                try:
+                    obj, end = decoder.raw_decode(buffer.lstrip())
+                except ValueError:
+                    break
+                buffer = buffer.lstrip()[end:]
+                with self.lock:
+                    self.seen.append(obj.get("status") or {})
+
+    def routings(self) -> list[tuple[Any, Any, Any]]:
+        with self.lock:
+            out: list[tuple[Any, Any, Any]] = []
+            for status in self.seen:
+                routing = (
+                    status.get("stableVersion"),
+                    status.get("canaryVersion"),
+                    status.get("canaryWeight"),
+                )
+                if not out or out[-1] != routing:
+                    out.append(routing)
+            return out
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+@dataclass
+class Traffic:
+    """Requests keep arriving at both versions while the test runs."""
+
+    sidecar: SidecarTraffic
+    canary_ood_fraction: float
+    stop_flag: threading.Event = field(default_factory=threading.Event)
+
+    def start(self) -> Traffic:
+        threading.Thread(target=self._run, daemon=True).start()
+        return self
+
+    def _run(self) -> None:
+        while not self.stop_flag.wait(0.25):
+            self.sidecar.serve("1", 10)
+            self.sidecar.serve("2", 10, ood_fraction=self.canary_ood_fraction)
+
+    def stop(self) -> None:
+        self.stop_flag.set()
+
+
+@dataclass
+class Scenario:
+    cluster: LocalCluster
+    namespace: str
+    watch: StatusWatch
+    operator_log: Path
+
+    def gm(self) -> dict[str, Any]:
+        return self.cluster.kubectl_json("get", "guardedmodel", NAME, "-n", self.namespace)
+
+    def wait_status(
+        self, what: str, ok: Callable[[dict[str, Any]], bool], timeout: float = 60
+    ) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        status: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            status = self.gm().get("status") or {}
+            if ok(status):
+                return status
+            time.sleep(0.5)
+        pytest.fail(
+            f"timed out waiting for {what}; status: {json.dumps(status, indent=1)}\n"
+            f"routings seen: {self.watch.routings()}\noperator log tail:\n{_tail(self.operator_log)}"
+        )
+
+    def events(self, reason: str) -> list[dict[str, Any]]:
+        items = self.cluster.kubectl_json(
+            "get",
+            "events",
+            "-n",
+            self.namespace,
+            "--field-selector",
+            f"involvedObject.name={NAME},reason={reason}",
+        )["items"]
+        return list(items)
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+@pytest.fixture
+def scenario(
+    k8s_cluster: LocalCluster, prometheus_factory: Callable[..., Prometheus], tmp_path: Path
+) -> Iterator[Callable[[float], tuple[Scenario, Traffic]]]:
+    k8s_cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
+    k8s_cluster.kubectl(
+        "wait", "--for=condition=Established", "crd/guardedmodels.guardedmodel.io", "--timeout=30s"
+    )
+    cleanups: list[Callable[[], None]] = []
+
+    def start(canary_ood_fraction: float) -> tuple[Scenario, Traffic]:
+        namespace = f"rollout-{uuid.uuid4().hex[:6]}"
+        k8s_cluster.kubectl("create", "namespace", namespace)
+        sidecar = SidecarTraffic(MODEL, ["1", "2"]).start()
+        cleanups.append(sidecar.stop)
+        prometheus = prometheus_factory(
+            [
+                ScrapeJob(
+                    namespace, [sidecar.target], labels={"namespace": namespace, "guardedmodel_io_name": NAME}
+                )
+            ]
+        )
+        prometheus.wait_for(f'guardedmodel_requests_total{{namespace="{namespace}"}}')
+        log_path = tmp_path / f"operator-{namespace}.log"
+        log = log_path.open("w")
+        env = {
+            **k8s_cluster.env,
+            "GUARDEDMODEL_PROMETHEUS_URL": prometheus.url,
+            # Prometheus scrapes every second here; a 3 s window holds enough scrapes.
+            "GUARDEDMODEL_ROLLOUT_MIN_WINDOW_S": "3",
+        }
+        operator = subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "guardedmodel"),
+                "operator",
+                "--namespace",
+                namespace,
+                "--metrics-port",
+                "0",
+                "--health-endpoint",
+                "",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+
+        def stop_operator() -> None:
+            if operator.poll() is None:
+                os.killpg(operator.pid, signal.SIGTERM)
+                try:
+                    operator.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    os.killpg(operator.pid, signal.SIGKILL)
+                    operator.wait(timeout=5)
+            log.close()
+
+        cleanups.append(stop_operator)
+        cleanups.append(
+            lambda: k8s_cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+        )
+        traffic = Traffic(sidecar, canary_ood_fraction).start()
+        cleanups.append(traffic.stop)
+        k8s_cluster.kubectl("apply", "-f", "-", input=manifest(namespace, "1"))
+        watch = StatusWatch(k8s_cluster, namespace)
+        cleanups.append(watch.stop)
+        return Scenario(k8s_cluster, namespace, watch, log_path), traffic
+
+    yield start
+    for cleanup in reversed(cleanups):
+        cleanup()
+
+
+def test_canary_breaking_a_threshold_is_rolled_back(
+    scenario: Callable[[float], tuple[Scenario, Traffic]],
+) -> None:
+    s, _ = scenario(0.5)  # half of version 2's inputs are out of distribution
+    s.wait_status(
+        "version 1 stable", lambda st: st.get("stableVersion") == "1" and st.get("phase") == "Ready"
+    )
+
+    s.cluster.kubectl("apply", "-f", "-", input=manifest(s.namespace, "2"))
+    status = s.wait_status(
+        "the rollback",
+        lambda st: st.get("phase") == "RolledBack" and not st.get("canaryVersion"),
+    )
+    assert ("1", "2", 10) in s.watch.routings()  # the canary got 10 % first
+    assert ("1", "2", 50) not in s.watch.routings()  # and never more
+    assert status["stableVersion"] == "1" and status["canaryWeight"] == 0
+    last = status["history"][-1]
+    assert (last["version"], last["outcome"]) == ("2", "RolledBack")
+    assert "maxOodRate" in last["reason"] and "oodRate 0.5" in last["reason"]
+    degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
+    assert (degraded["status"], degraded["reason"]) == ("True", "RolledBack")
+    events = s.events("RolledBack")
+    assert any("maxOodRate" in e["message"] and e["type"] == "Warning" for e in events), events
+
+    # The core's next reconciles keep the rollback: phase stays RolledBack, routing stays on 1.
+    time.sleep(4)
+    later = s.gm()["status"]
+    assert later["phase"] == "RolledBack" and later["stableVersion"] == "1" and not later.get("canaryVersion")
+
+
+def test_healthy_canary_is_promoted_step_by_step(
+    scenario: Callable[[float], tuple[Scenario, Traffic]],
+) -> None:
+    s, _ = scenario(0.0)
+    s.wait_status(
+        "version 1 stable", lambda st: st.get("stableVersion") == "1" and st.get("phase") == "Ready"
+    )
+
+    s.cluster.kubectl("apply", "-f", "-", input=manifest(s.namespace, "2"))
+    status = s.wait_status(
+        "version 2 promoted",
+        lambda st: (
+            st.get("stableVersion") == "2" and not st.get("canaryVersion") and st.get("phase") == "Ready"
+        ),
+    )
+    routings = s.watch.routings()
+    steps = [r for r in routings if r[1] == "2"]
+    assert [w for _, _, w in steps] == [10, 50, 100], routings
+    assert status["lastGoodVersion"] == "1"
+    assert [(h["version"], h["outcome"]) for h in status["history"][-2:]] == [
+        ("2", "CanaryStarted"),
+        ("2", "Promoted"),
+    ]
+    assert s.events("Promoted")
+    assert status["metrics"]["version"] == "2" and status["metrics"]["oodRate"] == 0.0
