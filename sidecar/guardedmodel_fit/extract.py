@@ -136,8 +136,19 @@ class TritonClientExtractor:
             )
         features = spec.features_output if spec.features_output in outputs else None
         self.spec = replace(spec, input_name=metadata["inputs"][0]["name"], features_output=features)
+        config = self._client.get_model_config(spec.name, spec.version)
+        # Triton refuses requests above the model's max_batch_size: split our batches to fit
+        self._max_batch = int(config.get("max_batch_size", 0)) or None
 
     def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        size = self._max_batch or len(batch)
+        parts = [self._infer(batch[i : i + size]) for i in range(0, len(batch), size)]
+        logits = np.concatenate([p[0] for p in parts])
+        if any(p[1] is None for p in parts):
+            return logits, None
+        return logits, np.concatenate([p[1] for p in parts if p[1] is not None])
+
+    def _infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         http = self._client_mod
         x = np.ascontiguousarray(batch, dtype=np.float32)
         inp = http.InferInput(self.spec.input_name, list(x.shape), "FP32")
