@@ -86,6 +86,7 @@ def main() -> int:
 
     detectors = {}
     val = sets["validation"]
+    assert val.features is not None, "the example model exposes FEATURES"
     for method, d in report["detectors"].items():
         scorer = make_ood_scorer(method, result.artifact)
         far = {n: d["ood"][n] for n in FAR_OOD_SETS}
