@@ -306,6 +306,12 @@ def _register_child(
     async def on_child(
         event: kopf.RawEvent, body: kopf.Body, memo: OperatorState, logger: Any, **kw: Any
     ) -> None:
+        if event["type"] is None:
+            # The initial listing after a start: every GuardedModel's own
+            # listing event reconciles it, and kopf fills all indices first,
+            # so that reconcile already sees this child. Skipping here saves
+            # one redundant reconcile per child on every restart.
+            return
         if memo.seen(kind, body, deleted=event["type"] == "DELETED"):
             # The echo of our own write: the reconcile that wrote it already
             # used the server's answer, so there is nothing to look at again.
