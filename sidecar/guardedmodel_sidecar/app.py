@@ -156,6 +156,12 @@ class SidecarApp:
         model = self.config.spec.model.name
         checks = 0
         while True:
+            if self._prepare_lock.locked():
+                # A version is being loaded. Triton may answer "not ready" for the versions
+                # already serving while it applies the new version policy; that is not an
+                # outage, and refusing traffic now would turn a canary start into errors.
+                await asyncio.sleep(self.health_interval_s)
+                continue
             checks += 1
             ready = False
             try:
@@ -199,19 +205,6 @@ class SidecarApp:
         await site.start()
         self.metrics_port = _bound_port(site)
 
-        server = V2HttpServer(
-            self.pipeline, self.triton, max_body=self.config.tuning.max_request_bytes, is_ready=self.is_ready
-        )
-        self._http = await server.start(listen.host, listen.http, reuse_port=self.config.tuning.workers > 1)
-        self.http_port = self._http.sockets[0].getsockname()[1]
-        self._servicer = GuardServicer(self.pipeline, self.config.triton_grpc_url, self.is_ready)
-        self._grpc, self.grpc_port = await start_grpc_server(
-            self._servicer,
-            listen.host,
-            listen.grpc,
-            self.config.tuning.max_request_bytes,
-            reuse_port=self.config.tuning.workers > 1,
-        )
         spawn = asyncio.get_running_loop().create_task
         self._tasks += [
             spawn(self._monitor(), name="triton-monitor"),
@@ -230,6 +223,24 @@ class SidecarApp:
                     api, namespace, name, self.apply_routing, lambda: self.router.routing
                 )
                 self._tasks.append(spawn(self.watcher.run(), name="routing-watcher"))
+        if self.config.tuning.listen_when_ready:
+            try:
+                await self.wait_ready(timeout_s=120.0)
+            except TimeoutError as exc:
+                log.warning("%s; joining the ports anyway, answering 503 until ready", exc)
+        server = V2HttpServer(
+            self.pipeline, self.triton, max_body=self.config.tuning.max_request_bytes, is_ready=self.is_ready
+        )
+        self._http = await server.start(listen.host, listen.http, reuse_port=self.config.tuning.workers > 1)
+        self.http_port = self._http.sockets[0].getsockname()[1]
+        self._servicer = GuardServicer(self.pipeline, self.config.triton_grpc_url, self.is_ready)
+        self._grpc, self.grpc_port = await start_grpc_server(
+            self._servicer,
+            listen.host,
+            listen.grpc,
+            self.config.tuning.max_request_bytes,
+            reuse_port=self.config.tuning.workers > 1,
+        )
         log.info(
             "guard sidecar for '%s': HTTP :%d, gRPC :%d, metrics :%d, Triton %s",
             self.config.spec.model.name,

@@ -96,7 +96,11 @@ def worker_config(config: SidecarConfig, index: int) -> SidecarConfig:
     return config.with_overrides(
         listen=Listen(listen.host, listen.http, listen.grpc, listen.metrics + index if listen.metrics else 0),
         audit_dir=config.audit_dir / f"worker-{index}",
-        tuning=replace(config.tuning, load_versions=config.tuning.load_versions and index == 0),
+        tuning=replace(
+            config.tuning,
+            load_versions=config.tuning.load_versions and index == 0,
+            listen_when_ready=index > 0,
+        ),
     )
 
 

@@ -126,6 +126,9 @@ class Tuning:
     audit_rotate_bytes: int = 100 * 1024 * 1024
     review_retries: int = 5
     workers: int = 1
+    # Set on the extra workers of a multi-process sidecar: they join the shared ports only once
+    # they are ready, so the kernel never hands a connection to a worker that would refuse it.
+    listen_when_ready: bool = False
     logits_output: str | None = None
     features_output: str | None = None
 

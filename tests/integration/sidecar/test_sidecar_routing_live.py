@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import time
 import urllib.request
 from collections import Counter
 from pathlib import Path
@@ -135,6 +136,23 @@ def test_worker_processes_share_the_ports_and_audit_every_request(
     config = sidecar_config(toy_triton, toy_repository, tmp_path, tuning={"workers": 2})
     sidecar = sidecar_factory(config)
     x = toy_data().sample(1, seed=50)[0]
+    metrics_port = config["listen"]["metrics"]
+
+    def worker_ready(index: int) -> bool:
+        url = f"http://127.0.0.1:{metrics_port + index}/metrics"
+        text = urllib.request.urlopen(url, timeout=5).read().decode()
+        return any(
+            sample.value == 1
+            for family in text_string_to_metric_families(text)
+            if family.name == "guardedmodel_triton_ready"
+            for sample in family.samples
+        )
+
+    # Extra workers join the shared ports only once ready; wait for both so both get traffic.
+    deadline = time.monotonic() + 60
+    while not (worker_ready(0) and worker_ready(1)):
+        assert time.monotonic() < deadline, "the second worker never became ready"
+        time.sleep(0.2)
 
     def one(i: int) -> str:
         # a new client (connection) per request, so the kernel spreads them over both workers
@@ -143,7 +161,6 @@ def test_worker_processes_share_the_ports_and_audit_every_request(
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         decisions = list(pool.map(one, range(200)))
     assert len(decisions) == 200
-    metrics_port = config["listen"]["metrics"]
     served = []
     for index in (0, 1):
         text = (
