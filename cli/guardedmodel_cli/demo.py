@@ -36,7 +36,7 @@ import numpy as np
 import yaml
 
 from guardedmodel_testground.cluster import LocalCluster
-from guardedmodel_testground.paths import cache_dir, default_state_dir, repo_root
+from guardedmodel_testground.paths import default_state_dir, repo_root
 from guardedmodel_testground.procs import ManagedProcess, StartError, free_port, http_ok, log_tail, wait_until
 from guardedmodel_testground.prometheus import Alertmanager, Prometheus, ScrapeJob
 from guardedmodel_testground.triton import TritonServer
@@ -121,10 +121,10 @@ class Demo:
 
     def build_example(self) -> Any:
         say("Building the worked example: Fashion-MNIST CNN, Triton repository, guard artifact (cached)")
-        from guardedmodel_fit.example import build_example
+        from guardedmodel_fit.example import DEFAULT_OUT, build_example
 
         started = time.monotonic()
-        build = build_example(cache_dir() / "examples" / "fashion-mnist", versions=("1", "2"), progress=True)
+        build = build_example(DEFAULT_OUT, versions=("1", "2"), progress=True)
         what = ", ".join(build.rebuilt) or "everything cached"
         print(f"model repository {build.repository} ({what}; {time.monotonic() - started:.0f}s)")
         report = build.model_dir / "1" / "guard" / "report"
@@ -369,28 +369,38 @@ class Demo:
             "Inputs drift (grey-level shift on every request); the continuous guard watches the stable version"
         )
         shifted = np.clip(self.in_distribution * 0.5 + 0.45, 0.0, 1.0).astype(np.float32)
+        drift_alerts = {
+            "GuardedModelDriftHigh",
+            "GuardedModelOodRateHigh",
+            "GuardedModelLowEstimatedAccuracy",
+        }
         deadline = time.monotonic() + self.timeout
-        fired: list[str] = []
-        while time.monotonic() < deadline and not fired:
+        fired: set[str] = set()
+        drift_score: float | None = None
+        guard_acted = False
+        while time.monotonic() < deadline and not (fired and guard_acted and drift_score is not None):
             self.send(shifted)
-            fired = [
+            fired = {
                 a["labels"]["alertname"]
                 for a in self.alertmanager.alerts()
-                if a["labels"].get("alertname", "").startswith("GuardedModel")
-            ]
-        drift = self.prometheus.query("max(guardedmodel_drift_score)")
-        if drift:
-            print(f"  drift score (PSI against the fit's reference): {float(drift[0]['value'][1]):.2f}")
+                if a["labels"].get("alertname") in drift_alerts
+            }
+            scores = self.prometheus.query('max(guardedmodel_drift_score{statistic="score"})')
+            value = float(scores[0]["value"][1]) if scores else float("nan")
+            drift_score = value if np.isfinite(value) else drift_score
+            status = self.status()
+            degraded = any(
+                c["type"] == "Degraded" and c["status"] == "True" for c in status.get("conditions", [])
+            )
+            guard_acted = degraded or status.get("phase") in ("Degraded", "RolledBack")
         status = self.status()
+        if drift_score is not None:
+            print(f"  drift score (PSI against the fit's reference, > 0.2 is drift): {drift_score:.2f}")
         print(f"  phase {status.get('phase')}, stable v{status.get('stableVersion')}")
         for condition in status.get("conditions", []):
             print(f"  condition {condition['type']}={condition['status']}: {condition.get('message', '')}")
-        print(f"  alerts firing in Alertmanager: {', '.join(sorted(set(fired))) or 'none yet'}")
-        self.record["drift"] = {
-            "alerts": sorted(set(fired)),
-            "drift_score": float(drift[0]["value"][1]) if drift else None,
-            "status": status,
-        }
+        print(f"  alerts firing in Alertmanager: {', '.join(sorted(fired)) or 'none'}")
+        self.record["drift"] = {"alerts": sorted(fired), "drift_score": drift_score, "status": status}
 
     def summary(self) -> None:
         (self.state_dir / "summary.json").write_text(json.dumps(self.record, indent=2, default=str))

@@ -1,0 +1,58 @@
+"""The demo scenario end to end: `guardedmodel demo` as a user runs it, judged by what it recorded.
+
+Everything is real: the control plane, the operator process, Triton, the sidecar, Prometheus and
+Alertmanager. The assertions are about the product's behaviour, not the demo's printing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+
+def test_demo_guards_rolls_back_and_alerts(tmp_path: Path) -> None:
+    executable = Path(sys.executable).with_name("guardedmodel")
+    result = subprocess.run(
+        [str(executable), "demo", "--state-dir", str(tmp_path), "--requests", "40", "--timeout", "150"],
+        capture_output=True,
+        text=True,
+        timeout=1500,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert result.returncode == 0, f"demo failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    traffic = summary["traffic"]
+
+    def share(category: str, decision: str) -> float:
+        counts = traffic[category]
+        return counts.get(decision, 0) / sum(counts.values())
+
+    # Malformed inputs never reach the model.
+    assert share("NaN pixels", "refused by gate") == 1.0
+    assert share("out of range (x255)", "refused by gate") == 1.0
+    # Good inputs mostly pass; the gate's OOD threshold is set for 95 % acceptance.
+    assert share("in-distribution", "accept") + share("in-distribution", "review") >= 0.8
+    # Far-OOD inputs are mostly stopped by the scorer.
+    assert share("handwritten digits (far-OOD)", "rejected as OOD") >= 0.6
+    assert share("inverted images", "rejected as OOD") + share("inverted images", "refused by gate") >= 0.9
+
+    # The weaker version 2 is rolled back by the operator, on the sidecar's metrics.
+    canary = summary["canary"]
+    assert canary["weights"], "the canary never received traffic"
+    assert canary["status"]["stableVersion"] == "1"
+    outcomes = [(h["version"], h["outcome"]) for h in canary["status"]["history"]]
+    assert ("2", "RolledBack") in outcomes, outcomes
+
+    # Drifted inputs are seen by the continuous guard and alert the SREs.
+    drift = summary["drift"]
+    assert drift["drift_score"] is not None and drift["drift_score"] > 0.2
+    assert drift["alerts"], "no GuardedModel alert reached Alertmanager"
+    degraded = [c for c in drift["status"].get("conditions", []) if c["type"] == "Degraded"]
+    assert degraded and degraded[0]["status"] == "True"
