@@ -24,6 +24,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import shutil
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -56,11 +58,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     state_dir = (args.state_dir or default_state_dir() / "demo").resolve()
+    if (state_dir / "cluster" / "state.json").exists():
+        print(
+            f"a demo is already running from {state_dir} (stop it, or pass another --state-dir)",
+            file=sys.stderr,
+        )
+        return 1
+    # Each run starts from scratch: a previous run's etcd data would replay its objects.
+    shutil.rmtree(state_dir, ignore_errors=True)
     demo = Demo(state_dir, requests=args.requests, timeout=args.timeout, keep=args.keep)
     try:
         demo.run()
-    except (StartError, DemoError) as error:
-        print(f"\ndemo failed: {error}", file=sys.stderr)
+    except (StartError, DemoError, subprocess.CalledProcessError) as error:
+        detail = f"{error}\n{error.stderr}" if isinstance(error, subprocess.CalledProcessError) else error
+        print(f"\ndemo failed: {detail}", file=sys.stderr)
         print(f"logs are in {state_dir}", file=sys.stderr)
         return 1
     return 0
@@ -312,7 +323,8 @@ class Demo:
 
     def print_table(self, outcomes: dict[str, Outcome]) -> None:
         header = (
-            f"{'input':32} {'accept':>7} {'review':>7} {'reject':>7} {'refused':>8} {'conf':>6} {'ood':>8}"
+            f"{'input':30} {'accept':>7} {'review':>7} {'OOD-reject':>10} {'gate-refused':>12} "
+            f"{'conf':>6} {'ood':>7}"
         )
         print(header)
         print("-" * len(header))
@@ -332,13 +344,21 @@ class Demo:
         print("conf = mean calibrated confidence of answered requests; ood = median OOD score")
 
     def print_metrics(self) -> None:
-        say("What Prometheus sees (scraped from the sidecar)")
+        say("What Prometheus sees (scraped from the sidecar every second)")
         query = "sum by (decision) (guardedmodel_requests_total)"
-        result = self.prometheus.wait_for(query, timeout=30)
-        for sample in sorted(result, key=lambda s: s["metric"].get("decision", "")):
-            print(
-                f"  {query.split('(')[0]} decision={sample['metric'].get('decision')}: {sample['value'][1]}"
-            )
+        print(f"  {query}")
+        # Wait until two scrapes agree, so the figures cover all the traffic just sent.
+        previous: dict[str, str] = {}
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            current = {s["metric"].get("decision", "?"): s["value"][1] for s in self.prometheus.query(query)}
+            if current and current == previous:
+                break
+            previous = current
+            time.sleep(1.5)
+        for decision, value in sorted(previous.items()):
+            print(f"    {decision:8} {value}")
+        self.record["prometheus_requests"] = previous
 
     # -- rollout and drift -----------------------------------------------------------------------
     def rollout_canary(self) -> None:
@@ -363,6 +383,11 @@ class Demo:
         self.print_history(status)
         self.print_events()
         self.record["canary"] = {"weights": seen_weights, "status": status}
+        if status.get("phase") == "RolledBack":
+            say('Acknowledging the rollback: the spec goes back to the serving version (patch version "1")')
+            self.patch_version("1")
+            status = self.wait_status("phase Ready", lambda s: s.get("phase") == "Ready")
+            print(f"  phase {status.get('phase')}, stable v{status.get('stableVersion')}")
 
     def drift_and_guard(self) -> None:
         say(

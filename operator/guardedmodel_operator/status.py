@@ -102,7 +102,9 @@ def judge(dep: DeploymentState, *, spec_hash: str, spec_version: str, stable_ver
     if dep.rolled_out(spec_hash):
         return Verdict(
             "Ready",
-            ("True", "RolloutComplete", f"{counts}, serving version {spec_version}"),
+            # The stable version is what answers traffic; during or after a canary it can differ
+            # from the spec's (a rolled-back canary leaves the spec naming the refused version).
+            ("True", "RolloutComplete", f"{counts}, serving version {stable_version or spec_version}"),
             ("False", "RolloutComplete", f"version {spec_version} rolled out"),
             ok,
             promote=stable_version != spec_version,

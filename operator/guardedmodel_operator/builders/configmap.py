@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 import yaml
 
+from ..labels import SPEC_HASH_ANNOTATION
 from .common import (
     CONFIG_FILE,
     GRPC_PORT,
@@ -42,9 +45,15 @@ def render_sidecar_config(ctx: BuildContext) -> dict[str, Any]:
 
 def build_configmap(ctx: BuildContext) -> dict[str, Any]:
     document = yaml.safe_dump(render_sidecar_config(ctx), sort_keys=False, default_flow_style=False)
+    metadata = ctx.metadata(ctx.names.configmap, "sidecar-config")
+    # Unlike the pod, the ConfigMap does carry the routing, so its hash covers it too: a routing
+    # change is an update the operator makes, not a hand edit it has to restore.
+    routing = json.dumps(ctx.routing.as_dict(), sort_keys=True)
+    digest = hashlib.sha256(f"{ctx.spec_hash}:{routing}".encode()).hexdigest()[:16]
+    metadata["annotations"] = {**metadata["annotations"], SPEC_HASH_ANNOTATION: digest}
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": ctx.metadata(ctx.names.configmap, "sidecar-config"),
+        "metadata": metadata,
         "data": {CONFIG_FILE: document},
     }
