@@ -11,7 +11,7 @@ PACKAGES := -p guardedmodel_operator -p guardedmodel_sidecar -p guardedmodel_fit
 # CI runs the representative set; `make test-all` adds the slowest scenarios.
 PYTEST_ARGS ?= -m "not slow"
 
-.PHONY: setup system-deps python-deps cluster-binaries lint test test-all demo bench crds-check clean
+.PHONY: setup system-deps python-deps cluster-binaries lint test test-all demo bench-sidecar bench-guard bench-operator crds-sync clean
 
 setup: system-deps python-deps cluster-binaries
 
@@ -35,6 +35,7 @@ lint: python-deps
 	$(BIN)/ruff format --check .
 	MYPYPATH=operator:sidecar:cli:testground $(BIN)/mypy $(PACKAGES)
 	$(BIN)/lint-imports
+	$(BIN)/python -m guardedmodel_operator.crdsync --check
 
 test: setup lint
 	$(BIN)/pytest $(PYTEST_ARGS)
@@ -44,6 +45,20 @@ test-all:
 
 demo: setup
 	$(BIN)/guardedmodel demo
+
+# Benchmarks measure side by side and write bench/results/*.json + *.png; run them on a quiet machine.
+bench-sidecar: setup
+	$(BIN)/python bench/sidecar_vs_triton.py --micro-batching --profile
+
+bench-guard: setup
+	$(BIN)/python bench/guard_quality.py
+
+bench-operator: setup
+	$(BIN)/python bench/operator_scale.py --count 1000
+
+# The chart carries a copy of the CRD; crds/ is the one source.
+crds-sync: python-deps
+	$(BIN)/python -m guardedmodel_operator.crdsync
 
 clean:
 	rm -rf .state .pytest_cache .mypy_cache .ruff_cache
