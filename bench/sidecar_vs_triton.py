@@ -297,11 +297,9 @@ def example_repository(path: Path | None) -> Path:
     if path is not None:
         return path
     sys.path.insert(0, str(ROOT / "sidecar"))
-    from guardedmodel_fit.example import build_example
+    from guardedmodel_fit.example import DEFAULT_OUT, build_example
 
-    return Path(
-        build_example(Path(tempfile.gettempdir()) / "gm-example", versions=["1"], progress=False).repository
-    )
+    return Path(build_example(DEFAULT_OUT, versions=["1"], progress=False).repository)
 
 
 def main() -> int:
@@ -348,7 +346,7 @@ def main() -> int:
     data_file = repository.parent / "data" / "validation.npz"
     if data_file.exists():
         with np.load(data_file) as data:
-            x = data["x"][:64].astype(np.float32)
+            x = data["inputs"][:64].astype(np.float32)
     else:
         shape = tuple(int(d) for d in args.input_shape.split(","))
         x = np.random.default_rng(0).uniform(0.3, 0.7, (64, *shape)).astype(np.float32)

@@ -16,6 +16,10 @@ from collections.abc import Sequence
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "operator": ("guardedmodel_operator.cli", "run the operator that reconciles GuardedModel resources"),
     "sidecar": ("guardedmodel_sidecar.cli", "run the guard sidecar in front of a Triton server"),
+    "fetch-model": (
+        "guardedmodel_sidecar.fetch",
+        "copy a model from a remote repository (the pod's init step)",
+    ),
     "fit": ("guardedmodel_fit.cli", "fit a guard artifact (input gate + calibration) from data"),
     "cluster": ("guardedmodel_testground.cluster_cli", "start/stop the local Kubernetes test cluster"),
     "demo": ("guardedmodel_cli.demo", "run the local end-to-end demo"),

@@ -83,7 +83,7 @@ def _fetch_container(ctx: BuildContext) -> dict[str, Any]:
     return {
         "name": "fetch-model",
         "image": ctx.sidecar_image,
-        "command": ["guardedmodel", "sidecar", "fetch-model"],
+        "command": ["guardedmodel", "fetch-model"],
         "args": [
             f"--repository={spec.repository.url}",
             f"--model={spec.model_name}",

@@ -1,0 +1,134 @@
+"""`guardedmodel fetch-model`: copy one model out of a remote repository into the pod.
+
+The operator runs this as the pod's init container when `spec.model.repository`
+is remote, so Triton and the sidecar read the same bytes from one local path
+(the guard artifact travels inside each version folder, so rolling back the
+model rolls back its guard).
+
+An http(s) repository is a folder served over HTTP that holds one archive per
+model, made with ``tar czf <model>.tar.gz -C <repository> <model>``; when a
+``<model>.tar.gz.sha256`` file sits next to it, the archive must match it.
+A file:// repository is a local folder (tests, single-node clusters).
+s3:// and gs:// need their cloud SDKs, which this image does not carry: those
+repositories are refused with a message that says so, rather than half-handled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import shutil
+import sys
+import tarfile
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+
+class FetchError(RuntimeError):
+    """The model could not be fetched; the message says from where and why."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--repository", required=True, help="http(s):// or file:// repository URL")
+    parser.add_argument("--model", required=True, help="model name (a folder of the repository)")
+    parser.add_argument("--dest", type=Path, required=True, help="local repository to copy the model into")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds per HTTP request")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        target = fetch_model(args.repository, args.model, args.dest, timeout=args.timeout)
+    except FetchError as error:
+        print(f"fetch-model: {error}", file=sys.stderr)
+        return 1
+    print(f"fetched {args.model} into {target}")
+    return 0
+
+
+def fetch_model(repository: str, model: str, dest: Path, *, timeout: float = 300.0) -> Path:
+    """Copy `model` from `repository` to `dest/model` and return that path."""
+    if not model or "/" in model or model in (".", ".."):
+        raise FetchError(f"model name {model!r} must be a single folder name")
+    url = urllib.parse.urlparse(repository)
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    if url.scheme == "file":
+        return _copy_local(Path(url.path) / model, dest / model)
+    if url.scheme in ("http", "https"):
+        return _fetch_archive(repository.rstrip("/") + f"/{model}.tar.gz", model, dest, timeout)
+    if url.scheme in ("s3", "gs"):
+        raise FetchError(
+            f"{url.scheme}:// repositories need the cloud SDK, which this image does not include; "
+            "serve the model archive over https:// or mount it with pvc:// instead"
+        )
+    raise FetchError(f"unsupported repository scheme in {repository!r} (use https://, http:// or file://)")
+
+
+def _copy_local(source: Path, target: Path) -> Path:
+    if not source.is_dir():
+        raise FetchError(f"{source} is not a model folder")
+    staging = target.with_name(f".{target.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(source, staging)
+    _replace(staging, target)
+    return target
+
+
+def _fetch_archive(archive_url: str, model: str, dest: Path, timeout: float) -> Path:
+    expected = _expected_digest(archive_url + ".sha256", timeout)
+    with tempfile.NamedTemporaryFile(dir=dest, prefix=f".{model}-", suffix=".tar.gz") as download:
+        digest = hashlib.sha256()
+        try:
+            with urllib.request.urlopen(archive_url, timeout=timeout) as response:
+                while chunk := response.read(1 << 20):
+                    digest.update(chunk)
+                    download.write(chunk)
+        except (urllib.error.URLError, OSError) as error:
+            raise FetchError(f"cannot download {archive_url}: {error}") from error
+        download.flush()
+        if expected is not None and digest.hexdigest() != expected:
+            raise FetchError(
+                f"{archive_url} has sha256 {digest.hexdigest()}, but {archive_url}.sha256 says {expected}"
+            )
+        staging = dest / f".{model}.partial"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+        try:
+            with tarfile.open(download.name, "r:gz") as archive:
+                # The "data" filter refuses absolute paths, links out of the tree and device files.
+                archive.extractall(staging, filter="data")
+        except (tarfile.TarError, OSError) as error:
+            raise FetchError(f"{archive_url} is not a usable .tar.gz archive: {error}") from error
+    extracted = staging / model
+    if not extracted.is_dir():
+        raise FetchError(f"{archive_url} does not contain a top-level folder {model!r}")
+    target = dest / model
+    _replace(extracted, target)
+    shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _expected_digest(url: str, timeout: float) -> str | None:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            text = response.read(4096).decode("ascii", errors="replace")
+    except urllib.error.HTTPError as error:
+        if error.code == 404:
+            return None
+        raise FetchError(f"cannot read {url}: {error}") from error
+    except (urllib.error.URLError, OSError) as error:
+        raise FetchError(f"cannot read {url}: {error}") from error
+    digest = text.split()[0].lower() if text.split() else ""
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise FetchError(f"{url} does not hold a sha256 digest")
+    return digest
+
+
+def _replace(source: Path, target: Path) -> None:
+    """Move `source` to `target`, replacing a previous copy (an init container can run again)."""
+    if target.exists():
+        shutil.rmtree(target)
+    source.rename(target)
