@@ -43,24 +43,20 @@ def triton_server_factory(tmp_path: Path) -> Iterator[Callable[..., TritonServer
 
 @pytest.fixture
 def prometheus_factory(tmp_path: Path) -> Iterator[Callable[..., Prometheus]]:
-    started: list[Prometheus] = []
-
-    def start(*args: Any, **kwargs: Any) -> Prometheus:
-        server = Prometheus(tmp_path / f"prometheus-{len(started)}", *args, **kwargs).start()
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
+    yield from _started_in(tmp_path, Prometheus, "prometheus")
 
 
 @pytest.fixture
 def alertmanager_factory(tmp_path: Path) -> Iterator[Callable[..., Alertmanager]]:
-    started: list[Alertmanager] = []
+    yield from _started_in(tmp_path, Alertmanager, "alertmanager")
 
-    def start(**kwargs: Any) -> Alertmanager:
-        server = Alertmanager(tmp_path / f"alertmanager-{len(started)}", **kwargs).start()
+
+def _started_in(tmp_path: Path, server_class: Any, name: str) -> Iterator[Callable[..., Any]]:
+    """A factory of servers, each in its own state dir under `tmp_path`, all stopped afterwards."""
+    started: list[Any] = []
+
+    def start(*args: Any, **kwargs: Any) -> Any:
+        server = server_class(tmp_path / f"{name}-{len(started)}", *args, **kwargs).start()
         started.append(server)
         return server
 

@@ -113,22 +113,14 @@ class LocalCluster:
         self, *args: str, input: str | None = None, check: bool = True, timeout: float = 60
     ) -> subprocess.CompletedProcess[str]:
         assert self.binaries is not None
-        result = subprocess.run(
-            [str(self.binaries.kubectl), f"--kubeconfig={self.kubeconfig}", *args],
-            input=input,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-        if check and result.returncode != 0:
-            raise subprocess.CalledProcessError(result.returncode, result.args, result.stdout, result.stderr)
-        return result
+        return self._client(self.binaries.kubectl, args, input=input, check=check, timeout=timeout)
 
     def kubectl_json(self, *args: str) -> dict:
         return json.loads(self.kubectl(*args, "-o", "json").stdout)
 
     def helm(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         assert self.binaries is not None
+        # helm keeps caches and repositories in the cluster's state, not in the user's home.
         helm_home = self.state_dir / "helm"
         env = {
             **self.env,
@@ -136,8 +128,22 @@ class LocalCluster:
             "HELM_CONFIG_HOME": str(helm_home / "config"),
             "HELM_DATA_HOME": str(helm_home / "data"),
         }
+        return self._client(self.binaries.helm, args, env=env, check=check, timeout=timeout)
+
+    def _client(
+        self,
+        program: Path,
+        args: Sequence[str],
+        *,
+        check: bool,
+        timeout: float,
+        input: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a client binary against this cluster; a failure carries its stderr."""
         result = subprocess.run(
-            [str(self.binaries.helm), f"--kubeconfig={self.kubeconfig}", *args],
+            [str(program), f"--kubeconfig={self.kubeconfig}", *args],
+            input=input,
             capture_output=True,
             text=True,
             env=env,
