@@ -200,15 +200,12 @@ class Demo:
             "GUARDEDMODEL_METRICS_PORT": str(self.ports["operator_metrics"]),
             "GUARDEDMODEL_HEALTH_ENDPOINT": f"http://127.0.0.1:{self.ports['health']}/healthz",
         }
-        operator = ManagedProcess(
-            "operator", [self.executable(), "operator"], self.state_dir / "logs" / "operator.log", env=env
-        ).start()
-        self.stack.callback(operator.stop)
-        wait_until(
-            "the operator's health endpoint",
-            lambda: http_ok(f"http://127.0.0.1:{self.ports['health']}/healthz"),
-            60,
-            process=operator,
+        operator = self.start_process(
+            "operator",
+            [self.executable(), "operator"],
+            env,
+            ready_url=f"http://127.0.0.1:{self.ports['health']}/healthz",
+            timeout=60,
         )
         self.operator = operator
         print(f"operator running (log {operator.log_path})")
@@ -250,18 +247,12 @@ class Demo:
         config["spoolDir"] = str(self.state_dir / "review-spool")
         config_path = self.state_dir / "sidecar.yaml"
         config_path.write_text(yaml.safe_dump(config))
-        sidecar = ManagedProcess(
+        sidecar = self.start_process(
             "sidecar",
             [self.executable(), "sidecar", "--config", str(config_path)],
-            self.state_dir / "logs" / "sidecar.log",
-            env=self.cluster.env,
-        ).start()
-        self.stack.callback(sidecar.stop)
-        wait_until(
-            "the sidecar to be ready",
-            lambda: http_ok(f"http://127.0.0.1:{self.ports['http']}/v2/health/ready"),
-            120,
-            process=sidecar,
+            self.cluster.env,
+            ready_url=f"http://127.0.0.1:{self.ports['http']}/v2/health/ready",
+            timeout=120,
         )
         self.sidecar = sidecar
         print(f"Triton {self.triton.http_url} (explicit model control, loopback only)")
@@ -438,6 +429,15 @@ class Demo:
         print(f"logs:        {self.state_dir / 'logs'}")
 
     # -- helpers -------------------------------------------------------------------------------
+    def start_process(
+        self, name: str, argv: list[str], env: dict[str, str], *, ready_url: str, timeout: float
+    ) -> ManagedProcess:
+        """Start a local process for the rest of the demo and wait until `ready_url` answers 2xx."""
+        process = ManagedProcess(name, argv, self.state_dir / "logs" / f"{name}.log", env=env).start()
+        self.stack.callback(process.stop)
+        wait_until(f"{name} at {ready_url}", lambda: http_ok(ready_url), timeout, process=process)
+        return process
+
     def executable(self) -> str:
         return str(Path(sys.executable).with_name("guardedmodel"))
 
