@@ -10,7 +10,8 @@ Exported (labels ``model``, ``version`` unless noted):
   guardedmodel_samples_total                       samples scored (a batch of 32 counts 32)
   guardedmodel_ood_samples_total                   samples whose OOD score is above the threshold
   guardedmodel_gate_refusals_total{model}          requests the input gate refused
-  guardedmodel_upstream_errors_total{model,code}   Triton errors and unreachable Triton
+  guardedmodel_upstream_errors_total{model,version,code}  Triton errors and unreachable Triton
+                                                   (version "" when no version was chosen yet)
   guardedmodel_confidence                          histogram of calibrated confidence per sample
   guardedmodel_ood_score{method}                   histogram of OOD scores per sample
   guardedmodel_estimated_accuracy                  mean calibrated confidence of the last window
@@ -212,7 +213,7 @@ class SidecarMetrics(Collector):
         self.versions: dict[str, VersionMetrics] = {}
         self.stages = {stage: _LatencyHistogram(LATENCY_BUCKETS) for stage in STAGES}
         self.gate_refusals = 0
-        self.upstream_errors: dict[str, int] = {}
+        self.upstream_errors: dict[tuple[str, str], int] = {}  # (version, code) -> count
         self.triton_ready = False
         # Read at scrape time from the parts that own the numbers.
         self.review_counts: Callable[[], dict[str, int]] = dict
@@ -231,8 +232,10 @@ class SidecarMetrics(Collector):
         if vm is not None:
             vm.decisions[decision] += 1
 
-    def count_upstream_error(self, code: str) -> None:
-        self.upstream_errors[code] = self.upstream_errors.get(code, 0) + 1
+    def count_upstream_error(self, code: str, version: str = "") -> None:
+        # Per version, so a canary's errors count against the canary and not the stable version.
+        key = (version, code)
+        self.upstream_errors[key] = self.upstream_errors.get(key, 0) + 1
 
     def close_windows(self) -> None:
         for vm in self.versions.values():
@@ -288,10 +291,12 @@ class SidecarMetrics(Collector):
         refusals.add_metric([self.model], self.gate_refusals)
         yield refusals
         upstream = CounterMetricFamily(
-            "guardedmodel_upstream_errors", "Errors from or reaching Triton", labels=["model", "code"]
+            "guardedmodel_upstream_errors",
+            "Errors from or reaching Triton",
+            labels=["model", "version", "code"],
         )
-        for code, count in self.upstream_errors.items():
-            upstream.add_metric([self.model, code], count)
+        for (version, code), count in self.upstream_errors.items():
+            upstream.add_metric([self.model, version, code], count)
         yield upstream
         stages = HistogramMetricFamily(
             "guardedmodel_stage_seconds", "Latency per request by stage", labels=["model", "stage"]

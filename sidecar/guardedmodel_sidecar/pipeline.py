@@ -439,7 +439,7 @@ class Pipeline:
             if guard is not None:
                 guard.metrics.decisions[REJECT] += 1
         else:
-            self.metrics.count_upstream_error(str(exc.http_status))
+            self.metrics.count_upstream_error(str(exc.http_status), guard.version if guard else "")
         self.metrics.stages["total"].observe(time.perf_counter() - started)
         self.audit.record(
             {

@@ -118,10 +118,10 @@ class SidecarTraffic:
                 vm.decisions[decision] += 1
                 self.metrics.stages["total"].observe(latency_s)
 
-    def upstream_errors(self, count: int, code: str = "503") -> None:
+    def upstream_errors(self, count: int, code: str = "503", version: str = "") -> None:
         with self.lock:
             for _ in range(count):
-                self.metrics.count_upstream_error(code)
+                self.metrics.count_upstream_error(code, version)
 
     def close_drift_windows(self) -> None:
         """End the sidecar's drift window: publishes drift score and estimated accuracy."""

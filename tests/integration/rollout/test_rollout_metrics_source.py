@@ -68,7 +68,7 @@ def test_figures_per_version(prometheus_factory: Callable[..., Prometheus], traf
         time.sleep(1.5)  # a scrape of the zero counters, so increase() sees the whole traffic
         traffic.serve("1", 200, review_fraction=0.1)
         traffic.serve("2", 50, ood_fraction=0.4, confidence=0.55, latency_s=0.3)
-        traffic.upstream_errors(5)
+        traffic.upstream_errors(5, version="2")
         traffic.close_drift_windows()
         other.serve("2", 500, ood_fraction=1.0)
 
@@ -99,10 +99,11 @@ def test_figures_per_version(prometheus_factory: Callable[..., Prometheus], traf
     # drift: version 2's confidences sit in one low bin, far from the reference
     assert v1.drift_score is not None and v2.drift_score is not None
     assert v2.drift_score > 0.5 and v2.drift_score > 3 * v1.drift_score
-    # upstream errors and latency carry no version label in the sidecar: model-wide
-    # (the error series is born inside the window and counts whole, unextrapolated)
-    assert v2.error_rate == pytest.approx(5 / (250 * scale + 5), rel=0.02)
-    assert "error_rate" in v2.model_wide
+    # upstream errors are counted per version (the error series is born inside the window
+    # and counts whole, unextrapolated); latency carries no version label: model-wide
+    assert v2.error_rate == pytest.approx(5 / (50 * scale + 5), rel=0.02)
+    assert "error_rate" not in v2.model_wide
+    assert v1.error_rate == 0.0
     assert v2.p99_latency_ms is not None and 250 <= v2.p99_latency_ms <= 1000
     assert "p99_latency_ms" in v2.model_wide
     # a version with no series at all: no data, not zeros

@@ -42,7 +42,7 @@ def test_counts_histograms_accuracy_and_drift_are_exported() -> None:
         conf = rng.uniform(0.5, 1.0, 3)
         vm.observe(conf, rng.integers(0, 3, 3), np.array([1.0, 3.0, 1.5]), rng.uniform(0, 1, (3, 2)))
         vm.decisions["accept"] += 1
-    metrics.count_upstream_error("503")
+    metrics.count_upstream_error("503", "2")
     metrics.gate_refusals += 2
     metrics.stages["total"].observe(0.0004)
     values = samples(metrics)
@@ -52,7 +52,10 @@ def test_counts_histograms_accuracy_and_drift_are_exported() -> None:
     assert values[("guardedmodel_ood_samples_total", lv)] == 5
     assert values[("guardedmodel_confidence_count", lv)] == 15
     assert values[("guardedmodel_gate_refusals_total", (("model", "m"),))] == 2
-    assert values[("guardedmodel_upstream_errors_total", (("code", "503"), ("model", "m")))] == 1
+    assert (
+        values[("guardedmodel_upstream_errors_total", (("code", "503"), ("model", "m"), ("version", "2")))]
+        == 1
+    )
     assert values[("guardedmodel_stage_seconds_count", (("model", "m"), ("stage", "total")))] == 1
     assert math.isnan(values[("guardedmodel_estimated_accuracy", lv)])  # no window closed yet
 
