@@ -86,17 +86,23 @@ def grpc_infer(url: str, x: np.ndarray, *, outputs: list[str] | None = None, **k
     return client.infer(MODEL, [inp], outputs=requested, **kw)
 
 
-def audit_count(directory: Path) -> int:
-    return sum(1 for _ in iter_records(directory)) if directory.exists() else 0
+def records_with_prefix(directory: Path, prefix: str) -> list[dict[str, Any]]:
+    return (
+        [r for r in iter_records(directory) if str(r.get("id", "")).startswith(prefix)]
+        if directory.exists()
+        else []
+    )
 
 
-def wait_audit(directory: Path, expected: int, timeout: float = 10.0) -> int:
+def wait_records(directory: Path, prefix: str, expected: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+    """The audit records of this test's requests only: the writer is asynchronous, so an earlier
+    test's records may still be landing when this one starts, and counting lines would mix them in."""
     deadline = time.monotonic() + timeout
-    count = audit_count(directory)
-    while count < expected and time.monotonic() < deadline:
+    records = records_with_prefix(directory, prefix)
+    while len(records) < expected and time.monotonic() < deadline:
         time.sleep(0.05)
-        count = audit_count(directory)
-    return count
+        records = records_with_prefix(directory, prefix)
+    return records
 
 
 # ------------------------------------------------------------------------------------- same answers
@@ -180,23 +186,22 @@ GARBAGE = [
 def test_garbage_is_refused_with_a_reason_over_http_and_grpc(stack, what, corrupt, message) -> None:
     _, sidecar, _ = stack
     x = corrupt(toy_data().sample(2, seed=5)[0])
-    before = audit_count(sidecar.audit_dir)
+    prefix = f"garbage-{what.replace(' ', '-')}-"
     with pytest.raises(InferenceServerException) as http_error:
-        http_infer(sidecar.http_url, x)
+        http_infer(sidecar.http_url, x, request_id=prefix + "binary")
     assert http_error.value.status() == "400"
     assert "INPUT" in http_error.value.message() and re.search(message, http_error.value.message())
     with pytest.raises(InferenceServerException) as json_error:
-        http_infer(sidecar.http_url, x, binary=False)
+        http_infer(sidecar.http_url, x, binary=False, request_id=prefix + "json")
     assert json_error.value.status() == "400" and re.search(message, json_error.value.message())
     with pytest.raises(InferenceServerException) as grpc_error:
-        grpc_infer(sidecar.grpc_url, x)
+        grpc_infer(sidecar.grpc_url, x, request_id=prefix + "grpc")
     assert grpc_error.value.status() == "StatusCode.INVALID_ARGUMENT"
     assert "INPUT" in grpc_error.value.message()
-    records = (
-        list(iter_records(sidecar.audit_dir))[before:] if wait_audit(sidecar.audit_dir, before + 3) else []
-    )
-    assert [r["decision"] for r in records[-3:]] == ["reject"] * 3
-    assert all(r["status"] == 400 and "INPUT" in r["error"] for r in records[-3:])
+    records = wait_records(sidecar.audit_dir, prefix, 3)
+    assert sorted(r["id"] for r in records) == [prefix + "binary", prefix + "grpc", prefix + "json"]
+    assert [r["decision"] for r in records] == ["reject"] * 3
+    assert all(r["status"] == 400 and "INPUT" in r["error"] for r in records)
 
 
 def test_unknown_input_and_model_are_refused(stack) -> None:
@@ -257,29 +262,31 @@ def test_low_confidence_goes_to_the_webhook_and_the_caller_hears_review(stack) -
 def test_audit_records_equal_requests_under_concurrency(stack) -> None:
     _, sidecar, _ = stack
     data = toy_data()
-    before = wait_audit(sidecar.audit_dir, 0, timeout=0.3)
-    time.sleep(0.3)
-    before = audit_count(sidecar.audit_dir)
     good = data.sample(1, seed=10)[0]
     bad = np.full((1, 8), np.nan, np.float32)
+    prefix = "concurrent-"
 
     def one(i: int) -> str:
         x = bad if i % 5 == 0 else good
         try:
             if i % 2:
-                return (
-                    grpc_infer(sidecar.grpc_url, x).get_response().parameters["guard_decision"].string_param
-                )
-            return http_infer(sidecar.http_url, x).get_response()["parameters"]["guard_decision"]
+                response = grpc_infer(sidecar.grpc_url, x, request_id=f"{prefix}{i}").get_response()
+                return response.parameters["guard_decision"].string_param
+            return http_infer(sidecar.http_url, x, request_id=f"{prefix}{i}").get_response()["parameters"][
+                "guard_decision"
+            ]
         except InferenceServerException:
             return "refused"
 
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
         outcomes = list(pool.map(one, range(400)))
     assert outcomes.count("refused") == 80
-    assert wait_audit(sidecar.audit_dir, before + 400) == before + 400
+    assert len(wait_records(sidecar.audit_dir, prefix, 400)) == 400
     time.sleep(0.3)  # nothing more than one record per request either
-    assert audit_count(sidecar.audit_dir) == before + 400
+    records = records_with_prefix(sidecar.audit_dir, prefix)
+    assert sorted(r["id"] for r in records) == sorted(f"{prefix}{i}" for i in range(400))
+    refused = {r["id"] for r in records if r["decision"] == "reject"}
+    assert refused == {f"{prefix}{i}" for i in range(0, 400, 5)}
     samples = list(iter_records(sidecar.audit_dir, "samples"))
     assert samples and all("b64" in s["inputs"][0] for s in samples)
 
