@@ -418,7 +418,7 @@ class Pipeline:
                 "stage": "decode",
                 "error": exc.message,
                 "batch": 0,
-                "input_digest": hashlib.blake2b(body, digest_size=16).hexdigest(),
+                "input_digest": hashlib.sha256(body).hexdigest()[:32],
             }
         )
 
@@ -458,10 +458,15 @@ class Pipeline:
 
 
 def _digest(request: InferRequest) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    for tensor in request.inputs:
+    """SHA-256 of the inputs' v2 binary form, first 128 bits: SHA-256 runs in hardware on the
+    CPUs we serve on (about twice as fast as blake2b here), and 128 bits identify a payload."""
+    inputs = request.inputs
+    if len(inputs) == 1:
+        return hashlib.sha256(inputs[0].raw).hexdigest()[:32]
+    h = hashlib.sha256()
+    for tensor in inputs:
         h.update(tensor.raw)
-    return h.hexdigest()
+    return h.hexdigest()[:32]
 
 
 _PREVIEW_BYTES = 1 << 20

@@ -11,6 +11,7 @@ small matrix products.
 
 from __future__ import annotations
 
+import math
 from typing import Protocol
 
 import numpy as np
@@ -44,6 +45,17 @@ def _as_logits(logits: np.ndarray, num_classes: int | None = None) -> np.ndarray
         want = f"(batch, {num_classes})" if num_classes is not None else "(batch, classes)"
         raise ScorerError(f"logits must have shape {want}, got {np.shape(logits)}")
     return x
+
+
+def _batch_of(logits: np.ndarray, num_classes: int) -> int:
+    """The batch size of ``logits`` (checked like ``_as_logits``) for scorers that only need that:
+    converting the logits to float64 just to count rows costs more than the check."""
+    shape = np.shape(logits)
+    if len(shape) == 1 and shape[0] == num_classes:
+        return 1
+    if len(shape) == 2 and shape[1] == num_classes:
+        return int(shape[0])
+    raise ScorerError(f"logits must have shape (batch, {num_classes}), got {shape}")
 
 
 def logsumexp(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -95,7 +107,11 @@ class _FeatureScorer:
     def _features(self, features: np.ndarray | None, batch: int, dtype: type = np.float64) -> np.ndarray:
         if features is None:
             raise ScorerError(f"the {self.method} OOD score needs the model's features; none were given")
-        f: np.ndarray = np.asarray(features, dtype=dtype)
+        f: np.ndarray = (
+            features.astype(dtype)
+            if isinstance(features, np.ndarray) and features.dtype != dtype
+            else np.asarray(features, dtype=dtype)
+        )
         if f.ndim == 1:
             f = f[None, :]
         if f.ndim != 2 or f.shape[1] != self.feature_dim or f.shape[0] != batch:
@@ -114,23 +130,46 @@ class MahalanobisScorer(_FeatureScorer):
     def __init__(self, params: MahalanobisParams, num_classes: int, feature_dim: int) -> None:
         super().__init__(num_classes, feature_dim)
         whitener = _psd_square_root(np.asarray(params.precision, dtype=np.float64))
-        # With P = L L^T: (f - mu)^T P (f - mu) = |f L|^2 - 2 (f L).(mu L) + |mu L|^2
-        self._whitener = np.ascontiguousarray(whitener)
-        means_w = np.asarray(params.class_means, dtype=np.float64) @ whitener
-        self._minus_two_means_t = np.ascontiguousarray(-2.0 * means_w.T)  # (D, C)
+        # With P = L L^T and z = f L: (f - mu)^T P (f - mu) = |z|^2 - 2 z.(mu L) + |mu L|^2.
+        # [L | -2 L (M L)^T] gives z and every cross term in one product, so a request costs
+        # one matrix product and a few reductions whatever the number of classes.
+        means_w = np.asarray(params.class_means, dtype=np.float64) @ whitener  # (C, D)
+        self._projection = np.ascontiguousarray(np.hstack([whitener, -2.0 * whitener @ means_w.T]))
         self._mean_norms = np.sum(means_w * means_w, axis=1)  # (C,)
+        self._mean_norm_list: list[float] = self._mean_norms.tolist()
         self._normalise = bool(params.normalise)
 
     def score(self, logits: np.ndarray, features: np.ndarray | None) -> np.ndarray:
-        batch = _as_logits(logits, self.num_classes).shape[0]
+        batch = _batch_of(logits, self.num_classes)
         f = self._features(features, batch)
+        if batch == 1:
+            return np.array([self._score_row(f[0])])
+        d = self.feature_dim
+        y = f @ self._projection
+        z, cross = y[:, :d], y[:, d:]
+        squared = np.einsum("ij,ij->i", z, z)
         if self._normalise:
-            f = f / np.maximum(np.sqrt(np.einsum("ij,ij->i", f, f)), 1e-12)[:, None]
-        z = f @ self._whitener
-        cross = z @ self._minus_two_means_t
-        cross += self._mean_norms
-        out = np.einsum("ij,ij->i", z, z) + np.min(cross, axis=1)
+            # z and the cross terms of f / |f| are those of f scaled by 1 / |f| (and 1 / |f|^2).
+            inv = 1.0 / np.maximum(np.sqrt(np.einsum("ij,ij->i", f, f)), 1e-12)
+            squared *= inv * inv
+            cross = cross * inv[:, None]
+        out = squared + np.min(cross + self._mean_norms, axis=1)
         return np.maximum(out, 0.0, out=out)  # the expansion can dip below 0 by rounding
+
+    def _score_row(self, f: np.ndarray) -> float:
+        """One row: one product, one dot, the rest on C Python floats (numpy calls on
+        C-element arrays cost more than the arithmetic)."""
+        d = self.feature_dim
+        y = np.dot(f, self._projection)  # np.dot: less dispatch than the @ operator on 1-D rows
+        z = y[:d]
+        squared = float(np.dot(z, z))
+        cross = y[d:].tolist()
+        scale = 1.0
+        if self._normalise:
+            scale = 1.0 / max(math.sqrt(float(np.dot(f, f))), 1e-12)
+            squared *= scale * scale
+        nearest = min(c * scale + m for c, m in zip(cross, self._mean_norm_list, strict=True))
+        return max(squared + nearest, 0.0)
 
 
 class KnnScorer(_FeatureScorer):
@@ -144,7 +183,7 @@ class KnnScorer(_FeatureScorer):
         self._k = int(params.k)
 
     def score(self, logits: np.ndarray, features: np.ndarray | None) -> np.ndarray:
-        batch = _as_logits(logits, self.num_classes).shape[0]
+        batch = _batch_of(logits, self.num_classes)
         f = self._features(features, batch, np.float32)
         norms = np.sqrt(np.einsum("ij,ij->i", f, f))
         sims = f @ self._bank_t

@@ -100,6 +100,23 @@ def test_mahalanobis_auroc_matches_the_optimal_test_for_a_scale_shift(rng: np.ra
     assert auroc == pytest.approx(stats.f.cdf(s**2, d, d), abs=0.015)
 
 
+@pytest.mark.parametrize("batch", [1, 9])
+def test_normalised_mahalanobis_is_the_distance_of_the_unit_feature(
+    rng: np.random.Generator, batch: int
+) -> None:
+    d, c = 6, 3
+    a = rng.normal(size=(d, d))
+    precision = np.linalg.inv(a @ a.T + 0.5 * np.eye(d))
+    means = rng.normal(size=(c, d))
+    means /= np.linalg.norm(means, axis=1, keepdims=True)
+    scorer = MahalanobisScorer(MahalanobisParams(means, precision, normalise=True), c, d)
+    features = 3.0 * rng.normal(size=(batch, d)).astype(np.float32)
+    unit = features / np.linalg.norm(features, axis=1, keepdims=True)
+    diffs = unit[:, None, :] - means[None]
+    expected = np.einsum("ncd,de,nce->nc", diffs, precision, diffs).min(axis=1)
+    assert np.allclose(scorer.score(np.zeros((batch, c)), features), expected, rtol=1e-5, atol=1e-6)
+
+
 def test_feature_methods_refuse_an_artifact_without_features(rng: np.random.Generator) -> None:
     logits_only = make_artifact(rng, with_features=False)
     assert make_ood_scorer("energy", logits_only).score(np.zeros((2, C)), None).shape == (2,)
