@@ -27,15 +27,16 @@ from guardedmodel_sidecar.protocol.model import InferRequest, Tensor
 
 _minimum = np.minimum.reduce
 _maximum = np.maximum.reduce
-_ONES: dict[tuple[int, np.dtype], np.ndarray] = {}
+_ONES: dict[tuple[int, str], np.ndarray] = {}
 
 
 def _ones(n: int, dtype: np.dtype) -> np.ndarray:
-    ones = _ONES.get((n, dtype))
+    key = (n, dtype.char)  # a one-letter string hashes faster than a dtype
+    ones = _ONES.get(key)
     if ones is None:
         if len(_ONES) > 64:  # inputs with a free dimension come in many sizes; keep a few
             _ONES.clear()
-        ones = _ONES[(n, dtype)] = np.ones(n, dtype=dtype)
+        ones = _ONES[key] = np.ones(n, dtype=dtype)
     return ones
 
 
@@ -129,10 +130,10 @@ class InputGate:
         assert array is not None
         spec = compiled.spec
         lo_ok = hi_ok = True
+        flat = array.reshape(-1)
         if compiled.is_float or spec.min is not None or spec.max is not None:
             # NaN propagates through min/max, so two reductions cover NaN, Inf and the range.
             # The ufuncs' own reduce skips ndarray.min's Python wrapper (a third of its cost here).
-            flat = array.reshape(-1)
             low = float(_minimum(flat))
             high = float(_maximum(flat))
             if compiled.is_float and not (math.isfinite(low) and math.isfinite(high)):
@@ -143,17 +144,16 @@ class InputGate:
                 raise InputRefused(self._describe_range(tensor.name, array, spec))
         reference = compiled.reference
         if reference is not None and compiled.is_float:
-            self._check_reference(tensor.name, array, reference, flags)
+            self._check_reference(tensor.name, array, flat, reference, flags)
 
     def _check_reference(
-        self, name: str, array: np.ndarray, reference: InputReference, flags: list[str]
+        self, name: str, array: np.ndarray, flat: np.ndarray, reference: InputReference, flags: list[str]
     ) -> None:
         m_lo, m_hi = reference.sample_mean_range
         s_lo, s_hi = reference.sample_std_range
         if array.shape[0] == 1:
             # One sample: two dot products and Python floats beat a dozen numpy calls on tiny
             # arrays (a dot with ones is a sum at BLAS speed, ~2.5x cheaper than ndarray.sum).
-            flat = array.reshape(-1)
             n = flat.shape[0]
             mean = float(np.dot(flat, _ones(n, flat.dtype))) / n
             std = math.sqrt(max(float(np.dot(flat, flat)) / n - mean * mean, 0.0))
