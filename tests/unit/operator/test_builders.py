@@ -19,6 +19,7 @@ from guardedmodel_operator.builders import (
 from guardedmodel_operator.config import OperatorConfig
 from guardedmodel_operator.labels import SPEC_HASH_ANNOTATION
 from guardedmodel_operator.spec import parse_spec
+from guardedmodel_sidecar.config import parse_config
 
 CONFIG = OperatorConfig(triton_image="triton:test", sidecar_image="sidecar:test")
 
@@ -189,7 +190,9 @@ def test_configmap_renders_the_sidecar_contract(minimal_body: dict[str, Any]) ->
         "listen",
         "auditDir",
         "spoolDir",
+        "tuning",
     ]
+    assert document["tuning"] == {"microBatching": {"enabled": False, "maxBatch": 64, "maxInflight": 2}}
     assert document["guardedModel"] == {"namespace": "ml", "name": "classifier"}
     assert document["routing"] == {"stableVersion": "1", "canaryVersion": None, "canaryWeight": 0}
     assert document["triton"] == {"httpUrl": "127.0.0.1:8000", "grpcUrl": "127.0.0.1:8001"}
@@ -201,6 +204,13 @@ def test_configmap_renders_the_sidecar_contract(minimal_body: dict[str, Any]) ->
     assert spec["model"] == {"name": "classifier", "repository": "pvc://models/classifiers", "version": "1"}
     assert spec["gate"]["ood"] == {"method": "energy", "action": "reject"}  # defaults applied, camelCase
     assert spec["confidence"]["reviewBelow"] == 0.5
+
+
+def test_micro_batching_from_the_spec_reaches_the_sidecar(minimal_body: dict[str, Any]) -> None:
+    minimal_body["spec"]["sidecar"] = {"microBatching": {"enabled": True, "maxInflight": 4}}
+    document = yaml.safe_load(build_configmap(context(minimal_body))["data"]["sidecar.yaml"])
+    tuning = parse_config(document).tuning.micro_batching
+    assert (tuning.enabled, tuning.max_batch, tuning.max_inflight) == (True, 64, 4)
 
 
 def test_configmap_routing_follows_status(minimal_body: dict[str, Any]) -> None:
