@@ -22,7 +22,7 @@ it by hand. Keys (camelCase, as in the GuardedModel API)::
       maxRequestBytes: 67108864              # larger bodies are refused with 413
       maxBatch: 1024                         # larger batch dimensions are refused by the gate
       loadVersions: true                     # load routed versions through Triton's repository API
-      microBatching: {enabled: false, maxBatch: 64, maxInflight: 2}
+      microBatching: {enabled: false, maxBatch: 64, maxInflight: 2}   # from spec.sidecar.microBatching
       workers: 1                             # >1: that many processes share the HTTP/gRPC ports
                                              # (SO_REUSEPORT); worker i serves metrics on metrics+i
                                              # and audits into auditDir/worker-i

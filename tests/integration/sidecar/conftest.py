@@ -132,6 +132,32 @@ class SidecarProcess:
             return self.popen.wait(timeout=5)
 
 
+def launch_sidecar(
+    config: dict[str, Any], workdir: Path, name: str, *, extra_args: tuple[str, ...] = ()
+) -> SidecarProcess:
+    """Start ``guardedmodel sidecar`` on ``config`` as its own process (not yet waited for)."""
+    config_path = workdir / f"{name}.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    proc = SidecarProcess(config, workdir / f"{name}.log")
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    with proc.log_path.open("ab") as log:
+        proc.popen = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "guardedmodel_cli.main",
+                "sidecar",
+                "--config",
+                str(config_path),
+                *extra_args,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    return proc
+
+
 @pytest.fixture
 def sidecar_factory(tmp_path: Path) -> Iterator[Callable[..., SidecarProcess]]:
     started: list[SidecarProcess] = []
@@ -139,26 +165,7 @@ def sidecar_factory(tmp_path: Path) -> Iterator[Callable[..., SidecarProcess]]:
     def start(
         config: dict[str, Any], *, extra_args: tuple[str, ...] = (), wait: bool = True
     ) -> SidecarProcess:
-        index = len(started)
-        config_path = tmp_path / f"sidecar-{index}.yaml"
-        config_path.write_text(yaml.safe_dump(config))
-        proc = SidecarProcess(config, tmp_path / f"sidecar-{index}.log")
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        with proc.log_path.open("ab") as log:
-            proc.popen = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "guardedmodel_cli.main",
-                    "sidecar",
-                    "--config",
-                    str(config_path),
-                    *extra_args,
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
+        proc = launch_sidecar(config, tmp_path, f"sidecar-{len(started)}", extra_args=extra_args)
         started.append(proc)
         if wait:
             proc.wait_ready()

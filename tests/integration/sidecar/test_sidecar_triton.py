@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from conftest import SidecarProcess, WebhookReceiver, sidecar_config
+from conftest import SidecarProcess, WebhookReceiver, launch_sidecar, sidecar_config
 from prometheus_client.parser import text_string_to_metric_families
 from sidecar_toy import MODEL, reference_outputs, toy_data
 from tritonclient.utils import InferenceServerException
@@ -39,26 +39,7 @@ def stack(
         work,
         spec={"confidence": {"reviewBelow": 0.8, "review": {"webhook": receiver.url, "maxFraction": 1.0}}},
     )
-    import subprocess
-    import sys
-
-    import yaml
-
-    (work / "sidecar.yaml").write_text(yaml.safe_dump(config))
-    proc = SidecarProcess(config, work / "sidecar.log")
-    with proc.log_path.open("ab") as log:
-        proc.popen = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "guardedmodel_cli.main",
-                "sidecar",
-                "--config",
-                str(work / "sidecar.yaml"),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    proc = launch_sidecar(config, work, "sidecar")
     try:
         proc.wait_ready()
         yield triton, proc, receiver
