@@ -35,6 +35,7 @@ from guardedmodel_sidecar.routing import (
     ensure_loaded,
     local_model_config,
 )
+from guardedmodel_sidecar.triton_metrics import QueueCounters, follow_triton_queue
 from guardedmodel_sidecar.upstream import TritonHttp
 
 log = logging.getLogger(__name__)
@@ -188,6 +189,9 @@ class SidecarApp:
                 await self.apply_routing(self._pending_routing)
             await asyncio.sleep(self.health_interval_s)
 
+    def _publish_queue(self, counters: dict[str, QueueCounters]) -> None:
+        self.metrics.triton_queue = {v: (c.queue_seconds, c.requests) for v, c in counters.items()}
+
     async def _drift_windows(self) -> None:
         while True:
             await asyncio.sleep(self.config.spec.drift_window_s)
@@ -212,6 +216,18 @@ class SidecarApp:
             spawn(self.review.run_sender(), name="review-sender"),
             spawn(self._drift_windows(), name="drift-windows"),
         ]
+        if self.config.triton_metrics_url:
+            self._tasks.append(
+                spawn(
+                    follow_triton_queue(
+                        self.config.triton_metrics_url,
+                        self.config.spec.model.name,
+                        self.config.tuning.triton_metrics_interval_s,
+                        self._publish_queue,
+                    ),
+                    name="triton-queue",
+                )
+            )
         if self.config.guarded_model is not None:
             namespace, name = self.config.guarded_model
             try:

@@ -13,7 +13,9 @@ it by hand. Keys (camelCase, as in the GuardedModel API)::
       audit: {enabled: true, sampleRate: 0.01}
       drift: {window: 60s}
     routing: {stableVersion: "1", canaryVersion: null, canaryWeight: 0}   # initial / standalone routing
-    triton: {httpUrl: "127.0.0.1:8000", grpcUrl: "127.0.0.1:8001"}
+    triton: {httpUrl: "127.0.0.1:8000", grpcUrl: "127.0.0.1:8001", metricsUrl: "127.0.0.1:8002"}
+                                             # metricsUrl (optional): Triton's queue time is read
+                                             # there and republished for the operator's scaler
     modelRepository: /models                 # local path where <model>/<version>/guard/ is readable
     listen: {host: 0.0.0.0, http: 8080, grpc: 8081, metrics: 9090}
     auditDir: /var/lib/guardedmodel/audit
@@ -23,6 +25,7 @@ it by hand. Keys (camelCase, as in the GuardedModel API)::
       maxBatch: 1024                         # larger batch dimensions are refused by the gate
       loadVersions: true                     # load routed versions through Triton's repository API
       microBatching: {enabled: false, maxBatch: 64, maxInflight: 2}   # from spec.sidecar.microBatching
+      tritonMetricsInterval: 5s              # how often Triton's metrics are read (metricsUrl)
       workers: 1                             # >1: that many processes share the HTTP/gRPC ports
                                              # (SO_REUSEPORT); worker i serves metrics on metrics+i
                                              # and audits into auditDir/worker-i
@@ -131,6 +134,7 @@ class Tuning:
     listen_when_ready: bool = False
     logits_output: str | None = None
     features_output: str | None = None
+    triton_metrics_interval_s: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -147,6 +151,7 @@ class SidecarConfig:
     routing: Routing
     triton_http_url: str = "127.0.0.1:8000"
     triton_grpc_url: str = "127.0.0.1:8001"
+    triton_metrics_url: str | None = None  # host:port of Triton's metrics endpoint
     model_repository: Path | None = None
     listen: Listen = field(default_factory=Listen)
     audit_dir: Path = Path("/var/lib/guardedmodel/audit")
@@ -285,6 +290,7 @@ def parse_config(data: Mapping[str, Any]) -> SidecarConfig:
         routing=routing,
         triton_http_url=_strip_scheme(str(triton.get("httpUrl", "127.0.0.1:8000"))),
         triton_grpc_url=_strip_scheme(str(triton.get("grpcUrl", "127.0.0.1:8001"))),
+        triton_metrics_url=_strip_scheme(str(triton["metricsUrl"])) if triton.get("metricsUrl") else None,
         model_repository=Path(repo) if repo else None,
         listen=Listen(
             host=str(listen.get("host", "0.0.0.0")),
@@ -309,6 +315,10 @@ def parse_config(data: Mapping[str, Any]) -> SidecarConfig:
             workers=max(1, int(tuning.get("workers", defaults.workers))),
             logits_output=tuning.get("logitsOutput"),
             features_output=tuning.get("featuresOutput"),
+            triton_metrics_interval_s=parse_duration(
+                tuning.get("tritonMetricsInterval", defaults.triton_metrics_interval_s),
+                "tuning.tritonMetricsInterval",
+            ),
         ),
     )
 
@@ -395,7 +405,11 @@ def dump_config(config: SidecarConfig) -> dict[str, Any]:
             "canaryVersion": config.routing.canary_version,
             "canaryWeight": config.routing.canary_weight,
         },
-        "triton": {"httpUrl": config.triton_http_url, "grpcUrl": config.triton_grpc_url},
+        "triton": {
+            "httpUrl": config.triton_http_url,
+            "grpcUrl": config.triton_grpc_url,
+            **({"metricsUrl": config.triton_metrics_url} if config.triton_metrics_url else {}),
+        },
         **({"modelRepository": str(config.model_repository)} if config.model_repository else {}),
         "listen": {
             "host": config.listen.host,
@@ -417,5 +431,6 @@ def dump_config(config: SidecarConfig) -> dict[str, Any]:
             "auditRotateBytes": config.tuning.audit_rotate_bytes,
             "reviewRetries": config.tuning.review_retries,
             "workers": config.tuning.workers,
+            "tritonMetricsInterval": f"{config.tuning.triton_metrics_interval_s}s",
         },
     }

@@ -225,6 +225,8 @@ class SidecarMetrics(Collector):
         self.gate_refusals = 0
         self.upstream_errors: dict[tuple[str, str], int] = {}  # (version, code) -> count
         self.triton_ready = False
+        # version -> (queue seconds, requests) since Triton started, as Triton last reported them.
+        self.triton_queue: dict[str, tuple[float, float]] = {}
         # Read at scrape time from the parts that own the numbers.
         self.review_counts: Callable[[], dict[str, int]] = dict
         self.spool_depth: Callable[[], int] = lambda: 0
@@ -327,6 +329,21 @@ class SidecarMetrics(Collector):
         yield CounterMetricFamily(
             "guardedmodel_audit_records", "Audit records written", value=self.audit_records()
         )
+        queue = CounterMetricFamily(
+            "guardedmodel_triton_queue_seconds",
+            "Time requests waited in Triton's queue, as Triton reports it (the scaler's signal)",
+            labels=["model", "version"],
+        )
+        served = CounterMetricFamily(
+            "guardedmodel_triton_requests",
+            "Requests Triton completed, as Triton reports it",
+            labels=["model", "version"],
+        )
+        for version, (seconds, completed) in self.triton_queue.items():
+            queue.add_metric([self.model, version], seconds)
+            served.add_metric([self.model, version], completed)
+        yield queue
+        yield served
         yield GaugeMetricFamily(
             "guardedmodel_triton_ready",
             "1 when Triton answers ready",

@@ -18,6 +18,7 @@ from .common import (
     STATE_DIR,
     TRITON_GRPC_PORT,
     TRITON_HTTP_PORT,
+    TRITON_METRICS_PORT,
     BuildContext,
 )
 
@@ -35,6 +36,8 @@ def render_sidecar_config(ctx: BuildContext) -> dict[str, Any]:
         "triton": {
             "httpUrl": f"127.0.0.1:{TRITON_HTTP_PORT}",
             "grpcUrl": f"127.0.0.1:{TRITON_GRPC_PORT}",
+            # Triton's queue time, republished by the sidecar for the scaler.
+            "metricsUrl": f"127.0.0.1:{TRITON_METRICS_PORT}",
         },
         "modelRepository": MODEL_REPOSITORY_PATH,
         "listen": {"host": "0.0.0.0", "http": HTTP_PORT, "grpc": GRPC_PORT, "metrics": METRICS_PORT},

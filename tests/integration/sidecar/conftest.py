@@ -62,7 +62,11 @@ def sidecar_config(
     return {
         "spec": base_spec,
         "routing": routing or {"stableVersion": "1", "canaryVersion": None, "canaryWeight": 0},
-        "triton": {"httpUrl": triton.http_url, "grpcUrl": triton.grpc_url},
+        "triton": {
+            "httpUrl": triton.http_url,
+            "grpcUrl": triton.grpc_url,
+            "metricsUrl": f"127.0.0.1:{triton.metrics_port}",
+        },
         "modelRepository": str(repository),
         "listen": {"host": "127.0.0.1", "http": free_port(), "grpc": free_port(), "metrics": free_port()},
         "auditDir": str(workdir / "audit"),

@@ -38,6 +38,7 @@ def stack(
         toy_repository,
         work,
         spec={"confidence": {"reviewBelow": 0.8, "review": {"webhook": receiver.url, "maxFraction": 1.0}}},
+        tuning={"tritonMetricsInterval": "0.2s"},
     )
     proc = launch_sidecar(config, work, "sidecar")
     try:
@@ -270,6 +271,32 @@ def test_audit_records_equal_requests_under_concurrency(stack) -> None:
     assert refused == {f"{prefix}{i}" for i in range(0, 400, 5)}
     samples = list(iter_records(sidecar.audit_dir, "samples"))
     assert samples and all("b64" in s["inputs"][0] for s in samples)
+
+
+def test_triton_queue_time_is_republished_per_version(stack) -> None:
+    """The operator's scaler reads Triton's queue time from the sidecar's metrics port."""
+    _, sidecar, _ = stack
+
+    def served() -> tuple[float, float]:
+        values = {
+            (s.name, s.labels.get("version")): s.value
+            for f in text_string_to_metric_families(sidecar.metrics())
+            for s in f.samples
+        }
+        return (
+            values.get(("guardedmodel_triton_requests_total", "1"), 0.0),
+            values.get(("guardedmodel_triton_queue_seconds_total", "1"), -1.0),
+        )
+
+    before, _ = served()
+    for i in range(5):
+        http_infer(sidecar.http_url, toy_data().sample(1, seed=30 + i)[0])
+    deadline = time.monotonic() + 10
+    while served()[0] < before + 5 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    completed, queue_seconds = served()
+    assert completed >= before + 5
+    assert 0.0 <= queue_seconds < completed  # cumulative seconds: well under a second per request here
 
 
 def test_metrics_are_exposed_and_parseable(stack) -> None:

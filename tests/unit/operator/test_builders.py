@@ -195,7 +195,11 @@ def test_configmap_renders_the_sidecar_contract(minimal_body: dict[str, Any]) ->
     assert document["tuning"] == {"microBatching": {"enabled": False, "maxBatch": 64, "maxInflight": 2}}
     assert document["guardedModel"] == {"namespace": "ml", "name": "classifier"}
     assert document["routing"] == {"stableVersion": "1", "canaryVersion": None, "canaryWeight": 0}
-    assert document["triton"] == {"httpUrl": "127.0.0.1:8000", "grpcUrl": "127.0.0.1:8001"}
+    assert document["triton"] == {
+        "httpUrl": "127.0.0.1:8000",
+        "grpcUrl": "127.0.0.1:8001",
+        "metricsUrl": "127.0.0.1:8002",
+    }
     assert document["modelRepository"] == "/models"
     assert document["listen"] == {"host": "0.0.0.0", "http": 8080, "grpc": 8081, "metrics": 9090}
     assert document["auditDir"] == "/var/lib/guardedmodel/audit"

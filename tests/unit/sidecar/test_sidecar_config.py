@@ -22,7 +22,11 @@ FULL = {
         "drift": {"window": "5m"},
     },
     "routing": {"stableVersion": "3", "canaryVersion": "4", "canaryWeight": 10},
-    "triton": {"httpUrl": "127.0.0.1:8000", "grpcUrl": "127.0.0.1:8001"},
+    "triton": {
+        "httpUrl": "127.0.0.1:8000",
+        "grpcUrl": "127.0.0.1:8001",
+        "metricsUrl": "http://127.0.0.1:8002",
+    },
     "modelRepository": "/models",
     "listen": {"host": "0.0.0.0", "http": 8080, "grpc": 8081, "metrics": 9090},
     "auditDir": "/var/lib/guardedmodel/audit",
@@ -44,6 +48,7 @@ def test_the_agreed_file_parses_into_one_typed_object() -> None:
     assert config.spec.drift_window_s == 300.0 and config.spec.sample_rate == 0.01
     assert config.routing.versions() == ("3", "4") and config.routing.canary_weight == 10
     assert config.listen.metrics == 9090 and str(config.model_repository) == "/models"
+    assert config.triton_metrics_url == "127.0.0.1:8002" and config.tuning.triton_metrics_interval_s == 5.0
     assert parse_config(dump_config(config)) == config
 
 
