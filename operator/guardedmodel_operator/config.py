@@ -68,6 +68,10 @@ class OperatorConfig:
     # increase() needs two scrapes inside the window: keep it above twice the
     # scrape interval even when spec.rollout.interval is shorter.
     rollout_min_window_s: float = 60.0
+    # The scaler reads Triton queue time this often (models with replicas.max > min),
+    # and lets the replica count fall only after this long at the lower load.
+    scale_interval_s: float = 30.0
+    scale_down_window_s: float = 300.0
 
     def __post_init__(self) -> None:
         if self.log_format not in ("text", "json"):
@@ -90,6 +94,11 @@ class OperatorConfig:
             )
         if self.rollout_min_window_s < 0:
             raise ConfigError(f"rollout min window must not be negative, not {self.rollout_min_window_s}")
+        if self.scale_interval_s <= 0 or self.scale_down_window_s < 0:
+            raise ConfigError(
+                "the scale interval must be positive and the scale-down window not negative, not "
+                f"{self.scale_interval_s} and {self.scale_down_window_s}"
+            )
         if not self.triton_image or not self.sidecar_image:
             raise ConfigError("the Triton and sidecar images must not be empty")
 

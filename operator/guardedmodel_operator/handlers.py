@@ -32,6 +32,7 @@ from .kube import ApiError, KubeClient, login
 from .labels import GROUP, MANAGED_BY, MANAGED_BY_LABEL, OWNER_NAME_LABEL, PLURAL, VERSION
 from .reconcile import reconcile
 from .rollout import wiring as rollout_wiring
+from .scaling import wiring as scaling_wiring
 
 # (group, version, plural, kind) of every child kind the operator writes.
 CHILD_RESOURCES = (
@@ -82,6 +83,11 @@ class OperatorState:
     rollouts: Any = None
     rollout_source: Any = None
     rollout_bodies: dict[Key, dict[str, Any]] = field(default_factory=dict)
+    # The scaler's per-model tasks (scaling.wiring), for models with replicas.max > min.
+    scalers: Any = None
+    scale_controller: Any = None
+    scale_source: Any = None
+    scale_bodies: dict[Key, dict[str, Any]] = field(default_factory=dict)
 
     def forget(self, key: Key) -> None:
         self.locks.pop(key, None)
@@ -291,6 +297,7 @@ def register(registry: kopf.OperatorRegistry) -> None:
     for group, version, plural, kind in CHILD_RESOURCES:
         _register_child(registry, group, version, plural, kind, managed)
     rollout_wiring.register(registry)
+    scaling_wiring.register(registry)
 
 
 def _register_child(

@@ -99,6 +99,8 @@ class BuildContext:
     # The Deployment's current replica count, so that a scaling decision made
     # elsewhere (within min..max) is kept rather than reset on every reconcile.
     current_replicas: int | None = None
+    # What the scaler asked for (status.scaling.desiredReplicas); wins over the current count.
+    scaled_replicas: int | None = None
     names: ChildNames = field(init=False)
     spec_hash: str = field(init=False)
 
@@ -137,7 +139,10 @@ def build_context(
     meta = body["metadata"]
     owner = Owner(namespace=meta["namespace"], name=meta["name"], uid=meta["uid"])
     routing = Routing.from_status(body.get("status"), spec.model_version)
-    return BuildContext(owner, spec, config, routing, current_replicas)
+    scaled = ((body.get("status") or {}).get("scaling") or {}).get("desiredReplicas")
+    return BuildContext(
+        owner, spec, config, routing, current_replicas, scaled if isinstance(scaled, int) else None
+    )
 
 
 def compute_spec_hash(spec: GuardedModelSpec, config: OperatorConfig) -> str:

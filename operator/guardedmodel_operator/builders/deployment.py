@@ -48,10 +48,15 @@ def triton_args(ctx: BuildContext) -> list[str]:
 
 
 def desired_replicas(ctx: BuildContext) -> int:
-    """Keep the current count when it lies within min..max (a scaling decision
-    made elsewhere must survive a reconcile); otherwise clamp into the range."""
-    current = ctx.current_replicas if ctx.current_replicas is not None else ctx.spec.replicas_min
-    return max(ctx.spec.replicas_min, min(ctx.spec.replicas_max, current))
+    """The scaler's count when it made one, else the current count; either clamped
+    into min..max (a spec edit of the range applies at once)."""
+    if ctx.scaled_replicas is not None:
+        wanted = ctx.scaled_replicas
+    elif ctx.current_replicas is not None:
+        wanted = ctx.current_replicas
+    else:
+        wanted = ctx.spec.replicas_min
+    return max(ctx.spec.replicas_min, min(ctx.spec.replicas_max, wanted))
 
 
 def _container_security() -> dict[str, Any]:

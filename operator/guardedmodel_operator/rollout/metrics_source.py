@@ -55,9 +55,14 @@ def _quote(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"')
 
 
+def selector(settings: PrometheusSettings, namespace: str, name: str) -> str:
+    """The label matchers that pick one GuardedModel's series."""
+    return f'{settings.namespace_label}="{_quote(namespace)}",{settings.name_label}="{_quote(name)}"'
+
+
 def queries(settings: PrometheusSettings, namespace: str, name: str, window_s: float) -> dict[str, str]:
     """PromQL per figure, grouped by version. Pure, so it is unit-tested as text."""
-    sel = f'{settings.namespace_label}="{_quote(namespace)}",{settings.name_label}="{_quote(name)}"'
+    sel = selector(settings, namespace, name)
     w = f"{math.ceil(window_s)}s"
     return {
         "requests": f"sum by (version, decision) (increase({REQUESTS}{{{sel}}}[{w}]))",

@@ -156,6 +156,15 @@ def test_replicas_keep_a_scaling_decision_within_min_max(
     assert build_deployment(context(minimal_body, current))["spec"]["replicas"] == expected
 
 
+@pytest.mark.parametrize(("scaled", "current", "expected"), [(3, 2, 3), (9, 2, 4), (1, 3, 2), (None, 3, 3)])
+def test_the_scalers_count_wins_within_min_max(
+    minimal_body: dict[str, Any], scaled: int | None, current: int, expected: int
+) -> None:
+    minimal_body["spec"]["replicas"] = {"min": 2, "max": 4}
+    minimal_body["status"] = {"scaling": {"desiredReplicas": scaled}} if scaled is not None else {}
+    assert build_deployment(context(minimal_body, current))["spec"]["replicas"] == expected
+
+
 def test_spec_change_rolls_pods_but_routing_change_does_not(minimal_body: dict[str, Any]) -> None:
     def pod_hash(body: dict[str, Any]) -> str:
         return str(

@@ -1,0 +1,91 @@
+"""kopf wiring of the scaler: one task per GuardedModel whose replicas.max exceeds replicas.min.
+
+The step runs under the core's per-model lock on the freshest copy of the object, like a rollout
+step, so a scaling decision and a reconcile never interleave.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from ..events import Event
+from ..labels import GROUP, PLURAL, VERSION
+from ..rollout.controller import Key, RolloutScheduler
+from ..rollout.metrics_source import PrometheusSource
+from ..rollout.wiring import settings_from
+from . import metrics
+from .controller import ScaleController
+from .policy import ScaleSpec
+
+log = logging.getLogger(__name__)
+
+
+def _emit(body: Mapping[str, Any], event: Event) -> None:
+    kopf.event(dict(body), type=event.type, reason=event.reason, message=event.message)  # type: ignore[arg-type]
+
+
+def register(registry: kopf.OperatorRegistry) -> None:
+    @kopf.on.startup(registry=registry)
+    async def start_scaler(memo: Any, **_: Any) -> None:
+        config = memo.config
+        settings = settings_from(config)
+        source = PrometheusSource(settings) if settings is not None else None
+
+        async def patch_status(namespace: str, name: str, patch: Mapping[str, Any]) -> dict[str, Any]:
+            assert memo.client is not None, "the core's startup handler creates the client"
+            written: dict[str, Any] = await memo.client.patch_status(namespace, name, patch)
+            return written
+
+        controller = ScaleController(
+            source, patch_status, _emit, config.scale_interval_s, config.scale_down_window_s
+        )
+
+        async def run(key: Key) -> float | None:
+            body = memo.freshest("GuardedModel", key[0], key[1], memo.scale_bodies.get(key))
+            if body is None or body["metadata"].get("deletionTimestamp"):
+                return None
+            async with memo.locks.setdefault(key, asyncio.Lock()):
+                body = memo.freshest("GuardedModel", key[0], key[1], body)
+                verdict, written = await controller.step(body)
+                if written is not None:
+                    memo.remember(written)
+            if verdict is None:
+                return None  # not scaled: sleep until the spec changes
+            metrics.observe(key[0], key[1], verdict)
+            if verdict.changed:
+                log.info("%s/%s: %s", key[0], key[1], verdict.message)
+            return config.scale_interval_s
+
+        memo.scalers = RolloutScheduler(run)
+        memo.scale_controller = controller
+        memo.scale_source = source
+
+    @kopf.on.cleanup(registry=registry)
+    async def stop_scaler(memo: Any, **_: Any) -> None:
+        if memo.scalers is not None:
+            await memo.scalers.close()
+        if memo.scale_source is not None:
+            await memo.scale_source.close()
+
+    @kopf.on.event(GROUP, VERSION, PLURAL, id="scaling", registry=registry)
+    async def on_model_scaling(event: kopf.RawEvent, body: kopf.Body, memo: Any, **_: Any) -> None:
+        meta = body["metadata"]
+        key = (meta["namespace"], meta["name"])
+        if memo.scalers is None:
+            return
+        if event["type"] == "DELETED" or not ScaleSpec.from_body(body).enabled:
+            if key in memo.scale_bodies:
+                memo.scalers.forget(key)
+                memo.scale_controller.forget(key)
+                memo.scale_bodies.pop(key, None)
+                metrics.forget(*key)
+            return
+        slim_meta = {k: v for k, v in meta.items() if k != "managedFields"}
+        memo.scale_bodies[key] = {**dict(body), "metadata": slim_meta}
+        if key not in memo.scalers.tasks or memo.scalers.tasks[key].done():
+            memo.scalers.touch(key)  # a status echo must not cut the interval short
