@@ -118,6 +118,13 @@ class SidecarTraffic:
                 vm.decisions[decision] += 1
                 self.metrics.stages["total"].observe(latency_s)
 
+    def triton_queue(self, version: str, requests: int, queue_ms: float) -> None:
+        """`requests` more requests through Triton, each having waited `queue_ms` in its queue
+        (what the sidecar republishes from Triton's counters)."""
+        with self.lock:
+            seconds, served = self.metrics.triton_queue.get(version, (0.0, 0.0))
+            self.metrics.triton_queue[version] = (seconds + requests * queue_ms / 1000.0, served + requests)
+
     def upstream_errors(self, count: int, code: str = "503", version: str = "") -> None:
         with self.lock:
             for _ in range(count):

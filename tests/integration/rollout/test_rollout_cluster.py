@@ -11,10 +11,7 @@ step by step, or a rollback with its phase, history entry and Event.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -24,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from operator_run import start_operator
 from sidecar_traffic import SidecarTraffic
 
 from guardedmodel_testground.cluster import LocalCluster
@@ -206,40 +204,10 @@ def scenario(
         )
         prometheus.wait_for(f'guardedmodel_requests_total{{namespace="{namespace}"}}')
         log_path = tmp_path / f"operator-{namespace}.log"
-        log = log_path.open("w")
-        env = {
-            **k8s_cluster.env,
-            "GUARDEDMODEL_PROMETHEUS_URL": prometheus.url,
-            # Prometheus scrapes every second here; a 3 s window holds enough scrapes.
-            "GUARDEDMODEL_ROLLOUT_MIN_WINDOW_S": "3",
-        }
-        operator = subprocess.Popen(
-            [
-                str(Path(sys.executable).parent / "guardedmodel"),
-                "operator",
-                "--namespace",
-                namespace,
-                "--metrics-port",
-                "0",
-                "--health-endpoint",
-                "",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
+        # Prometheus scrapes every second here; a 3 s window holds enough scrapes.
+        stop_operator = start_operator(
+            k8s_cluster, namespace, prometheus.url, log_path, {"GUARDEDMODEL_ROLLOUT_MIN_WINDOW_S": "3"}
         )
-
-        def stop_operator() -> None:
-            if operator.poll() is None:
-                os.killpg(operator.pid, signal.SIGTERM)
-                try:
-                    operator.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    os.killpg(operator.pid, signal.SIGKILL)
-                    operator.wait(timeout=5)
-            log.close()
-
         cleanups.append(stop_operator)
         cleanups.append(
             lambda: k8s_cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
