@@ -23,12 +23,22 @@ DESIRED = Gauge(
 )
 
 
+SATURATED = Gauge(
+    "guardedmodel_operator_scaling_saturated",
+    "1 while a GuardedModel runs spec.replicas.max and Triton queue time is still above target.",
+    ["namespace", "name"],
+    registry=REGISTRY,
+)
+
+
 def observe(namespace: str, name: str, verdict: ScaleVerdict) -> None:
     DESIRED.labels(namespace=namespace, name=name).set(verdict.replicas)
+    SATURATED.labels(namespace=namespace, name=name).set(1.0 if verdict.saturated else 0.0)
     if verdict.changed and verdict.reason in (SCALED_UP, SCALED_DOWN):
         SCALINGS.labels(direction="up" if verdict.reason == SCALED_UP else "down").inc()
 
 
 def forget(namespace: str, name: str) -> None:
-    with contextlib.suppress(KeyError):
-        DESIRED.remove(namespace, name)
+    for gauge in (DESIRED, SATURATED):
+        with contextlib.suppress(KeyError):
+            gauge.remove(namespace, name)

@@ -79,6 +79,9 @@ class ScaleVerdict:
     reason: str
     message: str
     recommendations: tuple[Recommendation, ...]
+    # At spec.replicas.max while the queue time is still above target: more replicas would
+    # help but are not allowed (an SRE alert: raise max or add GPUs).
+    saturated: bool = False
 
     @property
     def changed(self) -> bool:
@@ -119,9 +122,25 @@ def decide(
         why = sample.error or "no queue-time series for this model yet"
         return ScaleVerdict(current, replicas, NO_DATA, f"holding {current} replicas: {why}", tuple(kept))
     kept.append(Recommendation(now, wanted))
+    over = sample.queue_ms is not None and sample.queue_ms > spec.target_queue_ms * (1.0 + TOLERANCE)
+    saturated = over and wanted >= spec.max_replicas
+    if saturated and wanted <= current:
+        return ScaleVerdict(
+            current,
+            replicas,
+            STEADY,
+            f"{observed}: at the maximum of {spec.max_replicas} replicas",
+            tuple(kept),
+            saturated=True,
+        )
     if wanted > current:
         return ScaleVerdict(
-            wanted, replicas, SCALED_UP, f"{observed}: {current} → {wanted} replicas", tuple(kept)
+            wanted,
+            replicas,
+            SCALED_UP,
+            f"{observed}: {current} → {wanted} replicas",
+            tuple(kept),
+            saturated=saturated and wanted == spec.max_replicas and _needs_more(current, spec, sample),
         )
     settled = max(r.replicas for r in kept)
     if settled < current:
@@ -133,6 +152,12 @@ def decide(
             tuple(kept),
         )
     return ScaleVerdict(current, replicas, STEADY, f"{observed}: {current} replicas", tuple(kept))
+
+
+def _needs_more(current: int, spec: ScaleSpec, sample: QueueSample) -> bool:
+    """Would the queue time ask for more than max even from here (not just the step limit)?"""
+    assert sample.queue_ms is not None
+    return math.ceil(current * sample.queue_ms / spec.target_queue_ms) > spec.max_replicas
 
 
 def _observed(sample: QueueSample, spec: ScaleSpec) -> str:

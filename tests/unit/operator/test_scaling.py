@@ -137,3 +137,14 @@ def test_prometheus_answers_become_a_sample() -> None:
     )
     assert sample_from_results({"queue": [], "requests": []}) == QueueSample()
     assert sample_from_results({"queue": [], "requests": _answer("4")}) == QueueSample(requests_per_s=4.0)
+
+
+def test_at_max_with_a_long_queue_is_saturated() -> None:
+    at_max = decide(8, SPEC, busy(200.0), [], NOW, WINDOW)
+    assert (at_max.replicas, at_max.reason, at_max.saturated) == (8, STEADY, True)
+    assert "at the maximum of 8 replicas" in at_max.message
+    reaching = decide(4, SPEC, busy(200.0), [], NOW, WINDOW)  # 4 x 4 = 16 wanted, 8 allowed
+    assert (reaching.replicas, reaching.saturated) == (8, True)
+    enough = decide(6, SPEC, busy(60.0), [], NOW, WINDOW)  # 8 is enough for this queue
+    assert (enough.replicas, enough.saturated) == (8, False)
+    assert not decide(8, SPEC, busy(50.0), [], NOW, WINDOW).saturated
