@@ -7,15 +7,13 @@ the object, so the core's reconcile and a rollout step never interleave.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Mapping
 from typing import Any
 
 import kopf
 
-from ..events import Event
 from ..labels import GROUP, PLURAL, VERSION
+from ..model_tasks import locked_step, post_event, slim, status_patcher
 from . import metrics
 from .controller import Key, RolloutController, RolloutScheduler
 from .metrics_source import PrometheusSettings, PrometheusSource
@@ -36,10 +34,6 @@ def settings_from(config: Any) -> PrometheusSettings | None:
     )
 
 
-def _emit(body: Mapping[str, Any], event: Event) -> None:
-    kopf.event(dict(body), type=event.type, reason=event.reason, message=event.message)  # type: ignore[arg-type]
-
-
 def register(registry: kopf.OperatorRegistry) -> None:
     """Attach the rollout handlers. `memo` is the core's OperatorState; its
     `rollouts` field holds the scheduler."""
@@ -53,23 +47,11 @@ def register(registry: kopf.OperatorRegistry) -> None:
                 "no prometheusUrl: canaries will hold for lack of metrics (strategy instant still works)"
             )
 
-        async def patch_status(namespace: str, name: str, patch: Mapping[str, Any]) -> dict[str, Any]:
-            assert memo.client is not None, "the core's startup handler creates the client"
-            written: dict[str, Any] = await memo.client.patch_status(namespace, name, patch)
-            return written
-
-        controller = RolloutController(source, patch_status, _emit)
+        controller = RolloutController(source, status_patcher(memo), post_event)
 
         async def run(key: Key) -> float | None:
-            body = memo.freshest("GuardedModel", key[0], key[1], memo.rollout_bodies.get(key))
-            if body is None or body["metadata"].get("deletionTimestamp"):
-                return None
-            async with memo.locks.setdefault(key, asyncio.Lock()):
-                body = memo.freshest("GuardedModel", key[0], key[1], body)
-                result, written = await controller.step(body)
-                if written is not None:
-                    memo.remember(written)
-            return result.next_in_s
+            result = await locked_step(memo, key, memo.rollout_bodies.get(key), controller.step)
+            return None if result is None else result.next_in_s
 
         memo.rollouts = RolloutScheduler(run)
         memo.rollout_source = source
@@ -92,6 +74,5 @@ def register(registry: kopf.OperatorRegistry) -> None:
             memo.rollout_bodies.pop(key, None)
             metrics.forget(*key)
             return
-        slim_meta = {k: v for k, v in meta.items() if k != "managedFields"}
-        memo.rollout_bodies[key] = {**dict(body), "metadata": slim_meta}
+        memo.rollout_bodies[key] = slim(body)
         memo.rollouts.touch(key)

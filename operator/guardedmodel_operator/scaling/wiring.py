@@ -6,15 +6,13 @@ step, so a scaling decision and a reconcile never interleave.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Mapping
 from typing import Any
 
 import kopf
 
-from ..events import Event
 from ..labels import GROUP, PLURAL, VERSION
+from ..model_tasks import locked_step, post_event, slim, status_patcher
 from ..rollout.controller import Key, RolloutScheduler
 from ..rollout.metrics_source import PrometheusSource
 from ..rollout.wiring import settings_from
@@ -25,10 +23,6 @@ from .policy import ScaleSpec
 log = logging.getLogger(__name__)
 
 
-def _emit(body: Mapping[str, Any], event: Event) -> None:
-    kopf.event(dict(body), type=event.type, reason=event.reason, message=event.message)  # type: ignore[arg-type]
-
-
 def register(registry: kopf.OperatorRegistry) -> None:
     @kopf.on.startup(registry=registry)
     async def start_scaler(memo: Any, **_: Any) -> None:
@@ -36,24 +30,12 @@ def register(registry: kopf.OperatorRegistry) -> None:
         settings = settings_from(config)
         source = PrometheusSource(settings) if settings is not None else None
 
-        async def patch_status(namespace: str, name: str, patch: Mapping[str, Any]) -> dict[str, Any]:
-            assert memo.client is not None, "the core's startup handler creates the client"
-            written: dict[str, Any] = await memo.client.patch_status(namespace, name, patch)
-            return written
-
         controller = ScaleController(
-            source, patch_status, _emit, config.scale_interval_s, config.scale_down_window_s
+            source, status_patcher(memo), post_event, config.scale_interval_s, config.scale_down_window_s
         )
 
         async def run(key: Key) -> float | None:
-            body = memo.freshest("GuardedModel", key[0], key[1], memo.scale_bodies.get(key))
-            if body is None or body["metadata"].get("deletionTimestamp"):
-                return None
-            async with memo.locks.setdefault(key, asyncio.Lock()):
-                body = memo.freshest("GuardedModel", key[0], key[1], body)
-                verdict, written = await controller.step(body)
-                if written is not None:
-                    memo.remember(written)
+            verdict = await locked_step(memo, key, memo.scale_bodies.get(key), controller.step)
             if verdict is None:
                 return None  # not scaled: sleep until the spec changes
             metrics.observe(key[0], key[1], verdict)
@@ -85,7 +67,6 @@ def register(registry: kopf.OperatorRegistry) -> None:
                 memo.scale_bodies.pop(key, None)
                 metrics.forget(*key)
             return
-        slim_meta = {k: v for k, v in meta.items() if k != "managedFields"}
-        memo.scale_bodies[key] = {**dict(body), "metadata": slim_meta}
+        memo.scale_bodies[key] = slim(body)
         if key not in memo.scalers.tasks or memo.scalers.tasks[key].done():
             memo.scalers.touch(key)  # a status echo must not cut the interval short
