@@ -17,7 +17,11 @@ Exported (labels ``model``, ``version`` unless noted):
   guardedmodel_estimated_accuracy                  mean calibrated confidence of the last window
   guardedmodel_drift_score{statistic}              PSI/KS of the last window against the reference
   guardedmodel_drift_window_samples                samples in the last window
-  guardedmodel_stage_seconds{stage}                gate / model / scorer / total latency per request
+  guardedmodel_stage_seconds{stage}                gate / model / scorer / total latency per request,
+                                                   per version (a canary's latency is its own);
+                                                   version "" for requests refused before routing
+  guardedmodel_triton_queue_seconds_total          Triton's queue time and completed requests, read
+  guardedmodel_triton_requests_total               from Triton (the operator scales on them)
   guardedmodel_review_items_total{outcome}         review items: spooled, capped, sent, send_failed
   guardedmodel_review_spool_items                  items waiting in the durable spool
   guardedmodel_audit_records_total                 audit records written
@@ -83,6 +87,10 @@ class _LatencyHistogram:
         self.counts = [0] * (len(buckets) + 1)
         self.total = 0.0
 
+    @property
+    def observed(self) -> bool:
+        return any(self.counts)
+
     def observe(self, value: float) -> None:
         self.counts[bisect.bisect_left(self.bounds, value)] += 1
         self.total += value
@@ -94,6 +102,10 @@ class _LatencyHistogram:
             out.append((_fmt(bound), float(running)))
         out.append(("+Inf", float(running + self.counts[-1])))
         return out, self.total
+
+
+def new_stages() -> dict[str, _LatencyHistogram]:
+    return {stage: _LatencyHistogram(LATENCY_BUCKETS) for stage in STAGES}
 
 
 def _fmt(value: float) -> str:
@@ -116,6 +128,7 @@ class VersionMetrics:
     ood_samples: int = 0
 
     def __post_init__(self) -> None:
+        self.stages = new_stages()
         self.confidence = _Histogram(CONFIDENCE_BUCKETS)
         self.ood = _Histogram(ood_buckets(self.ood_threshold))
         cap = self.buffer_rows
@@ -221,7 +234,7 @@ class SidecarMetrics(Collector):
         self.model = model
         self.registry = CollectorRegistry(auto_describe=False)
         self.versions: dict[str, VersionMetrics] = {}
-        self.stages = {stage: _LatencyHistogram(LATENCY_BUCKETS) for stage in STAGES}
+        self.stages = new_stages()  # requests refused before a version was chosen
         self.gate_refusals = 0
         self.upstream_errors: dict[tuple[str, str], int] = {}  # (version, code) -> count
         self.triton_ready = False
@@ -311,11 +324,17 @@ class SidecarMetrics(Collector):
             upstream.add_metric([self.model, version, code], count)
         yield upstream
         stages = HistogramMetricFamily(
-            "guardedmodel_stage_seconds", "Latency per request by stage", labels=["model", "stage"]
+            "guardedmodel_stage_seconds",
+            "Latency per request by stage and model version",
+            labels=["model", "version", "stage"],
         )
-        for stage, hist in self.stages.items():
-            buckets, total = hist.family_samples()
-            stages.add_metric([self.model, stage], buckets, total)
+        per_version = [(vm.version, vm.stages) for vm in self.versions.values()]
+        if any(hist.observed for hist in self.stages.values()):
+            per_version.append(("", self.stages))
+        for version, histograms in per_version:
+            for stage, hist in histograms.items():
+                buckets, total = hist.family_samples()
+                stages.add_metric([self.model, version, stage], buckets, total)
         yield stages
         review = CounterMetricFamily(
             "guardedmodel_review_items", "Human-review items by outcome", labels=["model", "outcome"]

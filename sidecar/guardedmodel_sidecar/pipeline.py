@@ -296,7 +296,7 @@ class Pipeline:
             self._record_failure(request, request_id, guard, stage, exc, started)
             raise
         finished = time.perf_counter()
-        stages = self.metrics.stages
+        stages = guard.metrics.stages
         stages["gate"].observe(gated - started)
         stages["model"].observe(modelled - gated)
         stages["scorer"].observe(finished - modelled)
@@ -440,7 +440,8 @@ class Pipeline:
                 guard.metrics.decisions[REJECT] += 1
         else:
             self.metrics.count_upstream_error(str(exc.http_status), guard.version if guard else "")
-        self.metrics.stages["total"].observe(time.perf_counter() - started)
+        stages = guard.metrics.stages if guard is not None else self.metrics.stages
+        stages["total"].observe(time.perf_counter() - started)
         self.audit.record(
             {
                 "id": request_id,

@@ -116,7 +116,7 @@ class SidecarTraffic:
                     conf = confidence if confidence is not None else self._healthy_confidence()
                 vm.observe(np.array([conf]), np.array([i % 2]), np.array([ood]), None)
                 vm.decisions[decision] += 1
-                self.metrics.stages["total"].observe(latency_s)
+                vm.stages["total"].observe(latency_s)
 
     def triton_queue(self, version: str, requests: int, queue_ms: float) -> None:
         """`requests` more requests through Triton, each having waited `queue_ms` in its queue

@@ -44,7 +44,8 @@ def test_counts_histograms_accuracy_and_drift_are_exported() -> None:
         vm.decisions["accept"] += 1
     metrics.count_upstream_error("503", "2")
     metrics.gate_refusals += 2
-    metrics.stages["total"].observe(0.0004)
+    vm.stages["total"].observe(0.0004)
+    metrics.stages["total"].observe(0.002)  # refused before a version was chosen
     values = samples(metrics)
     lv = (("model", "m"), ("version", "1"))
     assert values[("guardedmodel_requests_total", (("decision", "accept"), *lv))] == 5
@@ -56,7 +57,14 @@ def test_counts_histograms_accuracy_and_drift_are_exported() -> None:
         values[("guardedmodel_upstream_errors_total", (("code", "503"), ("model", "m"), ("version", "2")))]
         == 1
     )
-    assert values[("guardedmodel_stage_seconds_count", (("model", "m"), ("stage", "total")))] == 1
+    assert (
+        values[("guardedmodel_stage_seconds_count", (("model", "m"), ("stage", "total"), ("version", "1")))]
+        == 1
+    )
+    assert (
+        values[("guardedmodel_stage_seconds_sum", (("model", "m"), ("stage", "total"), ("version", "")))]
+        == 0.002
+    )
     assert math.isnan(values[("guardedmodel_estimated_accuracy", lv)])  # no window closed yet
 
     metrics.close_windows()
