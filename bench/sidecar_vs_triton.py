@@ -172,7 +172,7 @@ def scrape(url: str) -> dict[str, float]:
         text = response.read().decode()
     out: dict[str, float] = {}
     for line in text.splitlines():
-        match = re.match(r'guardedmodel_stage_seconds_(sum|count)\{[^}]*stage="(\w+)"\} (\S+)', line)
+        match = re.match(r'guardedmodel_stage_seconds_(sum|count)\{[^}]*stage="(\w+)"[^}]*\} (\S+)', line)
         if match:  # summed over versions
             key = f"{match.group(2)}_{match.group(1)}"
             out[key] = out.get(key, 0.0) + float(match.group(3))
