@@ -81,12 +81,12 @@ class OperatorState:
     recent: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
     # The rollout controller's per-model tasks and what they need (rollout.wiring).
     rollouts: Any = None
-    rollout_source: Any = None
+    # The one Prometheus client, shared by rollout analysis and the scaler (rollout.wiring).
+    prometheus: Any = None
     rollout_bodies: dict[Key, dict[str, Any]] = field(default_factory=dict)
     # The scaler's per-model tasks (scaling.wiring), for models with replicas.max > min.
     scalers: Any = None
     scale_controller: Any = None
-    scale_source: Any = None
     scale_bodies: dict[Key, dict[str, Any]] = field(default_factory=dict)
 
     def forget(self, key: Key) -> None:

@@ -129,19 +129,17 @@ class InputGate:
         array = tensor.array
         assert array is not None
         spec = compiled.spec
-        lo_ok = hi_ok = True
+        if not (compiled.is_float or spec.min is not None or spec.max is not None):
+            return  # an integer input without a range: nothing to check (and no reference)
+        # NaN propagates through min/max, so two reductions cover NaN, Inf and the range.
+        # The ufuncs' own reduce skips ndarray.min's Python wrapper (a third of its cost here).
         flat = array.reshape(-1)
-        if compiled.is_float or spec.min is not None or spec.max is not None:
-            # NaN propagates through min/max, so two reductions cover NaN, Inf and the range.
-            # The ufuncs' own reduce skips ndarray.min's Python wrapper (a third of its cost here).
-            low = float(_minimum(flat))
-            high = float(_maximum(flat))
-            if compiled.is_float and not (math.isfinite(low) and math.isfinite(high)):
-                raise InputRefused(self._describe_non_finite(tensor.name, array))
-            lo_ok = spec.min is None or low >= spec.min
-            hi_ok = spec.max is None or high <= spec.max
-            if not (lo_ok and hi_ok):
-                raise InputRefused(self._describe_range(tensor.name, array, spec))
+        low = float(_minimum(flat))
+        high = float(_maximum(flat))
+        if compiled.is_float and not (math.isfinite(low) and math.isfinite(high)):
+            raise InputRefused(self._describe_non_finite(tensor.name, array))
+        if (spec.min is not None and low < spec.min) or (spec.max is not None and high > spec.max):
+            raise InputRefused(self._describe_range(tensor.name, array, spec))
         reference = compiled.reference
         if reference is not None and compiled.is_float:
             self._check_reference(tensor.name, array, flat, reference, flags)

@@ -34,14 +34,29 @@ def settings_from(config: Any) -> PrometheusSettings | None:
     )
 
 
+def prometheus_source(memo: Any) -> PrometheusSource | None:
+    """The operator's one Prometheus client: canary analysis and the scaler share its session."""
+    if memo.prometheus is None:
+        settings = settings_from(memo.config)
+        if settings is not None:
+            memo.prometheus = PrometheusSource(settings)
+    source: PrometheusSource | None = memo.prometheus
+    return source
+
+
+async def close_prometheus(memo: Any) -> None:
+    """Called by each controller's cleanup after its tasks stopped; closing twice is harmless."""
+    if memo.prometheus is not None:
+        await memo.prometheus.close()
+
+
 def register(registry: kopf.OperatorRegistry) -> None:
     """Attach the rollout handlers. `memo` is the core's OperatorState; its
     `rollouts` field holds the scheduler."""
 
     @kopf.on.startup(registry=registry)
     async def start_rollouts(memo: Any, **_: Any) -> None:
-        settings = settings_from(memo.config)
-        source = PrometheusSource(settings) if settings is not None else None
+        source = prometheus_source(memo)
         if source is None:
             log.warning(
                 "no prometheusUrl: canaries will hold for lack of metrics (strategy instant still works)"
@@ -54,14 +69,12 @@ def register(registry: kopf.OperatorRegistry) -> None:
             return None if result is None else result.next_in_s
 
         memo.rollouts = RolloutScheduler(run)
-        memo.rollout_source = source
 
     @kopf.on.cleanup(registry=registry)
     async def stop_rollouts(memo: Any, **_: Any) -> None:
         if memo.rollouts is not None:
             await memo.rollouts.close()
-        if memo.rollout_source is not None:
-            await memo.rollout_source.close()
+        await close_prometheus(memo)
 
     @kopf.on.event(GROUP, VERSION, PLURAL, id="rollout", registry=registry)
     async def on_model_rollout(event: kopf.RawEvent, body: kopf.Body, memo: Any, **_: Any) -> None:

@@ -14,8 +14,7 @@ import kopf
 from ..labels import GROUP, PLURAL, VERSION
 from ..model_tasks import locked_step, post_event, slim, status_patcher
 from ..rollout.controller import Key, RolloutScheduler
-from ..rollout.metrics_source import PrometheusSource
-from ..rollout.wiring import settings_from
+from ..rollout.wiring import close_prometheus, prometheus_source
 from . import metrics
 from .controller import ScaleController
 from .policy import ScaleSpec
@@ -27,11 +26,12 @@ def register(registry: kopf.OperatorRegistry) -> None:
     @kopf.on.startup(registry=registry)
     async def start_scaler(memo: Any, **_: Any) -> None:
         config = memo.config
-        settings = settings_from(config)
-        source = PrometheusSource(settings) if settings is not None else None
-
         controller = ScaleController(
-            source, status_patcher(memo), post_event, config.scale_interval_s, config.scale_down_window_s
+            prometheus_source(memo),
+            status_patcher(memo),
+            post_event,
+            config.scale_interval_s,
+            config.scale_down_window_s,
         )
 
         async def run(key: Key) -> float | None:
@@ -45,14 +45,12 @@ def register(registry: kopf.OperatorRegistry) -> None:
 
         memo.scalers = RolloutScheduler(run)
         memo.scale_controller = controller
-        memo.scale_source = source
 
     @kopf.on.cleanup(registry=registry)
     async def stop_scaler(memo: Any, **_: Any) -> None:
         if memo.scalers is not None:
             await memo.scalers.close()
-        if memo.scale_source is not None:
-            await memo.scale_source.close()
+        await close_prometheus(memo)
 
     @kopf.on.event(GROUP, VERSION, PLURAL, id="scaling", registry=registry)
     async def on_model_scaling(event: kopf.RawEvent, body: kopf.Body, memo: Any, **_: Any) -> None:
