@@ -15,13 +15,15 @@ import contextlib
 import logging
 from typing import Any
 
+import grpc
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from guardedmodel_sidecar.audit import AuditLog
 from guardedmodel_sidecar.config import Routing, SidecarConfig
 from guardedmodel_sidecar.errors import Unavailable
-from guardedmodel_sidecar.grpc_server import GuardServicer, start_grpc_server
+from guardedmodel_sidecar.grpc_http2 import Http2GrpcServer
+from guardedmodel_sidecar.grpc_server import GrpcService, start_grpcio_server
 from guardedmodel_sidecar.http_server import V2HttpServer
 from guardedmodel_sidecar.metrics import SidecarMetrics
 from guardedmodel_sidecar.microbatch import MicroBatcher
@@ -86,8 +88,9 @@ class SidecarApp:
         self.http_port = self.grpc_port = self.metrics_port = 0
         self._tasks: list[asyncio.Task[Any]] = []
         self._http: asyncio.Server | None = None
-        self._grpc: Any = None
-        self._servicer: GuardServicer | None = None
+        self._grpc: Http2GrpcServer | None = None
+        self._grpcio: grpc.aio.Server | None = None
+        self._grpc_service: GrpcService | None = None
         self._metrics_runner: web.AppRunner | None = None
         self._prepared: tuple[str, ...] = ()
         self._prepare_lock = asyncio.Lock()
@@ -249,14 +252,16 @@ class SidecarApp:
         )
         self._http = await server.start(listen.host, listen.http, reuse_port=self.config.tuning.workers > 1)
         self.http_port = self._http.sockets[0].getsockname()[1]
-        self._servicer = GuardServicer(self.pipeline, self.config.triton_grpc_url, self.is_ready)
-        self._grpc, self.grpc_port = await start_grpc_server(
-            self._servicer,
-            listen.host,
-            listen.grpc,
-            self.config.tuning.max_request_bytes,
-            reuse_port=self.config.tuning.workers > 1,
-        )
+        self._grpc_service = GrpcService(self.pipeline, self.config.triton_grpc_url, self.is_ready)
+        reuse_port = self.config.tuning.workers > 1
+        max_message = self.config.tuning.max_request_bytes
+        if self.config.tuning.grpc_server == "grpcio":
+            self._grpcio, self.grpc_port = await start_grpcio_server(
+                self._grpc_service, listen.host, listen.grpc, max_message, reuse_port=reuse_port
+            )
+        else:
+            self._grpc = Http2GrpcServer(self._grpc_service, max_message=max_message)
+            self.grpc_port = await self._grpc.start(listen.host, listen.grpc, reuse_port=reuse_port)
         log.info(
             "guard sidecar for '%s': HTTP :%d, gRPC :%d, metrics :%d, Triton %s",
             self.config.spec.model.name,
@@ -280,14 +285,16 @@ class SidecarApp:
             self._http.close()
         if self._grpc is not None:
             await self._grpc.stop(grace=1.0)
+        if self._grpcio is not None:
+            await self._grpcio.stop(grace=1.0)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
-        if self._servicer is not None:
-            await self._servicer.close()
+        if self._grpc_service is not None:
+            await self._grpc_service.close()
         if self._metrics_runner is not None:
             await self._metrics_runner.cleanup()
         self.metrics.close_windows()

@@ -26,6 +26,8 @@ it by hand. Keys (camelCase, as in the GuardedModel API)::
       loadVersions: true                     # load routed versions through Triton's repository API
       microBatching: {enabled: false, maxBatch: 64, maxInflight: 2}   # from spec.sidecar.microBatching
       tritonMetricsInterval: 5s              # how often Triton's metrics are read (metricsUrl)
+      grpcServer: http2                      # http2: the sidecar's own lean gRPC server;
+                                             # grpcio: grpcio's server (~2x the CPU per call)
       workers: 1                             # >1: that many processes share the HTTP/gRPC ports
                                              # (SO_REUSEPORT); worker i serves metrics on metrics+i
                                              # and audits into auditDir/worker-i
@@ -54,6 +56,7 @@ from guardedmodel_sidecar.protocol.datatypes import KNOWN_DATATYPES
 
 OOD_METHODS = ("mahalanobis", "energy", "knn", "msp", "vim", "none")
 OOD_ACTIONS = ("reject", "review", "flag")
+GRPC_SERVERS = ("http2", "grpcio")
 
 
 class ConfigError(ValueError):
@@ -135,6 +138,7 @@ class Tuning:
     logits_output: str | None = None
     features_output: str | None = None
     triton_metrics_interval_s: float = 5.0
+    grpc_server: str = "http2"
 
 
 @dataclass(frozen=True)
@@ -284,6 +288,9 @@ def parse_config(data: Mapping[str, Any]) -> SidecarConfig:
     tuning = _section(data, "tuning", "")
     mb = _section(tuning, "microBatching", "tuning.")
     defaults = Tuning()
+    grpc_server = str(tuning.get("grpcServer", defaults.grpc_server))
+    if grpc_server not in GRPC_SERVERS:
+        raise ConfigError(f"tuning.grpcServer: {grpc_server!r} is not one of {', '.join(GRPC_SERVERS)}")
     repo = data.get("modelRepository")
     return SidecarConfig(
         spec=spec,
@@ -319,6 +326,7 @@ def parse_config(data: Mapping[str, Any]) -> SidecarConfig:
                 tuning.get("tritonMetricsInterval", defaults.triton_metrics_interval_s),
                 "tuning.tritonMetricsInterval",
             ),
+            grpc_server=grpc_server,
         ),
     )
 

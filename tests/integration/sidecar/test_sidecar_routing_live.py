@@ -140,7 +140,10 @@ def test_worker_processes_share_the_ports_and_audit_every_request(
 
     def worker_ready(index: int) -> bool:
         url = f"http://127.0.0.1:{metrics_port + index}/metrics"
-        text = urllib.request.urlopen(url, timeout=5).read().decode()
+        try:
+            text = urllib.request.urlopen(url, timeout=5).read().decode()
+        except OSError:  # URLError included: the worker process has not opened its metrics port yet
+            return False
         return any(
             sample.value == 1
             for family in text_string_to_metric_families(text)
