@@ -304,6 +304,10 @@ async def start_grpcio_server(
                     context.set_trailing_metadata(status.trailers)
                 await context.abort(status.code, status.message)
                 raise  # abort raises; this keeps type checkers aware of it
+            except Exception as exc:
+                log.exception("unhandled error serving gRPC %s", method)
+                await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {exc}")
+                raise
 
         return handle
 

@@ -43,7 +43,10 @@ def render_sidecar_config(ctx: BuildContext) -> dict[str, Any]:
         "listen": {"host": "0.0.0.0", "http": HTTP_PORT, "grpc": GRPC_PORT, "metrics": METRICS_PORT},
         "auditDir": f"{STATE_DIR}/audit",
         "spoolDir": f"{STATE_DIR}/review-spool",
-        "tuning": {"microBatching": dict(ctx.spec.raw["sidecar"]["microBatching"])},
+        "tuning": {
+            "microBatching": dict(ctx.spec.raw["sidecar"]["microBatching"]),
+            "grpcServer": ctx.spec.raw["sidecar"]["grpcServer"],
+        },
     }
 
 

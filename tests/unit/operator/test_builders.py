@@ -201,7 +201,10 @@ def test_configmap_renders_the_sidecar_contract(minimal_body: dict[str, Any]) ->
         "spoolDir",
         "tuning",
     ]
-    assert document["tuning"] == {"microBatching": {"enabled": False, "maxBatch": 64, "maxInflight": 2}}
+    assert document["tuning"] == {
+        "microBatching": {"enabled": False, "maxBatch": 64, "maxInflight": 2},
+        "grpcServer": "http2",
+    }
     assert document["guardedModel"] == {"namespace": "ml", "name": "classifier"}
     assert document["routing"] == {"stableVersion": "1", "canaryVersion": None, "canaryWeight": 0}
     assert document["triton"] == {
@@ -224,6 +227,12 @@ def test_micro_batching_from_the_spec_reaches_the_sidecar(minimal_body: dict[str
     document = yaml.safe_load(build_configmap(context(minimal_body))["data"]["sidecar.yaml"])
     tuning = parse_config(document).tuning.micro_batching
     assert (tuning.enabled, tuning.max_batch, tuning.max_inflight) == (True, 64, 4)
+
+
+def test_the_grpc_server_choice_reaches_the_sidecar(minimal_body: dict[str, Any]) -> None:
+    minimal_body["spec"]["sidecar"] = {"grpcServer": "grpcio"}
+    document = yaml.safe_load(build_configmap(context(minimal_body))["data"]["sidecar.yaml"])
+    assert parse_config(document).tuning.grpc_server == "grpcio"
 
 
 def test_configmap_routing_follows_status(minimal_body: dict[str, Any]) -> None:

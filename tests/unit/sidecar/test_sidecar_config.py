@@ -57,6 +57,7 @@ def test_defaults_make_a_minimal_file_enough() -> None:
     assert config.routing.stable_version == "2" and config.routing.versions() == ("2",)
     assert config.spec.ood.method == "none" and config.spec.review_below is None
     assert config.guarded_model is None and not config.tuning.micro_batching.enabled
+    assert config.tuning.grpc_server == "http2"
 
 
 @pytest.mark.parametrize(
@@ -81,6 +82,7 @@ def test_defaults_make_a_minimal_file_enough() -> None:
             {"spec": {"model": {"name": "m"}}, "routing": {"canaryVersion": "2", "canaryWeight": 150}},
             "canaryWeight",
         ),
+        ({"spec": {"model": {"name": "m"}}, "tuning": {"grpcServer": "h2c"}}, "tuning.grpcServer"),
     ],
 )
 def test_invalid_configs_name_the_key(patch: dict, message: str) -> None:
