@@ -154,7 +154,7 @@ class V2HttpServer:
 
 
 class _HttpConnection(asyncio.Protocol):
-    __slots__ = ("_buf", "_busy", "_closing", "_continue_sent", "_server", "_transport")
+    __slots__ = ("_buf", "_busy", "_closing", "_continue_sent", "_loop", "_server", "_transport")
 
     def __init__(self, server: V2HttpServer) -> None:
         self._server = server
@@ -163,6 +163,8 @@ class _HttpConnection(asyncio.Protocol):
         self._busy = False
         self._closing = False
         self._continue_sent = False
+        # Cached: asyncio.get_running_loop() makes a getpid() system call on every use (Python 3.11).
+        self._loop = asyncio.get_running_loop()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]  # uvloop's transports are not subclasses
@@ -248,7 +250,7 @@ class _HttpConnection(asyncio.Protocol):
                 return
         self._busy = True
         request = _Request(method, target, headers, body, keep_alive)
-        asyncio.get_running_loop().create_task(self._run(request))
+        self._loop.create_task(self._run(request))
 
     def _maybe_continue(self, headers: dict[str, str]) -> None:
         if not self._continue_sent and headers.get("expect", "").lower() == "100-continue":

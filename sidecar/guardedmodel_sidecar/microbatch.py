@@ -46,6 +46,7 @@ class MicroBatcher:
         self.max_batch = max_batch
         self.max_inflight = max(1, max_inflight)
         self._lanes: dict[tuple[object, ...], _Lane] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.calls = 0
         self.requests = 0
 
@@ -82,7 +83,7 @@ class MicroBatcher:
             finally:
                 lane.inflight -= 1
                 self._dispatch(lane, model, version, outputs)
-        future: asyncio.Future[InferResponse] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[InferResponse] = self._running_loop().create_future()
         lane.queue.append((request, future))
         lane.queued_rows += rows
         return await future
@@ -101,7 +102,13 @@ class MicroBatcher:
             rows += b
         lane.queued_rows -= rows
         lane.inflight += 1
-        asyncio.get_running_loop().create_task(self._run(lane, model, version, outputs, taken, rows))
+        self._running_loop().create_task(self._run(lane, model, version, outputs, taken, rows))
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        # Cached: asyncio.get_running_loop() makes a getpid() system call on every use (Python 3.11).
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop
 
     async def _run(
         self,

@@ -44,6 +44,8 @@ class _Connection(asyncio.Protocol):
         self._waiter: asyncio.Future[UpstreamResponse] | None = None
         self._idle = on_lost
         self.closed = False
+        # Cached: asyncio.get_running_loop() makes a getpid() system call on every use (Python 3.11).
+        self.loop = asyncio.get_running_loop()
         self._reset_parse()
 
     def _reset_parse(self) -> None:
@@ -66,7 +68,7 @@ class _Connection(asyncio.Protocol):
 
     def send(self, head: bytes, chunks: Sequence[bytes | memoryview]) -> asyncio.Future[UpstreamResponse]:
         assert self.transport is not None
-        waiter: asyncio.Future[UpstreamResponse] = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[UpstreamResponse] = self.loop.create_future()
         self._waiter = waiter
         if chunks:
             self.transport.writelines([head, *chunks])
@@ -199,8 +201,7 @@ class TritonHttp:
         for attempt in (1, 2):
             conn = await self._acquire()
             waiter = conn.send(head, chunks)
-            loop = asyncio.get_running_loop()
-            timer = loop.call_later(timeout_s or self.timeout_s, _expire, waiter, self.url)
+            timer = conn.loop.call_later(timeout_s or self.timeout_s, _expire, waiter, self.url)
             try:
                 response = await waiter
             except ConnectionError as exc:
