@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -219,7 +220,7 @@ def measure_cell(
         raise RuntimeError(f"load generator failed: {line}{proc.stdout.read()}")
     triton_pids = group_pids(triton_pgid)
     t_cpu0, s_cpu0 = cpu_seconds(triton_pids), cpu_seconds([sidecar_pid])
-    stages0 = scrape(metrics_url) if target == "sidecar" else {}
+    stages0 = scrape(metrics_url) if target == "sidecar" and metrics_url else {}
     spy = None
     if profile_out is not None:
         spy = subprocess.Popen(
@@ -254,10 +255,11 @@ def measure_cell(
         concurrency=concurrency,
         triton_cpu_ms_per_request=(t_cpu1 - t_cpu0) * 1000.0 / n,
     )
-    if target == "sidecar":
+    if target != "direct":
+        result["sidecar_cpu_ms_per_request"] = (s_cpu1 - s_cpu0) * 1000.0 / n
+    if target == "sidecar" and metrics_url:
         stages1 = scrape(metrics_url)
         count = max(stages1.get("total_count", 0) - stages0.get("total_count", 0), 1)
-        result["sidecar_cpu_ms_per_request"] = (s_cpu1 - s_cpu0) * 1000.0 / n
         for stage in ("gate", "model", "scorer", "total"):
             delta = stages1.get(f"{stage}_sum", 0.0) - stages0.get(f"{stage}_sum", 0.0)
             result[f"{stage}_ms_per_request"] = delta * 1000.0 / count
@@ -330,6 +332,11 @@ def main() -> int:
     parser.add_argument("--batches", default="1,32")
     parser.add_argument("--concurrencies", default="1,16")
     parser.add_argument("--protocols", default="http,grpc")
+    parser.add_argument(
+        "--baselines",
+        action="store_true",
+        help="also measure the sidecar on grpcio's gRPC server and a careful aiohttp proxy (bench/baseline_proxy.py)",
+    )
     args = parser.parse_args()
     if args.replot:
         payload = json.loads(args.out.read_text())
@@ -354,14 +361,23 @@ def main() -> int:
     inputs = work / "inputs.npy"
     np.save(inputs, x)
 
-    variants = [("sidecar", False)] + ([("sidecar-microbatch", True)] if args.micro_batching else [])
+    variants = [Variant("sidecar")]
+    if args.micro_batching:
+        variants.append(Variant("sidecar-microbatch", micro=True))
+    if args.baselines:
+        variants.append(Variant("sidecar-grpcio", grpc_server="grpcio", protocols=("grpc",)))
+        variants.append(Variant("aiohttp-proxy", protocols=("http",)))
     cells: list[dict[str, Any]] = []
     sidecars: dict[str, tuple[subprocess.Popen[bytes], dict[str, int]]] = {}
     with TritonServer(repository, model_control_mode="explicit", log_dir=work) as triton:
         triton_pgid = triton.process.pid if triton.process else 0
         try:
-            for variant, micro in variants:
-                sidecars[variant] = start_sidecar(work, variant, micro, args.model, x, repository, triton)
+            for variant in variants:
+                if variant.name == "aiohttp-proxy":
+                    sidecars[variant.name] = start_baseline_proxy(work, args.model, repository, triton)
+                else:
+                    sidecars[variant.name] = start_sidecar(work, variant, args.model, x, repository, triton)
+            served = {v.name: v.protocols for v in variants}
             # Neighbours on a shared machine come and go: every round measures direct and each sidecar
             # back to back, and the summary takes the median over rounds.
             for round_index in range(args.rounds):
@@ -371,8 +387,11 @@ def main() -> int:
                             direct = triton.http_url if protocol == "http" else triton.grpc_url
                             targets = [("direct", direct, 0, "")]
                             for variant, (proc, listen) in sidecars.items():
+                                if protocol not in served[variant]:
+                                    continue
                                 port = listen["http"] if protocol == "http" else listen["grpc"]
-                                metrics_url = f"http://127.0.0.1:{listen['metrics']}/metrics"
+                                metrics = listen.get("metrics")
+                                metrics_url = f"http://127.0.0.1:{metrics}/metrics" if metrics else ""
                                 targets.append((variant, f"127.0.0.1:{port}", proc.pid, metrics_url))
                             for target, url, pid, metrics_url in targets:
                                 profile = None
@@ -433,8 +452,33 @@ def main() -> int:
     return 0
 
 
+@dataclass(frozen=True)
+class Variant:
+    """One thing measured against direct Triton: the sidecar with some tuning, or the baseline proxy."""
+
+    name: str
+    micro: bool = False
+    grpc_server: str = "http2"
+    protocols: tuple[str, ...] = ("http", "grpc")
+
+
+def start_baseline_proxy(
+    work: Path, model: str, repository: Path, triton: Any
+) -> tuple[subprocess.Popen[bytes], dict[str, int]]:
+    from guardedmodel_testground.procs import free_port
+
+    port = free_port()
+    log = (work / "aiohttp-proxy.log").open("wb")
+    argv = [sys.executable, str(ROOT / "bench" / "baseline_proxy.py"), "--port", str(port)]
+    argv += ["--triton-url", triton.http_url, "--model", model, "--repository", str(repository)]
+    argv += ["--audit", str(work / "aiohttp-proxy-audit.jsonl")]
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    _wait_ready(proc, f"http://127.0.0.1:{port}/v2/health/ready", work / "aiohttp-proxy.log")
+    return proc, {"http": port}
+
+
 def start_sidecar(
-    work: Path, variant: str, micro: bool, model: str, x: np.ndarray, repository: Path, triton: Any
+    work: Path, variant: Variant, model: str, x: np.ndarray, repository: Path, triton: Any
 ) -> tuple[subprocess.Popen[bytes], dict[str, int]]:
     from guardedmodel_testground.procs import free_port
 
@@ -456,13 +500,16 @@ def start_sidecar(
         "triton": {"httpUrl": triton.http_url, "grpcUrl": triton.grpc_url},
         "modelRepository": str(repository),
         "listen": listen,
-        "auditDir": str(work / variant / "audit"),
-        "spoolDir": str(work / variant / "spool"),
-        "tuning": {"microBatching": {"enabled": micro, "maxBatch": 64, "maxInflight": 2}},
+        "auditDir": str(work / variant.name / "audit"),
+        "spoolDir": str(work / variant.name / "spool"),
+        "tuning": {
+            "microBatching": {"enabled": variant.micro, "maxBatch": 64, "maxInflight": 2},
+            "grpcServer": variant.grpc_server,
+        },
     }
-    config_path = work / f"{variant}.yaml"
+    config_path = work / f"{variant.name}.yaml"
     config_path.write_text(yaml.safe_dump(config))
-    log = (work / f"{variant}.log").open("wb")
+    log = (work / f"{variant.name}.log").open("wb")
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -478,15 +525,19 @@ def start_sidecar(
         stderr=subprocess.STDOUT,
         cwd=ROOT,
     )
-    ready_url = f"http://127.0.0.1:{listen['http']}/v2/health/ready"
+    _wait_ready(proc, f"http://127.0.0.1:{listen['http']}/v2/health/ready", work / f"{variant.name}.log")
+    return proc, listen
+
+
+def _wait_ready(proc: subprocess.Popen[bytes], ready_url: str, log: Path) -> None:
     deadline = time.monotonic() + 120
     while True:
         try:
             with urllib.request.urlopen(ready_url, timeout=2):
-                return proc, listen
+                return
         except OSError:
             if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError(f"sidecar not ready; see {work / variant}.log") from None
+                raise RuntimeError(f"{ready_url} never answered; see {log}") from None
             time.sleep(0.2)
 
 
@@ -516,7 +567,7 @@ def summarize(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "triton_cpu_ms_per_request_direct": t,
                 "triton_cpu_ms_per_request_via_sidecar": c["triton_cpu_ms_per_request"],
                 "sidecar_cpu_ms_per_request": p,
-                "gate_scorer_ms_per_request": c["gate_scorer_ms_per_request"],
+                "gate_scorer_ms_per_request": c.get("gate_scorer_ms_per_request", float("nan")),
                 "loadavg_1m": c["loadavg_1m"],
             }
         )
