@@ -411,19 +411,12 @@ class _Http2Connection(asyncio.Protocol):
         if stream_id % 2 == 0 or stream_id <= self._last_stream:
             raise _ConnectionError(PROTOCOL_ERROR, f"stream {stream_id} cannot be opened by the client")
         self._last_stream = stream_id
-        method = path = content_type = b""
-        timeout = encoding = b""
-        for name, value in headers:
-            if name == b":path":
-                path = value
-            elif name == b":method":
-                method = value
-            elif name == b"content-type":
-                content_type = value
-            elif name == b"grpc-timeout":
-                timeout = value
-            elif name == b"grpc-encoding":
-                encoding = value
+        fields = dict(headers)
+        method = fields.get(b":method", b"")
+        path = fields.get(b":path", b"")
+        content_type = fields.get(b"content-type", b"")
+        timeout = fields.get(b"grpc-timeout")
+        encoding = fields.get(b"grpc-encoding", b"")
         if len(self._streams) >= MAX_STREAMS:
             self._out.append(_frame(RST_STREAM, 0, stream_id, REFUSED_STREAM.to_bytes(4, "big")))
             return

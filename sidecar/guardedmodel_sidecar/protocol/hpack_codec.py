@@ -55,6 +55,10 @@ class Decoder:
         self._max = max_table_size
         self._size = 0
         self._dynamic: deque[Header] = deque()
+        # Blocks that only reference the tables decode the same until the dynamic table changes,
+        # and a gRPC client's are like that after its first calls: cache them per table state.
+        self._generation = 0
+        self._cache: dict[bytes, tuple[Header, ...]] = {}
 
     def _entry(self, index: int) -> Header:
         if index == 0:
@@ -66,7 +70,13 @@ class Decoder:
             raise HpackError(f"header index {index} is beyond the dynamic table")
         return self._dynamic[position]
 
+    def _changed(self) -> None:
+        self._generation += 1
+        if self._cache:
+            self._cache = {}
+
     def _add(self, header: Header) -> None:
+        self._changed()
         size = len(header[0]) + len(header[1]) + _ENTRY_OVERHEAD
         self._dynamic.appendleft(header)
         self._size += size
@@ -93,7 +103,17 @@ class Decoder:
                 raise HpackError(f"bad Huffman string: {exc}") from None
         return raw, end
 
-    def decode(self, data: bytes) -> list[Header]:
+    def decode(self, data: bytes) -> tuple[Header, ...]:
+        cached = self._cache.get(data)
+        if cached is not None:
+            return cached
+        generation = self._generation
+        headers = self._decode(data)
+        if self._generation == generation and len(self._cache) < 64:
+            self._cache[data] = headers
+        return headers
+
+    def _decode(self, data: bytes) -> tuple[Header, ...]:
         headers: list[Header] = []
         pos = 0
         end = len(data)
@@ -108,6 +128,7 @@ class Decoder:
                 if size > self.max_allowed:
                     raise HpackError(f"table size update to {size} is above the allowed {self.max_allowed}")
                 self._max = size
+                self._changed()
                 self._evict()
                 continue
             indexing = bool(byte & 0x40)
@@ -121,7 +142,7 @@ class Decoder:
             if indexing:
                 self._add(header)
             headers.append(header)
-        return headers
+        return tuple(headers)
 
 
 def _encode_integer(value: int, prefix_bits: int, flags: int) -> bytes:

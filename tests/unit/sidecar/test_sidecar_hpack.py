@@ -32,7 +32,7 @@ def test_a_connection_of_blocks_decodes_as_encoded(huffman: bool) -> None:
         headers.append((b"x-req", bytes(rng.randint(32, 126) for _ in range(rng.randint(0, 400)))))
         if i % 50 == 49:
             encoder.header_table_size = rng.choice([0, 256, 4096])
-        assert decoder.decode(encoder.encode(headers, huffman=huffman)) == headers
+        assert list(decoder.decode(encoder.encode(headers, huffman=huffman))) == headers
 
 
 def test_repeated_headers_are_indexed_and_decoded_from_the_table() -> None:
@@ -40,13 +40,25 @@ def test_repeated_headers_are_indexed_and_decoded_from_the_table() -> None:
     decoder.decode(encoder.encode(GRPC_HEADERS))
     block = encoder.encode(GRPC_HEADERS)
     assert len(block) == len(GRPC_HEADERS)  # one byte per field: all from the dynamic/static table
-    assert decoder.decode(block) == GRPC_HEADERS
+    assert list(decoder.decode(block)) == GRPC_HEADERS
+    assert decoder.decode(block) is decoder.decode(block)  # served from the cache
 
 
 def test_never_indexed_fields_decode() -> None:
     encoder = hpack.Encoder()
     block = encoder.encode([hpack.NeverIndexedHeaderTuple(b"authorization", b"secret")])
-    assert Decoder().decode(block) == [(b"authorization", b"secret")]
+    assert Decoder().decode(block) == ((b"authorization", b"secret"),)
+
+
+def test_a_cached_block_is_decoded_again_once_the_dynamic_table_changes() -> None:
+    reference, decoder = hpack.Decoder(), Decoder()
+    first = b"\x40\x01a\x01A"  # literal with indexing: ("a", "A") becomes index 62
+    repeat = b"\xbe"  # index 62
+    second = b"\x40\x01b\x01B"  # ("b", "B") becomes 62, ("a", "A") moves to 63
+    for block in (first, repeat, repeat, second, repeat):
+        want = [(n.encode(), v.encode()) for n, v in reference.decode(block)]
+        assert list(decoder.decode(block)) == want
+    assert decoder.decode(repeat) == ((b"b", b"B"),)
 
 
 @pytest.mark.parametrize(
