@@ -236,6 +236,15 @@ class _Http2Connection(asyncio.Protocol):
                 stream.task.cancel()
         self._streams.clear()
 
+    def pause_writing(self) -> None:
+        # The client is not reading: stop reading its frames (and new calls) until it catches up.
+        if self._transport is not None:
+            self._transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self._transport is not None:
+            self._transport.resume_reading()
+
     def busy(self) -> bool:
         return any(s.task is not None and not s.task.done() for s in self._streams.values())
 

@@ -154,7 +154,16 @@ class V2HttpServer:
 
 
 class _HttpConnection(asyncio.Protocol):
-    __slots__ = ("_buf", "_busy", "_closing", "_continue_sent", "_loop", "_server", "_transport")
+    __slots__ = (
+        "_buf",
+        "_busy",
+        "_closing",
+        "_continue_sent",
+        "_loop",
+        "_paused",
+        "_server",
+        "_transport",
+    )
 
     def __init__(self, server: V2HttpServer) -> None:
         self._server = server
@@ -163,6 +172,8 @@ class _HttpConnection(asyncio.Protocol):
         self._busy = False
         self._closing = False
         self._continue_sent = False
+        # The client is not reading its responses: take no new request until it catches up.
+        self._paused = False
         # Cached: asyncio.get_running_loop() makes a getpid() system call on every use (Python 3.11).
         self._loop = asyncio.get_running_loop()
 
@@ -173,12 +184,27 @@ class _HttpConnection(asyncio.Protocol):
         self._closing = True
         self._transport = None
 
+    def pause_writing(self) -> None:
+        # The transport's buffer is above its high-water mark. Stop reading too, so a client that
+        # pipelines requests without reading the answers cannot make the sidecar buffer without bound.
+        self._paused = True
+        if self._transport is not None:
+            self._transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        if self._transport is None:
+            return
+        self._transport.resume_reading()
+        if self._buf and not self._busy and not self._closing:
+            self._next()
+
     def data_received(self, data: bytes) -> None:
         if self._buf:
             self._buf += data
         else:
             self._buf = bytearray(data)
-        if not self._busy:
+        if not self._busy and not self._paused:
             self._next()
 
     def _next(self) -> None:
@@ -270,7 +296,7 @@ class _HttpConnection(asyncio.Protocol):
         self._busy = False
         if not request.keep_alive:
             self._close()
-        elif self._buf and not self._closing:
+        elif self._buf and not self._closing and not self._paused:
             self._next()
 
     def _respond(

@@ -118,3 +118,54 @@ async def test_unknown_paths_and_http10_close(server) -> None:
     assert status == 404 and headers["connection"] == "close"
     ((status, _, payload),) = await exchange(port, b"POST /v2/repository/models/m/load HTTP/1.1\r\n\r\n")
     assert status == 403 and b"managed by the guard sidecar" in payload
+
+
+class _RecordingTransport:
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.reading = True
+
+    def writelines(self, chunks: list[bytes]) -> None:
+        self.written.append(b"".join(bytes(c) for c in chunks))
+
+    def write(self, data: bytes) -> None:
+        self.written.append(bytes(data))
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def close(self) -> None:
+        pass
+
+
+async def test_a_client_that_does_not_read_its_answers_is_not_served_more(tmp_path: Path) -> None:
+    config = parse_config({"spec": {"model": {"name": "m"}}, "auditDir": str(tmp_path / "audit")})
+    pipeline = Pipeline(
+        config,
+        TritonHttp("127.0.0.1:9"),
+        Router(config.routing),
+        SidecarMetrics("m"),
+        AuditLog(config.audit_dir),
+        ReviewSink(None, tmp_path / "spool", max_fraction=0.1),
+    )
+    v2 = V2HttpServer(pipeline, pipeline.upstream, max_body=1000, is_ready=lambda: True)
+    connection = v2.protocol()
+    transport = _RecordingTransport()
+    connection.connection_made(transport)  # type: ignore[arg-type]
+    request = b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n"
+    connection.data_received(request)
+    await asyncio.sleep(0.01)
+    assert len(transport.written) == 1
+    connection.pause_writing()  # what the transport does when its buffer passes the high-water mark
+    assert not transport.reading
+    connection.data_received(request * 5)
+    await asyncio.sleep(0.01)
+    assert len(transport.written) == 1  # nothing more is taken while the client is behind
+    connection.resume_writing()
+    assert transport.reading
+    for _ in range(20):
+        await asyncio.sleep(0.005)
+    assert len(transport.written) == 6 and all(w.startswith(b"HTTP/1.1 200") for w in transport.written)
