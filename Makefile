@@ -48,7 +48,7 @@ demo: setup
 
 # Benchmarks measure side by side and write bench/results/*.json + *.png; run them on a quiet machine.
 bench-sidecar: setup
-	$(BIN)/python bench/sidecar_vs_triton.py --micro-batching --profile
+	$(BIN)/python bench/sidecar_vs_triton.py --micro-batching --baselines --profile
 
 bench-guard: setup
 	$(BIN)/python bench/guard_quality.py

@@ -269,6 +269,8 @@ class _Http2Connection(asyncio.Protocol):
     # ---------------------------------------------------------------------------- reading
 
     def data_received(self, data: bytes) -> None:
+        if self._closed:
+            return  # sent away already; what the client still had in flight is not read
         buf = self._buf
         buf += data
         pos = 0
@@ -674,6 +676,9 @@ class _Http2Connection(asyncio.Protocol):
 
     def _close_stream(self, stream: _Stream) -> None:
         self._streams.pop(stream.id, None)
+        task = stream.task
+        if task is not None and not task.done() and task is not asyncio.current_task():
+            task.cancel()  # ended from outside its task (a message over the limit): stop the call
         if not stream.ended:
             # We answered before the client finished sending: tell it to stop (RFC 9113 §8.1).
             self._out.append(_frame(RST_STREAM, 0, stream.id, NO_ERROR.to_bytes(4, "big")))

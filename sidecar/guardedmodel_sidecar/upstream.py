@@ -208,6 +208,13 @@ class TritonHttp:
                 if attempt == 2 or conn.transport is None:
                     raise Unavailable(f"Triton at {self.url}: {exc}") from None
                 continue
+            except asyncio.CancelledError:
+                # The caller gave up (gRPC deadline or cancel): Triton's answer is still coming on this
+                # connection, so it can never be reused; close it rather than leak it.
+                conn.closed = True
+                if conn.transport is not None:
+                    conn.transport.close()
+                raise
             except TimeoutError:
                 if conn.transport is not None:
                     conn.transport.close()

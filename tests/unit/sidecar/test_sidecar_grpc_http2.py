@@ -25,6 +25,7 @@ class StandInService:
     def __init__(self) -> None:
         self.cancelled = asyncio.Event()
         self.calls: list[str] = []
+        self.open_streams = 0
 
     async def unary(self, method: str, body: bytes) -> bytes:
         self.calls.append(method)
@@ -47,10 +48,14 @@ class StandInService:
         return b"echo:" + body
 
     async def stream(self, method: str, messages: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        async for message in messages:
-            if message == b"stop":
-                raise GrpcStatus(grpc.StatusCode.FAILED_PRECONDITION, "told to stop")
-            yield b"echo:" + message
+        self.open_streams += 1
+        try:
+            async for message in messages:
+                if message == b"stop":
+                    raise GrpcStatus(grpc.StatusCode.FAILED_PRECONDITION, "told to stop")
+                yield b"echo:" + message
+        finally:
+            self.open_streams -= 1
 
 
 @pytest.fixture(params=["http2", "grpcio"])
@@ -175,6 +180,29 @@ async def test_streaming_answers_each_message_in_order_and_ends_with_a_status(se
                 got.append(reply)
     assert got == [b"echo:a"]
     assert failure.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_an_oversized_stream_message_ends_the_call_and_its_handler(served) -> None:
+    target, service = served
+
+    async def requests() -> AsyncIterator[bytes]:
+        yield b"fine"
+        await asyncio.sleep(0.2)
+        yield b"x" * (MAX_MESSAGE + 1)
+
+    async with grpc.aio.insecure_channel(target) as channel:
+        call = channel.stream_stream(f"/{SERVICE}/ModelStreamInfer")(requests())
+        got = []
+        with pytest.raises(grpc.aio.AioRpcError) as failure:
+            async for reply in call:
+                got.append(reply)
+    assert got == [b"echo:fine"]
+    assert failure.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    for _ in range(100):
+        if service.open_streams == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert service.open_streams == 0
 
 
 async def test_a_client_that_does_not_speak_http2_is_sent_away() -> None:
