@@ -611,7 +611,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         f"{r['variant'].replace('sidecar', 'sc')}\n{r['protocol']} b{r['batch']} c{r['concurrency']}"
         for r in rows
     ]
-    fig, axes = plt.subplots(1, 2, figsize=(max(10, len(rows) * 0.9), 4.5))
+    fig, axes = plt.subplots(3, 1, figsize=(max(10, len(rows) * 0.45), 12))
     xs = np.arange(len(rows))
     axes[0].bar(xs - 0.2, [r["throughput_ratio"] for r in rows], 0.4, label="measured")
     axes[0].bar(xs + 0.2, [r["predicted_ratio_T_over_T_plus_P"] or 0 for r in rows], 0.4, label="T/(T+P)")
@@ -629,6 +629,12 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     axes[1].set_xticks(xs, labels, fontsize=7, rotation=60, ha="right")
     axes[1].set_yscale("symlog", linthresh=1.0)
     axes[1].legend()
+    colors = ["tab:red" if r["variant"] in ("aiohttp-proxy", "sidecar-grpcio") else "tab:blue" for r in rows]
+    axes[2].bar(xs, [r["sidecar_cpu_ms_per_request"] for r in rows], 0.6, color=colors)
+    axes[2].set_ylabel("CPU ms per request (P)")
+    axes[2].set_yscale("log")
+    axes[2].set_xticks(xs, labels, fontsize=7, rotation=60, ha="right")
+    axes[2].set_title("red: baselines (careful aiohttp proxy; the sidecar on grpcio's server)", fontsize=9)
     fig.suptitle("guard sidecar vs direct Triton (same run, same Triton; medians over rounds, bars = range)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
