@@ -124,6 +124,16 @@ def test_grpc_outputs_equal_direct_triton(stack, outputs: list[str] | None) -> N
     assert 0.0 < params["guard_confidence"].double_param <= 1.0
 
 
+@pytest.mark.parametrize("compression", ["gzip", "deflate"])
+def test_grpc_compressed_calls_with_a_deadline_answer_as_triton_does(stack, compression: str) -> None:
+    triton, sidecar, _ = stack
+    x = toy_data().sample(3, seed=5)[0]
+    kw = {"compression_algorithm": compression, "client_timeout": 30.0}
+    direct = grpc_infer(triton.grpc_url, x, outputs=["LOGITS"], **kw)
+    guarded = grpc_infer(sidecar.grpc_url, x, outputs=["LOGITS"], **kw)
+    np.testing.assert_array_equal(guarded.as_numpy("LOGITS"), direct.as_numpy("LOGITS"))
+
+
 def test_health_and_metadata_match_triton(stack) -> None:
     triton, sidecar, _ = stack
     direct, guarded = (

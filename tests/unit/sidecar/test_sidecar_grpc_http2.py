@@ -13,8 +13,9 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 
-from guardedmodel_sidecar.grpc_http2 import Http2GrpcServer, parse_timeout
+from guardedmodel_sidecar.grpc_http2 import Http2GrpcServer
 from guardedmodel_sidecar.grpc_server import SERVICE, GrpcStatus, start_grpcio_server
+from guardedmodel_sidecar.protocol.grpc_wire import parse_timeout
 
 MAX_MESSAGE = 8 * 1024 * 1024
 
