@@ -47,6 +47,7 @@ from guardedmodel_sidecar.protocol.grpc_wire import (
     PADDED,
     PING,
     PREFACE,
+    PRIORITY,
     PRIORITY_FLAG,
     PROTOCOL_ERROR,
     PUSH_PROMISE,
@@ -55,10 +56,12 @@ from guardedmodel_sidecar.protocol.grpc_wire import (
     RST_STREAM,
     SETTING,
     SETTINGS,
+    SETTINGS_ENABLE_PUSH,
     SETTINGS_INITIAL_WINDOW_SIZE,
     SETTINGS_MAX_CONCURRENT_STREAMS,
     SETTINGS_MAX_FRAME_SIZE,
     SETTINGS_MAX_HEADER_LIST_SIZE,
+    STREAM_CLOSED,
     STREAM_WINDOW,
     WINDOW_UPDATE,
     frame,
@@ -71,16 +74,58 @@ from guardedmodel_sidecar.protocol.hpack_codec import Decoder, HpackError, encod
 log = logging.getLogger(__name__)
 
 
+# Kinds of what a stream has left to send.
+_DATA, _TRAILERS, _END = 0, 1, 2
+_NOT_GRPC_HEADERS = encode_headers([(b":status", b"415"), (b"content-type", b"text/plain")])
+_NOT_GRPC_BODY = b"this port serves gRPC (POST, content-type application/grpc); use the HTTP port for REST\n"
+_PSEUDO_REQUEST = frozenset((b":method", b":scheme", b":path", b":authority"))
+_CONNECTION_SPECIFIC = frozenset(
+    (b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade")
+)
+
+
+def request_header_problem(headers: tuple[tuple[bytes, bytes], ...]) -> str | None:
+    """What makes a request's header list malformed (RFC 9113 §8.2-8.3), or None."""
+    seen: set[bytes] = set()
+    regular = False
+    for name, value in headers:
+        if name[:1] == b":":
+            if regular:
+                return f"pseudo-header {name!r} after a regular header"
+            if name not in _PSEUDO_REQUEST:
+                return f"unknown or response pseudo-header {name!r}"
+            if name in seen:
+                return f"pseudo-header {name!r} given twice"
+            seen.add(name)
+            continue
+        regular = True
+        if name != name.lower():
+            return f"header name {name!r} is not lower case"
+        if name in _CONNECTION_SPECIFIC:
+            return f"connection-specific header {name!r}"
+        if name == b"te" and value != b"trailers":
+            return "te header other than 'trailers'"
+    for required in (b":method", b":scheme", b":path"):
+        if required not in seen:
+            return f"missing {required!r}"
+    if not dict(headers)[b":path"]:
+        return "empty :path"
+    return None
+
+
 class _Stream:
     __slots__ = (
         "body",
         "encoding",
         "ended",
+        "expected_length",
         "headers_sent",
         "id",
         "method",
         "pending",
         "queue",
+        "received",
+        "refusal",
         "send_window",
         "streaming",
         "task",
@@ -96,13 +141,18 @@ class _Stream:
         self.ended = False
         self.headers_sent = False
         self.send_window = send_window
-        # Frames waiting for flow-control window: (memoryview of DATA payload) or (bytes, trailers).
-        self.pending: collections.deque[tuple[bool, bytes | memoryview]] = collections.deque()
+        # What is still to be sent, in order, as the client's flow-control windows allow.
+        self.pending: collections.deque[tuple[int, bytes | memoryview]] = collections.deque()
         self.queue: asyncio.Queue[bytes | GrpcStatus | None] | None = None
         self.task: asyncio.Task[None] | None = None
         self.timeout: float | None = None
         self.encoding = b""
         self.unacked = 0
+        self.received = 0
+        self.expected_length: int | None = None  # a content-length header, checked at the end
+        # Set for a request we refuse (not gRPC, unknown method): the answer waits for the end of
+        # the request, so the stream's frames are still checked until then.
+        self.refusal: tuple[bytes, bytes] | None = None  # (header block, body); empty body: trailers-only
 
 
 class _ConnectionError(Exception):
@@ -156,6 +206,8 @@ class _Http2Connection(asyncio.Protocol):
         self._preface = False
         self._decoder = Decoder()
         self._streams: dict[int, _Stream] = {}
+        self._reset_by_us: set[int] = set()  # their frames still in flight are dropped quietly
+        self._checked: dict[tuple[tuple[bytes, bytes], ...], str | None] = {}
         self._last_stream = 0
         self._continuation: tuple[int, bytearray, int] | None = None  # stream, block, HEADERS flags
         # The client's settings and our send windows.
@@ -178,7 +230,6 @@ class _Http2Connection(asyncio.Protocol):
             for key, value in (
                 (SETTINGS_MAX_CONCURRENT_STREAMS, MAX_STREAMS),
                 (SETTINGS_INITIAL_WINDOW_SIZE, STREAM_WINDOW),
-                (SETTINGS_MAX_FRAME_SIZE, MAX_FRAME),
                 (SETTINGS_MAX_HEADER_LIST_SIZE, MAX_HEADER_BLOCK),
             )
         )
@@ -261,7 +312,7 @@ class _Http2Connection(asyncio.Protocol):
                 payload = memoryview(buf)[pos + 9 : pos + 9 + length]
                 pos += 9 + length
                 try:
-                    self._onframe(kind, flags, stream_id & 0x7FFFFFFF, payload)
+                    self._on_frame(kind, flags, stream_id & 0x7FFFFFFF, payload)
                 finally:
                     payload.release()
         except _ConnectionError as exc:
@@ -275,7 +326,7 @@ class _Http2Connection(asyncio.Protocol):
         del buf[:pos]
         self._flush_out()
 
-    def _onframe(self, kind: int, flags: int, stream_id: int, payload: memoryview) -> None:
+    def _on_frame(self, kind: int, flags: int, stream_id: int, payload: memoryview) -> None:
         if self._continuation is not None and kind != CONTINUATION:
             raise _ConnectionError(PROTOCOL_ERROR, "expected a CONTINUATION frame")
         if kind == DATA:
@@ -287,6 +338,8 @@ class _Http2Connection(asyncio.Protocol):
         elif kind == SETTINGS:
             self._on_settings(flags, stream_id, payload)
         elif kind == PING:
+            if stream_id:
+                raise _ConnectionError(PROTOCOL_ERROR, "PING on a stream")
             if len(payload) != 8:
                 raise _ConnectionError(FRAME_SIZE_ERROR, "PING payload must be 8 bytes")
             if not flags & ACK:
@@ -294,19 +347,44 @@ class _Http2Connection(asyncio.Protocol):
         elif kind == WINDOW_UPDATE:
             self._on_window_update(stream_id, payload)
         elif kind == RST_STREAM:
-            stream = self._streams.pop(stream_id, None)
-            if stream is not None and stream.task is not None:
-                stream.task.cancel()
+            self._on_rst_stream(stream_id, payload)
+        elif kind == PRIORITY:
+            self._on_priority(stream_id, payload)
         elif kind == GOAWAY:
-            pass  # the client stops opening streams; the ones in flight still get answers
+            if stream_id:
+                raise _ConnectionError(PROTOCOL_ERROR, "GOAWAY on a stream")
+            # The client opens no more streams; the ones in flight still get answers.
         elif kind == PUSH_PROMISE:
             raise _ConnectionError(PROTOCOL_ERROR, "clients must not send PUSH_PROMISE")
-        # PRIORITY and unknown frame types are ignored (RFC 9113 §5.5).
+        # Unknown frame types are ignored (RFC 9113 §5.5).
+
+    def _on_rst_stream(self, stream_id: int, payload: memoryview) -> None:
+        if stream_id == 0:
+            raise _ConnectionError(PROTOCOL_ERROR, "RST_STREAM on stream 0")
+        if len(payload) != 4:
+            raise _ConnectionError(FRAME_SIZE_ERROR, "RST_STREAM payload must be 4 bytes")
+        if stream_id > self._last_stream:
+            raise _ConnectionError(PROTOCOL_ERROR, f"RST_STREAM on idle stream {stream_id}")
+        stream = self._streams.pop(stream_id, None)
+        if stream is not None and stream.task is not None:
+            stream.task.cancel()
+
+    def _on_priority(self, stream_id: int, payload: memoryview) -> None:
+        # Priorities are advisory and ignored, but a malformed PRIORITY frame is still an error.
+        if stream_id == 0:
+            raise _ConnectionError(PROTOCOL_ERROR, "PRIORITY on stream 0")
+        if len(payload) != 5:
+            self._stream_error(stream_id, FRAME_SIZE_ERROR)
+            return
+        if int.from_bytes(payload[:4], "big") & 0x7FFFFFFF == stream_id:
+            self._stream_error(stream_id, PROTOCOL_ERROR)
 
     def _on_settings(self, flags: int, stream_id: int, payload: memoryview) -> None:
         if stream_id:
             raise _ConnectionError(PROTOCOL_ERROR, "SETTINGS on a stream")
         if flags & ACK:
+            if len(payload):
+                raise _ConnectionError(FRAME_SIZE_ERROR, "SETTINGS ACK with a payload")
             return
         if len(payload) % 6:
             raise _ConnectionError(FRAME_SIZE_ERROR, "SETTINGS payload is not a multiple of 6")
@@ -319,6 +397,8 @@ class _Http2Connection(asyncio.Protocol):
                 self._peer_window = value
                 for stream in self._streams.values():
                     stream.send_window += delta
+            elif key == SETTINGS_ENABLE_PUSH and value > 1:
+                raise _ConnectionError(PROTOCOL_ERROR, f"SETTINGS_ENABLE_PUSH must be 0 or 1, got {value}")
             elif key == SETTINGS_MAX_FRAME_SIZE:
                 if not 16384 <= value <= 16777215:
                     raise _ConnectionError(PROTOCOL_ERROR, f"max frame size {value} is out of range")
@@ -339,6 +419,8 @@ class _Http2Connection(asyncio.Protocol):
                 raise _ConnectionError(FLOW_CONTROL_ERROR, "connection window above 2^31-1")
             self._flush_pending()
             return
+        if stream_id > self._last_stream:
+            raise _ConnectionError(PROTOCOL_ERROR, f"WINDOW_UPDATE on idle stream {stream_id}")
         stream = self._streams.get(stream_id)
         if stream is None:
             return  # a stream we have finished with
@@ -346,6 +428,9 @@ class _Http2Connection(asyncio.Protocol):
             self._reset(stream, PROTOCOL_ERROR)
             return
         stream.send_window += increment
+        if stream.send_window > MAX_WINDOW:
+            self._reset(stream, FLOW_CONTROL_ERROR)
+            return
         self._flush_stream(stream)
 
     def _on_headers(self, flags: int, stream_id: int, payload: memoryview) -> None:
@@ -356,6 +441,12 @@ class _Http2Connection(asyncio.Protocol):
             stop -= payload[0]
             start = 1
         if flags & PRIORITY_FLAG:
+            if (
+                stop - start >= 5
+                and int.from_bytes(payload[start : start + 4], "big") & 0x7FFFFFFF == stream_id
+            ):
+                self._stream_error(stream_id, PROTOCOL_ERROR)  # a stream cannot depend on itself
+                return
             start += 5
         if stop < start:
             raise _ConnectionError(PROTOCOL_ERROR, "HEADERS padding exceeds the frame")
@@ -381,62 +472,77 @@ class _Http2Connection(asyncio.Protocol):
         headers = self._decoder.decode(block)  # always: the dynamic table must stay in step
         stream = self._streams.get(stream_id)
         if stream is not None:  # trailers from the client end its half of the stream
-            if not flags & END_STREAM:
-                raise _ConnectionError(PROTOCOL_ERROR, "trailers without END_STREAM")
-            self._end_of_input(stream)
+            if stream.ended:
+                self._stream_error(stream_id, STREAM_CLOSED)
+            elif not flags & END_STREAM:
+                self._stream_error(stream_id, PROTOCOL_ERROR)  # trailers must end the stream
+            else:
+                self._end_of_input(stream)
             return
         if stream_id % 2 == 0 or stream_id <= self._last_stream:
             raise _ConnectionError(PROTOCOL_ERROR, f"stream {stream_id} cannot be opened by the client")
         self._last_stream = stream_id
-        fields = dict(headers)
-        method = fields.get(b":method", b"")
-        path = fields.get(b":path", b"")
-        content_type = fields.get(b"content-type", b"")
-        timeout = fields.get(b"grpc-timeout")
-        encoding = fields.get(b"grpc-encoding", b"")
+        problem = self._checked.get(headers, "")
+        if problem == "":
+            problem = request_header_problem(headers)
+            if len(self._checked) < 64:
+                self._checked[headers] = problem
+        if problem is not None:
+            log.debug("stream %d: malformed request: %s", stream_id, problem)
+            self._stream_error(stream_id, PROTOCOL_ERROR)
+            return
         if len(self._streams) >= MAX_STREAMS:
-            self._out.append(frame(RST_STREAM, 0, stream_id, REFUSED_STREAM.to_bytes(4, "big")))
+            self._stream_error(stream_id, REFUSED_STREAM)
             return
-        if method != b"POST" or not content_type.startswith(b"application/grpc"):
-            block = encode_headers([(b":status", b"415"), (b"content-type", b"text/plain")])
-            self._out.append(frame(HEADERS, END_HEADERS | END_STREAM, stream_id, block))
-            return
+        fields = dict(headers)
+        path = fields[b":path"]
+        content_type = fields.get(b"content-type", b"")
         service, _, call = path.decode("latin-1").lstrip("/").partition("/")
         streaming = call in STREAM_METHODS
         stream = _Stream(stream_id, call, streaming, self._peer_window)
         self._streams[stream_id] = stream
-        if service != SERVICE or not (streaming or call in UNARY_METHODS):
-            self._finish(
-                stream, grpc.StatusCode.UNIMPLEMENTED, f"method {path.decode('latin-1')} is not served here"
-            )
-            return
-        if timeout:
-            stream.timeout = parse_timeout(timeout)
-        stream.encoding = encoding
-        if streaming:
-            stream.queue = asyncio.Queue()
-            assert self._loop is not None
-            stream.task = self._loop.create_task(self._run_stream(stream))
+        length = fields.get(b"content-length")
+        if length is not None:
+            stream.expected_length = int(length) if length.isdigit() else -1
+        if fields[b":method"] != b"POST" or not content_type.startswith(b"application/grpc"):
+            stream.refusal = (_NOT_GRPC_HEADERS, _NOT_GRPC_BODY)
+        elif service != SERVICE or not (streaming or call in UNARY_METHODS):
+            message = f"method {path.decode('latin-1')} is not served here"
+            block = RESPONSE_HEADERS + status_block(grpc.StatusCode.UNIMPLEMENTED, message, ())
+            stream.refusal = (block, b"")
+        else:
+            timeout = fields.get(b"grpc-timeout")
+            if timeout:
+                stream.timeout = parse_timeout(timeout)
+            stream.encoding = fields.get(b"grpc-encoding", b"")
+            if streaming:
+                stream.queue = asyncio.Queue()
+                assert self._loop is not None
+                stream.task = self._loop.create_task(self._run_stream(stream))
         if flags & END_STREAM:
             self._end_of_input(stream)
 
     def _on_data(self, flags: int, stream_id: int, payload: memoryview) -> None:
         size = len(payload)
+        if stream_id == 0 or stream_id > self._last_stream:
+            raise _ConnectionError(PROTOCOL_ERROR, f"DATA on idle stream {stream_id}")
+        data = payload
+        if flags & PADDED:
+            if not size or payload[0] >= size:
+                raise _ConnectionError(PROTOCOL_ERROR, "DATA padding exceeds the frame")
+            data = payload[1 : size - payload[0]]
         self._recv_unacked += size
         if self._recv_unacked >= CONNECTION_WINDOW // 2:
             self._out.append(frame(WINDOW_UPDATE, 0, 0, self._recv_unacked.to_bytes(4, "big")))
             self._recv_unacked = 0
         stream = self._streams.get(stream_id)
         if stream is None or stream.ended:
-            if stream_id == 0 or stream_id > self._last_stream:
-                raise _ConnectionError(PROTOCOL_ERROR, f"DATA on idle stream {stream_id}")
-            return  # a stream we answered early or the client reset: drop its data
-        data = payload
-        if flags & PADDED:
-            if not size or payload[0] >= size:
-                raise _ConnectionError(PROTOCOL_ERROR, "DATA padding exceeds the frame")
-            data = payload[1 : size - payload[0]]
-        stream.body += data
+            if stream is not None or stream_id not in self._reset_by_us:
+                self._stream_error(stream_id, STREAM_CLOSED)  # DATA after the client's END_STREAM
+            return
+        stream.received += len(data)
+        if stream.refusal is None:
+            stream.body += data
         if len(stream.body) > self._max_message + 5:
             self._finish(
                 stream,
@@ -449,13 +555,26 @@ class _Http2Connection(asyncio.Protocol):
             if stream.unacked >= STREAM_WINDOW // 2:
                 self._out.append(frame(WINDOW_UPDATE, 0, stream_id, stream.unacked.to_bytes(4, "big")))
                 stream.unacked = 0
-            if stream.streaming:
+            if stream.streaming and stream.refusal is None:
                 self._deliver_messages(stream)
             return
         self._end_of_input(stream)
 
     def _end_of_input(self, stream: _Stream) -> None:
         stream.ended = True
+        if stream.expected_length is not None and stream.expected_length != stream.received:
+            self._stream_error(stream.id, PROTOCOL_ERROR)  # content-length does not match the body
+            return
+        if stream.refusal is not None:
+            block, body = stream.refusal
+            stream.headers_sent = True
+            if body:
+                self._out.append(frame(HEADERS, END_HEADERS, stream.id, block))
+                stream.pending.extend(((_DATA, memoryview(body)), (_END, b"")))
+            else:
+                stream.pending.append((_TRAILERS, block))
+            self._flush_stream(stream)
+            return
         if stream.streaming:
             self._deliver_messages(stream)
             if stream.queue is not None:
@@ -589,9 +708,9 @@ class _Http2Connection(asyncio.Protocol):
         if not stream.headers_sent:
             stream.headers_sent = True
             self._out.append(frame(HEADERS, END_HEADERS, stream.id, RESPONSE_HEADERS))
-        stream.pending.append((False, memoryview(MESSAGE_HEAD.pack(0, len(reply)) + reply)))
+        stream.pending.append((_DATA, memoryview(MESSAGE_HEAD.pack(0, len(reply)) + reply)))
         if final:
-            stream.pending.append((True, OK_TRAILERS))
+            stream.pending.append((_TRAILERS, OK_TRAILERS))
         self._flush_stream(stream)
 
     def _finish(
@@ -608,7 +727,7 @@ class _Http2Connection(asyncio.Protocol):
         if not stream.headers_sent:
             stream.headers_sent = True
             block = RESPONSE_HEADERS + block
-        stream.pending.append((True, block))
+        stream.pending.append((_TRAILERS, block))
         self._flush_stream(stream)
 
     def _flush_pending(self) -> None:
@@ -620,8 +739,13 @@ class _Http2Connection(asyncio.Protocol):
         pending = stream.pending
         out = self._out
         while pending:
-            is_trailers, item = pending[0]
-            if is_trailers:
+            kind, item = pending[0]
+            if kind == _END:
+                pending.popleft()
+                out.append(frame(DATA, END_STREAM, stream.id))  # empty: needs no window
+                self._close_stream(stream)
+                return
+            if kind == _TRAILERS:
                 pending.popleft()
                 out.append(frame(HEADERS, END_HEADERS | END_STREAM, stream.id, bytes(item)))
                 self._close_stream(stream)
@@ -638,19 +762,29 @@ class _Http2Connection(asyncio.Protocol):
             if len(chunk) == len(view):
                 pending.popleft()
             else:
-                pending[0] = (False, view[allowed:])
+                pending[0] = (_DATA, view[allowed:])
 
     def _close_stream(self, stream: _Stream) -> None:
         self._streams.pop(stream.id, None)
         task = stream.task
         if task is not None and not task.done() and task is not asyncio.current_task():
             task.cancel()  # ended from outside its task (a message over the limit): stop the call
-        if not stream.ended:
-            # We answered before the client finished sending: tell it to stop (RFC 9113 §8.1).
-            self._out.append(frame(RST_STREAM, 0, stream.id, NO_ERROR.to_bytes(4, "big")))
+        if stream.ended:
+            return
+        # We answered before the client finished sending: ask it to stop (RFC 9113 §8.1), and drop
+        # quietly what it had already sent.
+        self._reset_by_us.add(stream.id)
+        self._out.append(frame(RST_STREAM, 0, stream.id, NO_ERROR.to_bytes(4, "big")))
 
     def _reset(self, stream: _Stream, code: int) -> None:
-        self._streams.pop(stream.id, None)
-        if stream.task is not None:
+        self._stream_error(stream.id, code)
+
+    def _stream_error(self, stream_id: int, code: int) -> None:
+        """End one stream with RST_STREAM; the connection and its other streams go on."""
+        stream = self._streams.pop(stream_id, None)
+        if stream is not None and stream.task is not None:
             stream.task.cancel()
-        self._out.append(frame(RST_STREAM, 0, stream.id, code.to_bytes(4, "big")))
+        if len(self._reset_by_us) > 4096:
+            self._reset_by_us.clear()
+        self._reset_by_us.add(stream_id)
+        self._out.append(frame(RST_STREAM, 0, stream_id, code.to_bytes(4, "big")))

@@ -124,6 +124,8 @@ class Decoder:
                 headers.append(self._entry(index))
                 continue
             if byte & 0xE0 == 0x20:  # dynamic table size update
+                if headers:
+                    raise HpackError("a table size update must come before the block's header fields")
                 size, pos = _integer(data, pos, 5)
                 if size > self.max_allowed:
                     raise HpackError(f"table size update to {size} is above the allowed {self.max_allowed}")

@@ -70,6 +70,7 @@ def test_a_cached_block_is_decoded_again_once_the_dynamic_table_changes() -> Non
         (b"\x3f\xe2\x1f", "above the allowed"),  # table size update to 4096 + 1
         (b"\xff" + b"\xff" * 6 + b"\x01", "too large"),
         (b"\xff", "inside an integer"),
+        (b"\x82\x20", "must come before"),  # a table size update after a header field
     ],
 )
 def test_broken_blocks_are_refused(block: bytes, problem: str) -> None:
