@@ -217,6 +217,7 @@ class _Http2Connection(asyncio.Protocol):
         self._recv_unacked = 0
         self._out: list[bytes | memoryview] = []
         self._closed = False
+        self._going_away = False  # GOAWAY sent: calls in flight finish, new ones are refused
 
     # ---------------------------------------------------------------------------- connection
 
@@ -268,6 +269,7 @@ class _Http2Connection(asyncio.Protocol):
             # A client bug or a non-gRPC client on the gRPC port: worth a line for whoever runs it.
             peer = self._transport.get_extra_info("peername")
             log.warning("gRPC connection from %s closed with HTTP/2 error %d: %s", peer, code, message)
+        self._going_away = True
         payload = self._last_stream.to_bytes(4, "big") + code.to_bytes(4, "big") + message.encode()[:256]
         self._transport.write(frame(GOAWAY, 0, 0, payload))
         if close:
@@ -491,8 +493,8 @@ class _Http2Connection(asyncio.Protocol):
             log.debug("stream %d: malformed request: %s", stream_id, problem)
             self._stream_error(stream_id, PROTOCOL_ERROR)
             return
-        if len(self._streams) >= MAX_STREAMS:
-            self._stream_error(stream_id, REFUSED_STREAM)
+        if len(self._streams) >= MAX_STREAMS or self._going_away:
+            self._stream_error(stream_id, REFUSED_STREAM)  # not processed: safe for the client to retry
             return
         fields = dict(headers)
         path = fields[b":path"]

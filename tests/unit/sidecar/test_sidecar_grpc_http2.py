@@ -42,6 +42,8 @@ class StandInService:
             except asyncio.CancelledError:
                 self.cancelled.set()
                 raise
+        if body.startswith(b"nap"):
+            await asyncio.sleep(0.5)
         if body.startswith(b"big"):
             return bytes(range(256)) * (3 * 1024 * 1024 // 256)
         if body.startswith(b"boom"):
@@ -274,3 +276,17 @@ GOOD_REQUEST = (
 def test_malformed_request_headers_are_named(headers, problem: str | None) -> None:
     found = request_header_problem(headers)
     assert found is None if problem is None else problem in (found or "")
+
+
+async def test_stopping_lets_calls_in_flight_finish_then_refuses_new_ones() -> None:
+    service = StandInService()
+    server = Http2GrpcServer(service, max_message=MAX_MESSAGE)  # type: ignore[arg-type]
+    port = await server.start("127.0.0.1", 0)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        in_flight = asyncio.ensure_future(unary(channel)(b"nap"))
+        await asyncio.sleep(0.1)
+        await server.stop(grace=5)  # GOAWAY, then wait for the call in flight
+        assert in_flight.done() and in_flight.result() == b"echo:nap"
+        with pytest.raises(grpc.aio.AioRpcError) as failure:
+            await unary(channel)(b"after", timeout=2)
+    assert failure.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
