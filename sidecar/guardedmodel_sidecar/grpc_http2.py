@@ -427,11 +427,11 @@ class _Http2Connection(asyncio.Protocol):
         if stream is None:
             return  # a stream we have finished with
         if increment == 0:
-            self._reset(stream, PROTOCOL_ERROR)
+            self._stream_error(stream_id, PROTOCOL_ERROR)
             return
         stream.send_window += increment
         if stream.send_window > MAX_WINDOW:
-            self._reset(stream, FLOW_CONTROL_ERROR)
+            self._stream_error(stream_id, FLOW_CONTROL_ERROR)
             return
         self._flush_stream(stream)
 
@@ -777,9 +777,6 @@ class _Http2Connection(asyncio.Protocol):
         # quietly what it had already sent.
         self._reset_by_us.add(stream.id)
         self._out.append(frame(RST_STREAM, 0, stream.id, NO_ERROR.to_bytes(4, "big")))
-
-    def _reset(self, stream: _Stream, code: int) -> None:
-        self._stream_error(stream.id, code)
 
     def _stream_error(self, stream_id: int, code: int) -> None:
         """End one stream with RST_STREAM; the connection and its other streams go on."""

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
-from .paths import cache_dir, repo_root
+from .paths import cache_dir, go_command, repo_root
 
 PACKAGE = "github.com/summerwind/h2spec/cmd/h2spec"
 
@@ -22,9 +21,7 @@ def _module_dir() -> Path:
 
 
 def ensure_h2spec() -> Path:
-    go = shutil.which("go") or "/usr/local/go/bin/go"
-    if not Path(go).exists():
-        raise RuntimeError("Go is needed to build h2spec (go 1.26+ on PATH)")
+    go = go_command()
     version = subprocess.run([go, "version"], capture_output=True, text=True, check=True).stdout
     digest = hashlib.sha256(version.encode())
     for name in ("go.mod", "go.sum", "tools.go"):

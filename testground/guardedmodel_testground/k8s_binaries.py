@@ -11,7 +11,6 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from .paths import cache_dir, repo_root
+from .paths import cache_dir, go_command, repo_root
 
 #: The commands linked into the multi-call binary; each gets a symlink.
 BUNDLED_COMMANDS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
@@ -52,20 +51,13 @@ def _module_dir() -> Path:
     return repo_root() / "tools" / "k8sbundle"
 
 
-def _go() -> str:
-    go = shutil.which("go") or "/usr/local/go/bin/go"
-    if not Path(go).exists():
-        raise RuntimeError("Go is needed to build the local cluster binaries (go 1.26+ on PATH)")
-    return go
-
-
 def build_key() -> str:
     digest = hashlib.sha256()
     for name in ("go.mod", "go.sum", "main.go"):
         digest.update((_module_dir() / name).read_bytes())
     digest.update(Path(__file__).read_bytes())  # the build flags live here
     digest.update(
-        subprocess.run([_go(), "version"], capture_output=True, text=True, check=True).stdout.encode()
+        subprocess.run([go_command(), "version"], capture_output=True, text=True, check=True).stdout.encode()
     )
     return digest.hexdigest()[:16]
 
@@ -125,7 +117,7 @@ def _build(bin_dir: Path, log: TextIO) -> None:
         started = time.monotonic()
         print(f"building {name} (cached after the first build) ...", file=log, flush=True)
         result = subprocess.run(
-            [_go(), "build", *flags, "-o", str(bin_dir / name), package],
+            [go_command(), "build", *flags, "-o", str(bin_dir / name), package],
             cwd=_module_dir(),
             env=env,
             capture_output=True,

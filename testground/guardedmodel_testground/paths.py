@@ -9,6 +9,7 @@ the CLI never share it.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 
@@ -35,3 +36,11 @@ def cache_dir() -> Path:
 
 def default_state_dir() -> Path:
     return repo_root() / ".state"
+
+
+def go_command() -> str:
+    """The Go toolchain that builds the test ground's binaries from the module proxy."""
+    go = shutil.which("go") or "/usr/local/go/bin/go"
+    if not Path(go).exists():
+        raise RuntimeError("Go is needed to build the test ground's binaries (go 1.26+ on PATH)")
+    return go
