@@ -188,8 +188,9 @@ class Http2GrpcServer:
             self._server.close()
         for connection in list(self.connections):
             connection.go_away(NO_ERROR, "server shutting down", close=False)
-        deadline = asyncio.get_running_loop().time() + grace
-        while any(c.busy() for c in self.connections) and asyncio.get_running_loop().time() < deadline:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while any(c.busy() for c in self.connections) and loop.time() < deadline:
             await asyncio.sleep(0.02)
         for connection in list(self.connections):
             connection.abort()
@@ -201,7 +202,8 @@ class _Http2Connection(asyncio.Protocol):
         self._service = server.service
         self._max_message = server.max_message
         self._transport: asyncio.Transport | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        # Cached: asyncio.get_running_loop() makes a getpid() system call on every use (Python 3.11).
+        self._loop = asyncio.get_running_loop()
         self._buf = bytearray()
         self._preface = False
         self._decoder = Decoder()
@@ -223,7 +225,6 @@ class _Http2Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]  # uvloop's transports are not subclasses
-        self._loop = asyncio.get_running_loop()
         assert self._transport is not None
         self._server.connections.add(self)
         settings = b"".join(
@@ -519,7 +520,6 @@ class _Http2Connection(asyncio.Protocol):
             stream.encoding = fields.get(b"grpc-encoding", b"")
             if streaming:
                 stream.queue = asyncio.Queue()
-                assert self._loop is not None
                 stream.task = self._loop.create_task(self._run_stream(stream))
         if flags & END_STREAM:
             self._end_of_input(stream)
@@ -595,7 +595,6 @@ class _Http2Connection(asyncio.Protocol):
                 + (" and a partial one" if stream.body else ""),
             )
             return
-        assert self._loop is not None
         stream.task = self._loop.create_task(self._run_unary(stream, messages[0]))
 
     def _messages(self, stream: _Stream) -> list[bytes]:
