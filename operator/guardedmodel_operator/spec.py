@@ -22,7 +22,7 @@ DEFAULTS: dict[str, Any] = {
     },
     "sidecar": {
         "logLevel": "info",
-        "grpcServer": "http2",
+        "workers": 1,
         "microBatching": {"enabled": False, "maxBatch": 64, "maxInflight": 2},
         "resources": {"requests": {"cpu": "500m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
     },

@@ -22,8 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from guardedmodel_sidecar.audit import AuditLog
 from guardedmodel_sidecar.config import Routing, SidecarConfig
 from guardedmodel_sidecar.errors import Unavailable
-from guardedmodel_sidecar.grpc_http2 import Http2GrpcServer
-from guardedmodel_sidecar.grpc_server import GrpcService, start_grpcio_server
+from guardedmodel_sidecar.grpc_server import GrpcService, start_grpc_server
 from guardedmodel_sidecar.http_server import V2HttpServer
 from guardedmodel_sidecar.metrics import SidecarMetrics
 from guardedmodel_sidecar.microbatch import MicroBatcher
@@ -64,7 +63,11 @@ class SidecarApp:
             max_fraction=spec.review.max_fraction,
             retries=config.tuning.review_retries,
         )
-        self.triton = TritonHttp(config.triton_http_url)
+        self.triton = TritonHttp(
+            config.triton_http_url,
+            timeout_s=config.limits.request_timeout_s,
+            max_connections=config.limits.max_triton_connections,
+        )
         self.router = Router(config.routing)
         self.pipeline = Pipeline(config, self.triton, self.router, self.metrics, self.audit, self.review)
         mb = config.tuning.micro_batching
@@ -88,7 +91,6 @@ class SidecarApp:
         self.http_port = self.grpc_port = self.metrics_port = 0
         self._tasks: list[asyncio.Task[Any]] = []
         self._http: asyncio.Server | None = None
-        self._grpc: Http2GrpcServer | None = None
         self._grpcio: grpc.aio.Server | None = None
         self._grpc_service: GrpcService | None = None
         self._metrics_runner: web.AppRunner | None = None
@@ -247,21 +249,16 @@ class SidecarApp:
                 await self.wait_ready(timeout_s=120.0)
             except TimeoutError as exc:
                 log.warning("%s; joining the ports anyway, answering 503 until ready", exc)
-        server = V2HttpServer(
-            self.pipeline, self.triton, max_body=self.config.tuning.max_request_bytes, is_ready=self.is_ready
-        )
-        self._http = await server.start(listen.host, listen.http, reuse_port=self.config.tuning.workers > 1)
-        self.http_port = self._http.sockets[0].getsockname()[1]
-        self._grpc_service = GrpcService(self.pipeline, self.config.triton_grpc_url, self.is_ready)
         reuse_port = self.config.tuning.workers > 1
-        max_message = self.config.tuning.max_request_bytes
-        if self.config.tuning.grpc_server == "grpcio":
-            self._grpcio, self.grpc_port = await start_grpcio_server(
-                self._grpc_service, listen.host, listen.grpc, max_message, reuse_port=reuse_port
-            )
-        else:
-            self._grpc = Http2GrpcServer(self._grpc_service, max_message=max_message)
-            self.grpc_port = await self._grpc.start(listen.host, listen.grpc, reuse_port=reuse_port)
+        server = V2HttpServer(self.pipeline, self.triton, limits=self.config.limits, is_ready=self.is_ready)
+        self._http = await server.start(listen.host, listen.http, reuse_port=reuse_port)
+        self.http_port = self._http.sockets[0].getsockname()[1]
+        self._grpc_service = GrpcService(
+            self.pipeline, self.config.triton_grpc_url, self.is_ready, limits=self.config.limits
+        )
+        self._grpcio, self.grpc_port = await start_grpc_server(
+            self._grpc_service, listen.host, listen.grpc, self.config.limits, reuse_port=reuse_port
+        )
         log.info(
             "guard sidecar for '%s': HTTP :%d, gRPC :%d, metrics :%d, Triton %s",
             self.config.spec.model.name,
@@ -283,8 +280,6 @@ class SidecarApp:
     async def stop(self) -> None:
         if self._http is not None:
             self._http.close()
-        if self._grpc is not None:
-            await self._grpc.stop(grace=1.0)
         if self._grpcio is not None:
             await self._grpcio.stop(grace=1.0)
         for task in self._tasks:

@@ -20,14 +20,13 @@ it by hand. Keys (camelCase, as in the GuardedModel API)::
     listen: {host: 0.0.0.0, http: 8080, grpc: 8081, metrics: 9090}
     auditDir: /var/lib/guardedmodel/audit
     spoolDir: /var/lib/guardedmodel/review-spool
+    limits: {maxBodyBytes: 67108864, ...}     # optional: see guardedmodel_sidecar.limits (from
+                                             # spec.sidecar.limits); every network input is bounded
     tuning:                                  # optional, sidecar-only knobs (defaults below)
-      maxRequestBytes: 67108864              # larger bodies are refused with 413
       maxBatch: 1024                         # larger batch dimensions are refused by the gate
       loadVersions: true                     # load routed versions through Triton's repository API
       microBatching: {enabled: false, maxBatch: 64, maxInflight: 2}   # from spec.sidecar.microBatching
       tritonMetricsInterval: 5s              # how often Triton's metrics are read (metricsUrl)
-      grpcServer: http2                      # http2: the sidecar's own lean gRPC server;
-                                             # grpcio: grpcio's server (~2x the CPU per call)
       workers: 1                             # >1: that many processes share the HTTP/gRPC ports
                                              # (SO_REUSEPORT); worker i serves metrics on metrics+i
                                              # and audits into auditDir/worker-i
@@ -52,11 +51,11 @@ from typing import Any
 
 import yaml
 
+from guardedmodel_sidecar.limits import Limits, dump_limits, parse_limits
 from guardedmodel_sidecar.protocol.datatypes import KNOWN_DATATYPES
 
 OOD_METHODS = ("mahalanobis", "energy", "knn", "msp", "vim", "none")
 OOD_ACTIONS = ("reject", "review", "flag")
-GRPC_SERVERS = ("http2", "grpcio")
 
 
 class ConfigError(ValueError):
@@ -125,7 +124,6 @@ class MicroBatching:
 
 @dataclass(frozen=True)
 class Tuning:
-    max_request_bytes: int = 64 * 1024 * 1024
     max_batch: int = 1024
     load_versions: bool = True
     micro_batching: MicroBatching = field(default_factory=MicroBatching)
@@ -138,7 +136,6 @@ class Tuning:
     logits_output: str | None = None
     features_output: str | None = None
     triton_metrics_interval_s: float = 5.0
-    grpc_server: str = "http2"
 
 
 @dataclass(frozen=True)
@@ -156,12 +153,16 @@ class SidecarConfig:
     triton_http_url: str = "127.0.0.1:8000"
     triton_grpc_url: str = "127.0.0.1:8001"
     triton_metrics_url: str | None = None  # host:port of Triton's metrics endpoint
+    # (name, value) of the header Triton's restricted APIs require; sent on the sidecar's own
+    # model-repository calls only, never on a caller's forwarded request.
+    triton_restricted_header: tuple[str, str] | None = None
     model_repository: Path | None = None
     listen: Listen = field(default_factory=Listen)
     audit_dir: Path = Path("/var/lib/guardedmodel/audit")
     spool_dir: Path = Path("/var/lib/guardedmodel/review-spool")
     guarded_model: tuple[str, str] | None = None  # (namespace, name)
     tuning: Tuning = field(default_factory=Tuning)
+    limits: Limits = field(default_factory=Limits)
 
     def with_overrides(self, **changes: Any) -> SidecarConfig:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -288,16 +289,19 @@ def parse_config(data: Mapping[str, Any]) -> SidecarConfig:
     tuning = _section(data, "tuning", "")
     mb = _section(tuning, "microBatching", "tuning.")
     defaults = Tuning()
-    grpc_server = str(tuning.get("grpcServer", defaults.grpc_server))
-    if grpc_server not in GRPC_SERVERS:
-        raise ConfigError(f"tuning.grpcServer: {grpc_server!r} is not one of {', '.join(GRPC_SERVERS)}")
     repo = data.get("modelRepository")
+    restricted = _section(triton, "restrictedHeader", "triton.")
+    if restricted and not (restricted.get("name") and restricted.get("value")):
+        raise ConfigError("triton.restrictedHeader: needs both name and value")
     return SidecarConfig(
         spec=spec,
         routing=routing,
         triton_http_url=_strip_scheme(str(triton.get("httpUrl", "127.0.0.1:8000"))),
         triton_grpc_url=_strip_scheme(str(triton.get("grpcUrl", "127.0.0.1:8001"))),
         triton_metrics_url=_strip_scheme(str(triton["metricsUrl"])) if triton.get("metricsUrl") else None,
+        triton_restricted_header=(
+            (str(restricted["name"]).lower(), str(restricted["value"])) if restricted else None
+        ),
         model_repository=Path(repo) if repo else None,
         listen=Listen(
             host=str(listen.get("host", "0.0.0.0")),
@@ -309,7 +313,6 @@ def parse_config(data: Mapping[str, Any]) -> SidecarConfig:
         spool_dir=Path(data.get("spoolDir", "/var/lib/guardedmodel/review-spool")),
         guarded_model=guarded_model,
         tuning=Tuning(
-            max_request_bytes=int(tuning.get("maxRequestBytes", defaults.max_request_bytes)),
             max_batch=int(tuning.get("maxBatch", defaults.max_batch)),
             load_versions=bool(tuning.get("loadVersions", defaults.load_versions)),
             micro_batching=MicroBatching(
@@ -326,8 +329,8 @@ def parse_config(data: Mapping[str, Any]) -> SidecarConfig:
                 tuning.get("tritonMetricsInterval", defaults.triton_metrics_interval_s),
                 "tuning.tritonMetricsInterval",
             ),
-            grpc_server=grpc_server,
         ),
+        limits=parse_limits(_section(data, "limits", "")),
     )
 
 
@@ -417,6 +420,16 @@ def dump_config(config: SidecarConfig) -> dict[str, Any]:
             "httpUrl": config.triton_http_url,
             "grpcUrl": config.triton_grpc_url,
             **({"metricsUrl": config.triton_metrics_url} if config.triton_metrics_url else {}),
+            **(
+                {
+                    "restrictedHeader": {
+                        "name": config.triton_restricted_header[0],
+                        "value": config.triton_restricted_header[1],
+                    }
+                }
+                if config.triton_restricted_header
+                else {}
+            ),
         },
         **({"modelRepository": str(config.model_repository)} if config.model_repository else {}),
         "listen": {
@@ -428,7 +441,6 @@ def dump_config(config: SidecarConfig) -> dict[str, Any]:
         "auditDir": str(config.audit_dir),
         "spoolDir": str(config.spool_dir),
         "tuning": {
-            "maxRequestBytes": config.tuning.max_request_bytes,
             "maxBatch": config.tuning.max_batch,
             "loadVersions": config.tuning.load_versions,
             "microBatching": {
@@ -441,4 +453,5 @@ def dump_config(config: SidecarConfig) -> dict[str, Any]:
             "workers": config.tuning.workers,
             "tritonMetricsInterval": f"{config.tuning.triton_metrics_interval_s}s",
         },
+        "limits": dump_limits(config.limits),
     }

@@ -6,7 +6,27 @@ gRPC adapters never invent their own status codes, so both protocols refuse the 
 
 from __future__ import annotations
 
+import re
+
 import grpc
+
+# Error text sent to a caller (and written to logs) never exceeds this, whatever the caller sent.
+MAX_ERROR_CHARS = 1024
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def client_text(value: object, limit: int = MAX_ERROR_CHARS) -> str:
+    """``value`` made safe to echo to a caller or a log: control characters escaped, length capped.
+
+    Client bytes reach messages through names, paths and header values; escaping keeps them from
+    forging log lines or terminal escapes, the cap keeps a huge name from becoming a huge reply."""
+    text = value if isinstance(value, str) else str(value)
+    if len(text) > limit * 4:
+        text = text[: limit * 4]
+    text = _UNSAFE.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    if len(text) > limit:
+        text = text[: limit - 15] + "... (truncated)"
+    return text
 
 
 class GuardError(Exception):
@@ -16,6 +36,7 @@ class GuardError(Exception):
     grpc_code: grpc.StatusCode = grpc.StatusCode.INTERNAL
 
     def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+        message = client_text(message)
         super().__init__(message)
         self.message = message
         # Guard results of a post-model refusal (scores, decision) still travel with the error.

@@ -20,6 +20,10 @@ METRICS_PORT = 9090
 TRITON_HTTP_PORT = 8000
 TRITON_GRPC_PORT = 8001
 TRITON_METRICS_PORT = 8002
+# Triton's control APIs answer only requests that carry this header (its restricted-API options);
+# the sidecar adds it to its own management calls and never to a caller's forwarded request.
+TRITON_RESTRICTED_APIS = ("model-repository", "logging", "trace", "shared-memory")
+TRITON_RESTRICTED_HEADER = "guardedmodel-sidecar-key"
 
 MODEL_REPOSITORY_PATH = "/models"
 CONFIG_DIR = "/etc/guardedmodel"
@@ -33,6 +37,17 @@ class Owner:
     namespace: str
     name: str
     uid: str
+
+    def triton_key(self) -> str:
+        """The value of TRITON_RESTRICTED_HEADER for this GuardedModel's pods.
+
+        Not a secret from whoever can read the Deployment: Triton listens on loopback only, so the key
+        does not keep out other pods; it makes the sidecar the only caller of Triton's control APIs, so
+        a request the sidecar forwards can never reach them, whatever its path.
+        """
+        return hashlib.sha256(f"guardedmodel:{self.namespace}/{self.name}:{self.uid}".encode()).hexdigest()[
+            :32
+        ]
 
     def reference(self) -> dict[str, Any]:
         # controller=True makes the garbage collector delete the children with

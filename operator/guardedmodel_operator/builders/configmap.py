@@ -19,6 +19,7 @@ from .common import (
     TRITON_GRPC_PORT,
     TRITON_HTTP_PORT,
     TRITON_METRICS_PORT,
+    TRITON_RESTRICTED_HEADER,
     BuildContext,
 )
 
@@ -38,6 +39,7 @@ def render_sidecar_config(ctx: BuildContext) -> dict[str, Any]:
             "grpcUrl": f"127.0.0.1:{TRITON_GRPC_PORT}",
             # Triton's queue time, republished by the sidecar for the scaler.
             "metricsUrl": f"127.0.0.1:{TRITON_METRICS_PORT}",
+            "restrictedHeader": {"name": TRITON_RESTRICTED_HEADER, "value": ctx.owner.triton_key()},
         },
         "modelRepository": MODEL_REPOSITORY_PATH,
         "listen": {"host": "0.0.0.0", "http": HTTP_PORT, "grpc": GRPC_PORT, "metrics": METRICS_PORT},
@@ -45,8 +47,10 @@ def render_sidecar_config(ctx: BuildContext) -> dict[str, Any]:
         "spoolDir": f"{STATE_DIR}/review-spool",
         "tuning": {
             "microBatching": dict(ctx.spec.raw["sidecar"]["microBatching"]),
-            "grpcServer": ctx.spec.raw["sidecar"]["grpcServer"],
+            "workers": ctx.spec.raw["sidecar"]["workers"],
         },
+        # Only the limits the user set: the sidecar owns the defaults (guardedmodel_sidecar.limits).
+        "limits": dict(ctx.spec.raw["sidecar"].get("limits") or {}),
     }
 
 

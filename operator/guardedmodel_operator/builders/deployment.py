@@ -22,6 +22,8 @@ from .common import (
     TRITON_GRPC_PORT,
     TRITON_HTTP_PORT,
     TRITON_METRICS_PORT,
+    TRITON_RESTRICTED_APIS,
+    TRITON_RESTRICTED_HEADER,
     BuildContext,
 )
 
@@ -34,6 +36,7 @@ def triton_args(ctx: BuildContext) -> list[str]:
     # Explicit model control: Triton loads nothing by itself; the sidecar loads
     # exactly the versions the routing names, so stable and canary can both
     # stay loaded and a rollback is a routing flip instead of a reload.
+    restricted = f"{','.join(TRITON_RESTRICTED_APIS)}:{TRITON_RESTRICTED_HEADER}={ctx.owner.triton_key()}"
     return [
         f"--model-repository={MODEL_REPOSITORY_PATH}",
         "--model-control-mode=explicit",
@@ -43,6 +46,10 @@ def triton_args(ctx: BuildContext) -> list[str]:
         f"--grpc-port={TRITON_GRPC_PORT}",
         "--metrics-address=127.0.0.1",
         f"--metrics-port={TRITON_METRICS_PORT}",
+        # Defence in depth behind the sidecar's allow-list: model load/unload, logging, trace and
+        # shared memory need a header that only the sidecar's own management calls carry.
+        f"--http-restricted-api={restricted}",
+        f"--grpc-restricted-protocol={restricted}",
         *ctx.spec.triton_args,
     ]
 

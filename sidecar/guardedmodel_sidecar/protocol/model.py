@@ -44,6 +44,9 @@ class InferRequest:
     outputs: list[RequestedOutput] | None
     # HTTP: the request-level "binary_data_output" parameter; gRPC always answers in raw form.
     binary_output_default: bool = False
+    # Event-loop time by which the caller stops waiting (a gRPC deadline); None: the upstream
+    # request timeout alone bounds the Triton call.
+    deadline: float | None = None
 
     def batch_size(self) -> int:
         return self.inputs[0].shape[0] if self.inputs and self.inputs[0].shape else 1

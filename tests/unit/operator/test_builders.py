@@ -16,10 +16,12 @@ from guardedmodel_operator.builders import (
     build_rolebinding,
     build_service,
 )
+from guardedmodel_operator.builders.deployment import triton_args
 from guardedmodel_operator.config import OperatorConfig
 from guardedmodel_operator.labels import SPEC_HASH_ANNOTATION
 from guardedmodel_operator.spec import parse_spec
 from guardedmodel_sidecar.config import parse_config
+from guardedmodel_sidecar.limits import Limits
 
 CONFIG = OperatorConfig(triton_image="triton:test", sidecar_image="sidecar:test")
 
@@ -200,18 +202,22 @@ def test_configmap_renders_the_sidecar_contract(minimal_body: dict[str, Any]) ->
         "auditDir",
         "spoolDir",
         "tuning",
+        "limits",
     ]
     assert document["tuning"] == {
         "microBatching": {"enabled": False, "maxBatch": 64, "maxInflight": 2},
-        "grpcServer": "http2",
+        "workers": 1,
     }
+    assert document["limits"] == {}
     assert document["guardedModel"] == {"namespace": "ml", "name": "classifier"}
     assert document["routing"] == {"stableVersion": "1", "canaryVersion": None, "canaryWeight": 0}
+    restricted = document["triton"].pop("restrictedHeader")
     assert document["triton"] == {
         "httpUrl": "127.0.0.1:8000",
         "grpcUrl": "127.0.0.1:8001",
         "metricsUrl": "127.0.0.1:8002",
     }
+    assert restricted["name"] == "guardedmodel-sidecar-key" and len(restricted["value"]) == 32
     assert document["modelRepository"] == "/models"
     assert document["listen"] == {"host": "0.0.0.0", "http": 8080, "grpc": 8081, "metrics": 9090}
     assert document["auditDir"] == "/var/lib/guardedmodel/audit"
@@ -229,10 +235,28 @@ def test_micro_batching_from_the_spec_reaches_the_sidecar(minimal_body: dict[str
     assert (tuning.enabled, tuning.max_batch, tuning.max_inflight) == (True, 64, 4)
 
 
-def test_the_grpc_server_choice_reaches_the_sidecar(minimal_body: dict[str, Any]) -> None:
-    minimal_body["spec"]["sidecar"] = {"grpcServer": "grpcio"}
-    document = yaml.safe_load(build_configmap(context(minimal_body))["data"]["sidecar.yaml"])
-    assert parse_config(document).tuning.grpc_server == "grpcio"
+def test_workers_and_limits_from_the_spec_reach_the_sidecar(minimal_body: dict[str, Any]) -> None:
+    minimal_body["spec"]["sidecar"] = {
+        "workers": 4,
+        "limits": {"maxJsonBodyBytes": 1048576, "headerTimeout": "2s", "maxConcurrentStreams": 32},
+    }
+    config = parse_config(yaml.safe_load(build_configmap(context(minimal_body))["data"]["sidecar.yaml"]))
+    assert config.tuning.workers == 4
+    assert (config.limits.max_json_body_bytes, config.limits.header_timeout_s) == (1048576, 2.0)
+    assert config.limits.max_concurrent_streams == 32
+    assert config.limits.max_body_bytes == Limits().max_body_bytes  # unset: the sidecar's default
+
+
+def test_triton_control_apis_answer_only_the_sidecar(minimal_body: dict[str, Any]) -> None:
+    ctx = context(minimal_body)
+    args = triton_args(ctx)
+    document = yaml.safe_load(build_configmap(ctx)["data"]["sidecar.yaml"])
+    key = document["triton"]["restrictedHeader"]
+    expected = f"model-repository,logging,trace,shared-memory:{key['name']}={key['value']}"
+    assert f"--http-restricted-api={expected}" in args
+    assert f"--grpc-restricted-protocol={expected}" in args
+    other = context({**minimal_body, "metadata": {**minimal_body["metadata"], "uid": "another-uid"}})
+    assert build_configmap(other)["data"] != build_configmap(ctx)["data"]  # a key per GuardedModel
 
 
 def test_configmap_routing_follows_status(minimal_body: dict[str, Any]) -> None:

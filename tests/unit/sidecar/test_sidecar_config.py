@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from guardedmodel_sidecar.config import ConfigError, dump_config, load_config, parse_config, parse_duration
+from guardedmodel_sidecar.limits import Limits
 
 FULL = {
     "guardedModel": {"namespace": "ns", "name": "n"},
@@ -57,7 +58,7 @@ def test_defaults_make_a_minimal_file_enough() -> None:
     assert config.routing.stable_version == "2" and config.routing.versions() == ("2",)
     assert config.spec.ood.method == "none" and config.spec.review_below is None
     assert config.guarded_model is None and not config.tuning.micro_batching.enabled
-    assert config.tuning.grpc_server == "http2"
+    assert config.limits == Limits() and config.triton_restricted_header is None
 
 
 @pytest.mark.parametrize(
@@ -82,7 +83,17 @@ def test_defaults_make_a_minimal_file_enough() -> None:
             {"spec": {"model": {"name": "m"}}, "routing": {"canaryVersion": "2", "canaryWeight": 150}},
             "canaryWeight",
         ),
-        ({"spec": {"model": {"name": "m"}}, "tuning": {"grpcServer": "h2c"}}, "tuning.grpcServer"),
+        (
+            {"spec": {"model": {"name": "m"}}, "limits": {"maxBodySize": 10}},
+            "limits.maxBodySize: not a known",
+        ),
+        ({"spec": {"model": {"name": "m"}}, "limits": {"maxBodyBytes": -1}}, "limits.maxBodyBytes"),
+        ({"spec": {"model": {"name": "m"}}, "limits": {"maxBodyBytes": "1e3"}}, "whole number"),
+        ({"spec": {"model": {"name": "m"}}, "limits": {"headerTimeout": "soon"}}, "limits.headerTimeout"),
+        (
+            {"spec": {"model": {"name": "m"}}, "triton": {"restrictedHeader": {"name": "k"}}},
+            "restrictedHeader",
+        ),
     ],
 )
 def test_invalid_configs_name_the_key(patch: dict, message: str) -> None:
@@ -115,3 +126,15 @@ def test_unreadable_files_are_explained(tmp_path: Path) -> None:
 )
 def test_durations(text: object, seconds: float) -> None:
     assert parse_duration(text, "k") == pytest.approx(seconds)
+
+
+def test_limits_round_trip_through_the_config_file() -> None:
+    data = {
+        "spec": {"model": {"name": "m"}},
+        "limits": {"maxJsonBodyBytes": 4096, "bodyTimeout": "500ms", "maxConcurrentStreams": 8},
+        "triton": {"restrictedHeader": {"name": "Guardedmodel-Sidecar-Key", "value": "abc"}},
+    }
+    config = parse_config(data)
+    assert config.limits.max_json_body_bytes == 4096 and config.limits.body_timeout_s == 0.5
+    assert config.triton_restricted_header == ("guardedmodel-sidecar-key", "abc")
+    assert parse_config(dump_config(config)) == config
