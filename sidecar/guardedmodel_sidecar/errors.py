@@ -78,6 +78,10 @@ class Unavailable(GuardError):
     grpc_code = grpc.StatusCode.UNAVAILABLE
 
 
+class Overloaded(Unavailable):
+    """More requests are in flight than ``limits.maxInflightRequests``; the caller should retry."""
+
+
 class Forbidden(GuardError):
     """An operation the sidecar owns (loading/unloading models) that callers may not do through it."""
 

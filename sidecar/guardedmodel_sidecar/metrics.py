@@ -236,6 +236,7 @@ class SidecarMetrics(Collector):
         self.versions: dict[str, VersionMetrics] = {}
         self.stages = new_stages()  # requests refused before a version was chosen
         self.gate_refusals = 0
+        self.overload_refusals = 0  # refused at limits.maxInflightRequests
         self.upstream_errors: dict[tuple[str, str], int] = {}  # (version, code) -> count
         self.triton_ready = False
         # version -> (queue seconds, requests) since Triton started, as Triton last reported them.
@@ -315,6 +316,13 @@ class SidecarMetrics(Collector):
         )
         refusals.add_metric([self.model], self.gate_refusals)
         yield refusals
+        overload = CounterMetricFamily(
+            "guardedmodel_overload_refusals",
+            "Requests refused with 503 because limits.maxInflightRequests were already in flight",
+            labels=["model"],
+        )
+        overload.add_metric([self.model], self.overload_refusals)
+        yield overload
         upstream = CounterMetricFamily(
             "guardedmodel_upstream_errors",
             "Errors from or reaching Triton",

@@ -29,6 +29,7 @@ from guardedmodel_sidecar.errors import (
     InputRefused,
     ModelNotFound,
     OutOfDistribution,
+    Overloaded,
     Unavailable,
 )
 from guardedmodel_sidecar.gate import InputGate
@@ -163,6 +164,8 @@ class Pipeline:
         self.triton_ready = False
         self._id_prefix = f"{os.getpid():x}-{int(time.time()):x}"
         self._seq = 0
+        self._inflight = 0
+        self._max_inflight = config.limits.max_inflight_requests
         # The upstream call; the micro-batcher wraps it when enabled.
         self.upstream_call: Callable[[str, str, InferRequest, list[str] | None], Awaitable[InferResponse]] = (
             self.call_triton
@@ -274,6 +277,22 @@ class Pipeline:
         return guard
 
     async def infer(self, request: InferRequest) -> GuardedResult:
+        # Bounded concurrency: past the limit, refuse at once (503, retryable) instead of queueing
+        # without bound; the micro-batcher and the Triton pool then never hold more than this.
+        if self._inflight >= self._max_inflight:
+            self.metrics.overload_refusals += 1
+            raise Overloaded(
+                f"the guard sidecar has {self._inflight} requests in flight (limits.maxInflightRequests); "
+                "retry shortly or add replicas",
+                headers={"Retry-After": "1"},
+            )
+        self._inflight += 1
+        try:
+            return await self._infer(request)
+        finally:
+            self._inflight -= 1
+
+    async def _infer(self, request: InferRequest) -> GuardedResult:
         started = time.perf_counter()
         self.review.note_request()
         request_id = request.id or self._next_id()
