@@ -155,6 +155,20 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / CLK
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants: a sidecar with several workers spends its CPU in its children."""
+    pids, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        pids.append(current)
+        try:
+            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+        except OSError:
+            continue
+        todo += [int(c) for c in children]
+    return pids
+
+
 def group_pids(pgid: int) -> list[int]:
     pids = []
     for entry in Path("/proc").iterdir():
@@ -219,7 +233,8 @@ def measure_cell(
     if line.strip() != "START":
         raise RuntimeError(f"load generator failed: {line}{proc.stdout.read()}")
     triton_pids = group_pids(triton_pgid)
-    t_cpu0, s_cpu0 = cpu_seconds(triton_pids), cpu_seconds([sidecar_pid])
+    sidecar_pids = process_tree(sidecar_pid)
+    t_cpu0, s_cpu0 = cpu_seconds(triton_pids), cpu_seconds(sidecar_pids)
     stages0 = scrape(metrics_url) if target == "sidecar" and metrics_url else {}
     spy = None
     if profile_out is not None:
@@ -243,7 +258,7 @@ def measure_cell(
             stderr=subprocess.DEVNULL,
         )
     out, _ = proc.communicate(timeout=seconds + 120)
-    t_cpu1, s_cpu1 = cpu_seconds(triton_pids), cpu_seconds([sidecar_pid])
+    t_cpu1, s_cpu1 = cpu_seconds(triton_pids), cpu_seconds(sidecar_pids)
     if spy is not None:
         spy.wait(timeout=60)
     result = json.loads(out.strip().splitlines()[-1])
@@ -322,6 +337,12 @@ def main() -> int:
     parser.add_argument(
         "--micro-batching", action="store_true", help="also measure the sidecar with micro-batching"
     )
+    parser.add_argument(
+        "--workers",
+        default="",
+        help="also measure the sidecar with these worker process counts, e.g. 2,4 (tuning.workers; "
+        "micro-batching on with --micro-batching)",
+    )
     parser.add_argument("--profile", action="store_true", help="py-spy the sidecar in the b=1 c=16 HTTP cell")
     parser.add_argument("--out", type=Path, default=RESULTS / "sidecar_vs_triton.json")
     parser.add_argument(
@@ -364,6 +385,9 @@ def main() -> int:
     variants = [Variant("sidecar")]
     if args.micro_batching:
         variants.append(Variant("sidecar-microbatch", micro=True))
+    for workers in (int(w) for w in args.workers.split(",") if w.strip()):
+        if workers > 1:
+            variants.append(Variant(f"sidecar-w{workers}", micro=args.micro_batching, workers=workers))
     if args.baselines:
         variants.append(Variant("sidecar-grpcio", grpc_server="grpcio", protocols=("grpc",)))
         variants.append(Variant("aiohttp-proxy", protocols=("http",)))
@@ -460,6 +484,7 @@ class Variant:
     micro: bool = False
     grpc_server: str = "http2"
     protocols: tuple[str, ...] = ("http", "grpc")
+    workers: int = 1
 
 
 def start_baseline_proxy(
@@ -504,6 +529,7 @@ def start_sidecar(
         "spoolDir": str(work / variant.name / "spool"),
         "tuning": {
             "microBatching": {"enabled": variant.micro, "maxBatch": 64, "maxInflight": 2},
+            "workers": variant.workers,
             "grpcServer": variant.grpc_server,
         },
     }
@@ -526,7 +552,24 @@ def start_sidecar(
         cwd=ROOT,
     )
     _wait_ready(proc, f"http://127.0.0.1:{listen['http']}/v2/health/ready", work / f"{variant.name}.log")
+    if variant.workers > 1:
+        _wait_workers(f"http://127.0.0.1:{listen['metrics']}/metrics", variant.workers)
     return proc, listen
+
+
+def _wait_workers(metrics_url: str, workers: int) -> None:
+    """Connections made before a worker joins the shared ports all go to the others: wait for every
+    worker to be ready (it listens right after), or one cell would measure fewer workers."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(metrics_url, timeout=5) as response:
+            text = response.read().decode()
+        ready = re.findall(r'^guardedmodel_worker_ready\{worker="\d+"\} 1\.0$', text, re.MULTILINE)
+        if len(ready) == workers:
+            time.sleep(1.0)
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"not all {workers} sidecar workers became ready; see {metrics_url}")
 
 
 def _wait_ready(proc: subprocess.Popen[bytes], ready_url: str, log: Path) -> None:

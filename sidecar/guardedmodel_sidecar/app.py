@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -44,9 +45,16 @@ log = logging.getLogger(__name__)
 
 class SidecarApp:
     def __init__(
-        self, config: SidecarConfig, *, kubeconfig: str | None = None, health_interval_s: float = 0.5
+        self,
+        config: SidecarConfig,
+        *,
+        kubeconfig: str | None = None,
+        health_interval_s: float = 0.5,
+        metrics_socket: Path | None = None,
     ) -> None:
         self.config = config
+        # A worker of several serves its metrics here, for the parent to merge (see workers.py).
+        self.metrics_socket = metrics_socket
         self.kubeconfig = kubeconfig
         self.health_interval_s = health_interval_s
         spec = config.spec
@@ -210,9 +218,12 @@ class SidecarApp:
         metrics_app.router.add_get("/metrics", self._metrics_handler)
         self._metrics_runner = web.AppRunner(metrics_app, access_log=None)
         await self._metrics_runner.setup()
-        site = web.TCPSite(self._metrics_runner, listen.host, listen.metrics)
-        await site.start()
-        self.metrics_port = _bound_port(site)
+        if self.metrics_socket is not None:
+            await web.UnixSite(self._metrics_runner, str(self.metrics_socket)).start()
+        else:
+            site = web.TCPSite(self._metrics_runner, listen.host, listen.metrics)
+            await site.start()
+            self.metrics_port = _bound_port(site)
 
         spawn = asyncio.get_running_loop().create_task
         self._tasks += [

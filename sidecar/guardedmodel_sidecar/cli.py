@@ -90,52 +90,50 @@ def run(args: argparse.Namespace) -> int:
     return _run_workers(config, args.kubeconfig)
 
 
-def worker_config(config: SidecarConfig, index: int) -> SidecarConfig:
-    """Worker ``index`` of several: its own metrics port and audit directory; only worker 0 loads models."""
-    listen = config.listen
-    return config.with_overrides(
-        listen=Listen(listen.host, listen.http, listen.grpc, listen.metrics + index if listen.metrics else 0),
-        audit_dir=config.audit_dir / f"worker-{index}",
-        tuning=replace(
-            config.tuning,
-            load_versions=config.tuning.load_versions and index == 0,
-            listen_when_ready=index > 0,
-        ),
-    )
-
-
 def _run_workers(config: SidecarConfig, kubeconfig: str | None) -> int:
-    # Separate processes (not threads): each has its own GIL and event loop; the kernel spreads
-    # connections over them through SO_REUSEPORT.
-    context = multiprocessing.get_context("spawn")
-    workers = [
-        context.Process(target=_run_worker, args=(worker_config(config, i), kubeconfig), name=f"sidecar-{i}")
-        for i in range(config.tuning.workers)
-    ]
-    for worker in workers:
-        worker.start()
+    from guardedmodel_sidecar.workers import WorkerPool
 
-    def forward(signum: int, frame: object) -> None:
-        for worker in workers:
-            if worker.pid is not None and worker.is_alive():
-                os.kill(worker.pid, signal.SIGTERM)
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    for worker in workers:
-        worker.join()
-    return max((w.exitcode or 0) for w in workers)
+    return asyncio.run(WorkerPool(config, kubeconfig, run_pool_worker).run())
 
 
-def _run_worker(config: SidecarConfig, kubeconfig: str | None) -> None:
+def run_pool_worker(
+    config: SidecarConfig, kubeconfig: str | None, metrics_socket: str, parent_pid: int, log_level: int
+) -> None:
+    """One worker of a multi-process sidecar (the target of ``WorkerPool``, in a spawned process)."""
+    name = multiprocessing.current_process().name
+    logging.basicConfig(level=log_level, format=f"%(asctime)s %(levelname)s [{name}] %(name)s: %(message)s")
+    _exit_with_parent(parent_pid)
+    _run_worker(config, kubeconfig, metrics_socket=Path(metrics_socket))
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """Have the kernel send SIGTERM when the parent dies (even by SIGKILL), so that no orphaned
+    worker keeps holding the shared ports. Linux only; elsewhere the parent's stop must do."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        return
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        raise SystemExit(0)
+
+
+def _run_worker(config: SidecarConfig, kubeconfig: str | None, *, metrics_socket: Path | None = None) -> None:
     _single_threaded_blas()
+    _uvloop()
+    asyncio.run(_serve(config, kubeconfig, metrics_socket))
+
+
+def _uvloop() -> None:
     try:
         import uvloop
 
         uvloop.install()
     except ImportError:  # pragma: no cover - uvloop is a runtime dependency; plain asyncio also works
         pass
-    asyncio.run(_serve(config, kubeconfig))
 
 
 def _single_threaded_blas() -> None:
@@ -148,17 +146,28 @@ def _single_threaded_blas() -> None:
     threadpool_limits(limits=1, user_api="blas")
 
 
-async def _serve(config: SidecarConfig, kubeconfig: str | None) -> None:
+async def _serve(config: SidecarConfig, kubeconfig: str | None, metrics_socket: Path | None) -> None:
     from guardedmodel_sidecar.app import SidecarApp
 
-    app = SidecarApp(config, kubeconfig=kubeconfig)
+    app = SidecarApp(config, kubeconfig=kubeconfig, metrics_socket=metrics_socket)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
-    await app.start()
+    # A stop request must also end a start-up still in progress: an extra worker waits up to two
+    # minutes for Triton before it joins the ports, and SIGTERM must not wait that out.
+    starting = loop.create_task(app.start(), name="start")
+    stopping = loop.create_task(stop.wait(), name="stop-signal")
     try:
-        await stop.wait()
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
+        else:
+            starting.result()  # a start-up error ends the process
+            await stopping
     finally:
+        stopping.cancel()
         await app.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -88,3 +89,100 @@ def test_ood_buckets_surround_the_threshold_for_either_sign() -> None:
         buckets = ood_buckets(threshold)
         assert list(buckets) == sorted(buckets)
         assert (threshold or 0.0) in buckets
+
+
+# ------------------------------------------------------------------ several workers, one exposition
+
+
+def _version(model: str = "m", version: str = "1") -> VersionMetrics:
+    return VersionMetrics(
+        model, version, "energy", 2.0, DriftAccumulator(reference()), feature_dim=2, buffer_rows=8
+    )
+
+
+def _traffic(seed: int, into: list[SidecarMetrics]) -> None:
+    """The same known requests, counted by every registry in ``into``."""
+    rng = np.random.default_rng(seed)
+    for i in range(12 + seed):
+        rows = 1 + i % 3
+        conf, pred = rng.uniform(0.3, 1.0, rows), rng.integers(0, 3, rows)
+        ood, feats = rng.uniform(0.0, 4.0, rows), rng.uniform(0, 1, (rows, 2))
+        latency = float(rng.uniform(0.0001, 0.05))
+        for metrics in into:
+            for version in ("1", "2"):
+                metrics.add_version(_version(version=version))
+            vm = metrics.versions["1" if i % 4 else "2"]
+            vm.observe(conf, pred, ood, feats)
+            vm.decisions["accept" if i % 5 else "review"] += 1
+            vm.stages["total"].observe(latency)
+            if i % 6 == 0:
+                metrics.count_upstream_error("503", vm.version)
+                metrics.gate_refusals += 1
+                metrics.stages["gate"].observe(latency / 10)
+
+
+def test_merged_workers_export_what_one_process_would_have() -> None:
+    from guardedmodel_sidecar.metrics_aggregate import merge, parse, render
+
+    workers = [SidecarMetrics("m"), SidecarMetrics("m")]
+    single = SidecarMetrics("m")
+    _traffic(0, [workers[0], single])
+    _traffic(1, [workers[1], single])
+    for index, metrics in enumerate([*workers, single]):
+        records, spooled = (7, 2) if metrics is single else ((3, 0), (4, 2))[index]
+        metrics.audit_records = functools.partial(int, records)
+        metrics.spool_depth = functools.partial(int, spooled)
+        sent = {"sent": 5, "spooled": 6} if metrics is single else {"sent": 2 + index, "spooled": 3}
+        metrics.review_counts = functools.partial(dict, sent)
+        # Triton's own counters: every worker republishes the same numbers.
+        metrics.triton_queue = {"1": (1.5, 40.0)}
+        metrics.triton_ready = True
+        metrics.close_windows()
+
+    merged = merge([parse(generate_latest(w.registry).decode()) for w in workers])
+    text = render(f for f in _as_metrics(merged)).decode()
+    got = _sample_map(text)
+    want = samples(single)
+    assert set(got) == set(want)
+    drift = "guardedmodel_drift_score"
+    for key, value in want.items():
+        if key[0] == drift:
+            continue  # PSI/KS of a pooled window are not a function of the parts' scores; below
+        assert math.isclose(got[key], value, rel_tol=1e-9, abs_tol=1e-12) or (
+            math.isnan(got[key]) and math.isnan(value)
+        ), key
+    # Drift: each worker's score weighted by its window's samples (the documented rule).
+    per_worker = [samples(w) for w in workers]
+    for (name, labels), value in got.items():
+        if name != drift:
+            continue
+        lv = tuple(kv for kv in labels if kv[0] != "statistic")
+        weights = [w[("guardedmodel_drift_window_samples", lv)] for w in per_worker]
+        scores = [w[(name, labels)] for w in per_worker]
+        expected = sum(w * s for w, s in zip(weights, scores, strict=True)) / sum(weights)
+        assert math.isclose(value, expected, rel_tol=1e-9)
+
+
+def _as_metrics(exposition: dict) -> list:
+    from guardedmodel_sidecar.metrics_aggregate import to_metric
+
+    return [to_metric(f) for f in exposition.values()]
+
+
+def _sample_map(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def test_every_gauge_has_a_documented_merge_rule() -> None:
+    """A new gauge must say how workers combine (sum, max, weighted mean) in GAUGE_RULES."""
+    from guardedmodel_sidecar.metrics_aggregate import GAUGE_RULES, parse
+
+    metrics = SidecarMetrics("m")
+    _traffic(0, [metrics])
+    metrics.close_windows()
+    gauges = {f.name for f in parse(generate_latest(metrics.registry).decode()).values() if f.type == "gauge"}
+    assert gauges and gauges <= set(GAUGE_RULES), gauges - set(GAUGE_RULES)
