@@ -1,44 +1,73 @@
-"""The v2 gRPC service: Triton's own ``GRPCInferenceService`` (messages shipped in tritonclient).
+"""The v2 gRPC endpoint: Triton's own ``inference.GRPCInferenceService`` on grpcio's server.
 
-Transport-free: it takes and returns serialized messages and raises ``GrpcStatus``, so the HTTP/2
-server in ``grpc_http2`` (the default) and grpcio's server (``tuning.grpcServer: grpcio``) are thin
-adapters over the same calls. ModelInfer and ModelStreamInfer go through the same guard pipeline as
-HTTP.
+grpcio (grpc-core's HTTP/2 transport, HPACK and flow control, with years of CVE fixes) does all the
+framing; this module only decides what each call may do. Handlers take and return raw bytes (no
+serializers), so a message is parsed once, with ``FromString``, and only where the sidecar must read
+it:
+
+- ``ServerLive`` / ``ServerReady`` answer from the sidecar's own view, without reading the request.
+- ``ModelInfer`` and ``ModelStreamInfer`` go through the guard ``Pipeline``, like HTTP infer.
+- ``ServerMetadata``, ``ModelReady``, ``ModelMetadata``, ``ModelConfig``, ``ModelStatistics`` and
+  ``RepositoryIndex`` are read-only: their bytes are checked to parse, then forwarded to Triton unchanged,
+  with the caller's deadline (capped by ``limits.request_timeout_s``).
+- Model load/unload, log and trace settings, and the shared-memory calls are refused with
+  PERMISSION_DENIED, before their body is read: the sidecar owns what Triton loads, a trace or log
+  setting could write every caller's inputs to files, and a shared-memory input would reach the model
+  without passing the guard. These are the same calls the HTTP side refuses with 403.
+- Anything else is UNIMPLEMENTED.
+
+Every decode failure is INVALID_ARGUMENT (RESOURCE_EXHAUSTED for size), never INTERNAL; error text goes
+through ``errors.client_text``. A call's deadline becomes ``InferRequest.deadline`` so the Triton call
+gives up with it, and a cancelled call (client cancel, deadline, disconnect: grpcio cancels the handler's
+task) cancels its upstream work, micro-batched rows included.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+import traceback
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
 from tritonclient.grpc import service_pb2
 
-from guardedmodel_sidecar.errors import GuardError
+from guardedmodel_sidecar.endpoints import GRPC_REFUSED
+from guardedmodel_sidecar.errors import GuardError, InvalidRequest, PayloadTooLarge, client_text
+from guardedmodel_sidecar.limits import Limits
 from guardedmodel_sidecar.pipeline import Pipeline
 from guardedmodel_sidecar.protocol.grpc_codec import request_from_proto, response_to_proto
+from guardedmodel_sidecar.protocol.model import InferRequest
 
 log = logging.getLogger(__name__)
 
-_FORWARDED = (
-    "ServerMetadata",
-    "ModelReady",
-    "ModelMetadata",
-    "ModelConfig",
-    "ModelStatistics",
-    "RepositoryIndex",
-    "SystemSharedMemoryStatus",
-    "SystemSharedMemoryRegister",
-    "SystemSharedMemoryUnregister",
-    "CudaSharedMemoryStatus",
-    "CudaSharedMemoryRegister",
-    "CudaSharedMemoryUnregister",
-    "TraceSetting",
-    "LogSettings",
-)
+SERVICE = "inference.GRPCInferenceService"
 
+# The allow-list is ``endpoints``', shared with the HTTP side (a unit test holds the two equal).
+# Read-only calls forwarded to Triton as bytes, with the request type that must parse first (a body
+# Triton could not parse would come back as its INTERNAL; the caller gets INVALID_ARGUMENT instead).
+FORWARDED: dict[str, Any] = {
+    "ServerMetadata": service_pb2.ServerMetadataRequest,
+    "ModelReady": service_pb2.ModelReadyRequest,
+    "ModelMetadata": service_pb2.ModelMetadataRequest,
+    "ModelConfig": service_pb2.ModelConfigRequest,
+    "ModelStatistics": service_pb2.ModelStatisticsRequest,
+    "RepositoryIndex": service_pb2.RepositoryIndexRequest,
+}
+# Calls in Triton's restricted "model-repository" group: they carry the sidecar's restricted-API header.
+_RESTRICTED = frozenset({"RepositoryIndex"})
+# Refused calls and why, the same reasons the HTTP side gives with its 403.
+DENIED: dict[str, str] = GRPC_REFUSED
+
+_LIVE = service_pb2.ServerLiveResponse(live=True).SerializeToString()
+_READY = service_pb2.ServerReadyResponse(ready=True).SerializeToString()
+_NOT_READY = service_pb2.ServerReadyResponse(ready=False).SerializeToString()
+
+_parse_infer = service_pb2.ModelInferRequest.FromString
+_StreamResponse = service_pb2.ModelStreamInferResponse
+_InferResponse = service_pb2.ModelInferResponse
 
 
 class GrpcStatus(Exception):
@@ -47,6 +76,7 @@ class GrpcStatus(Exception):
     def __init__(
         self, code: grpc.StatusCode, message: str, trailers: tuple[tuple[str, str], ...] = ()
     ) -> None:
+        message = client_text(message)
         super().__init__(message)
         self.code = code
         self.message = message
@@ -58,147 +88,351 @@ class GrpcStatus(Exception):
         return cls(exc.grpc_code, exc.message, trailers)
 
 
-SERVICE = "inference.GRPCInferenceService"
-UNARY_METHODS = frozenset(
-    ("ModelInfer", "ServerLive", "ServerReady", "RepositoryModelLoad", "RepositoryModelUnload", *_FORWARDED)
-)
-STREAM_METHODS = frozenset(("ModelStreamInfer",))
-
-
 class GrpcService:
-    """Triton's ``GRPCInferenceService`` on serialized messages, for any gRPC transport.
+    """The calls of ``inference.GRPCInferenceService``; ``start_grpc_server`` serves them."""
 
-    Infer calls go through the guard pipeline; liveness and readiness answer from the sidecar's view;
-    the read-only calls are forwarded to Triton's gRPC endpoint as bytes, never parsed; model
-    load/unload are refused because the sidecar owns them.
-    """
-
-    def __init__(self, pipeline: Pipeline, triton_grpc_url: str, is_ready: Callable[[], bool]) -> None:
+    def __init__(
+        self, pipeline: Pipeline, triton_grpc_url: str, is_ready: Callable[[], bool], *, limits: Limits
+    ) -> None:
         self.pipeline = pipeline
         self.is_ready = is_ready
+        self.limits = limits
+        # Requests of one ModelStreamInfer in flight at once (answers still leave in order): as many as
+        # one HTTP/1.1 connection may pipeline.
+        self.stream_window = max(1, limits.max_pipelined_requests)
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._channel = grpc.aio.insecure_channel(
-            triton_grpc_url, options=[("grpc.max_receive_message_length", -1)]
+            triton_grpc_url,
+            options=[("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)],
         )
-        # No serializers: the forwarded calls carry the caller's bytes and Triton's bytes unchanged.
-        self._forward = {method: self._channel.unary_unary(f"/{SERVICE}/{method}") for method in _FORWARDED}
+        header = pipeline.config.triton_restricted_header
+        self._restricted_metadata: tuple[tuple[str, str], ...] | None = (header,) if header else None
 
-    async def unary(self, method: str, body: bytes) -> bytes:
-        if method == "ModelInfer":
-            return await self._guarded(_parse(service_pb2.ModelInferRequest, body))
-        if method == "ServerLive":
-            return service_pb2.ServerLiveResponse(live=True).SerializeToString()
-        if method == "ServerReady":
-            return service_pb2.ServerReadyResponse(ready=self.is_ready()).SerializeToString()
-        if method in ("RepositoryModelLoad", "RepositoryModelUnload"):
-            raise GrpcStatus(
-                grpc.StatusCode.PERMISSION_DENIED,
-                "model loading is managed by the guard sidecar from the GuardedModel routing",
-            )
-        forward = self._forward.get(method)
-        if forward is None:
-            raise GrpcStatus(
-                grpc.StatusCode.UNIMPLEMENTED, f"method {method} is not served by the guard sidecar"
-            )
+    # ----------------------------------------------------------------------------- handlers
+
+    def method_handlers(self) -> dict[str, grpc.RpcMethodHandler]:
+        """Every method of the service this sidecar answers, by name (allowed, forwarded, refused)."""
+        handlers: dict[str, grpc.RpcMethodHandler] = {
+            "ServerLive": grpc.unary_unary_rpc_method_handler(self.server_live),
+            "ServerReady": grpc.unary_unary_rpc_method_handler(self.server_ready),
+            "ModelInfer": grpc.unary_unary_rpc_method_handler(self.model_infer),
+            "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(self.model_stream_infer),
+        }
+        for method in FORWARDED:
+            handlers[method] = grpc.unary_unary_rpc_method_handler(self._forwarder(method))
+        for method, reason in DENIED.items():
+            handlers[method] = grpc.stream_stream_rpc_method_handler(_refuser(reason))
+        return handlers
+
+    async def server_live(self, body: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return _LIVE
+
+    async def server_ready(self, body: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return _READY if self.is_ready() else _NOT_READY
+
+    async def model_infer(self, body: bytes, context: grpc.aio.ServicerContext) -> bytes:
         try:
-            reply: bytes = await forward(body, timeout=30)
-        except grpc.aio.AioRpcError as exc:
-            raise GrpcStatus(exc.code(), exc.details() or f"Triton {method} failed") from None
-        return reply
-
-    async def stream(self, method: str, messages: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        """ModelStreamInfer: one response per request, in order; a refused request is answered with
-        an ``error_message`` and the stream goes on, as Triton does."""
-        if method not in STREAM_METHODS:
-            raise GrpcStatus(
-                grpc.StatusCode.UNIMPLEMENTED, f"method {method} is not served by the guard sidecar"
-            )
-        async for body in messages:
-            msg = _parse(service_pb2.ModelInferRequest, body)
-            try:
-                response = service_pb2.ModelStreamInferResponse(infer_response=await self._infer(msg))
-            except GuardError as exc:
-                response = service_pb2.ModelStreamInferResponse(
-                    error_message=exc.message,
-                    infer_response=service_pb2.ModelInferResponse(
-                        model_name=msg.model_name, model_version=msg.model_version, id=msg.id
-                    ),
-                )
-            yield response.SerializeToString()
-
-    async def _infer(self, msg: Any) -> Any:
-        try:
-            request = request_from_proto(msg)
+            request = self._decode(body)
+            remaining = context.time_remaining()
+            if remaining is not None:
+                request.deadline = self._now() + remaining
+            result = await self.pipeline.infer(request)
+            data: bytes = response_to_proto(result.response, result.parameters, request).SerializeToString()
+            return data
         except GuardError as exc:
-            self.pipeline.record_undecodable(msg.model_name, msg.model_version, exc, msg.SerializeToString())
-            raise
-        result = await self.pipeline.infer(request)
-        return response_to_proto(result.response, result.parameters, request)
+            status = GrpcStatus.from_guard_error(exc)
+        except GrpcStatus as exc:
+            status = exc
+        except Exception as exc:
+            status = _internal("ModelInfer", exc)
+        if status.trailers:
+            context.set_trailing_metadata(status.trailers)
+        await context.abort(status.code, status.message)
+        raise AssertionError("unreachable: abort raises")
 
-    async def _guarded(self, msg: Any) -> bytes:
+    async def model_stream_infer(
+        self, messages: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bytes]:
+        """One answer per request, in request order. Up to ``stream_window`` requests are worked on at
+        once (so micro-batching can join them); the stream is not read further until the oldest is
+        answered. A refused request is answered in the stream (``error_message``, with its id, model
+        and version) and the stream goes on, as Triton does; a message that does not parse ends the
+        stream with INVALID_ARGUMENT after the answers before it."""
+        loop = self._running_loop()
+        remaining = context.time_remaining()
+        deadline = None if remaining is None else loop.time() + remaining
+        window = asyncio.Semaphore(self.stream_window)
+        answers: asyncio.Queue[asyncio.Task[bytes] | GrpcStatus | None] = asyncio.Queue()
+        reader = loop.create_task(self._read_stream(messages, deadline, window, answers))
+        status: GrpcStatus | None = None
         try:
-            response = await self._infer(msg)
+            while True:
+                item = await answers.get()
+                if item is None:
+                    break
+                if isinstance(item, GrpcStatus):
+                    status = item
+                    break
+                try:
+                    reply = await item
+                except GrpcStatus as exc:
+                    status = exc
+                    break
+                except Exception as exc:
+                    status = _internal("ModelStreamInfer", exc)
+                    break
+                window.release()
+                yield reply
+        finally:
+            # Cancelled, failed or done: nothing of this stream keeps running (upstream calls included).
+            reader.cancel()
+            while not answers.empty():
+                left = answers.get_nowait()
+                if isinstance(left, asyncio.Task):
+                    left.cancel()
+        if status is not None:
+            await context.abort(status.code, status.message)
+
+    async def _read_stream(
+        self,
+        messages: AsyncIterator[bytes],
+        deadline: float | None,
+        window: asyncio.Semaphore,
+        answers: asyncio.Queue[asyncio.Task[bytes] | GrpcStatus | None],
+    ) -> None:
+        loop = self._running_loop()
+        iterator = messages.__aiter__()
+        try:
+            while True:
+                # A free slot first, then the next message: at most ``stream_window`` requests are held.
+                await window.acquire()
+                try:
+                    body = await iterator.__anext__()
+                except StopAsyncIteration:
+                    break
+                try:
+                    msg = _parse_infer(body)
+                except DecodeError as exc:
+                    self._audit_unparsed(exc, body)
+                    answers.put_nowait(_unparsable(exc))
+                    return
+                answers.put_nowait(loop.create_task(self._stream_one(msg, body, deadline)))
+        except Exception as exc:  # the transport failed under the reader: end the stream, not the sidecar
+            answers.put_nowait(_internal("ModelStreamInfer (reading)", exc))
+            return
+        answers.put_nowait(None)
+
+    async def _stream_one(self, msg: Any, body: bytes, deadline: float | None) -> bytes:
+        try:
+            request = self._decode_message(msg, body)
+            request.deadline = deadline
+            result = await self.pipeline.infer(request)
+            infer_response = response_to_proto(result.response, result.parameters, request)
         except GuardError as exc:
-            raise GrpcStatus.from_guard_error(exc) from None
-        data: bytes = response.SerializeToString()
+            return stream_error(msg, exc.message)
+        data: bytes = _StreamResponse(infer_response=infer_response).SerializeToString()
         return data
+
+    def _forwarder(self, method: str) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]:
+        call = self._channel.unary_unary(f"/{SERVICE}/{method}")
+        request_type = FORWARDED[method]
+        cap = self.limits.request_timeout_s
+        metadata = self._restricted_metadata if method in _RESTRICTED else None
+
+        async def forward(body: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            try:
+                request_type.FromString(body)
+            except DecodeError as exc:
+                status = _unparsable(exc, request_type.__name__)
+            else:
+                remaining = context.time_remaining()
+                timeout = cap if remaining is None else min(remaining, cap)
+                try:
+                    reply: bytes = await call(body, timeout=timeout, metadata=metadata)
+                    return reply
+                except grpc.aio.AioRpcError as exc:
+                    status = GrpcStatus(exc.code(), exc.details() or f"Triton's {method} failed")
+                except Exception as exc:
+                    status = _internal(method, exc)
+            await context.abort(status.code, status.message)
+            raise AssertionError("unreachable: abort raises")
+
+        return forward
+
+    # ----------------------------------------------------------------------------- decoding
+
+    def _decode(self, body: bytes) -> InferRequest:
+        try:
+            msg = _parse_infer(body)
+        except DecodeError as exc:
+            self._audit_unparsed(exc, body)
+            raise _unparsable(exc) from None
+        return self._decode_message(msg, body)
+
+    def _decode_message(self, msg: Any, body: bytes) -> InferRequest:
+        """``request_from_proto`` with every failure a client error, audited with the caller's bytes."""
+        try:
+            return request_from_proto(msg, self.pipeline.decode_budget)
+        except GuardError as exc:
+            error: GuardError = exc
+        except MemoryError:
+            error = PayloadTooLarge("the request's tensors do not fit in the sidecar's memory")
+        except Exception as exc:  # a decoder gap must still be the caller's 400, not our 500
+            log.warning(
+                "gRPC infer request not decodable (%s); answered INVALID_ARGUMENT", type(exc).__name__
+            )
+            error = InvalidRequest(f"ModelInferRequest cannot be decoded ({type(exc).__name__})")
+        self.pipeline.record_undecodable(msg.model_name, msg.model_version, error, body)
+        raise error
+
+    def _audit_unparsed(self, exc: DecodeError, body: bytes) -> None:
+        self.pipeline.record_undecodable(
+            "", "", InvalidRequest(f"ModelInferRequest does not parse: {exc}"), body
+        )
+
+    # ----------------------------------------------------------------------------- lifecycle
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        # Cached: asyncio.get_running_loop() makes a getpid() system call on every use (Python 3.11).
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop
+
+    def _now(self) -> float:
+        return self._running_loop().time()
 
     async def close(self) -> None:
         await self._channel.close()
 
 
-def _parse(message_type: Any, body: bytes) -> Any:
-    try:
-        return message_type.FromString(body)
-    except DecodeError as exc:
-        raise GrpcStatus(
-            grpc.StatusCode.INVALID_ARGUMENT, f"cannot parse {message_type.__name__}: {exc}"
-        ) from None
+def stream_error(msg: Any, message: str) -> bytes:
+    """A refused stream request's answer: tritonclient hands a stream callback only ``error_message``
+    (as an InferenceServerException), so the request's id leads the text, in Triton's own
+    ``[request id: ...]`` form; ``infer_response`` carries id, model and version for other clients."""
+    rid = msg.id
+    text = f"[request id: {client_text(rid, 128)}] {message}" if rid else message
+    data: bytes = _StreamResponse(
+        error_message=client_text(text),
+        infer_response=_InferResponse(model_name=msg.model_name, model_version=msg.model_version, id=rid),
+    ).SerializeToString()
+    return data
 
 
-async def start_grpcio_server(
-    service: GrpcService, host: str, port: int, max_message: int, *, reuse_port: bool = False
+def _unparsable(exc: DecodeError, what: str = "ModelInferRequest") -> GrpcStatus:
+    return GrpcStatus(grpc.StatusCode.INVALID_ARGUMENT, f"the request is not a valid {what}: {exc}")
+
+
+def _internal(method: str, exc: BaseException) -> GrpcStatus:
+    """An error the sidecar did not expect: logged with where it happened but not its message (it may
+    carry client bytes), answered INTERNAL with nothing of the caller's."""
+    frames = "".join(traceback.format_tb(exc.__traceback__))
+    log.error("unexpected %s serving gRPC %s; traceback:\n%s", type(exc).__name__, method, frames)
+    return GrpcStatus(grpc.StatusCode.INTERNAL, f"internal error in the guard sidecar ({type(exc).__name__})")
+
+
+def _refuser(reason: str) -> Callable[[AsyncIterator[bytes], grpc.aio.ServicerContext], Awaitable[None]]:
+    async def refuse(messages: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> None:
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED, reason)
+
+    return refuse
+
+
+async def _unimplemented(messages: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> None:
+    await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this method is not served by the guard sidecar")
+
+
+class _MethodTable(grpc.GenericRpcHandler):
+    """The handlers by full method name; anything else is UNIMPLEMENTED, through a streaming handler so
+    nothing of its body is read."""
+
+    _not_served = grpc.stream_stream_rpc_method_handler(_unimplemented)
+
+    def __init__(self, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        self._handlers = {f"/{SERVICE}/{name}": handler for name, handler in handlers.items()}
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+        return self._handlers.get(handler_call_details.method, self._not_served)
+
+
+def server_options(limits: Limits, *, reuse_port: bool) -> list[tuple[str, int]]:
+    """grpc-core channel arguments of the sidecar's gRPC server, from ``limits``.
+
+    What grpc-core (grpcio 1.60+) does by itself against floods and rapid resets (CVE-2023-44487), and
+    what is set here explicitly so it does not depend on a default:
+
+    - ``grpc.max_concurrent_streams``: SETTINGS_MAX_CONCURRENT_STREAMS; streams opened beyond it are
+      refused. With ``grpc.http.overload_protection`` (on by default) a reset stream keeps counting
+      against it until its handler has finished, so RST_STREAM right after HEADERS cannot start more
+      handlers than the limit.
+    - ``grpc.http2.max_requests_per_read``: new streams accepted per read of the socket before the
+      transport yields (default 32), so one burst of HEADERS+RST_STREAM pairs cannot monopolise it.
+    - ``grpc.http2.ping_on_rst_stream_percent``: a PING answers that share of incoming RST_STREAMs,
+      which paces a client that resets faster than it reads.
+    - ``grpc.http.tarpit`` (default on, 100 ms to 1 s): refusals of streams over the limit are delayed.
+    - Not an argument: a connection stops being read while 10,000 frames the peer induced (SETTINGS and
+      PING acks, RST_STREAM) are unsent because it does not read; streams opened before the client has
+      acknowledged our SETTINGS beyond the limit are refused.
+    - ``grpc.server_max_unrequested_time_in_server``: a call the application has not picked up within
+      this many seconds is cancelled.
+    - ``grpc.max_metadata_size`` / ``grpc.absolute_max_metadata_size``: header-list bytes; grpc-core
+      rejects larger metadata (RESOURCE_EXHAUSTED) and parses ``grpc-timeout`` itself (an unparsable
+      one, a 400-digit number included, is a client error, not a crash).
+    - ``grpc.max_receive_message_length``: larger messages fail with RESOURCE_EXHAUSTED before the
+      handler runs; ``grpc.max_connection_idle_ms`` closes connections without calls (GOAWAY);
+      ``grpc.server_handshake_timeout_ms`` drops connections that do not complete the HTTP/2 preface.
+    - Keepalive enforcement as Triton's own defaults, so a client tuned for Triton works unchanged:
+      pings without data no more often than every 5 minutes, two strikes, then GOAWAY.
+    - ``grpc.max_allowed_incoming_connections``: connections beyond ``max_connections`` are closed.
+
+    Not bounded by grpc-core: a stream whose message arrives slowly has no body-progress timer; it
+    holds one of ``max_concurrent_streams`` until the client's deadline or the connection ends.
+    """
+    ms = 1000
+    return [
+        ("grpc.max_receive_message_length", limits.max_grpc_message_bytes),
+        ("grpc.max_send_message_length", -1),
+        ("grpc.max_concurrent_streams", limits.max_concurrent_streams),
+        ("grpc.http.overload_protection", 1),
+        ("grpc.http2.max_requests_per_read", 32),
+        ("grpc.http2.ping_on_rst_stream_percent", 1),
+        ("grpc.http.tarpit", 1),
+        ("grpc.server_max_unrequested_time_in_server", max(1, round(limits.header_timeout_s))),
+        ("grpc.max_metadata_size", limits.max_header_bytes),
+        ("grpc.absolute_max_metadata_size", limits.max_header_bytes),
+        ("grpc.max_connection_idle_ms", round(limits.idle_timeout_s * ms)),
+        ("grpc.server_handshake_timeout_ms", round(limits.header_timeout_s * ms)),
+        ("grpc.keepalive_time_ms", round(limits.idle_timeout_s * ms)),
+        ("grpc.keepalive_timeout_ms", 20 * ms),
+        ("grpc.keepalive_permit_without_calls", 0),
+        ("grpc.http2.min_ping_interval_without_data_ms", 300 * ms),
+        ("grpc.http2.max_ping_strikes", 2),
+        ("grpc.max_allowed_incoming_connections", limits.max_connections),
+        ("grpc.so_reuseport", 1 if reuse_port else 0),
+    ]
+
+
+def max_concurrent_rpcs(limits: Limits) -> int:
+    """Calls handled at once by this process (an open stream counts as one). Beyond it grpcio answers
+    RESOURCE_EXHAUSTED before any handler runs or any message is kept: the Triton in-flight cap and
+    room for as many again waiting, plus streams and the cheap read-only calls."""
+    return 4 * limits.max_inflight_requests
+
+
+async def start_grpc_server(
+    service: GrpcService, host: str, port: int, limits: Limits, *, reuse_port: bool = False
 ) -> tuple[grpc.aio.Server, int]:
-    """grpcio's server over the same service (``tuning.grpcServer: grpcio``): about twice the CPU per
-    call of ``grpc_http2``, kept for clients that need a gRPC feature the lean server lacks."""
-
-    def unary(method: str) -> Callable[[bytes, grpc.aio.ServicerContext], Any]:
-        async def handle(body: bytes, context: grpc.aio.ServicerContext) -> bytes:
-            try:
-                return await service.unary(method, body)
-            except GrpcStatus as status:
-                if status.trailers:
-                    context.set_trailing_metadata(status.trailers)
-                await context.abort(status.code, status.message)
-                raise  # abort raises; this keeps type checkers aware of it
-            except Exception as exc:
-                log.exception("unhandled error serving gRPC %s", method)
-                await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {exc}")
-                raise
-
-        return handle
-
-    def stream(method: str) -> Callable[[AsyncIterator[bytes], grpc.aio.ServicerContext], Any]:
-        async def handle(
-            messages: AsyncIterator[bytes], context: grpc.aio.ServicerContext
-        ) -> AsyncIterator[bytes]:
-            try:
-                async for reply in service.stream(method, messages):
-                    yield reply
-            except GrpcStatus as status:
-                await context.abort(status.code, status.message)
-
-        return handle
-
-    handlers = {m: grpc.unary_unary_rpc_method_handler(unary(m)) for m in UNARY_METHODS}
-    handlers.update({m: grpc.stream_stream_rpc_method_handler(stream(m)) for m in STREAM_METHODS})
+    """grpcio's asyncio server with ``service``'s handlers registered over raw bytes, listening on
+    ``host:port`` (0: any free port); returns the started server and the bound port."""
     server = grpc.aio.server(
-        options=[
-            ("grpc.max_receive_message_length", max_message),
-            ("grpc.max_send_message_length", -1),
-            ("grpc.so_reuseport", 1 if reuse_port else 0),
-        ]
+        options=server_options(limits, reuse_port=reuse_port),
+        maximum_concurrent_rpcs=max_concurrent_rpcs(limits),
     )
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    handlers = service.method_handlers()
+    # ModelInfer is a registered method: grpcio finds its handler without a Python call per request.
+    # Only it: grpcio's aio server waits on one pending future per registered method for every call it
+    # accepts (18 futures cost ~5 us a call more than 2), and the other calls are rare.
+    server.add_registered_method_handlers(SERVICE, {"ModelInfer": handlers.pop("ModelInfer")})
+    server.add_generic_rpc_handlers((_MethodTable(handlers),))
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise OSError(f"cannot listen for gRPC on {host}:{port}")

@@ -9,25 +9,34 @@ Triton) is paid once per batch instead of once per request.
 Only requests that can be stacked are batched: same version, same input names/datatypes/per-sample
 shapes, same requested outputs, no request parameters, numeric tensors. Outputs are split back by
 rows, so each caller gets exactly its own rows.
+
+A caller that leaves (its call cancelled, its deadline passed) takes its rows with it: rows of callers
+gone while queued are dropped before the batch is stacked (a batch whose callers all left is not sent),
+and a batch in flight whose callers have all been cancelled has its Triton call cancelled. A stacked
+call waits for Triton as long as its longest-waiting caller.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
+from guardedmodel_sidecar.errors import DeadlineExceeded
 from guardedmodel_sidecar.protocol.datatypes import BYTES, NUMPY_DTYPES
 from guardedmodel_sidecar.protocol.model import InferRequest, InferResponse, OutputTensor, Tensor
 
 UpstreamInfer = Callable[[str, str, InferRequest, "list[str] | None"], Awaitable[InferResponse]]
+_Waiter = tuple[InferRequest, "asyncio.Future[InferResponse]"]
 
 
 @dataclass
 class _Lane:
     inflight: int = 0
-    queue: list[tuple[InferRequest, asyncio.Future[InferResponse]]] = field(default_factory=list)
+    queue: deque[_Waiter] = field(default_factory=deque)
     queued_rows: int = 0
 
 
@@ -91,18 +100,41 @@ class MicroBatcher:
     def _dispatch(self, lane: _Lane, model: str, version: str, outputs: list[str] | None) -> None:
         if not lane.queue or lane.inflight >= self.max_inflight:
             return
-        taken: list[tuple[InferRequest, asyncio.Future[InferResponse]]] = []
+        queue = lane.queue
+        taken: list[_Waiter] = []
         rows = 0
-        while lane.queue:
-            request = lane.queue[0][0]
+        now: float | None = None
+        while queue:
+            request, future = queue[0]
             b = request.batch_size()
+            if future.done():
+                # The caller left while queued (cancelled): its rows are not sent.
+                queue.popleft()
+                lane.queued_rows -= b
+                continue
+            if request.deadline is not None:
+                if now is None:
+                    now = self._running_loop().time()
+                if request.deadline <= now:
+                    queue.popleft()
+                    lane.queued_rows -= b
+                    future.set_exception(
+                        DeadlineExceeded("the call's deadline passed while it waited for a Triton call")
+                    )
+                    continue
             if taken and rows + b > self.max_batch:
                 break
-            taken.append(lane.queue.pop(0))
+            taken.append(queue.popleft())
             rows += b
         lane.queued_rows -= rows
+        if not taken:
+            return
         lane.inflight += 1
-        self._running_loop().create_task(self._run(lane, model, version, outputs, taken, rows))
+        task = self._running_loop().create_task(self._run(lane, model, version, outputs, taken, rows))
+        futures = [future for _, future in taken]
+        left = partial(_cancel_when_all_left, task, futures)
+        for future in futures:
+            future.add_done_callback(left)
 
     def _running_loop(self) -> asyncio.AbstractEventLoop:
         # Cached: asyncio.get_running_loop() makes a getpid() system call on every use (Python 3.11).
@@ -116,7 +148,7 @@ class MicroBatcher:
         model: str,
         version: str,
         outputs: list[str] | None,
-        taken: list[tuple[InferRequest, asyncio.Future[InferResponse]]],
+        taken: list[_Waiter],
         rows: int,
     ) -> None:
         try:
@@ -156,6 +188,14 @@ class MicroBatcher:
             self._dispatch(lane, model, version, outputs)
 
 
+def _cancel_when_all_left(
+    task: asyncio.Task[None], futures: list[asyncio.Future[InferResponse]], _: object
+) -> None:
+    """A batch in flight whose callers were all cancelled: nobody waits for Triton's answer."""
+    if all(future.cancelled() for future in futures):
+        task.cancel()
+
+
 def stack_requests(requests: list[InferRequest], rows: int) -> InferRequest:
     first = requests[0]
     inputs = []
@@ -163,7 +203,12 @@ def stack_requests(requests: list[InferRequest], rows: int) -> InferRequest:
         raw = b"".join(r.inputs[index].raw for r in requests)
         shape = (rows, *tensor.shape[1:])
         inputs.append(Tensor(tensor.name, tensor.datatype, shape, raw, None))
-    return InferRequest(first.model_name, first.model_version, "", {}, inputs, first.outputs)
+    deadlines = [r.deadline for r in requests]
+    # The stacked call waits as long as its most patient caller; one without a deadline: no deadline.
+    deadline = None if None in deadlines else max(d for d in deadlines if d is not None)
+    return InferRequest(
+        first.model_name, first.model_version, "", {}, inputs, first.outputs, deadline=deadline
+    )
 
 
 def split_response(response: InferResponse, batch_sizes: list[int], ids: list[str]) -> list[InferResponse]:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
+import pytest
 
+from guardedmodel_sidecar.errors import DeadlineExceeded
 from guardedmodel_sidecar.microbatch import MicroBatcher, split_response, stack_requests
 from guardedmodel_sidecar.protocol.model import InferRequest, InferResponse, OutputTensor, Tensor
 
@@ -73,3 +75,107 @@ async def test_an_upstream_error_reaches_every_caller_of_the_batch() -> None:
         return_exceptions=True,
     )
     assert all(isinstance(r, ConnectionError) for r in results)
+
+
+class CountingModel:
+    """The affine model behind a gate the test opens: records every call's rows and its cancellation."""
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self.calls: list[list[str]] = []
+        self.cancelled = 0
+
+    async def __call__(
+        self, model: str, version: str, req: InferRequest, outputs: list[str] | None
+    ) -> InferResponse:
+        t = req.inputs[0]
+        self.calls.append([str(v) for v in np.frombuffer(t.raw, np.float32).reshape(t.shape)[:, 0]])
+        try:
+            await self.gate.wait()
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        return await affine_model(model, version, req, outputs)
+
+
+async def until(condition, timeout: float = 2.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition never held"
+        await asyncio.sleep(0.001)
+
+
+async def test_rows_of_callers_that_left_while_queued_are_not_sent() -> None:
+    model = CountingModel()
+    batcher = MicroBatcher(model, max_batch=16, max_inflight=1)
+    loop = asyncio.get_running_loop()
+    first = asyncio.ensure_future(batcher.infer("m", "1", request(np.full((1, 2), 0, np.float32), "0"), None))
+    await until(lambda: len(model.calls) == 1)  # the lane is busy: the next ones queue
+    queued = {
+        i: asyncio.ensure_future(
+            batcher.infer("m", "1", request(np.full((1, 2), i, np.float32), str(i)), None)
+        )
+        for i in range(1, 5)
+    }
+    expired = request(np.full((1, 2), 9, np.float32), "9")
+    expired.deadline = loop.time() + 0.01
+    late = asyncio.ensure_future(batcher.infer("m", "1", expired, None))
+    await asyncio.sleep(0.02)  # past the expired caller's deadline
+    queued[2].cancel()
+    queued[4].cancel()
+    model.gate.set()
+    await first
+    assert [r.outputs[0].as_numpy()[0, 0] for r in await asyncio.gather(queued[1], queued[3])] == [3.0, 7.0]
+    with pytest.raises(DeadlineExceeded):
+        await late
+    # One call for the first request, one stacked call with only the callers still there.
+    assert model.calls == [["0.0"], ["1.0", "3.0"]]
+
+
+async def test_a_batch_whose_callers_all_left_is_not_sent() -> None:
+    model = CountingModel()
+    batcher = MicroBatcher(model, max_batch=16, max_inflight=1)
+    first = asyncio.ensure_future(batcher.infer("m", "1", request(np.zeros((1, 2), np.float32), "0"), None))
+    await until(lambda: len(model.calls) == 1)
+    queued = [
+        asyncio.ensure_future(batcher.infer("m", "1", request(np.ones((1, 2), np.float32), str(i)), None))
+        for i in range(3)
+    ]
+    await asyncio.sleep(0)
+    for caller in queued:
+        caller.cancel()
+    model.gate.set()
+    await first
+    await asyncio.sleep(0.01)
+    assert model.calls == [["0.0"]] and batcher.calls == 1
+
+
+async def test_a_batch_in_flight_is_cancelled_when_all_its_callers_are() -> None:
+    model = CountingModel()
+    batcher = MicroBatcher(model, max_batch=16, max_inflight=1)
+    first = asyncio.ensure_future(batcher.infer("m", "1", request(np.zeros((1, 2), np.float32), "0"), None))
+    await until(lambda: len(model.calls) == 1)
+    queued = [
+        asyncio.ensure_future(batcher.infer("m", "1", request(np.ones((1, 2), np.float32), str(i)), None))
+        for i in range(3)
+    ]
+    await asyncio.sleep(0)
+    first.cancel()  # the lane frees up; the three queued go out as one stacked call
+    await until(lambda: len(model.calls) == 2)
+    assert model.calls[1] == ["1.0", "1.0", "1.0"]
+    queued[0].cancel()
+    queued[1].cancel()
+    await asyncio.sleep(0.01)
+    assert model.cancelled == 1  # the first caller's own call; the stacked one still has a caller
+    queued[2].cancel()
+    await until(lambda: model.cancelled == 2)
+    await asyncio.sleep(0.01)
+    assert not batcher._lanes or all(lane.inflight == 0 for lane in batcher._lanes.values())
+
+
+def test_a_stacked_call_waits_as_long_as_its_most_patient_caller() -> None:
+    a, b = request(np.ones((1, 3), np.float32), "a"), request(np.ones((1, 3), np.float32), "b")
+    a.deadline, b.deadline = 10.0, 12.5
+    assert stack_requests([a, b], 2).deadline == 12.5
+    b.deadline = None
+    assert stack_requests([a, b], 2).deadline is None
