@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 from tritonclient.grpc import service_pb2
 
+from guardedmodel_sidecar import grpc_server
 from guardedmodel_sidecar.endpoints import GRPC_FORWARDED, GRPC_GUARDED, GRPC_LOCAL, GRPC_REFUSED
 from guardedmodel_sidecar.errors import GuardError, InputRefused, OutOfDistribution
 from guardedmodel_sidecar.grpc_server import (
@@ -312,6 +313,20 @@ async def test_a_declared_shape_over_the_element_budget_is_refused_before_decodi
     assert not sidecar.pipeline.requests and len(sidecar.pipeline.undecodable) == 1
 
 
+async def test_a_decoder_gap_is_still_the_callers_invalid_argument(
+    start_sidecar, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def gap(msg: Any, budget: Any) -> InferRequest:
+        raise OverflowError("a case the decoder did not foresee")
+
+    monkeypatch.setattr(grpc_server, "request_from_proto", gap)
+    sidecar = await start_sidecar()
+    error = await rpc_error(sidecar.call("ModelInfer")(infer_request().SerializeToString(), timeout=5))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == "ModelInferRequest cannot be decoded (OverflowError)"
+    assert len(sidecar.pipeline.undecodable) == 1
+
+
 async def test_an_oversized_message_is_resource_exhausted(start_sidecar) -> None:
     sidecar = await start_sidecar(max_grpc_message_bytes=1024)
     error = await rpc_error(
@@ -437,7 +452,10 @@ async def test_a_stream_reads_no_further_ahead_than_its_window(start_sidecar) ->
     call = sidecar.stream()
     for i in range(40):
         await call.write(infer_request(rid=str(i)).SerializeToString())
-    await asyncio.sleep(0.3)
+    deadline = time.monotonic() + 5
+    while len(sidecar.pipeline.requests) < 4 and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.2)
     assert len(sidecar.pipeline.requests) == 4  # the other 36 are still with the client / in grpc's windows
     release.set()
     await call.done_writing()
