@@ -1,12 +1,23 @@
-"""Human-review routing: review items go to a webhook through a durable local spool.
+"""Human-review routing: review items go to a webhook through a durable, bounded local spool.
 
-``offer`` writes the item to ``spool_dir`` (atomic rename) before anything is sent, so an item
-survives a crash or an unreachable webhook; a background sender POSTs spooled items as JSON and
-deletes each only after a 2xx. Failed sends are retried with exponential backoff (``retries`` quick
-attempts, then every ``slow_retry_s``) and left in the spool, never dropped.
+``offer`` encodes the item into a bounded in-memory queue and returns at once. A spool task writes
+queued items to ``spool_dir`` (0600 files in a 0700 directory, fsync, atomic rename), and a sender
+POSTs spooled items as JSON, deleting each only after a 2xx. A spooled item survives a crash and an
+unreachable webhook: failed sends are retried with backoff (``retries`` quick attempts, then every
+``slow_retry_s``) and the item stays in the spool. Every file operation (write, list, read, delete)
+runs on one writer thread, so neither fsync nor a slow disk blocks the event loop.
+
+Bounds; hitting one is counted in ``guardedmodel_review_items_total{outcome}`` and logged, never
+silent, and the request's audit record says what became of its item (``review``: the outcome):
+
+- the spool on disk: ``max_spool_items`` files and ``max_spool_bytes`` (``tuning.reviewSpoolMaxItems``,
+  ``reviewSpoolMaxBytes``: 10k, 512 MiB): ``spool_full`` (a webhook down for long fills it; the alert
+  GuardedModelReviewItemsDropped fires). A refused item does not spend the ``maxFraction`` budget;
+- the queue in memory ahead of the disk: ``max_queue_bytes`` (16 MiB): ``queue_full``;
+- items still queued when the sidecar stops and the disk refuses them: ``lost``.
 
 ``maxFraction`` caps the share of requests sent to people: a credit grows by ``max_fraction`` per
-request and each sent item spends one, so at most ``1 + max_fraction * requests`` items are sent.
+request and each spooled item spends one, so at most ``1 + max_fraction * requests`` items are sent.
 Capped items are still answered ``review`` to the caller and counted, just not sent.
 """
 
@@ -15,15 +26,41 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import orjson
 
+from guardedmodel_sidecar.private_files import ensure_private_dir, open_private
+
 log = logging.getLogger(__name__)
+
+MIB = 1024 * 1024
+DEFAULT_MAX_SPOOL_ITEMS = 10_000
+DEFAULT_MAX_SPOOL_BYTES = 512 * MIB
+DEFAULT_MAX_QUEUE_BYTES = 16 * MIB
+# What ``offer`` answers; the audit record's ``review`` field.
+OUTCOMES = ("spooled", "capped", "spool_full", "queue_full", "no_webhook")
+_WARN_INTERVAL_S = 10.0
+_T = TypeVar("_T")
+
+
+class _SpoolBatch:
+    """Items handed to the writer thread; ``written`` grows as each lands, ``finished`` at the end."""
+
+    __slots__ = ("error", "finished", "items", "written")
+
+    def __init__(self, items: list[tuple[str, bytes]]) -> None:
+        self.items = items
+        self.written = 0
+        self.finished = False
+        self.error: OSError | None = None
 
 
 class ReviewSink:
@@ -37,6 +74,9 @@ class ReviewSink:
         timeout_s: float = 5.0,
         backoff_s: float = 0.2,
         slow_retry_s: float = 30.0,
+        max_spool_items: int = DEFAULT_MAX_SPOOL_ITEMS,
+        max_spool_bytes: int = DEFAULT_MAX_SPOOL_BYTES,
+        max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES,
     ) -> None:
         self.webhook = webhook
         self.spool_dir = spool_dir
@@ -45,76 +85,249 @@ class ReviewSink:
         self.timeout_s = timeout_s
         self.backoff_s = backoff_s
         self.slow_retry_s = slow_retry_s
+        self.max_spool_items = max_spool_items
+        self.max_spool_bytes = max_spool_bytes
+        self.max_queue_bytes = max_queue_bytes
         self._credit = 1.0
         self._seq = 0
-        self._wake = asyncio.Event()
+        self._wake = asyncio.Event()  # the sender: something was spooled
+        self._spool_wake = asyncio.Event()  # the spool task: something was queued
+        # Queued in memory (waiting, plus the batch being written); bytes cover both.
+        self._queue: list[tuple[str, bytes]] = []
+        self._inflight: _SpoolBatch | None = None
+        self._queued_bytes = 0
+        # The spool on disk as last known: set by each listing, then own writes and deliveries.
+        self._disk_items = 0
+        self._disk_bytes = 0
+        self._io: ThreadPoolExecutor | None = None
+        self._warned_at = -math.inf
         self.offered = 0
         self.spooled = 0
         self.capped = 0
         self.sent = 0
         self.send_failures = 0
+        self.spool_full = 0
+        self.queue_full = 0
+        self.write_failures = 0
+        self.lost = 0
 
     def note_request(self) -> None:
         """Called once per request: the cap is a fraction of all requests, not of reviews."""
         if self._credit < 1.0:
             self._credit += self.max_fraction
 
-    def offer(self, item: dict[str, Any]) -> bool:
-        """Spool ``item`` for sending unless the cap is reached; True when it will be sent."""
+    def offer(self, item: dict[str, Any]) -> str:
+        """Queue ``item`` for the spool unless a cap or bound says no; returns the outcome (OUTCOMES)."""
         self.offered += 1
         if self.webhook is None:
-            return False
+            return "no_webhook"
         if self._credit < 1.0 - 1e-9:  # tolerate float accumulation
             self.capped += 1
-            return False
+            return "capped"
+        body = orjson.dumps(item, option=orjson.OPT_SERIALIZE_NUMPY)
+        queued = len(self._queue) + (len(self._inflight.items) if self._inflight is not None else 0)
+        if (
+            self._disk_items + queued >= self.max_spool_items
+            or self._disk_bytes + self._queued_bytes + len(body) > self.max_spool_bytes
+        ):
+            self.spool_full += 1
+            self._warn("the spool is full", "spool_full")
+            return "spool_full"
+        if self._queued_bytes and self._queued_bytes + len(body) > self.max_queue_bytes:
+            self.queue_full += 1
+            self._warn("the disk does not keep up with the queue", "queue_full")
+            return "queue_full"
         self._credit -= 1.0
         self._seq += 1
-        name = f"{time.time_ns():020d}-{os.getpid()}-{self._seq:08d}.json"
-        self.spool_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.spool_dir / f".{name}.tmp"
-        with tmp.open("wb") as fh:
-            fh.write(orjson.dumps(item, option=orjson.OPT_SERIALIZE_NUMPY))
-            fh.flush()
-            os.fsync(fh.fileno())
-        tmp.rename(self.spool_dir / name)
-        self.spooled += 1
-        self._wake.set()
-        return True
+        self._queue.append((f"{time.time_ns():020d}-{os.getpid()}-{self._seq:08d}.json", body))
+        self._queued_bytes += len(body)
+        self._spool_wake.set()
+        return "spooled"
+
+    def _warn(self, why: str, outcome: str) -> None:
+        now = time.monotonic()
+        if now - self._warned_at >= _WARN_INTERVAL_S:
+            self._warned_at = now
+            log.error(
+                "review item not spooled: %s (%d items, %d bytes in %s; %d bytes queued); "
+                "guardedmodel_review_items_total{outcome=%r} counts them; check the webhook %s",
+                why,
+                self._disk_items,
+                self._disk_bytes,
+                self.spool_dir,
+                self._queued_bytes,
+                outcome,
+                self.webhook,
+            )
 
     def spool_depth(self) -> int:
-        if not self.spool_dir.is_dir():
-            return 0
-        return sum(1 for p in self.spool_dir.iterdir() if p.suffix == ".json" and not p.name.startswith("."))
+        """Items waiting: in the spool on disk and queued for it."""
+        queued = len(self._queue) + (len(self._inflight.items) if self._inflight is not None else 0)
+        return self._disk_items + queued
 
-    def _pending(self) -> list[Path]:
-        if not self.spool_dir.is_dir():
-            return []
-        return sorted(
-            p for p in self.spool_dir.iterdir() if p.suffix == ".json" and not p.name.startswith(".")
-        )
+    def counts(self) -> dict[str, int]:
+        """guardedmodel_review_items_total by outcome (send_failed and write_failed count attempts)."""
+        return {
+            "spooled": self.spooled,
+            "capped": self.capped,
+            "sent": self.sent,
+            "send_failed": self.send_failures,
+            "spool_full": self.spool_full,
+            "queue_full": self.queue_full,
+            "write_failed": self.write_failures,
+            "lost": self.lost,
+        }
+
+    # ------------------------------------------------------------------------------ background
 
     async def run_sender(self) -> None:
-        """Deliver spooled items forever (including those left by an earlier run)."""
+        """Spool and deliver items forever (including those left by an earlier run)."""
         if self.webhook is None:
             return
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="review-spool")
+        spooler = asyncio.get_running_loop().create_task(self._run_spooler(), name="review-spooler")
         timeout = aiohttp.ClientTimeout(total=self.timeout_s)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
-            while True:
-                delivered_all = await self._drain(session)
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), None if delivered_all else self.slow_retry_s)
+        try:
+            async with aiohttp.ClientSession(timeout=timeout) as session:
+                while True:
+                    self._wake.clear()  # before listing: an item spooled meanwhile wakes the next round
+                    delivered_all = await self._drain(session)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(
+                            self._wake.wait(), None if delivered_all else self.slow_retry_s
+                        )
+        finally:
+            spooler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await spooler
+            self._io.shutdown(wait=True)  # the batch in flight lands (or fails) before the rest is written
+            self._io = None
+            self.close()
+
+    def close(self) -> None:
+        """Write what is still queued, on this thread (at stop, with no write in flight on the writer
+        thread); what the disk refuses is counted lost."""
+        batch = self._inflight
+        if batch is not None:
+            if not batch.finished:
+                # Its write was cancelled with the spool task before the writer thread started it.
+                batch.finished = True
+                self._settle(batch)
+                self._queue[:0] = batch.items[batch.written :]
+            else:
+                self._settle(batch)
+        if not self._queue:
+            return
+        batch = _SpoolBatch(self._queue)
+        self._queue = []
+        self._inflight = batch
+        self._write_items(batch)
+        self._settle(batch)
+        if self._queue:
+            self.lost += len(self._queue)
+            log.error(
+                "%d review items lost at stop: %s could not be written", len(self._queue), self.spool_dir
+            )
+            self._queue, self._queued_bytes = [], 0
+
+    async def _io_call(self, fn: Callable[..., _T], *args: Any) -> _T:
+        return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
+
+    async def _run_spooler(self) -> None:
+        delay = self.backoff_s
+        while True:
+            await self._spool_wake.wait()
+            self._spool_wake.clear()
+            while self._queue:
+                batch = _SpoolBatch(self._queue)
+                self._queue = []
+                self._inflight = batch
+                try:
+                    await self._io_call(self._write_items, batch)
+                finally:
+                    self._settle(batch)  # when cancelled mid-write, run_sender settles it after shutdown
+                if batch.error is None:
+                    delay = self.backoff_s
+                else:
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, self.slow_retry_s)
+
+    def _write_items(self, batch: _SpoolBatch) -> None:
+        """Writer thread: each item to a temporary file, fsync, then renamed into the spool."""
+        try:
+            ensure_private_dir(self.spool_dir)
+            for name, body in batch.items[batch.written :]:
+                tmp = self.spool_dir / f".{name}.tmp"
+                try:
+                    fd = open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+                    try:
+                        view = memoryview(body)
+                        while view:
+                            view = view[os.write(fd, view) :]
+                        os.fsync(fd)
+                    finally:
+                        os.close(fd)
+                    os.rename(tmp, self.spool_dir / name)
+                except OSError:
+                    with contextlib.suppress(OSError):
+                        tmp.unlink(missing_ok=True)
+                    raise
+                batch.written += 1
+            _fsync_dir(self.spool_dir)
+        except OSError as exc:
+            batch.error = exc
+        finally:
+            batch.finished = True
+
+    def _settle(self, batch: _SpoolBatch) -> None:
+        if self._inflight is not batch or not batch.finished:
+            return
+        self._inflight = None
+        landed = batch.items[: batch.written]
+        landed_bytes = sum(len(body) for _, body in landed)
+        self.spooled += len(landed)
+        self._disk_items += len(landed)
+        self._disk_bytes += landed_bytes
+        self._queued_bytes -= landed_bytes
+        if landed:
+            self._wake.set()
+        if batch.error is not None:
+            self.write_failures += 1
+            self._queue[:0] = batch.items[batch.written :]
+            log.error(
+                "cannot spool review items to %s: %s; %d items kept in memory",
+                self.spool_dir,
+                batch.error,
+                len(self._queue),
+            )
+
+    def _list_spool(self) -> list[tuple[Path, int]]:
+        """Writer thread: spooled items, oldest first, with their sizes (other workers' included)."""
+        try:
+            entries = list(os.scandir(self.spool_dir))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        found = []
+        for entry in entries:
+            if entry.name.endswith(".json") and not entry.name.startswith("."):
+                with contextlib.suppress(FileNotFoundError):
+                    found.append((Path(entry.path), entry.stat().st_size))
+        return sorted(found)
 
     async def _drain(self, session: aiohttp.ClientSession) -> bool:
-        for path in self._pending():
+        spool = await self._io_call(self._list_spool)
+        self._disk_items, self._disk_bytes = len(spool), sum(size for _, size in spool)
+        for path, size in spool:
             try:
-                body = path.read_bytes()
+                body = await self._io_call(path.read_bytes)
             except FileNotFoundError:
                 continue
             if not await self._send(session, body, path.name):
                 return False
-            path.unlink(missing_ok=True)
+            await self._io_call(path.unlink, True)
             self.sent += 1
+            self._disk_items -= 1
+            self._disk_bytes -= size
         return True
 
     async def _send(self, session: aiohttp.ClientSession, body: bytes, name: str) -> bool:
@@ -142,3 +355,17 @@ class ReviewSink:
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.slow_retry_s)
         return False
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make the renames durable; best effort (some filesystems refuse a directory fsync)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

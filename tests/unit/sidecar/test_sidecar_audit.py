@@ -1,19 +1,70 @@
-"""Append-only audit log: one line per record, rotation, exact payload sampling, nothing dropped."""
+"""Append-only audit log: one line per record, rotation with retention, exact payload sampling, private
+files, and a bounded buffer that counts every line it cannot keep when the disk fails or lags."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
+import errno
 import os
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pytest
+from prometheus_client import generate_latest
 
-from guardedmodel_sidecar.audit import AuditLog, iter_records
+import guardedmodel_sidecar.audit as audit_module
+from guardedmodel_sidecar.audit import AuditLog, client_id, iter_records, rotated_files
+from guardedmodel_sidecar.metrics import SidecarMetrics
 from guardedmodel_sidecar.protocol.model import Tensor
 
 
+def mode(path: Path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+@contextlib.contextmanager
+def umask(value: int) -> Iterator[None]:
+    old = os.umask(value)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+class FlakyOs:
+    """The ``os`` module as audit.py sees it, with ``write`` replaced (the rest passes through)."""
+
+    def __init__(self, write: Callable[[int, Any], int]) -> None:
+        self._write = write
+
+    def write(self, fd: int, data: Any) -> int:
+        return self._write(fd, data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(os, name)
+
+
+def enospc(fd: int, data: Any) -> int:
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def recorded(log: AuditLog, n: int, prefix: str = "r") -> None:
+    for i in range(n):
+        log.record({"id": f"{prefix}{i}", "decision": "accept"})
+
+
+# ----------------------------------------------------------------------------------- basics
+
+
 def test_every_record_survives_rotation_in_order(tmp_path: Path) -> None:
-    log = AuditLog(tmp_path, rotate_bytes=2000)
+    log = AuditLog(tmp_path, rotate_bytes=2000, retain_files=0)
     for i in range(500):
         log.record({"id": f"r{i}", "decision": "accept", "confidence": np.array([0.5, 0.25])})
         if i % 37 == 0:
@@ -55,7 +106,301 @@ def test_a_failed_write_keeps_the_lines_for_the_next_flush(tmp_path: Path) -> No
     log.record({"id": "kept"})
     log.flush()
     assert log.write_errors == 1
+    assert log.stats()["records"].pending_lines == 1
     os.remove(blocker)
     log.flush()
     log.close()
     assert [r["id"] for r in iter_records(blocker)] == ["kept"]
+
+
+# ----------------------------------------------------------------------------------- permissions
+
+
+def test_files_are_0600_in_a_0700_directory_whatever_the_umask(tmp_path: Path) -> None:
+    directory = tmp_path / "state" / "audit"
+    with umask(0):
+        log = AuditLog(directory, rotate_bytes=500, sample_rate=1.0, retain_files=0)
+        x = np.zeros(4, np.float32)
+        for i in range(40):
+            log.record({"id": f"r{i}", "decision": "accept"})
+            log.maybe_sample(f"r{i}", [Tensor("X", "FP32", x.shape, x.tobytes(), x)])
+            log.flush()
+        log.close()
+    assert mode(directory) == 0o700 and mode(directory.parent) == 0o700  # the parent it created too
+    files = list(directory.iterdir())
+    assert (directory / "audit.jsonl").exists()
+    assert rotated_files(directory, "audit") and rotated_files(directory, "samples")
+    assert {p.name: mode(p) for p in files} == {p.name: 0o600 for p in files}
+
+
+def test_a_directory_and_file_left_with_wider_modes_are_made_private(tmp_path: Path) -> None:
+    directory = tmp_path / "audit"
+    directory.mkdir(mode=0o755)
+    os.chmod(directory, 0o755)
+    (directory / "audit.jsonl").write_bytes(b'{"id": "old"}\n')
+    os.chmod(directory / "audit.jsonl", 0o644)
+    log = AuditLog(directory)
+    log.record({"id": "new"})
+    log.close()
+    assert mode(directory) == 0o700 and mode(directory / "audit.jsonl") == 0o600
+    assert [r["id"] for r in iter_records(directory)] == ["old", "new"]
+
+
+# ----------------------------------------------------------------------------------- failing disk
+
+
+def test_a_full_disk_keeps_lines_up_to_the_bound_then_counts_every_drop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(audit_module, "os", FlakyOs(enospc))
+    log = AuditLog(tmp_path, buffer_bytes=4096)
+    for batch in range(5):
+        recorded(log, 40, prefix=f"b{batch}-")
+        log.flush()
+    stats = log.stats()["records"]
+    assert stats.written == 0 and stats.write_errors == 5
+    assert 0 < stats.pending_bytes <= 4096
+    assert stats.dropped["buffer_full"] == 200 - stats.pending_lines > 0
+    kept = stats.pending_lines
+
+    monkeypatch.setattr(audit_module, "os", os)  # space is freed
+    log.flush()
+    recorded(log, 3, prefix="after-")
+    log.close()
+    ids = [r["id"] for r in iter_records(tmp_path)]
+    # The oldest lines are kept (the file is a gap-free prefix), the newest past the bound dropped.
+    assert ids[:kept] == [f"b{i // 40}-{i % 40}" for i in range(kept)]
+    assert ids[kept:] == ["after-0", "after-1", "after-2"]
+    final = log.stats()["records"]
+    assert final.written + final.dropped["buffer_full"] == 203 and final.pending_lines == 0
+
+
+def test_a_write_cut_short_by_enospc_is_removed_and_retried_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = []
+
+    def half_then_enospc(fd: int, data: Any) -> int:
+        calls.append(len(data))
+        if len(calls) == 1:
+            return os.write(fd, bytes(data[: len(data) // 2]))  # a short write, as on a filling disk
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    log = AuditLog(tmp_path)
+    log.record({"id": "before"})
+    log.flush()
+    monkeypatch.setattr(audit_module, "os", FlakyOs(half_then_enospc))
+    recorded(log, 10)
+    log.flush()
+    assert log.write_errors == 1
+    assert (tmp_path / "audit.jsonl").read_bytes().endswith(b"\n")  # the torn half was cut off
+    monkeypatch.setattr(audit_module, "os", os)
+    log.close()
+    assert [r["id"] for r in iter_records(tmp_path)] == ["before", *(f"r{i}" for i in range(10))]
+
+
+def test_what_the_disk_refuses_at_stop_is_counted_not_lost_silently(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(audit_module, "os", FlakyOs(enospc))
+    log = AuditLog(tmp_path)
+    recorded(log, 7)
+    log.close()
+    log.record({"id": "late"})
+    stats = log.stats()["records"]
+    assert stats.dropped == {"buffer_full": 0, "shutdown": 7, "closed": 1, "unencodable": 0}
+    assert stats.pending_lines == 0 and stats.written == 0
+
+
+def test_an_unencodable_record_is_counted_and_does_not_raise(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path)
+    log.record({"id": "bad", "value": object()})
+    log.record({"id": "good"})
+    log.close()
+    assert log.stats()["records"].dropped["unencodable"] == 1
+    assert [r["id"] for r in iter_records(tmp_path)] == ["good"]
+
+
+async def test_a_slow_disk_does_not_block_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write that takes 0.5 s runs in the writer thread, one at a time; the loop keeps ticking."""
+    writes_in_flight = []
+    active = threading.Semaphore(1)
+
+    def slow_write(fd: int, data: Any) -> int:
+        assert active.acquire(blocking=False), "two writes in flight at once"
+        try:
+            writes_in_flight.append(len(data))
+            time.sleep(0.5)
+            return os.write(fd, data)
+        finally:
+            active.release()
+
+    monkeypatch.setattr(audit_module, "os", FlakyOs(slow_write))
+    log = AuditLog(tmp_path, flush_interval=0.01)
+    flusher = asyncio.create_task(log.run_flusher())
+    try:
+        worst_lag = 0.0
+        loop = asyncio.get_running_loop()
+        for i in range(60):
+            log.record({"id": f"r{i}"})
+            started = loop.time()
+            await asyncio.sleep(0.02)
+            worst_lag = max(worst_lag, loop.time() - started - 0.02)
+        assert worst_lag < 0.35, f"the event loop stalled {worst_lag:.2f} s (a write takes 0.5 s)"
+        assert writes_in_flight, "nothing reached the writer"
+        deadline = loop.time() + 10
+        while log.records_written < 60:
+            assert loop.time() < deadline, "records not written"
+            await asyncio.sleep(0.05)
+    finally:
+        flusher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await flusher
+        log.close()
+    assert [r["id"] for r in iter_records(tmp_path)] == [f"r{i}" for i in range(60)]
+
+
+async def test_stopping_while_a_write_is_in_flight_loses_and_duplicates_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started = threading.Event()
+
+    def slow_write(fd: int, data: Any) -> int:
+        started.set()
+        time.sleep(0.3)
+        return os.write(fd, data)
+
+    monkeypatch.setattr(audit_module, "os", FlakyOs(slow_write))
+    log = AuditLog(tmp_path, flush_interval=0.01)
+    flusher = asyncio.create_task(log.run_flusher())
+    recorded(log, 5)
+    while not started.is_set():
+        await asyncio.sleep(0.01)
+    recorded(log, 5, prefix="s")
+    flusher.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await flusher
+    log.close()  # waits for the write in flight, then writes the rest
+    assert [r["id"] for r in iter_records(tmp_path)] == [
+        *(f"r{i}" for i in range(5)),
+        *(f"s{i}" for i in range(5)),
+    ]
+    assert log.records_written == 10
+
+
+# ----------------------------------------------------------------------------------- retention
+
+
+def test_retention_keeps_the_newest_rotated_files_and_counts_deletions(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path, rotate_bytes=300, retain_files=3, sample_rate=1.0)
+    x = np.zeros(16, np.float32)
+    for i in range(200):
+        log.record({"id": f"r{i}", "decision": "accept"})
+        log.maybe_sample(f"r{i}", [Tensor("X", "FP32", x.shape, x.tobytes(), x)])
+        log.flush()
+    log.close()
+    for stream, stem in (("records", "audit"), ("samples", "samples")):
+        rotated = rotated_files(tmp_path, stem)
+        assert len(rotated) == 3
+        assert log.stats()[stream].files_deleted > 10
+        ids = [r["id"] for r in iter_records(tmp_path, stem)]
+        assert ids == [f"r{i}" for i in range(200 - len(ids), 200)]  # the newest, contiguous
+
+
+def test_retention_by_total_bytes(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path, rotate_bytes=400, retain_files=0, retain_bytes=1000)
+    for i in range(300):
+        log.record({"id": f"r{i}", "decision": "accept"})
+        log.flush()
+    log.close()
+    rotated = [p for _, p in rotated_files(tmp_path, "audit")]
+    assert sum(p.stat().st_size for p in rotated) <= 1000 and len(rotated) >= 2
+    assert log.stats()["records"].files_deleted > 0
+
+
+def test_rotation_numbers_continue_across_restarts_so_order_holds(tmp_path: Path) -> None:
+    for run in range(3):
+        log = AuditLog(tmp_path, rotate_bytes=200, retain_files=0)
+        for i in range(20):
+            log.record({"id": f"run{run}-{i}"})
+            log.flush()
+        log.close()
+    numbers = [n for n, _ in rotated_files(tmp_path, "audit")]
+    assert numbers == list(range(1, len(numbers) + 1))
+    assert [r["id"] for r in iter_records(tmp_path)] == [f"run{r}-{i}" for r in range(3) for i in range(20)]
+
+
+def test_a_line_torn_by_a_crash_is_ended_so_the_next_record_stands_alone(tmp_path: Path) -> None:
+    (tmp_path / "audit.jsonl").write_bytes(b'{"id": "whole"}\n{"id": "to')
+    log = AuditLog(tmp_path)
+    log.record({"id": "next"})
+    log.close()
+    assert [r["id"] for r in iter_records(tmp_path)] == ["whole", "next"]
+
+
+# ----------------------------------------------------------------------------------- ids and metrics
+
+
+def test_client_id_is_escaped_and_capped() -> None:
+    assert client_id(None) is None and client_id("") is None
+    assert client_id("req-42") == "req-42"
+    assert client_id("a\nb\x1b[31m") == "a\\x0ab\\x1b[31m"
+    long = client_id("x" * 10_000)
+    assert long is not None and len(long) == 256 and long.endswith("(truncated)")
+
+
+def test_audit_numbers_are_exported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(audit_module, "os", FlakyOs(enospc))
+    log = AuditLog(tmp_path, buffer_bytes=200)
+    metrics = SidecarMetrics("m")
+    metrics.audit_stats = log.stats
+    recorded(log, 10)
+    log.flush()
+    text = generate_latest(metrics.registry).decode()
+    dropped = log.stats()["records"].dropped["buffer_full"]
+    assert dropped > 0
+    assert (
+        f'guardedmodel_audit_records_dropped_total{{model="m",reason="buffer_full",stream="records"}} {dropped}.0'
+        in text
+    )
+    assert 'guardedmodel_audit_write_errors_total{model="m",stream="records"} 1.0' in text
+    assert f'guardedmodel_audit_pending_lines{{model="m",stream="records"}} {10 - dropped}.0' in text
+    assert 'guardedmodel_audit_files_deleted_total{model="m",stream="samples"} 0.0' in text
+
+
+def test_a_batch_handed_to_a_writer_that_never_ran_is_written_at_close(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path)
+    recorded(log, 3)
+    stream = log._records
+    assert stream.take() is not None  # its write was cancelled with the flusher before it started
+    recorded(log, 2, prefix="s")
+    log.close()
+    assert [r["id"] for r in iter_records(tmp_path)] == ["r0", "r1", "r2", "s0", "s1"]
+
+
+def test_bounds_are_configurable_under_tuning_and_checked() -> None:
+    from guardedmodel_sidecar.config import ConfigError, parse_config
+
+    base = {"spec": {"model": {"name": "m"}}}
+    defaults = parse_config(base).tuning
+    assert (defaults.audit_retain_files, defaults.audit_retain_bytes) == (10, 0)
+    assert defaults.audit_buffer_bytes == 32 * 1024 * 1024
+    tuning = {
+        "auditRetainFiles": 0,
+        "auditRetainBytes": 10**9,
+        "auditBufferBytes": 1024,
+        "reviewSpoolMaxItems": 5,
+    }
+    parsed = parse_config({**base, "tuning": tuning}).tuning
+    assert (parsed.audit_retain_files, parsed.audit_retain_bytes, parsed.audit_buffer_bytes) == (
+        0,
+        10**9,
+        1024,
+    )
+    assert parsed.review_spool_max_items == 5
+    with pytest.raises(ConfigError, match=r"tuning\.auditBufferBytes"):
+        parse_config({**base, "tuning": {"auditBufferBytes": 0}})
+    with pytest.raises(ConfigError, match=r"tuning\.auditRetainFiles"):
+        parse_config({**base, "tuning": {"auditRetainFiles": "ten"}})

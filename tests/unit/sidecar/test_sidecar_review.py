@@ -1,9 +1,12 @@
-"""Review items: durable spool first, delivered to a real webhook with retries, capped by maxFraction."""
+"""Review items: durable, bounded, private spool first, delivered to a real webhook with retries, capped by
+maxFraction; every item the bounds refuse is counted."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import stat
 from pathlib import Path
 
 import orjson
@@ -52,7 +55,7 @@ async def test_items_are_spooled_then_delivered_after_retries(tmp_path: Path) ->
     try:
         for i in range(3):
             sink.note_request()
-            assert sink.offer({"id": f"r{i}", "decision": "review"})
+            assert sink.offer({"id": f"r{i}", "decision": "review"}) == "spooled"
         await wait_for(lambda: sink.sent == 3)
         assert [item["id"] for item in receiver.items] == ["r0", "r1", "r2"]
         assert sink.send_failures == 2 and sink.spool_depth() == 0
@@ -95,7 +98,7 @@ def test_max_fraction_caps_what_is_sent_but_counts_the_rest(tmp_path: Path) -> N
     sent = 0
     for i in range(200):
         sink.note_request()
-        sent += sink.offer({"id": i})
+        sent += sink.offer({"id": i}) == "spooled"
     assert sent <= 1 + 0.1 * 200 and sent >= 0.1 * 200 - 1
     assert sink.capped == 200 - sent and sink.spool_depth() == sent
 
@@ -103,5 +106,106 @@ def test_max_fraction_caps_what_is_sent_but_counts_the_rest(tmp_path: Path) -> N
 def test_without_a_webhook_nothing_is_spooled(tmp_path: Path) -> None:
     sink = ReviewSink(None, tmp_path / "spool", max_fraction=1.0)
     sink.note_request()
-    assert not sink.offer({"id": 1})
+    assert sink.offer({"id": 1}) == "no_webhook"
     assert sink.offered == 1 and not (tmp_path / "spool").exists()
+
+
+def offer(sink: ReviewSink, item: dict) -> str:
+    sink.note_request()
+    return sink.offer(item)
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def spooled_files(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.iterdir() if p.suffix == ".json" and not p.name.startswith("."))
+
+
+def test_spool_files_are_0600_in_a_0700_directory_whatever_the_umask(tmp_path: Path) -> None:
+    spool = tmp_path / "state" / "spool"
+    old = os.umask(0)
+    try:
+        sink = ReviewSink("http://127.0.0.1:9/unused", spool, max_fraction=1.0)
+        for i in range(3):
+            assert offer(sink, {"id": i}) == "spooled"
+        sink.close()  # what the spool task would write
+    finally:
+        os.umask(old)
+    assert mode(spool) == 0o700
+    files = spooled_files(spool)
+    assert len(files) == 3 and all(mode(p) == 0o600 for p in files)
+    assert sink.spooled == 3 and sink.spool_depth() == 3
+
+
+def test_the_spool_on_disk_is_bounded_and_refusals_are_counted(tmp_path: Path) -> None:
+    sink = ReviewSink("http://127.0.0.1:9/unused", tmp_path, max_fraction=1.0, max_spool_items=3)
+    outcomes = [offer(sink, {"id": i}) for i in range(5)]
+    assert outcomes == ["spooled"] * 3 + ["spool_full"] * 2
+    assert sink.counts()["spool_full"] == 2
+    sink.close()
+    assert len(spooled_files(tmp_path)) == 3
+
+    by_bytes = ReviewSink("http://127.0.0.1:9/unused", tmp_path / "b", max_fraction=1.0, max_spool_bytes=100)
+    assert offer(by_bytes, {"id": 1, "pad": "x" * 40}) == "spooled"
+    assert offer(by_bytes, {"id": 2, "pad": "x" * 40}) == "spool_full"
+    assert by_bytes.counts()["spool_full"] == 1
+
+
+def test_the_memory_queue_ahead_of_the_disk_is_bounded(tmp_path: Path) -> None:
+    sink = ReviewSink("http://127.0.0.1:9/unused", tmp_path, max_fraction=1.0, max_queue_bytes=100)
+    assert offer(sink, {"id": 1, "pad": "x" * 60}) == "spooled"
+    assert offer(sink, {"id": 2, "pad": "x" * 60}) == "queue_full"
+    assert sink.counts()["queue_full"] == 1 and sink.spool_depth() == 1
+
+
+def test_a_refused_item_does_not_spend_the_fraction_budget(tmp_path: Path) -> None:
+    sink = ReviewSink("http://127.0.0.1:9/unused", tmp_path, max_fraction=0.5, max_spool_items=1)
+    assert sink.offer({"id": 1}) == "spooled"
+    sink.note_request()
+    sink.note_request()
+    assert sink.offer({"id": 2}) == "spool_full"
+    sink.close()
+    (spooled_files(tmp_path)[0]).unlink()
+    sink._disk_items = 0  # as the sender's next listing would find it
+    assert sink.offer({"id": 3}) == "spooled"  # the budget was not spent on the refused item
+
+
+async def test_a_failing_disk_keeps_items_in_memory_then_spools_and_delivers_them(tmp_path: Path) -> None:
+    receiver = Receiver()
+    runner, url = await serve(receiver)
+    spool = tmp_path / "spool"
+    spool.write_text("a file where the spool directory should be")
+    sink = ReviewSink(url, spool, max_fraction=1.0, backoff_s=0.01, slow_retry_s=0.2)
+    sender = asyncio.create_task(sink.run_sender())
+    try:
+        assert offer(sink, {"id": "waiting"}) == "spooled"
+        await wait_for(lambda: sink.write_failures >= 1)
+        assert sink.spool_depth() == 1 and sink.spooled == 0
+        spool.unlink()  # the disk recovers
+        await wait_for(lambda: sink.sent == 1)
+        assert receiver.items == [{"id": "waiting"}] and sink.spool_depth() == 0
+        assert sink.counts()["write_failed"] >= 1
+    finally:
+        sender.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sender
+        await runner.cleanup()
+
+
+async def test_items_queued_when_the_sender_stops_are_written_to_the_spool(tmp_path: Path) -> None:
+    receiver = Receiver(fail_first=1000)
+    runner, url = await serve(receiver)
+    sink = ReviewSink(url, tmp_path, max_fraction=1.0, retries=1, backoff_s=0.01, slow_retry_s=60)
+    sender = asyncio.create_task(sink.run_sender())
+    try:
+        await asyncio.sleep(0.05)
+        for i in range(20):
+            assert offer(sink, {"id": i}) == "spooled"
+        sender.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sender
+    finally:
+        await runner.cleanup()
+    assert len(spooled_files(tmp_path)) == 20 and sink.spooled == 20 and sink.lost == 0
