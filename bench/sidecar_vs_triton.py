@@ -44,7 +44,7 @@ async def _http_worker(
 ) -> int:
     from guardedmodel_sidecar.upstream import TritonHttp
 
-    client = TritonHttp(url, max_idle=2)
+    client = TritonHttp(url, max_connections=2)
     extra = f"Inference-Header-Content-Length: {header_len}\r\n"
     count = 0
     perf = time.perf_counter
@@ -356,7 +356,7 @@ def main() -> int:
     parser.add_argument(
         "--baselines",
         action="store_true",
-        help="also measure the sidecar on grpcio's gRPC server and a careful aiohttp proxy (bench/baseline_proxy.py)",
+        help="also measure a careful aiohttp proxy (bench/baseline_proxy.py)",
     )
     args = parser.parse_args()
     if args.replot:
@@ -389,7 +389,6 @@ def main() -> int:
         if workers > 1:
             variants.append(Variant(f"sidecar-w{workers}", micro=args.micro_batching, workers=workers))
     if args.baselines:
-        variants.append(Variant("sidecar-grpcio", grpc_server="grpcio", protocols=("grpc",)))
         variants.append(Variant("aiohttp-proxy", protocols=("http",)))
     cells: list[dict[str, Any]] = []
     sidecars: dict[str, tuple[subprocess.Popen[bytes], dict[str, int]]] = {}
@@ -482,7 +481,6 @@ class Variant:
 
     name: str
     micro: bool = False
-    grpc_server: str = "http2"
     protocols: tuple[str, ...] = ("http", "grpc")
     workers: int = 1
 
@@ -530,7 +528,6 @@ def start_sidecar(
         "tuning": {
             "microBatching": {"enabled": variant.micro, "maxBatch": 64, "maxInflight": 2},
             "workers": variant.workers,
-            "grpcServer": variant.grpc_server,
         },
     }
     config_path = work / f"{variant.name}.yaml"
@@ -672,12 +669,12 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     axes[1].set_xticks(xs, labels, fontsize=7, rotation=60, ha="right")
     axes[1].set_yscale("symlog", linthresh=1.0)
     axes[1].legend()
-    colors = ["tab:red" if r["variant"] in ("aiohttp-proxy", "sidecar-grpcio") else "tab:blue" for r in rows]
+    colors = ["tab:red" if r["variant"] == "aiohttp-proxy" else "tab:blue" for r in rows]
     axes[2].bar(xs, [r["sidecar_cpu_ms_per_request"] for r in rows], 0.6, color=colors)
     axes[2].set_ylabel("CPU ms per request (P)")
     axes[2].set_yscale("log")
     axes[2].set_xticks(xs, labels, fontsize=7, rotation=60, ha="right")
-    axes[2].set_title("red: baselines (careful aiohttp proxy; the sidecar on grpcio's server)", fontsize=9)
+    axes[2].set_title("red: baseline (a careful aiohttp proxy)", fontsize=9)
     fig.suptitle("guard sidecar vs direct Triton (same run, same Triton; medians over rounds, bars = range)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
