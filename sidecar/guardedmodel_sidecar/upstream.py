@@ -1,10 +1,15 @@
-"""The client to Triton: HTTP/1.1 keep-alive connections on asyncio protocols, binary tensors only.
+"""The client to Triton: a bounded pool of HTTP/1.1 keep-alive connections on asyncio protocols.
+
+Responses are parsed by httptools (llhttp, the parser behind Node.js and uvicorn, with years of CVE
+fixes behind it), never by hand: a Triton that answers garbage, or far too much, costs a connection
+and an error, not the sidecar's memory. A response body is capped (``max_response_bytes``); a
+Content-Length above the cap is refused before any of the body is read.
 
 Why not aiohttp's client: at ~0.1 ms of CPU per request its generality (cookies, redirects,
-compression, per-request tracing) is a third of the sidecar's whole budget. Triton is on loopback,
-speaks plain HTTP/1.1 with Content-Length bodies, and is ours to talk to, so this client keeps a pool
-of open connections, writes one request with ``writelines`` (tensor buffers are not copied) and parses
-one response per connection at a time. ``Accept-Encoding: identity`` keeps Triton from compressing.
+compression, per-request tracing) is a third of the sidecar's whole budget. Triton is on loopback and
+ours to talk to, so this client keeps at most ``max_connections`` connections open (callers beyond
+that wait for one), writes a request with ``writelines`` (tensor buffers are not copied) and has one
+request in flight per connection. ``Accept-Encoding: identity`` keeps Triton from compressing.
 """
 
 from __future__ import annotations
@@ -14,13 +19,29 @@ import collections
 from collections.abc import Sequence
 from typing import Any
 
+import httptools
 import orjson
 
-from guardedmodel_sidecar.errors import ModelNotFound, Unavailable, UpstreamError
+from guardedmodel_sidecar.errors import (
+    DeadlineExceeded,
+    GuardError,
+    ModelNotFound,
+    Unavailable,
+    UpstreamError,
+    client_text,
+)
 from guardedmodel_sidecar.protocol.http_codec import HEADER_LENGTH, decode_upstream_response
 from guardedmodel_sidecar.protocol.model import InferResponse
 
 _HEADER_LENGTH_LOWER = HEADER_LENGTH.lower()
+GIB = 1024 * 1024 * 1024
+# The only response headers the sidecar reads (lower-case); others are parsed and dropped.
+_KEPT = {b"content-type": "content-type", HEADER_LENGTH.lower().encode(): _HEADER_LENGTH_LOWER}
+
+
+class UpstreamTimeout(DeadlineExceeded, Unavailable):
+    """Triton did not answer in time (the request timeout, or the caller's shorter deadline): 504 and
+    DEADLINE_EXCEEDED, and still an ``Unavailable`` for the health probes that treat it so."""
 
 
 class UpstreamResponse:
@@ -28,6 +49,7 @@ class UpstreamResponse:
 
     def __init__(self, status: int, headers: dict[str, str], body: bytes | memoryview) -> None:
         self.status = status
+        # Lower-case names; only Content-Type and Inference-Header-Content-Length are kept.
         self.headers = headers
         self.body = body
 
@@ -35,152 +57,288 @@ class UpstreamResponse:
         return orjson.loads(self.body) if len(self.body) else None
 
 
+class _Closed(ConnectionError):
+    def __init__(self, message: str, answered: bool) -> None:
+        super().__init__(message)
+        # Whether any byte of an answer arrived: only a request with none may be sent again.
+        self.answered = answered
+
+
 class _Connection(asyncio.Protocol):
-    """One keep-alive connection; at most one request in flight."""
+    """One keep-alive connection with at most one request in flight."""
 
-    def __init__(self, on_lost: collections.deque[_Connection]) -> None:
+    def __init__(self, pool: TritonHttp) -> None:
+        self.pool = pool
         self.transport: asyncio.Transport | None = None
-        self._buf = bytearray()
-        self._waiter: asyncio.Future[UpstreamResponse] | None = None
-        self._idle = on_lost
         self.closed = False
-        # Cached: asyncio.get_running_loop() makes a getpid() system call on every use (Python 3.11).
-        self.loop = asyncio.get_running_loop()
-        self._reset_parse()
+        self.reused = False
+        self._parser = httptools.HttpResponseParser(self)
+        self._waiter: asyncio.Future[UpstreamResponse] | None = None
+        self._answered = False
+        self._reset()
 
-    def _reset_parse(self) -> None:
-        self._head_end = -1
-        self._status = 0
+    def _reset(self) -> None:
         self._headers: dict[str, str] = {}
         self._length = -1
-        self._chunked = False
+        self._body: bytes | None = None
+        self._fill: bytearray | None = None
+        self._chunks: list[bytes] | None = None
+        self._received = 0
         self._keep_alive = True
+        self._status = 0
+
+    # --------------------------------------------------------------------------- transport events
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not subclasses
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        waiter = self._waiter
+        self.transport = None
+        self._lost()
+        waiter, self._waiter = self._waiter, None
         if waiter is not None and not waiter.done():
-            waiter.set_exception(ConnectionError(f"Triton closed the connection: {exc or 'EOF'}"))
-        self._waiter = None
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else (exc or "EOF")
+            waiter.set_exception(_Closed(f"Triton closed the connection ({reason})", self._answered))
+
+    def data_received(self, data: bytes) -> None:
+        if self._waiter is None:
+            # Nothing asked for: a protocol error on Triton's side; this connection cannot be trusted.
+            self.abort()
+            return
+        self._answered = True
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            self._fail(cause if isinstance(cause, GuardError) else _malformed(exc))
+        except httptools.HttpParserError as exc:
+            self._fail(_malformed(exc))
+        except httptools.HttpParserUpgrade:
+            self._fail(
+                UpstreamError("Triton answered with a protocol switch the sidecar never asked for", 502)
+            )
+
+    # ------------------------------------------------------------------------ httptools callbacks
+
+    def on_message_begin(self) -> None:
+        if self._waiter is None:
+            raise UpstreamError("Triton sent a second response to one request", 502)
+        self._reset()
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        key = name.lower()
+        if key == b"content-length":
+            # llhttp has checked the digits and refused duplicates and Content-Length with chunked.
+            self._length = int(value)
+            if self._length > self.pool.max_response_bytes:
+                raise UpstreamError(
+                    f"Triton's response of {self._length} bytes is above the sidecar's limit of "
+                    f"{self.pool.max_response_bytes}",
+                    502,
+                )
+        else:
+            kept = _KEPT.get(key)
+            if kept is not None:
+                self._headers[kept] = value.decode("latin-1")
+
+    def on_headers_complete(self) -> None:
+        self._status = self._parser.get_status_code()
+        # Asked here: llhttp clears the connection flags once the message is complete.
+        self._keep_alive = self._parser.should_keep_alive()
+
+    def on_body(self, data: bytes) -> None:
+        received = self._received + len(data)
+        if self._length >= 0:
+            if self._fill is None:
+                if received == self._length:  # the whole body in one piece: keep it, no copy
+                    self._body = data
+                    self._received = received
+                    return
+                self._fill = bytearray(self._length)
+            self._fill[self._received : received] = data
+        else:
+            if received > self.pool.max_response_bytes:
+                raise UpstreamError(
+                    f"Triton's chunked response passed the sidecar's limit of {self.pool.max_response_bytes} bytes",
+                    502,
+                )
+            if self._chunks is None:
+                self._chunks = [data]
+            else:
+                self._chunks.append(data)
+        self._received = received
+
+    def on_message_complete(self) -> None:
+        if self._status < 200:
+            return  # an interim 1xx answer; the final one follows on the same connection
+        body: bytes | memoryview
+        if self._body is not None:
+            body = self._body
+        elif self._fill is not None:
+            body = memoryview(self._fill)
+        elif self._chunks is not None:
+            body = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
+        else:
+            body = b""
+        response = UpstreamResponse(self._status, self._headers, body)
+        keep_alive = self._keep_alive
+        waiter, self._waiter = self._waiter, None
+        self._reset()
+        if not keep_alive:
+            self.abort()
+        if waiter is not None and not waiter.done():
+            waiter.set_result(response)
+
+    # --------------------------------------------------------------------------------- requests
 
     def send(self, head: bytes, chunks: Sequence[bytes | memoryview]) -> asyncio.Future[UpstreamResponse]:
         assert self.transport is not None
-        waiter: asyncio.Future[UpstreamResponse] = self.loop.create_future()
+        waiter: asyncio.Future[UpstreamResponse] = self.pool.loop.create_future()
         self._waiter = waiter
+        self._answered = False
         if chunks:
             self.transport.writelines([head, *chunks])
         else:
             self.transport.write(head)
         return waiter
 
-    def data_received(self, data: bytes) -> None:
-        if self._waiter is None:
-            # Nothing asked for: a protocol error on Triton's side; this connection cannot be trusted.
-            self.closed = True
-            if self.transport is not None:
-                self.transport.close()
-            return
-        self._buf += data
-        self._parse()
+    def usable(self) -> bool:
+        return not self.closed and self.transport is not None and not self.transport.is_closing()
 
-    def _parse(self) -> None:
-        buf = self._buf
-        if self._head_end < 0:
-            end = buf.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            self._head_end = end + 4
-            lines = bytes(buf[:end]).decode("latin-1").split("\r\n")
-            parts = lines[0].split(" ", 2)
-            self._status = int(parts[1])
-            headers = self._headers
-            for line in lines[1:]:
-                key, _, value = line.partition(":")
-                headers[key.strip().lower()] = value.strip()
-            if headers.get("transfer-encoding", "").lower() == "chunked":
-                self._chunked = True
-            else:
-                self._length = int(headers.get("content-length", "0"))
-            self._keep_alive = headers.get("connection", "").lower() != "close"
-        start = self._head_end
-        body: bytes | memoryview | None
-        if self._chunked:
-            body = self._dechunk(start)
-            if body is None:
-                return
-        else:
-            if len(buf) - start < self._length:
-                return
-            # Hand the buffer over instead of copying the body out of it.
-            self._buf = bytearray()
-            body = memoryview(buf)[start : start + self._length]
+    def _fail(self, exc: Exception) -> None:
         waiter, self._waiter = self._waiter, None
-        response = UpstreamResponse(self._status, self._headers, body)  # body is set on every path here
-        keep = self._keep_alive
-        self._reset_parse()
-        if not keep:
-            self.closed = True
-            if self.transport is not None:
-                self.transport.close()
+        self.abort()
         if waiter is not None and not waiter.done():
-            waiter.set_result(response)
+            waiter.set_exception(exc)
 
-    def _dechunk(self, start: int) -> bytes | None:
-        buf = self._buf
-        out = bytearray()
-        pos = start
-        while True:
-            line_end = buf.find(b"\r\n", pos)
-            if line_end < 0:
-                return None
-            size = int(bytes(buf[pos:line_end]).split(b";")[0], 16)
-            pos = line_end + 2
-            if size == 0:
-                trailer_end = buf.find(b"\r\n", pos)
-                if trailer_end < 0:
-                    return None
-                self._buf = bytearray()
-                return bytes(out)
-            if len(buf) < pos + size + 2:
-                return None
-            out += buf[pos : pos + size]
-            pos += size + 2
+    def abort(self) -> None:
+        """Close for good (an abandoned call, a protocol error); frees the pool slot at once."""
+        if self.transport is not None:
+            self.transport.close()
+        self._lost()
+
+    def _lost(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.pool._slot_freed()
+
+
+def _malformed(exc: Exception) -> UpstreamError:
+    return UpstreamError(f"Triton sent a malformed HTTP response ({client_text(exc, 200)})", 502)
+
+
+def _expire(waiter: asyncio.Future[UpstreamResponse]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
 
 
 class TritonHttp:
     """A pool of keep-alive connections to one Triton HTTP endpoint ("host:port")."""
 
-    def __init__(self, url: str, *, timeout_s: float = 60.0, max_idle: int = 64) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout_s: float = 60.0,
+        max_connections: int = 64,
+        max_response_bytes: int = GIB,
+    ) -> None:
         host, _, port = url.rpartition(":")
         self.url = url
         self.host = host or "127.0.0.1"
         self.port = int(port)
         self.timeout_s = timeout_s
-        self.max_idle = max_idle
+        self.max_connections = max_connections
+        self.max_response_bytes = max_response_bytes
         self._idle: collections.deque[_Connection] = collections.deque()
+        self._waiters: collections.deque[asyncio.Future[_Connection | None]] = collections.deque()
+        self._open = 0
         self._host_header = f"Host: {url}\r\n"
+        self._loop: asyncio.AbstractEventLoop | None = None
 
-    async def _acquire(self) -> _Connection:
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        # Cached: asyncio.get_running_loop() makes a getpid() system call on every use (Python 3.11).
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        return loop
+
+    @property
+    def open_connections(self) -> int:
+        return self._open
+
+    # ------------------------------------------------------------------------------------ pool
+
+    async def _acquire(self, deadline: float) -> _Connection:
         idle = self._idle
-        while idle:
-            conn = idle.pop()
-            if not conn.closed:
-                return conn
-        loop = asyncio.get_running_loop()
+        while True:
+            while idle:
+                conn = idle.pop()
+                if conn.usable():
+                    conn.reused = True
+                    return conn
+                conn.abort()
+            if self._open < self.max_connections:
+                self._open += 1
+                try:
+                    return await self._connect(deadline)
+                except BaseException:
+                    self._slot_freed()
+                    raise
+            # Every connection is busy: wait for one to come back or to close.
+            waiter: asyncio.Future[_Connection | None] = self.loop.create_future()
+            self._waiters.append(waiter)
+            try:
+                got = await asyncio.wait_for(waiter, max(deadline - self.loop.time(), 0.0))
+            except TimeoutError:
+                raise UpstreamTimeout(
+                    f"no connection to Triton at {self.url} came free in time "
+                    f"({self.max_connections} are open and busy)"
+                ) from None
+            except BaseException:
+                if waiter.done() and not waiter.cancelled() and waiter.result() is not None:
+                    self._release(waiter.result())  # type: ignore[arg-type]
+                raise
+            if got is not None:
+                got.reused = True
+                return got
+
+    async def _connect(self, deadline: float) -> _Connection:
+        loop = self.loop
         try:
-            _, conn = await loop.create_connection(lambda: _Connection(idle), self.host, self.port)
+            _, conn = await asyncio.wait_for(
+                loop.create_connection(lambda: _Connection(self), self.host, self.port),
+                max(deadline - loop.time(), 0.001),
+            )
+        except TimeoutError:
+            raise UpstreamTimeout(f"Triton at {self.url} did not accept a connection in time") from None
         except OSError as exc:
             raise Unavailable(f"Triton at {self.url} is not reachable: {exc.strerror or exc}") from None
         return conn
 
     def _release(self, conn: _Connection) -> None:
-        if not conn.closed and len(self._idle) < self.max_idle:
-            self._idle.append(conn)
-        elif conn.transport is not None and not conn.closed:
-            conn.transport.close()
+        if not conn.usable():
+            conn.abort()
+            return
+        waiters = self._waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(conn)
+                return
+        self._idle.append(conn)
+
+    def _slot_freed(self) -> None:
+        self._open -= 1
+        waiters = self._waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the waiter may open a connection of its own now
+                return
+
+    # -------------------------------------------------------------------------------- requests
 
     async def request(
         self,
@@ -191,36 +349,37 @@ class TritonHttp:
         *,
         timeout_s: float | None = None,
     ) -> UpstreamResponse:
-        length = sum(len(c) for c in chunks)
+        """One request; ``path`` and ``extra_headers`` are the sidecar's own, never a caller's bytes."""
+        length = 0
+        for chunk in chunks:
+            length += len(chunk)
         head = (
             f"{method} {path} HTTP/1.1\r\n{self._host_header}Content-Length: {length}\r\n"
             f"Accept-Encoding: identity\r\n{extra_headers}\r\n"
         ).encode("latin-1")
+        loop = self.loop
+        limit = self.timeout_s if timeout_s is None else timeout_s
+        deadline = loop.time() + limit
         # A pooled connection may have been closed by Triton while idle: retry once on a fresh one
-        # (safe: the request never reached Triton when the write hits a closed socket).
+        # (safe: nothing of an answer came back, and the request never reached a live connection).
         for attempt in (1, 2):
-            conn = await self._acquire()
+            conn = await self._acquire(deadline)
             waiter = conn.send(head, chunks)
-            timer = conn.loop.call_later(timeout_s or self.timeout_s, _expire, waiter, self.url)
+            timer = loop.call_at(deadline, _expire, waiter)
             try:
                 response = await waiter
-            except ConnectionError as exc:
-                if attempt == 2 or conn.transport is None:
-                    raise Unavailable(f"Triton at {self.url}: {exc}") from None
-                continue
+            except _Closed as exc:
+                if attempt == 1 and conn.reused and not exc.answered:
+                    continue
+                raise Unavailable(f"Triton at {self.url}: {exc}") from None
             except asyncio.CancelledError:
                 # The caller gave up (gRPC deadline or cancel): Triton's answer is still coming on this
                 # connection, so it can never be reused; close it rather than leak it.
-                conn.closed = True
-                if conn.transport is not None:
-                    conn.transport.close()
+                conn.abort()
                 raise
             except TimeoutError:
-                if conn.transport is not None:
-                    conn.transport.close()
-                raise Unavailable(
-                    f"Triton at {self.url} did not answer within {timeout_s or self.timeout_s} s"
-                ) from None
+                conn.abort()
+                raise UpstreamTimeout(f"Triton at {self.url} did not answer within {limit:g} s") from None
             finally:
                 timer.cancel()
             self._release(conn)
@@ -228,14 +387,28 @@ class TritonHttp:
         raise AssertionError("unreachable")
 
     async def infer(
-        self, model: str, version: str, header: bytes, buffers: Sequence[bytes | memoryview]
+        self,
+        model: str,
+        version: str,
+        header: bytes,
+        buffers: Sequence[bytes | memoryview],
+        *,
+        timeout_s: float | None = None,
     ) -> InferResponse:
         path = f"/v2/models/{model}/versions/{version}/infer" if version else f"/v2/models/{model}/infer"
-        response = await self.request("POST", path, [header, *buffers], f"{HEADER_LENGTH}: {len(header)}\r\n")
+        response = await self.request(
+            "POST", path, [header, *buffers], f"{HEADER_LENGTH}: {len(header)}\r\n", timeout_s=timeout_s
+        )
         if response.status != 200:
             raise _error_from(response, model, version)
         header_length = response.headers.get(_HEADER_LENGTH_LOWER)
-        return decode_upstream_response(response.body, None if header_length is None else int(header_length))
+        try:
+            length = None if header_length is None else int(header_length)
+        except ValueError:
+            raise UpstreamError(
+                f"Triton sent a bad {HEADER_LENGTH}: {client_text(header_length, 40)}", 502
+            ) from None
+        return decode_upstream_response(response.body, length)
 
     async def get_json(self, path: str, *, timeout_s: float | None = None) -> tuple[int, Any]:
         response = await self.request("GET", path, timeout_s=timeout_s)
@@ -269,21 +442,19 @@ class TritonHttp:
 
     def close(self) -> None:
         while self._idle:
-            conn = self._idle.pop()
-            if conn.transport is not None:
-                conn.transport.close()
-
-
-def _expire(waiter: asyncio.Future[UpstreamResponse], url: str) -> None:
-    if not waiter.done():
-        waiter.set_exception(TimeoutError(f"Triton at {url} timed out"))
+            self._idle.pop().abort()
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(Unavailable(f"the client to Triton at {self.url} is closed"))
 
 
 def _error_from(response: UpstreamResponse, model: str, version: str) -> Exception:
     try:
         message = (response.json() or {}).get("error") or f"HTTP {response.status}"
-    except orjson.JSONDecodeError:
+    except (orjson.JSONDecodeError, AttributeError):
         message = bytes(response.body[:200]).decode("utf-8", "replace") or f"HTTP {response.status}"
+    message = client_text(message)
     lowered = message.lower()
     if response.status in (400, 404) and ("unknown model" in lowered or "is not found" in lowered):
         where = f"'{model}' version {version}" if version else f"'{model}'"
