@@ -242,6 +242,7 @@ class TritonHttp:
         timeout_s: float = 60.0,
         max_connections: int = 64,
         max_response_bytes: int = GIB,
+        restricted_header: tuple[str, str] | None = None,
     ) -> None:
         host, _, port = url.rpartition(":")
         self.url = url
@@ -254,6 +255,14 @@ class TritonHttp:
         self._waiters: collections.deque[asyncio.Future[_Connection | None]] = collections.deque()
         self._open = 0
         self._host_header = f"Host: {url}\r\n"
+        # Triton's restricted-API header, on the sidecar's model-repository calls (index, load, unload)
+        # only: those are the restricted calls it makes itself or forwards, rebuilt, for a caller.
+        self._restricted = ""
+        if restricted_header:
+            name, value = restricted_header
+            if not (name.isascii() and name.isprintable() and value.isascii() and value.isprintable()):
+                raise ValueError("the restricted-API header needs a printable ASCII name and value")
+            self._restricted = f"{name}: {value}\r\n"
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
@@ -353,6 +362,8 @@ class TritonHttp:
         length = 0
         for chunk in chunks:
             length += len(chunk)
+        if self._restricted and path.startswith("/v2/repository/"):
+            extra_headers += self._restricted
         head = (
             f"{method} {path} HTTP/1.1\r\n{self._host_header}Content-Length: {length}\r\n"
             f"Accept-Encoding: identity\r\n{extra_headers}\r\n"

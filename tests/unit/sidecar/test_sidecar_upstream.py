@@ -232,3 +232,24 @@ async def test_infer_errors_are_mapped(triton) -> None:
     with pytest.raises(UpstreamError) as failed:
         await client.infer("m", "", b"{}", [])
     assert failed.value.http_status == 500 and "\x1b" not in failed.value.message
+
+
+async def test_the_restricted_api_key_goes_on_repository_calls_only(triton) -> None:
+    seen: list[bytes] = []
+    real = _StandIn.data_received
+
+    def recording(self: _StandIn, data: bytes) -> None:
+        seen.append(data)
+        real(self, data)
+
+    _StandIn.data_received = recording  # type: ignore[method-assign]
+    try:
+        client = triton(restricted_header=("guardedmodel-sidecar-key", "s3cret"))
+        await client.post_json("/v2/repository/index", {})
+        await client.get_json("/v2/models/m/config")
+    finally:
+        _StandIn.data_received = real  # type: ignore[method-assign]
+    index, config = seen
+    assert b"\r\nguardedmodel-sidecar-key: s3cret\r\n" in index and b"s3cret" not in config
+    with pytest.raises(ValueError, match="printable"):
+        TritonHttp("127.0.0.1:1", restricted_header=("k", "v\r\nX-Evil: 1"))
