@@ -6,15 +6,24 @@ part's log tail, so CI cannot pass by silently testing nothing.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 from guardedmodel_testground.cluster import LocalCluster
 from guardedmodel_testground.prometheus import Alertmanager, Prometheus
 from guardedmodel_testground.triton import TritonServer
+
+# Property tests: `make test` runs the few cases each test asks for; HYPOTHESIS_PROFILE=fuzz runs
+# HYPOTHESIS_FUZZ_EXAMPLES cases per test instead (`make fuzz`).
+settings.register_profile(
+    "fuzz", max_examples=int(os.environ.get("HYPOTHESIS_FUZZ_EXAMPLES", "10000")), deadline=None
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ gRPC adapters never invent their own status codes, so both protocols refuse the 
 from __future__ import annotations
 
 import re
+import reprlib
 
 import grpc
 
@@ -27,6 +28,41 @@ def client_text(value: object, limit: int = MAX_ERROR_CHARS) -> str:
     if len(text) > limit:
         text = text[: limit - 15] + "... (truncated)"
     return text
+
+
+class _ClientRepr(reprlib.Repr):
+    """reprlib with the sizes of a one-line error message; bytes and huge integers by size only."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxlevel = 3
+        self.maxlist = self.maxtuple = self.maxdict = self.maxset = 8
+        self.maxstring = self.maxother = 80
+        self.maxlong = 40
+
+    def repr_bytes(self, value: bytes, level: int) -> str:
+        return f"<{len(value)} bytes>"
+
+    def repr_bytearray(self, value: bytearray, level: int) -> str:
+        return f"<{len(value)} bytes>"
+
+    def repr_memoryview(self, value: memoryview, level: int) -> str:
+        return f"<{value.nbytes} bytes>"
+
+    def repr_int(self, value: int, level: int) -> str:
+        # repr() of an integer over 4300 digits raises ValueError; its size is all a reader needs.
+        if value.bit_length() > 128:
+            return f"<integer of {value.bit_length()} bits>"
+        return super().repr_int(value, level)
+
+
+_CLIENT_REPR = _ClientRepr()
+
+
+def client_repr(value: object) -> str:
+    """A client-given value (a name, a shape, a wrong-typed field) quoted for an error message: a
+    bounded repr, at most 8 entries of a list and 80 characters of a string, never raw bytes."""
+    return client_text(_CLIENT_REPR.repr(value), 200)
 
 
 class GuardError(Exception):
@@ -78,6 +114,13 @@ class Unavailable(GuardError):
     grpc_code = grpc.StatusCode.UNAVAILABLE
 
 
+class DeadlineExceeded(GuardError):
+    """The caller's deadline (gRPC) passed before Triton answered; Triton was not asked, or no longer."""
+
+    http_status = 504
+    grpc_code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
 class Overloaded(Unavailable):
     """More requests are in flight than ``limits.maxInflightRequests``; the caller should retry."""
 
@@ -109,6 +152,7 @@ _HTTP_TO_GRPC = {
     429: grpc.StatusCode.RESOURCE_EXHAUSTED,
     499: grpc.StatusCode.CANCELLED,
     501: grpc.StatusCode.UNIMPLEMENTED,
+    502: grpc.StatusCode.UNAVAILABLE,  # Triton's reply unreadable; gRPC's HTTP mapping
     503: grpc.StatusCode.UNAVAILABLE,
     504: grpc.StatusCode.DEADLINE_EXCEEDED,
 }

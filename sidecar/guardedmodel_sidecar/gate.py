@@ -153,6 +153,8 @@ class InputGate:
             # One sample: two dot products and Python floats beat a dozen numpy calls on tiny
             # arrays (a dot with ones is a sum at BLAS speed, ~2.5x cheaper than ndarray.sum).
             n = flat.shape[0]
+            if flat.dtype.itemsize < 4:  # FP16 would sum in FP16: 65504 is its largest value
+                flat = flat.astype(np.float32)
             mean = float(np.dot(flat, _ones(n, flat.dtype))) / n
             std = math.sqrt(max(float(np.dot(flat, flat)) / n - mean * mean, 0.0))
             if m_lo <= mean <= m_hi and s_lo <= std <= s_hi:

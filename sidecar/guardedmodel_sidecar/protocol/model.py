@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from guardedmodel_sidecar.errors import UpstreamError
 from guardedmodel_sidecar.protocol.datatypes import BYTES, NUMPY_DTYPES, deserialize_bytes_elements
 
 
@@ -62,6 +63,11 @@ class OutputTensor:
 
     def as_numpy(self) -> np.ndarray:
         if self._array is None:
+            if self.datatype not in NUMPY_DTYPES and self.datatype != BYTES:
+                # Passed through as bytes (BF16, say); only the guard's own use of it fails.
+                raise UpstreamError(
+                    f"output '{self.name}' has datatype {self.datatype}, which the guard cannot read", 502
+                )
             if self.datatype == BYTES:
                 elements = deserialize_bytes_elements(self.raw)
                 self._array = np.array(elements, dtype=np.object_).reshape(self.shape)
