@@ -39,6 +39,7 @@ from guardedmodel_sidecar.guard.scoring import OodScorer, ScorerError, calibrate
 from guardedmodel_sidecar.metrics import SidecarMetrics, VersionMetrics
 from guardedmodel_sidecar.protocol.http_codec import encode_upstream_request
 from guardedmodel_sidecar.protocol.model import InferRequest, InferResponse
+from guardedmodel_sidecar.protocol.budget import budget_for
 from guardedmodel_sidecar.review import ReviewSink
 from guardedmodel_sidecar.routing import Router
 from guardedmodel_sidecar.upstream import TritonHttp
@@ -163,6 +164,8 @@ class Pipeline:
         self.guards: dict[str, VersionGuard] = {}
         self.triton_ready = False
         self._id_prefix = f"{os.getpid():x}-{int(time.time()):x}"
+        # What one request may make the adapters decode; checked before any tensor is decoded.
+        self.decode_budget = budget_for(config.spec.inputs, config.tuning.max_batch, config.limits)
         self._seq = 0
         self._inflight = 0
         self._max_inflight = config.limits.max_inflight_requests
