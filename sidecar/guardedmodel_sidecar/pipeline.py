@@ -37,9 +37,9 @@ from guardedmodel_sidecar.guard.artifact import ArtifactError, GuardArtifact, lo
 from guardedmodel_sidecar.guard.drift import DriftAccumulator
 from guardedmodel_sidecar.guard.scoring import OodScorer, ScorerError, calibrated_confidence, make_ood_scorer
 from guardedmodel_sidecar.metrics import SidecarMetrics, VersionMetrics
+from guardedmodel_sidecar.protocol.budget import budget_for
 from guardedmodel_sidecar.protocol.http_codec import encode_upstream_request
 from guardedmodel_sidecar.protocol.model import InferRequest, InferResponse
-from guardedmodel_sidecar.protocol.budget import budget_for
 from guardedmodel_sidecar.review import ReviewSink
 from guardedmodel_sidecar.routing import Router
 from guardedmodel_sidecar.upstream import TritonHttp
@@ -162,10 +162,10 @@ class Pipeline:
         self.audit = audit
         self.review = review
         self.guards: dict[str, VersionGuard] = {}
-        self.triton_ready = False
-        self._id_prefix = f"{os.getpid():x}-{int(time.time()):x}"
         # What one request may make the adapters decode; checked before any tensor is decoded.
         self.decode_budget = budget_for(config.spec.inputs, config.tuning.max_batch, config.limits)
+        self.triton_ready = False
+        self._id_prefix = f"{os.getpid():x}-{int(time.time()):x}"
         self._seq = 0
         self._inflight = 0
         self._max_inflight = config.limits.max_inflight_requests
