@@ -337,19 +337,19 @@ async def test_a_slow_head_gets_408_and_the_connection_closes(serve) -> None:
 
 
 async def test_a_stalled_body_gets_408_but_a_slow_steady_one_is_read(serve) -> None:
-    port, _, _ = await serve(Limits(body_timeout_s=0.2))
+    port, _, _ = await serve(Limits(body_timeout_s=0.4))
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     head = b"POST /v2/models/m/infer HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(INFER_JSON)
     writer.write(head + INFER_JSON[:5])
     status, _, payload = await asyncio.wait_for(read_response(reader), 2)  # type: ignore[misc]
-    assert status == 408 and b"no request body bytes arrived for 0.2 s" in payload
+    assert status == 408 and b"no request body bytes arrived for 0.4 s" in payload
     assert await closed_by_server(reader)
     # Slower than the timeout in total, but never a gap as long as it.
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(head)
-    for i in range(0, len(INFER_JSON), 10):
-        await asyncio.sleep(0.05)
-        writer.write(INFER_JSON[i : i + 10])
+    for i in range(0, len(INFER_JSON), 5):  # ~0.85 s in all, never more than 0.06 s apart
+        await asyncio.sleep(0.06)
+        writer.write(INFER_JSON[i : i + 5])
     status, _, payload = await read_response(reader)  # type: ignore[misc]
     assert status == 503 and b"Triton is not ready" in payload
     writer.close()
@@ -365,7 +365,7 @@ async def test_an_idle_keep_alive_connection_is_closed_silently(serve) -> None:
     assert (await read_response(reader))[0] == 200  # type: ignore[index]
     started = asyncio.get_running_loop().time()
     assert await closed_by_server(reader)  # no bytes, just the close
-    assert 0.15 < asyncio.get_running_loop().time() - started < 1.0
+    assert 0.15 < asyncio.get_running_loop().time() - started < 3.0
 
 
 async def test_connections_above_the_cap_get_503(serve) -> None:
