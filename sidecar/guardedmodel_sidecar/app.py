@@ -64,17 +64,23 @@ class SidecarApp:
             enabled=spec.audit_enabled,
             sample_rate=spec.sample_rate,
             rotate_bytes=config.tuning.audit_rotate_bytes,
+            retain_files=config.tuning.audit_retain_files,
+            retain_bytes=config.tuning.audit_retain_bytes,
+            buffer_bytes=config.tuning.audit_buffer_bytes,
         )
         self.review = ReviewSink(
             spec.review.webhook,
             config.spool_dir,
             max_fraction=spec.review.max_fraction,
             retries=config.tuning.review_retries,
+            max_spool_items=config.tuning.review_spool_max_items,
+            max_spool_bytes=config.tuning.review_spool_max_bytes,
         )
         self.triton = TritonHttp(
             config.triton_http_url,
             timeout_s=config.limits.request_timeout_s,
             max_connections=config.limits.max_triton_connections,
+            restricted_header=config.triton_restricted_header,
         )
         self.router = Router(config.routing)
         self.pipeline = Pipeline(config, self.triton, self.router, self.metrics, self.audit, self.review)
@@ -88,14 +94,10 @@ class SidecarApp:
                 score=self.pipeline.score_version,
             )
             self.pipeline.upstream_call = self.batcher.infer
-        self.metrics.review_counts = lambda: {
-            "spooled": self.review.spooled,
-            "capped": self.review.capped,
-            "sent": self.review.sent,
-            "send_failed": self.review.send_failures,
-        }
+        self.metrics.review_counts = self.review.counts
         self.metrics.spool_depth = self.review.spool_depth
         self.metrics.audit_records = lambda: self.audit.records_written
+        self.metrics.audit_stats = self.audit.stats
         self.http_port = self.grpc_port = self.metrics_port = 0
         self._tasks: list[asyncio.Task[Any]] = []
         self._http: asyncio.Server | None = None

@@ -31,7 +31,12 @@ it by hand. Keys (camelCase, as in the GuardedModel API)::
                                              # (SO_REUSEPORT); worker i serves metrics on metrics+i
                                              # and audits into auditDir/worker-i
       auditRotateBytes: 104857600
+      auditRetainFiles: 10                   # rotated files kept per stream (0: no count limit)
+      auditRetainBytes: 0                    # bytes of rotated files kept per stream (0: no limit)
+      auditBufferBytes: 33554432             # audit lines held in memory while the disk lags
       reviewRetries: 5
+      reviewSpoolMaxItems: 10000             # review items on disk; more are counted spool_full
+      reviewSpoolMaxBytes: 536870912
       logitsOutput: null                     # default: the artifact's (LOGITS)
       featuresOutput: null                   # default: the artifact's (FEATURES)
 
@@ -128,7 +133,13 @@ class Tuning:
     load_versions: bool = True
     micro_batching: MicroBatching = field(default_factory=MicroBatching)
     audit_rotate_bytes: int = 100 * 1024 * 1024
+    # Audit and review bounds: see guardedmodel_sidecar.audit and .review (what happens at each bound).
+    audit_retain_files: int = 10
+    audit_retain_bytes: int = 0
+    audit_buffer_bytes: int = 32 * 1024 * 1024
     review_retries: int = 5
+    review_spool_max_items: int = 10_000
+    review_spool_max_bytes: int = 512 * 1024 * 1024
     workers: int = 1
     # Set on the extra workers of a multi-process sidecar: they join the shared ports only once
     # they are ready, so the kernel never hands a connection to a worker that would refuse it.
@@ -321,7 +332,12 @@ def parse_config(data: Mapping[str, Any]) -> SidecarConfig:
                 max_inflight=int(mb.get("maxInflight", 2)),
             ),
             audit_rotate_bytes=int(tuning.get("auditRotateBytes", defaults.audit_rotate_bytes)),
+            audit_retain_files=_whole(tuning, "auditRetainFiles", defaults.audit_retain_files, 0),
+            audit_retain_bytes=_whole(tuning, "auditRetainBytes", defaults.audit_retain_bytes, 0),
+            audit_buffer_bytes=_whole(tuning, "auditBufferBytes", defaults.audit_buffer_bytes, 1),
             review_retries=int(tuning.get("reviewRetries", defaults.review_retries)),
+            review_spool_max_items=_whole(tuning, "reviewSpoolMaxItems", defaults.review_spool_max_items, 1),
+            review_spool_max_bytes=_whole(tuning, "reviewSpoolMaxBytes", defaults.review_spool_max_bytes, 1),
             workers=max(1, int(tuning.get("workers", defaults.workers))),
             logits_output=tuning.get("logitsOutput"),
             features_output=tuning.get("featuresOutput"),
@@ -332,6 +348,13 @@ def parse_config(data: Mapping[str, Any]) -> SidecarConfig:
         ),
         limits=parse_limits(_section(data, "limits", "")),
     )
+
+
+def _whole(data: Mapping[str, Any], key: str, default: int, minimum: int) -> int:
+    value = data.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"tuning.{key}: {value!r} must be a whole number >= {minimum}")
+    return value
 
 
 def _strip_scheme(url: str) -> str:
@@ -450,6 +473,11 @@ def dump_config(config: SidecarConfig) -> dict[str, Any]:
             },
             "auditRotateBytes": config.tuning.audit_rotate_bytes,
             "reviewRetries": config.tuning.review_retries,
+            "auditRetainFiles": config.tuning.audit_retain_files,
+            "auditRetainBytes": config.tuning.audit_retain_bytes,
+            "auditBufferBytes": config.tuning.audit_buffer_bytes,
+            "reviewSpoolMaxItems": config.tuning.review_spool_max_items,
+            "reviewSpoolMaxBytes": config.tuning.review_spool_max_bytes,
             "workers": config.tuning.workers,
             "tritonMetricsInterval": f"{config.tuning.triton_metrics_interval_s}s",
         },

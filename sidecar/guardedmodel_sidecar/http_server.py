@@ -48,6 +48,7 @@ from guardedmodel_sidecar.protocol.http_codec import (
     decode_infer_request,
     encode_error,
     encode_infer_response,
+    parse_header_length,
 )
 from guardedmodel_sidecar.upstream import TritonHttp
 
@@ -162,8 +163,10 @@ class V2HttpServer:
     async def _infer(self, request: _Request, found: Route) -> Reply:
         model, version = found.model, found.version
         try:
-            header_length = _header_length(request.header_length)
-            infer_request = decode_infer_request(request.body, header_length, model, version)
+            header_length = parse_header_length(request.header_length)
+            infer_request = decode_infer_request(
+                request.body, header_length, model, version, self.pipeline.decode_budget
+            )
         except GuardError as exc:
             self.pipeline.record_undecodable(model, version, exc, request.body)
             raise
@@ -197,16 +200,6 @@ def _index_body(body: memoryview) -> bytes:
     if not isinstance(doc, dict) or set(doc) - {"ready"} or not isinstance(doc.get("ready", False), bool):
         raise InvalidRequest('the repository index takes an empty body or {"ready": true|false}')
     return orjson.dumps(doc)
-
-
-def _header_length(value: bytes | None) -> int | None:
-    if value is None:
-        return None
-    text = value.strip()
-    if not text.isdigit() or len(text) > 18:
-        shown = client_text(value.decode("latin-1"), 40)
-        raise InvalidRequest(f"{HEADER_LENGTH} must be a non-negative integer, got {shown!r}")
-    return int(text)
 
 
 def _error_reply(exc: GuardError) -> Reply:

@@ -22,9 +22,15 @@ Exported (labels ``model``, ``version`` unless noted):
                                                    version "" for requests refused before routing
   guardedmodel_triton_queue_seconds_total          Triton's queue time and completed requests, read
   guardedmodel_triton_requests_total               from Triton (the operator scales on them)
-  guardedmodel_review_items_total{outcome}         review items: spooled, capped, sent, send_failed
+  guardedmodel_review_items_total{outcome}         review items: spooled, capped, sent, send_failed,
+                                                   spool_full, queue_full, write_failed, lost
   guardedmodel_review_spool_items                  items waiting in the durable spool
   guardedmodel_audit_records_total                 audit records written
+  guardedmodel_audit_records_dropped_total{stream,reason}  audit lines (records, samples) dropped
+  guardedmodel_audit_write_errors_total{stream}    failed audit writes (the lines are kept and retried)
+  guardedmodel_audit_pending_lines{stream}         audit lines in memory, not yet written
+  guardedmodel_audit_pending_bytes{stream}
+  guardedmodel_audit_files_deleted_total{stream}   rotated audit files deleted by retention
   guardedmodel_triton_ready                        1 when Triton answers ready, else 0
 """
 
@@ -32,8 +38,9 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 from prometheus_client import CollectorRegistry
@@ -42,6 +49,9 @@ from prometheus_client.registry import Collector
 
 from guardedmodel_sidecar.decision import DECISIONS
 from guardedmodel_sidecar.guard.drift import DriftAccumulator, DriftCounts
+
+if TYPE_CHECKING:
+    from guardedmodel_sidecar.audit import StreamStats
 
 CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
@@ -245,6 +255,7 @@ class SidecarMetrics(Collector):
         self.review_counts: Callable[[], dict[str, int]] = dict
         self.spool_depth: Callable[[], int] = lambda: 0
         self.audit_records: Callable[[], int] = lambda: 0
+        self.audit_stats: Callable[[], Mapping[str, StreamStats]] = dict
         self.registry.register(self)
 
     def version(self, version: str) -> VersionMetrics | None:
@@ -356,6 +367,7 @@ class SidecarMetrics(Collector):
         yield CounterMetricFamily(
             "guardedmodel_audit_records", "Audit records written", value=self.audit_records()
         )
+        yield from self._audit_families()
         queue = CounterMetricFamily(
             "guardedmodel_triton_queue_seconds",
             "Time requests waited in Triton's queue, as Triton reports it (the scaler's signal)",
@@ -376,3 +388,34 @@ class SidecarMetrics(Collector):
             "1 when Triton answers ready",
             value=1.0 if self.triton_ready else 0.0,
         )
+
+    def _audit_families(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        labels = ["model", "stream"]
+        dropped = CounterMetricFamily(
+            "guardedmodel_audit_records_dropped",
+            "Audit lines dropped (stream: records or samples), by reason",
+            labels=[*labels, "reason"],
+        )
+        errors = CounterMetricFamily(
+            "guardedmodel_audit_write_errors",
+            "Failed audit writes; the lines are kept and retried",
+            labels=labels,
+        )
+        lines = GaugeMetricFamily(
+            "guardedmodel_audit_pending_lines", "Audit lines not yet written", labels=labels
+        )
+        pending = GaugeMetricFamily(
+            "guardedmodel_audit_pending_bytes", "Bytes of audit lines not yet written", labels=labels
+        )
+        deleted = CounterMetricFamily(
+            "guardedmodel_audit_files_deleted", "Rotated audit files deleted by retention", labels=labels
+        )
+        for stream, stats in self.audit_stats().items():
+            lv = [self.model, stream]
+            for reason, count in stats.dropped.items():
+                dropped.add_metric([*lv, reason], count)
+            errors.add_metric(lv, stats.write_errors)
+            lines.add_metric(lv, stats.pending_lines)
+            pending.add_metric(lv, stats.pending_bytes)
+            deleted.add_metric(lv, stats.files_deleted)
+        yield from (dropped, errors, lines, pending, deleted)

@@ -9,6 +9,7 @@ back with the model.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import math
@@ -21,10 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from guardedmodel_sidecar.audit import AuditLog
+from guardedmodel_sidecar.audit import AuditLog, client_id
 from guardedmodel_sidecar.config import InputSpec, SidecarConfig
 from guardedmodel_sidecar.decision import REJECT, REVIEW, Decision, DecisionPolicy, decide
 from guardedmodel_sidecar.errors import (
+    DeadlineExceeded,
     GuardError,
     InputRefused,
     ModelNotFound,
@@ -256,8 +258,17 @@ class Pipeline:
     async def call_triton(
         self, model: str, version: str, request: InferRequest, outputs: list[str] | None
     ) -> InferResponse:
+        if request.deadline is None:
+            header, buffers = encode_upstream_request(request, outputs)
+            return await self.upstream.infer(model, version, header, buffers)
+        # The caller's deadline (gRPC) bounds the Triton call; once it has passed, Triton is not asked.
+        remaining = request.deadline - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            raise DeadlineExceeded("the call's deadline passed before the model was called")
         header, buffers = encode_upstream_request(request, outputs)
-        return await self.upstream.infer(model, version, header, buffers)
+        return await self.upstream.infer(
+            model, version, header, buffers, timeout_s=min(remaining, self.config.limits.request_timeout_s)
+        )
 
     def _next_id(self) -> str:
         self._seq += 1
@@ -298,7 +309,7 @@ class Pipeline:
     async def _infer(self, request: InferRequest) -> GuardedResult:
         started = time.perf_counter()
         self.review.note_request()
-        request_id = request.id or self._next_id()
+        request_id = self._next_id()  # the audit record's id; the client's own is kept as client_id
         guard: VersionGuard | None = None
         stage = "gate"
         try:
@@ -399,10 +410,10 @@ class Pipeline:
             parameters["guard_decisions"] = ",".join(decision.per_sample)
         if decision.reasons:
             parameters["guard_reasons"] = " | ".join(decision.reasons)
-        if request_id != request.id:
-            headers["Guard-Request-Id"] = request_id
+        headers["Guard-Request-Id"] = request_id  # finds the request's audit record
         record: dict[str, Any] = {
             "id": request_id,
+            "client_id": client_id(request.id),
             "ts": time.time(),
             "model": self.model,
             "version": guard.version,
@@ -419,7 +430,7 @@ class Pipeline:
         }
         if decision.decision == REVIEW:
             item = {**record, "inputs": _inputs_preview(request)}
-            record["review"] = "spooled" if self.review.offer(item) else "not_sent"
+            record["review"] = self.review.offer(item)
         if self.audit.maybe_sample(request_id, request.inputs):
             record["sampled"] = True
         self.audit.record(record)
@@ -432,6 +443,7 @@ class Pipeline:
         self.audit.record(
             {
                 "id": self._next_id(),
+                "client_id": None,
                 "ts": time.time(),
                 "model": model,
                 "version": version or None,
@@ -467,6 +479,7 @@ class Pipeline:
         self.audit.record(
             {
                 "id": request_id,
+                "client_id": client_id(request.id),
                 "ts": time.time(),
                 "model": request.model_name,
                 "version": guard.version if guard else request.model_version or None,

@@ -70,7 +70,7 @@ def grpc_infer(url: str, x: np.ndarray, *, outputs: list[str] | None = None, **k
 
 def records_with_prefix(directory: Path, prefix: str) -> list[dict[str, Any]]:
     return (
-        [r for r in iter_records(directory) if str(r.get("id", "")).startswith(prefix)]
+        [r for r in iter_records(directory) if str(r.get("client_id") or "").startswith(prefix)]
         if directory.exists()
         else []
     )
@@ -191,7 +191,7 @@ def test_garbage_is_refused_with_a_reason_over_http_and_grpc(stack, what, corrup
     assert grpc_error.value.status() == "StatusCode.INVALID_ARGUMENT"
     assert "INPUT" in grpc_error.value.message()
     records = wait_records(sidecar.audit_dir, prefix, 3)
-    assert sorted(r["id"] for r in records) == [prefix + "binary", prefix + "grpc", prefix + "json"]
+    assert sorted(r["client_id"] for r in records) == [prefix + "binary", prefix + "grpc", prefix + "json"]
     assert [r["decision"] for r in records] == ["reject"] * 3
     assert all(r["status"] == 400 and "INPUT" in r["error"] for r in records)
 
@@ -243,9 +243,12 @@ def test_low_confidence_goes_to_the_webhook_and_the_caller_hears_review(stack) -
     assert params["guard_decision"] == "review" and params["guard_confidence"] < 0.8
     assert "below reviewBelow 0.8" in params["guard_reasons"]
     deadline = time.monotonic() + 10
-    while not any(item["id"] == "ambiguous-1" for item in receiver.received) and time.monotonic() < deadline:
+    while (
+        not any(item["client_id"] == "ambiguous-1" for item in receiver.received)
+        and time.monotonic() < deadline
+    ):
         time.sleep(0.05)
-    item = next(item for item in receiver.received if item["id"] == "ambiguous-1")
+    item = next(item for item in receiver.received if item["client_id"] == "ambiguous-1")
     assert item["decision"] == "review" and item["version"] == "1"
     assert item["confidence"][0] == pytest.approx(params["guard_confidence"])
     np.testing.assert_allclose(np.asarray(item["inputs"][0]["data"], np.float32), x)
@@ -276,8 +279,9 @@ def test_audit_records_equal_requests_under_concurrency(stack) -> None:
     assert len(wait_records(sidecar.audit_dir, prefix, 400)) == 400
     time.sleep(0.3)  # nothing more than one record per request either
     records = records_with_prefix(sidecar.audit_dir, prefix)
-    assert sorted(r["id"] for r in records) == sorted(f"{prefix}{i}" for i in range(400))
-    refused = {r["id"] for r in records if r["decision"] == "reject"}
+    assert sorted(r["client_id"] for r in records) == sorted(f"{prefix}{i}" for i in range(400))
+    assert len({r["id"] for r in records}) == 400  # the sidecar's own ids, unique
+    refused = {r["client_id"] for r in records if r["decision"] == "reject"}
     assert refused == {f"{prefix}{i}" for i in range(0, 400, 5)}
     samples = list(iter_records(sidecar.audit_dir, "samples"))
     assert samples and all("b64" in s["inputs"][0] for s in samples)
