@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import concurrent.futures
-import time
-import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -13,11 +11,8 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from conftest import sidecar_config
-from prometheus_client.parser import text_string_to_metric_families
 from sidecar_toy import MODEL, reference_outputs, toy_data
 from tritonclient.utils import InferenceServerException
-
-from guardedmodel_sidecar.audit import iter_records
 
 pytestmark = pytest.mark.integration
 
@@ -128,52 +123,3 @@ def test_standalone_against_a_triton_that_loads_everything_itself(
     result = infer(sidecar.http_url, x)
     assert result.get_response()["parameters"]["model_version"] == "2"
     np.testing.assert_allclose(result.as_numpy("LOGITS"), reference_outputs(x, "2")[0], rtol=1e-5)
-
-
-def test_worker_processes_share_the_ports_and_audit_every_request(
-    tmp_path: Path, toy_repository: Path, toy_triton, sidecar_factory
-) -> None:
-    config = sidecar_config(toy_triton, toy_repository, tmp_path, tuning={"workers": 2})
-    sidecar = sidecar_factory(config)
-    x = toy_data().sample(1, seed=50)[0]
-    metrics_port = config["listen"]["metrics"]
-
-    def worker_ready(index: int) -> bool:
-        url = f"http://127.0.0.1:{metrics_port + index}/metrics"
-        try:
-            text = urllib.request.urlopen(url, timeout=5).read().decode()
-        except OSError:  # URLError included: the worker process has not opened its metrics port yet
-            return False
-        return any(
-            sample.value == 1
-            for family in text_string_to_metric_families(text)
-            if family.name == "guardedmodel_triton_ready"
-            for sample in family.samples
-        )
-
-    # Extra workers join the shared ports only once ready; wait for both so both get traffic.
-    deadline = time.monotonic() + 60
-    while not (worker_ready(0) and worker_ready(1)):
-        assert time.monotonic() < deadline, "the second worker never became ready"
-        time.sleep(0.2)
-
-    def one(i: int) -> str:
-        # a new client (connection) per request, so the kernel spreads them over both workers
-        return infer(sidecar.http_url, x).get_response()["parameters"]["guard_decision"]
-
-    with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        decisions = list(pool.map(one, range(200)))
-    assert len(decisions) == 200
-    served = []
-    for index in (0, 1):
-        text = (
-            urllib.request.urlopen(f"http://127.0.0.1:{metrics_port + index}/metrics", timeout=5)
-            .read()
-            .decode()
-        )
-        families = {f.name: f for f in text_string_to_metric_families(text)}
-        served.append(sum(s.value for s in families["guardedmodel_requests"].samples))
-    assert sum(served) == 200 and min(served) > 0
-    assert sidecar.stop() == 0
-    counts = [sum(1 for _ in iter_records(sidecar.audit_dir / f"worker-{i}")) for i in (0, 1)]
-    assert sum(counts) == 200 and counts == served
