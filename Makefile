@@ -11,7 +11,7 @@ PACKAGES := -p guardedmodel_operator -p guardedmodel_sidecar -p guardedmodel_fit
 # CI runs the representative set; `make test-all` adds the slowest scenarios.
 PYTEST_ARGS ?= -m "not slow"
 
-.PHONY: setup system-deps python-deps cluster-binaries lint test test-all demo bench-sidecar bench-guard bench-operator crds-sync clean
+.PHONY: setup system-deps python-deps cluster-binaries lint test test-all demo bench-sidecar bench-guard bench-operator fuzz crds-sync clean
 
 setup: system-deps python-deps cluster-binaries
 
@@ -55,6 +55,11 @@ bench-guard: setup
 
 bench-operator: setup
 	$(BIN)/python bench/operator_scale.py --count 1000
+
+# Fuzz the live sidecar (real Triton behind it) over HTTP and gRPC: >= 100k cases, several minutes.
+# Writes bench/results/fuzz.json; failing cases go to bench/results/fuzz-failures.jsonl for --replay.
+fuzz: setup
+	$(BIN)/python bench/fuzz_sidecar.py --cases 100000
 
 # The chart carries a copy of the CRD; crds/ is the one source.
 crds-sync: python-deps
