@@ -725,6 +725,7 @@ BAD_JSON: list[tuple[str, bytes, tuple[int, ...]]] = [
     ("timeout-a-string", json_body({**json_infer(), "parameters": {"timeout": "soon"}}), (400,)),
     ("sequence-id-a-bool", json_body({**json_infer(), "parameters": {"sequence_id": True}}), (400,)),
     ("sequence-start-a-number", json_body({**json_infer(), "parameters": {"sequence_start": 5}}), (400,)),
+    ("parameter-key-with-nul", json_body({**json_infer(), "parameters": {"a\u0000b": True}}), (400,)),
     ("document-a-string", b'"inputs"', (400,)),
     ("document-not-json", b"{inputs: [}", (400,)),
     ("invalid-utf8", json_body(json_infer(request_id="X")).replace(b'"X"', b'"\xff\xfe"'), (400,)),
@@ -777,6 +778,8 @@ BAD_PROTO: list[tuple[str, bytes]] = [
         "sequence-end-a-string",
         _proto_with(lambda m: setattr(m.parameters["sequence_end"], "string_param", "x")),
     ),
+    # A parameter name with a NUL reaches Triton cut short, and Triton answers INTERNAL.
+    ("parameter-key-with-nul", _proto_with(lambda m: setattr(m.parameters["a\x00b"], "bool_param", True))),
     ("invalid-utf8-model-name", proto_infer().SerializeToString().replace(b"toy", b"t\xffy")),
     ("truncated-message", proto_infer().SerializeToString()[:-7]),
     ("not-protobuf", b"\xff\xff\xff\xff\x0f\x00garbage"),
