@@ -26,6 +26,7 @@ from guardedmodel_sidecar.protocol.datatypes import (
     serialize_bytes_elements,
 )
 from guardedmodel_sidecar.protocol.model import InferRequest, InferResponse, RequestedOutput, Tensor
+from guardedmodel_sidecar.protocol.parameters import check_parameter
 
 _CONTENTS_FIELD = {
     "BOOL": "bool_contents",
@@ -86,7 +87,9 @@ def _params_from_proto(params: Any, what: object, budget: DecodeBudget) -> dict[
             raise InvalidRequest(
                 f"{what}: a parameter name is {len(key)} characters, at most {budget.max_name_chars}"
             )
-        out[key] = getattr(param, which)
+        value = getattr(param, which)
+        check_parameter(key, value, what, request_level=what == "request")
+        out[key] = value
     return out
 
 

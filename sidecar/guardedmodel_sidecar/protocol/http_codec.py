@@ -55,6 +55,7 @@ from guardedmodel_sidecar.protocol.model import (
     RequestedOutput,
     Tensor,
 )
+from guardedmodel_sidecar.protocol.parameters import check_parameter
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 _JSON_OPTS = orjson.OPT_SERIALIZE_NUMPY
@@ -185,9 +186,8 @@ def checked_parameters(value: Any, what: object, budget: DecodeBudget) -> dict[s
                 f"{what}: a parameter name is {len(key)} characters, at most {budget.max_name_chars}"
             )
         kind = type(item)
-        if kind is str or kind is bool or kind is float:
-            continue
-        if kind is int and -(2**63) <= item < 2**64:
+        if kind is str or kind is bool or kind is float or (kind is int and -(2**63) <= item < 2**64):
+            check_parameter(key, item, what, request_level=what == "request")
             continue
         raise InvalidRequest(
             f"{what}: parameter {client_repr(key)} must be a string, a boolean or a 64-bit number, "

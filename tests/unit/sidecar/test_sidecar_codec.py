@@ -501,3 +501,51 @@ def test_proto_parameters_without_a_value_and_unparsable_bytes_are_400s() -> Non
     with pytest.raises(InvalidRequest, match="ModelInferRequest does not parse") as info:
         decode_infer_request_proto(b"\xff\xff\xff")
     assert info.value.grpc_code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def _json_with_parameters(request: dict, inp: dict | None = None) -> bytes:
+    entry = {"name": "INPUT", "datatype": "FP32", "shape": [1, 2], "data": [0.5, 0.5]}
+    if inp is not None:
+        entry["parameters"] = inp
+    return orjson.dumps({"inputs": [entry], "parameters": request})
+
+
+@pytest.mark.parametrize(
+    ("request_params", "input_params", "message"),
+    [
+        ({"priority": -1}, None, "'priority' must be a non-negative integer"),
+        ({"priority": "high"}, None, "'priority' must be a non-negative integer"),
+        ({"timeout": 1.5}, None, "'timeout' must be a non-negative integer"),
+        ({"sequence_id": True}, None, "'sequence_id' must be a non-negative integer or a string"),
+        ({"sequence_start": 1}, None, "'sequence_start' must be a boolean"),
+        ({"a\u0000b": 1}, None, "without control characters"),
+        ({"": 1}, None, "must be non-empty"),
+        ({"note": "a\u0000"}, None, "NUL"),
+        ({}, {"x\nInjected": 1}, "without control characters"),
+    ],
+)
+def test_parameters_triton_would_misread_are_400s_on_both_protocols(
+    request_params: dict, input_params: dict | None, message: str
+) -> None:
+    with pytest.raises(InvalidRequest, match=message):
+        decode_infer_request(_json_with_parameters(request_params, input_params), None, "m", "")
+    msg = service_pb2.ModelInferRequest(model_name="m")
+    entry = msg.inputs.add(name="INPUT", datatype="FP32", shape=[1, 2])
+    entry.contents.fp32_contents.extend([0.5, 0.5])
+    for target, params in ((msg.parameters, request_params), (entry.parameters, input_params or {})):
+        for key, value in params.items():
+            if isinstance(value, bool):
+                target[key].bool_param = value
+            elif isinstance(value, int):
+                target[key].int64_param = value
+            elif isinstance(value, float):
+                target[key].double_param = value
+            else:
+                target[key].string_param = value
+    with pytest.raises(InvalidRequest, match=message):
+        request_from_proto(msg)
+
+
+def test_parameters_triton_reads_pass_when_well_typed() -> None:
+    params = {"priority": 2, "timeout": 10_000, "sequence_id": "s-1", "sequence_start": True, "x": -3}
+    assert decode_infer_request(_json_with_parameters(params), None, "m", "").parameters == params
