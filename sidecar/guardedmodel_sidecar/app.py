@@ -290,11 +290,21 @@ class SidecarApp:
                 )
             await asyncio.sleep(0.05)
 
-    async def stop(self) -> None:
+    async def stop(self, grace_s: float = 10.0) -> None:
+        """Stop taking connections, let requests in flight on either protocol finish (up to
+        ``grace_s``; a pod's termination grace period is 30 s by default), then close the sinks, so a
+        graceful stop answers every request it accepted and writes every audit record."""
         if self._http is not None:
             self._http.close()
-        if self._grpcio is not None:
-            await self._grpcio.stop(grace=1.0)
+        grpc_stopped = (
+            asyncio.ensure_future(self._grpcio.stop(grace=grace_s)) if self._grpcio is not None else None
+        )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_s
+        while self.pipeline.inflight and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        if grpc_stopped is not None:
+            await grpc_stopped
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

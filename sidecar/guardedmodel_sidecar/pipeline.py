@@ -290,6 +290,11 @@ class Pipeline:
             raise Unavailable(f"version {version} of '{self.model}' is being prepared; retry shortly")
         return guard
 
+    @property
+    def inflight(self) -> int:
+        """Requests in the guard pipeline now, on either protocol."""
+        return self._inflight
+
     async def infer(self, request: InferRequest) -> GuardedResult:
         # Bounded concurrency: past the limit, refuse at once (503, retryable) instead of queueing
         # without bound; the micro-batcher and the Triton pool then never hold more than this.
