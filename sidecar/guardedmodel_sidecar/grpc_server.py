@@ -374,9 +374,24 @@ def server_options(limits: Limits, *, reuse_port: bool) -> list[tuple[str, int]]
       acknowledged our SETTINGS beyond the limit are refused.
     - ``grpc.server_max_unrequested_time_in_server``: a call the application has not picked up within
       this many seconds is cancelled.
-    - ``grpc.max_metadata_size`` / ``grpc.absolute_max_metadata_size``: header-list bytes; grpc-core
-      rejects larger metadata (RESOURCE_EXHAUSTED) and parses ``grpc-timeout`` itself (an unparsable
-      one, a 400-digit number included, is a client error, not a crash).
+    - ``grpc.max_metadata_size`` / ``grpc.absolute_max_metadata_size``: soft and hard limit on a header
+      list (name + value + 32 bytes per field), both ``max_header_bytes``; the hard one is advertised
+      as SETTINGS_MAX_HEADER_LIST_SIZE, and grpc-core enforces it only once the client has ACKed that
+      SETTINGS frame (``settings.acked()`` in chttp2 parsing.cc). From the ACK on, a list over it is
+      refused (RESOURCE_EXHAUSTED + RST_STREAM, after the tarpit) as soon as the parser sees it: a
+      longer string is skipped unbuffered, neither END_HEADERS nor END_STREAM is waited for. Before
+      the ACK the hard limit is grpc-core's HTTP/2 default, 16 MiB: a list above the soft limit is
+      refused at END_HEADERS only with probability (size - soft) / (16 MiB - soft), else accepted and
+      held with its call (grpc-core's copy plus grpcio's Python metadata: 20 lists of 8 MiB sent
+      before the ACK, 10 accepted, +246 MiB RSS), and one string of up to 16 MiB is buffered whole
+      while parsed. No argument changes that; it is bounded by ``max_concurrent_streams`` per
+      connection (streams beyond it are refused before the ACK), ``maximum_concurrent_rpcs`` calls in
+      all, and in time by the next argument. A client that ACKs after opening such streams keeps the
+      accepted ones until they end. grpc-core also parses ``grpc-timeout`` itself (an unparsable one,
+      a 400-digit number included, is a client error, not a crash).
+    - ``grpc.http2.settings_timeout``: a connection whose client has not ACKed our SETTINGS within
+      ``header_timeout_s`` gets GOAWAY (SETTINGS_TIMEOUT) and is closed, its calls with it (grpc-core's
+      default: one minute).
     - ``grpc.max_receive_message_length``: larger messages fail with RESOURCE_EXHAUSTED before the
       handler runs; ``grpc.max_connection_idle_ms`` closes connections without calls (GOAWAY);
       ``grpc.server_handshake_timeout_ms`` drops connections that do not complete the HTTP/2 preface.
@@ -401,6 +416,7 @@ def server_options(limits: Limits, *, reuse_port: bool) -> list[tuple[str, int]]
         ("grpc.absolute_max_metadata_size", limits.max_header_bytes),
         ("grpc.max_connection_idle_ms", round(limits.idle_timeout_s * ms)),
         ("grpc.server_handshake_timeout_ms", round(limits.header_timeout_s * ms)),
+        ("grpc.http2.settings_timeout", max(1, round(limits.header_timeout_s * ms))),
         ("grpc.keepalive_time_ms", round(limits.idle_timeout_s * ms)),
         ("grpc.keepalive_timeout_ms", 20 * ms),
         ("grpc.keepalive_permit_without_calls", 0),

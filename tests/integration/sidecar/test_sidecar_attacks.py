@@ -35,6 +35,7 @@ import grpc
 import pytest
 from attack_fuzz import Fuzzer
 from attack_h2 import (
+    ACK,
     CONTINUATION,
     DATA,
     END_HEADERS,
@@ -1064,6 +1065,31 @@ def test_malformed_grpc_metadata_is_refused_cleanly(
     assert follow_up.grpc_status == 0, f"the next call on the same connection failed: {_h2(follow_up)}"
 
 
+class _SettingsH2(RawH2):
+    """``RawH2`` that notes the server's SETTINGS and, with ``ack_settings=False``, never acknowledges
+    them (a client that does not, so the server cannot hold it to what it advertised)."""
+
+    def __init__(self, host: str, port: int, *, timeout: float, ack_settings: bool = True) -> None:
+        self.ack_settings = ack_settings
+        self.settings_seen = False
+        super().__init__(host, port, timeout=timeout)
+
+    def _handle(self, kind: int, flags: int, stream_id: int, payload: bytes) -> None:
+        if kind == SETTINGS and not flags & ACK:
+            self.settings_seen = True
+            if not self.ack_settings:
+                return
+        super()._handle(kind, flags, stream_id, payload)
+
+    def acknowledge_settings(self, timeout: float) -> None:
+        """Read until the server's SETTINGS came and were acknowledged: the ACK leaves before any
+        stream is opened, so the server has it before the first HEADERS."""
+        deadline = time.monotonic() + timeout
+        while not (self.settings_seen or self.closed) and time.monotonic() < deadline:
+            self._pump(deadline - time.monotonic())
+        assert self.settings_seen, f"no SETTINGS from the server within {timeout}s"
+
+
 def _open_streams_with_metadata(h2: RawH2, streams: int, extra: list[tuple[str, str]]) -> list[StreamResult]:
     sids = []
     for _ in range(streams):
@@ -1088,13 +1114,55 @@ def test_grpc_metadata_over_the_header_limit_is_refused_with_bounded_memory(
     stack: AttackStack, streams: int, extra: list[tuple[str, str]]
 ) -> None:
     """Metadata beyond maxHeaderBytes (the HTTP/1.1 head limit applies to gRPC header lists too) is
-    refused per stream (RESOURCE_EXHAUSTED, or the stream reset), without holding it in memory."""
-    with attack(stack, triton_untouched=True), RawH2(*_addr(stack.grpc), timeout=30) as h2:
+    refused per stream (RESOURCE_EXHAUSTED, or the stream reset) while the streams stay open (no
+    END_STREAM), without holding it in memory: grpc core skips a string over the limit unread.
+
+    The client acknowledges the sidecar's SETTINGS first, as every HTTP/2 client does: grpc core holds
+    a client to the SETTINGS_MAX_HEADER_LIST_SIZE it advertised only from that ACK on. The window
+    before it is the next test's."""
+    with attack(stack, triton_untouched=True), _SettingsH2(*_addr(stack.grpc), timeout=30) as h2:
+        h2.acknowledge_settings(5.0)
         results = _open_streams_with_metadata(h2, streams, extra)
     accepted = [
         r for r in results if not (r.refused or r.grpc_status == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0])
     ]
     assert not accepted, f"{len(accepted)} of {len(results)} streams not refused: {_h2(accepted[0])}"
+
+
+# Before a client acknowledges SETTINGS, grpc core's hard limit on a header list is HTTP/2's default as it
+# assumes it (16 MiB), and a list between maxHeaderBytes and that is refused only with probability
+# (size - maxHeaderBytes) / (16 MiB - maxHeaderBytes). An accepted list is held with its call: grpc
+# core's copy and the Python metadata grpcio makes of it, ~3 bytes of RSS per byte (measured: ~24 MiB per
+# accepted 8 MiB list).
+RSS_PER_HELD_HEADER_BYTE = 3
+SETTINGS_TIMEOUT = 0x4  # HTTP/2 error code of the GOAWAY that ends a connection which never sent the ACK
+
+
+def test_grpc_metadata_before_the_settings_ack_is_bounded_by_the_settings_timeout(stack: AttackStack) -> None:
+    """A client that never acknowledges SETTINGS is not held to maxHeaderBytes (see above); what bounds
+    it is time: within headerTimeout (``grpc.http2.settings_timeout``) the connection gets GOAWAY
+    SETTINGS_TIMEOUT and is closed, every stream on it with it, and meanwhile the sidecar holds at most
+    streams x list size x the measured cost per byte."""
+    streams, size = 20, 4 * MIB
+    budget_mib = streams * size * RSS_PER_HELD_HEADER_BYTE / MIB
+    limit = _seconds(stack.limits["headerTimeout"])
+    with (
+        attack(stack, memory_mib=budget_mib, triton_untouched=True),
+        _SettingsH2(*_addr(stack.grpc), timeout=30, ack_settings=False) as h2,
+    ):
+        connected = time.monotonic()
+        results = _open_streams_with_metadata(h2, streams, [("x-big", "a" * size)])
+        closed = h2.wait_closed(max(0.0, connected + limit + TIMEOUT_SLACK_S - time.monotonic()))
+        waited = time.monotonic() - connected
+    assert closed, f"the connection without a SETTINGS ACK was still open after {waited:.1f}s"
+    assert h2.goaway_code in (SETTINGS_TIMEOUT, None), f"GOAWAY {h2.goaway_code}, not SETTINGS_TIMEOUT"
+    # Each stream ends: refused by the random early rejection (RESOURCE_EXHAUSTED), or with the
+    # connection (UNAVAILABLE "settings timeout" and RST_STREAM, or the socket closed under it).
+    ends = (grpc.StatusCode.RESOURCE_EXHAUSTED.value[0], grpc.StatusCode.UNAVAILABLE.value[0])
+    left_open = [r for r in results if not (r.refused or r.closed or (r.ended and r.grpc_status in ends))]
+    assert not left_open, (
+        f"{len(left_open)} of {len(results)} streams outlived the connection: {_h2(left_open[0])}"
+    )
 
 
 # ------------------------------------------------------------------------------------ raw HTTP/2
