@@ -386,8 +386,8 @@ def server_options(limits: Limits, *, reuse_port: bool) -> list[tuple[str, int]]
       before the ACK, 10 accepted, +246 MiB RSS), and one string of up to 16 MiB is buffered whole
       while parsed. No argument changes that; it is bounded by ``max_concurrent_streams`` per
       connection (streams beyond it are refused before the ACK), ``maximum_concurrent_rpcs`` calls in
-      all, and in time by the next argument. A client that ACKs after opening such streams keeps the
-      accepted ones until they end. grpc-core also parses ``grpc-timeout`` itself (an unparsable one,
+      all, and in time by the next argument. A client that ACKs after opening such streams would keep the
+      accepted ones until they end: ``MetadataBudget`` refuses them as they start instead. grpc-core also parses ``grpc-timeout`` itself (an unparsable one,
       a 400-digit number included, is a client error, not a crash).
     - ``grpc.http2.settings_timeout``: a connection whose client has not ACKed our SETTINGS within
       ``header_timeout_s`` gets GOAWAY (SETTINGS_TIMEOUT) and is closed, its calls with it (grpc-core's
@@ -434,6 +434,40 @@ def max_concurrent_rpcs(limits: Limits) -> int:
     return 4 * limits.max_inflight_requests
 
 
+class MetadataBudget(grpc.aio.ServerInterceptor):
+    """Refuses a call whose metadata is over ``max_header_bytes`` the moment it starts.
+
+    grpc-core enforces its header-list limit only once the client has ACKed our SETTINGS (see
+    ``server_options``); a list sent before that can be accepted and then held for as long as the call
+    lives. This check runs when the call arrives, before its first message is read, with the HTTP/2
+    accounting (name + value + 32 bytes per field), so such a call ends at once with
+    RESOURCE_EXHAUSTED and its metadata is freed. A few microseconds per call: the list is the handful
+    of fields a client sends."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self._max = max_bytes
+        self._refusal = grpc.stream_stream_rpc_method_handler(self._refuse)
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        size = 0
+        for key, value in details.invocation_metadata or ():
+            size += len(key) + len(value) + 32
+        if size > self._max:
+            return self._refusal
+        return await continuation(details)
+
+    async def _refuse(self, messages: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> None:
+        # A streaming handler runs without waiting for a request message, whatever the method's kind.
+        await context.abort(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"request metadata is over the limit of {self._max} bytes (limits.maxHeaderBytes)",
+        )
+
+
 async def start_grpc_server(
     service: GrpcService, host: str, port: int, limits: Limits, *, reuse_port: bool = False
 ) -> tuple[grpc.aio.Server, int]:
@@ -442,6 +476,7 @@ async def start_grpc_server(
     server = grpc.aio.server(
         options=server_options(limits, reuse_port=reuse_port),
         maximum_concurrent_rpcs=max_concurrent_rpcs(limits),
+        interceptors=[MetadataBudget(limits.max_header_bytes)],
     )
     handlers = service.method_handlers()
     # ModelInfer is a registered method: grpcio finds its handler without a Python call per request.
