@@ -8,7 +8,8 @@ measures throughput and latency against Triton directly and through the sidecar.
 (its whole process group, Python-backend stubs included) and of the sidecar is read from /proc around
 each cell, giving T and P per request and the ratio rule's prediction T / (T + P) next to the measured
 throughput ratio; the sidecar's own stage histograms give the gate + scorer cost per request.
-``--profile`` records the sidecar with py-spy during the batch-1, concurrency-16 HTTP cell.
+``--profile`` records the sidecar with py-spy during the batch-1, concurrency-16 cell of
+``--profile-protocol`` (HTTP by default).
 Writes bench/results/sidecar_vs_triton.json and .png.
 """
 
@@ -343,7 +344,8 @@ def main() -> int:
         help="also measure the sidecar with these worker process counts, e.g. 2,4 (tuning.workers; "
         "micro-batching on with --micro-batching)",
     )
-    parser.add_argument("--profile", action="store_true", help="py-spy the sidecar in the b=1 c=16 HTTP cell")
+    parser.add_argument("--profile", action="store_true", help="py-spy the sidecar in the b=1 c=16 cell")
+    parser.add_argument("--profile-protocol", default="http", help="the protocol of the profiled cell")
     parser.add_argument("--out", type=Path, default=RESULTS / "sidecar_vs_triton.json")
     parser.add_argument(
         "--input-shape", default="1,28,28", help="per-sample shape when the repository has no data"
@@ -422,7 +424,7 @@ def main() -> int:
                                     args.profile
                                     and round_index == 0
                                     and target == "sidecar"
-                                    and protocol == "http"
+                                    and protocol == args.profile_protocol
                                     and batch == 1
                                     and concurrency == 16
                                 ):
