@@ -30,7 +30,7 @@ DEFAULTS: dict[str, Any] = {
     "scaling": {"targetQueueTimeMs": 50},
     "gate": {"ood": {"method": "energy", "action": "reject"}},
     "confidence": {"reviewBelow": 0.5, "review": {"maxFraction": 0.1}},
-    "audit": {"enabled": True, "sampleRate": 0.01},
+    "audit": {"enabled": True, "sampleRate": 0.01, "retainFiles": 10},
     "drift": {"window": "5m"},
     "rollout": {
         "strategy": "canary",

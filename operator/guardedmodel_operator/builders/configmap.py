@@ -48,6 +48,8 @@ def render_sidecar_config(ctx: BuildContext) -> dict[str, Any]:
         "tuning": {
             "microBatching": dict(ctx.spec.raw["sidecar"]["microBatching"]),
             "workers": ctx.spec.raw["sidecar"]["workers"],
+            "auditRetainFiles": ctx.spec.raw["audit"]["retainFiles"],
+            "auditRetainBytes": ctx.spec.raw["audit"].get("retainBytes") or 0,
         },
         # Only the limits the user set: the sidecar owns the defaults (guardedmodel_sidecar.limits).
         "limits": dict(ctx.spec.raw["sidecar"].get("limits") or {}),

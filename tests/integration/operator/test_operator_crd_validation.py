@@ -52,6 +52,18 @@ INVALID = [
     ("spec.spec.rollout", {"thresholds": {"maxOodRate": 1.5}}, ["maxOodRate", "less than or equal to 1"]),
     ("spec.spec.rollout", {"thresholds": {"maxP99LatencyMs": 0}}, ["maxP99LatencyMs", "greater than 0"]),
     ("spec.spec.drift", {"window": "-5m"}, ["spec.drift.window", "positive duration"]),
+    ("spec.spec.sidecar", {"workers": 0}, ["spec.sidecar.workers", "greater than or equal to 1"]),
+    (
+        "spec.spec.sidecar",
+        {"limits": {"headerTimeout": "soon"}},
+        ["spec.sidecar.limits.headerTimeout", "positive duration"],
+    ),
+    (
+        "spec.spec.sidecar",
+        {"limits": {"maxBodyBytes": 10}},
+        ["spec.sidecar.limits.maxBodyBytes", "greater than or equal to 1024"],
+    ),
+    ("spec.spec.audit", {"retainFiles": -1}, ["spec.audit.retainFiles", "greater than or equal to 0"]),
     ("spec.spec.replicas", {"min": 3, "max": 2}, ["spec.replicas", "must not exceed spec.replicas.max"]),
     ("spec.spec.replicas", {"min": 0, "max": 2}, ["spec.replicas.min", "greater than or equal to 1"]),
     (

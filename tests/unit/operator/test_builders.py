@@ -207,6 +207,8 @@ def test_configmap_renders_the_sidecar_contract(minimal_body: dict[str, Any]) ->
     assert document["tuning"] == {
         "microBatching": {"enabled": False, "maxBatch": 64, "maxInflight": 2},
         "workers": 1,
+        "auditRetainFiles": 10,
+        "auditRetainBytes": 0,
     }
     assert document["limits"] == {}
     assert document["guardedModel"] == {"namespace": "ml", "name": "classifier"}
@@ -236,12 +238,14 @@ def test_micro_batching_from_the_spec_reaches_the_sidecar(minimal_body: dict[str
 
 
 def test_workers_and_limits_from_the_spec_reach_the_sidecar(minimal_body: dict[str, Any]) -> None:
+    minimal_body["spec"]["audit"] = {"retainFiles": 3, "retainBytes": 1 << 30}
     minimal_body["spec"]["sidecar"] = {
         "workers": 4,
         "limits": {"maxJsonBodyBytes": 1048576, "headerTimeout": "2s", "maxConcurrentStreams": 32},
     }
     config = parse_config(yaml.safe_load(build_configmap(context(minimal_body))["data"]["sidecar.yaml"]))
     assert config.tuning.workers == 4
+    assert (config.tuning.audit_retain_files, config.tuning.audit_retain_bytes) == (3, 1 << 30)
     assert (config.limits.max_json_body_bytes, config.limits.header_timeout_s) == (1048576, 2.0)
     assert config.limits.max_concurrent_streams == 32
     assert config.limits.max_body_bytes == Limits().max_body_bytes  # unset: the sidecar's default
