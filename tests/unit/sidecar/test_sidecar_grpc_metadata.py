@@ -8,7 +8,7 @@ from typing import Any
 
 import grpc
 
-from guardedmodel_sidecar.grpc_server import MetadataBudget
+from guardedmodel_sidecar.grpc_listener import MetadataBudget
 
 
 class Details:

@@ -25,14 +25,8 @@ from tritonclient.grpc import service_pb2
 from guardedmodel_sidecar import grpc_server
 from guardedmodel_sidecar.endpoints import GRPC_FORWARDED, GRPC_GUARDED, GRPC_LOCAL, GRPC_REFUSED
 from guardedmodel_sidecar.errors import GuardError, InputRefused, OutOfDistribution
-from guardedmodel_sidecar.grpc_server import (
-    DENIED,
-    FORWARDED,
-    SERVICE,
-    GrpcService,
-    server_options,
-    start_grpc_server,
-)
+from guardedmodel_sidecar.grpc_listener import SERVICE, server_options, start_grpc_server
+from guardedmodel_sidecar.grpc_server import DENIED, FORWARDED, GrpcService
 from guardedmodel_sidecar.limits import Limits
 from guardedmodel_sidecar.pipeline import GuardedResult
 from guardedmodel_sidecar.protocol.budget import DecodeBudget
