@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from guardedmodel_sidecar.http_server import V2HttpServer
 from guardedmodel_sidecar.metrics import SidecarMetrics
 from guardedmodel_sidecar.microbatch import MicroBatcher
 from guardedmodel_sidecar.pipeline import Pipeline
+from guardedmodel_sidecar.response_scoring import score_version
 from guardedmodel_sidecar.review import ReviewSink
 from guardedmodel_sidecar.routing import (
     ApiServer,
@@ -39,6 +41,8 @@ from guardedmodel_sidecar.routing import (
 )
 from guardedmodel_sidecar.triton_metrics import QueueCounters, follow_triton_queue
 from guardedmodel_sidecar.upstream import TritonHttp
+from guardedmodel_sidecar.upstream_call import TritonCall, UpstreamCall
+from guardedmodel_sidecar.version_guard import VersionGuard, build_guard
 
 log = logging.getLogger(__name__)
 
@@ -83,17 +87,30 @@ class SidecarApp:
             restricted_header=config.triton_restricted_header,
         )
         self.router = Router(config.routing)
-        self.pipeline = Pipeline(config, self.triton, self.router, self.metrics, self.audit, self.review)
+        # The guards of the served versions: the pipeline's, and the micro-batcher's to score with.
+        guards: dict[str, VersionGuard] = {}
+        triton_call = TritonCall(self.triton, config.limits.request_timeout_s)
+        upstream_call: UpstreamCall = triton_call.result
         mb = config.tuning.micro_batching
         self.batcher: MicroBatcher | None = None
         if mb.enabled:
             self.batcher = MicroBatcher(
-                self.pipeline.call_triton,
+                triton_call,
                 max_batch=mb.max_batch,
                 max_inflight=mb.max_inflight,
-                score=self.pipeline.score_version,
+                score=partial(score_version, guards),
             )
-            self.pipeline.upstream_call = self.batcher.infer
+            upstream_call = self.batcher.infer
+        self.pipeline = Pipeline(
+            config,
+            self.triton,
+            self.router,
+            self.metrics,
+            self.audit,
+            self.review,
+            upstream_call=upstream_call,
+            guards=guards,
+        )
         self.metrics.review_counts = self.review.counts
         self.metrics.spool_depth = self.review.spool_depth
         self.metrics.audit_records = lambda: self.audit.records_written
@@ -139,7 +156,7 @@ class SidecarApp:
                     status, triton_config = await self.triton.get_json(
                         f"/v2/models/{model}/versions/{version}/config"
                     )
-                    guard = self.pipeline.build_guard(version, triton_config if status == 200 else None)
+                    guard = build_guard(self.config, version, triton_config if status == 200 else None)
                     model_max = int((triton_config or {}).get("max_batch_size", 0)) if status == 200 else 0
                     if self.batcher is not None and model_max > 0:
                         self.batcher.max_batch = min(self.batcher.max_batch, model_max)

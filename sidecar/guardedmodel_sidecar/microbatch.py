@@ -23,14 +23,16 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
 
 from guardedmodel_sidecar.errors import DeadlineExceeded
 from guardedmodel_sidecar.protocol.datatypes import BYTES, NUMPY_DTYPES
 from guardedmodel_sidecar.protocol.model import InferRequest, InferResponse, OutputTensor, Tensor
+from guardedmodel_sidecar.response_scoring import Scores
+from guardedmodel_sidecar.upstream_call import UpstreamResult
 
+# The plain model call the batcher wraps: (model, version, request, outputs) -> Triton's answer.
 UpstreamInfer = Callable[[str, str, InferRequest, "list[str] | None"], Awaitable[InferResponse]]
-_Waiter = tuple[InferRequest, "asyncio.Future[InferResponse]"]
+_Waiter = tuple[InferRequest, "asyncio.Future[UpstreamResult]"]
 
 
 @dataclass
@@ -47,7 +49,7 @@ class MicroBatcher:
         *,
         max_batch: int,
         max_inflight: int,
-        score: Callable[[str, InferResponse], Any] | None = None,
+        score: Callable[[str, InferResponse], Scores | None] | None = None,
     ) -> None:
         self.upstream = upstream
         # Scores a stacked response once (numpy per call costs about the same for 1 row or 64).
@@ -74,13 +76,15 @@ class MicroBatcher:
 
     async def infer(
         self, model: str, version: str, request: InferRequest, outputs: list[str] | None
-    ) -> InferResponse:
+    ) -> UpstreamResult:
+        """An ``UpstreamCall``: the caller's own rows of the answer, with their scores when the
+        batch was scored as a whole."""
         self.requests += 1
         key = self._key(model, version, request, outputs)
         rows = request.batch_size()
         if key is None or rows >= self.max_batch:
             self.calls += 1
-            return await self.upstream(model, version, request, outputs)
+            return UpstreamResult(await self.upstream(model, version, request, outputs))
         lane = self._lanes.get(key)
         if lane is None:
             lane = self._lanes[key] = _Lane()
@@ -88,11 +92,11 @@ class MicroBatcher:
             lane.inflight += 1
             try:
                 self.calls += 1
-                return await self.upstream(model, version, request, outputs)
+                return UpstreamResult(await self.upstream(model, version, request, outputs))
             finally:
                 lane.inflight -= 1
                 self._dispatch(lane, model, version, outputs)
-        future: asyncio.Future[InferResponse] = self._running_loop().create_future()
+        future: asyncio.Future[UpstreamResult] = self._running_loop().create_future()
         lane.queue.append((request, future))
         lane.queued_rows += rows
         return await future
@@ -162,13 +166,15 @@ class MicroBatcher:
                         future.set_exception(exc)
                 else:
                     if not future.done():
-                        future.set_result(response)
+                        future.set_result(UpstreamResult(response))
                 return
             stacked = stack_requests([r for r, _ in taken], rows)
             try:
                 response = await self.upstream(model, version, stacked, outputs)
                 sizes = [r.batch_size() for r, _ in taken]
-                parts = split_response(response, sizes, [r.id for r, _ in taken])
+                parts = [
+                    UpstreamResult(part) for part in split_response(response, sizes, [r.id for r, _ in taken])
+                ]
                 scores = self.score(version, response) if self.score is not None else None
                 if scores is not None:
                     start = 0
@@ -189,7 +195,7 @@ class MicroBatcher:
 
 
 def _cancel_when_all_left(
-    task: asyncio.Task[None], futures: list[asyncio.Future[InferResponse]], _: object
+    task: asyncio.Task[None], futures: list[asyncio.Future[UpstreamResult]], _: object
 ) -> None:
     """A batch in flight whose callers were all cancelled: nobody waits for Triton's answer."""
     if all(future.cancelled() for future in futures):

@@ -30,8 +30,12 @@ from guardedmodel_sidecar.errors import (
     UpstreamError,
     client_text,
 )
-from guardedmodel_sidecar.protocol.http_codec import HEADER_LENGTH, decode_upstream_response
-from guardedmodel_sidecar.protocol.model import InferResponse
+from guardedmodel_sidecar.protocol.http_codec import (
+    HEADER_LENGTH,
+    decode_upstream_response,
+    encode_upstream_request,
+)
+from guardedmodel_sidecar.protocol.model import InferRequest, InferResponse
 
 _HEADER_LENGTH_LOWER = HEADER_LENGTH.lower()
 GIB = 1024 * 1024 * 1024
@@ -420,6 +424,19 @@ class TritonHttp:
                 f"Triton sent a bad {HEADER_LENGTH}: {client_text(header_length, 40)}", 502
             ) from None
         return decode_upstream_response(response.body, length)
+
+    async def infer_request(
+        self,
+        model: str,
+        version: str,
+        request: InferRequest,
+        outputs: list[str] | None,
+        *,
+        timeout_s: float | None = None,
+    ) -> InferResponse:
+        """``request`` to Triton in the v2 binary form, asking for ``outputs`` (None: all of them)."""
+        header, buffers = encode_upstream_request(request, outputs)
+        return await self.infer(model, version, header, buffers, timeout_s=timeout_s)
 
     async def get_json(self, path: str, *, timeout_s: float | None = None) -> tuple[int, Any]:
         response = await self.request("GET", path, timeout_s=timeout_s)

@@ -83,9 +83,6 @@ class InferResponse:
     id: str
     parameters: dict[str, Any]
     outputs: list[OutputTensor]
-    # Guard scores computed for this response's rows ahead of time (the micro-batcher scores a
-    # stacked batch once and hands each caller its slice); None: the pipeline scores it.
-    scores: Any = None
 
     def output(self, name: str) -> OutputTensor | None:
         for out in self.outputs:

@@ -46,8 +46,8 @@ async def test_concurrent_requests_share_calls_and_get_their_own_rows() -> None:
         *(batcher.infer("m", "1", request(x, f"r{i}"), None) for i, x in enumerate(xs))
     )
     for i, (x, result) in enumerate(zip(xs, results, strict=True)):
-        np.testing.assert_array_equal(result.outputs[0].as_numpy(), 2 * x + 1)
-        assert result.id == f"r{i}"
+        np.testing.assert_array_equal(result.response.outputs[0].as_numpy(), 2 * x + 1)
+        assert result.response.id == f"r{i}"
     assert batcher.requests == 40
     assert batcher.calls <= 5  # 1 alone, then batches of up to 16
 
@@ -125,7 +125,10 @@ async def test_rows_of_callers_that_left_while_queued_are_not_sent() -> None:
     queued[4].cancel()
     model.gate.set()
     await first
-    assert [r.outputs[0].as_numpy()[0, 0] for r in await asyncio.gather(queued[1], queued[3])] == [3.0, 7.0]
+    assert [r.response.outputs[0].as_numpy()[0, 0] for r in await asyncio.gather(queued[1], queued[3])] == [
+        3.0,
+        7.0,
+    ]
     with pytest.raises(DeadlineExceeded):
         await late
     # One call for the first request, one stacked call with only the callers still there.

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from guardedmodel_sidecar.guard.scoring import calibrated_confidence
-from guardedmodel_sidecar.pipeline import single_row_confidence
+from guardedmodel_sidecar.response_scoring import single_row_confidence
 
 
 @pytest.mark.parametrize("temperature", [0.25, 1.0, 3.7])
