@@ -29,16 +29,8 @@ review routing run on every request whether or not its record reaches the disk, 
 request because a log volume filled would turn a disk problem into an outage of the model. The buffer
 rides out a slow or briefly full disk without losing anything; a disk that stays broken pages people.
 
-Retention: after each rotation (every ``tuning.auditRotateBytes``, 100 MiB) the oldest rotated files
-beyond ``retain_files`` per stream (``tuning.auditRetainFiles``, 10; 0: no count limit) or beyond
-``retain_bytes`` in total (``tuning.auditRetainBytes``, 0: no byte limit) are deleted and counted in
-``guardedmodel_audit_files_deleted_total{stream}``. Ship rotated files elsewhere (a log shipper tailing
-the directory) if they must be kept longer.
-
-Files in ``directory`` (0700; files 0600, whatever the umask): ``audit.jsonl`` (current),
-``audit-<UTC time>-<n>.jsonl`` (rotated; ``n`` continues across restarts, so it orders the files),
-``samples.jsonl`` / ``samples-<UTC time>-<n>.jsonl`` (sampled payloads: the record's id, and each
-input's name, datatype, shape and base64 of its v2 binary form).
+The stream buffers and writers are in ``audit_stream.py``; files, rotation and retention in
+``audit_file.py``.
 """
 
 from __future__ import annotations
@@ -46,21 +38,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-import math
-import os
-import re
-import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from guardedmodel_sidecar.audit_stream import AuditStream, StreamStats
 from guardedmodel_sidecar.errors import client_text
-from guardedmodel_sidecar.private_files import ensure_private_dir, open_private
 from guardedmodel_sidecar.protocol.model import Tensor
 
 log = logging.getLogger(__name__)
@@ -69,12 +56,8 @@ MIB = 1024 * 1024
 DEFAULT_BUFFER_BYTES = 32 * MIB
 DEFAULT_RETAIN_FILES = 10
 DEFAULT_ROTATE_BYTES = 100 * MIB
-DROP_REASONS = ("buffer_full", "shutdown", "closed", "unencodable")
 STREAMS = ("records", "samples")
 CLIENT_ID_CHARS = 256
-_RETRY_MIN_S = 0.1
-_RETRY_MAX_S = 5.0
-_DROP_LOG_INTERVAL_S = 10.0
 
 
 def client_id(value: str | None) -> str | None:
@@ -84,306 +67,6 @@ def client_id(value: str | None) -> str | None:
     if len(value) <= CLIENT_ID_CHARS and value.isprintable():
         return value  # the common case costs no regex
     return client_text(value, CLIENT_ID_CHARS)
-
-
-@dataclass(frozen=True)
-class StreamStats:
-    """One stream's numbers, read at scrape time."""
-
-    written: int  # lines on disk
-    pending_lines: int  # in memory: waiting or being written
-    pending_bytes: int
-    write_errors: int
-    files_deleted: int  # rotated files removed by retention
-    dropped: dict[str, int]  # reason -> lines
-
-
-class _Batch:
-    """Lines handed to the writer; ``done`` and ``error`` are set by whoever writes them."""
-
-    __slots__ = ("done", "error", "lines", "nbytes")
-
-    def __init__(self, lines: list[bytes], nbytes: int) -> None:
-        self.lines = lines
-        self.nbytes = nbytes
-        self.done = False
-        self.error: OSError | None = None
-
-
-class _RotatingJsonl:
-    """One JSONL stream. The buffer and counters belong to the event loop thread; the file (fd, size,
-    rotation, retention) to whoever holds ``_io``: the writer thread, or ``flush_now``/``close``."""
-
-    def __init__(
-        self,
-        directory: Path,
-        stem: str,
-        *,
-        rotate_bytes: int,
-        retain_files: int,
-        retain_bytes: int,
-        buffer_bytes: int,
-    ) -> None:
-        self.directory = directory
-        self.stem = stem
-        self.path = directory / f"{stem}.jsonl"
-        self.rotate_bytes = rotate_bytes
-        self.retain_files = retain_files
-        self.retain_bytes = retain_bytes
-        self.buffer_bytes = buffer_bytes
-        self._pending: list[bytes] = []
-        self._pending_bytes = 0  # waiting and in flight
-        self._inflight: _Batch | None = None
-        self._closed = False
-        self._retry_at = 0.0
-        self._retry_delay = _RETRY_MIN_S
-        self._io = threading.Lock()
-        self._fd = -1
-        self._size = 0
-        self._next_seq: int | None = None
-        self.written = 0
-        self.write_errors = 0  # failed batches (loop thread)
-        self.io_errors = 0  # failed fsync/rotation/retention, no line lost (writer side)
-        self.files_deleted = 0  # writer side
-        self.dropped = dict.fromkeys(DROP_REASONS, 0)
-        self._drop_logged_at = -math.inf
-        self._drops_since_log = 0
-
-    # ------------------------------------------------------------------ event loop thread
-
-    def append(self, line: bytes) -> bool:
-        if self._closed:
-            self.drop("closed", 1)
-            return False
-        size = len(line)
-        # One line always fits in an empty buffer: a large sample is bounded by the request limits.
-        if self._pending_bytes and self._pending_bytes + size > self.buffer_bytes:
-            self.drop("buffer_full", 1)
-            return False
-        self._pending.append(line)
-        self._pending_bytes += size
-        return True
-
-    def drop(self, reason: str, count: int) -> None:
-        self.dropped[reason] += count
-        self._drops_since_log += count
-        now = time.monotonic()
-        if now - self._drop_logged_at >= _DROP_LOG_INTERVAL_S:
-            since = (
-                "" if math.isinf(self._drop_logged_at) else f" in the last {now - self._drop_logged_at:.0f} s"
-            )
-            log.error(
-                "audit %s: %d line(s) dropped%s (latest: %s); %d lines (%d bytes) wait in memory for %s "
-                "(guardedmodel_audit_records_dropped_total counts every drop)",
-                self.stem,
-                self._drops_since_log,
-                since,
-                reason,
-                self.pending_lines,
-                self._pending_bytes,
-                self.path,
-            )
-            self._drop_logged_at = now
-            self._drops_since_log = 0
-
-    @property
-    def pending_lines(self) -> int:
-        return len(self._pending) + (len(self._inflight.lines) if self._inflight is not None else 0)
-
-    def take(self, *, force: bool = False) -> _Batch | None:
-        """The waiting lines as a batch to write, unless one is in flight or a retry is not due."""
-        if self._inflight is not None or not self._pending or self._closed:
-            return None
-        if not force and time.monotonic() < self._retry_at:
-            return None
-        # Nothing is in flight, so the byte count is the waiting lines'.
-        batch = _Batch(self._pending, self._pending_bytes)
-        self._pending = []
-        self._inflight = batch
-        return batch
-
-    def settle(self, batch: _Batch) -> None:
-        """Account for a written batch, or put it back in front of newer lines for a retry."""
-        if self._inflight is not batch or not batch.done:
-            return  # still being written (close() settles it), or settled already
-        self._inflight = None
-        if batch.error is None:
-            self.written += len(batch.lines)
-            self._pending_bytes -= batch.nbytes
-            self._retry_at, self._retry_delay = 0.0, _RETRY_MIN_S
-            return
-        self.write_errors += 1
-        self._pending[:0] = batch.lines
-        self._retry_at = time.monotonic() + self._retry_delay
-        log.error(
-            "cannot write %s: %s; %d lines (%d bytes) kept in memory, next try in %.1f s",
-            self.path,
-            batch.error,
-            self.pending_lines,
-            self._pending_bytes,
-            self._retry_delay,
-        )
-        self._retry_delay = min(self._retry_delay * 2, _RETRY_MAX_S)
-
-    def flush_now(self) -> None:
-        """Write the waiting lines now, on the calling thread (tests, tools)."""
-        batch = self.take(force=True)
-        if batch is not None:
-            self.write(batch)
-            self.settle(batch)
-
-    def close(self, timeout_s: float) -> None:
-        """Write everything left (waiting for a write in flight) and close the file."""
-        if self._closed:
-            return
-        if not self._io.acquire(timeout=timeout_s):
-            self._closed = True
-            lost = len(self._pending)
-            self._pending, self._pending_bytes = [], 0
-            log.error("audit %s: a write is stuck for %.0f s; giving up on the rest", self.path, timeout_s)
-            self.drop("shutdown", lost)
-            return
-        try:
-            self._closed = True
-            batch = self._inflight
-            if batch is not None:
-                if batch.done:
-                    self.settle(batch)
-                else:  # handed to the writer thread, which never started it: write it below
-                    self._inflight = None
-                    self._pending[:0] = batch.lines
-            if self._pending:
-                lines, self._pending = self._pending, []
-                self._pending_bytes = 0
-                error = self._write_locked(b"".join(lines))
-                if error is None:
-                    self.written += len(lines)
-                else:
-                    self.write_errors += 1
-                    log.error("cannot write %s at shutdown: %s", self.path, error)
-                    self.drop("shutdown", len(lines))
-            self._close_fd(sync=True)
-        finally:
-            self._io.release()
-
-    def stats(self) -> StreamStats:
-        return StreamStats(
-            written=self.written,
-            pending_lines=self.pending_lines,
-            pending_bytes=self._pending_bytes,
-            write_errors=self.write_errors + self.io_errors,
-            files_deleted=self.files_deleted,
-            dropped=dict(self.dropped),
-        )
-
-    # ------------------------------------------------------------------ writer (holds _io)
-
-    def write(self, batch: _Batch) -> None:
-        with self._io:
-            if self._inflight is not batch or batch.done:
-                return  # close() took it back
-            batch.error = self._write_locked(b"".join(batch.lines))
-            batch.done = True
-
-    def _write_locked(self, data: bytes) -> OSError | None:
-        try:
-            if self._fd < 0:
-                self._open()
-        except OSError as exc:
-            return exc
-        start = self._size
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self._fd, view) :]
-        except OSError as exc:
-            self._cut(start)
-            return exc
-        self._size = start + len(data)
-        if self._size >= self.rotate_bytes:
-            self._rotate()
-        return None
-
-    def _open(self) -> None:
-        ensure_private_dir(self.directory)
-        if self._next_seq is None:
-            self._next_seq = max((n for n, _ in rotated_files(self.directory, self.stem)), default=0) + 1
-        fd = open_private(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT)
-        try:
-            size = os.fstat(fd).st_size
-            if size and os.pread(fd, 1, size - 1) != b"\n":
-                # A line torn by a crash (or a cut that failed): end it so the next record stands alone.
-                os.write(fd, b"\n")
-                size += 1
-        except BaseException:
-            os.close(fd)
-            raise
-        self._fd, self._size = fd, size
-
-    def _cut(self, start: int) -> None:
-        """Remove a partly written batch (it is retried whole) and reopen on the next write."""
-        try:
-            os.ftruncate(self._fd, start)
-        except OSError as exc:
-            self.io_errors += 1
-            log.error("cannot cut a partly written batch off %s: %s", self.path, exc)
-        self._close_fd(sync=False)
-
-    def _close_fd(self, *, sync: bool) -> None:
-        if self._fd < 0:
-            return
-        fd, self._fd = self._fd, -1
-        try:
-            if sync:
-                os.fsync(fd)
-        except OSError as exc:
-            self.io_errors += 1
-            log.error("cannot fsync %s: %s", self.path, exc)
-        finally:
-            os.close(fd)
-
-    def _rotate(self) -> None:
-        self._close_fd(sync=True)
-        assert self._next_seq is not None
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        target = self.directory / f"{self.stem}-{stamp}-{self._next_seq}.jsonl"
-        try:
-            os.rename(self.path, target)
-        except OSError as exc:
-            # The lines are on disk; the current file grows on and the next write tries again.
-            self.io_errors += 1
-            log.error("cannot rotate %s to %s: %s", self.path, target.name, exc)
-            return
-        self._next_seq += 1
-        self._retain()
-
-    def _retain(self) -> None:
-        files: list[tuple[Path, int]] = []
-        for _, path in rotated_files(self.directory, self.stem):
-            try:
-                files.append((path, path.stat().st_size))
-            except FileNotFoundError:
-                continue
-        total = sum(size for _, size in files)
-        count = len(files)
-        for path, size in files:  # oldest first
-            over_count = self.retain_files > 0 and count > self.retain_files
-            over_bytes = self.retain_bytes > 0 and total > self.retain_bytes
-            if not (over_count or over_bytes):
-                break
-            try:
-                path.unlink()
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                self.io_errors += 1
-                log.error("retention: cannot delete %s: %s", path, exc)
-                break
-            else:
-                self.files_deleted += 1
-                log.info("retention: deleted %s (%d bytes)", path.name, size)
-            count -= 1
-            total -= size
 
 
 class AuditLog:
@@ -410,8 +93,8 @@ class AuditLog:
             "retain_bytes": retain_bytes,
             "buffer_bytes": buffer_bytes,
         }
-        self._records = _RotatingJsonl(directory, "audit", **bounds)
-        self._samples = _RotatingJsonl(directory, "samples", **bounds)
+        self._records = AuditStream(directory, "audit", **bounds)
+        self._samples = AuditStream(directory, "samples", **bounds)
         self._executor: ThreadPoolExecutor | None = None
         # A deterministic accumulator instead of random(): exactly sample_rate of requests are kept.
         self._sample_credit = 0.0
@@ -495,35 +178,3 @@ class AuditLog:
         if self._executor is not None:
             self._executor.shutdown(wait=False)
             self._executor = None
-
-
-_ROTATED = r"-\d{8}T\d{6}Z-(\d+)\.jsonl"
-
-
-def rotated_files(directory: Path, stem: str) -> list[tuple[int, Path]]:
-    """Rotated files of ``stem`` as (rotation number, path), oldest first."""
-    pattern = re.compile(re.escape(stem) + _ROTATED)
-    try:
-        names = os.listdir(directory)
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-    found = []
-    for name in names:
-        match = pattern.fullmatch(name)
-        if match:
-            found.append((int(match.group(1)), directory / name))
-    return sorted(found)
-
-
-def iter_records(directory: Path, stem: str = "audit") -> Iterator[dict[str, Any]]:
-    """Every record in rotation order (oldest rotated file first, the current file last). A line torn
-    by a crash is skipped with a warning."""
-    for path in [*(p for _, p in rotated_files(directory, stem)), directory / f"{stem}.jsonl"]:
-        if not path.exists():
-            continue
-        with path.open("rb") as fh:
-            for number, line in enumerate(fh, 1):
-                try:
-                    yield orjson.loads(line)
-                except orjson.JSONDecodeError:
-                    log.warning("%s:%d: not a JSON record (torn by a crash?); skipped", path, number)

@@ -51,7 +51,7 @@ from guardedmodel_sidecar.decision import DECISIONS
 from guardedmodel_sidecar.guard.drift import DriftAccumulator, DriftCounts
 
 if TYPE_CHECKING:
-    from guardedmodel_sidecar.audit import StreamStats
+    from guardedmodel_sidecar.audit_stream import StreamStats
 
 CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)

@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sidecar_toy import MODEL, reference_outputs, toy_data
 from tritonclient.utils import InferenceServerException
 
-from guardedmodel_sidecar.audit import iter_records
+from guardedmodel_sidecar.audit_file import iter_records
 from guardedmodel_testground.triton import TritonServer
 
 pytestmark = pytest.mark.integration

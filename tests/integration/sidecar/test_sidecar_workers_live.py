@@ -19,7 +19,7 @@ from conftest import SidecarProcess, launch_sidecar, sidecar_config
 from prometheus_client.parser import text_string_to_metric_families
 from sidecar_toy import MODEL, toy_data
 
-from guardedmodel_sidecar.audit import iter_records
+from guardedmodel_sidecar.audit_file import iter_records
 from guardedmodel_testground.triton import TritonServer
 
 pytestmark = pytest.mark.integration

@@ -19,8 +19,9 @@ import numpy as np
 import pytest
 from prometheus_client import generate_latest
 
-import guardedmodel_sidecar.audit as audit_module
-from guardedmodel_sidecar.audit import AuditLog, client_id, iter_records, rotated_files
+import guardedmodel_sidecar.audit_file as audit_file_module
+from guardedmodel_sidecar.audit import AuditLog, client_id
+from guardedmodel_sidecar.audit_file import iter_records, rotated_files
 from guardedmodel_sidecar.metrics import SidecarMetrics
 from guardedmodel_sidecar.protocol.model import Tensor
 
@@ -39,7 +40,7 @@ def umask(value: int) -> Iterator[None]:
 
 
 class FlakyOs:
-    """The ``os`` module as audit.py sees it, with ``write`` replaced (the rest passes through)."""
+    """The ``os`` module as audit_file.py sees it, with ``write`` replaced (the rest passes through)."""
 
     def __init__(self, write: Callable[[int, Any], int]) -> None:
         self._write = write
@@ -152,7 +153,7 @@ def test_a_directory_and_file_left_with_wider_modes_are_made_private(tmp_path: P
 def test_a_full_disk_keeps_lines_up_to_the_bound_then_counts_every_drop(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(audit_module, "os", FlakyOs(enospc))
+    monkeypatch.setattr(audit_file_module, "os", FlakyOs(enospc))
     log = AuditLog(tmp_path, buffer_bytes=4096)
     for batch in range(5):
         recorded(log, 40, prefix=f"b{batch}-")
@@ -163,7 +164,7 @@ def test_a_full_disk_keeps_lines_up_to_the_bound_then_counts_every_drop(
     assert stats.dropped["buffer_full"] == 200 - stats.pending_lines > 0
     kept = stats.pending_lines
 
-    monkeypatch.setattr(audit_module, "os", os)  # space is freed
+    monkeypatch.setattr(audit_file_module, "os", os)  # space is freed
     log.flush()
     recorded(log, 3, prefix="after-")
     log.close()
@@ -189,12 +190,12 @@ def test_a_write_cut_short_by_enospc_is_removed_and_retried_whole(
     log = AuditLog(tmp_path)
     log.record({"id": "before"})
     log.flush()
-    monkeypatch.setattr(audit_module, "os", FlakyOs(half_then_enospc))
+    monkeypatch.setattr(audit_file_module, "os", FlakyOs(half_then_enospc))
     recorded(log, 10)
     log.flush()
     assert log.write_errors == 1
     assert (tmp_path / "audit.jsonl").read_bytes().endswith(b"\n")  # the torn half was cut off
-    monkeypatch.setattr(audit_module, "os", os)
+    monkeypatch.setattr(audit_file_module, "os", os)
     log.close()
     assert [r["id"] for r in iter_records(tmp_path)] == ["before", *(f"r{i}" for i in range(10))]
 
@@ -202,7 +203,7 @@ def test_a_write_cut_short_by_enospc_is_removed_and_retried_whole(
 def test_what_the_disk_refuses_at_stop_is_counted_not_lost_silently(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(audit_module, "os", FlakyOs(enospc))
+    monkeypatch.setattr(audit_file_module, "os", FlakyOs(enospc))
     log = AuditLog(tmp_path)
     recorded(log, 7)
     log.close()
@@ -237,7 +238,7 @@ async def test_a_slow_disk_does_not_block_the_event_loop(
         finally:
             active.release()
 
-    monkeypatch.setattr(audit_module, "os", FlakyOs(slow_write))
+    monkeypatch.setattr(audit_file_module, "os", FlakyOs(slow_write))
     log = AuditLog(tmp_path, flush_interval=0.01)
     flusher = asyncio.create_task(log.run_flusher())
     try:
@@ -272,7 +273,7 @@ async def test_stopping_while_a_write_is_in_flight_loses_and_duplicates_nothing(
         time.sleep(0.3)
         return os.write(fd, data)
 
-    monkeypatch.setattr(audit_module, "os", FlakyOs(slow_write))
+    monkeypatch.setattr(audit_file_module, "os", FlakyOs(slow_write))
     log = AuditLog(tmp_path, flush_interval=0.01)
     flusher = asyncio.create_task(log.run_flusher())
     recorded(log, 5)
@@ -352,7 +353,7 @@ def test_client_id_is_escaped_and_capped() -> None:
 
 
 def test_audit_numbers_are_exported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(audit_module, "os", FlakyOs(enospc))
+    monkeypatch.setattr(audit_file_module, "os", FlakyOs(enospc))
     log = AuditLog(tmp_path, buffer_bytes=200)
     metrics = SidecarMetrics("m")
     metrics.audit_stats = log.stats
