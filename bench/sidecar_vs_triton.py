@@ -505,47 +505,37 @@ def start_baseline_proxy(
 def start_sidecar(
     work: Path, variant: Variant, model: str, x: np.ndarray, repository: Path, triton: Any
 ) -> tuple[subprocess.Popen[bytes], dict[str, int]]:
-    from guardedmodel_testground.procs import free_port
+    from guardedmodel_testground.sidecar_config import sidecar_command, sidecar_config
 
-    listen = {"host": "127.0.0.1", "http": free_port(), "grpc": free_port(), "metrics": free_port()}
-    config = {
-        "spec": {
-            "model": {"name": model, "version": "1"},
-            "gate": {
-                "inputs": [
-                    {"name": "INPUT", "datatype": "FP32", "shape": list(x.shape[1:]), "min": 0.0, "max": 1.0}
-                ],
-                "ood": {"method": "mahalanobis", "action": "review"},
-            },
-            "confidence": {"reviewBelow": 0.5, "review": {"maxFraction": 0.05}},
-            "audit": {"enabled": True, "sampleRate": 0.01},
-            "drift": {"window": "60s"},
+    spec = {
+        "model": {"name": model, "version": "1"},
+        "gate": {
+            "inputs": [
+                {"name": "INPUT", "datatype": "FP32", "shape": list(x.shape[1:]), "min": 0.0, "max": 1.0}
+            ],
+            "ood": {"method": "mahalanobis", "action": "review"},
         },
-        "routing": {"stableVersion": "1"},
-        "triton": {"httpUrl": triton.http_url, "grpcUrl": triton.grpc_url},
-        "modelRepository": str(repository),
-        "listen": listen,
-        "auditDir": str(work / variant.name / "audit"),
-        "spoolDir": str(work / variant.name / "spool"),
-        "tuning": {
+        "confidence": {"reviewBelow": 0.5, "review": {"maxFraction": 0.05}},
+        "audit": {"enabled": True, "sampleRate": 0.01},
+        "drift": {"window": "60s"},
+    }
+    config = sidecar_config(
+        spec,
+        triton=triton,
+        repository=repository,
+        workdir=work / variant.name,
+        routing={"stableVersion": "1"},
+        tuning={
             "microBatching": {"enabled": variant.micro, "maxBatch": 64, "maxInflight": 2},
             "workers": variant.workers,
         },
-    }
+    )
+    listen = config["listen"]
     config_path = work / f"{variant.name}.yaml"
     config_path.write_text(yaml.safe_dump(config))
     log = (work / f"{variant.name}.log").open("wb")
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "guardedmodel_cli.main",
-            "sidecar",
-            "--config",
-            str(config_path),
-            "--log-level",
-            "WARNING",
-        ],
+        sidecar_command(config_path, "--log-level", "WARNING"),
         stdout=log,
         stderr=subprocess.STDOUT,
         cwd=ROOT,

@@ -80,8 +80,8 @@ def attack_stack(
             work,
             spec={"audit": {"enabled": True, "sampleRate": 0.0}},
             tuning={"tritonMetricsInterval": "1s"},
+            limits=limits,
         )
-        config["limits"] = limits
         sidecar = launch_sidecar(config, work, "attacked-sidecar")
         sidecar.wait_ready()
         yield AttackStack(triton, sidecar, limits)

@@ -21,6 +21,8 @@ import yaml
 from aiohttp import web
 
 from guardedmodel_testground.procs import free_port, log_tail
+from guardedmodel_testground.sidecar_config import sidecar_command
+from guardedmodel_testground.sidecar_config import sidecar_config as local_sidecar_config
 from guardedmodel_testground.triton import TritonServer
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -46,7 +48,9 @@ def sidecar_config(
     spec: dict[str, Any] | None = None,
     routing: dict[str, Any] | None = None,
     tuning: dict[str, Any] | None = None,
+    limits: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """The toy model's sidecar document; `spec` replaces whole sections of the toy spec."""
     base_spec: dict[str, Any] = {
         "model": {"name": MODEL, "repository": f"file://{repository}", "version": "1"},
         "gate": {
@@ -59,20 +63,16 @@ def sidecar_config(
     }
     for key, value in (spec or {}).items():
         base_spec[key] = value
-    return {
-        "spec": base_spec,
-        "routing": routing or {"stableVersion": "1", "canaryVersion": None, "canaryWeight": 0},
-        "triton": {
-            "httpUrl": triton.http_url,
-            "grpcUrl": triton.grpc_url,
-            "metricsUrl": f"127.0.0.1:{triton.metrics_port}",
-        },
-        "modelRepository": str(repository),
-        "listen": {"host": "127.0.0.1", "http": free_port(), "grpc": free_port(), "metrics": free_port()},
-        "auditDir": str(workdir / "audit"),
-        "spoolDir": str(workdir / "spool"),
-        "tuning": tuning or {},
-    }
+    return local_sidecar_config(
+        base_spec,
+        triton=triton,
+        repository=repository,
+        workdir=workdir,
+        routing=routing,
+        triton_metrics_port=triton.metrics_port,
+        tuning=tuning or {},
+        limits=limits,
+    )
 
 
 @dataclass
@@ -146,15 +146,7 @@ def launch_sidecar(
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     with proc.log_path.open("ab") as log:
         proc.popen = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "guardedmodel_cli.main",
-                "sidecar",
-                "--config",
-                str(config_path),
-                *extra_args,
-            ],
+            sidecar_command(config_path, *extra_args),
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,

@@ -1,0 +1,80 @@
+"""What the demo prints for people. The acts (demo.py) decide what happens; this module only shows it,
+so the story's wording and layout can change without touching its steps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from guardedmodel_cli.demo_traffic import Outcome
+
+
+def say(text: str) -> None:
+    """The heading of one step of the story."""
+    print(f"\n==> {text}", flush=True)
+
+
+def print_table(outcomes: dict[str, Outcome]) -> None:
+    header = (
+        f"{'input':30} {'accept':>7} {'review':>7} {'OOD-reject':>10} {'gate-refused':>12} "
+        f"{'conf':>6} {'ood':>7}"
+    )
+    print(header)
+    print("-" * len(header))
+    for name, outcome in outcomes.items():
+        conf = f"{np.mean(outcome.confidences):.2f}" if outcome.confidences else "-"
+        ood = f"{np.median(outcome.ood_scores):.1f}" if outcome.ood_scores else "-"
+        d = outcome.decisions
+        print(
+            f"{name:30} {d['accept']:>7} {d['review']:>7} {d['rejected as OOD']:>10} "
+            f"{d['refused by gate']:>12} {conf:>6} {ood:>7}"
+        )
+    refusals = [r for o in outcomes.values() for r in o.refusals[:1]]
+    if refusals:
+        print("\nwhat a refused caller reads (v2 error body, one example per input category):")
+        for reason in dict.fromkeys(refusals):
+            print(f"  - {reason}")
+    print("conf = mean calibrated confidence of answered requests; ood = median OOD score")
+
+
+def print_decision_counts(query: str, counts: dict[str, str]) -> None:
+    print(f"  {query}")
+    for decision, value in sorted(counts.items()):
+        print(f"    {decision:8} {value}")
+
+
+def print_phase(status: dict[str, Any]) -> None:
+    print(f"  phase {status.get('phase')}, stable v{status.get('stableVersion')}")
+
+
+def print_history(status: dict[str, Any]) -> None:
+    for entry in status.get("history", [])[-5:]:
+        print(f"  history: v{entry.get('version')} {entry.get('outcome')} — {entry.get('reason', '')}")
+
+
+def print_events(events: str) -> None:
+    for line in events.splitlines()[-6:]:
+        print(f"  event: {line}")
+
+
+def print_drift(status: dict[str, Any], drift_score: float | None, fired: set[str]) -> None:
+    if drift_score is not None:
+        print(f"  drift score (PSI against the fit's reference, > 0.2 is drift): {drift_score:.2f}")
+    print_phase(status)
+    for condition in status.get("conditions", []):
+        print(f"  condition {condition['type']}={condition['status']}: {condition.get('message', '')}")
+    print(f"  alerts firing in Alertmanager: {', '.join(sorted(fired)) or 'none'}")
+
+
+def print_endpoints(
+    *, cluster_state_dir: Path, ports: dict[str, int], prometheus_url: str, state_dir: Path
+) -> None:
+    """Where to look once the demo is done (or while it is kept running)."""
+    print(f'kubectl:     eval "$(guardedmodel cluster env --state-dir {cluster_state_dir})"')
+    print(f"sidecar:     http://127.0.0.1:{ports['http']}/v2/models/fashion-mnist")
+    print(f"metrics:     http://127.0.0.1:{ports['metrics']}/metrics")
+    print(f"Prometheus:  {prometheus_url}/graph")
+    print(f"audit log:   {state_dir / 'audit'}")
+    print(f"logs:        {state_dir / 'logs'}")

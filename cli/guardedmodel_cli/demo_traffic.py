@@ -1,0 +1,79 @@
+"""The demo's traffic: the input categories it sends, and what the sidecar decided for each request.
+
+Requests go through an unchanged tritonclient, as a user's client would send them.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+MODEL = "fashion-mnist"
+
+
+@dataclass
+class Outcome:
+    """What the sidecar answered to one batch of requests."""
+
+    decisions: Counter[str] = field(default_factory=Counter)
+    confidences: list[float] = field(default_factory=list)
+    ood_scores: list[float] = field(default_factory=list)
+    versions: Counter[str] = field(default_factory=Counter)
+    refusals: list[str] = field(default_factory=list)
+
+
+def traffic_sets(build: Any, requests: int) -> dict[str, np.ndarray]:
+    """`requests` inputs per category, drawn from the worked example's data sets; the first
+    category is the in-distribution sample the later acts reuse."""
+    rng = np.random.default_rng(7)
+
+    def take(name: str) -> np.ndarray:
+        inputs = np.asarray(build.dataset(name).inputs, dtype=np.float32)
+        return inputs[rng.choice(len(inputs), size=requests, replace=False)]
+
+    good = take("validation")
+    corrupted = good.copy()
+    corrupted[:, 0, :4, :4] = np.nan
+    return {
+        "in-distribution": good,
+        "held-out classes (near-OOD)": take("held-out-classes"),
+        "handwritten digits (far-OOD)": take("digits"),
+        "inverted images": take("inverted"),
+        "grey-level shift": take("grey-shift"),
+        "out of range (x255)": good * 255.0,
+        "NaN pixels": corrupted,
+    }
+
+
+def send(http_port: int, inputs: np.ndarray) -> Outcome:
+    """One request per input to the sidecar's HTTP port; the guard's decision read from each answer."""
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    client = httpclient.InferenceServerClient(f"127.0.0.1:{http_port}")
+    outcome = Outcome()
+    try:
+        for sample in inputs:
+            tensor = httpclient.InferInput("INPUT", [1, *sample.shape], "FP32")
+            tensor.set_data_from_numpy(sample[None], binary_data=True)
+            try:
+                result = client.infer(MODEL, [tensor])
+            except InferenceServerException as error:
+                # 400: the gate refused a malformed input; 422: the scorer rejected it as OOD.
+                kind = "rejected as OOD" if str(error.status()) == "422" else "refused by gate"
+                outcome.decisions[kind] += 1
+                outcome.refusals.append(f"[{error.status()}] {error.message()}")
+                continue
+            parameters = result.get_response().get("parameters", {})
+            outcome.decisions[parameters.get("guard_decision", "?")] += 1
+            outcome.versions[str(parameters.get("model_version", "?"))] += 1
+            if parameters.get("guard_confidence") is not None:
+                outcome.confidences.append(float(parameters["guard_confidence"]))
+            if parameters.get("guard_ood_score") is not None:
+                outcome.ood_scores.append(float(parameters["guard_ood_score"]))
+    finally:
+        client.close()
+    return outcome
