@@ -19,8 +19,10 @@ from .builders import build_children, build_context, child_names
 from .config import OperatorConfig
 from .events import Event, status_events, write_events
 from .kube import KubeClient
+from .readiness import DeploymentState, first_version_ready, next_status
+from .rollout.outcome import first_promotion
 from .spec import SpecError, parse_spec
-from .status import DeploymentState, next_status, status_patch
+from .status import invalid_spec_status, merge_patch
 
 ChildLookup = Callable[[str, str, str], Mapping[str, Any] | None]  # (kind, namespace, name) → live object
 EventSink = Callable[[Event], None]
@@ -40,6 +42,26 @@ WRITE_STAGES = (
 
 def utcnow() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def desired_status(
+    status: dict[str, Any],
+    dep: DeploymentState,
+    *,
+    generation: int,
+    spec_hash: str,
+    spec_version: str,
+    now: str,
+) -> dict[str, Any]:
+    """The status this reconcile writes: the core's fields, and the first promotion once its pods are
+    ready. Versions after the first are the rollout controller's (canary, instant, rollback). Pure."""
+    first = spec_version if first_version_ready(status, dep, spec_hash) else None
+    return {
+        **next_status(
+            status, dep, generation=generation, spec_hash=spec_hash, spec_version=spec_version, now=now
+        ),
+        **first_promotion(status, first, now),
+    }
 
 
 @dataclass
@@ -109,17 +131,15 @@ async def reconcile(
                 # The object the server returned is newer than the index's copy.
                 live_deployment = obj
 
-    new_status = next_status(
+    new_status = desired_status(
         status,
         DeploymentState.observe(live_deployment),
         generation=generation,
         spec_hash=ctx.spec_hash,
         spec_version=spec.model_version,
         now=now(),
-        # Versions after the first are the rollout controller's (canary, instant, rollback).
-        promote_changes=False,
     )
-    patch = status_patch(status, new_status)
+    patch = merge_patch(status, new_status)
     if patch is not None:
         model = await client.patch_status(namespace, name, patch)
         written(model)
@@ -144,30 +164,8 @@ async def _write_invalid_spec(
 ) -> None:
     # Leave the children as they are: a spec the operator cannot parse must
     # not tear down a model that is serving.
-    previous = {c.get("type"): c for c in status.get("conditions") or []}
-    ready = previous.get("Ready") or {
-        "type": "Ready",
-        "status": "False",
-        "reason": "InvalidSpec",
-        "message": "",
-    }
-    degraded = {
-        "type": "Degraded",
-        "status": "True",
-        "reason": "InvalidSpec",
-        "message": message,
-        "lastTransitionTime": (previous.get("Degraded") or {}).get("lastTransitionTime", now)
-        if (previous.get("Degraded") or {}).get("status") == "True"
-        else now,
-        "observedGeneration": generation,
-    }
-    new_status = {
-        **status,
-        "phase": "Failed",
-        "observedGeneration": generation,
-        "conditions": [ready, degraded],
-    }
-    patch = status_patch(status, new_status)
+    new_status = invalid_spec_status(status, generation, message, now)
+    patch = merge_patch(status, new_status)
     if patch is not None:
         outcome.written.append(await client.patch_status(namespace, name, patch))
         outcome.status_written = True

@@ -1,166 +1,90 @@
-"""Status policy: the Deployment's observed state → the GuardedModel's status.
+"""The GuardedModel's status: its fields, who writes which, and how a write is built.
 
-Pure: given the previous status and what the Deployment reports, return the
-next status. The caller writes it only when it differs, so a quiet cluster
-sees no status writes. Conditions follow the Kubernetes API conventions:
-`lastTransitionTime` moves only when a condition's status flips, and "Ready"
-is never True before pods actually are.
+Three writers share the status, each under the model's lock and each for its own fields:
+- the core's reconcile (`readiness.next_status`): phase, conditions, observedGeneration, replica counts;
+- the rollout controller (`rollout.outcome`): routing, lastGoodVersion, history, metrics, `rollout`;
+- the scaler (`scaling.policy`): `scaling`.
+Every writer sends `merge_patch` of its own fields, so none of them overwrites another's.
+Pure: no I/O.
 """
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .labels import MODEL_VERSION_ANNOTATION, SPEC_HASH_ANNOTATION
-from .rollout.phase import overlay
-
+# The fields the rollout controller owns; the core keeps them untouched.
+ROLLOUT_FIELDS = (
+    "stableVersion",
+    "canaryVersion",
+    "canaryWeight",
+    "lastGoodVersion",
+    "history",
+    "rollout",
+    "metrics",
+)
+# status.history keeps the newest entries only, so the object stays small.
 HISTORY_LIMIT = 20
 
+Condition = tuple[str, str, str]  # (status, reason, message)
+
 
 @dataclass(frozen=True)
-class DeploymentState:
-    exists: bool
-    spec_hash: str | None = None
-    model_version: str | None = None
-    generation: int = 0
-    observed_generation: int = 0
-    desired: int = 0
-    replicas: int = 0
-    updated: int = 0
-    ready: int = 0
-    available: int = 0
-    deadline_exceeded: bool = False
-    failure_message: str | None = None
+class Routing:
+    """Which versions serve: stableVersion, canaryVersion and canaryWeight of the status.
+
+    The one reading of these fields in the operator (the builders' initial sidecar routing,
+    the rollout policy's state). The sidecar keeps its own copy across the package boundary.
+    """
+
+    stable_version: str | None = None
+    canary_version: str | None = None
+    canary_weight: int = 0
 
     @classmethod
-    def observe(cls, deployment: Mapping[str, Any] | None) -> DeploymentState:
-        if deployment is None:
-            return cls(exists=False)
-        meta, spec, status = (
-            deployment.get("metadata", {}),
-            deployment.get("spec", {}),
-            deployment.get("status") or {},
-        )
-        annotations = (spec.get("template", {}).get("metadata", {}) or {}).get("annotations") or {}
-        conditions = {c.get("type"): c for c in status.get("conditions") or []}
-        progressing = conditions.get("Progressing") or {}
-        replica_failure = conditions.get("ReplicaFailure") or {}
+    def from_status(cls, status: Mapping[str, Any] | None) -> Routing:
+        status = status or {}
+        canary = _str_or_none(status.get("canaryVersion"))
         return cls(
-            exists=True,
-            spec_hash=annotations.get(SPEC_HASH_ANNOTATION),
-            model_version=annotations.get(MODEL_VERSION_ANNOTATION),
-            generation=int(meta.get("generation") or 0),
-            observed_generation=int(status.get("observedGeneration") or 0),
-            desired=int(spec.get("replicas", 1)),
-            replicas=int(status.get("replicas") or 0),
-            updated=int(status.get("updatedReplicas") or 0),
-            ready=int(status.get("readyReplicas") or 0),
-            available=int(status.get("availableReplicas") or 0),
-            deadline_exceeded=progressing.get("reason") == "ProgressDeadlineExceeded",
-            failure_message=replica_failure.get("message")
-            if replica_failure.get("status") == "True"
-            else None,
+            stable_version=_str_or_none(status.get("stableVersion")),
+            canary_version=canary,
+            # A weight without a canary routes nothing anywhere.
+            canary_weight=int(status.get("canaryWeight") or 0) if canary else 0,
         )
 
-    def rolled_out(self, spec_hash: str) -> bool:
-        """`kubectl rollout status` done, for the pod template built from this spec."""
-        return (
-            self.exists
-            and self.spec_hash == spec_hash
-            and self.observed_generation >= self.generation
-            and self.updated >= self.desired
-            and self.replicas == self.updated
-            and self.available >= self.desired
-            and self.ready >= self.desired
-        )
+    def or_stable(self, version: str) -> Routing:
+        """Before the first rollout completes there is no stable version in the status yet;
+        the version being rolled out is the only candidate."""
+        if self.stable_version is not None:
+            return self
+        return Routing(version, self.canary_version, self.canary_weight)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "stableVersion": self.stable_version,
+            "canaryVersion": self.canary_version,
+            "canaryWeight": self.canary_weight,
+        }
 
 
-@dataclass(frozen=True)
-class Verdict:
-    phase: str
-    ready: tuple[str, str, str]  # (status, reason, message)
-    progressing: tuple[str, str, str]
-    degraded: tuple[str, str, str]
-    promote: bool
+def _str_or_none(value: Any) -> str | None:
+    return None if value in (None, "") else str(value)
 
 
-def judge(dep: DeploymentState, *, spec_hash: str, spec_version: str, stable_version: str | None) -> Verdict:
-    """The one decision of this module: where the GuardedModel stands."""
-    ok = ("False", "AsExpected", "")
-    if not dep.exists:
-        return Verdict(
-            "Pending",
-            ("False", "DeploymentMissing", "the Deployment does not exist yet"),
-            ("True", "Creating", "creating the Deployment"),
-            ok,
-            promote=False,
-        )
-    counts = f"{dep.ready}/{dep.desired} replicas ready"
-    if dep.rolled_out(spec_hash):
-        return Verdict(
-            "Ready",
-            # The stable version is what answers traffic; during or after a canary it can differ
-            # from the spec's (a rolled-back canary leaves the spec naming the refused version).
-            ("True", "RolloutComplete", f"{counts}, serving version {stable_version or spec_version}"),
-            ("False", "RolloutComplete", f"version {spec_version} rolled out"),
-            ok,
-            promote=stable_version != spec_version,
-        )
-    serving = dep.ready > 0
-    ready = (
-        ("True", "ServingPreviousRevision", f"{counts}; the new revision is not rolled out yet")
-        if serving
-        else ("False", "NoReadyReplicas", f"{counts}")
-    )
-    if dep.deadline_exceeded and dep.spec_hash == spec_hash:
-        message = f"version {spec_version} made no progress within the deadline ({counts})"
-        if dep.failure_message:
-            message += f": {dep.failure_message}"
-        return Verdict(
-            "Degraded" if serving else "Failed",
-            ready,
-            ("False", "ProgressDeadlineExceeded", message),
-            ("True", "ProgressDeadlineExceeded", message),
-            promote=False,
-        )
-    if dep.failure_message:
-        return Verdict(
-            "Degraded",
-            ready,
-            ("True", "ReplicaFailure", dep.failure_message),
-            ("True", "ReplicaFailure", dep.failure_message),
-            promote=False,
-        )
-    rolling_same_spec = dep.spec_hash == spec_hash and dep.replicas == dep.updated
-    if rolling_same_spec and stable_version == spec_version and dep.observed_generation >= dep.generation:
-        # The rollout finished earlier and pods have since been lost.
-        return Verdict(
-            "Degraded",
-            ready,
-            ("False", "RolloutComplete", f"version {spec_version} rolled out"),
-            ("True", "ReplicasUnavailable", f"{counts}"),
-            promote=False,
-        )
-    phase = "Pending" if stable_version is None and not serving else "Progressing"
-    return Verdict(
-        phase,
-        ready,
-        (
-            "True",
-            "RollingOut",
-            f"rolling out version {spec_version}: {dep.updated}/{dep.desired} updated, {counts}",
-        ),
-        ok,
-        promote=False,
-    )
+def history_entry(version: str | None, outcome: str, at: str, reason: str) -> dict[str, Any]:
+    """One status.history entry: what happened to which version, when and why."""
+    return {"version": str(version), "outcome": outcome, "at": at, "reason": reason}
 
 
-def _condition(
-    kind: str, value: tuple[str, str, str], previous: Mapping[str, Any] | None, generation: int, now: str
+def trimmed_history(history: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    return [dict(entry) for entry in history][-HISTORY_LIMIT:]
+
+
+def condition(
+    kind: str, value: Condition, previous: Mapping[str, Any] | None, generation: int, now: str
 ) -> dict[str, Any]:
+    """A condition after the API conventions: `lastTransitionTime` moves only when its status flips."""
     status, reason, message = value
     changed = previous is None or previous.get("status") != status
     return {
@@ -173,64 +97,42 @@ def _condition(
     }
 
 
-def next_status(
-    current: Mapping[str, Any] | None,
-    dep: DeploymentState,
-    *,
-    generation: int,
-    spec_hash: str,
-    spec_version: str,
-    now: str,
-    promote_changes: bool = True,
-) -> dict[str, Any]:
-    """The full status to store; fields owned by other controllers (metrics) are kept.
+def conditions_by_type(status: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    return {c.get("type"): c for c in status.get("conditions") or []}
 
-    The first version is promoted to stable as soon as its pods are ready.
-    With `promote_changes` False, later versions are left to a rollout policy
-    (canary steps) instead of being promoted here once rolled out.
+
+def invalid_spec_status(status: Mapping[str, Any], generation: int, message: str, now: str) -> dict[str, Any]:
+    """The status of a model whose spec the operator cannot parse: Failed, and Degraded says why.
+
+    Ready keeps its last value: the children are left as they are, so a model that serves goes on.
     """
-    status: dict[str, Any] = copy.deepcopy(dict(current or {}))
-    stable = status.get("stableVersion")
-    verdict = judge(dep, spec_hash=spec_hash, spec_version=spec_version, stable_version=stable)
-    # The rollout's phase (canary, rollback, breached guard) counts once the pods are Ready.
-    phase, progressing, degraded = overlay(verdict.phase, verdict.progressing, verdict.degraded, status)
-    previous = {c.get("type"): c for c in status.get("conditions") or []}
-    status["conditions"] = [
-        _condition("Ready", verdict.ready, previous.get("Ready"), generation, now),
-        _condition("Progressing", progressing, previous.get("Progressing"), generation, now),
-        _condition("Degraded", degraded, previous.get("Degraded"), generation, now),
-    ]
-    status["phase"] = phase
-    status["observedGeneration"] = generation
-    status["replicas"] = dep.replicas
-    status["readyReplicas"] = dep.ready
-    status.setdefault("canaryWeight", 0)
-    if verdict.promote and (promote_changes or stable is None):
-        history = list(status.get("history") or [])
-        history.append(
-            {
-                "version": spec_version,
-                "outcome": "Promoted",
-                "at": now,
-                "reason": "Deployment rolled out and ready",
-            }
-        )
-        status["history"] = history[-HISTORY_LIMIT:]
-        if stable is not None:
-            status["lastGoodVersion"] = stable
-        status["stableVersion"] = spec_version
-    return {k: v for k, v in status.items() if v is not None}
+    previous = conditions_by_type(status)
+    ready = previous.get("Ready") or condition("Ready", ("False", "InvalidSpec", ""), None, generation, now)
+    degraded = condition(
+        "Degraded", ("True", "InvalidSpec", message), previous.get("Degraded"), generation, now
+    )
+    return {
+        **status,
+        "phase": "Failed",
+        "observedGeneration": generation,
+        "conditions": [dict(ready), degraded],
+    }
 
 
-def status_patch(current: Mapping[str, Any] | None, desired: Mapping[str, Any]) -> dict[str, Any] | None:
-    """A JSON merge patch turning `current` into `desired`, or None when equal.
+def merge_patch(
+    current: Mapping[str, Any] | None, desired: Mapping[str, Any], fields: Iterable[str] | None = None
+) -> dict[str, Any] | None:
+    """A JSON merge patch turning `current` into `desired`, or None when nothing differs.
 
-    Keys that disappear get an explicit null, which is how a merge patch deletes.
+    `fields` limits the patch to one writer's fields; without it `desired` is the whole status
+    and keys it lacks are deleted. A field to delete gets an explicit null (how a merge patch
+    deletes); a null for a field that is already absent is left out.
     """
-    current = dict(current or {})
-    if current == dict(desired):
-        return None
-    patch: dict[str, Any] = {k: v for k, v in desired.items() if current.get(k) != v}
-    for key in current.keys() - desired.keys():
-        patch[key] = None
-    return patch
+    current = current or {}
+    keys = list(fields) if fields is not None else [*desired, *(k for k in current if k not in desired)]
+    patch = {
+        key: desired.get(key)
+        for key in keys
+        if current.get(key) != desired.get(key) and not (desired.get(key) is None and key not in current)
+    }
+    return patch or None

@@ -6,7 +6,8 @@ each child object can be checked in a unit test field by field.
 
 from __future__ import annotations
 
-from .common import BuildContext, Owner, Routing, build_context, child_names
+from ..status import Routing
+from .common import BuildContext, Owner, build_context, child_names
 from .configmap import build_configmap, render_sidecar_config
 from .deployment import build_deployment
 from .networkpolicy import build_networkpolicy

@@ -11,6 +11,7 @@ from typing import Any
 from ..config import OperatorConfig
 from ..labels import API_VERSION, KIND, SPEC_HASH_ANNOTATION, standard_labels
 from ..spec import GuardedModelSpec
+from ..status import Routing
 
 # Ports of the sidecar inside the pod; the ConfigMap tells the sidecar to use them.
 HTTP_PORT = 8080
@@ -59,33 +60,6 @@ class Owner:
             "uid": self.uid,
             "controller": True,
             "blockOwnerDeletion": True,
-        }
-
-
-@dataclass(frozen=True)
-class Routing:
-    """Which versions the sidecar routes to; owned by the operator's status."""
-
-    stable_version: str
-    canary_version: str | None = None
-    canary_weight: int = 0
-
-    @classmethod
-    def from_status(cls, status: Mapping[str, Any] | None, spec_version: str) -> Routing:
-        # Before the first rollout completes there is no stable version in the
-        # status yet; the version being rolled out is the only candidate.
-        status = status or {}
-        return cls(
-            stable_version=str(status.get("stableVersion") or spec_version),
-            canary_version=status.get("canaryVersion") or None,
-            canary_weight=int(status.get("canaryWeight") or 0),
-        )
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "stableVersion": self.stable_version,
-            "canaryVersion": self.canary_version,
-            "canaryWeight": self.canary_weight,
         }
 
 
@@ -153,7 +127,7 @@ def build_context(
 ) -> BuildContext:
     meta = body["metadata"]
     owner = Owner(namespace=meta["namespace"], name=meta["name"], uid=meta["uid"])
-    routing = Routing.from_status(body.get("status"), spec.model_version)
+    routing = Routing.from_status(body.get("status")).or_stable(spec.model_version)
     scaled = ((body.get("status") or {}).get("scaling") or {}).get("desiredReplicas")
     return BuildContext(
         owner, spec, config, routing, current_replicas, scaled if isinstance(scaled, int) else None

@@ -29,7 +29,9 @@ from typing import Any
 from ..events import Event
 from . import metrics
 from .metrics_source import PrometheusSource
-from .policy import (
+from .outcome import apply_verdict, status_changes
+from .types import MetricSamples, RolloutSpec, RolloutState
+from .verdict import (
     ANALYSING,
     CHECK_FAILED,
     CHECKS_PASSED,
@@ -40,12 +42,9 @@ from .policy import (
     WAITING_FOR_FIRST_VERSION,
     Kind,
     Verdict,
-    apply_verdict,
     decide,
     measure_version,
-    status_changes,
 )
-from .types import MetricSamples, RolloutSpec, RolloutState
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ import contextlib
 from prometheus_client import Counter, Gauge
 
 from ..metrics import REGISTRY
-from .policy import NO_DATA, Kind, Verdict
+from .verdict import NO_DATA, Kind, Verdict
 
 ROLLOUTS = Counter(
     "guardedmodel_operator_rollouts_total",

@@ -9,7 +9,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from ..clock import parse_time
 from ..spec import with_defaults
+from ..status import Routing
 
 DEFAULT_MIN_REQUESTS = 20
 
@@ -24,19 +26,6 @@ def parse_duration(text: str) -> float:
     if not parts or "".join(n + u for n, u in parts) != text:
         raise ValueError(f"{text!r} is not a duration such as 30s, 5m or 1h30m")
     return sum(float(n) * _UNIT_S[u] for n, u in parts)
-
-
-def parse_time(text: str | None) -> dt.datetime | None:
-    if not text:
-        return None
-    try:
-        return dt.datetime.fromisoformat(str(text).replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
-
-def format_time(when: dt.datetime) -> str:
-    return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(frozen=True)
@@ -139,15 +128,15 @@ class RolloutState:
     def from_status(cls, status: Mapping[str, Any] | None, generation: int) -> RolloutState:
         status = status or {}
         rollout = status.get("rollout") or {}
-        canary = status.get("canaryVersion") or None
+        routing = Routing.from_status(status)
         ready: Mapping[str, Any] = next(
             (c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {}
         )
         blocked_generation = rollout.get("blockedGeneration")
         return cls(
-            stable=_str_or_none(status.get("stableVersion")),
-            canary=_str_or_none(canary),
-            weight=int(status.get("canaryWeight") or 0) if canary else 0,
+            stable=routing.stable_version,
+            canary=routing.canary_version,
+            weight=routing.canary_weight,
             last_good=_str_or_none(status.get("lastGoodVersion")),
             phase=rollout.get("phase"),
             reason=rollout.get("reason"),
@@ -203,3 +192,31 @@ class MetricSamples:
         if value is None or (isinstance(value, float) and math.isnan(value)):
             return None
         return float(value)
+
+
+@dataclass(frozen=True)
+class Breach:
+    threshold: str  # the spec's name, e.g. maxOodRate
+    measured: float
+    limit: float
+    text: str  # "oodRate 0.412 > maxOodRate 0.25"
+
+
+def breaches(spec: RolloutSpec, samples: MetricSamples) -> tuple[list[Breach], list[str]]:
+    """Thresholds broken, and thresholds set whose figure has no data."""
+    broken, missing = [], []
+    for field_name, metric, sense, fmt in THRESHOLD_METRICS:
+        limit = getattr(spec.thresholds, field_name)
+        if limit is None:
+            continue
+        spec_name = _camel(field_name)
+        measured = samples.value(metric)
+        if measured is None:
+            missing.append(spec_name)
+            continue
+        if (measured > limit) if sense == "max" else (measured < limit):
+            scope = " (all versions)" if metric in samples.model_wide else ""
+            sign = ">" if sense == "max" else "<"
+            text = f"{_camel(metric)}{scope} {fmt.format(measured)} {sign} {spec_name} {limit:g}"
+            broken.append(Breach(spec_name, measured, limit, text))
+    return broken, missing

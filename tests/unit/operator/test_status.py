@@ -2,7 +2,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from guardedmodel_operator.status import DeploymentState, judge, next_status, status_patch
+from guardedmodel_operator.readiness import DeploymentState, judge, next_status
+from guardedmodel_operator.reconcile import desired_status
+from guardedmodel_operator.status import ROLLOUT_FIELDS, merge_patch
 
 HASH = "abc"
 
@@ -34,8 +36,13 @@ def conditions(status: dict[str, Any]) -> dict[str, tuple[str, str]]:
 def step(
     current: dict[str, Any] | None, dep: dict | None, *, version: str = "1", now: str = "T1"
 ) -> dict[str, Any]:
-    return next_status(
-        current, DeploymentState.observe(dep), generation=5, spec_hash=HASH, spec_version=version, now=now
+    return desired_status(
+        current or {},
+        DeploymentState.observe(dep),
+        generation=5,
+        spec_hash=HASH,
+        spec_version=version,
+        now=now,
     )
 
 
@@ -77,12 +84,12 @@ def test_stale_deployment_template_is_not_ready_yet() -> None:
     assert status["stableVersion"] == "1"
 
 
-def test_new_version_promoted_after_the_roll_keeps_the_last_good_one() -> None:
+def test_a_new_version_rolled_out_is_left_to_the_rollout_controller() -> None:
     rolling = step({"stableVersion": "1"}, deployment(ready=1, updated=1, replicas=2), version="2")
     assert rolling["phase"] == "Progressing" and rolling["stableVersion"] == "1"
     done = step(rolling, deployment(ready=1, updated=1, replicas=1), version="2", now="T2")
     assert done["phase"] == "Ready"
-    assert (done["stableVersion"], done["lastGoodVersion"]) == ("2", "1")
+    assert done["stableVersion"] == "1" and "lastGoodVersion" not in done
 
 
 def test_deadline_exceeded_is_degraded_while_old_pods_serve_and_failed_without() -> None:
@@ -106,7 +113,7 @@ def test_transition_time_moves_only_when_a_condition_flips_and_steady_state_writ
     first = step(None, deployment(ready=1, updated=1, replicas=1), now="T1")
     again = step(first, deployment(ready=1, updated=1, replicas=1), now="T2")
     assert again == first
-    assert status_patch(first, again) is None
+    assert merge_patch(first, again) is None
     lost = step(first, deployment(ready=0, updated=1, replicas=1), now="T3")
     times = {c["type"]: c["lastTransitionTime"] for c in lost["conditions"]}
     assert times == {"Ready": "T3", "Progressing": "T1", "Degraded": "T3"}
@@ -118,8 +125,8 @@ def test_status_keeps_fields_owned_elsewhere() -> None:
 
 
 def test_status_patch_deletes_with_null() -> None:
-    assert status_patch({"a": 1, "b": 2}, {"a": 1}) == {"b": None}
-    assert status_patch({"a": 1}, {"a": 2, "c": 3}) == {"a": 2, "c": 3}
+    assert merge_patch({"a": 1, "b": 2}, {"a": 1}) == {"b": None}
+    assert merge_patch({"a": 1}, {"a": 2, "c": 3}) == {"a": 2, "c": 3}
 
 
 def test_judge_without_deployment_never_promotes() -> None:
@@ -129,23 +136,33 @@ def test_judge_without_deployment_never_promotes() -> None:
 
 
 def test_later_versions_can_be_left_to_a_rollout_policy() -> None:
-    first = next_status(
-        None,
+    first = desired_status(
+        {},
         DeploymentState.observe(deployment(ready=1, updated=1, replicas=1)),
         generation=1,
         spec_hash=HASH,
         spec_version="1",
         now="T1",
-        promote_changes=False,
     )
     assert first["stableVersion"] == "1"  # the first version is always promoted
-    second = next_status(
+    second = desired_status(
         first,
         DeploymentState.observe(deployment(ready=1, updated=1, replicas=1)),
         generation=2,
         spec_hash=HASH,
         spec_version="2",
         now="T2",
-        promote_changes=False,
     )
     assert second["stableVersion"] == "1" and second["phase"] == "Ready"
+
+
+def test_the_core_writes_no_rollout_field() -> None:
+    status = next_status(
+        {},
+        DeploymentState.observe(deployment(ready=1, updated=1, replicas=1)),
+        generation=1,
+        spec_hash=HASH,
+        spec_version="1",
+        now="T1",
+    )
+    assert not set(status) & set(ROLLOUT_FIELDS)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from guardedmodel_operator.readiness import DeploymentState, next_status
 from guardedmodel_operator.rollout.phase import overlay
-from guardedmodel_operator.status import DeploymentState, next_status
 
 OK = ("False", "AsExpected", "")
 DONE = ("False", "RolloutComplete", "version 2 rolled out")
@@ -73,9 +73,7 @@ def test_the_core_status_keeps_a_rollback_and_the_routing() -> None:
             {"version": "2", "outcome": "RolledBack", "at": "t", "reason": "oodRate 0.5 > maxOodRate 0.25"}
         ],
     }
-    status = next_status(
-        current, rolled_out, generation=3, spec_hash="h", spec_version="2", now="t2", promote_changes=False
-    )
+    status = next_status(current, rolled_out, generation=3, spec_hash="h", spec_version="2", now="t2")
     assert status["phase"] == "RolledBack"
     assert status["stableVersion"] == "1"  # the core does not promote version 2 behind the rollout's back
     assert status["history"] == current["history"]

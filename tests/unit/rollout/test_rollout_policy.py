@@ -8,7 +8,15 @@ from typing import Any
 
 import pytest
 
-from guardedmodel_operator.rollout.policy import (
+from guardedmodel_operator.rollout.outcome import apply_verdict, status_changes
+from guardedmodel_operator.rollout.types import (
+    MetricSamples,
+    RolloutSpec,
+    RolloutState,
+    Thresholds,
+    parse_duration,
+)
+from guardedmodel_operator.rollout.verdict import (
     ANALYSING,
     CHECK_FAILED,
     CHECKS_PASSED,
@@ -17,17 +25,8 @@ from guardedmodel_operator.rollout.policy import (
     WAITING_FOR_DEPLOYMENT,
     WAITING_FOR_FIRST_VERSION,
     Kind,
-    apply_verdict,
     decide,
     measure_version,
-    status_changes,
-)
-from guardedmodel_operator.rollout.types import (
-    MetricSamples,
-    RolloutSpec,
-    RolloutState,
-    Thresholds,
-    parse_duration,
 )
 
 T0 = dt.datetime(2025, 1, 1, 12, 0, 0, tzinfo=dt.UTC)

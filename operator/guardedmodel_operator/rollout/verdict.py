@@ -1,6 +1,6 @@
-"""The rollout policy: (spec, status, metric samples, now) → verdict → new status fields.
+"""The rollout policy's decision: (spec, status, metric samples, now) → verdict.
 
-Pure, no I/O. The rules, in the order they are tried:
+Pure, no I/O; `outcome` turns a verdict into status fields. The rules, in the order they are tried:
 
 1. No stable version yet: wait (the core promotes the first version once its pods are ready).
 2. A canary is in flight:
@@ -27,26 +27,12 @@ the canary to the next step, and past the last step makes it stable.
 
 from __future__ import annotations
 
-import copy
 import datetime as dt
 import enum
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .types import THRESHOLD_METRICS, MetricSamples, RolloutSpec, RolloutState, format_time
-
-HISTORY_LIMIT = 20
-# Rollout-owned status fields: the core's status code keeps them untouched.
-OWNED_FIELDS = (
-    "stableVersion",
-    "canaryVersion",
-    "canaryWeight",
-    "lastGoodVersion",
-    "history",
-    "rollout",
-    "metrics",
-)
+from .types import Breach, MetricSamples, RolloutSpec, RolloutState, breaches
 
 
 class Kind(enum.StrEnum):
@@ -70,14 +56,6 @@ CHECKS_PASSED = "ChecksPassed"
 HALTED = "Halted"
 IDLE = "Idle"
 ROLLBACK_ACKNOWLEDGED = "RollbackAcknowledged"
-
-
-@dataclass(frozen=True)
-class Breach:
-    threshold: str  # the spec's name, e.g. maxOodRate
-    measured: float
-    limit: float
-    text: str  # "oodRate 0.412 > maxOodRate 0.25"
 
 
 @dataclass(frozen=True)
@@ -212,35 +190,6 @@ def _due(spec: RolloutSpec, state: RolloutState, now: dt.datetime) -> Verdict | 
     return _hold(ANALYSING, f"next check in {remaining:.0f}s", recheck_after_s=remaining)
 
 
-def breaches(spec: RolloutSpec, samples: MetricSamples) -> tuple[list[Breach], list[str]]:
-    """Thresholds broken, and thresholds set whose figure has no data."""
-    broken, missing = [], []
-    for field_name, metric, sense, fmt in THRESHOLD_METRICS:
-        limit = getattr(spec.thresholds, field_name)
-        if limit is None:
-            continue
-        spec_name = _spec_name(field_name)
-        measured = samples.value(metric)
-        if measured is None:
-            missing.append(spec_name)
-            continue
-        if (measured > limit) if sense == "max" else (measured < limit):
-            scope = " (all versions)" if metric in samples.model_wide else ""
-            sign = ">" if sense == "max" else "<"
-            text = f"{_metric_name(metric)}{scope} {fmt.format(measured)} {sign} {spec_name} {limit:g}"
-            broken.append(Breach(spec_name, measured, limit, text))
-    return broken, missing
-
-
-def _spec_name(field_name: str) -> str:
-    head, *rest = field_name.split("_")
-    return head + "".join(part[:1].upper() + part[1:] for part in rest)
-
-
-def _metric_name(metric: str) -> str:
-    return _spec_name(metric)
-
-
 def _analyse(
     spec: RolloutSpec, state: RolloutState, analysis: Analysis, samples: MetricSamples | None
 ) -> Verdict:
@@ -362,139 +311,3 @@ def _analyse(
         failed_checks=0,
         samples=samples,
     )
-
-
-# --------------------------------------------------------------------------- applying a verdict
-
-
-def apply_verdict(
-    status: Mapping[str, Any] | None, verdict: Verdict, spec: RolloutSpec, now: dt.datetime
-) -> dict[str, Any]:
-    """The rollout-owned status fields (OWNED_FIELDS) after the verdict.
-
-    Returns every owned field, changed or not; a field that must disappear is None.
-    Applying the same verdict to its own result changes nothing but `since`-free
-    holds, so calling decide → apply_verdict twice in a row writes once.
-    """
-    status = status or {}
-    out: dict[str, Any] = {key: copy.deepcopy(status.get(key)) for key in OWNED_FIELDS}
-    rollout: dict[str, Any] = dict(out["rollout"] or {})
-    history: list[dict[str, Any]] = list(out["history"] or [])
-    at = format_time(now)
-    stable = status.get("stableVersion")
-
-    def record(version: str | None, outcome: str, reason: str) -> None:
-        history.append({"version": str(version), "outcome": outcome, "at": at, "reason": reason})
-
-    def routing_changed() -> None:
-        rollout["since"] = at
-        rollout["failedChecks"] = 0
-
-    kind = verdict.kind
-    was_degraded = rollout.get("phase") == "Degraded"
-    if kind is Kind.START_CANARY:
-        if verdict.superseded:
-            record(verdict.superseded, "Superseded", f"replaced by version {verdict.version}")
-        record(verdict.version, "CanaryStarted", verdict.message)
-        out["canaryVersion"], out["canaryWeight"] = verdict.version, verdict.weight
-        rollout["phase"] = "Progressing"
-        _unblock(rollout)
-        routing_changed()
-    elif kind is Kind.PROMOTE_STEP:
-        out["canaryWeight"] = verdict.weight
-        rollout["phase"] = "Progressing"
-        routing_changed()
-    elif kind is Kind.PROMOTE_FULL:
-        record(verdict.version, "Promoted", verdict.message)
-        if stable and stable != verdict.version:
-            out["lastGoodVersion"] = stable
-        out["stableVersion"], out["canaryVersion"], out["canaryWeight"] = verdict.version, None, 0
-        rollout["phase"] = "Ready"
-        _unblock(rollout)
-        routing_changed()
-    elif kind is Kind.ROLLBACK:
-        record(verdict.version, "RolledBack", verdict.message)
-        if verdict.version == out["canaryVersion"]:
-            out["canaryVersion"], out["canaryWeight"] = None, 0
-        else:  # the stable version itself: traffic returns to the last good one
-            out["stableVersion"] = verdict.target
-            out["lastGoodVersion"] = verdict.target
-        rollout["phase"] = "RolledBack"
-        rollout["blockedVersion"], rollout["blockedGeneration"] = verdict.version, spec.generation
-        routing_changed()
-    elif kind is Kind.ABORT:
-        record(verdict.version, "Aborted", verdict.message)
-        out["canaryVersion"], out["canaryWeight"] = None, 0
-        rollout["phase"] = "Ready"
-        _unblock(rollout)
-        routing_changed()
-    elif kind is Kind.DEGRADE:
-        if not was_degraded:
-            record(
-                verdict.version, "Halted" if verdict.reason == "CanaryHalted" else "Degraded", verdict.message
-            )
-            rollout["since"] = at
-        rollout["phase"] = "Degraded"
-        rollout["failedChecks"] = verdict.failed_checks
-        if verdict.reason == "CanaryHalted":
-            rollout["blockedVersion"], rollout["blockedGeneration"] = verdict.version, spec.generation
-    elif kind is Kind.RECOVER and verdict.reason == ROLLBACK_ACKNOWLEDGED:
-        _unblock(rollout)
-        rollout["phase"] = "Ready"
-    elif kind is Kind.RECOVER:
-        record(verdict.version, "Recovered", verdict.message)
-        rollout["phase"] = "RolledBack" if rollout.get("blockedVersion") else "Ready"
-        rollout["failedChecks"] = 0
-    elif (
-        kind is Kind.HOLD
-        and verdict.failed_checks is not None
-        and verdict.failed_checks != rollout.get("failedChecks", 0)
-    ):
-        rollout["failedChecks"] = verdict.failed_checks
-        if verdict.failed_checks:
-            rollout["since"] = at  # the next check is one interval after this failure
-
-    # A routing change or a failed check rewrites the message; a repeated hold or a
-    # repeated Degraded keeps the first message, so a steady state writes nothing.
-    steady = kind is Kind.HOLD or (kind is Kind.DEGRADE and was_degraded)
-    if verdict.reason != ANALYSING and (
-        not steady or rollout.get("reason") != verdict.reason or verdict.reason == CHECK_FAILED
-    ):
-        rollout["reason"], rollout["message"] = verdict.reason, verdict.message
-    if verdict.samples is not None and verdict.samples.version == (
-        out["canaryVersion"] or out["stableVersion"]
-    ):
-        out["metrics"] = status_metrics(verdict.samples)
-    if history:
-        out["history"] = history[-HISTORY_LIMIT:]
-    out["rollout"] = {k: v for k, v in rollout.items() if v is not None} or None
-    return out
-
-
-def _unblock(rollout: dict[str, Any]) -> None:
-    rollout.pop("blockedVersion", None)
-    rollout.pop("blockedGeneration", None)
-
-
-def status_metrics(samples: MetricSamples) -> dict[str, Any]:
-    """status.metrics, rounded so that ordinary noise does not cause a status write per check."""
-    figures = {
-        "version": samples.version,
-        "oodRate": _round(samples.value("ood_rate"), 2),
-        "reviewRate": _round(samples.value("review_rate"), 2),
-        "estimatedAccuracy": _round(samples.value("estimated_accuracy"), 2),
-        "driftScore": _round(samples.value("drift_score"), 2),
-        "requestsPerSecond": _round(samples.requests_per_second, 1),
-    }
-    return {k: v for k, v in figures.items() if v is not None}
-
-
-def _round(value: float | None, digits: int) -> float | None:
-    return None if value is None else round(value, digits)
-
-
-def status_changes(status: Mapping[str, Any] | None, owned: Mapping[str, Any]) -> dict[str, Any] | None:
-    """A merge patch for the owned fields that differ from `status`, or None."""
-    status = status or {}
-    patch = {k: v for k, v in owned.items() if status.get(k) != v and not (v is None and k not in status)}
-    return patch or None

@@ -1,0 +1,164 @@
+"""A rollout verdict → the rollout-owned status fields (`status.ROLLOUT_FIELDS`).
+
+Pure, no I/O. The controller writes what changed with `status.merge_patch`; a steady state
+(the same hold again, a repeated Degraded) changes nothing, so it costs no status write.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+from collections.abc import Mapping
+from typing import Any
+
+from ..clock import format_time
+from ..status import ROLLOUT_FIELDS, history_entry, merge_patch, trimmed_history
+from .types import MetricSamples, RolloutSpec
+from .verdict import ANALYSING, CHECK_FAILED, ROLLBACK_ACKNOWLEDGED, Kind, Verdict
+
+
+def apply_verdict(
+    status: Mapping[str, Any] | None, verdict: Verdict, spec: RolloutSpec, now: dt.datetime
+) -> dict[str, Any]:
+    """The rollout-owned status fields (ROLLOUT_FIELDS) after the verdict.
+
+    Returns every owned field, changed or not; a field that must disappear is None.
+    Applying the same verdict to its own result changes nothing but `since`-free
+    holds, so calling decide → apply_verdict twice in a row writes once.
+    """
+    status = status or {}
+    out: dict[str, Any] = {key: copy.deepcopy(status.get(key)) for key in ROLLOUT_FIELDS}
+    rollout: dict[str, Any] = dict(out["rollout"] or {})
+    history: list[dict[str, Any]] = list(out["history"] or [])
+    at = format_time(now)
+    stable = status.get("stableVersion")
+
+    def record(version: str | None, outcome: str, reason: str) -> None:
+        history.append(history_entry(version, outcome, at, reason))
+
+    def routing_changed() -> None:
+        rollout["since"] = at
+        rollout["failedChecks"] = 0
+
+    kind = verdict.kind
+    was_degraded = rollout.get("phase") == "Degraded"
+    if kind is Kind.START_CANARY:
+        if verdict.superseded:
+            record(verdict.superseded, "Superseded", f"replaced by version {verdict.version}")
+        record(verdict.version, "CanaryStarted", verdict.message)
+        out["canaryVersion"], out["canaryWeight"] = verdict.version, verdict.weight
+        rollout["phase"] = "Progressing"
+        _unblock(rollout)
+        routing_changed()
+    elif kind is Kind.PROMOTE_STEP:
+        out["canaryWeight"] = verdict.weight
+        rollout["phase"] = "Progressing"
+        routing_changed()
+    elif kind is Kind.PROMOTE_FULL:
+        record(verdict.version, "Promoted", verdict.message)
+        if stable and stable != verdict.version:
+            out["lastGoodVersion"] = stable
+        out["stableVersion"], out["canaryVersion"], out["canaryWeight"] = verdict.version, None, 0
+        rollout["phase"] = "Ready"
+        _unblock(rollout)
+        routing_changed()
+    elif kind is Kind.ROLLBACK:
+        record(verdict.version, "RolledBack", verdict.message)
+        if verdict.version == out["canaryVersion"]:
+            out["canaryVersion"], out["canaryWeight"] = None, 0
+        else:  # the stable version itself: traffic returns to the last good one
+            out["stableVersion"] = verdict.target
+            out["lastGoodVersion"] = verdict.target
+        rollout["phase"] = "RolledBack"
+        rollout["blockedVersion"], rollout["blockedGeneration"] = verdict.version, spec.generation
+        routing_changed()
+    elif kind is Kind.ABORT:
+        record(verdict.version, "Aborted", verdict.message)
+        out["canaryVersion"], out["canaryWeight"] = None, 0
+        rollout["phase"] = "Ready"
+        _unblock(rollout)
+        routing_changed()
+    elif kind is Kind.DEGRADE:
+        if not was_degraded:
+            record(
+                verdict.version, "Halted" if verdict.reason == "CanaryHalted" else "Degraded", verdict.message
+            )
+            rollout["since"] = at
+        rollout["phase"] = "Degraded"
+        rollout["failedChecks"] = verdict.failed_checks
+        if verdict.reason == "CanaryHalted":
+            rollout["blockedVersion"], rollout["blockedGeneration"] = verdict.version, spec.generation
+    elif kind is Kind.RECOVER and verdict.reason == ROLLBACK_ACKNOWLEDGED:
+        _unblock(rollout)
+        rollout["phase"] = "Ready"
+    elif kind is Kind.RECOVER:
+        record(verdict.version, "Recovered", verdict.message)
+        rollout["phase"] = "RolledBack" if rollout.get("blockedVersion") else "Ready"
+        rollout["failedChecks"] = 0
+    elif (
+        kind is Kind.HOLD
+        and verdict.failed_checks is not None
+        and verdict.failed_checks != rollout.get("failedChecks", 0)
+    ):
+        rollout["failedChecks"] = verdict.failed_checks
+        if verdict.failed_checks:
+            rollout["since"] = at  # the next check is one interval after this failure
+
+    # A routing change or a failed check rewrites the message; a repeated hold or a
+    # repeated Degraded keeps the first message, so a steady state writes nothing.
+    steady = kind is Kind.HOLD or (kind is Kind.DEGRADE and was_degraded)
+    if verdict.reason != ANALYSING and (
+        not steady or rollout.get("reason") != verdict.reason or verdict.reason == CHECK_FAILED
+    ):
+        rollout["reason"], rollout["message"] = verdict.reason, verdict.message
+    if verdict.samples is not None and verdict.samples.version == (
+        out["canaryVersion"] or out["stableVersion"]
+    ):
+        out["metrics"] = status_metrics(verdict.samples)
+    if history:
+        out["history"] = trimmed_history(history)
+    out["rollout"] = {k: v for k, v in rollout.items() if v is not None} or None
+    return out
+
+
+def _unblock(rollout: dict[str, Any]) -> None:
+    rollout.pop("blockedVersion", None)
+    rollout.pop("blockedGeneration", None)
+
+
+def status_metrics(samples: MetricSamples) -> dict[str, Any]:
+    """status.metrics, rounded so that ordinary noise does not cause a status write per check."""
+    figures = {
+        "version": samples.version,
+        "oodRate": _round(samples.value("ood_rate"), 2),
+        "reviewRate": _round(samples.value("review_rate"), 2),
+        "estimatedAccuracy": _round(samples.value("estimated_accuracy"), 2),
+        "driftScore": _round(samples.value("drift_score"), 2),
+        "requestsPerSecond": _round(samples.requests_per_second, 1),
+    }
+    return {k: v for k, v in figures.items() if v is not None}
+
+
+def _round(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def status_changes(status: Mapping[str, Any] | None, owned: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A merge patch for the rollout-owned fields that differ from `status`, or None."""
+    return merge_patch(status, owned, owned.keys())
+
+
+def first_promotion(status: Mapping[str, Any] | None, version: str | None, now: str) -> dict[str, Any]:
+    """The rollout-owned fields the core's reconcile writes with its status, until a version is stable.
+
+    The rollout controller waits (WAITING_FOR_FIRST_VERSION) until a stable version exists, and the
+    core sees first when the pods of the first version are ready: it promotes `version` then (None:
+    not yet). canaryWeight starts at 0 so that the status always says how traffic is split.
+    """
+    status = status or {}
+    owned: dict[str, Any] = {"canaryWeight": status.get("canaryWeight", 0)}
+    if version is not None:
+        entry = history_entry(version, "Promoted", now, "Deployment rolled out and ready")
+        owned["history"] = trimmed_history([*(status.get("history") or []), entry])
+        owned["stableVersion"] = version
+    return owned
