@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..rollout.types import format_time
+from ..clock import format_time
 from ..spec import with_defaults
 
 TOLERANCE = 0.1
