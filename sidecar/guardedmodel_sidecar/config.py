@@ -48,7 +48,6 @@ GUARDEDMODEL_MODEL_REPOSITORY, GUARDEDMODEL_AUDIT_DIR, GUARDEDMODEL_SPOOL_DIR. F
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -56,56 +55,12 @@ from typing import Any
 
 import yaml
 
-from guardedmodel_sidecar.limits import Limits, dump_limits, parse_limits
-from guardedmodel_sidecar.protocol.datatypes import KNOWN_DATATYPES
-
-OOD_METHODS = ("mahalanobis", "energy", "knn", "msp", "vim", "none")
-OOD_ACTIONS = ("reject", "review", "flag")
-
-
-class ConfigError(ValueError):
-    """The sidecar configuration is invalid; the message names the key and what to change."""
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    name: str
-    datatype: str
-    shape: tuple[int, ...]  # without the batch dimension; -1 = any size
-    min: float | None = None
-    max: float | None = None
-
-
-@dataclass(frozen=True)
-class OodSpec:
-    method: str = "none"
-    threshold: float | None = None  # None: the artifact's threshold for the method
-    action: str = "flag"
-
-
-@dataclass(frozen=True)
-class ReviewSpec:
-    webhook: str | None = None
-    max_fraction: float = 0.05
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    name: str
-    repository: str = ""
-    version: str = "1"
-
-
-@dataclass(frozen=True)
-class GuardSpec:
-    model: ModelSpec
-    inputs: tuple[InputSpec, ...] = ()
-    ood: OodSpec = field(default_factory=OodSpec)
-    review_below: float | None = None
-    review: ReviewSpec = field(default_factory=ReviewSpec)
-    audit_enabled: bool = True
-    sample_rate: float = 0.0
-    drift_window_s: float = 60.0
+from guardedmodel_sidecar.config_spec import GuardSpec, parse_spec
+from guardedmodel_sidecar.config_spec import (
+    InputSpec as InputSpec,  # re-exported: the gate's users import it here
+)
+from guardedmodel_sidecar.config_values import ConfigError, parse_duration, section
+from guardedmodel_sidecar.limits import Limits, parse_limits
 
 
 @dataclass(frozen=True)
@@ -179,102 +134,6 @@ class SidecarConfig:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-
-
-def parse_duration(value: Any, key: str) -> float:
-    """Seconds from 30, "30s", "5m", "1h", "500ms"."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    match = _DURATION.match(str(value))
-    if not match:
-        raise ConfigError(f"{key}: {value!r} is not a duration (examples: 30s, 5m, 1h)")
-    number = float(match.group(1))
-    return number * {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}[match.group(2)]
-
-
-def _section(data: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any]:
-    value = data.get(key) or {}
-    if not isinstance(value, Mapping):
-        raise ConfigError(f"{where}{key}: must be a mapping, got {type(value).__name__}")
-    return value
-
-
-def _opt_float(data: Mapping[str, Any], key: str, where: str) -> float | None:
-    value = data.get(key)
-    if value is None:
-        return None
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{where}{key}: {value!r} is not a number") from None
-
-
-def _fraction(value: Any, key: str) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{key}: {value!r} is not a number") from None
-    if not 0.0 <= number <= 1.0:
-        raise ConfigError(f"{key}: {number} must be between 0 and 1")
-    return number
-
-
-def parse_input(entry: Any, index: int) -> InputSpec:
-    where = f"spec.gate.inputs[{index}]."
-    if not isinstance(entry, Mapping) or not isinstance(entry.get("name"), str):
-        raise ConfigError(f"{where}name: every gate input needs a name")
-    datatype = str(entry.get("datatype", "FP32")).upper()
-    if datatype not in KNOWN_DATATYPES:
-        raise ConfigError(
-            f"{where}datatype: {datatype!r} is not a v2 datatype ({', '.join(sorted(KNOWN_DATATYPES))})"
-        )
-    shape = entry.get("shape", [])
-    if not isinstance(shape, list) or not all(isinstance(d, int) and (d >= 0 or d == -1) for d in shape):
-        raise ConfigError(f"{where}shape: {shape!r} must be a list of sizes (-1 = variable), without batch")
-    lo, hi = _opt_float(entry, "min", where), _opt_float(entry, "max", where)
-    if lo is not None and hi is not None and lo > hi:
-        raise ConfigError(f"{where}min {lo} is above max {hi}")
-    return InputSpec(entry["name"], datatype, tuple(shape), lo, hi)
-
-
-def parse_spec(spec: Mapping[str, Any]) -> GuardSpec:
-    model = _section(spec, "model", "spec.")
-    if not model.get("name"):
-        raise ConfigError("spec.model.name: the model name is required")
-    gate = _section(spec, "gate", "spec.")
-    raw_inputs = gate.get("inputs") or []
-    if not isinstance(raw_inputs, list):
-        raise ConfigError("spec.gate.inputs: must be a list")
-    ood = _section(gate, "ood", "spec.gate.")
-    method = str(ood.get("method", "none")).lower()
-    if method not in OOD_METHODS:
-        raise ConfigError(f"spec.gate.ood.method: {method!r} is not one of {', '.join(OOD_METHODS)}")
-    action = str(ood.get("action", "flag")).lower()
-    if action not in OOD_ACTIONS:
-        raise ConfigError(f"spec.gate.ood.action: {action!r} is not one of {', '.join(OOD_ACTIONS)}")
-    confidence = _section(spec, "confidence", "spec.")
-    review = _section(confidence, "review", "spec.confidence.")
-    review_below = _opt_float(confidence, "reviewBelow", "spec.confidence.")
-    if review_below is not None:
-        review_below = _fraction(review_below, "spec.confidence.reviewBelow")
-    audit = _section(spec, "audit", "spec.")
-    drift = _section(spec, "drift", "spec.")
-    return GuardSpec(
-        model=ModelSpec(str(model["name"]), str(model.get("repository", "")), str(model.get("version", "1"))),
-        inputs=tuple(parse_input(e, i) for i, e in enumerate(raw_inputs)),
-        ood=OodSpec(method, _opt_float(ood, "threshold", "spec.gate.ood."), action),
-        review_below=review_below,
-        review=ReviewSpec(
-            webhook=review.get("webhook") or None,
-            max_fraction=_fraction(review.get("maxFraction", 0.05), "spec.confidence.review.maxFraction"),
-        ),
-        audit_enabled=bool(audit.get("enabled", True)),
-        sample_rate=_fraction(audit.get("sampleRate", 0.0), "spec.audit.sampleRate"),
-        drift_window_s=parse_duration(drift.get("window", "60s"), "spec.drift.window"),
-    )
-
-
 def parse_routing(data: Mapping[str, Any], default_version: str) -> Routing:
     stable = data.get("stableVersion") or default_version
     canary = data.get("canaryVersion") or None
@@ -287,21 +146,21 @@ def parse_routing(data: Mapping[str, Any], default_version: str) -> Routing:
 def parse_config(data: Mapping[str, Any]) -> SidecarConfig:
     if not isinstance(data, Mapping):
         raise ConfigError("sidecar config must be a mapping at the top level")
-    spec = parse_spec(_section(data, "spec", ""))
-    routing = parse_routing(_section(data, "routing", ""), spec.model.version)
-    triton = _section(data, "triton", "")
-    listen = _section(data, "listen", "")
+    spec = parse_spec(section(data, "spec", ""))
+    routing = parse_routing(section(data, "routing", ""), spec.model.version)
+    triton = section(data, "triton", "")
+    listen = section(data, "listen", "")
     gm = data.get("guardedModel")
     guarded_model = None
     if gm:
         if not isinstance(gm, Mapping) or not gm.get("name"):
             raise ConfigError("guardedModel: needs {namespace, name}")
         guarded_model = (str(gm.get("namespace", "default")), str(gm["name"]))
-    tuning = _section(data, "tuning", "")
-    mb = _section(tuning, "microBatching", "tuning.")
+    tuning = section(data, "tuning", "")
+    mb = section(tuning, "microBatching", "tuning.")
     defaults = Tuning()
     repo = data.get("modelRepository")
-    restricted = _section(triton, "restrictedHeader", "triton.")
+    restricted = section(triton, "restrictedHeader", "triton.")
     if restricted and not (restricted.get("name") and restricted.get("value")):
         raise ConfigError("triton.restrictedHeader: needs both name and value")
     return SidecarConfig(
@@ -346,7 +205,7 @@ def parse_config(data: Mapping[str, Any]) -> SidecarConfig:
                 "tuning.tritonMetricsInterval",
             ),
         ),
-        limits=parse_limits(_section(data, "limits", "")),
+        limits=parse_limits(section(data, "limits", "")),
     )
 
 
@@ -393,93 +252,3 @@ def _env_url(env: Mapping[str, str], key: str) -> str | None:
 def _env_path(env: Mapping[str, str], key: str) -> Path | None:
     value = env.get(key)
     return Path(value) if value else None
-
-
-def dump_config(config: SidecarConfig) -> dict[str, Any]:
-    """The camelCase YAML form of a config (what the operator renders), for tests and benchmarks."""
-    spec = config.spec
-    return {
-        **(
-            {"guardedModel": {"namespace": config.guarded_model[0], "name": config.guarded_model[1]}}
-            if config.guarded_model
-            else {}
-        ),
-        "spec": {
-            "model": {
-                "name": spec.model.name,
-                "repository": spec.model.repository,
-                "version": spec.model.version,
-            },
-            "gate": {
-                "inputs": [
-                    {
-                        "name": i.name,
-                        "datatype": i.datatype,
-                        "shape": list(i.shape),
-                        "min": i.min,
-                        "max": i.max,
-                    }
-                    for i in spec.inputs
-                ],
-                "ood": {
-                    "method": spec.ood.method,
-                    "threshold": spec.ood.threshold,
-                    "action": spec.ood.action,
-                },
-            },
-            "confidence": {
-                "reviewBelow": spec.review_below,
-                "review": {"webhook": spec.review.webhook, "maxFraction": spec.review.max_fraction},
-            },
-            "audit": {"enabled": spec.audit_enabled, "sampleRate": spec.sample_rate},
-            "drift": {"window": spec.drift_window_s},
-        },
-        "routing": {
-            "stableVersion": config.routing.stable_version,
-            "canaryVersion": config.routing.canary_version,
-            "canaryWeight": config.routing.canary_weight,
-        },
-        "triton": {
-            "httpUrl": config.triton_http_url,
-            "grpcUrl": config.triton_grpc_url,
-            **({"metricsUrl": config.triton_metrics_url} if config.triton_metrics_url else {}),
-            **(
-                {
-                    "restrictedHeader": {
-                        "name": config.triton_restricted_header[0],
-                        "value": config.triton_restricted_header[1],
-                    }
-                }
-                if config.triton_restricted_header
-                else {}
-            ),
-        },
-        **({"modelRepository": str(config.model_repository)} if config.model_repository else {}),
-        "listen": {
-            "host": config.listen.host,
-            "http": config.listen.http,
-            "grpc": config.listen.grpc,
-            "metrics": config.listen.metrics,
-        },
-        "auditDir": str(config.audit_dir),
-        "spoolDir": str(config.spool_dir),
-        "tuning": {
-            "maxBatch": config.tuning.max_batch,
-            "loadVersions": config.tuning.load_versions,
-            "microBatching": {
-                "enabled": config.tuning.micro_batching.enabled,
-                "maxBatch": config.tuning.micro_batching.max_batch,
-                "maxInflight": config.tuning.micro_batching.max_inflight,
-            },
-            "auditRotateBytes": config.tuning.audit_rotate_bytes,
-            "reviewRetries": config.tuning.review_retries,
-            "auditRetainFiles": config.tuning.audit_retain_files,
-            "auditRetainBytes": config.tuning.audit_retain_bytes,
-            "auditBufferBytes": config.tuning.audit_buffer_bytes,
-            "reviewSpoolMaxItems": config.tuning.review_spool_max_items,
-            "reviewSpoolMaxBytes": config.tuning.review_spool_max_bytes,
-            "workers": config.tuning.workers,
-            "tritonMetricsInterval": f"{config.tuning.triton_metrics_interval_s}s",
-        },
-        "limits": dump_limits(config.limits),
-    }

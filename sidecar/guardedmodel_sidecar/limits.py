@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from guardedmodel_sidecar.config_values import ConfigError, parse_duration
+
 KIB = 1024
 MIB = 1024 * 1024
 
@@ -61,8 +63,6 @@ def camel_key(field_name: str) -> str:
 
 def parse_limits(data: Mapping[str, Any], *, where: str = "limits.") -> Limits:
     """Limits from their camelCase mapping; unknown keys and non-positive values are refused."""
-    from guardedmodel_sidecar.config import ConfigError, parse_duration
-
     known = {camel_key(f.name): f.name for f in fields(Limits)}
     unknown = sorted(set(data) - set(known))
     if unknown:

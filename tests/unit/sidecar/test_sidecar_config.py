@@ -3,12 +3,104 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
-from guardedmodel_sidecar.config import ConfigError, dump_config, load_config, parse_config, parse_duration
-from guardedmodel_sidecar.limits import Limits
+from guardedmodel_sidecar.config import ConfigError, SidecarConfig, load_config, parse_config, parse_duration
+from guardedmodel_sidecar.limits import Limits, dump_limits
+
+
+def dump_config(config: SidecarConfig) -> dict[str, Any]:
+    """The camelCase YAML form of a config (what the operator renders): parsing it must give the config back."""
+    spec = config.spec
+    return {
+        **(
+            {"guardedModel": {"namespace": config.guarded_model[0], "name": config.guarded_model[1]}}
+            if config.guarded_model
+            else {}
+        ),
+        "spec": {
+            "model": {
+                "name": spec.model.name,
+                "repository": spec.model.repository,
+                "version": spec.model.version,
+            },
+            "gate": {
+                "inputs": [
+                    {
+                        "name": i.name,
+                        "datatype": i.datatype,
+                        "shape": list(i.shape),
+                        "min": i.min,
+                        "max": i.max,
+                    }
+                    for i in spec.inputs
+                ],
+                "ood": {
+                    "method": spec.ood.method,
+                    "threshold": spec.ood.threshold,
+                    "action": spec.ood.action,
+                },
+            },
+            "confidence": {
+                "reviewBelow": spec.review_below,
+                "review": {"webhook": spec.review.webhook, "maxFraction": spec.review.max_fraction},
+            },
+            "audit": {"enabled": spec.audit_enabled, "sampleRate": spec.sample_rate},
+            "drift": {"window": spec.drift_window_s},
+        },
+        "routing": {
+            "stableVersion": config.routing.stable_version,
+            "canaryVersion": config.routing.canary_version,
+            "canaryWeight": config.routing.canary_weight,
+        },
+        "triton": {
+            "httpUrl": config.triton_http_url,
+            "grpcUrl": config.triton_grpc_url,
+            **({"metricsUrl": config.triton_metrics_url} if config.triton_metrics_url else {}),
+            **(
+                {
+                    "restrictedHeader": {
+                        "name": config.triton_restricted_header[0],
+                        "value": config.triton_restricted_header[1],
+                    }
+                }
+                if config.triton_restricted_header
+                else {}
+            ),
+        },
+        **({"modelRepository": str(config.model_repository)} if config.model_repository else {}),
+        "listen": {
+            "host": config.listen.host,
+            "http": config.listen.http,
+            "grpc": config.listen.grpc,
+            "metrics": config.listen.metrics,
+        },
+        "auditDir": str(config.audit_dir),
+        "spoolDir": str(config.spool_dir),
+        "tuning": {
+            "maxBatch": config.tuning.max_batch,
+            "loadVersions": config.tuning.load_versions,
+            "microBatching": {
+                "enabled": config.tuning.micro_batching.enabled,
+                "maxBatch": config.tuning.micro_batching.max_batch,
+                "maxInflight": config.tuning.micro_batching.max_inflight,
+            },
+            "auditRotateBytes": config.tuning.audit_rotate_bytes,
+            "reviewRetries": config.tuning.review_retries,
+            "auditRetainFiles": config.tuning.audit_retain_files,
+            "auditRetainBytes": config.tuning.audit_retain_bytes,
+            "auditBufferBytes": config.tuning.audit_buffer_bytes,
+            "reviewSpoolMaxItems": config.tuning.review_spool_max_items,
+            "reviewSpoolMaxBytes": config.tuning.review_spool_max_bytes,
+            "workers": config.tuning.workers,
+            "tritonMetricsInterval": f"{config.tuning.triton_metrics_interval_s}s",
+        },
+        "limits": dump_limits(config.limits),
+    }
+
 
 FULL = {
     "guardedModel": {"namespace": "ns", "name": "n"},

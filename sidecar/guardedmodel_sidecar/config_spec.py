@@ -1,0 +1,110 @@
+"""The GuardedModel spec as the sidecar reads it (``spec:`` of ``sidecar.yaml``): model, gate, review,
+audit and drift settings, with the API's defaults applied."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from guardedmodel_sidecar.config_values import ConfigError, fraction, optional_float, parse_duration, section
+from guardedmodel_sidecar.protocol.datatypes import KNOWN_DATATYPES
+
+OOD_METHODS = ("mahalanobis", "energy", "knn", "msp", "vim", "none")
+OOD_ACTIONS = ("reject", "review", "flag")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    name: str
+    datatype: str
+    shape: tuple[int, ...]  # without the batch dimension; -1 = any size
+    min: float | None = None
+    max: float | None = None
+
+
+@dataclass(frozen=True)
+class OodSpec:
+    method: str = "none"
+    threshold: float | None = None  # None: the artifact's threshold for the method
+    action: str = "flag"
+
+
+@dataclass(frozen=True)
+class ReviewSpec:
+    webhook: str | None = None
+    max_fraction: float = 0.05
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    repository: str = ""
+    version: str = "1"
+
+
+@dataclass(frozen=True)
+class GuardSpec:
+    model: ModelSpec
+    inputs: tuple[InputSpec, ...] = ()
+    ood: OodSpec = field(default_factory=OodSpec)
+    review_below: float | None = None
+    review: ReviewSpec = field(default_factory=ReviewSpec)
+    audit_enabled: bool = True
+    sample_rate: float = 0.0
+    drift_window_s: float = 60.0
+
+
+def parse_input(entry: Any, index: int) -> InputSpec:
+    where = f"spec.gate.inputs[{index}]."
+    if not isinstance(entry, Mapping) or not isinstance(entry.get("name"), str):
+        raise ConfigError(f"{where}name: every gate input needs a name")
+    datatype = str(entry.get("datatype", "FP32")).upper()
+    if datatype not in KNOWN_DATATYPES:
+        raise ConfigError(
+            f"{where}datatype: {datatype!r} is not a v2 datatype ({', '.join(sorted(KNOWN_DATATYPES))})"
+        )
+    shape = entry.get("shape", [])
+    if not isinstance(shape, list) or not all(isinstance(d, int) and (d >= 0 or d == -1) for d in shape):
+        raise ConfigError(f"{where}shape: {shape!r} must be a list of sizes (-1 = variable), without batch")
+    lo, hi = optional_float(entry, "min", where), optional_float(entry, "max", where)
+    if lo is not None and hi is not None and lo > hi:
+        raise ConfigError(f"{where}min {lo} is above max {hi}")
+    return InputSpec(entry["name"], datatype, tuple(shape), lo, hi)
+
+
+def parse_spec(spec: Mapping[str, Any]) -> GuardSpec:
+    model = section(spec, "model", "spec.")
+    if not model.get("name"):
+        raise ConfigError("spec.model.name: the model name is required")
+    gate = section(spec, "gate", "spec.")
+    raw_inputs = gate.get("inputs") or []
+    if not isinstance(raw_inputs, list):
+        raise ConfigError("spec.gate.inputs: must be a list")
+    ood = section(gate, "ood", "spec.gate.")
+    method = str(ood.get("method", "none")).lower()
+    if method not in OOD_METHODS:
+        raise ConfigError(f"spec.gate.ood.method: {method!r} is not one of {', '.join(OOD_METHODS)}")
+    action = str(ood.get("action", "flag")).lower()
+    if action not in OOD_ACTIONS:
+        raise ConfigError(f"spec.gate.ood.action: {action!r} is not one of {', '.join(OOD_ACTIONS)}")
+    confidence = section(spec, "confidence", "spec.")
+    review = section(confidence, "review", "spec.confidence.")
+    review_below = optional_float(confidence, "reviewBelow", "spec.confidence.")
+    if review_below is not None:
+        review_below = fraction(review_below, "spec.confidence.reviewBelow")
+    audit = section(spec, "audit", "spec.")
+    drift = section(spec, "drift", "spec.")
+    return GuardSpec(
+        model=ModelSpec(str(model["name"]), str(model.get("repository", "")), str(model.get("version", "1"))),
+        inputs=tuple(parse_input(e, i) for i, e in enumerate(raw_inputs)),
+        ood=OodSpec(method, optional_float(ood, "threshold", "spec.gate.ood."), action),
+        review_below=review_below,
+        review=ReviewSpec(
+            webhook=review.get("webhook") or None,
+            max_fraction=fraction(review.get("maxFraction", 0.05), "spec.confidence.review.maxFraction"),
+        ),
+        audit_enabled=bool(audit.get("enabled", True)),
+        sample_rate=fraction(audit.get("sampleRate", 0.0), "spec.audit.sampleRate"),
+        drift_window_s=parse_duration(drift.get("window", "60s"), "spec.drift.window"),
+    )
