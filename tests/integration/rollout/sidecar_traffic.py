@@ -19,7 +19,8 @@ from prometheus_client.registry import Collector
 from guardedmodel_sidecar.decision import ACCEPT, REJECT, REVIEW
 from guardedmodel_sidecar.guard.artifact import DriftReference
 from guardedmodel_sidecar.guard.drift import DriftAccumulator
-from guardedmodel_sidecar.metrics import SidecarMetrics, VersionMetrics
+from guardedmodel_sidecar.metrics import SidecarMetrics
+from guardedmodel_sidecar.version_metrics import VersionMetrics
 from guardedmodel_testground.procs import free_port
 
 OOD_THRESHOLD = 0.0  # scores above it are out of distribution (the sidecar's convention)

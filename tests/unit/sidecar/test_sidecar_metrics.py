@@ -11,7 +11,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from guardedmodel_sidecar.guard.artifact import DriftReference
 from guardedmodel_sidecar.guard.drift import DriftAccumulator
-from guardedmodel_sidecar.metrics import SidecarMetrics, VersionMetrics, ood_buckets
+from guardedmodel_sidecar.metrics import SidecarMetrics
+from guardedmodel_sidecar.version_metrics import VersionMetrics, ood_buckets
 
 
 def reference() -> DriftReference:
