@@ -37,7 +37,7 @@ from typing import Any, TypeVar
 import aiohttp
 import orjson
 
-from guardedmodel_sidecar.private_files import ensure_private_dir, open_private
+from guardedmodel_sidecar.review_spool import SpoolBatch, list_spool, write_items
 
 log = logging.getLogger(__name__)
 
@@ -49,18 +49,6 @@ DEFAULT_MAX_QUEUE_BYTES = 16 * MIB
 OUTCOMES = ("spooled", "capped", "spool_full", "queue_full", "no_webhook")
 _WARN_INTERVAL_S = 10.0
 _T = TypeVar("_T")
-
-
-class _SpoolBatch:
-    """Items handed to the writer thread; ``written`` grows as each lands, ``finished`` at the end."""
-
-    __slots__ = ("error", "finished", "items", "written")
-
-    def __init__(self, items: list[tuple[str, bytes]]) -> None:
-        self.items = items
-        self.written = 0
-        self.finished = False
-        self.error: OSError | None = None
 
 
 class ReviewSink:
@@ -94,7 +82,7 @@ class ReviewSink:
         self._spool_wake = asyncio.Event()  # the spool task: something was queued
         # Queued in memory (waiting, plus the batch being written); bytes cover both.
         self._queue: list[tuple[str, bytes]] = []
-        self._inflight: _SpoolBatch | None = None
+        self._inflight: SpoolBatch | None = None
         self._queued_bytes = 0
         # The spool on disk as last known: set by each listing, then own writes and deliveries.
         self._disk_items = 0
@@ -218,10 +206,10 @@ class ReviewSink:
                 self._settle(batch)
         if not self._queue:
             return
-        batch = _SpoolBatch(self._queue)
+        batch = SpoolBatch(self._queue)
         self._queue = []
         self._inflight = batch
-        self._write_items(batch)
+        write_items(self.spool_dir, batch)
         self._settle(batch)
         if self._queue:
             self.lost += len(self._queue)
@@ -239,11 +227,11 @@ class ReviewSink:
             await self._spool_wake.wait()
             self._spool_wake.clear()
             while self._queue:
-                batch = _SpoolBatch(self._queue)
+                batch = SpoolBatch(self._queue)
                 self._queue = []
                 self._inflight = batch
                 try:
-                    await self._io_call(self._write_items, batch)
+                    await self._io_call(write_items, self.spool_dir, batch)
                 finally:
                     self._settle(batch)  # when cancelled mid-write, run_sender settles it after shutdown
                 if batch.error is None:
@@ -252,34 +240,7 @@ class ReviewSink:
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, self.slow_retry_s)
 
-    def _write_items(self, batch: _SpoolBatch) -> None:
-        """Writer thread: each item to a temporary file, fsync, then renamed into the spool."""
-        try:
-            ensure_private_dir(self.spool_dir)
-            for name, body in batch.items[batch.written :]:
-                tmp = self.spool_dir / f".{name}.tmp"
-                try:
-                    fd = open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-                    try:
-                        view = memoryview(body)
-                        while view:
-                            view = view[os.write(fd, view) :]
-                        os.fsync(fd)
-                    finally:
-                        os.close(fd)
-                    os.rename(tmp, self.spool_dir / name)
-                except OSError:
-                    with contextlib.suppress(OSError):
-                        tmp.unlink(missing_ok=True)
-                    raise
-                batch.written += 1
-            _fsync_dir(self.spool_dir)
-        except OSError as exc:
-            batch.error = exc
-        finally:
-            batch.finished = True
-
-    def _settle(self, batch: _SpoolBatch) -> None:
+    def _settle(self, batch: SpoolBatch) -> None:
         if self._inflight is not batch or not batch.finished:
             return
         self._inflight = None
@@ -301,21 +262,8 @@ class ReviewSink:
                 len(self._queue),
             )
 
-    def _list_spool(self) -> list[tuple[Path, int]]:
-        """Writer thread: spooled items, oldest first, with their sizes (other workers' included)."""
-        try:
-            entries = list(os.scandir(self.spool_dir))
-        except (FileNotFoundError, NotADirectoryError):
-            return []
-        found = []
-        for entry in entries:
-            if entry.name.endswith(".json") and not entry.name.startswith("."):
-                with contextlib.suppress(FileNotFoundError):
-                    found.append((Path(entry.path), entry.stat().st_size))
-        return sorted(found)
-
     async def _drain(self, session: aiohttp.ClientSession) -> bool:
-        spool = await self._io_call(self._list_spool)
+        spool = await self._io_call(list_spool, self.spool_dir)
         self._disk_items, self._disk_bytes = len(spool), sum(size for _, size in spool)
         for path, size in spool:
             try:
@@ -355,17 +303,3 @@ class ReviewSink:
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.slow_retry_s)
         return False
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make the renames durable; best effort (some filesystems refuse a directory fsync)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
