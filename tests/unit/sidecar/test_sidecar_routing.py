@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from guardedmodel_sidecar.config import Routing
-from guardedmodel_sidecar.routing import Router, local_model_config, routing_from_status
+from guardedmodel_sidecar.model_loader import local_model_config
+from guardedmodel_sidecar.routing import Router
+from guardedmodel_sidecar.status_watch import routing_from_status
 
 
 def test_canary_weight_is_exact_not_random() -> None:

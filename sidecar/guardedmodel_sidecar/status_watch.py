@@ -1,0 +1,171 @@
+"""Following the GuardedModel's routing status through the Kubernetes API.
+
+``GuardedModelWatcher`` follows ``status.stableVersion / canaryVersion / canaryWeight`` of the
+GuardedModel through the Kubernetes API (in-cluster service account or a kubeconfig). It runs off the
+hot path and keeps the last routing whenever the API server is unreachable. The sidecar reads the
+status itself (``routing_from_status``) rather than importing the operator's reader: the two packages
+stay independent, and this copy reads only the three routing fields.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+
+from guardedmodel_sidecar.config import Routing
+
+log = logging.getLogger(__name__)
+
+
+def routing_from_status(status: Mapping[str, Any] | None, fallback: Routing) -> Routing:
+    """Routing from a GuardedModel status; fields it lacks keep their last value."""
+    if not status:
+        return fallback
+    stable = status.get("stableVersion") or fallback.stable_version
+    canary = status.get("canaryVersion") or None
+    weight = status.get("canaryWeight")
+    if weight is None:
+        weight = fallback.canary_weight if canary == fallback.canary_version else 0
+    try:
+        weight = max(0, min(100, int(weight)))
+    except (TypeError, ValueError):
+        weight = 0
+    if not canary:
+        weight = 0
+    return Routing(str(stable), None if canary is None else str(canary), weight)
+
+
+@dataclass(frozen=True)
+class ApiServer:
+    """Where and how to reach the Kubernetes API server."""
+
+    host: str
+    headers: dict[str, str]
+    ssl_context: ssl.SSLContext | bool
+
+    @classmethod
+    def from_environment(cls, kubeconfig: str | None = None) -> ApiServer:
+        """In-cluster service account, else the kubeconfig (``kubeconfig`` or $KUBECONFIG)."""
+        from kubernetes import client, config  # imported lazily: only the watcher needs it
+
+        configuration = client.Configuration()
+        try:
+            if kubeconfig:
+                raise config.ConfigException("kubeconfig given")
+            config.load_incluster_config(client_configuration=configuration)
+        except config.ConfigException:
+            config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+        headers: dict[str, str] = {}
+        token = configuration.api_key.get("authorization") or configuration.api_key.get("BearerToken")
+        if token:
+            prefix = configuration.api_key_prefix.get("authorization", "")
+            headers["Authorization"] = (
+                token if token.startswith("Bearer") else f"{prefix or 'Bearer'} {token}"
+            )
+        context: ssl.SSLContext | bool = False
+        if configuration.host.startswith("https"):
+            context = (
+                ssl.create_default_context(cafile=configuration.ssl_ca_cert)
+                if configuration.verify_ssl
+                else False
+            )
+            if isinstance(context, ssl.SSLContext) and configuration.cert_file:
+                context.load_cert_chain(configuration.cert_file, configuration.key_file)
+            if context is False:
+                insecure = ssl.create_default_context()
+                insecure.check_hostname = False
+                insecure.verify_mode = ssl.CERT_NONE
+                context = insecure
+        return cls(configuration.host.rstrip("/"), headers, context)
+
+
+class GuardedModelWatcher:
+    """Follows one GuardedModel's routing status; calls ``on_routing`` with each new routing."""
+
+    GROUP_PATH = "/apis/guardedmodel.io/v1alpha1"
+
+    def __init__(
+        self,
+        api: ApiServer,
+        namespace: str,
+        name: str,
+        on_routing: Callable[[Routing], Awaitable[None]],
+        current: Callable[[], Routing],
+        *,
+        retry_s: float = 2.0,
+    ) -> None:
+        self.api = api
+        self.namespace = namespace
+        self.name = name
+        self.on_routing = on_routing
+        self.current = current
+        self.retry_s = retry_s
+        self.connected = False
+        self.errors = 0
+
+    @property
+    def _collection(self) -> str:
+        return f"{self.api.host}{self.GROUP_PATH}/namespaces/{self.namespace}/guardedmodels"
+
+    async def run(self) -> None:
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=330)
+        async with aiohttp.ClientSession(headers=self.api.headers, timeout=timeout) as session:
+            while True:
+                try:
+                    version = await self._get(session)
+                    await self._watch(session, version)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    self.connected = False
+                    self.errors += 1
+                    log.warning(
+                        "GuardedModel %s/%s: API server unreachable or refused (%s); keeping routing %s",
+                        self.namespace,
+                        self.name,
+                        exc,
+                        self.current(),
+                    )
+                await asyncio.sleep(self.retry_s)
+
+    async def _get(self, session: aiohttp.ClientSession) -> str:
+        async with session.get(f"{self._collection}/{self.name}", ssl=self.api.ssl_context) as resp:
+            if resp.status != 200:
+                raise RuntimeError(f"GET GuardedModel: HTTP {resp.status}: {(await resp.text())[:200]}")
+            obj = await resp.json(loads=orjson.loads)
+        self.connected = True
+        await self._apply(obj)
+        return str(obj.get("metadata", {}).get("resourceVersion", ""))
+
+    async def _watch(self, session: aiohttp.ClientSession, resource_version: str) -> None:
+        params = {
+            "watch": "1",
+            "fieldSelector": f"metadata.name={self.name}",
+            "resourceVersion": resource_version,
+            "timeoutSeconds": "300",
+            "allowWatchBookmarks": "true",
+        }
+        async with session.get(self._collection, params=params, ssl=self.api.ssl_context) as resp:
+            if resp.status != 200:
+                raise RuntimeError(f"watch GuardedModel: HTTP {resp.status}")
+            async for line in resp.content:
+                if not line.strip():
+                    continue
+                event = orjson.loads(line)
+                kind = event.get("type")
+                if kind == "ERROR":
+                    raise RuntimeError(f"watch error: {event.get('object', {}).get('message')}")
+                if kind in ("ADDED", "MODIFIED"):
+                    await self._apply(event.get("object") or {})
+
+    async def _apply(self, obj: Mapping[str, Any]) -> None:
+        routing = routing_from_status(obj.get("status"), self.current())
+        if routing != self.current():
+            await self.on_routing(routing)
