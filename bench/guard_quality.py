@@ -25,13 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from guardedmodel_fit.example import (
-    DEFAULT_OUT,
-    FAR_OOD_SETS,
-    NEAR_OOD_SET,
-    build_example,
-    example_fit_config,
-)
+from guardedmodel_fit.example import DEFAULT_OUT, build_example, example_fit_config
+from guardedmodel_fit.example_data import FAR_OOD_SETS, NEAR_OOD_SET
 from guardedmodel_fit.extract import extract, open_model
 from guardedmodel_fit.fitting import fit_guard
 from guardedmodel_sidecar.guard.scoring import OodScorer, calibrated_confidence, make_ood_scorer

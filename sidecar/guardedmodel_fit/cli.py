@@ -19,7 +19,8 @@ from guardedmodel_sidecar.guard.artifact import ArtifactError, save_artifact
 
 from .data import DataError, Dataset, check_compatible, load_dataset
 from .extract import Extracted, Extractor, ModelError, extract, open_model
-from .fitting import ALL_METHODS, FitConfig, FitError, FitResult, fit_guard
+from .fit_config import ALL_METHODS, FitConfig, FitError
+from .fitting import FitResult, fit_guard
 from .report import write_report
 
 REPORT_DIR = "report"

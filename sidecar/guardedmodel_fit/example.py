@@ -24,67 +24,45 @@ A rebuild is skipped when the code and recipe that made the files are unchanged.
 from __future__ import annotations
 
 import argparse
-import gzip
 import hashlib
 import inspect
 import json
 import shutil
 import sys
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
-
 from guardedmodel_sidecar.guard.artifact import MANIFEST_FILE
 
 from .data import Dataset
-from .fitting import FitConfig
-
-MODEL_NAME = "fashion-mnist"
-INPUT_NAME = "INPUT"
-INPUT_SHAPE = (1, 28, 28)
-LOGITS_OUTPUT = "LOGITS"
-FEATURES_OUTPUT = "FEATURES"
-FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-CLASS_NAMES = (
-    "t-shirt",
-    "trouser",
-    "pullover",
-    "dress",
-    "coat",
-    "sandal",
-    "shirt",
-    "sneaker",
-    "bag",
-    "ankle-boot",
+from .example_data import (
+    CLASS_NAMES,
+    FAR_OOD_SETS,
+    HELD_OUT_CLASSES,
+    IN_CLASSES,
+    NEAR_OOD_SET,
+    _gaussian_blur,
+    _pixels,
+    _remap,
+    far_ood_sets,
+    load_fashion_mnist,
+    prepare_data,
+    read_idx,
 )
-HELD_OUT_CLASSES = (8, 9)
-IN_CLASSES = tuple(c for c in range(10) if c not in HELD_OUT_CLASSES)
-NUM_CLASSES = len(IN_CLASSES)
-FEATURE_DIM = 64
-FAR_OOD_SETS = ("digits", "noise", "grey-shift", "blur", "inverted", "corrupted")
-NEAR_OOD_SET = "held-out-classes"
+from .example_network import (
+    _TEMPLATE_DIR,
+    MODEL_NAME,
+    RECIPES,
+    _make_net,
+    config_pbtxt,
+    export_version,
+    train,
+)
+from .fit_config import FitConfig
+
 DEFAULT_OUT = Path("~/.cache/guardedmodel/examples").expanduser()
-_TEMPLATE_DIR = Path(__file__).parent / "triton_template"
-
-
-@dataclass(frozen=True)
-class Recipe:
-    seed: int
-    epochs: int
-    train_fraction: float
-    channels: tuple[int, int] = (16, 32)
-    lr: float = 2e-3
-    batch_size: int = 128
-
-
-RECIPES: dict[str, Recipe] = {
-    "1": Recipe(seed=0, epochs=4, train_fraction=1.0),
-    "2": Recipe(seed=1, epochs=1, train_fraction=0.05),
-}
 
 
 @dataclass(frozen=True)
@@ -103,195 +81,6 @@ class ExampleBuild:
 
     def torchscript(self, version: str) -> Path:
         return self.out / "torchscript" / f"{MODEL_NAME}-v{version}.pt"
-
-
-# ------------------------------------------------------------------------------------------ data
-
-
-def read_idx(path: Path) -> np.ndarray:
-    """An idx file (the MNIST format), gzipped."""
-    with gzip.open(path, "rb") as fh:
-        raw = fh.read()
-    dims = raw[3]
-    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims))
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
-
-
-def load_fashion_mnist(root: Path = FASHION_MNIST_DIR) -> dict[str, np.ndarray]:
-    names = {
-        "train_x": "train-images-idx3-ubyte.gz",
-        "train_y": "train-labels-idx1-ubyte.gz",
-        "test_x": "t10k-images-idx3-ubyte.gz",
-        "test_y": "t10k-labels-idx1-ubyte.gz",
-    }
-    missing = [n for n in names.values() if not (root / n).is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"{root}: Fashion-MNIST files missing ({', '.join(missing)}); apt install dataset-fashion-mnist"
-        )
-    return {key: read_idx(root / name) for key, name in names.items()}
-
-
-def _pixels(images: np.ndarray) -> np.ndarray:
-    return (images.astype(np.float32) / 255.0)[:, None, :, :]
-
-
-def _remap(labels: np.ndarray) -> np.ndarray:
-    lookup = np.full(10, -1, dtype=np.int64)
-    lookup[list(IN_CLASSES)] = np.arange(NUM_CLASSES)
-    return lookup[labels]
-
-
-def _gaussian_blur(x: np.ndarray, sigma: float) -> np.ndarray:
-    radius = int(3 * sigma)
-    t = np.arange(-radius, radius + 1)
-    kernel = np.exp(-0.5 * (t / sigma) ** 2)
-    kernel /= kernel.sum()
-    padded = np.pad(x, ((0, 0), (0, 0), (radius, radius), (radius, radius)), mode="constant")
-    rows = np.apply_along_axis(lambda v: np.convolve(v, kernel, mode="valid"), 2, padded)
-    return np.apply_along_axis(lambda v: np.convolve(v, kernel, mode="valid"), 3, rows).astype(np.float32)
-
-
-def far_ood_sets(in_dist: np.ndarray, seed: int, size: int = 1000) -> dict[str, np.ndarray]:
-    """Another data set and corruptions of in-distribution images, ``size`` samples each."""
-    from sklearn.datasets import load_digits
-
-    rng = np.random.default_rng(seed)
-    base = in_dist[rng.choice(in_dist.shape[0], size=size, replace=False)]
-    digits = load_digits().images[:size].astype(np.float32) / 16.0  # 8x8 -> 24x24 -> pad to 28x28
-    digits = np.pad(np.kron(digits, np.ones((3, 3), np.float32)), ((0, 0), (2, 2), (2, 2)))[:, None]
-    corrupted = base.copy()
-    mask = rng.random(base.shape) < 0.25
-    corrupted[mask] = rng.integers(0, 2, size=int(mask.sum())).astype(np.float32)
-    return {
-        "digits": digits,
-        "noise": rng.random(base.shape, dtype=np.float32),
-        "grey-shift": np.clip(base * 0.6 + 0.4, 0.0, 1.0),
-        "blur": _gaussian_blur(base, sigma=2.5),
-        "inverted": 1.0 - base,
-        "corrupted": corrupted,
-    }
-
-
-def prepare_data(data_dir: Path, seed: int = 0) -> None:
-    raw = load_fashion_mnist()
-    test_x, test_y = _pixels(raw["test_x"]), raw["test_y"]
-    train_x, train_y = _pixels(raw["train_x"]), raw["train_y"]
-    in_test = np.isin(test_y, IN_CLASSES)
-    in_train = np.flatnonzero(np.isin(train_y, IN_CLASSES))
-    rng = np.random.default_rng(seed)
-    fit_idx = np.sort(rng.choice(in_train, size=12000, replace=False))
-    data_dir.mkdir(parents=True, exist_ok=True)
-    sets = {
-        "validation": {"inputs": test_x[in_test], "labels": _remap(test_y[in_test])},
-        "fit": {"inputs": train_x[fit_idx], "labels": _remap(train_y[fit_idx])},
-        NEAR_OOD_SET: {"inputs": test_x[~in_test]},
-        **{name: {"inputs": x} for name, x in far_ood_sets(test_x[in_test], seed).items()},
-    }
-    for name, arrays in sets.items():
-        np.savez(data_dir / f"{name}.npz", **arrays)
-
-
-# -------------------------------------------------------------------------------------- training
-
-
-def _make_net(recipe: Recipe):
-    import torch
-    from torch import nn
-
-    c1, c2 = recipe.channels
-
-    class ExampleNet(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.conv1 = nn.Conv2d(1, c1, 3, padding=1)
-            self.conv2 = nn.Conv2d(c1, c2, 3, padding=1)
-            self.fc1 = nn.Linear(c2 * 7 * 7, FEATURE_DIM)
-            self.fc2 = nn.Linear(FEATURE_DIM, NUM_CLASSES)
-
-        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            x = torch.max_pool2d(torch.relu(self.conv1(x)), 2)
-            x = torch.max_pool2d(torch.relu(self.conv2(x)), 2)
-            features = torch.relu(self.fc1(torch.flatten(x, 1)))
-            return self.fc2(features), features
-
-    return ExampleNet()
-
-
-def train(recipe: Recipe, progress: bool = True):
-    """Train the example CNN on the in-distribution classes; deterministic for a recipe."""
-    import torch
-    from tqdm.auto import tqdm
-
-    torch.set_num_threads(2)
-    torch.manual_seed(recipe.seed)
-    raw = load_fashion_mnist()
-    keep = np.flatnonzero(np.isin(raw["train_y"], IN_CLASSES))
-    rng = np.random.default_rng(recipe.seed)
-    keep = np.sort(rng.choice(keep, size=int(len(keep) * recipe.train_fraction), replace=False))
-    x = torch.from_numpy(_pixels(raw["train_x"][keep]))
-    y = torch.from_numpy(_remap(raw["train_y"][keep]))
-    net = _make_net(recipe)
-    optimiser = torch.optim.Adam(net.parameters(), lr=recipe.lr)
-    steps_per_epoch = (len(keep) + recipe.batch_size - 1) // recipe.batch_size
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimiser, recipe.lr, total_steps=recipe.epochs * steps_per_epoch
-    )
-    net.train()
-    for epoch in range(recipe.epochs):
-        order = torch.from_numpy(rng.permutation(len(keep)))
-        bar = tqdm(
-            range(steps_per_epoch), desc=f"training epoch {epoch + 1}/{recipe.epochs}", disable=not progress
-        )
-        for step in bar:
-            idx = order[step * recipe.batch_size : (step + 1) * recipe.batch_size]
-            logits, _ = net(x[idx])
-            loss = torch.nn.functional.cross_entropy(logits, y[idx])
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            schedule.step()
-            if step % 50 == 0:
-                bar.set_postfix(loss=f"{loss.item():.3f}")
-    return net.eval()
-
-
-# ---------------------------------------------------------------------------------------- export
-
-
-def config_pbtxt(name: str = MODEL_NAME) -> str:
-    return f"""name: "{name}"
-backend: "python"
-max_batch_size: 64
-dynamic_batching {{
-  max_queue_delay_microseconds: 500
-}}
-input [
-  {{ name: "{INPUT_NAME}" data_type: TYPE_FP32 dims: [ {", ".join(map(str, INPUT_SHAPE))} ] }}
-]
-output [
-  {{ name: "{LOGITS_OUTPUT}" data_type: TYPE_FP32 dims: [ {NUM_CLASSES} ] }},
-  {{ name: "{FEATURES_OUTPUT}" data_type: TYPE_FP32 dims: [ {FEATURE_DIM} ] }}
-]
-instance_group [
-  {{ kind: KIND_CPU count: 1 }}
-]
-"""
-
-
-def export_version(net, model_dir: Path, version: str, torchscript_path: Path) -> None:
-    import torch
-
-    version_dir = model_dir / version
-    version_dir.mkdir(parents=True, exist_ok=True)
-    weights = {k: v.detach().cpu().numpy().astype(np.float32) for k, v in net.state_dict().items()}
-    np.savez(version_dir / "weights.npz", **weights)
-    for name in ("model.py", "network.py"):
-        shutil.copy2(_TEMPLATE_DIR / name, version_dir / name)
-    torchscript_path.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():  # TorchScript is deprecated upstream but is what Triton's libtorch loads
-        warnings.simplefilter("ignore", FutureWarning)
-        torch.jit.script(net).save(str(torchscript_path))
 
 
 # ----------------------------------------------------------------------------------------- build
@@ -359,7 +148,8 @@ def build_example(
 
     model_dir.mkdir(parents=True, exist_ok=True)
     (model_dir / "config.pbtxt").write_text(config_pbtxt())
-    fit_code = [p for p in sorted(here.glob("*.py")) if p.name != "example.py"] + sorted(
+    # The example's own modules make the data and the models, which have their own digests.
+    fit_code = [p for p in sorted(here.glob("*.py")) if not p.name.startswith("example")] + sorted(
         sidecar_guard.glob("*.py")
     )
     for version in versions:

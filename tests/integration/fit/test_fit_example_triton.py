@@ -13,9 +13,11 @@ import torch
 import tritonclient.http as httpclient
 
 from guardedmodel_fit.cli import fit_from_specs
-from guardedmodel_fit.example import FEATURE_DIM, INPUT_NAME, MODEL_NAME, NUM_CLASSES, ExampleBuild
+from guardedmodel_fit.example import ExampleBuild
+from guardedmodel_fit.example_data import NUM_CLASSES
+from guardedmodel_fit.example_network import FEATURE_DIM, INPUT_NAME, MODEL_NAME
 from guardedmodel_fit.extract import extract, open_model
-from guardedmodel_fit.fitting import FitConfig
+from guardedmodel_fit.fit_config import FitConfig
 from guardedmodel_sidecar.guard.artifact import load_artifact
 from guardedmodel_sidecar.guard.scoring import METHODS, calibrated_confidence, make_ood_scorer
 from guardedmodel_testground.triton import TritonServer

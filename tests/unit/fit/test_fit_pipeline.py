@@ -9,7 +9,8 @@ import pytest
 from fit_synthetic import SPEC, extracted, gaussian_classes, linear_logits, synthetic_sets
 
 from guardedmodel_fit.data import DataError
-from guardedmodel_fit.fitting import FitConfig, FitError, fit_guard
+from guardedmodel_fit.fit_config import FitConfig, FitError
+from guardedmodel_fit.fitting import fit_guard
 from guardedmodel_fit.report import write_report
 from guardedmodel_sidecar.guard.artifact import load_artifact, save_artifact
 from guardedmodel_sidecar.guard.drift import DriftAccumulator
