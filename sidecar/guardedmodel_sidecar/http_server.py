@@ -1,4 +1,4 @@
-"""The v2 HTTP/REST adapter: what each request is answered (``V2HttpServer``) on asyncio protocols.
+"""The v2 HTTP/REST adapter's answers: ``V2HttpServer`` routes each request to the guard, health or Triton.
 
 The connection (``http_connection.py``) and request reading (``http_request_reader.py``) carry the
 HTTP/1.1 framing; this module decides the answers.
