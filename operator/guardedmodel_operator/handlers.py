@@ -28,11 +28,16 @@ import kopf
 from . import metrics
 from .config import OperatorConfig
 from .events import Event, failure_event
+from .keys import Key, key_of
 from .kube import ApiError, KubeClient, login
 from .labels import GROUP, MANAGED_BY, MANAGED_BY_LABEL, OWNER_NAME_LABEL, PLURAL, VERSION
+from .model_tasks import Memo, slim
+from .prometheus import PrometheusSource
 from .reconcile import reconcile
 from .rollout import wiring as rollout_wiring
 from .scaling import wiring as scaling_wiring
+from .scaling.controller import ScaleController
+from .scheduler import ModelScheduler
 
 # (group, version, plural, kind) of every child kind the operator writes.
 CHILD_RESOURCES = (
@@ -46,8 +51,6 @@ CHILD_RESOURCES = (
 )
 MODEL_INDEX = "guardedmodels_index"
 RETRY_DELAYS_S = (0.5, 2.0, 5.0)
-
-Key = tuple[str, str]  # (namespace, name)
 
 
 @dataclass
@@ -80,13 +83,13 @@ class OperatorState:
     # the index and write (and report) the same change twice.
     recent: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
     # The rollout controller's per-model tasks and what they need (rollout.wiring).
-    rollouts: Any = None
-    # The one Prometheus client, shared by rollout analysis and the scaler (rollout.wiring).
-    prometheus: Any = None
+    rollouts: ModelScheduler | None = None
+    # The one Prometheus client, shared by rollout analysis and the scaler (model_tasks).
+    prometheus: PrometheusSource | None = None
     rollout_bodies: dict[Key, dict[str, Any]] = field(default_factory=dict)
     # The scaler's per-model tasks (scaling.wiring), for models with replicas.max > min.
-    scalers: Any = None
-    scale_controller: Any = None
+    scalers: ModelScheduler | None = None
+    scale_controller: ScaleController | None = None
     scale_bodies: dict[Key, dict[str, Any]] = field(default_factory=dict)
 
     def forget(self, key: Key) -> None:
@@ -97,7 +100,7 @@ class OperatorState:
 
     def remember(self, obj: Mapping[str, Any]) -> None:
         meta = obj["metadata"]
-        self.recent[(obj["kind"], meta["namespace"], meta["name"])] = _slim(obj)
+        self.recent[(obj["kind"], meta["namespace"], meta["name"])] = slim(obj)
 
     def seen(self, kind: str, body: Mapping[str, Any], deleted: bool = False) -> bool:
         """A watch event arrived: drop our copy if the watch has caught up with it.
@@ -127,6 +130,12 @@ class OperatorState:
             metrics.MODELS.labels(phase=phase).set(counts.get(phase, 0))
 
 
+def _controllers_memo(state: OperatorState) -> Memo:
+    """Never called: mypy checks here that the state kopf passes as `memo` is what the
+    rollout and scaling wiring expect of it."""
+    return state
+
+
 def _newer(left: Mapping[str, Any], right: Mapping[str, Any]) -> bool:
     """Is `left` a newer version of the object than `right`?
 
@@ -137,13 +146,6 @@ def _newer(left: Mapping[str, Any], right: Mapping[str, Any]) -> bool:
     if lrv.isdigit() and rrv.isdigit():
         return int(lrv) > int(rrv)
     return False
-
-
-def _slim(body: Mapping[str, Any]) -> dict[str, Any]:
-    # managedFields is often the largest part of an object and the operator
-    # never reads it; dropping it keeps the indices small with 1000s of models.
-    meta = {k: v for k, v in body["metadata"].items() if k != "managedFields"}
-    return {**body, "metadata": meta}
 
 
 def _index_lookup(
@@ -281,18 +283,17 @@ def register(registry: kopf.OperatorRegistry) -> None:
 
     @kopf.index(GROUP, VERSION, PLURAL, id=MODEL_INDEX, registry=registry)
     def index_model(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> Any:
-        return {(namespace, name): _slim(body)}
+        return {(namespace, name): slim(body)}
 
     @kopf.on.event(GROUP, VERSION, PLURAL, id="guardedmodel_event", registry=registry)
     async def on_model(
         event: kopf.RawEvent, body: kopf.Body, memo: OperatorState, logger: Any, **kw: Any
     ) -> None:
-        meta = body["metadata"]
         if event["type"] == "DELETED":
-            memo.forget((meta["namespace"], meta["name"]))
+            memo.forget(key_of(body))
             return
         memo.seen("GuardedModel", body)
-        await reconcile_model(memo, _slim(body), "guardedmodel", kw, logger)
+        await reconcile_model(memo, slim(body), "guardedmodel", kw, logger)
 
     for group, version, plural, kind in CHILD_RESOURCES:
         _register_child(registry, group, version, plural, kind, managed)
@@ -307,7 +308,7 @@ def _register_child(
 
     @kopf.index(api, plural, id=f"{kind.lower()}_index", labels=managed, registry=registry)
     def index_child(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> Any:
-        return {(namespace, name): _slim(body)}
+        return {(namespace, name): slim(body)}
 
     @kopf.on.event(api, plural, id=f"{kind.lower()}_event", labels=managed, registry=registry)
     async def on_child(

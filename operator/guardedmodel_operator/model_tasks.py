@@ -8,21 +8,63 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import kopf
 
+from .config import OperatorConfig
 from .events import Event
+from .keys import Key
+from .kube import KubeClient
+from .prometheus import PrometheusSource, settings_from
+from .scheduler import ModelScheduler
+
+if TYPE_CHECKING:
+    from .scaling.controller import ScaleController
 
 Result = TypeVar("Result")
-Key = tuple[str, str]  # (namespace, name)
+
+
+class Memo(Protocol):
+    """What the controllers use of the state the handlers share (kopf's `memo`, the core's
+    `handlers.OperatorState`)."""
+
+    config: OperatorConfig
+    client: KubeClient | None
+    locks: dict[Key, asyncio.Lock]
+    # The one Prometheus client, shared by rollout analysis and the scaler.
+    prometheus: PrometheusSource | None
+    rollouts: ModelScheduler | None
+    rollout_bodies: dict[Key, dict[str, Any]]
+    scalers: ModelScheduler | None
+    scale_controller: ScaleController | None
+    scale_bodies: dict[Key, dict[str, Any]]
+
+    def freshest(self, kind: str, namespace: str, name: str, watched: Mapping[str, Any] | None) -> Any: ...
+
+    def remember(self, obj: Mapping[str, Any]) -> None: ...
+
+
+def shared_prometheus(memo: Memo) -> PrometheusSource | None:
+    """The operator's one Prometheus client, made on first use; None without a prometheusUrl."""
+    if memo.prometheus is None:
+        settings = settings_from(memo.config)
+        if settings is not None:
+            memo.prometheus = PrometheusSource(settings)
+    return memo.prometheus
+
+
+async def close_prometheus(memo: Memo) -> None:
+    """Called by each controller's cleanup after its tasks stopped; closing twice is harmless."""
+    if memo.prometheus is not None:
+        await memo.prometheus.close()
 
 
 def post_event(body: Mapping[str, Any], event: Event) -> None:
     kopf.event(dict(body), type=event.type, reason=event.reason, message=event.message)  # type: ignore[arg-type]
 
 
-def status_patcher(memo: Any) -> Callable[[str, str, Mapping[str, Any]], Awaitable[dict[str, Any]]]:
+def status_patcher(memo: Memo) -> Callable[[str, str, Mapping[str, Any]], Awaitable[dict[str, Any]]]:
     async def patch_status(namespace: str, name: str, patch: Mapping[str, Any]) -> dict[str, Any]:
         assert memo.client is not None, "the core's startup handler creates the client"
         written: dict[str, Any] = await memo.client.patch_status(namespace, name, patch)
@@ -32,13 +74,14 @@ def status_patcher(memo: Any) -> Callable[[str, str, Mapping[str, Any]], Awaitab
 
 
 def slim(body: Mapping[str, Any]) -> dict[str, Any]:
-    """The object without managedFields (large, and read by nobody here)."""
+    """The object without managedFields: often the largest part of an object and read by nobody
+    here, so dropping it keeps the indices small with 1000s of models."""
     meta = {k: v for k, v in body["metadata"].items() if k != "managedFields"}
     return {**dict(body), "metadata": meta}
 
 
 async def locked_step(
-    memo: Any,
+    memo: Memo,
     key: Key,
     cached: Mapping[str, Any] | None,
     step: Callable[[Mapping[str, Any]], Awaitable[tuple[Result, dict[str, Any] | None]]],

@@ -16,6 +16,7 @@ from typing import Any
 
 from .apply import Write, plan_write
 from .builders import build_children, build_context, child_names
+from .clock import format_time, utcnow
 from .config import OperatorConfig
 from .events import Event, status_events, write_events
 from .kube import KubeClient
@@ -38,10 +39,6 @@ WRITE_STAGES = (
     frozenset({"RoleBinding"}),
     frozenset({"Deployment"}),
 )
-
-
-def utcnow() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def desired_status(
@@ -80,7 +77,7 @@ async def reconcile(
     client: KubeClient,
     config: OperatorConfig,
     emit: EventSink,
-    now: Callable[[], str] = utcnow,
+    now: Callable[[], dt.datetime] = utcnow,
     written: Callable[[dict[str, Any]], None] = lambda obj: None,
 ) -> Outcome:
     """Make the children and the status match the spec; `written` hears about
@@ -93,7 +90,7 @@ async def reconcile(
         spec = parse_spec(body.get("spec") or {})
     except SpecError as error:
         await _write_invalid_spec(
-            client, namespace, name, status, generation, str(error), emit, now(), outcome
+            client, namespace, name, status, generation, str(error), emit, format_time(now()), outcome
         )
         return outcome
 
@@ -137,7 +134,7 @@ async def reconcile(
         generation=generation,
         spec_hash=ctx.spec_hash,
         spec_version=spec.model_version,
-        now=now(),
+        now=format_time(now()),
     )
     patch = merge_patch(status, new_status)
     if patch is not None:

@@ -1,14 +1,9 @@
 """The rollout controller: observe → decide → write, once per model per interval.
 
-Each GuardedModel gets one asyncio task (`RolloutScheduler`) that runs a rollout
+Each GuardedModel gets one task (`scheduler.ModelScheduler`) that runs a rollout
 step, then sleeps until the next check is due — or until a watch event for the
 model wakes it (a version edit starts a canary at once, not an interval later).
 A model with nothing to measure sleeps until the next event: idle costs nothing.
-
-Why not a kopf timer: kopf timers put a finalizer on every object and have one
-fixed interval per handler, while spec.rollout.interval differs per model. The
-operator otherwise needs no finalizer (owner references clean up), so a model
-can be deleted even when the operator is not running.
 
 Ownership of the status: this controller writes only the routing fields,
 lastGoodVersion, history, metrics and `rollout`; the core writes phase,
@@ -18,17 +13,17 @@ conditions and observedGeneration, and folds `rollout.phase` into them
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from ..clock import utcnow
 from ..events import Event
+from ..prometheus import PrometheusSource
 from . import metrics
-from .metrics_source import PrometheusSource
+from .metrics_source import fetch_samples
 from .outcome import apply_verdict, status_changes
 from .types import MetricSamples, RolloutSpec, RolloutState
 from .verdict import (
@@ -47,8 +42,6 @@ from .verdict import (
 )
 
 log = logging.getLogger(__name__)
-
-Key = tuple[str, str]  # (namespace, name)
 
 # Holds that only a watch event can end: the loop sleeps until one arrives.
 _EVENT_DRIVEN = (WAITING_FOR_FIRST_VERSION, WAITING_FOR_DEPLOYMENT, HALTED, IDLE)
@@ -93,10 +86,11 @@ class StepResult:
     next_in_s: float | None
 
 
-def plan_step(body: Mapping[str, Any], samples: MetricSamples | None, now: dt.datetime) -> StepResult:
+def plan_step(
+    spec: RolloutSpec, status: Mapping[str, Any] | None, samples: MetricSamples | None, now: dt.datetime
+) -> StepResult:
     """One rollout step of one model, given the samples it asked for. Pure."""
-    spec = RolloutSpec.from_body(body)
-    status = body.get("status") or {}
+    status = status or {}
     state = RolloutState.from_status(status, spec.generation)
     verdict = decide(spec, state, samples, now)
     owned = apply_verdict(status, verdict, spec, now)
@@ -110,13 +104,8 @@ def plan_step(body: Mapping[str, Any], samples: MetricSamples | None, now: dt.da
     return StepResult(verdict, patch, verdict_events(verdict, state), next_in)
 
 
-def needed_version(body: Mapping[str, Any], now: dt.datetime) -> str | None:
-    spec = RolloutSpec.from_body(body)
-    return measure_version(spec, RolloutState.from_status(body.get("status"), spec.generation), now)
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
+def needed_version(spec: RolloutSpec, status: Mapping[str, Any] | None, now: dt.datetime) -> str | None:
+    return measure_version(spec, RolloutState.from_status(status, spec.generation), now)
 
 
 PatchStatus = Callable[[str, str, Mapping[str, Any]], Awaitable[dict[str, Any]]]
@@ -132,8 +121,7 @@ class RolloutController:
     emit: EmitEvent
     now: Callable[[], dt.datetime] = utcnow
 
-    async def samples_for(self, body: Mapping[str, Any], version: str) -> MetricSamples:
-        spec = RolloutSpec.from_body(body)
+    async def samples_for(self, body: Mapping[str, Any], spec: RolloutSpec, version: str) -> MetricSamples:
         if self.source is None:
             return MetricSamples(
                 version,
@@ -142,15 +130,17 @@ class RolloutController:
                 "(set GUARDEDMODEL_PROMETHEUS_URL, or use spec.rollout.strategy: instant)",
             )
         meta = body["metadata"]
-        found = await self.source.samples(meta["namespace"], meta["name"], (version,), spec.interval_s)
+        found = await fetch_samples(self.source, meta["namespace"], meta["name"], (version,), spec.interval_s)
         return found[version]
 
     async def step(self, body: Mapping[str, Any]) -> tuple[StepResult, dict[str, Any] | None]:
         """One step; returns the result and the object the API server returned, if written."""
         now = self.now()
-        version = needed_version(body, now)
-        samples = await self.samples_for(body, version) if version is not None else None
-        result = plan_step(body, samples, now)
+        spec = RolloutSpec.from_body(body)  # parsed once per step
+        status = body.get("status")
+        version = needed_version(spec, status, now)
+        samples = await self.samples_for(body, spec, version) if version is not None else None
+        result = plan_step(spec, status, samples, now)
         written = None
         meta = body["metadata"]
         if result.patch is not None:
@@ -161,53 +151,3 @@ class RolloutController:
         if result.verdict.kind is not Kind.HOLD or result.verdict.reason in (CHECK_FAILED, NO_DATA):
             log.info("%s/%s: %s", meta["namespace"], meta["name"], result.verdict.message)
         return result, written
-
-
-@dataclass
-class RolloutScheduler:
-    """One task per GuardedModel; `touch` on each watch event, `forget` on deletion."""
-
-    run: Callable[[Key], Awaitable[float | None]]  # one step; seconds until the next or None
-    retry_after_s: float = 10.0
-    tasks: dict[Key, asyncio.Task[None]] = field(default_factory=dict)
-    wakers: dict[Key, asyncio.Event] = field(default_factory=dict)
-
-    def touch(self, key: Key) -> None:
-        waker = self.wakers.setdefault(key, asyncio.Event())
-        waker.set()
-        task = self.tasks.get(key)
-        if task is None or task.done():
-            self.tasks[key] = asyncio.create_task(self._loop(key), name=f"rollout {key[0]}/{key[1]}")
-
-    def forget(self, key: Key) -> None:
-        task = self.tasks.pop(key, None)
-        self.wakers.pop(key, None)
-        if task is not None:
-            task.cancel()
-
-    async def close(self) -> None:
-        tasks = list(self.tasks.values())
-        self.tasks.clear()
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    async def _loop(self, key: Key) -> None:
-        waker = self.wakers[key]
-        while True:
-            waker.clear()
-            try:
-                delay = await self.run(key)
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:  # one model's failure must not end its loop
-                log.warning(
-                    "rollout step of %s/%s failed (%s); retrying in %ss", *key, error, self.retry_after_s
-                )
-                delay = self.retry_after_s
-            if delay is not None and delay <= 0:
-                continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(waker.wait(), timeout=delay)

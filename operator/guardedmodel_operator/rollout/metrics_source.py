@@ -1,11 +1,7 @@
-"""Metric samples per model version from the Prometheus HTTP API.
+"""Metric samples per model version for canary analysis, read through the operator's Prometheus client.
 
 The sidecars export per-version series (see the sidecar's metrics module for the
-names); Prometheus adds the scrape's target labels. A GuardedModel's series are
-found by two of those labels: its namespace and its name. With the usual
-Kubernetes pod scrape config (`labelmap: __meta_kubernetes_pod_label_(.+)`) the
-pods' `guardedmodel.io/name` label becomes `guardedmodel_io_name`, and the
-namespace is relabelled to `namespace`; both label names are configurable.
+names); `prometheus.selector` picks one GuardedModel's.
 
 One check = eight instant queries over the check window, each grouped by version,
 so both versions of a canary come back together. Figures with no series, or too
@@ -19,11 +15,9 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
 from typing import Any
 
-import aiohttp
-
+from ..prometheus import MetricsUnavailable, PrometheusSettings, PrometheusSource, selector
 from .types import MetricSamples
 
 # The sidecar's metric names (the operator must not import the sidecar package).
@@ -34,30 +28,6 @@ CONFIDENCE = "guardedmodel_confidence"
 DRIFT = "guardedmodel_drift_score"
 UPSTREAM_ERRORS = "guardedmodel_upstream_errors_total"
 STAGE_SECONDS = "guardedmodel_stage_seconds"
-
-
-class MetricsUnavailable(Exception):
-    """Prometheus could not answer; the message says what to check."""
-
-
-@dataclass(frozen=True)
-class PrometheusSettings:
-    url: str
-    namespace_label: str = "namespace"
-    name_label: str = "guardedmodel_io_name"
-    timeout_s: float = 10.0
-    # increase() needs at least two scrapes inside the window: a window shorter
-    # than twice the scrape interval would see no data at all.
-    min_window_s: float = 60.0
-
-
-def _quote(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"')
-
-
-def selector(settings: PrometheusSettings, namespace: str, name: str) -> str:
-    """The label matchers that pick one GuardedModel's series."""
-    return f'{settings.namespace_label}="{_quote(namespace)}",{settings.name_label}="{_quote(name)}"'
 
 
 def queries(settings: PrometheusSettings, namespace: str, name: str, window_s: float) -> dict[str, str]:
@@ -156,65 +126,16 @@ def _ratio(part: float | None, whole: float | None) -> float | None:
     return part / whole
 
 
-class PrometheusSource:
-    """Reads MetricSamples from one Prometheus; one HTTP session for all models."""
-
-    def __init__(self, settings: PrometheusSettings, session: aiohttp.ClientSession | None = None) -> None:
-        self.settings = settings
-        self._session = session
-        self._owns_session = session is None
-
-    async def _get_session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=self.settings.timeout_s)
-            )
-        return self._session
-
-    async def close(self) -> None:
-        if self._session is not None and self._owns_session:
-            await self._session.close()
-            self._session = None
-
-    def window_s(self, interval_s: float) -> float:
-        return max(interval_s, self.settings.min_window_s)
-
-    async def query(self, promql: str) -> list[dict[str, Any]]:
-        session = await self._get_session()
-        url = self.settings.url.rstrip("/") + "/api/v1/query"
-        try:
-            async with session.get(url, params={"query": promql}) as response:
-                text = await response.text()
-                try:
-                    body = await response.json(content_type=None)
-                except ValueError:
-                    body = None
-        except (aiohttp.ClientError, TimeoutError) as error:
-            raise MetricsUnavailable(
-                f"Prometheus at {self.settings.url} did not answer ({type(error).__name__}: {error}); "
-                "check the operator's prometheusUrl"
-            ) from error
-        if not isinstance(body, dict) or body.get("status") != "success":
-            detail = body.get("error") if isinstance(body, dict) else text[:200]
-            raise MetricsUnavailable(
-                f"Prometheus at {self.settings.url} refused {promql!r} (HTTP {response.status}): {detail}"
-            )
-        return list(body["data"]["result"])
-
-    async def samples(
-        self, namespace: str, name: str, versions: tuple[str, ...], interval_s: float
-    ) -> dict[str, MetricSamples]:
-        """Samples of each version over the check window; on failure every version
-        gets a MetricSamples whose `error` says why (the policy holds on it)."""
-        window = self.window_s(interval_s)
-        promql = queries(self.settings, namespace, name, window)
-        try:
-            answers = await asyncio.gather(*(self.query(q) for q in promql.values()))
-        except MetricsUnavailable as error:
-            return {v: MetricSamples(v, window, error=str(error)) for v in versions}
-        results = dict(zip(promql, answers, strict=True))
-        return {v: samples_from_results(results, v, window) for v in versions}
-
-
-def unavailable(version: str, window_s: float, why: str) -> MetricSamples:
-    return replace(MetricSamples(version, window_s), error=why)
+async def fetch_samples(
+    source: PrometheusSource, namespace: str, name: str, versions: tuple[str, ...], interval_s: float
+) -> dict[str, MetricSamples]:
+    """Samples of each version over the check window; on failure every version
+    gets a MetricSamples whose `error` says why (the policy holds on it)."""
+    window = source.window_s(interval_s)
+    promql = queries(source.settings, namespace, name, window)
+    try:
+        answers = await asyncio.gather(*(source.query(q) for q in promql.values()))
+    except MetricsUnavailable as error:
+        return {v: MetricSamples(v, window, error=str(error)) for v in versions}
+    results = dict(zip(promql, answers, strict=True))
+    return {v: samples_from_results(results, v, window) for v in versions}

@@ -12,42 +12,22 @@ from typing import Any
 
 import kopf
 
+from ..keys import Key, key_of
 from ..labels import GROUP, PLURAL, VERSION
-from ..model_tasks import locked_step, post_event, slim, status_patcher
+from ..model_tasks import (
+    Memo,
+    close_prometheus,
+    locked_step,
+    post_event,
+    shared_prometheus,
+    slim,
+    status_patcher,
+)
+from ..scheduler import ModelScheduler
 from . import metrics
-from .controller import Key, RolloutController, RolloutScheduler
-from .metrics_source import PrometheusSettings, PrometheusSource
+from .controller import RolloutController
 
 log = logging.getLogger(__name__)
-
-
-def settings_from(config: Any) -> PrometheusSettings | None:
-    url = getattr(config, "prometheus_url", "")
-    if not url:
-        return None
-    return PrometheusSettings(
-        url=url,
-        namespace_label=config.prometheus_namespace_label,
-        name_label=config.prometheus_name_label,
-        timeout_s=config.request_timeout_s,
-        min_window_s=config.rollout_min_window_s,
-    )
-
-
-def prometheus_source(memo: Any) -> PrometheusSource | None:
-    """The operator's one Prometheus client: canary analysis and the scaler share its session."""
-    if memo.prometheus is None:
-        settings = settings_from(memo.config)
-        if settings is not None:
-            memo.prometheus = PrometheusSource(settings)
-    source: PrometheusSource | None = memo.prometheus
-    return source
-
-
-async def close_prometheus(memo: Any) -> None:
-    """Called by each controller's cleanup after its tasks stopped; closing twice is harmless."""
-    if memo.prometheus is not None:
-        await memo.prometheus.close()
 
 
 def register(registry: kopf.OperatorRegistry) -> None:
@@ -55,8 +35,8 @@ def register(registry: kopf.OperatorRegistry) -> None:
     `rollouts` field holds the scheduler."""
 
     @kopf.on.startup(registry=registry)
-    async def start_rollouts(memo: Any, **_: Any) -> None:
-        source = prometheus_source(memo)
+    async def start_rollouts(memo: Memo, **_: Any) -> None:
+        source = shared_prometheus(memo)
         if source is None:
             log.warning(
                 "no prometheusUrl: canaries will hold for lack of metrics (strategy instant still works)"
@@ -68,18 +48,17 @@ def register(registry: kopf.OperatorRegistry) -> None:
             result = await locked_step(memo, key, memo.rollout_bodies.get(key), controller.step)
             return None if result is None else result.next_in_s
 
-        memo.rollouts = RolloutScheduler(run)
+        memo.rollouts = ModelScheduler(run, label="rollout")
 
     @kopf.on.cleanup(registry=registry)
-    async def stop_rollouts(memo: Any, **_: Any) -> None:
+    async def stop_rollouts(memo: Memo, **_: Any) -> None:
         if memo.rollouts is not None:
             await memo.rollouts.close()
         await close_prometheus(memo)
 
     @kopf.on.event(GROUP, VERSION, PLURAL, id="rollout", registry=registry)
-    async def on_model_rollout(event: kopf.RawEvent, body: kopf.Body, memo: Any, **_: Any) -> None:
-        meta = body["metadata"]
-        key = (meta["namespace"], meta["name"])
+    async def on_model_rollout(event: kopf.RawEvent, body: kopf.Body, memo: Memo, **_: Any) -> None:
+        key = key_of(body)
         if memo.rollouts is None:
             return
         if event["type"] == "DELETED":

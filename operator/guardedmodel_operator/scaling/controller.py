@@ -23,8 +23,10 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..clock import utcnow
 from ..events import Event
-from ..rollout.metrics_source import MetricsUnavailable, PrometheusSettings, PrometheusSource, selector
+from ..keys import Key, key_of
+from ..prometheus import MetricsUnavailable, PrometheusSettings, PrometheusSource, selector
 from .policy import (
     SCALED_DOWN,
     SCALED_UP,
@@ -36,8 +38,6 @@ from .policy import (
     decide,
     status_patch,
 )
-
-Key = tuple[str, str]
 
 # The sidecar's names for Triton's counters (the operator must not import the sidecar package).
 QUEUE_SECONDS = "guardedmodel_triton_queue_seconds_total"
@@ -74,10 +74,6 @@ def scale_events(verdict: ScaleVerdict) -> list[Event]:
     return []
 
 
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
 PatchStatus = Callable[[str, str, Mapping[str, Any]], Awaitable[dict[str, Any]]]
 EmitEvent = Callable[[Mapping[str, Any], Event], None]
 
@@ -111,8 +107,7 @@ class ScaleController:
 
     async def step(self, body: Mapping[str, Any]) -> tuple[ScaleVerdict | None, dict[str, Any] | None]:
         """One decision; returns it and the object the API server returned, if written."""
-        meta = body["metadata"]
-        key = (meta["namespace"], meta["name"])
+        key = key_of(body)
         spec = ScaleSpec.from_body(body)
         if not spec.enabled:
             self.forget(key)

@@ -11,10 +11,18 @@ from typing import Any
 
 import kopf
 
+from ..keys import Key, key_of
 from ..labels import GROUP, PLURAL, VERSION
-from ..model_tasks import locked_step, post_event, slim, status_patcher
-from ..rollout.controller import Key, RolloutScheduler
-from ..rollout.wiring import close_prometheus, prometheus_source
+from ..model_tasks import (
+    Memo,
+    close_prometheus,
+    locked_step,
+    post_event,
+    shared_prometheus,
+    slim,
+    status_patcher,
+)
+from ..scheduler import ModelScheduler
 from . import metrics
 from .controller import ScaleController
 from .policy import ScaleSpec
@@ -24,10 +32,10 @@ log = logging.getLogger(__name__)
 
 def register(registry: kopf.OperatorRegistry) -> None:
     @kopf.on.startup(registry=registry)
-    async def start_scaler(memo: Any, **_: Any) -> None:
+    async def start_scaler(memo: Memo, **_: Any) -> None:
         config = memo.config
         controller = ScaleController(
-            prometheus_source(memo),
+            shared_prometheus(memo),
             status_patcher(memo),
             post_event,
             config.scale_interval_s,
@@ -43,25 +51,25 @@ def register(registry: kopf.OperatorRegistry) -> None:
                 log.info("%s/%s: %s", key[0], key[1], verdict.message)
             return config.scale_interval_s
 
-        memo.scalers = RolloutScheduler(run)
+        memo.scalers = ModelScheduler(run, label="scaling")
         memo.scale_controller = controller
 
     @kopf.on.cleanup(registry=registry)
-    async def stop_scaler(memo: Any, **_: Any) -> None:
+    async def stop_scaler(memo: Memo, **_: Any) -> None:
         if memo.scalers is not None:
             await memo.scalers.close()
         await close_prometheus(memo)
 
     @kopf.on.event(GROUP, VERSION, PLURAL, id="scaling", registry=registry)
-    async def on_model_scaling(event: kopf.RawEvent, body: kopf.Body, memo: Any, **_: Any) -> None:
-        meta = body["metadata"]
-        key = (meta["namespace"], meta["name"])
+    async def on_model_scaling(event: kopf.RawEvent, body: kopf.Body, memo: Memo, **_: Any) -> None:
+        key = key_of(body)
         if memo.scalers is None:
             return
         if event["type"] == "DELETED" or not ScaleSpec.from_body(body).enabled:
             if key in memo.scale_bodies:
                 memo.scalers.forget(key)
-                memo.scale_controller.forget(key)
+                if memo.scale_controller is not None:
+                    memo.scale_controller.forget(key)
                 memo.scale_bodies.pop(key, None)
                 metrics.forget(*key)
             return

@@ -9,7 +9,8 @@ from collections.abc import Callable, Iterator
 import pytest
 from sidecar_traffic import SidecarTraffic
 
-from guardedmodel_operator.rollout.metrics_source import PrometheusSettings, PrometheusSource
+from guardedmodel_operator.prometheus import PrometheusSettings, PrometheusSource
+from guardedmodel_operator.rollout.metrics_source import fetch_samples
 from guardedmodel_operator.rollout.types import MetricSamples
 from guardedmodel_testground.procs import free_port
 from guardedmodel_testground.prometheus import Prometheus, ScrapeJob
@@ -38,7 +39,7 @@ def read(url: str, versions: tuple[str, ...], **kw: object) -> dict[str, MetricS
     async def go() -> dict[str, MetricSamples]:
         source = PrometheusSource(PrometheusSettings(url, min_window_s=0, **kw))  # type: ignore[arg-type]
         try:
-            return await source.samples(NAMESPACE, NAME, versions, WINDOW_S)
+            return await fetch_samples(source, NAMESPACE, NAME, versions, WINDOW_S)
         finally:
             await source.close()
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from guardedmodel_operator.rollout.metrics_source import PrometheusSettings
+from guardedmodel_operator.prometheus import PrometheusSettings
 from guardedmodel_operator.scaling.controller import queries, sample_from_results, scale_events
 from guardedmodel_operator.scaling.policy import (
     NO_DATA,

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from guardedmodel_operator.config import ConfigError, OperatorConfig
-from guardedmodel_operator.rollout.metrics_source import PrometheusSettings
-from guardedmodel_operator.rollout.wiring import settings_from
+from guardedmodel_operator.prometheus import PrometheusSettings, settings_from
 
 
 def test_prometheus_settings_from_the_environment() -> None:

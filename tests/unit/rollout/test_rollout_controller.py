@@ -6,8 +6,9 @@ import asyncio
 import datetime as dt
 from typing import Any
 
-from guardedmodel_operator.rollout.controller import RolloutScheduler, plan_step
-from guardedmodel_operator.rollout.types import MetricSamples
+from guardedmodel_operator.rollout.controller import StepResult, plan_step
+from guardedmodel_operator.rollout.types import MetricSamples, RolloutSpec
+from guardedmodel_operator.scheduler import ModelScheduler
 
 T0 = dt.datetime(2025, 1, 1, 12, 0, 0, tzinfo=dt.UTC)
 
@@ -24,8 +25,12 @@ def body(version: str, status: dict[str, Any], generation: int = 2) -> dict[str,
     }
 
 
+def step(model: dict[str, Any], samples: MetricSamples | None, now: dt.datetime) -> StepResult:
+    return plan_step(RolloutSpec.from_body(model), model.get("status"), samples, now)
+
+
 def test_a_version_edit_starts_a_canary_and_looks_again_at_once() -> None:
-    result = plan_step(body("2", {"stableVersion": "1"}), None, T0)
+    result = step(body("2", {"stableVersion": "1"}), None, T0)
     assert result.patch is not None
     assert (result.patch["canaryVersion"], result.patch["canaryWeight"]) == ("2", 10)
     assert [(e.type, e.reason) for e in result.events] == [("Normal", "CanaryStarted")]
@@ -40,7 +45,7 @@ def test_rollback_writes_routing_and_posts_a_warning() -> None:
         "rollout": {"phase": "Progressing", "since": "2025-01-01T11:59:00Z"},
     }
     samples = MetricSamples("2", 30, requests=50, ood_rate=0.6, error_rate=0.0)
-    result = plan_step(body("2", status), samples, T0)
+    result = step(body("2", status), samples, T0)
     assert result.patch is not None and result.patch["canaryVersion"] is None
     assert result.patch["rollout"]["phase"] == "RolledBack"
     assert result.events[0].type == "Warning" and result.events[0].reason == "RolledBack"
@@ -49,10 +54,10 @@ def test_rollback_writes_routing_and_posts_a_warning() -> None:
 
 def test_held_event_only_when_the_reason_changes() -> None:
     status = {"stableVersion": "1", "rollout": {"phase": "Ready"}}
-    first = plan_step(body("1", status), MetricSamples("1", 30, requests=2), T0)
+    first = step(body("1", status), MetricSamples("1", 30, requests=2), T0)
     assert [e.reason for e in first.events] == ["Held"] and "2 of 10 requests" in first.events[0].message
     assert first.patch is not None
-    again = plan_step(body("1", {**status, **first.patch}), MetricSamples("1", 30, requests=3), T0)
+    again = step(body("1", {**status, **first.patch}), MetricSamples("1", 30, requests=3), T0)
     assert again.events == [] and again.patch is None
     assert again.next_in_s == 30  # no data: look again after one interval
 
@@ -60,7 +65,7 @@ def test_held_event_only_when_the_reason_changes() -> None:
 def test_waiting_for_the_deployment_sleeps_until_an_event() -> None:
     waiting = body("2", {"stableVersion": "1"})
     waiting["status"]["conditions"][0]["reason"] = "ServingPreviousRevision"
-    result = plan_step(waiting, None, T0)
+    result = step(waiting, None, T0)
     assert result.next_in_s is None and result.verdict.reason == "WaitingForDeployment"
 
 
@@ -74,7 +79,7 @@ async def test_scheduler_runs_each_model_and_wakes_on_touch() -> None:
             woken.set()
         return None  # sleep until touched
 
-    scheduler = RolloutScheduler(run)
+    scheduler = ModelScheduler(run)
     scheduler.touch(("ml", "a"))
     await asyncio.sleep(0.05)
     assert runs == [("ml", "a")]
@@ -98,7 +103,7 @@ async def test_scheduler_survives_a_failing_step() -> None:
         done.set()
         return None
 
-    scheduler = RolloutScheduler(run, retry_after_s=0.01)
+    scheduler = ModelScheduler(run, retry_after_s=0.01)
     scheduler.touch(("ml", "b"))
     await asyncio.wait_for(done.wait(), timeout=2)
     assert calls == 2

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from guardedmodel_operator.rollout.metrics_source import PrometheusSettings, queries, samples_from_results
+from guardedmodel_operator.prometheus import PrometheusSettings
+from guardedmodel_operator.rollout.metrics_source import queries, samples_from_results
 
 
 def vec(*items: tuple[dict[str, str], float]) -> list[dict[str, Any]]:

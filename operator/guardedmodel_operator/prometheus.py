@@ -1,0 +1,100 @@
+"""The operator's Prometheus client and its settings, shared by canary analysis and the scaler.
+
+Both read series the sidecars export, picked per GuardedModel by two target labels
+Prometheus adds at scrape time: its namespace and its name. With the usual Kubernetes
+pod scrape config (`labelmap: __meta_kubernetes_pod_label_(.+)`) the pods'
+`guardedmodel.io/name` label becomes `guardedmodel_io_name`, and the namespace is
+relabelled to `namespace`; both label names are configurable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from .config import OperatorConfig
+
+
+class MetricsUnavailable(Exception):
+    """Prometheus could not answer; the message says what to check."""
+
+
+@dataclass(frozen=True)
+class PrometheusSettings:
+    url: str
+    namespace_label: str = "namespace"
+    name_label: str = "guardedmodel_io_name"
+    timeout_s: float = 10.0
+    # increase() needs at least two scrapes inside the window: a window shorter
+    # than twice the scrape interval would see no data at all.
+    min_window_s: float = 60.0
+
+
+def settings_from(config: OperatorConfig) -> PrometheusSettings | None:
+    """The operator's settings, or None without a prometheusUrl (then nothing reads metrics)."""
+    if not config.prometheus_url:
+        return None
+    return PrometheusSettings(
+        url=config.prometheus_url,
+        namespace_label=config.prometheus_namespace_label,
+        name_label=config.prometheus_name_label,
+        timeout_s=config.request_timeout_s,
+        min_window_s=config.rollout_min_window_s,
+    )
+
+
+def _quote(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def selector(settings: PrometheusSettings, namespace: str, name: str) -> str:
+    """The label matchers that pick one GuardedModel's series."""
+    return f'{settings.namespace_label}="{_quote(namespace)}",{settings.name_label}="{_quote(name)}"'
+
+
+class PrometheusSource:
+    """Instant queries against one Prometheus; one HTTP session for all models."""
+
+    def __init__(self, settings: PrometheusSettings, session: aiohttp.ClientSession | None = None) -> None:
+        self.settings = settings
+        self._session = session
+        self._owns_session = session is None
+
+    async def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.settings.timeout_s)
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None and self._owns_session:
+            await self._session.close()
+            self._session = None
+
+    def window_s(self, interval_s: float) -> float:
+        return max(interval_s, self.settings.min_window_s)
+
+    async def query(self, promql: str) -> list[dict[str, Any]]:
+        session = await self._get_session()
+        url = self.settings.url.rstrip("/") + "/api/v1/query"
+        try:
+            async with session.get(url, params={"query": promql}) as response:
+                text = await response.text()
+                try:
+                    body = await response.json(content_type=None)
+                except ValueError:
+                    body = None
+        except (aiohttp.ClientError, TimeoutError) as error:
+            raise MetricsUnavailable(
+                f"Prometheus at {self.settings.url} did not answer ({type(error).__name__}: {error}); "
+                "check the operator's prometheusUrl"
+            ) from error
+        if not isinstance(body, dict) or body.get("status") != "success":
+            detail = body.get("error") if isinstance(body, dict) else text[:200]
+            raise MetricsUnavailable(
+                f"Prometheus at {self.settings.url} refused {promql!r} (HTTP {response.status}): {detail}"
+            )
+        return list(body["data"]["result"])
