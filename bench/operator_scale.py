@@ -37,7 +37,8 @@ from typing import Any
 
 import yaml
 
-from guardedmodel_testground.cluster import FakeNode, LocalCluster
+from guardedmodel_testground.cluster import LocalCluster
+from guardedmodel_testground.kwok_nodes import FakeNode
 from guardedmodel_testground.procs import ManagedProcess, free_port, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]

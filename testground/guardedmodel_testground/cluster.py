@@ -16,59 +16,18 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import ssl
 import subprocess
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from .cluster_access import write_credentials, write_kubeconfig
 from .k8s_binaries import K8sBinaries, ensure_k8s_binaries
+from .kwok_nodes import DEFAULT_NODES, KWOK_ANNOTATION, FakeNode, node_manifest
 from .procs import ManagedProcess, StartError, free_port, http_ok, terminate_groups, wait_until
-
-GPU_RESOURCE = "nvidia.com/gpu"
-KWOK_ANNOTATION = "kwok.x-k8s.io/node"
-
-
-@dataclass(frozen=True)
-class FakeNode:
-    name: str
-    gpus: int = 4
-    cpu: str = "32"
-    memory: str = "256Gi"
-    labels: dict[str, str] = field(default_factory=dict)
-
-
-DEFAULT_NODES = (
-    FakeNode("gpu-node-a", labels={"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}),
-    FakeNode("gpu-node-b", labels={"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}),
-)
-
-
-def node_manifest(node: FakeNode) -> dict:
-    """The Node object kwok manages: a GPU node as the NVIDIA device plugin would report it."""
-    capacity = {"cpu": node.cpu, "memory": node.memory, "pods": "110", GPU_RESOURCE: str(node.gpus)}
-    return {
-        "apiVersion": "v1",
-        "kind": "Node",
-        "metadata": {
-            "name": node.name,
-            "annotations": {KWOK_ANNOTATION: "fake", "node.alpha.kubernetes.io/ttl": "0"},
-            "labels": {
-                "kubernetes.io/hostname": node.name,
-                "kubernetes.io/os": "linux",
-                "kubernetes.io/arch": "amd64",
-                "type": "kwok",
-                "nvidia.com/gpu.present": "true",
-                **node.labels,
-            },
-        },
-        "spec": {},
-        "status": {"capacity": capacity, "allocatable": capacity},
-    }
 
 
 class LocalCluster:
@@ -160,7 +119,7 @@ class LocalCluster:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.logs_dir.mkdir(exist_ok=True)
         try:
-            token = self._write_credentials()
+            token = write_credentials(self.state_dir / "pki")
             etcd_url = self._start_etcd(timeout)
             self._start_apiserver(etcd_url, token, timeout)
             self._start_controllers()
@@ -196,26 +155,6 @@ class LocalCluster:
         process = ManagedProcess(name, argv, self.logs_dir / f"{name}.log").start()
         self.processes.append(process)
         return process
-
-    def _write_credentials(self) -> str:
-        pki = self.state_dir / "pki"
-        pki.mkdir(exist_ok=True)
-        key = pki / "sa.key"
-        if not key.exists():
-            subprocess.run(["openssl", "genrsa", "-out", str(key), "2048"], check=True, capture_output=True)
-            subprocess.run(
-                ["openssl", "rsa", "-in", str(key), "-pubout", "-out", str(pki / "sa.pub")],
-                check=True,
-                capture_output=True,
-            )
-        tokens = pki / "tokens.csv"
-        if tokens.exists():
-            token = tokens.read_text().split(",", 1)[0]
-        else:
-            token = secrets.token_hex(24)
-            tokens.write_text(f'{token},admin,admin-uid,"system:masters"\n')
-            tokens.chmod(0o600)
-        return token
 
     def _start_etcd(self, timeout: float) -> str:
         assert self.binaries is not None
@@ -276,26 +215,7 @@ class LocalCluster:
             timeout,
             process=process,
         )
-        self._write_kubeconfig(token, pki / "apiserver.crt")
-
-    def _write_kubeconfig(self, token: str, ca_file: Path) -> None:
-        config = {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [
-                {
-                    "name": "guardedmodel-local",
-                    "cluster": {"server": self.server_url, "certificate-authority": str(ca_file)},
-                }
-            ],
-            "users": [{"name": "admin", "user": {"token": token}}],
-            "contexts": [
-                {"name": "guardedmodel-local", "context": {"cluster": "guardedmodel-local", "user": "admin"}}
-            ],
-            "current-context": "guardedmodel-local",
-        }
-        self.kubeconfig.write_text(yaml.safe_dump(config))
-        self.kubeconfig.chmod(0o600)
+        write_kubeconfig(self.kubeconfig, self.server_url, token, pki / "apiserver.crt")
 
     def _start_controllers(self) -> None:
         assert self.binaries is not None

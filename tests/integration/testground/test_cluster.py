@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from guardedmodel_testground.cluster import GPU_RESOURCE, LocalCluster
+from guardedmodel_testground.cluster import LocalCluster
+from guardedmodel_testground.kwok_nodes import GPU_RESOURCE
 
 pytestmark = pytest.mark.integration
 
