@@ -36,7 +36,7 @@ from .policy import (
     ScaleVerdict,
     current_replicas,
     decide,
-    status_patch,
+    scaling_status,
 )
 
 # The sidecar's names for Triton's counters (the operator must not import the sidecar package).
@@ -119,7 +119,7 @@ class ScaleController:
             current_replicas(status, spec), spec, sample, self.history.get(key, []), now, self.down_window_s
         )
         self.history[key] = list(verdict.recommendations)
-        patch = status_patch(status, verdict, sample, now)
+        patch = scaling_status(status, verdict, sample, now)
         written = None
         if patch is not None:
             written = await self.patch_status(key[0], key[1], {"scaling": patch})

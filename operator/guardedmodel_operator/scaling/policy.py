@@ -180,7 +180,7 @@ def current_replicas(status: Mapping[str, Any], spec: ScaleSpec) -> int:
     return spec.min_replicas
 
 
-def status_patch(
+def scaling_status(
     status: Mapping[str, Any], verdict: ScaleVerdict, sample: QueueSample, now: dt.datetime
 ) -> dict[str, Any] | None:
     """The `scaling` status field for this verdict, or None when neither the replica count nor

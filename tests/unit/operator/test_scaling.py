@@ -20,7 +20,7 @@ from guardedmodel_operator.scaling.policy import (
     current_replicas,
     decide,
     recommend,
-    status_patch,
+    scaling_status,
 )
 
 SPEC = ScaleSpec(min_replicas=1, max_replicas=8, target_queue_ms=50.0)
@@ -100,7 +100,7 @@ def test_current_replicas_prefers_the_scalers_count() -> None:
 
 def test_status_is_written_only_when_the_count_or_reason_changes() -> None:
     up = decide(2, SPEC, busy(120.0), [], NOW, WINDOW)
-    patch = status_patch({}, up, busy(120.0), NOW)
+    patch = scaling_status({}, up, busy(120.0), NOW)
     assert patch == {
         "desiredReplicas": 4,
         "reason": SCALED_UP,
@@ -110,9 +110,9 @@ def test_status_is_written_only_when_the_count_or_reason_changes() -> None:
     }
     steady = decide(4, SPEC, busy(52.0), up.recommendations, NOW + dt.timedelta(seconds=30), WINDOW)
     assert (
-        status_patch({"scaling": {"desiredReplicas": 4, "reason": STEADY}}, steady, busy(52.0), NOW) is None
+        scaling_status({"scaling": {"desiredReplicas": 4, "reason": STEADY}}, steady, busy(52.0), NOW) is None
     )
-    first_steady = status_patch({"scaling": patch}, steady, busy(52.0), NOW + dt.timedelta(seconds=30))
+    first_steady = scaling_status({"scaling": patch}, steady, busy(52.0), NOW + dt.timedelta(seconds=30))
     assert first_steady is not None and first_steady["lastScaleTime"] == "2026-11-23T12:00:00Z"
 
 
