@@ -14,7 +14,7 @@ import httptools
 import orjson
 
 from guardedmodel_sidecar.errors import GuardError, UpstreamError, client_text
-from guardedmodel_sidecar.protocol.http_codec import HEADER_LENGTH
+from guardedmodel_sidecar.protocol.http_json import HEADER_LENGTH
 
 # The only response headers the sidecar reads (lower-case); others are parsed and dropped.
 _KEPT = {b"content-type": "content-type", HEADER_LENGTH.lower().encode(): HEADER_LENGTH.lower()}

@@ -28,12 +28,9 @@ from guardedmodel_sidecar.errors import (
     UpstreamError,
     client_text,
 )
-from guardedmodel_sidecar.protocol.http_codec import (
-    HEADER_LENGTH,
-    decode_upstream_response,
-    encode_upstream_request,
-)
+from guardedmodel_sidecar.protocol.http_json import HEADER_LENGTH
 from guardedmodel_sidecar.protocol.model import InferRequest, InferResponse
+from guardedmodel_sidecar.protocol.triton_http_codec import decode_upstream_response, encode_upstream_request
 from guardedmodel_sidecar.triton_connection import (
     ConnectionClosed,
     TritonConnection,

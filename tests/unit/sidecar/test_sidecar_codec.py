@@ -13,12 +13,8 @@ from guardedmodel_sidecar.errors import InvalidRequest, PayloadTooLarge, Upstrea
 from guardedmodel_sidecar.protocol.budget import DecodeBudget
 from guardedmodel_sidecar.protocol.datatypes import deserialize_bytes_elements, serialize_bytes_elements
 from guardedmodel_sidecar.protocol.grpc_codec import decode_infer_request_proto, request_from_proto
-from guardedmodel_sidecar.protocol.http_codec import (
-    decode_infer_request,
-    decode_upstream_response,
-    encode_infer_response,
-    encode_upstream_request,
-)
+from guardedmodel_sidecar.protocol.http_codec import decode_infer_request, encode_infer_response
+from guardedmodel_sidecar.protocol.triton_http_codec import decode_upstream_response, encode_upstream_request
 
 
 def binary_body(

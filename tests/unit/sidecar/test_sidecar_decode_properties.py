@@ -36,12 +36,9 @@ from guardedmodel_sidecar.protocol.datatypes import (
     serialize_bytes_elements,
 )
 from guardedmodel_sidecar.protocol.grpc_codec import decode_infer_request_proto, request_from_proto
-from guardedmodel_sidecar.protocol.http_codec import (
-    decode_infer_request,
-    decode_upstream_response,
-    encode_upstream_request,
-)
+from guardedmodel_sidecar.protocol.http_codec import decode_infer_request
 from guardedmodel_sidecar.protocol.model import InferRequest
+from guardedmodel_sidecar.protocol.triton_http_codec import decode_upstream_response, encode_upstream_request
 
 _FUZZ = os.environ.get("HYPOTHESIS_PROFILE") == "fuzz"
 _SLOW_OK = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
