@@ -37,9 +37,11 @@ from typing import Any
 
 import yaml
 
+from guardedmodel_testground import stack as local_stack
 from guardedmodel_testground.cluster import LocalCluster
 from guardedmodel_testground.kwok_nodes import FakeNode
-from guardedmodel_testground.procs import ManagedProcess, free_port, wait_until
+from guardedmodel_testground.procs import ManagedProcess
+from guardedmodel_testground.stack import OperatorPorts
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -95,36 +97,20 @@ def quantile(samples: dict[str, float], q: float) -> float | None:
 
 
 def start_operator(
-    cluster: LocalCluster, logs: Path, name: str, worker_limit: int
+    cleanup: contextlib.ExitStack, cluster: LocalCluster, logs: Path, name: str, worker_limit: int
 ) -> tuple[ManagedProcess, str]:
-    metrics_port, health_port = free_port(), free_port()
-    health = f"http://127.0.0.1:{health_port}/healthz"
-    process = ManagedProcess(
-        name,
-        [
-            sys.executable,
-            "-m",
-            "guardedmodel_cli.main",
-            "operator",
-            f"--namespace={NAMESPACE}",
-            "--log-level=warning",
-            "--metrics-host=127.0.0.1",
-            f"--metrics-port={metrics_port}",
-            f"--health-endpoint={health}",
-            f"--worker-limit={worker_limit}",
-        ],
-        logs / f"{name}.log",
-        env=cluster.env,
-    ).start()
-
-    def healthy() -> bool:
-        try:
-            return urllib.request.urlopen(health, timeout=2).status == 200
-        except OSError:
-            return False
-
-    wait_until("the operator's health endpoint", healthy, 120, process=process)
-    return process, f"http://127.0.0.1:{metrics_port}/metrics"
+    """The operator as the test ground starts it, stopped by `cleanup`; returns it and its metrics URL."""
+    ports = OperatorPorts.free()
+    process = local_stack.start_operator(
+        cleanup,
+        cluster,
+        namespace=NAMESPACE,
+        ports=ports,
+        log_dir=logs,
+        name=name,
+        extra_args=("--log-level=warning", f"--worker-limit={worker_limit}"),
+    )
+    return process, f"http://127.0.0.1:{ports.metrics}/metrics"
 
 
 def phases(cluster: LocalCluster) -> dict[str, int]:
@@ -156,8 +142,7 @@ def run(count: int, worker_limit: int, timeout: float, batch: int) -> dict[str, 
             cluster.kubectl("apply", "--server-side", "-f", str(CRD))
             cluster.kubectl("wait", "--for=condition=Established", "crd/guardedmodels.guardedmodel.io")
             cluster.kubectl("create", "namespace", NAMESPACE)
-            operator, metrics_url = start_operator(cluster, state, "operator", worker_limit)
-            cleanup.callback(operator.stop)
+            operator, metrics_url = start_operator(cleanup, cluster, state, "operator", worker_limit)
             timeline: list[dict[str, Any]] = []
             started = time.monotonic()
 
@@ -209,8 +194,7 @@ def run(count: int, worker_limit: int, timeout: float, batch: int) -> dict[str, 
 
             # Restart: a fresh operator lists everything and re-checks every model.
             restart_started = time.monotonic()
-            second, second_url = start_operator(cluster, state, "operator-restart", worker_limit)
-            cleanup.callback(second.stop)
+            second, second_url = start_operator(cleanup, cluster, state, "operator-restart", worker_limit)
             restart_reconciles = 0.0
             while time.monotonic() - restart_started < timeout:
                 restart_reconciles = total(

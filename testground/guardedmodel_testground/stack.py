@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,26 +116,29 @@ def start_operator(
     cluster: LocalCluster,
     *,
     namespace: str,
-    prometheus_url: str,
     ports: OperatorPorts,
     log_dir: Path,
+    prometheus_url: str | None = None,
     extra_env: Mapping[str, str] | None = None,
+    extra_args: Sequence[str] = (),
+    name: str = "operator",
 ) -> ManagedProcess:
-    """`guardedmodel operator` watching `namespace`, reading `prometheus_url`, ready once healthy."""
+    """`guardedmodel operator` watching `namespace` (reading `prometheus_url` when given), ready
+    once its health endpoint answers; `name` names its log."""
     health_url = f"http://127.0.0.1:{ports.health}/healthz"
     env = {
         **cluster.env,
         "GUARDEDMODEL_NAMESPACES": namespace,
-        "GUARDEDMODEL_PROMETHEUS_URL": prometheus_url,
         "GUARDEDMODEL_METRICS_HOST": "127.0.0.1",
         "GUARDEDMODEL_METRICS_PORT": str(ports.metrics),
         "GUARDEDMODEL_HEALTH_ENDPOINT": health_url,
+        **({"GUARDEDMODEL_PROMETHEUS_URL": prometheus_url} if prometheus_url else {}),
         **(extra_env or {}),
     }
     return start_ready_process(
         stack,
-        "operator",
-        guardedmodel_command("operator"),
+        name,
+        guardedmodel_command("operator", *extra_args),
         env,
         log_dir=log_dir,
         ready_url=health_url,
