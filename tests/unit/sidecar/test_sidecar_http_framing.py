@@ -40,19 +40,23 @@ LIMITS = Limits(
 )
 
 
-@pytest.fixture
-async def port(tmp_path: Path):
-    config = parse_config({"spec": {"model": {"name": "m"}}, "auditDir": str(tmp_path / "audit")})
+def v2_server(tmp: Path) -> V2HttpServer:
+    """A v2 server with the test LIMITS in front of an unreachable Triton."""
+    config = parse_config({"spec": {"model": {"name": "m"}}, "auditDir": str(tmp / "audit")})
     pipeline = Pipeline(
         config,
         TritonHttp("127.0.0.1:9"),
         Router(config.routing),
         SidecarMetrics("m"),
         AuditLog(config.audit_dir),
-        ReviewSink(None, tmp_path / "spool", max_fraction=0.1),
+        ReviewSink(None, tmp / "spool", max_fraction=0.1),
     )
-    v2 = V2HttpServer(pipeline, pipeline.upstream, limits=LIMITS, is_ready=lambda: True)
-    srv = await v2.start("127.0.0.1", 0)
+    return V2HttpServer(pipeline, pipeline.upstream, limits=LIMITS, is_ready=lambda: True)
+
+
+@pytest.fixture
+async def port(tmp_path: Path):
+    srv = await v2_server(tmp_path).start("127.0.0.1", 0)
     yield srv.sockets[0].getsockname()[1]
     srv.close()
     await srv.wait_closed()
@@ -391,17 +395,7 @@ def test_any_bytes_in_any_split_never_raise_and_never_get_a_500(
     tmp = tmp_path_factory.mktemp("fuzz")
 
     async def feed() -> bytes:
-        config = parse_config({"spec": {"model": {"name": "m"}}, "auditDir": str(tmp / "audit")})
-        pipeline = Pipeline(
-            config,
-            TritonHttp("127.0.0.1:9"),
-            Router(config.routing),
-            SidecarMetrics("m"),
-            AuditLog(config.audit_dir),
-            ReviewSink(None, tmp / "spool", max_fraction=0.1),
-        )
-        v2 = V2HttpServer(pipeline, pipeline.upstream, limits=LIMITS, is_ready=lambda: True)
-        connection = v2.protocol()
+        connection = v2_server(tmp).protocol()
         transport = _Transport()
         connection.connection_made(transport)  # type: ignore[arg-type]
         start = 0
