@@ -10,6 +10,7 @@ import pytest
 from guardedmodel_sidecar.errors import DeadlineExceeded
 from guardedmodel_sidecar.microbatch import MicroBatcher, split_response, stack_requests
 from guardedmodel_sidecar.protocol.model import InferRequest, InferResponse, OutputTensor, Tensor
+from guardedmodel_sidecar.upstream_call import UpstreamResult
 
 
 def request(x: np.ndarray, rid: str, **params) -> InferRequest:
@@ -135,7 +136,10 @@ async def test_rows_of_callers_that_left_while_queued_are_not_sent() -> None:
     assert model.calls == [["0.0"], ["1.0", "3.0"]]
 
 
-async def test_a_batch_whose_callers_all_left_is_not_sent() -> None:
+async def three_queued_behind_a_busy_lane() -> tuple[
+    CountingModel, MicroBatcher, asyncio.Future[UpstreamResult], list[asyncio.Future[UpstreamResult]]
+]:
+    """One lane, held by a first call the model has not answered; three callers queued behind it."""
     model = CountingModel()
     batcher = MicroBatcher(model, max_batch=16, max_inflight=1)
     first = asyncio.ensure_future(batcher.infer("m", "1", request(np.zeros((1, 2), np.float32), "0"), None))
@@ -145,6 +149,11 @@ async def test_a_batch_whose_callers_all_left_is_not_sent() -> None:
         for i in range(3)
     ]
     await asyncio.sleep(0)
+    return model, batcher, first, queued
+
+
+async def test_a_batch_whose_callers_all_left_is_not_sent() -> None:
+    model, batcher, first, queued = await three_queued_behind_a_busy_lane()
     for caller in queued:
         caller.cancel()
     model.gate.set()
@@ -154,15 +163,7 @@ async def test_a_batch_whose_callers_all_left_is_not_sent() -> None:
 
 
 async def test_a_batch_in_flight_is_cancelled_when_all_its_callers_are() -> None:
-    model = CountingModel()
-    batcher = MicroBatcher(model, max_batch=16, max_inflight=1)
-    first = asyncio.ensure_future(batcher.infer("m", "1", request(np.zeros((1, 2), np.float32), "0"), None))
-    await until(lambda: len(model.calls) == 1)
-    queued = [
-        asyncio.ensure_future(batcher.infer("m", "1", request(np.ones((1, 2), np.float32), str(i)), None))
-        for i in range(3)
-    ]
-    await asyncio.sleep(0)
+    model, batcher, first, queued = await three_queued_behind_a_busy_lane()
     first.cancel()  # the lane frees up; the three queued go out as one stacked call
     await until(lambda: len(model.calls) == 2)
     assert model.calls[1] == ["1.0", "1.0", "1.0"]
