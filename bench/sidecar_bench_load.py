@@ -9,9 +9,24 @@ import asyncio
 import json
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
+
+
+async def _closed_loop(send: Callable[[], Awaitable[object]], deadline: float, lat: list[float]) -> int:
+    """Send back to back until ``deadline``, one latency per answer; returns the number of answers."""
+    count = 0
+    perf = time.perf_counter
+    while True:
+        t0 = perf()
+        if t0 >= deadline:
+            break
+        await send()
+        lat.append(perf() - t0)
+        count += 1
+    return count
 
 
 async def _http_worker(
@@ -21,17 +36,13 @@ async def _http_worker(
 
     client = TritonHttp(url, max_connections=2)
     extra = f"Inference-Header-Content-Length: {header_len}\r\n"
-    count = 0
-    perf = time.perf_counter
-    while True:
-        t0 = perf()
-        if t0 >= deadline:
-            break
+
+    async def send() -> None:
         response = await client.request("POST", path, body, extra)
         if response.status != 200:
             raise RuntimeError(f"HTTP {response.status}: {bytes(response.body[:300])!r}")
-        lat.append(perf() - t0)
-        count += 1
+
+    count = await _closed_loop(send, deadline, lat)
     client.close()
     return count
 
@@ -42,15 +53,7 @@ async def _grpc_worker(url: str, message: Any, deadline: float, lat: list[float]
 
     channel = grpc.aio.insecure_channel(url)
     stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
-    count = 0
-    perf = time.perf_counter
-    while True:
-        t0 = perf()
-        if t0 >= deadline:
-            break
-        await stub.ModelInfer(message)
-        lat.append(perf() - t0)
-        count += 1
+    count = await _closed_loop(lambda: stub.ModelInfer(message), deadline, lat)
     await channel.close()
     return count
 
