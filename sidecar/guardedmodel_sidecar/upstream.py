@@ -270,15 +270,15 @@ class TritonHttp:
             return response.status, None
 
     async def is_live(self) -> bool:
-        try:
-            response = await self.request("GET", "/v2/health/live", timeout_s=2.0)
-        except Unavailable:
-            return False
-        return response.status == 200
+        return await self._health("/v2/health/live")
 
     async def is_ready(self) -> bool:
+        return await self._health("/v2/health/ready")
+
+    async def _health(self, path: str) -> bool:
+        """True when Triton answers the health ``path`` with 200; False when it does not or cannot."""
         try:
-            response = await self.request("GET", "/v2/health/ready", timeout_s=2.0)
+            response = await self.request("GET", path, timeout_s=2.0)
         except Unavailable:
             return False
         return response.status == 200
