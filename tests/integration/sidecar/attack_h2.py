@@ -13,12 +13,12 @@ Test code only: it never serves anyone, and the product never imports it.
 
 from __future__ import annotations
 
-import contextlib
-import socket
 import struct
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+
+from attack_wire import RawSocket
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -230,12 +230,11 @@ class StreamResult:
         )
 
 
-class RawH2:
+class RawH2(RawSocket):
     """One HTTP/2 connection over a blocking socket; the test decides every byte that is sent."""
 
     def __init__(self, host: str, port: int, *, timeout: float = 5.0, settings: bytes = b"") -> None:
-        self.sock = socket.create_connection((host, port), timeout=timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        super().__init__((host, port), timeout=timeout)
         self.timeout = timeout
         self._buf = b""
         self._decoder = _decoder()
@@ -250,16 +249,6 @@ class RawH2:
         self._header_block: tuple[int, int, bytearray] | None = None  # (stream, flags, fragments)
         self.sock.sendall(PREFACE + frame(SETTINGS, 0, 0, settings))
 
-    def __enter__(self) -> RawH2:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.sock.close()
-
     def new_stream(self) -> int:
         stream_id = self._next_stream
         self._next_stream += 2
@@ -267,13 +256,8 @@ class RawH2:
         self.stream_windows[stream_id] = self.peer_initial_window
         return stream_id
 
-    def send(self, data: bytes) -> bool:
-        try:
-            self.sock.sendall(data)
-            return True
-        except OSError:
-            self.closed = True
-            return False
+    def peer_closed(self) -> None:
+        self.closed = True
 
     def send_headers(
         self, stream_id: int, fields: Iterable[tuple[bytes | str, bytes | str]], *, end_stream: bool = False

@@ -18,6 +18,7 @@ import urllib.request
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Self
 
 import grpc
 import httptools
@@ -86,17 +87,15 @@ class _ResponseParser:
         self._headers, self._body = {}, bytearray()
 
 
-class RawHttp:
-    """One TCP connection to an HTTP port; sends exact bytes and reads replies as they come."""
+class RawSocket:
+    """One blocking TCP connection (Nagle off) that sends exactly the bytes it is given; subclasses
+    read the server's answers in their protocol."""
 
-    def __init__(self, url: str, *, timeout: float = 5.0) -> None:
-        self.sock = socket.create_connection(split_addr(url), timeout=timeout)
+    def __init__(self, addr: tuple[str, int], *, timeout: float) -> None:
+        self.sock = socket.create_connection(addr, timeout=timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._parser = _ResponseParser()
-        self.exchange = Exchange()
-        self._t0 = time.monotonic()
 
-    def __enter__(self) -> RawHttp:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -112,8 +111,25 @@ class RawHttp:
             self.sock.sendall(data)
             return True
         except OSError:
-            self.exchange.closed = True
+            self.peer_closed()
             return False
+
+    def peer_closed(self) -> None:
+        """Record that the server closed the connection."""
+        raise NotImplementedError
+
+
+class RawHttp(RawSocket):
+    """One TCP connection to an HTTP port; sends exact bytes and reads replies as they come."""
+
+    def __init__(self, url: str, *, timeout: float = 5.0) -> None:
+        super().__init__(split_addr(url), timeout=timeout)
+        self._parser = _ResponseParser()
+        self.exchange = Exchange()
+        self._t0 = time.monotonic()
+
+    def peer_closed(self) -> None:
+        self.exchange.closed = True
 
     def send_some(self, data: bytes, seconds: float) -> int:
         """Write as much of ``data`` as the server takes within ``seconds`` (it may stop reading)."""
