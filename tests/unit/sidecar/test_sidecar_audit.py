@@ -61,6 +61,14 @@ def recorded(log: AuditLog, n: int, prefix: str = "r") -> None:
         log.record({"id": f"{prefix}{i}", "decision": "accept"})
 
 
+def recorded_and_sampled(log: AuditLog, n: int, x: np.ndarray) -> None:
+    """``n`` records, each with its input ``x`` offered for sampling and flushed at once."""
+    for i in range(n):
+        log.record({"id": f"r{i}", "decision": "accept"})
+        log.maybe_sample(f"r{i}", [Tensor("X", "FP32", x.shape, x.tobytes(), x)])
+        log.flush()
+
+
 # ----------------------------------------------------------------------------------- basics
 
 
@@ -121,11 +129,7 @@ def test_files_are_0600_in_a_0700_directory_whatever_the_umask(tmp_path: Path) -
     directory = tmp_path / "state" / "audit"
     with umask(0):
         log = AuditLog(directory, rotate_bytes=500, sample_rate=1.0, retain_files=0)
-        x = np.zeros(4, np.float32)
-        for i in range(40):
-            log.record({"id": f"r{i}", "decision": "accept"})
-            log.maybe_sample(f"r{i}", [Tensor("X", "FP32", x.shape, x.tobytes(), x)])
-            log.flush()
+        recorded_and_sampled(log, 40, np.zeros(4, np.float32))
         log.close()
     assert mode(directory) == 0o700 and mode(directory.parent) == 0o700  # the parent it created too
     files = list(directory.iterdir())
@@ -296,11 +300,7 @@ async def test_stopping_while_a_write_is_in_flight_loses_and_duplicates_nothing(
 
 def test_retention_keeps_the_newest_rotated_files_and_counts_deletions(tmp_path: Path) -> None:
     log = AuditLog(tmp_path, rotate_bytes=300, retain_files=3, sample_rate=1.0)
-    x = np.zeros(16, np.float32)
-    for i in range(200):
-        log.record({"id": f"r{i}", "decision": "accept"})
-        log.maybe_sample(f"r{i}", [Tensor("X", "FP32", x.shape, x.tobytes(), x)])
-        log.flush()
+    recorded_and_sampled(log, 200, np.zeros(16, np.float32))
     log.close()
     for stream, stem in (("records", "audit"), ("samples", "samples")):
         rotated = rotated_files(tmp_path, stem)
