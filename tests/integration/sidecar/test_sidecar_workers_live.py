@@ -73,26 +73,25 @@ def test_two_workers_count_every_request_once_on_the_pod_metrics_port(
     )
     x = toy_data().sample(1, seed=3)[0].astype(np.float32)
 
-    def http_client(c: int) -> int:
-        client = httpclient.InferenceServerClient(sidecar.http_url)  # its own connection
-        inp = httpclient.InferInput("INPUT", list(x.shape), "FP32")
+    def send_all(client: Any, infer_input: Any, protocol: str, c: int) -> int:
+        """REQUESTS_PER_CLIENT requests of ``x`` through ``client`` (tritonclient's http or grpc)."""
+        inp = infer_input("INPUT", list(x.shape), "FP32")
         inp.set_data_from_numpy(x)
         for i in range(REQUESTS_PER_CLIENT):
-            client.infer(MODEL, [inp], request_id=f"{PREFIX}http-{c}-{i}")
+            client.infer(MODEL, [inp], request_id=f"{PREFIX}{protocol}-{c}-{i}")
         client.close()
         return REQUESTS_PER_CLIENT
+
+    def http_client(c: int) -> int:
+        client = httpclient.InferenceServerClient(sidecar.http_url)  # its own connection
+        return send_all(client, httpclient.InferInput, "http", c)
 
     def grpc_client(c: int) -> int:
         # gRPC shares one TCP connection between channels to the same target unless told otherwise.
         client = grpcclient.InferenceServerClient(
             sidecar.grpc_url, channel_args=[("grpc.use_local_subchannel_pool", 1)]
         )
-        inp = grpcclient.InferInput("INPUT", list(x.shape), "FP32")
-        inp.set_data_from_numpy(x)
-        for i in range(REQUESTS_PER_CLIENT):
-            client.infer(MODEL, [inp], request_id=f"{PREFIX}grpc-{c}-{i}")
-        client.close()
-        return REQUESTS_PER_CLIENT
+        return send_all(client, grpcclient.InferInput, "grpc", c)
 
     with concurrent.futures.ThreadPoolExecutor(2 * CLIENTS_PER_PROTOCOL) as pool:
         jobs = [pool.submit(f, c) for c in range(CLIENTS_PER_PROTOCOL) for f in (http_client, grpc_client)]
