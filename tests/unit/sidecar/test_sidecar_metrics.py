@@ -26,13 +26,17 @@ def reference() -> DriftReference:
     )
 
 
-def samples(metrics: SidecarMetrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    text = generate_latest(metrics.registry).decode()
+def sample_map(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a Prometheus exposition by (name, sorted labels)."""
     out = {}
     for family in text_string_to_metric_families(text):
         for s in family.samples:
             out[(s.name, tuple(sorted(s.labels.items())))] = s.value
     return out
+
+
+def samples(metrics: SidecarMetrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return sample_map(generate_latest(metrics.registry).decode())
 
 
 def test_counts_histograms_accuracy_and_drift_are_exported() -> None:
@@ -142,7 +146,7 @@ def test_merged_workers_export_what_one_process_would_have() -> None:
 
     merged = merge([parse(generate_latest(w.registry).decode()) for w in workers])
     text = render(f for f in _as_metrics(merged)).decode()
-    got = _sample_map(text)
+    got = sample_map(text)
     want = samples(single)
     assert set(got) == set(want)
     drift = "guardedmodel_drift_score"
@@ -168,14 +172,6 @@ def _as_metrics(exposition: dict) -> list:
     from guardedmodel_sidecar.metrics_aggregate import to_metric
 
     return [to_metric(f) for f in exposition.values()]
-
-
-def _sample_map(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
 
 
 def test_every_gauge_has_a_documented_merge_rule() -> None:
