@@ -117,6 +117,12 @@ async def echo(request: InferRequest) -> GuardedResult:
     return GuardedResult(response, "1", None, {"guard_decision": "accept"}, {})  # type: ignore[arg-type]
 
 
+async def never_answers(request: InferRequest) -> GuardedResult:
+    """Holds the call until the caller or the server gives up on it."""
+    await asyncio.sleep(30)
+    raise AssertionError("not reached")
+
+
 @dataclass
 class Sidecar:
     pipeline: StandInPipeline
@@ -387,11 +393,7 @@ async def test_the_callers_deadline_becomes_the_requests_deadline(start_sidecar)
 
 
 async def test_a_cancelled_or_expired_call_cancels_the_work_behind_it(start_sidecar) -> None:
-    async def slow(request: InferRequest) -> GuardedResult:
-        await asyncio.sleep(30)
-        raise AssertionError("not reached")
-
-    sidecar = await start_sidecar(slow)
+    sidecar = await start_sidecar(never_answers)
     started = time.monotonic()
     error = await rpc_error(sidecar.call("ModelInfer")(infer_request().SerializeToString(), timeout=0.3))
     assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED and time.monotonic() - started < 2
@@ -479,11 +481,7 @@ async def test_a_stream_message_that_does_not_parse_ends_the_stream_after_the_an
 
 
 async def test_a_cancelled_stream_cancels_its_requests_in_flight(start_sidecar) -> None:
-    async def slow(request: InferRequest) -> GuardedResult:
-        await asyncio.sleep(30)
-        raise AssertionError("not reached")
-
-    sidecar = await start_sidecar(slow)
+    sidecar = await start_sidecar(never_answers)
     call = sidecar.stream()
     for i in range(3):
         await call.write(infer_request(rid=str(i)).SerializeToString())
