@@ -40,6 +40,13 @@ async def serve(receiver: Receiver) -> tuple[web.AppRunner, str]:
     return runner, f"http://127.0.0.1:{port}/hook"
 
 
+async def cancelled(task: asyncio.Task[None]) -> None:
+    """Cancel ``task`` (a sink's sender) and wait until it has stopped."""
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 async def wait_for(predicate, timeout: float = 10.0) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     while not predicate():
@@ -60,9 +67,7 @@ async def test_items_are_spooled_then_delivered_after_retries(tmp_path: Path) ->
         assert [item["id"] for item in receiver.items] == ["r0", "r1", "r2"]
         assert sink.send_failures == 2 and sink.spool_depth() == 0
     finally:
-        sender.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await sender
+        await cancelled(sender)
         await runner.cleanup()
 
 
@@ -75,9 +80,7 @@ async def test_an_unreachable_webhook_keeps_items_in_the_spool_for_a_later_run(t
     down.note_request()
     down.offer({"id": "survivor"})
     await wait_for(lambda: down.send_failures >= 2)
-    sender.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await sender
+    await cancelled(sender)
     assert down.spool_depth() == 1
 
     runner, url = await serve(receiver)
@@ -87,9 +90,7 @@ async def test_an_unreachable_webhook_keeps_items_in_the_spool_for_a_later_run(t
         await wait_for(lambda: later.sent == 1)
         assert receiver.items == [{"id": "survivor"}] and later.spool_depth() == 0
     finally:
-        sender.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await sender
+        await cancelled(sender)
         await runner.cleanup()
 
 
@@ -188,9 +189,7 @@ async def test_a_failing_disk_keeps_items_in_memory_then_spools_and_delivers_the
         assert receiver.items == [{"id": "waiting"}] and sink.spool_depth() == 0
         assert sink.counts()["write_failed"] >= 1
     finally:
-        sender.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await sender
+        await cancelled(sender)
         await runner.cleanup()
 
 
@@ -203,9 +202,7 @@ async def test_items_queued_when_the_sender_stops_are_written_to_the_spool(tmp_p
         await asyncio.sleep(0.05)
         for i in range(20):
             assert offer(sink, {"id": i}) == "spooled"
-        sender.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await sender
+        await cancelled(sender)
     finally:
         await runner.cleanup()
     assert len(spooled_files(tmp_path)) == 20 and sink.spooled == 20 and sink.lost == 0
