@@ -6,7 +6,7 @@ created, restored or updated, when the phase changed, and what was promoted.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +18,10 @@ class Event:
     type: str  # Normal | Warning
     reason: str
     message: str
+
+
+# Posts one Event about the object whose body it is given (kopf.event in the operator).
+EmitEvent = Callable[[Mapping[str, Any], Event], None]
 
 
 _WRITE_REASONS = {Action.CREATE: "Created", Action.UPDATE: "Updated", Action.RESTORE: "Restored"}

@@ -12,7 +12,7 @@ import json
 import os
 import ssl
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +32,10 @@ _PLURALS = {
     "NetworkPolicy": "networkpolicies",
     "GuardedModel": PLURAL,
 }
+
+
+# KubeClient.patch_status as the per-model controllers receive it, so tests can pass a fake.
+PatchStatus = Callable[[str, str, Mapping[str, Any]], Awaitable[dict[str, Any]]]
 
 
 class ApiError(Exception):

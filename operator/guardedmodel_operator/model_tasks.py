@@ -14,8 +14,9 @@ import kopf
 
 from .config import OperatorConfig
 from .events import Event
-from .keys import Key
-from .kube import KubeClient
+from .keys import Key, key_of
+from .kube import KubeClient, PatchStatus
+from .labels import GROUP, PLURAL, VERSION
 from .prometheus import PrometheusSource, settings_from
 from .scheduler import ModelScheduler
 
@@ -64,7 +65,7 @@ def post_event(body: Mapping[str, Any], event: Event) -> None:
     kopf.event(dict(body), type=event.type, reason=event.reason, message=event.message)  # type: ignore[arg-type]
 
 
-def status_patcher(memo: Memo) -> Callable[[str, str, Mapping[str, Any]], Awaitable[dict[str, Any]]]:
+def status_patcher(memo: Memo) -> PatchStatus:
     async def patch_status(namespace: str, name: str, patch: Mapping[str, Any]) -> dict[str, Any]:
         assert memo.client is not None, "the core's startup handler creates the client"
         written: dict[str, Any] = await memo.client.patch_status(namespace, name, patch)
@@ -96,3 +97,32 @@ async def locked_step(
         if written is not None:
             memo.remember(written)
     return result
+
+
+def register_model_tasks(
+    registry: kopf.OperatorRegistry,
+    label: str,
+    start: Callable[[Memo], None],
+    scheduler_of: Callable[[Memo], ModelScheduler | None],
+    on_event: Callable[[Memo, ModelScheduler, Key, kopf.RawEvent, kopf.Body], None],
+) -> None:
+    """The kopf handlers every per-model controller needs: `start` makes its scheduler on startup,
+    cleanup closes it and the shared Prometheus client, and a watch-event handler of its own (id
+    `label`) passes each GuardedModel event to `on_event` once the scheduler exists."""
+
+    @kopf.on.startup(id=f"{label}-startup", registry=registry)
+    async def start_tasks(memo: Memo, **_: Any) -> None:
+        start(memo)
+
+    @kopf.on.cleanup(id=f"{label}-cleanup", registry=registry)
+    async def stop_tasks(memo: Memo, **_: Any) -> None:
+        scheduler = scheduler_of(memo)
+        if scheduler is not None:
+            await scheduler.close()
+        await close_prometheus(memo)
+
+    @kopf.on.event(GROUP, VERSION, PLURAL, id=label, registry=registry)
+    async def on_model_event(event: kopf.RawEvent, body: kopf.Body, memo: Memo, **_: Any) -> None:
+        scheduler = scheduler_of(memo)
+        if scheduler is not None:
+            on_event(memo, scheduler, key_of(body), event, body)

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from ..clock import utcnow
-from ..events import Event
+from ..events import EmitEvent, Event
+from ..kube import PatchStatus
 from ..prometheus import PrometheusSource
 from . import metrics
 from .metrics_source import fetch_samples
@@ -106,10 +107,6 @@ def plan_step(
 
 def needed_version(spec: RolloutSpec, status: Mapping[str, Any] | None, now: dt.datetime) -> str | None:
     return measure_version(spec, RolloutState.from_status(status, spec.generation), now)
-
-
-PatchStatus = Callable[[str, str, Mapping[str, Any]], Awaitable[dict[str, Any]]]
-EmitEvent = Callable[[Mapping[str, Any], Event], None]
 
 
 @dataclass

@@ -19,13 +19,14 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import math
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..clock import utcnow
-from ..events import Event
+from ..events import EmitEvent, Event
 from ..keys import Key, key_of
+from ..kube import PatchStatus
 from ..prometheus import MetricsUnavailable, PrometheusSettings, PrometheusSource, selector
 from .policy import (
     SCALED_DOWN,
@@ -72,10 +73,6 @@ def scale_events(verdict: ScaleVerdict) -> list[Event]:
     if verdict.reason in (SCALED_UP, SCALED_DOWN) and verdict.changed:
         return [Event("Normal", verdict.reason, verdict.message)]
     return []
-
-
-PatchStatus = Callable[[str, str, Mapping[str, Any]], Awaitable[dict[str, Any]]]
-EmitEvent = Callable[[Mapping[str, Any], Event], None]
 
 
 @dataclass
