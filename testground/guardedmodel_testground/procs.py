@@ -19,6 +19,7 @@ import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 
 class StartError(RuntimeError):
@@ -97,6 +98,26 @@ class ManagedProcess:
             os.killpg(self.popen.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.popen.wait(timeout=5)
+
+
+class LocalServer:
+    """A server the test ground runs in a ManagedProcess; as a context manager, started on entry and
+    stopped on exit. A subclass's ``start`` launches ``process`` and waits until it answers."""
+
+    process: ManagedProcess | None = None
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        if self.process:
+            self.process.stop()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 def terminate_group(pid: int, timeout: float = 10.0) -> None:

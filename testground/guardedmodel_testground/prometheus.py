@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from .procs import ManagedProcess, StartError, free_port, http_ok, wait_until
+from .procs import LocalServer, ManagedProcess, StartError, free_port, http_ok, wait_until
 
 PROMETHEUS_BINARIES = ("prometheus",)
 ALERTMANAGER_BINARIES = ("prometheus-alertmanager", "alertmanager")
@@ -41,7 +41,7 @@ class ScrapeJob:
     labels: dict[str, str] = field(default_factory=dict)
 
 
-class Alertmanager:
+class Alertmanager(LocalServer):
     def __init__(self, state_dir: Path, *, receiver_url: str | None = None) -> None:
         self.state_dir = Path(state_dir)
         self.receiver_url = receiver_url
@@ -87,18 +87,8 @@ class Alertmanager:
         with urllib.request.urlopen(f"{self.url}/api/v2/alerts", timeout=5) as response:
             return list(json.load(response))
 
-    def stop(self) -> None:
-        if self.process:
-            self.process.stop()
 
-    def __enter__(self) -> Alertmanager:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-class Prometheus:
+class Prometheus(LocalServer):
     def __init__(
         self,
         state_dir: Path,
@@ -180,13 +170,3 @@ class Prometheus:
     def targets(self) -> list[dict[str, Any]]:
         with urllib.request.urlopen(f"{self.url}/api/v1/targets", timeout=5) as response:
             return list(json.load(response)["data"]["activeTargets"])
-
-    def stop(self) -> None:
-        if self.process:
-            self.process.stop()
-
-    def __enter__(self) -> Prometheus:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

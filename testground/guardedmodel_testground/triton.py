@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .paths import cache_dir
-from .procs import ManagedProcess, StartError, free_port, http_ok, wait_until
+from .procs import LocalServer, ManagedProcess, StartError, free_port, http_ok, wait_until
 
 
 def _pytriton_root() -> Path:
@@ -55,7 +55,7 @@ def backend_directory() -> Path:
     return target
 
 
-class TritonServer:
+class TritonServer(LocalServer):
     """Start/stop one tritonserver; use as a context manager.
 
     `model_control_mode="explicit"` starts with no model loaded except
@@ -147,16 +147,6 @@ class TritonServer:
     def ready(self) -> bool:
         return http_ok(f"http://{self.http_url}/v2/health/ready")
 
-    def stop(self) -> None:
-        if self.process:
-            self.process.stop()
-
     def kill(self) -> None:
         if self.process:
             self.process.kill()
-
-    def __enter__(self) -> TritonServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
