@@ -9,6 +9,7 @@ relabelled to `namespace`; both label names are configurable.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +53,12 @@ def _quote(value: str) -> str:
 def selector(settings: PrometheusSettings, namespace: str, name: str) -> str:
     """The label matchers that pick one GuardedModel's series."""
     return f'{settings.namespace_label}="{_quote(namespace)}",{settings.name_label}="{_quote(name)}"'
+
+
+def model_range(settings: PrometheusSettings, namespace: str, name: str, window_s: float) -> tuple[str, str]:
+    """One GuardedModel's label matchers and the range to look back over, in whole seconds rounded up
+    (so the window is never shorter than asked), as every query of the controllers needs them."""
+    return selector(settings, namespace, name), f"{math.ceil(window_s)}s"
 
 
 class PrometheusSource:

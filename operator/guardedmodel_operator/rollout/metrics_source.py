@@ -17,7 +17,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from ..prometheus import MetricsUnavailable, PrometheusSettings, PrometheusSource, selector
+from ..prometheus import MetricsUnavailable, PrometheusSettings, PrometheusSource, model_range
 from .types import MetricSamples
 
 # The sidecar's metric names (the operator must not import the sidecar package).
@@ -32,8 +32,7 @@ STAGE_SECONDS = "guardedmodel_stage_seconds"
 
 def queries(settings: PrometheusSettings, namespace: str, name: str, window_s: float) -> dict[str, str]:
     """PromQL per figure, grouped by version. Pure, so it is unit-tested as text."""
-    sel = selector(settings, namespace, name)
-    w = f"{math.ceil(window_s)}s"
+    sel, w = model_range(settings, namespace, name, window_s)
     return {
         "requests": f"sum by (version, decision) (increase({REQUESTS}{{{sel}}}[{w}]))",
         "samples": f"sum by (version) (increase({SAMPLES}{{{sel}}}[{w}]))",

@@ -27,7 +27,7 @@ from ..clock import utcnow
 from ..events import EmitEvent, Event
 from ..keys import Key, key_of
 from ..kube import PatchStatus
-from ..prometheus import MetricsUnavailable, PrometheusSettings, PrometheusSource, selector
+from ..prometheus import MetricsUnavailable, PrometheusSettings, PrometheusSource, model_range
 from .policy import (
     SCALED_DOWN,
     SCALED_UP,
@@ -47,8 +47,7 @@ TRITON_REQUESTS = "guardedmodel_triton_requests_total"
 
 def queries(settings: PrometheusSettings, namespace: str, name: str, window_s: float) -> dict[str, str]:
     """Queue seconds and requests per second over the window, all pods and versions summed. Pure."""
-    sel = selector(settings, namespace, name)
-    w = f"{math.ceil(window_s)}s"
+    sel, w = model_range(settings, namespace, name, window_s)
     return {
         "queue": f"sum(rate({QUEUE_SECONDS}{{{sel}}}[{w}]))",
         "requests": f"sum(rate({TRITON_REQUESTS}{{{sel}}}[{w}]))",
