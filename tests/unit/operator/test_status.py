@@ -34,12 +34,17 @@ def conditions(status: dict[str, Any]) -> dict[str, tuple[str, str]]:
 
 
 def step(
-    current: dict[str, Any] | None, dep: dict | None, *, version: str = "1", now: str = "T1"
+    current: dict[str, Any] | None,
+    dep: dict | None,
+    *,
+    version: str = "1",
+    now: str = "T1",
+    generation: int = 5,
 ) -> dict[str, Any]:
     return desired_status(
         current or {},
         DeploymentState.observe(dep),
-        generation=5,
+        generation=generation,
         spec_hash=HASH,
         spec_version=version,
         now=now,
@@ -136,33 +141,14 @@ def test_judge_without_deployment_never_promotes() -> None:
 
 
 def test_later_versions_can_be_left_to_a_rollout_policy() -> None:
-    first = desired_status(
-        {},
-        DeploymentState.observe(deployment(ready=1, updated=1, replicas=1)),
-        generation=1,
-        spec_hash=HASH,
-        spec_version="1",
-        now="T1",
-    )
+    ready = deployment(ready=1, updated=1, replicas=1)
+    first = step({}, ready, generation=1)
     assert first["stableVersion"] == "1"  # the first version is always promoted
-    second = desired_status(
-        first,
-        DeploymentState.observe(deployment(ready=1, updated=1, replicas=1)),
-        generation=2,
-        spec_hash=HASH,
-        spec_version="2",
-        now="T2",
-    )
+    second = step(first, ready, version="2", now="T2", generation=2)
     assert second["stableVersion"] == "1" and second["phase"] == "Ready"
 
 
 def test_the_core_writes_no_rollout_field() -> None:
-    status = next_status(
-        {},
-        DeploymentState.observe(deployment(ready=1, updated=1, replicas=1)),
-        generation=1,
-        spec_hash=HASH,
-        spec_version="1",
-        now="T1",
-    )
+    ready = DeploymentState.observe(deployment(ready=1, updated=1, replicas=1))
+    status = next_status({}, ready, generation=1, spec_hash=HASH, spec_version="1", now="T1")
     assert not set(status) & set(ROLLOUT_FIELDS)
