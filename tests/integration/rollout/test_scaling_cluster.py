@@ -111,9 +111,10 @@ def _tail(path: Path, lines: int = 40) -> str:
         return "(no log)"
 
 
-def wait_for(
-    cluster: LocalCluster, namespace: str, what: str, ok: Callable[[dict[str, Any], int], bool], log: Path
-) -> tuple[dict[str, Any], int]:
+def wait_for_replicas(
+    cluster: LocalCluster, namespace: str, what: str, target: int, log: Path
+) -> dict[str, Any]:
+    """Until the scaler wants `target` replicas and the Deployment has them; returns the status."""
     deadline = time.monotonic() + 90
     status: dict[str, Any] = {}
     replicas = -1
@@ -121,8 +122,8 @@ def wait_for(
         status = cluster.kubectl_json("get", "guardedmodel", NAME, "-n", namespace).get("status") or {}
         deployment = cluster.kubectl("get", "deployment", NAME, "-n", namespace, "-o", "json", check=False)
         replicas = json.loads(deployment.stdout)["spec"]["replicas"] if deployment.returncode == 0 else -1
-        if ok(status, replicas):
-            return status, replicas
+        if (status.get("scaling") or {}).get("desiredReplicas") == target and replicas == target:
+            return status
         time.sleep(0.5)
     pytest.fail(
         f"timed out waiting for {what}; Deployment replicas {replicas}; status.scaling "
@@ -134,13 +135,7 @@ def test_queue_time_scales_the_deployment_up_and_back_down(
     k8s_cluster: LocalCluster, scaled_model: tuple[str, Load, Path]
 ) -> None:
     namespace, load, log = scaled_model
-    status, _ = wait_for(
-        k8s_cluster,
-        namespace,
-        "scale-up to max",
-        lambda st, r: (st.get("scaling") or {}).get("desiredReplicas") == 3 and r == 3,
-        log,
-    )
+    status = wait_for_replicas(k8s_cluster, namespace, "scale-up to max", 3, log)
     scaling = status["scaling"]
     assert scaling["reason"] == "ScaledUp" and "target 50 ms" in scaling["message"]
     assert scaling["queueTimeMs"] > 50 and scaling["lastScaleTime"]
@@ -153,13 +148,7 @@ def test_queue_time_scales_the_deployment_up_and_back_down(
 
     load.queue_ms = 5.0  # a tenth of the target: one replica is enough
     went_down_at = time.monotonic()
-    status, _ = wait_for(
-        k8s_cluster,
-        namespace,
-        "scale-down to min",
-        lambda st, r: (st.get("scaling") or {}).get("desiredReplicas") == 1 and r == 1,
-        log,
-    )
+    status = wait_for_replicas(k8s_cluster, namespace, "scale-down to min", 1, log)
     assert time.monotonic() - went_down_at >= 5  # not before the scale-down window (6 s) has passed
     assert status["scaling"]["reason"] == "ScaledDown"
     # The core's reconciles keep the scaler's count (and the status says Ready throughout).
