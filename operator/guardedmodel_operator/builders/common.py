@@ -17,6 +17,9 @@ from ..status import Routing
 HTTP_PORT = 8080
 GRPC_PORT = 8081
 METRICS_PORT = 9090
+# The same three as (name, port, appProtocol): the container, its Service and the NetworkPolicy
+# expose exactly these.
+SIDECAR_PORTS = (("http", HTTP_PORT, "http"), ("grpc", GRPC_PORT, "grpc"), ("metrics", METRICS_PORT, "http"))
 # Triton listens on loopback only: nothing but the sidecar may reach it.
 TRITON_HTTP_PORT = 8000
 TRITON_GRPC_PORT = 8001

@@ -13,11 +13,10 @@ from ..labels import MODEL_VERSION_ANNOTATION, SPEC_HASH_ANNOTATION, selector_la
 from .common import (
     CONFIG_DIR,
     CONFIG_FILE,
-    GRPC_PORT,
-    HTTP_PORT,
     METRICS_PORT,
     MODEL_REPOSITORY_PATH,
     RUN_AS_USER,
+    SIDECAR_PORTS,
     STATE_DIR,
     TRITON_GRPC_PORT,
     TRITON_HTTP_PORT,
@@ -144,9 +143,7 @@ def _sidecar_container(ctx: BuildContext, models_mount: dict[str, Any]) -> dict[
         "command": ["guardedmodel", "sidecar"],
         "args": [f"--config={CONFIG_DIR}/{CONFIG_FILE}"],
         "ports": [
-            {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
-            {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
-            {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
+            {"name": name, "containerPort": port, "protocol": "TCP"} for name, port, _ in SIDECAR_PORTS
         ],
         "env": [
             {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..labels import selector_labels
-from .common import GRPC_PORT, HTTP_PORT, METRICS_PORT, BuildContext
+from .common import SIDECAR_PORTS, BuildContext
 
 
 def build_networkpolicy(ctx: BuildContext) -> dict[str, Any]:
@@ -23,14 +23,6 @@ def build_networkpolicy(ctx: BuildContext) -> dict[str, Any]:
         "spec": {
             "podSelector": {"matchLabels": selector_labels(ctx.owner.name)},
             "policyTypes": ["Ingress"],
-            "ingress": [
-                {
-                    "ports": [
-                        {"protocol": "TCP", "port": HTTP_PORT},
-                        {"protocol": "TCP", "port": GRPC_PORT},
-                        {"protocol": "TCP", "port": METRICS_PORT},
-                    ]
-                }
-            ],
+            "ingress": [{"ports": [{"protocol": "TCP", "port": port} for _, port, _ in SIDECAR_PORTS]}],
         },
     }

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..labels import selector_labels
-from .common import GRPC_PORT, HTTP_PORT, METRICS_PORT, BuildContext
+from .common import SIDECAR_PORTS, BuildContext
 
 
 def build_service(ctx: BuildContext) -> dict[str, Any]:
@@ -17,27 +17,8 @@ def build_service(ctx: BuildContext) -> dict[str, Any]:
             "type": "ClusterIP",
             "selector": selector_labels(ctx.owner.name),
             "ports": [
-                {
-                    "name": "http",
-                    "port": HTTP_PORT,
-                    "targetPort": "http",
-                    "protocol": "TCP",
-                    "appProtocol": "http",
-                },
-                {
-                    "name": "grpc",
-                    "port": GRPC_PORT,
-                    "targetPort": "grpc",
-                    "protocol": "TCP",
-                    "appProtocol": "grpc",
-                },
-                {
-                    "name": "metrics",
-                    "port": METRICS_PORT,
-                    "targetPort": "metrics",
-                    "protocol": "TCP",
-                    "appProtocol": "http",
-                },
+                {"name": name, "port": port, "targetPort": name, "protocol": "TCP", "appProtocol": protocol}
+                for name, port, protocol in SIDECAR_PORTS
             ],
         },
     }
