@@ -345,13 +345,9 @@ class RawH2(RawSocket):
     def _pump(self, timeout: float) -> None:
         if self.closed:
             return
-        self.sock.settimeout(max(0.001, timeout))
-        try:
-            chunk = self.sock.recv(1 << 20)
-        except TimeoutError:
+        chunk = self.receive(max(0.001, timeout))
+        if chunk is None:
             return
-        except OSError:
-            chunk = b""
         if not chunk:
             self._mark_closed()
             return

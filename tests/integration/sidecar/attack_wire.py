@@ -114,6 +114,17 @@ class RawSocket:
             self.peer_closed()
             return False
 
+    def receive(self, timeout: float) -> bytes | None:
+        """What the server sent within ``timeout`` (up to 1 MiB): None when nothing came in time,
+        b"" when it closed or reset the connection."""
+        self.sock.settimeout(timeout)
+        try:
+            return self.sock.recv(1 << 20)
+        except TimeoutError:
+            return None
+        except OSError:
+            return b""
+
     def peer_closed(self) -> None:
         """Record that the server closed the connection."""
         raise NotImplementedError
@@ -164,13 +175,9 @@ class RawHttp(RawSocket):
             left = deadline - time.monotonic()
             if left <= 0:
                 break
-            self.sock.settimeout(left)
-            try:
-                chunk = self.sock.recv(1 << 20)
-            except TimeoutError:
+            chunk = self.receive(left)
+            if chunk is None:
                 break
-            except OSError:
-                chunk = b""
             if not chunk:
                 ex.closed = True
                 break
