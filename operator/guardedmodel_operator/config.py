@@ -12,6 +12,7 @@ import argparse
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
 ENV_PREFIX = "GUARDEDMODEL_"
 
@@ -154,51 +155,38 @@ def _parse(name: str, raw: str, default: object) -> object:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags mirror the environment variables; each defaults to None so that
     only flags actually given override the environment."""
-    add = parser.add_argument
+
+    def add(flag: str, text: str = "", **options: Any) -> None:
+        """Every flag's help ends with the environment variable it overrides, named like its field."""
+        dest = options.get("dest") or flag.removeprefix("--").replace("-", "_")
+        env = f"[env {ENV_PREFIX}{dest.upper()}]"
+        parser.add_argument(flag, help=f"{text} {env}" if text else env, **options)
+
     add(
         "--namespace",
+        "namespace to watch (repeatable, or comma-separated); '*' or none = all namespaces",
         dest="namespaces",
         action="append",
         metavar="NS",
-        help="namespace to watch (repeatable, or comma-separated); '*' or none = all namespaces "
-        f"[env {ENV_PREFIX}NAMESPACES]",
     )
-    add("--triton-image", help=f"default Triton image [env {ENV_PREFIX}TRITON_IMAGE]")
-    add("--sidecar-image", help=f"default guard sidecar image [env {ENV_PREFIX}SIDECAR_IMAGE]")
-    add("--log-format", choices=["text", "json"], help=f"[env {ENV_PREFIX}LOG_FORMAT]")
-    add("--log-level", choices=["debug", "info", "warning", "error"], help=f"[env {ENV_PREFIX}LOG_LEVEL]")
-    add("--metrics-host", help=f"[env {ENV_PREFIX}METRICS_HOST]")
-    add("--metrics-port", type=int, help=f"operator metrics port, 0 disables [env {ENV_PREFIX}METRICS_PORT]")
-    add(
-        "--health-endpoint",
-        help="liveness URL to serve, e.g. http://0.0.0.0:8080/healthz; '' disables "
-        f"[env {ENV_PREFIX}HEALTH_ENDPOINT]",
-    )
-    add(
-        "--peering-name",
-        help="kopf peering object name for running several replicas; '' = standalone "
-        f"[env {ENV_PREFIX}PEERING_NAME]",
-    )
-    add("--priority", type=int, help=f"peering priority [env {ENV_PREFIX}PRIORITY]")
-    add("--worker-limit", type=int, help=f"objects processed concurrently [env {ENV_PREFIX}WORKER_LIMIT]")
-    add("--watch-server-timeout-s", type=int, help=f"[env {ENV_PREFIX}WATCH_SERVER_TIMEOUT_S]")
-    add("--watch-client-timeout-s", type=float, help=f"[env {ENV_PREFIX}WATCH_CLIENT_TIMEOUT_S]")
-    add("--watch-inactivity-timeout-s", type=float, help=f"[env {ENV_PREFIX}WATCH_INACTIVITY_TIMEOUT_S]")
+    add("--triton-image", "default Triton image")
+    add("--sidecar-image", "default guard sidecar image")
+    add("--log-format", choices=["text", "json"])
+    add("--log-level", choices=["debug", "info", "warning", "error"])
+    add("--metrics-host")
+    add("--metrics-port", "operator metrics port, 0 disables", type=int)
+    add("--health-endpoint", "liveness URL to serve, e.g. http://0.0.0.0:8080/healthz; '' disables")
+    add("--peering-name", "kopf peering object name for running several replicas; '' = standalone")
+    add("--priority", "peering priority", type=int)
+    add("--worker-limit", "objects processed concurrently", type=int)
+    add("--watch-server-timeout-s", type=int)
+    add("--watch-client-timeout-s", type=float)
+    add("--watch-inactivity-timeout-s", type=float)
     add(
         "--prometheus-url",
-        help="Prometheus the rollout controller queries, e.g. http://prometheus.monitoring:9090; '' = none "
-        f"(canaries hold) [env {ENV_PREFIX}PROMETHEUS_URL]",
+        "Prometheus the rollout controller queries, e.g. http://prometheus.monitoring:9090; '' = none "
+        "(canaries hold)",
     )
-    add(
-        "--prometheus-namespace-label",
-        help=f"target label holding a model's namespace [env {ENV_PREFIX}PROMETHEUS_NAMESPACE_LABEL]",
-    )
-    add(
-        "--prometheus-name-label",
-        help=f"target label holding a GuardedModel's name [env {ENV_PREFIX}PROMETHEUS_NAME_LABEL]",
-    )
-    add(
-        "--rollout-min-window-s",
-        type=float,
-        help=f"shortest metrics window of a rollout check, in seconds [env {ENV_PREFIX}ROLLOUT_MIN_WINDOW_S]",
-    )
+    add("--prometheus-namespace-label", "target label holding a model's namespace")
+    add("--prometheus-name-label", "target label holding a GuardedModel's name")
+    add("--rollout-min-window-s", "shortest metrics window of a rollout check, in seconds", type=float)
