@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from .labels import MODEL_VERSION_ANNOTATION, SPEC_HASH_ANNOTATION
 from .rollout.phase import overlay
@@ -158,19 +158,26 @@ def judge(dep: DeploymentState, *, spec_hash: str, spec_version: str, stable_ver
     )
 
 
+class Observed(TypedDict):
+    """What a reconcile knows of the object besides its Deployment; the keywords of `next_status`
+    and of the reconcile's `desired_status`, which adds the first promotion to it."""
+
+    generation: int
+    spec_hash: str
+    spec_version: str
+    now: str  # the time conditions change at, already formatted
+
+
 def next_status(
-    current: Mapping[str, Any] | None,
-    dep: DeploymentState,
-    *,
-    generation: int,
-    spec_hash: str,
-    spec_version: str,
-    now: str,
+    current: Mapping[str, Any] | None, dep: DeploymentState, **observed: Unpack[Observed]
 ) -> dict[str, Any]:
     """The full status to store; fields owned by other writers (routing, metrics, scaling) are kept."""
+    generation, now = observed["generation"], observed["now"]
     status: dict[str, Any] = copy.deepcopy(dict(current or {}))
     stable = status.get("stableVersion")
-    verdict = judge(dep, spec_hash=spec_hash, spec_version=spec_version, stable_version=stable)
+    verdict = judge(
+        dep, spec_hash=observed["spec_hash"], spec_version=observed["spec_version"], stable_version=stable
+    )
     # The rollout's phase (canary, rollback, breached guard) counts once the pods are Ready.
     phase, progressing, degraded = overlay(verdict.phase, verdict.progressing, verdict.degraded, status)
     previous = conditions_by_type(status)

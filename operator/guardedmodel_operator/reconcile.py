@@ -12,7 +12,7 @@ import asyncio
 import datetime as dt
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Unpack
 
 from .apply import Write, plan_write
 from .builders import build_children, build_context, child_names
@@ -20,7 +20,7 @@ from .clock import format_time, utcnow
 from .config import OperatorConfig
 from .events import Event, status_events, write_events
 from .kube import KubeClient
-from .readiness import DeploymentState, first_version_ready, next_status
+from .readiness import DeploymentState, Observed, first_version_ready, next_status
 from .rollout.outcome import first_promotion
 from .spec import SpecError, parse_spec
 from .status import invalid_spec_status, merge_patch
@@ -42,23 +42,13 @@ WRITE_STAGES = (
 
 
 def desired_status(
-    status: dict[str, Any],
-    dep: DeploymentState,
-    *,
-    generation: int,
-    spec_hash: str,
-    spec_version: str,
-    now: str,
+    status: dict[str, Any], dep: DeploymentState, **observed: Unpack[Observed]
 ) -> dict[str, Any]:
     """The status this reconcile writes: the core's fields, and the first promotion once its pods are
     ready. Versions after the first are the rollout controller's (canary, instant, rollback). Pure."""
-    first = spec_version if first_version_ready(status, dep, spec_hash) else None
-    return {
-        **next_status(
-            status, dep, generation=generation, spec_hash=spec_hash, spec_version=spec_version, now=now
-        ),
-        **first_promotion(status, first, now),
-    }
+    ready = first_version_ready(status, dep, observed["spec_hash"])
+    first = observed["spec_version"] if ready else None
+    return {**next_status(status, dep, **observed), **first_promotion(status, first, observed["now"])}
 
 
 @dataclass
