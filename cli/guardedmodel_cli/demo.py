@@ -224,9 +224,13 @@ class Demo:
             if status.get("canaryVersion") and weight and (not seen_weights or seen_weights[-1] != weight):
                 seen_weights.append(weight)
                 print(f"  canary v{status['canaryVersion']} at {weight}% of traffic")
-            if status.get("phase") in ("RolledBack", "Degraded") or (
-                status.get("stableVersion") == "2" and not status.get("canaryVersion")
-            ):
+            # Wait for the canary's own outcome: the phase alone may still show the continuous guard's
+            # verdict on version 1 (the traffic act sent it out-of-distribution inputs on purpose).
+            decided = any(
+                h.get("version") == "2" and h.get("outcome") in ("RolledBack", "Promoted")
+                for h in status.get("history") or []
+            )
+            if decided or (status.get("stableVersion") == "2" and not status.get("canaryVersion")):
                 break
         status = self.status()
         out.print_phase(status)
