@@ -9,6 +9,7 @@ import contextlib
 import errno
 import os
 import stat
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -52,8 +53,43 @@ class FlakyOs:
         return getattr(os, name)
 
 
-def enospc(fd: int, data: Any) -> int:
-    raise OSError(errno.ENOSPC, "No space left on device")
+class SmallDisk:
+    """A real filesystem that runs out of space: a 256 KiB tmpfs, filled by a file that can be freed.
+
+    Writes to it fail with the kernel's own ENOSPC (a short write first when a page has room left),
+    as on a node whose volume is full."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.filler = root / "filler"
+
+    def fill(self) -> None:
+        fd = os.open(self.filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        try:
+            while True:
+                os.write(fd, b"\0" * 4096)
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+        finally:
+            os.close(fd)
+
+    def free(self) -> None:
+        self.filler.unlink()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[SmallDisk]:
+    root = tmp_path / "disk"
+    root.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(root)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield SmallDisk(root)
+    finally:
+        subprocess.run(["umount", "-l", str(root)], check=False)
 
 
 def recorded(log: AuditLog, n: int, prefix: str = "r") -> None:
@@ -154,11 +190,9 @@ def test_a_directory_and_file_left_with_wider_modes_are_made_private(tmp_path: P
 # ----------------------------------------------------------------------------------- failing disk
 
 
-def test_a_full_disk_keeps_lines_up_to_the_bound_then_counts_every_drop(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(audit_file_module, "os", FlakyOs(enospc))
-    log = AuditLog(tmp_path, buffer_bytes=4096)
+def test_a_full_disk_keeps_lines_up_to_the_bound_then_counts_every_drop(small_disk: SmallDisk) -> None:
+    small_disk.fill()
+    log = AuditLog(small_disk.root / "audit", buffer_bytes=4096)
     for batch in range(5):
         recorded(log, 40, prefix=f"b{batch}-")
         log.flush()
@@ -168,11 +202,11 @@ def test_a_full_disk_keeps_lines_up_to_the_bound_then_counts_every_drop(
     assert stats.dropped["buffer_full"] == 200 - stats.pending_lines > 0
     kept = stats.pending_lines
 
-    monkeypatch.setattr(audit_file_module, "os", os)  # space is freed
+    small_disk.free()
     log.flush()
     recorded(log, 3, prefix="after-")
     log.close()
-    ids = [r["id"] for r in iter_records(tmp_path)]
+    ids = [r["id"] for r in iter_records(small_disk.root / "audit")]
     # The oldest lines are kept (the file is a gap-free prefix), the newest past the bound dropped.
     assert ids[:kept] == [f"b{i // 40}-{i % 40}" for i in range(kept)]
     assert ids[kept:] == ["after-0", "after-1", "after-2"]
@@ -180,35 +214,24 @@ def test_a_full_disk_keeps_lines_up_to_the_bound_then_counts_every_drop(
     assert final.written + final.dropped["buffer_full"] == 203 and final.pending_lines == 0
 
 
-def test_a_write_cut_short_by_enospc_is_removed_and_retried_whole(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    calls = []
-
-    def half_then_enospc(fd: int, data: Any) -> int:
-        calls.append(len(data))
-        if len(calls) == 1:
-            return os.write(fd, bytes(data[: len(data) // 2]))  # a short write, as on a filling disk
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    log = AuditLog(tmp_path)
+def test_a_write_cut_short_by_enospc_is_removed_and_retried_whole(small_disk: SmallDisk) -> None:
+    directory = small_disk.root / "audit"
+    log = AuditLog(directory)
     log.record({"id": "before"})
     log.flush()
-    monkeypatch.setattr(audit_file_module, "os", FlakyOs(half_then_enospc))
-    recorded(log, 10)
+    small_disk.fill()  # the audit file's page has room for part of the next batch, then ENOSPC
+    recorded(log, 200)
     log.flush()
     assert log.write_errors == 1
-    assert (tmp_path / "audit.jsonl").read_bytes().endswith(b"\n")  # the torn half was cut off
-    monkeypatch.setattr(audit_file_module, "os", os)
+    assert (directory / "audit.jsonl").read_bytes().endswith(b"\n")  # the torn part was cut off
+    small_disk.free()
     log.close()
-    assert [r["id"] for r in iter_records(tmp_path)] == ["before", *(f"r{i}" for i in range(10))]
+    assert [r["id"] for r in iter_records(directory)] == ["before", *(f"r{i}" for i in range(200))]
 
 
-def test_what_the_disk_refuses_at_stop_is_counted_not_lost_silently(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(audit_file_module, "os", FlakyOs(enospc))
-    log = AuditLog(tmp_path)
+def test_what_the_disk_refuses_at_stop_is_counted_not_lost_silently(small_disk: SmallDisk) -> None:
+    small_disk.fill()
+    log = AuditLog(small_disk.root / "audit")
     recorded(log, 7)
     log.close()
     log.record({"id": "late"})
@@ -352,9 +375,9 @@ def test_client_id_is_escaped_and_capped() -> None:
     assert long is not None and len(long) == 256 and long.endswith("(truncated)")
 
 
-def test_audit_numbers_are_exported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(audit_file_module, "os", FlakyOs(enospc))
-    log = AuditLog(tmp_path, buffer_bytes=200)
+def test_audit_numbers_are_exported(small_disk: SmallDisk) -> None:
+    small_disk.fill()
+    log = AuditLog(small_disk.root / "audit", buffer_bytes=200)
     metrics = SidecarMetrics("m")
     metrics.audit_stats = log.stats
     recorded(log, 10)
