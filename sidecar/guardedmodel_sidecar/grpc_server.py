@@ -59,6 +59,7 @@ FORWARDED: dict[str, Any] = {
     "ModelStatistics": service_pb2.ModelStatisticsRequest,
     "RepositoryIndex": service_pb2.RepositoryIndexRequest,
 }
+TRITON_GRPC_KEY_PREFIX = "triton-grpc-protocol-"
 # Calls in Triton's restricted "model-repository" group: they carry the sidecar's restricted-API header.
 _RESTRICTED = frozenset({"RepositoryIndex"})
 # Refused calls and why, the same reasons the HTTP side gives with its 403.
@@ -109,7 +110,11 @@ class GrpcService:
             options=[("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)],
         )
         header = pipeline.config.triton_restricted_header
-        self._restricted_metadata: tuple[tuple[str, str], ...] | None = (header,) if header else None
+        # Triton's gRPC endpoint reads the restricted-API key from metadata named with this prefix
+        # (HTTP takes the bare header name).
+        self._restricted_metadata: tuple[tuple[str, str], ...] | None = (
+            ((TRITON_GRPC_KEY_PREFIX + header[0], header[1]),) if header else None
+        )
 
     # ----------------------------------------------------------------------------- handlers
 
