@@ -75,7 +75,9 @@ def _checked_name(value: str, what: object, budget: DecodeBudget) -> str:
     return value
 
 
-def _params_from_proto(params: Any, what: object, budget: DecodeBudget) -> dict[str, Any]:
+def _params_from_proto(
+    params: Any, what: object, budget: DecodeBudget, *, request_level: bool = False
+) -> dict[str, Any]:
     if len(params) > budget.max_parameters:
         raise InvalidRequest(f"{what}: {len(params)} parameters, at most {budget.max_parameters}")
     out: dict[str, Any] = {}
@@ -88,7 +90,7 @@ def _params_from_proto(params: Any, what: object, budget: DecodeBudget) -> dict[
                 f"{what}: a parameter name is {len(key)} characters, at most {budget.max_name_chars}"
             )
         value = getattr(param, which)
-        check_parameter(key, value, what, request_level=what == "request")
+        check_parameter(key, value, what, request_level=request_level)
         out[key] = value
     return out
 
@@ -186,7 +188,7 @@ def _from_proto(msg: Any, budget: DecodeBudget) -> InferRequest:
         model_name=msg.model_name,
         model_version=msg.model_version,
         id=msg.id,
-        parameters=_params_from_proto(msg.parameters, "request", budget),
+        parameters=_params_from_proto(msg.parameters, "request", budget, request_level=True),
         inputs=inputs,
         outputs=outputs,
     )

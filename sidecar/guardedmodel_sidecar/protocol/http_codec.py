@@ -64,7 +64,9 @@ from guardedmodel_sidecar.protocol.parameters import check_parameter
 _JSON_OPTS = orjson.OPT_SERIALIZE_NUMPY
 
 
-def checked_parameters(value: Any, what: object, budget: DecodeBudget) -> dict[str, Any]:
+def checked_parameters(
+    value: Any, what: object, budget: DecodeBudget, *, request_level: bool = False
+) -> dict[str, Any]:
     """A v2 ``parameters`` object: at most ``max_parameters`` keys, each a string, a boolean, a
     64-bit integer or a number (the protocol's parameter types)."""
     if type(value) is not dict:
@@ -78,7 +80,7 @@ def checked_parameters(value: Any, what: object, budget: DecodeBudget) -> dict[s
             )
         kind = type(item)
         if kind is str or kind is bool or kind is float or (kind is int and -(2**63) <= item < 2**64):
-            check_parameter(key, item, what, request_level=what == "request")
+            check_parameter(key, item, what, request_level=request_level)
             continue
         raise InvalidRequest(
             f"{what}: parameter {client_repr(key)} must be a string, a boolean or a 64-bit number, "
@@ -202,7 +204,7 @@ def _decode_request(
             array = np.frombuffer(data, dtype=NUMPY_DTYPES[datatype]).reshape(shape)
             inputs.append(Tensor(name, datatype, shape, data, array))
     params = header.get("parameters")
-    params = {} if params is None else checked_parameters(params, "request", budget)
+    params = {} if params is None else checked_parameters(params, "request", budget, request_level=True)
     binary_default = params.pop("binary_data_output", False)
     if type(binary_default) is not bool:
         raise InvalidRequest(
