@@ -28,10 +28,10 @@ DEFAULTS: dict[str, Any] = {
     },
     "replicas": {"min": 1, "max": 1},
     "scaling": {"targetQueueTimeMs": 50},
-    "gate": {"ood": {"method": "energy", "action": "reject"}},
+    "gate": {"ood": {"method": "energy", "action": "reject"}, "batchPolicy": "perRow"},
     "confidence": {"reviewBelow": 0.5, "review": {"maxFraction": 0.1}},
     "audit": {"enabled": True, "sampleRate": 0.01, "retainFiles": 10},
-    "drift": {"window": "5m"},
+    "drift": {"window": "5m", "alpha": 0.001, "minSamples": 100},
     "rollout": {
         "strategy": "canary",
         "steps": [10, 50, 100],

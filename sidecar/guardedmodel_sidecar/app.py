@@ -221,7 +221,7 @@ class SidecarApp:
 
     async def _drift_windows(self) -> None:
         while True:
-            await asyncio.sleep(self.config.spec.drift_window_s)
+            await asyncio.sleep(self.config.spec.drift.window_s or 60.0)
             self.metrics.close_windows()
 
     # ------------------------------------------------------------------------------- lifecycle

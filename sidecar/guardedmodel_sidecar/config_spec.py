@@ -10,8 +10,9 @@ from typing import Any
 from guardedmodel_sidecar.config_values import ConfigError, fraction, optional_float, parse_duration, section
 from guardedmodel_sidecar.protocol.datatypes import KNOWN_DATATYPES
 
-OOD_METHODS = ("mahalanobis", "energy", "knn", "msp", "vim", "none")
+OOD_METHODS = ("mahalanobis", "energy", "knn", "msp", "vim", "fused", "auto", "none")
 OOD_ACTIONS = ("reject", "review", "flag")
+BATCH_POLICIES = ("perRow", "wholeRequest")
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,8 @@ class InputSpec:
 @dataclass(frozen=True)
 class OodSpec:
     method: str = "none"
-    threshold: float | None = None  # None: the artifact's threshold for the method
+    threshold: float | None = None  # a raw score threshold (accept when score <= threshold)
+    alpha: float | None = None  # conformal error rate (OOD when p-value <= alpha); excludes threshold
     action: str = "flag"
 
 
@@ -44,6 +46,16 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
+class DriftSpec:
+    """The drift window is a duration (``window_s``) or a row count (``window_rows``), never both."""
+
+    window_s: float | None = 60.0
+    window_rows: int | None = None
+    alpha: float = 0.001  # false-alarm rate of the drift test per window
+    min_samples: int = 100  # below this a window is "insufficient data"
+
+
+@dataclass(frozen=True)
 class GuardSpec:
     model: ModelSpec
     inputs: tuple[InputSpec, ...] = ()
@@ -52,7 +64,8 @@ class GuardSpec:
     review: ReviewSpec = field(default_factory=ReviewSpec)
     audit_enabled: bool = True
     sample_rate: float = 0.0
-    drift_window_s: float = 60.0
+    batch_policy: str = "perRow"
+    drift: DriftSpec = field(default_factory=DriftSpec)
 
 
 def parse_input(entry: Any, index: int) -> InputSpec:
@@ -88,6 +101,15 @@ def parse_spec(spec: Mapping[str, Any]) -> GuardSpec:
     action = str(ood.get("action", "flag")).lower()
     if action not in OOD_ACTIONS:
         raise ConfigError(f"spec.gate.ood.action: {action!r} is not one of {', '.join(OOD_ACTIONS)}")
+    threshold = optional_float(ood, "threshold", "spec.gate.ood.")
+    alpha = optional_float(ood, "alpha", "spec.gate.ood.")
+    if alpha is not None and threshold is not None:
+        raise ConfigError("spec.gate.ood: set either alpha (an error rate) or threshold (a raw score), not both")
+    if alpha is not None and not 0.0 < alpha <= 0.5:
+        raise ConfigError(f"spec.gate.ood.alpha: {alpha} must be in (0, 0.5], for example 0.05")
+    batch_policy = str(gate.get("batchPolicy", "perRow"))
+    if batch_policy not in BATCH_POLICIES:
+        raise ConfigError(f"spec.gate.batchPolicy: {batch_policy!r} is not one of {', '.join(BATCH_POLICIES)}")
     confidence = section(spec, "confidence", "spec.")
     review = section(confidence, "review", "spec.confidence.")
     review_below = optional_float(confidence, "reviewBelow", "spec.confidence.")
@@ -98,7 +120,7 @@ def parse_spec(spec: Mapping[str, Any]) -> GuardSpec:
     return GuardSpec(
         model=ModelSpec(str(model["name"]), str(model.get("repository", "")), str(model.get("version", "1"))),
         inputs=tuple(parse_input(e, i) for i, e in enumerate(raw_inputs)),
-        ood=OodSpec(method, optional_float(ood, "threshold", "spec.gate.ood."), action),
+        ood=OodSpec(method, threshold, alpha, action),
         review_below=review_below,
         review=ReviewSpec(
             webhook=review.get("webhook") or None,
@@ -106,5 +128,30 @@ def parse_spec(spec: Mapping[str, Any]) -> GuardSpec:
         ),
         audit_enabled=bool(audit.get("enabled", True)),
         sample_rate=fraction(audit.get("sampleRate", 0.0), "spec.audit.sampleRate"),
-        drift_window_s=parse_duration(drift.get("window", "60s"), "spec.drift.window"),
+        batch_policy=batch_policy,
+        drift=parse_drift(drift),
     )
+
+
+def parse_drift(drift: Mapping[str, Any]) -> DriftSpec:
+    """``window`` is an int-or-string like a Kubernetes port: an int (or a string of digits) counts
+    rows, any other string is a duration."""
+    window = drift.get("window", "60s")
+    window_s: float | None = None
+    window_rows: int | None = None
+    if isinstance(window, bool):
+        raise ConfigError("spec.drift.window: give a duration such as 5m or a row count such as 500")
+    if isinstance(window, int) or (isinstance(window, str) and window.strip().isdigit()):
+        window_rows = int(window)
+        if window_rows <= 0:
+            raise ConfigError(f"spec.drift.window: {window} rows; give a positive count such as 500")
+    else:
+        window_s = parse_duration(window, "spec.drift.window")
+    alpha = optional_float(drift, "alpha", "spec.drift.")
+    alpha = 0.001 if alpha is None else alpha
+    if not 0.0 < alpha <= 0.5:
+        raise ConfigError(f"spec.drift.alpha: {alpha} must be in (0, 0.5], for example 0.001")
+    min_samples = drift.get("minSamples", 100)
+    if isinstance(min_samples, bool) or not isinstance(min_samples, int) or min_samples < 1:
+        raise ConfigError(f"spec.drift.minSamples: {min_samples!r} must be a positive integer such as 100")
+    return DriftSpec(window_s, window_rows, alpha, min_samples)

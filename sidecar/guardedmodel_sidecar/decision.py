@@ -22,8 +22,10 @@ DECISIONS = (ACCEPT, REVIEW, REJECT)
 class DecisionPolicy:
     review_below: float | None
     ood_method: str  # "none" disables OOD scoring
-    ood_threshold: float | None
+    ood_threshold: float | None  # a row is OOD when its score > this (a raw threshold, or alpha's)
     ood_action: str  # reject | review | flag
+    ood_alpha: float | None = None  # set when the threshold comes from a conformal alpha
+    batch_policy: str = "perRow"  # perRow | wholeRequest
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,7 @@ from guardedmodel_sidecar.config import InputSpec, SidecarConfig
 from guardedmodel_sidecar.decision import DecisionPolicy
 from guardedmodel_sidecar.gate import InputGate
 from guardedmodel_sidecar.guard.artifact import ArtifactError, GuardArtifact, load_artifact
+from guardedmodel_sidecar.guard.conformal import ConformalReference
 from guardedmodel_sidecar.guard.drift import DriftAccumulator
 from guardedmodel_sidecar.guard.scoring import OodScorer, ScorerError, make_ood_scorer
 from guardedmodel_sidecar.metrics import VersionMetrics
@@ -54,6 +55,8 @@ class VersionGuard:
     needs_features: bool
     metrics: VersionMetrics
     artifact: GuardArtifact | None = None
+    # In-distribution calibration scores of the scorer's method: turns scores into p-values.
+    conformal: ConformalReference | None = None
     warnings: list[str] = field(default_factory=list)
 
     def upstream_outputs(self, request: InferRequest) -> list[str] | None:

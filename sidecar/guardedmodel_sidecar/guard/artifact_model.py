@@ -93,6 +93,9 @@ class DriftReference:
     confidence_edges: np.ndarray  # (Bc+1,) float64, calibrated max-probability bins
     confidence_fractions: np.ndarray  # (Bc,) float64
     class_fractions: np.ndarray  # (C,) float64, share of each predicted class
+    # Rows the fractions were counted on (0 in artifacts written before this was recorded): the
+    # drift test compares two samples, so the reference's own sampling noise counts.
+    samples: int = 0
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,7 @@ def dump_config(config: SidecarConfig) -> dict[str, Any]:
                 "review": {"webhook": spec.review.webhook, "maxFraction": spec.review.max_fraction},
             },
             "audit": {"enabled": spec.audit_enabled, "sampleRate": spec.sample_rate},
-            "drift": {"window": spec.drift_window_s},
+            "drift": {"window": f"{spec.drift.window_s}s"},
         },
         "routing": {
             "stableVersion": config.routing.stable_version,
@@ -138,7 +138,7 @@ def test_the_agreed_file_parses_into_one_typed_object() -> None:
         "reject",
     )
     assert config.spec.review_below == 0.6 and config.spec.review.max_fraction == 0.1
-    assert config.spec.drift_window_s == 300.0 and config.spec.sample_rate == 0.01
+    assert config.spec.drift.window_s == 300.0 and config.spec.sample_rate == 0.01
     assert config.routing.versions() == ("3", "4") and config.routing.canary_weight == 10
     assert config.listen.metrics == 9090 and str(config.model_repository) == "/models"
     assert config.triton_metrics_url == "127.0.0.1:8002" and config.tuning.triton_metrics_interval_s == 5.0
