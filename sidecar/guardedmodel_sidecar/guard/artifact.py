@@ -7,6 +7,10 @@ so that rolling a model back also rolls its guard back. On disk it is two files:
 - ``guard.json`` a manifest a person can read: format version, model, temperature, thresholds,
   detector scalars, the sha256 of ``guard.npz``, creation time and the fit report summary.
 
+Since format version 2 an artifact also holds, per detector, its sorted in-distribution scores on
+calibration data (conformal p-values and alpha thresholds come from them), the ``fused``
+detector and the fit's choice for ``method: auto``. Version-1 artifacts still load.
+
 The manifest is written last (atomically), so a directory with a manifest is a complete artifact.
 
 Score convention everywhere: HIGHER score = MORE out-of-distribution. ``thresholds[method]`` is
@@ -23,15 +27,19 @@ from .artifact_checks import validate_artifact
 from .artifact_files import load_artifact, save_artifact
 from .artifact_model import (
     ARRAYS_FILE,
+    COMBINATIONS,
     DETECTOR_TYPES,
     FEATURE_METHODS,
     FORMAT_VERSION,
     MANIFEST_FILE,
     MANIFEST_KIND,
+    SINGLE_METHODS,
+    SUPPORTED_FORMAT_VERSIONS,
     ArtifactError,
     DetectorParams,
     DriftReference,
     EnergyParams,
+    FusedParams,
     GuardArtifact,
     InputReference,
     KnnParams,
@@ -42,15 +50,19 @@ from .artifact_model import (
 
 __all__ = [
     "ARRAYS_FILE",
+    "COMBINATIONS",
     "DETECTOR_TYPES",
     "FEATURE_METHODS",
     "FORMAT_VERSION",
     "MANIFEST_FILE",
     "MANIFEST_KIND",
+    "SINGLE_METHODS",
+    "SUPPORTED_FORMAT_VERSIONS",
     "ArtifactError",
     "DetectorParams",
     "DriftReference",
     "EnergyParams",
+    "FusedParams",
     "GuardArtifact",
     "InputReference",
     "KnnParams",

@@ -7,12 +7,15 @@ import dataclasses
 import numpy as np
 
 from .artifact_model import (
+    COMBINATIONS,
     DETECTOR_TYPES,
     FEATURE_METHODS,
+    SUPPORTED_FORMAT_VERSIONS,
     ArtifactError,
     DetectorParams,
     DriftReference,
     EnergyParams,
+    FusedParams,
     GuardArtifact,
     KnnParams,
     MahalanobisParams,
@@ -27,6 +30,10 @@ def validate_artifact(artifact: GuardArtifact, *, source: str = "guard artifact"
     """Check that shapes and values agree with each other; raises ArtifactError."""
     problems: list[str] = []
     c, d = artifact.num_classes, artifact.feature_dim
+    if artifact.format_version not in SUPPORTED_FORMAT_VERSIONS:
+        problems.append(
+            f"format_version must be one of {SUPPORTED_FORMAT_VERSIONS}, got {artifact.format_version}"
+        )
     if c < 2:
         problems.append(f"num_classes must be >= 2, got {c}")
     if d < 0:
@@ -49,8 +56,11 @@ def validate_artifact(artifact: GuardArtifact, *, source: str = "guard artifact"
         if method in FEATURE_METHODS and d == 0:
             problems.append(f"detector {method!r} needs features but feature_dim is 0")
             continue
+        if isinstance(params, FusedParams):
+            problems.extend(_check_fused(params, artifact.detectors))
         problems.extend(_check_detector(method, params, c, d))
     problems.extend(_check_reference(artifact.reference, c, d))
+    problems.extend(_check_calibration(artifact))
     if problems:
         raise ArtifactError(f"{source}: invalid guard artifact: " + "; ".join(problems))
 
@@ -79,6 +89,50 @@ def _check_detector(method: str, params: DetectorParams, c: int, d: int) -> list
         value = getattr(params, f.name)
         if isinstance(value, np.ndarray) and not np.all(np.isfinite(value)):
             out.append(f"{method} {f.name} holds NaN or infinity")
+    return out
+
+
+def _check_fused(params: FusedParams, detectors: dict[str, DetectorParams]) -> list[str]:
+    out: list[str] = []
+    members = params.members
+    if len(members) < 2 or len(set(members)) != len(members):
+        out.append(f"fused members {list(members)} must be two or more distinct detectors")
+    for member in members:
+        if member not in detectors or isinstance(detectors[member], FusedParams):
+            out.append(f"fused member {member!r} is not a fitted single detector")
+    if params.combination not in COMBINATIONS:
+        out.append(f"fused combination {params.combination!r} is not one of {', '.join(COMBINATIONS)}")
+    table = params.member_calibration
+    if table.ndim != 2 or table.shape[0] != len(members) or table.shape[1] < 1:
+        out.append(f"fused member_calibration shape {table.shape} is not ({len(members)}, n>=1)")
+    elif np.any(np.diff(table, axis=1) < 0):
+        out.append("fused member_calibration rows are not sorted ascending")
+    return out
+
+
+def _check_calibration(artifact: GuardArtifact) -> list[str]:
+    """Calibration scores: one sorted, finite, non-empty vector per fitted detector; the fused
+    detector and the auto choice need format version 2 (a version-1 reader cannot honour them)."""
+    out: list[str] = []
+    for method, scores in artifact.calibration_scores.items():
+        if method not in artifact.detectors:
+            out.append(f"calibration scores for {method!r} but no such detector")
+        elif scores.dtype != np.float64:
+            out.append(f"calibration scores for {method!r} are {scores.dtype}, not float64")
+        elif scores.ndim != 1 or scores.size < 1:
+            out.append(f"calibration scores for {method!r} have shape {scores.shape}, not (n>=1,)")
+        elif not np.all(np.isfinite(scores)):
+            out.append(f"calibration scores for {method!r} hold NaN or infinity")
+        elif np.any(np.diff(scores) < 0):
+            out.append(f"calibration scores for {method!r} are not sorted ascending")
+    if "fused" in artifact.detectors and "fused" not in artifact.calibration_scores:
+        out.append("the fused detector has no calibration scores (its p-values need them)")
+    if artifact.auto_method is not None and artifact.auto_method not in artifact.detectors:
+        out.append(f"auto_method {artifact.auto_method!r} is not a fitted detector")
+    if artifact.format_version < 2 and (
+        artifact.calibration_scores or artifact.auto_method is not None or "fused" in artifact.detectors
+    ):
+        out.append("calibration scores, the fused detector and auto_method need format_version 2")
     return out
 
 

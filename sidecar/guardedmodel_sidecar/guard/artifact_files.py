@@ -21,9 +21,9 @@ from .artifact_checks import validate_artifact
 from .artifact_model import (
     ARRAYS_FILE,
     DETECTOR_TYPES,
-    FORMAT_VERSION,
     MANIFEST_FILE,
     MANIFEST_KIND,
+    SUPPORTED_FORMAT_VERSIONS,
     ArtifactError,
     DetectorParams,
     DriftReference,
@@ -48,6 +48,11 @@ def save_artifact(artifact: GuardArtifact, directory: Path) -> Path:
     for method, params in artifact.detectors.items():
         detectors_json[method] = _params_to_json(params, f"detectors/{method}", arrays)
     reference_json = _params_to_json(artifact.reference, "reference", arrays)
+    calibration_json: dict[str, dict[str, Any]] = {}
+    for method, scores in artifact.calibration_scores.items():
+        key = f"calibration/{method}"
+        arrays[key] = scores
+        calibration_json[method] = {"array": key, "samples": int(scores.size)}
 
     npz_path = directory / ARRAYS_FILE
     _atomic_write(npz_path, lambda fh: np.savez(fh, **arrays))
@@ -69,7 +74,9 @@ def save_artifact(artifact: GuardArtifact, directory: Path) -> Path:
         "temperature": artifact.temperature,
         "target_acceptance": artifact.target_acceptance,
         "thresholds": dict(artifact.thresholds),
+        "auto_method": artifact.auto_method,
         "detectors": detectors_json,
+        "calibration_scores": calibration_json,
         "reference": reference_json,
         "input_reference": None
         if artifact.input_reference is None
@@ -102,10 +109,11 @@ def load_artifact(directory: Path) -> GuardArtifact:
     if not isinstance(manifest, dict) or manifest.get("kind") != MANIFEST_KIND:
         raise ArtifactError(f"{manifest_path}: not a guard manifest (kind must be {MANIFEST_KIND!r})")
     version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in SUPPORTED_FORMAT_VERSIONS:
+        readable = ", ".join(str(v) for v in SUPPORTED_FORMAT_VERSIONS)
         raise ArtifactError(
             f"{manifest_path}: format_version {version!r} is not supported by this sidecar "
-            f"(it reads {FORMAT_VERSION}); refit the guard with a matching `guardedmodel fit`"
+            f"(it reads {readable}); refit the guard with a matching `guardedmodel fit`"
         )
 
     try:
@@ -138,6 +146,9 @@ def load_artifact(directory: Path) -> GuardArtifact:
                 )
             detectors[method] = _params_from_json(DETECTOR_TYPES[method], params_json, arrays, npz_path)
         reference = _params_from_json(DriftReference, manifest["reference"], arrays, npz_path)
+        calibration_scores = _calibration_from_json(
+            manifest.get("calibration_scores") or {}, arrays, npz_path
+        )
         input_ref_json = manifest.get("input_reference")
         input_reference = None
         if input_ref_json is not None:
@@ -167,6 +178,8 @@ def load_artifact(directory: Path) -> GuardArtifact:
             features_output=model.get("features_output"),
             metadata=dict(manifest.get("metadata") or {}),
             created_at=manifest.get("created_at"),
+            calibration_scores=calibration_scores,
+            auto_method=None if manifest.get("auto_method") is None else str(manifest["auto_method"]),
         )
     except ArtifactError:
         raise
@@ -207,8 +220,22 @@ def _params_from_json(
                 raise ArtifactError(f"{npz}: array {key!r} named by the manifest is missing")
             kwargs[f.name] = arrays[key]
         elif f.name in params_json:
-            kwargs[f.name] = params_json[f.name]
+            value = params_json[f.name]
+            # JSON has no tuples: a list field (e.g. the fused members) comes back as a tuple
+            kwargs[f.name] = tuple(value) if isinstance(value, list) else value
     return cls(**kwargs)
+
+
+def _calibration_from_json(
+    calibration_json: dict[str, Any], arrays: dict[str, np.ndarray], npz: Path
+) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    for method, entry in calibration_json.items():
+        key = entry["array"]
+        if key not in arrays:
+            raise ArtifactError(f"{npz}: calibration array {key!r} named by the manifest is missing")
+        out[str(method)] = arrays[key]
+    return out
 
 
 def _pair(value: Any) -> tuple[float, float]:

@@ -8,7 +8,11 @@ from typing import Any, TypeAlias
 
 import numpy as np
 
-FORMAT_VERSION = 1
+# Version 2 added per-detector calibration scores (conformal p-values), the fused detector and the
+# fit's ``auto`` choice. This sidecar still reads version 1 (no calibration scores: it then falls
+# back to the stored raw thresholds); a version-1 reader refuses version 2 with a clear message.
+FORMAT_VERSION = 2
+SUPPORTED_FORMAT_VERSIONS = (1, 2)
 ARRAYS_FILE = "guard.npz"
 MANIFEST_FILE = "guard.json"
 MANIFEST_KIND = "guardedmodel.io/guard-artifact"
@@ -65,7 +69,29 @@ class VimParams:
     alpha: float
 
 
-DetectorParams: TypeAlias = MahalanobisParams | KnnParams | EnergyParams | MspParams | VimParams
+# How the fused detector combines its members' conformal p-values p_1..p_M into one statistic
+# (higher = more OOD): Fisher's -2 sum ln p_i, or -ln min p_i (the minimum, Bonferroni-style). Neither
+# is referred to its textbook null distribution (the members are dependent): the statistic gets its
+# own conformal calibration instead, which is valid under any dependence.
+COMBINATIONS = ("fisher", "min")
+
+
+@dataclass(frozen=True, eq=False)
+class FusedParams:
+    """Conformal fusion of other fitted detectors (``members``, names in ``detectors``).
+
+    Each member's score becomes a conformal p-value against its row of ``member_calibration``
+    (in-distribution scores on one part, A, of the calibration split; interpolated between
+    neighbouring scores); the p-values are combined by ``combination``. The combined statistic's own calibration scores (on the other part, B)
+    are the fused detector's entry in ``GuardArtifact.calibration_scores``.
+    """
+
+    members: tuple[str, ...]
+    combination: str
+    member_calibration: np.ndarray  # (M, nA) float64, each row sorted ascending
+
+
+DetectorParams: TypeAlias = MahalanobisParams | KnnParams | EnergyParams | MspParams | VimParams | FusedParams
 
 DETECTOR_TYPES: dict[str, type] = {
     "mahalanobis": MahalanobisParams,
@@ -73,7 +99,11 @@ DETECTOR_TYPES: dict[str, type] = {
     "energy": EnergyParams,
     "msp": MspParams,
     "vim": VimParams,
+    "fused": FusedParams,
 }
+
+# Detectors fitted directly on the data (the fused one is built from them).
+SINGLE_METHODS: tuple[str, ...] = ("mahalanobis", "energy", "knn", "msp", "vim")
 
 # Methods whose scores need the model's penultimate features (the others use the logits only).
 FEATURE_METHODS = frozenset({"mahalanobis", "knn", "vim"})
@@ -133,6 +163,12 @@ class GuardArtifact:
     features_output: str | None = "FEATURES"
     metadata: dict[str, Any] = field(default_factory=dict)  # JSON-able; "report" holds the fit summary
     created_at: str | None = None  # set by save_artifact / read by load_artifact (ISO 8601, UTC)
+    # Per method: its in-distribution scores on calibration data it was not fitted on, sorted
+    # ascending, float64 (what conformal p-values and alpha thresholds are computed from). Empty
+    # in version-1 artifacts.
+    calibration_scores: dict[str, np.ndarray] = field(default_factory=dict)
+    # The detector the fit chose for ``method: auto`` (None in version-1 artifacts).
+    auto_method: str | None = None
 
     @property
     def methods(self) -> tuple[str, ...]:

@@ -63,6 +63,37 @@ class ConformalReference:
         below = bisect.bisect_left(self._sorted_list, score)
         return (1.0 + self.n - below) / (self.n + 1.0)
 
+    def interpolated_p_values(self, scores: np.ndarray) -> np.ndarray:
+        """The p-value made continuous in the score: linear between neighbouring calibration
+        scores, equal to ``p_values`` at each of them, in [1/(n+1), 1] and never below it.
+
+        For the fused detector's members: a step function would give the combined statistic many
+        ties (so a rejection rate below alpha, i.e. lost power); validity does not rest on these
+        values, the fused statistic has its own calibration scores.
+        """
+        s = np.asarray(scores, dtype=np.float64).ravel()
+        n, ref = self.n, self._sorted
+        below = np.searchsorted(ref, s, side="left")
+        inside = (below > 0) & (below < n)
+        lower = ref[np.clip(below - 1, 0, n - 1)]
+        upper = ref[np.clip(below, 0, n - 1)]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            # lower < s <= upper inside the range, so upper > lower there
+            fraction = np.where(inside, (s - lower) / np.where(inside, upper - lower, 1.0), 1.0)
+        rank = np.where(inside, below - 1 + fraction, below)
+        return (1.0 + n - rank) / (n + 1.0)
+
+    def interpolated_p_value(self, score: float) -> float:
+        """``interpolated_p_values`` of one score in plain Python floats."""
+        n = self.n
+        if score != score:  # NaN
+            return 1.0 / (n + 1.0)
+        below = bisect.bisect_left(self._sorted_list, score)
+        if below == 0 or below == n:
+            return (1.0 + n - below) / (n + 1.0)
+        lower, upper = self._sorted_list[below - 1], self._sorted_list[below]
+        return (2.0 + n - below - (score - lower) / (upper - lower)) / (n + 1.0)
+
     def threshold(self, alpha: float) -> float:
         """The score above which p <= alpha: a row is OOD at level alpha iff score > threshold.
 
@@ -86,3 +117,32 @@ def guaranteed_rejection_rate(alpha: float, n: int) -> float:
     (averaged over calibration sets): floor(alpha (n + 1)) / (n + 1) <= alpha."""
     check_alpha(alpha)
     return math.floor(alpha * (n + 1) + 1e-9) / (n + 1)
+
+
+# ------------------------------------------------------------------------------------------ fusion
+
+
+def combine_p_values(p_values: np.ndarray, combination: str) -> np.ndarray:
+    """One statistic per column of ``p_values`` (M members, b rows), higher = more OOD.
+
+    ``fisher``: -2 sum_i ln p_i (Fisher's method); ``min``: -ln min_i p_i (the minimum, as in a
+    Bonferroni correction). The statistic is only a ranking: with dependent members neither has
+    its textbook null distribution, so the fused detector calibrates it conformally on its own
+    calibration scores. Conformal p-values are >= 1 / (n + 1), so the logarithms are finite.
+    """
+    p = np.asarray(p_values, dtype=np.float64)
+    if combination == "fisher":
+        out: np.ndarray = -2.0 * np.sum(np.log(p), axis=0)
+        return out
+    if combination == "min":
+        return -np.log(np.min(p, axis=0))
+    raise ConformalError(f"unknown p-value combination {combination!r} (known: fisher, min)")
+
+
+def combine_p_value_row(p_values: list[float], combination: str) -> float:
+    """``combine_p_values`` for one row in plain Python floats (the batch-1 path)."""
+    if combination == "fisher":
+        return -2.0 * sum(math.log(p) for p in p_values)
+    if combination == "min":
+        return -math.log(min(p_values))
+    raise ConformalError(f"unknown p-value combination {combination!r} (known: fisher, min)")

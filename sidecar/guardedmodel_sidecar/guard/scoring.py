@@ -6,12 +6,14 @@ compare with ``artifact.thresholds[method]`` (accept when score <= threshold).
 
 Everything that does not depend on the request (Cholesky factors, whitened class means,
 transposed feature banks) is computed once when the scorer is made, so a request costs a few
-small matrix products.
+small matrix products. At batch 1 the logit scores and the fusion run on plain Python floats:
+numpy's per-call overhead costs more than the arithmetic on a 10-element row.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Protocol
 
 import numpy as np
@@ -20,12 +22,14 @@ from .artifact import (
     DETECTOR_TYPES,
     FEATURE_METHODS,
     EnergyParams,
+    FusedParams,
     GuardArtifact,
     KnnParams,
     MahalanobisParams,
     MspParams,
     VimParams,
 )
+from .conformal import ConformalReference, combine_p_value_row, combine_p_values
 
 METHODS: tuple[str, ...] = tuple(DETECTOR_TYPES)
 
@@ -56,6 +60,15 @@ def _batch_of(logits: np.ndarray, num_classes: int) -> int:
     if len(shape) == 2 and shape[1] == num_classes:
         return int(shape[0])
     raise ScorerError(f"logits must have shape (batch, {num_classes}), got {shape}")
+
+
+def _single_row(logits: np.ndarray, num_classes: int) -> list[float] | None:
+    """The logits as Python floats when the batch is one row (checked like ``_as_logits``),
+    else None."""
+    if _batch_of(logits, num_classes) != 1:
+        return None
+    row: list[float] = np.asarray(logits).reshape(-1).tolist()
+    return row
 
 
 def logsumexp(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -222,8 +235,16 @@ class EnergyScorer:
         self._t = float(params.temperature)
 
     def score(self, logits: np.ndarray, features: np.ndarray | None = None) -> np.ndarray:
+        row = _single_row(logits, self.num_classes)
+        if row is not None:
+            return np.array([self._score_row(row)])
         z = _as_logits(logits, self.num_classes)
         return -self._t * logsumexp(z / self._t, axis=1)
+
+    def _score_row(self, row: list[float]) -> float:
+        top, t = max(row), self._t
+        # NaN or +inf logits give NaN, as in the numpy path
+        return -(t * math.log(sum(math.exp((v - top) / t) for v in row)) + top)
 
 
 class MspScorer:
@@ -237,9 +258,54 @@ class MspScorer:
         self._t = float(params.temperature)
 
     def score(self, logits: np.ndarray, features: np.ndarray | None = None) -> np.ndarray:
+        row = _single_row(logits, self.num_classes)
+        if row is not None:
+            top, t = max(row), self._t
+            return np.array([1.0 - 1.0 / sum(math.exp((v - top) / t) for v in row)])
         z = _as_logits(logits, self.num_classes)
         confidence, _ = calibrated_confidence(z, self._t)
         return 1.0 - confidence
+
+
+class FusedScorer:
+    """Conformal fusion: each member's score becomes its conformal p-value against the member's
+    calibration scores (part A of the calibration split; interpolated between them, so the
+    statistic has no ties), and the p-values are combined (Fisher's -2 sum ln p, or -ln min p). The result is a score like any other (higher = more OOD); its own
+    calibration scores (part B) turn it into a p-value that is valid whatever the dependence
+    between members."""
+
+    method = "fused"
+
+    def __init__(self, params: FusedParams, members: Sequence[OodScorer]) -> None:
+        if len(members) != params.member_calibration.shape[0]:
+            raise ScorerError(
+                f"fused detector has {params.member_calibration.shape[0]} calibration rows for "
+                f"{len(members)} members"
+            )
+        self.members = tuple(members)
+        self.requires_features = any(m.requires_features for m in self.members)
+        self._references = tuple(ConformalReference(row) for row in params.member_calibration)
+        self._combination = params.combination
+
+    def score(self, logits: np.ndarray, features: np.ndarray | None) -> np.ndarray:
+        member_scores = [m.score(logits, features) for m in self.members]
+        if member_scores[0].shape[0] == 1:
+            return np.array([self._score_row([float(s[0]) for s in member_scores])])
+        p = np.stack(
+            [ref.interpolated_p_values(s) for ref, s in zip(self._references, member_scores, strict=True)]
+        )
+        out = combine_p_values(p, self._combination)
+        # a row a member cannot score is not scored by the fusion either (as with single detectors)
+        unscored = np.any(np.isnan(np.stack(member_scores)), axis=0)
+        if np.any(unscored):
+            out[unscored] = np.nan
+        return out
+
+    def _score_row(self, scores: list[float]) -> float:
+        if any(s != s for s in scores):  # NaN
+            return math.nan
+        p = [ref.interpolated_p_value(s) for ref, s in zip(self._references, scores, strict=True)]
+        return combine_p_value_row(p, self._combination)
 
 
 def make_ood_scorer(method: str, artifact: GuardArtifact) -> OodScorer:
@@ -259,6 +325,10 @@ def make_ood_scorer(method: str, artifact: GuardArtifact) -> OodScorer:
             f"{artifact.model_name} has none; use 'energy' or 'msp', or export a features output"
         )
     c, d = artifact.num_classes, artifact.feature_dim
+    if isinstance(params, FusedParams):
+        if "fused" in params.members:
+            raise ScorerError("the fused detector cannot be its own member")
+        return FusedScorer(params, [make_ood_scorer(m, artifact) for m in params.members])
     if isinstance(params, MahalanobisParams):
         return MahalanobisScorer(params, c, d)
     if isinstance(params, KnnParams):

@@ -13,6 +13,7 @@ from guardedmodel_sidecar.guard.artifact import (
     FORMAT_VERSION,
     MANIFEST_FILE,
     ArtifactError,
+    FusedParams,
     GuardArtifact,
     KnnParams,
     load_artifact,
@@ -28,12 +29,19 @@ def test_round_trip_keeps_every_value_and_every_score(
     assert manifest == tmp_path / "guard" / MANIFEST_FILE
     loaded = load_artifact(tmp_path / "guard")
     for f in dataclasses.fields(GuardArtifact):
-        if f.name in ("detectors", "reference", "created_at"):
+        if f.name in ("detectors", "reference", "created_at", "calibration_scores"):
             continue
         assert getattr(loaded, f.name) == getattr(artifact, f.name), f.name
     assert loaded.created_at is not None
     for name in ("feature_edges", "feature_fractions", "confidence_edges", "confidence_fractions"):
         assert np.array_equal(getattr(loaded.reference, name), getattr(artifact.reference, name))
+    assert loaded.calibration_scores.keys() == artifact.calibration_scores.keys()
+    for method, scores in artifact.calibration_scores.items():
+        assert loaded.calibration_scores[method].dtype == np.float64
+        assert np.array_equal(loaded.calibration_scores[method], scores), method
+    fused = loaded.detectors["fused"]
+    assert isinstance(fused, FusedParams) and fused.members == ("mahalanobis", "energy")
+    assert loaded.auto_method == "fused"
     assert isinstance(loaded.detectors["knn"], KnnParams)
     assert loaded.detectors["knn"].bank.dtype == np.float32
     logits, features = rng.normal(size=(8, C)), rng.normal(size=(8, D))
@@ -75,7 +83,9 @@ def test_other_format_versions_are_refused(artifact: GuardArtifact, tmp_path: Pa
     manifest = json.loads((tmp_path / MANIFEST_FILE).read_text())
     manifest["format_version"] = FORMAT_VERSION + 1
     (tmp_path / MANIFEST_FILE).write_text(json.dumps(manifest))
-    with pytest.raises(ArtifactError, match=r"guard\.json: format_version 2 is not supported"):
+    with pytest.raises(
+        ArtifactError, match=rf"guard\.json: format_version {FORMAT_VERSION + 1} is not supported"
+    ):
         load_artifact(tmp_path)
 
 
@@ -108,3 +118,122 @@ def test_artifact_without_features_round_trips(tmp_path: Path, rng: np.random.Ge
     assert loaded.feature_dim == 0 and loaded.features_output is None
     assert loaded.reference.feature_edges.shape == (0, 6)
     assert set(loaded.detectors) == {"energy", "msp"}
+
+
+def test_a_version_1_artifact_without_calibration_scores_still_loads(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    """What an earlier `guardedmodel fit` wrote: format 1, no calibration scores, no fused detector,
+    no auto choice, and no manifest keys for them."""
+    old = dataclasses.replace(make_artifact(rng, calibration_samples=0), format_version=1)
+    save_artifact(old, tmp_path)
+    manifest = json.loads((tmp_path / MANIFEST_FILE).read_text())
+    del manifest["calibration_scores"], manifest["auto_method"]
+    (tmp_path / MANIFEST_FILE).write_text(json.dumps(manifest))
+    loaded = load_artifact(tmp_path)
+    assert loaded.format_version == 1
+    assert loaded.calibration_scores == {} and loaded.auto_method is None
+    assert "fused" not in loaded.detectors and loaded.thresholds == old.thresholds
+
+
+def test_version_1_cannot_carry_what_a_version_1_reader_would_ignore(
+    artifact: GuardArtifact, tmp_path: Path
+) -> None:
+    with pytest.raises(ArtifactError, match="need format_version 2"):
+        save_artifact(dataclasses.replace(artifact, format_version=1), tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            lambda a: {
+                "calibration_scores": {**a.calibration_scores, "knn": a.calibration_scores["knn"][::-1]}
+            },
+            "calibration scores for 'knn' are not sorted ascending",
+        ),
+        (
+            lambda a: {"calibration_scores": {**a.calibration_scores, "msp": np.array([0.1, np.nan])}},
+            "calibration scores for 'msp' hold NaN or infinity",
+        ),
+        (
+            lambda a: {"calibration_scores": {**a.calibration_scores, "energy": np.zeros(0)}},
+            r"calibration scores for 'energy' have shape \(0,\)",
+        ),
+        (
+            lambda a: {"calibration_scores": {**a.calibration_scores, "msp": np.zeros(3, np.float32)}},
+            "calibration scores for 'msp' are float32, not float64",
+        ),
+        (
+            lambda a: {"calibration_scores": {**a.calibration_scores, "odin": np.zeros(3)}},
+            "calibration scores for 'odin' but no such detector",
+        ),
+        (
+            lambda a: {"calibration_scores": {k: v for k, v in a.calibration_scores.items() if k != "fused"}},
+            "the fused detector has no calibration scores",
+        ),
+        (lambda a: {"auto_method": "odin"}, "auto_method 'odin' is not a fitted detector"),
+        (
+            lambda a: {
+                "detectors": {
+                    **a.detectors,
+                    "fused": dataclasses.replace(a.detectors["fused"], members=("mahalanobis", "odin")),
+                }
+            },
+            "fused member 'odin' is not a fitted single detector",
+        ),
+        (
+            lambda a: {
+                "detectors": {
+                    **a.detectors,
+                    "fused": dataclasses.replace(
+                        a.detectors["fused"],
+                        members=("energy",),
+                        member_calibration=a.detectors["fused"].member_calibration[:1],
+                    ),
+                }
+            },
+            "must be two or more distinct detectors",
+        ),
+        (
+            lambda a: {
+                "detectors": {
+                    **a.detectors,
+                    "fused": dataclasses.replace(a.detectors["fused"], combination="simes"),
+                }
+            },
+            "fused combination 'simes' is not one of fisher, min",
+        ),
+        (
+            lambda a: {
+                "detectors": {
+                    **a.detectors,
+                    "fused": dataclasses.replace(
+                        a.detectors["fused"],
+                        member_calibration=a.detectors["fused"].member_calibration[:, ::-1],
+                    ),
+                }
+            },
+            "fused member_calibration rows are not sorted ascending",
+        ),
+    ],
+)
+def test_inconsistent_calibration_and_fusion_are_refused(
+    artifact: GuardArtifact,
+    tmp_path: Path,
+    change,
+    message: str,  # type: ignore[no-untyped-def]
+) -> None:
+    with pytest.raises(ArtifactError, match=message):
+        save_artifact(dataclasses.replace(artifact, **change(artifact)), tmp_path)
+
+
+def test_a_missing_calibration_array_is_named(artifact: GuardArtifact, tmp_path: Path) -> None:
+    save_artifact(artifact, tmp_path)
+    manifest = json.loads((tmp_path / MANIFEST_FILE).read_text())
+    manifest["calibration_scores"]["knn"]["array"] = "calibration/nothing"
+    (tmp_path / MANIFEST_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(
+        ArtifactError, match="calibration array 'calibration/nothing' named by the manifest is missing"
+    ):
+        load_artifact(tmp_path)

@@ -5,9 +5,10 @@ import pytest
 from guard_synthetic import C, D, make_artifact
 from scipy import special, stats
 
-from guardedmodel_sidecar.guard.artifact import GuardArtifact, KnnParams, MahalanobisParams
+from guardedmodel_sidecar.guard.artifact import FusedParams, GuardArtifact, KnnParams, MahalanobisParams
 from guardedmodel_sidecar.guard.scoring import (
     METHODS,
+    FusedScorer,
     KnnScorer,
     MahalanobisScorer,
     ScorerError,
@@ -55,6 +56,7 @@ def test_scores_match_their_definitions(artifact: GuardArtifact, rng: np.random.
         "msp": 1.0 - special.softmax(logits / 1.7, axis=1).max(axis=1),
         "vim": vim.alpha * residual - special.logsumexp(logits, axis=1),
     }
+    expected["fused"] = reference_fused(artifact.detectors["fused"], expected)
     for method in METHODS:
         scores = make_ood_scorer(method, artifact).score(logits, features)
         assert scores.shape == (17,)
@@ -71,6 +73,70 @@ def test_batch_of_one_and_one_dimensional_rows_agree(
         batch = scorer.score(logits, features)
         single = np.array([scorer.score(logits[i], features[i])[0] for i in range(5)])
         assert np.allclose(batch, single, rtol=1e-5), method
+
+
+def reference_interpolated_p_value(reference: np.ndarray, s: float) -> float:
+    """The conformal p-value (1 + #{A >= s}) / (n + 1) by counting, plus the linear step between
+    the calibration scores around s: (hi - s) / (hi - lo) / (n + 1)."""
+    n = reference.size
+    p = (1 + np.count_nonzero(reference >= s)) / (n + 1)
+    lower, upper = reference[reference < s], reference[reference >= s]
+    if lower.size and upper.size:
+        lo, hi = lower.max(), upper.min()
+        p += (hi - s) / (hi - lo) / (n + 1)
+    return float(p)
+
+
+def reference_fused(params: FusedParams, member_scores: dict[str, np.ndarray]) -> np.ndarray:
+    """The fused statistic spelt out: each member's interpolated p-value, then Fisher's
+    -2 sum ln p or -ln min p."""
+    p = np.array(
+        [
+            [reference_interpolated_p_value(reference, s) for s in member_scores[m]]
+            for m, reference in zip(params.members, params.member_calibration, strict=True)
+        ]
+    )
+    if params.combination == "fisher":
+        return -2.0 * np.log(p).sum(axis=0)
+    return -np.log(p.min(axis=0))
+
+
+@pytest.mark.parametrize("combination", ["fisher", "min"])
+@pytest.mark.parametrize("batch", [1, 23])
+def test_fused_score_is_the_combined_conformal_p_values_of_its_members(
+    rng: np.random.Generator, combination: str, batch: int
+) -> None:
+    artifact = make_artifact(rng, combination=combination)
+    fused = artifact.detectors["fused"]
+    assert isinstance(fused, FusedParams) and fused.combination == combination
+    logits, features = 1.5 * rng.normal(size=(batch, C)), 1.5 * rng.normal(size=(batch, D))
+    members = {m: make_ood_scorer(m, artifact).score(logits, features) for m in fused.members}
+    # exact ties with calibration scores decide the count: use calibration values themselves too
+    members["mahalanobis"][0] = fused.member_calibration[0, 7]
+    scorer = make_ood_scorer("fused", artifact)
+    assert isinstance(scorer, FusedScorer) and scorer.requires_features
+    got = np.array([scorer._score_row([float(members[m][i]) for m in fused.members]) for i in range(batch)])
+    assert np.allclose(got, reference_fused(fused, members), rtol=1e-12)
+    assert np.allclose(scorer.score(logits, features)[1:], reference_fused(fused, members)[1:], rtol=1e-12)
+
+
+def test_fused_score_is_nan_when_a_member_cannot_score(rng: np.random.Generator) -> None:
+    artifact = make_artifact(rng)
+    scorer = make_ood_scorer("fused", artifact)
+    logits, features = rng.normal(size=(3, C)), rng.normal(size=(3, D))
+    features[1, 0] = np.nan
+    scores = scorer.score(logits, features)
+    assert np.isnan(scores[1]) and np.all(np.isfinite(scores[[0, 2]]))
+    assert np.isnan(scorer.score(logits[1], features[1])[0])
+
+
+def test_logit_scores_at_batch_one_give_nan_for_nan_or_infinite_logits(artifact: GuardArtifact) -> None:
+    for method in ("energy", "msp"):
+        scorer = make_ood_scorer(method, artifact)
+        for bad in (np.nan, np.inf):
+            row = np.array([[0.5, bad, -1.0, 2.0]])
+            assert np.isnan(scorer.score(row, None)[0]), (method, bad)
+            assert np.isnan(scorer.score(np.repeat(row, 2, axis=0), None)).all(), (method, bad)
 
 
 @pytest.mark.parametrize("k", [1, 4, 20])
