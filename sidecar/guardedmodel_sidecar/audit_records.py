@@ -29,17 +29,23 @@ def scored_record(
     guard: VersionGuard,
     decision: Decision,
     scores: Scores,
+    *,
+    answered: bool,
 ) -> dict[str, Any]:
-    """The record of a request the model answered and the guard scored."""
-    return {
+    """The record of a request the model answered and the guard scored: the request's decision (its
+    worst row's) and, per row, the decision, calibrated confidence, predicted class, OOD score and
+    p-value. ``answered``: the caller got the model's answer (every row, or the rows not refused)."""
+    record = {
         "id": request_id,
         "client_id": client_id(request.id),
         "ts": time.time(),
         "model": model,
         "version": guard.version,
-        "status": 200 if decision.decision != REJECT else OutOfDistribution.http_status,
+        "status": 200 if answered else OutOfDistribution.http_status,
         "decision": decision.decision,
         "decisions": decision.per_sample,
+        "rows_review": decision.rows_review,
+        "rows_rejected": decision.rows_rejected,
         "confidence": scores.confidence,
         "predicted": scores.predicted,
         "ood_method": guard.policy.ood_method,
@@ -48,11 +54,19 @@ def scored_record(
         "batch": int(scores.confidence.shape[0]),
         "input_digest": input_digest(request),
     }
+    if scores.ood_p_value is not None:
+        record["ood_p_value"] = scores.ood_p_value
+    return record
 
 
-def review_item(record: dict[str, Any], request: InferRequest) -> dict[str, Any]:
-    """What a reviewer gets: the audit record plus the inputs to look at."""
-    return {**record, "inputs": inputs_preview(request)}
+def review_item(
+    record: dict[str, Any], request: InferRequest, rows: list[int] | None = None
+) -> dict[str, Any]:
+    """What a reviewer gets: the audit record, the rows that ask for review (``review_rows``, indices
+    into the batch) and those rows' inputs to look at. ``rows`` None: every row."""
+    if rows is None:
+        return {**record, "review_rows": list(range(record["batch"])), "inputs": inputs_preview(request)}
+    return {**record, "review_rows": rows, "inputs": inputs_preview(request, rows)}
 
 
 def failure_record(
@@ -110,12 +124,19 @@ def input_digest(request: InferRequest) -> str:
     return h.hexdigest()[:32]
 
 
-def inputs_preview(request: InferRequest) -> list[dict[str, Any]]:
-    """The inputs a reviewer looks at (numeric ones as lists; capped at 1 MiB per tensor)."""
+def inputs_preview(request: InferRequest, rows: list[int] | None = None) -> list[dict[str, Any]]:
+    """The inputs a reviewer looks at (numeric ones as lists; capped at 1 MiB per tensor): every row,
+    or only ``rows`` of tensors with a batch dimension (the shape then counts those rows)."""
     out = []
+    batch = request.batch_size()
     for tensor in request.inputs:
-        entry: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": tensor.shape}
-        if tensor.array is not None and len(tensor.raw) <= _PREVIEW_BYTES:
-            entry["data"] = np.ascontiguousarray(tensor.array)
+        array = tensor.array
+        shape = tensor.shape
+        if rows is not None and array is not None and shape and shape[0] == batch:
+            array = array[rows]
+            shape = (len(rows), *shape[1:])
+        entry: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": shape}
+        if array is not None and array.nbytes <= _PREVIEW_BYTES:
+            entry["data"] = np.ascontiguousarray(array)
         out.append(entry)
     return out

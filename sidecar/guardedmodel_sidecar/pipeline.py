@@ -4,22 +4,33 @@ The HTTP and gRPC adapters decode a request into an ``InferRequest``, call ``Pip
 encode what comes back; every guard rule lives here, once. Each model version routing serves has its
 own ``VersionGuard`` (version_guard.py); the model call is handed in when the pipeline is built (the
 plain Triton call, or the micro-batcher around it), so this module speaks no wire protocol.
+
+Each row of a batch is decided on its own (decision.py). Under ``spec.gate.batchPolicy: perRow`` a
+batch with some refused rows is answered: the refused rows of the model's floating-point outputs are
+NaN, the guard's per-row results travel as GUARD_* output tensors (protocol/guard_outputs.py) and
+the request-level parameters summarise them. ``wholeRequest`` refuses the request when any row is
+refused, and so does ``perRow`` when every row is, or when an output cannot carry NaN and the caller
+does not read GUARD_DECISION.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from guardedmodel_sidecar.audit import AuditLog
 from guardedmodel_sidecar.audit_records import failure_record, review_item, scored_record, undecodable_record
 from guardedmodel_sidecar.config import SidecarConfig
-from guardedmodel_sidecar.decision import REJECT, REVIEW, Decision, decide
+from guardedmodel_sidecar.decision import REJECT, REJECT_CODE, REVIEW_CODE, WHOLE_REQUEST, Decision, decide
 from guardedmodel_sidecar.errors import (
     GuardError,
     InputRefused,
+    InvalidRequest,
     ModelNotFound,
     OutOfDistribution,
     Overloaded,
@@ -27,13 +38,28 @@ from guardedmodel_sidecar.errors import (
 )
 from guardedmodel_sidecar.metrics import SidecarMetrics
 from guardedmodel_sidecar.protocol.budget import budget_for
-from guardedmodel_sidecar.protocol.model import InferRequest, InferResponse
-from guardedmodel_sidecar.response_scoring import score_response
+from guardedmodel_sidecar.protocol.guard_outputs import (
+    GUARD_DECISION,
+    GUARD_OOD_P_VALUE,
+    GUARD_OOD_SCORE,
+    GUARD_OUTPUT_NAMES,
+    GUARD_OUTPUTS,
+    NAN_DATATYPES,
+    RowResults,
+    guard_tensors,
+    masked_rows,
+    row_maskable,
+    with_guard_outputs,
+)
+from guardedmodel_sidecar.protocol.model import InferRequest, InferResponse, OutputTensor
+from guardedmodel_sidecar.response_scoring import Scores, score_response
 from guardedmodel_sidecar.review import ReviewSink
 from guardedmodel_sidecar.routing import Router
 from guardedmodel_sidecar.upstream import TritonHttp
 from guardedmodel_sidecar.upstream_call import TritonCall, UpstreamCall, UpstreamResult
 from guardedmodel_sidecar.version_guard import VersionGuard
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -43,6 +69,8 @@ class GuardedResult:
     decision: Decision
     parameters: dict[str, Any]
     headers: dict[str, str]
+    # Why the request is refused as a whole (422 / INVALID_ARGUMENT); None: it is answered.
+    refusal: str | None = None
 
 
 class Pipeline:
@@ -78,11 +106,18 @@ class Pipeline:
         self._seq = 0
         self._inflight = 0
         self._max_inflight = config.limits.max_inflight_requests
+        # perRow: a batch with some refused rows is answered row by row; wholeRequest: refused.
+        self.batch_policy = config.spec.batch_policy
+        # version -> the model's own output names, read from Triton the first time a caller names a
+        # GUARD_* output (a model output of that name wins over the guard's).
+        self._model_outputs: dict[str, frozenset[str]] = {}
+        self._warned_shadowed: set[tuple[str, str]] = set()
 
     # ------------------------------------------------------------------------------------ set-up
 
     def install_guard(self, guard: VersionGuard) -> None:
         self.guards[guard.version] = guard
+        self._model_outputs.pop(guard.version, None)
         self.metrics.add_version(guard.metrics)
 
     # ------------------------------------------------------------------------------------ serving
@@ -139,11 +174,12 @@ class Pipeline:
                 raise Unavailable("Triton is not ready; the sidecar refuses requests until it is")
             guard = self._resolve(request)
             flags = guard.gate.check(request)
+            outputs = guard.upstream_outputs(request)
+            if outputs is not None and not GUARD_OUTPUT_NAMES.isdisjoint(outputs):
+                outputs = await self._model_outputs_only(guard, outputs)
             gated = time.perf_counter()
             stage = "model"
-            answer = await self.upstream_call(
-                self.model, guard.version, request, guard.upstream_outputs(request)
-            )
+            answer = await self.upstream_call(self.model, guard.version, request, outputs)
             modelled = time.perf_counter()
             stage = "scorer"
             result = self._score(request, request_id, guard, answer, flags)
@@ -156,12 +192,41 @@ class Pipeline:
         stages["model"].observe(modelled - gated)
         stages["scorer"].observe(finished - modelled)
         stages["total"].observe(finished - started)
-        if result.decision.decision == REJECT:
-            raise OutOfDistribution(
-                f"input refused as out of distribution: {'; '.join(result.decision.reasons)}",
-                headers=result.headers,
-            )
+        if result.refusal is not None:
+            raise OutOfDistribution(result.refusal, headers=result.headers)
         return result
+
+    async def _model_outputs_only(self, guard: VersionGuard, names: list[str]) -> list[str]:
+        """The outputs to ask Triton for, without the GUARD_* names the model does not have itself
+        (the guard answers those); refuses a guard output this version cannot give."""
+        model_outputs = await self._model_output_names(guard.version)
+        kept = []
+        for name in names:
+            if name not in GUARD_OUTPUT_NAMES or name in model_outputs:
+                kept.append(name)
+            elif name == GUARD_OOD_SCORE and guard.scorer is None:
+                raise InvalidRequest(
+                    f"output '{name}' is not available: version {guard.version} of '{self.model}' has no "
+                    "OOD scorer (spec.gate.ood.method, and a guard artifact with that detector)"
+                )
+            elif name == GUARD_OOD_P_VALUE and (guard.scorer is None or guard.conformal is None):
+                raise InvalidRequest(
+                    f"output '{name}' is not available: the guard of version {guard.version} of "
+                    f"'{self.model}' has no conformal calibration scores; refit the guard, or ask for "
+                    f"{GUARD_OOD_SCORE}"
+                )
+        return kept
+
+    async def _model_output_names(self, version: str) -> frozenset[str]:
+        known = self._model_outputs.get(version)
+        if known is not None:
+            return known
+        status, metadata = await self.upstream.get_json(f"/v2/models/{self.model}/versions/{version}")
+        if status != 200 or not isinstance(metadata, dict) or not isinstance(metadata.get("outputs"), list):
+            return frozenset()  # not cached: asked again next time
+        names = frozenset(str(o.get("name")) for o in metadata["outputs"] if isinstance(o, dict))
+        self._model_outputs[version] = names
+        return names
 
     def _score(
         self,
@@ -176,31 +241,31 @@ class Pipeline:
         decision = decide(scores.confidence, scores.ood, flags, guard.policy)
         guard.metrics.observe(scores.confidence, scores.predicted, scores.ood, scores.features)
         guard.metrics.decisions[decision.decision] += 1
-        parameters: dict[str, Any] = {
-            "guard_decision": decision.decision,
-            "guard_confidence": decision.confidence,
-            "model_version": guard.version,
-        }
-        headers = {
-            "Guard-Decision": decision.decision,
-            "Guard-Confidence": f"{decision.confidence:.6f}",
-            "Guard-Model-Version": guard.version,
-        }
-        if decision.ood_score is not None:
-            parameters["guard_ood_score"] = decision.ood_score
-            headers["Guard-Ood-Score"] = f"{decision.ood_score:.6g}"
-        if len(decision.per_sample) > 1:
-            parameters["guard_decisions"] = ",".join(decision.per_sample)
-        if decision.reasons:
-            parameters["guard_reasons"] = " | ".join(decision.reasons)
-        headers["Guard-Request-Id"] = request_id  # finds the request's audit record
-        record = scored_record(request, request_id, self.model, guard, decision, scores)
-        if decision.decision == REVIEW:
-            record["review"] = self.review.offer(review_item(record, request))
+        response, refusal, shadowed = guarded_response(response, request, decision, scores, self.batch_policy)
+        for name in shadowed:
+            self._warn_shadowed(guard.version, name)
+        parameters, headers = summary(decision, scores, guard.version, request_id)
+        record = scored_record(
+            request, request_id, self.model, guard, decision, scores, answered=refusal is None
+        )
+        if refusal is None and decision.rows_review:
+            rows = None if decision.rows_review == decision.rows else review_rows(decision)
+            record["review"] = self.review.offer(review_item(record, request, rows))
         if self.audit.maybe_sample(request_id, request.inputs):
             record["sampled"] = True
         self.audit.record(record)
-        return GuardedResult(response, guard.version, decision, parameters, headers)
+        return GuardedResult(response, guard.version, decision, parameters, headers, refusal)
+
+    def _warn_shadowed(self, version: str, name: str) -> None:
+        if (version, name) not in self._warned_shadowed:
+            self._warned_shadowed.add((version, name))
+            log.warning(
+                "%s version %s has an output named %s, a name the guard reserves for its per-row "
+                "results: callers get the model's output under that name, and not the guard's",
+                self.model,
+                version,
+                name,
+            )
 
     def record_undecodable(self, model: str, version: str, exc: GuardError, body: bytes | memoryview) -> None:
         """Audit a request that never became an InferRequest (bad JSON, sizes that do not add up)."""
@@ -229,3 +294,114 @@ class Pipeline:
         stages = guard.metrics.stages if guard is not None else self.metrics.stages
         stages["total"].observe(time.perf_counter() - started)
         self.audit.record(failure_record(request, request_id, guard, stage, exc, refused))
+
+
+# ---------------------------------------------------------------------------------------- per row
+
+
+def guarded_response(
+    response: InferResponse,
+    request: InferRequest,
+    decision: Decision,
+    scores: Scores,
+    batch_policy: str,
+) -> tuple[InferResponse, str | None, tuple[str, ...]]:
+    """What the caller gets: (the response with its refused rows blanked and the guard outputs it
+    asked for, why the request is refused as a whole or None, the guard outputs the model's own
+    outputs of the same name shadow)."""
+    model_names = [o.name for o in response.outputs]
+    wanted: set[str] | None = None
+    if request.outputs is None:
+        asked: tuple[str, ...] | list[str] = GUARD_OUTPUTS
+    else:
+        wanted = {o.name for o in request.outputs}
+        asked = [n for n in GUARD_OUTPUTS if n in wanted]
+    shadowed = tuple(n for n in asked if n in model_names)
+    ours = [n for n in asked if n not in model_names] if shadowed else asked
+    outputs = response.outputs
+    if decision.rows_rejected:
+        refusal = _refusal(response, decision, batch_policy, wanted, GUARD_DECISION in ours)
+        if refusal is not None:
+            return response, refusal, shadowed
+        outputs = _blank_refused_rows(response.outputs, decision, wanted)
+    if ours:
+        rows = RowResults(decision.per_sample, scores.confidence, scores.ood, scores.ood_p_value)
+        outputs = [*outputs, *guard_tensors(rows, ours)]
+    if outputs is not response.outputs:
+        response = with_guard_outputs(response, outputs)
+    return response, None, shadowed
+
+
+def _refusal(
+    response: InferResponse, decision: Decision, batch_policy: str, wanted: set[str] | None, reads: bool
+) -> str | None:
+    """Why a request with refused rows is refused as a whole; None when it is answered per row."""
+    refused = f"input refused as out of distribution: {'; '.join(decision.reasons)}"
+    if batch_policy == WHOLE_REQUEST or decision.all_rejected:
+        return refused
+    rows = f"{decision.rows_rejected} of {decision.rows} rows are refused"
+    for out in response.outputs:
+        if wanted is not None and out.name not in wanted:
+            continue  # fetched for the guard, not returned
+        if not row_maskable(out, decision.rows):
+            return (
+                f"{refused}. {rows}, and output '{out.name}' (shape {list(out.shape)}) has no row per "
+                "input that could be blanked, so no row is answered"
+            )
+        if out.datatype not in NAN_DATATYPES and not reads:
+            return (
+                f"{refused}. {rows}, and output '{out.name}' ({out.datatype}) cannot mark them with NaN; "
+                f"name {GUARD_DECISION} in the request's outputs to get the other rows answered (the "
+                f"refused rows of '{out.name}' are then zero), or send the refused rows apart"
+            )
+    return None
+
+
+def _blank_refused_rows(
+    outputs: list[OutputTensor], decision: Decision, wanted: set[str] | None
+) -> list[OutputTensor]:
+    refused = decision.codes == REJECT_CODE
+    return [
+        out if wanted is not None and out.name not in wanted else masked_rows(out, refused) for out in outputs
+    ]
+
+
+def summary(
+    decision: Decision, scores: Scores, version: str, request_id: str
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The request-level parameters and HTTP headers: the worst row's decision, the lowest
+    confidence, the highest OOD score (and the lowest p-value), and how many rows were refused or
+    asked for review."""
+    parameters: dict[str, Any] = {
+        "guard_decision": decision.decision,
+        "guard_confidence": decision.confidence,
+        "model_version": version,
+        "guard_rows": decision.rows,
+        "guard_rows_review": decision.rows_review,
+        "guard_rows_rejected": decision.rows_rejected,
+    }
+    headers = {
+        "Guard-Decision": decision.decision,
+        "Guard-Confidence": f"{decision.confidence:.6f}",
+        "Guard-Model-Version": version,
+    }
+    if decision.ood_score is not None:
+        parameters["guard_ood_score"] = decision.ood_score
+        headers["Guard-Ood-Score"] = f"{decision.ood_score:.6g}"
+    p_values = scores.ood_p_value
+    if p_values is not None and p_values.size:
+        parameters["guard_ood_p_value"] = p_values.item() if p_values.size == 1 else float(p_values.min())
+    if decision.rows > 1:
+        parameters["guard_decisions"] = ",".join(decision.per_sample)
+    if decision.reasons:
+        parameters["guard_reasons"] = " | ".join(decision.reasons)
+    if decision.rows_rejected:
+        headers["Guard-Rows-Rejected"] = str(decision.rows_rejected)
+    headers["Guard-Request-Id"] = request_id  # finds the request's audit record
+    return parameters, headers
+
+
+def review_rows(decision: Decision) -> list[int]:
+    """The rows (indices into the batch) that ask for review."""
+    rows: list[int] = np.flatnonzero(decision.codes == REVIEW_CODE).tolist()
+    return rows

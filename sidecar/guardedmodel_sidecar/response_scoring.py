@@ -1,6 +1,7 @@
 """Scores of a Triton response under one version's guard: calibrated confidence, predicted class,
-OOD score and the features drift needs. The micro-batcher scores a stacked batch once and hands each
-caller its rows; otherwise the pipeline scores each response."""
+OOD score (and its conformal p-value when the guard has calibration scores) and the features drift
+needs, one per row. The micro-batcher scores a stacked batch once and hands each caller its rows;
+otherwise the pipeline scores each response."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ class Scores:
     predicted: np.ndarray  # (b,) class index
     ood: np.ndarray | None  # (b,) higher = more OOD
     features: np.ndarray | None  # (b, D) when drift or the detector needs them
+    ood_p_value: np.ndarray | None = None  # (b,) conformal p-value of ``ood``, when the guard has one
 
     def rows(self, start: int, stop: int) -> Scores:
         return Scores(
@@ -28,6 +30,7 @@ class Scores:
             self.predicted[start:stop],
             None if self.ood is None else self.ood[start:stop],
             None if self.features is None else self.features[start:stop],
+            None if self.ood_p_value is None else self.ood_p_value[start:stop],
         )
 
 
@@ -67,7 +70,12 @@ def score_response(guard: VersionGuard, response: InferResponse) -> Scores:
     else:
         confidence, predicted = calibrated_confidence(logits, guard.temperature)
     ood = guard.scorer.score(logits, features) if guard.scorer is not None else None
-    return Scores(confidence, predicted, ood, features)
+    p_value = None
+    conformal = guard.conformal
+    if ood is not None and conformal is not None:
+        # One row: bisect on a list beats numpy's searchsorted on a 1-element array.
+        p_value = np.array([conformal.p_value(ood.item())]) if ood.shape[0] == 1 else conformal.p_values(ood)
+    return Scores(confidence, predicted, ood, features, p_value)
 
 
 def score_version(guards: dict[str, VersionGuard], version: str, response: InferResponse) -> Scores | None:

@@ -18,6 +18,8 @@ silent, and the request's audit record says what became of its item (``review``:
 
 ``maxFraction`` caps the share of requests sent to people: a credit grows by ``max_fraction`` per
 request and each spooled item spends one, so at most ``1 + max_fraction * requests`` items are sent.
+It counts requests, not rows: a batch with rows to review makes one item (naming those rows and
+carrying only their inputs), whatever its number of rows, and a request refused as a whole makes none.
 Capped items are still answered ``review`` to the caller and counted, just not sent.
 """
 

@@ -24,6 +24,13 @@ from guardedmodel_testground.triton import TritonServer
 pytestmark = pytest.mark.integration
 
 
+def guard_outputs_of(parameters: dict[str, Any]) -> list[str]:
+    """The guard outputs a response asked for in full carries: this stack scores OOD (Mahalanobis),
+    and a guard with conformal calibration also gives p-values (then summarised in the parameters)."""
+    names = ["GUARD_DECISION", "GUARD_CONFIDENCE", "GUARD_OOD_SCORE"]
+    return [*names, "GUARD_OOD_P_VALUE"] if "guard_ood_p_value" in parameters else names
+
+
 @pytest.fixture(scope="module")
 def stack(
     tmp_path_factory: pytest.TempPathFactory, toy_repository: Path
@@ -98,7 +105,9 @@ def test_http_outputs_equal_direct_triton(stack, binary: bool, outputs: list[str
     direct = http_infer(triton.http_url, x, binary=binary, outputs=outputs)
     guarded = http_infer(sidecar.http_url, x, binary=binary, outputs=outputs)
     names = [o["name"] for o in direct.get_response()["outputs"]]
-    assert [o["name"] for o in guarded.get_response()["outputs"]] == names
+    # Asked for every output, the caller also gets the guard's per-row results after the model's.
+    guard_names = guard_outputs_of(guarded.get_response()["parameters"]) if outputs is None else []
+    assert [o["name"] for o in guarded.get_response()["outputs"]] == names + guard_names
     for name in names:
         np.testing.assert_array_equal(guarded.as_numpy(name), direct.as_numpy(name))
     logits, _ = reference_outputs(x)
@@ -115,7 +124,9 @@ def test_grpc_outputs_equal_direct_triton(stack, outputs: list[str] | None) -> N
     direct = grpc_infer(triton.grpc_url, x, outputs=outputs)
     guarded = grpc_infer(sidecar.grpc_url, x, outputs=outputs)
     names = [o.name for o in direct.get_response().outputs]
-    assert [o.name for o in guarded.get_response().outputs] == names
+    params = {k: v.WhichOneof("parameter_choice") for k, v in guarded.get_response().parameters.items()}
+    guard_names = guard_outputs_of(params) if outputs is None else []
+    assert [o.name for o in guarded.get_response().outputs] == names + guard_names
     for name in names:
         np.testing.assert_array_equal(guarded.as_numpy(name), direct.as_numpy(name))
     params = guarded.get_response().parameters
