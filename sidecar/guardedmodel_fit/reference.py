@@ -46,6 +46,7 @@ def drift_reference(
         confidence_edges=c_edges,
         confidence_fractions=c_counts / c_counts.sum(),
         class_fractions=class_counts / max(class_counts.sum(), 1),
+        samples=int(conf.shape[0]),  # the drift test weighs the reference's own sampling noise
     )
 
 

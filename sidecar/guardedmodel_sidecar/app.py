@@ -38,6 +38,7 @@ from guardedmodel_sidecar.triton_metrics import QueueCounters, follow_triton_que
 from guardedmodel_sidecar.upstream import TritonHttp
 from guardedmodel_sidecar.upstream_call import TritonCall, UpstreamCall
 from guardedmodel_sidecar.version_guard import VersionGuard, build_guard
+from guardedmodel_sidecar.version_metrics import drift_policy
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ class SidecarApp:
         self.kubeconfig = kubeconfig
         self.health_interval_s = health_interval_s
         spec = config.spec
-        self.metrics = SidecarMetrics(spec.model.name)
+        self.metrics = SidecarMetrics(spec.model.name, drift_policy(spec.drift, config.tuning.workers))
         self.audit = AuditLog(
             config.audit_dir,
             enabled=spec.audit_enabled,
@@ -220,8 +221,12 @@ class SidecarApp:
         self.metrics.triton_queue = {v: (c.queue_seconds, c.requests) for v, c in counters.items()}
 
     async def _drift_windows(self) -> None:
+        """Close time windows on a timer; row-count windows close themselves (version_metrics)."""
+        window_s = self.config.spec.drift.window_s
+        if window_s is None:
+            return
         while True:
-            await asyncio.sleep(self.config.spec.drift.window_s or 60.0)
+            await asyncio.sleep(window_s)
             self.metrics.close_windows()
 
     # ------------------------------------------------------------------------------- lifecycle

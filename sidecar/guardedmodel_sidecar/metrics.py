@@ -13,8 +13,16 @@ Exported (labels ``model``, ``version`` unless noted):
   guardedmodel_confidence                          histogram of calibrated confidence per sample
   guardedmodel_ood_score{method}                   histogram of OOD scores per sample
   guardedmodel_estimated_accuracy                  mean calibrated confidence of the last window
-  guardedmodel_drift_score{statistic}              PSI/KS of the last window against the reference
+  guardedmodel_drift_score{statistic}              PSI/KS of the last drift window against the reference:
+                                                   the effect size (how far), not the decision
+  guardedmodel_drift_p_value                       p-value of the last window's drift test (chi-square
+                                                   per binned statistic, Bonferroni-combined); NaN when
+                                                   the window had too few rows to test
+  guardedmodel_drift_detected                      the last window's decision: 1 drifted (p <= alpha),
+                                                   0 stable, NaN insufficient data (< minSamples rows)
+  guardedmodel_drift_windows_total{decision}       drift windows closed: drifted, stable, insufficient
   guardedmodel_drift_window_samples                samples in the last window
+  (the drift series appear once a version's first drift window has closed; see guard/drift_decision.py)
   guardedmodel_stage_seconds{stage}                gate / model / scorer / total latency per request,
                                                    per version (a canary's latency is its own);
                                                    version "" for requests refused before routing
@@ -41,6 +49,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from guardedmodel_sidecar.guard.drift_decision import DriftPolicy
 from guardedmodel_sidecar.version_metrics import VersionMetrics, new_stages
 
 if TYPE_CHECKING:
@@ -48,8 +57,10 @@ if TYPE_CHECKING:
 
 
 class SidecarMetrics(Collector):
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, drift_policy: DriftPolicy | None = None) -> None:
         self.model = model
+        # How every version's drift windows are closed and tested (spec.drift, this worker's share).
+        self.drift_policy = drift_policy or DriftPolicy()
         self.registry = CollectorRegistry(auto_describe=False)
         self.versions: dict[str, VersionMetrics] = {}
         self.stages = new_stages()  # requests refused before a version was chosen
@@ -70,7 +81,9 @@ class SidecarMetrics(Collector):
         return self.versions.get(version)
 
     def add_version(self, metrics: VersionMetrics) -> None:
-        self.versions.setdefault(metrics.version, metrics)
+        if metrics.version not in self.versions:
+            metrics.use_drift_policy(self.drift_policy)
+            self.versions[metrics.version] = metrics
 
     def count_decision(self, version: str, decision: str) -> None:
         vm = self.versions.get(version)
@@ -112,6 +125,19 @@ class SidecarMetrics(Collector):
         window = GaugeMetricFamily(
             "guardedmodel_drift_window_samples", "Samples in the last drift window", labels=labels
         )
+        p_value = GaugeMetricFamily(
+            "guardedmodel_drift_p_value",
+            "p-value of the last drift window's test against the reference (NaN: too few rows)",
+            labels=labels,
+        )
+        detected = GaugeMetricFamily(
+            "guardedmodel_drift_detected",
+            "Last drift window: 1 drifted (p <= spec.drift.alpha), 0 stable, NaN insufficient data",
+            labels=labels,
+        )
+        windows = CounterMetricFamily(
+            "guardedmodel_drift_windows", "Drift windows closed, by decision", labels=[*labels, "decision"]
+        )
         for vm in self.versions.values():
             vm.flush()
             lv = [vm.model, vm.version]
@@ -128,7 +154,14 @@ class SidecarMetrics(Collector):
             for statistic, value in vm.last_drift.items():
                 drift.add_metric([*lv, statistic], value)
             window.add_metric(lv, vm.last_window_samples)
+            if vm.last_window is not None:
+                p_value.add_metric(lv, vm.last_window.test.p_value)
+                detected.add_metric(lv, vm.last_window.decision.gauge)
+            if vm.drift is not None:
+                for decision, count in vm.drift_windows.items():
+                    windows.add_metric([*lv, decision.value], count)
         yield from (requests, samples, ood_samples, confidence, ood, accuracy, drift, window)
+        yield from (p_value, detected, windows)
 
         refusals = CounterMetricFamily(
             "guardedmodel_gate_refusals", "Requests refused by the input gate", labels=["model"]

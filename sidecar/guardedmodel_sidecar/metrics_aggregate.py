@@ -28,6 +28,14 @@ Merge rules (per family, per label set):
                                                  mean confidence of the pooled windows, exact
   guardedmodel_drift_score                       mean weighted by window samples: an estimate (PSI/KS
                                                  of the pooled window needs the raw bin counts)
+  guardedmodel_drift_p_value                     bonferroni: min(1, workers * min p) over the workers'
+                                                 last windows; NaN when no worker had enough rows
+  guardedmodel_drift_detected                    max, NaN ignored: drifted (1) when any worker's last
+                                                 window is, 0 when some are stable, NaN when all are
+                                                 insufficient data
+                                                 (each worker tests at alpha / workers, so "any worker
+                                                 drifted" keeps the pod's false-alarm rate at alpha,
+                                                 whatever the dependence between workers)
   any other gauge                                sum (depths, sizes and sample counts add up);
                                                  a flag or a level must be listed in GAUGE_RULES
   *_created                                      min (the earliest start)
@@ -57,7 +65,7 @@ from prometheus_client.registry import Collector
 
 Labels = tuple[tuple[str, str], ...]
 SampleKey = tuple[str, Labels]  # (sample name, sorted labels)
-How = Literal["sum", "max", "min", "weighted_mean"]
+How = Literal["sum", "max", "min", "weighted_mean", "bonferroni"]
 
 
 @dataclass(frozen=True)
@@ -75,6 +83,8 @@ GAUGE_RULES: dict[str, Rule] = {
     "guardedmodel_triton_ready": Rule("max"),
     "guardedmodel_estimated_accuracy": Rule("weighted_mean", WINDOW_SAMPLES),
     "guardedmodel_drift_score": Rule("weighted_mean", WINDOW_SAMPLES),
+    "guardedmodel_drift_p_value": Rule("bonferroni"),
+    "guardedmodel_drift_detected": Rule("max"),
 }
 # Counters that are not the workers' own: every worker republishes the same Triton counter.
 COUNTER_RULES: dict[str, Rule] = {
@@ -114,8 +124,11 @@ def parse(text: str) -> Exposition:
     return out
 
 
-def merge(expositions: Sequence[Exposition]) -> Exposition:
-    """The families of all ``expositions`` (one per worker), combined by ``rule_for`` each family."""
+def merge(expositions: Sequence[Exposition], workers: int | None = None) -> Exposition:
+    """The families of all ``expositions`` (one per worker), combined by ``rule_for`` each family.
+
+    ``workers``: how many worker processes share the pod's drift alpha (default: one per exposition).
+    """
     merged: Exposition = {}
     for exposition in expositions:
         for name, family in exposition.items():
@@ -126,6 +139,9 @@ def merge(expositions: Sequence[Exposition]) -> Exposition:
         rule = rule_for(target)
         if rule.how == "weighted_mean":
             target.samples = _weighted_mean(parts, [e.get(rule.weight) for e in expositions if name in e])
+            continue
+        if rule.how == "bonferroni":
+            target.samples = _bonferroni(parts, len(expositions) if workers is None else workers)
             continue
         for part in parts:
             for key, value in part.samples.items():
@@ -162,6 +178,19 @@ def _weighted_mean(parts: Sequence[Family], weights: Sequence[Family | None]) ->
                 weighted, total = weighted + w * value, total + w
             totals[key] = (weighted, total)
     return {key: (weighted / total if total > 0 else math.nan) for key, (weighted, total) in totals.items()}
+
+
+def _bonferroni(parts: Sequence[Family], workers: int) -> dict[SampleKey, float]:
+    """Per label set: min(1, workers * min p) over the workers with a p-value, NaN when none has.
+
+    ``workers`` is the configured count, not the number answering: a worker that is down still
+    tested at alpha / workers."""
+    smallest: dict[SampleKey, float] = {}
+    for part in parts:
+        for key, value in part.samples.items():
+            old = smallest.get(key, math.nan)
+            smallest[key] = _combine("min", old, value)
+    return {key: (min(1.0, workers * p) if not math.isnan(p) else math.nan) for key, p in smallest.items()}
 
 
 def monotonic_part(exposition: Exposition) -> Exposition:
@@ -240,7 +269,7 @@ class Aggregator:
                 parts.append(s.retired)
             if s.last is not None:
                 parts.append(s.last)
-        return merge(parts)
+        return merge(parts, workers=len(self.slots))
 
     def per_worker(self) -> list[Metric]:
         up = Metric("guardedmodel_worker_up", "1 when the worker process answered the last scrape", "gauge")

@@ -4,19 +4,28 @@ The hot path only bumps Python ints and copies a batch's scores into a prealloca
 buffers are binned into histograms and drift counts in bulk (when full, at each window's end and at
 scrape time), so per-sample metrics cost no per-sample Python work. Everything runs on the event
 loop thread, so no locks are needed. ``metrics.SidecarMetrics`` exports these at scrape time.
+
+Drift windows (``guard.drift_decision``): a time window is closed from outside (the app's timer calls
+``close_window``); a row-count window (``DriftPolicy.window_rows``) closes itself on the request that
+brings it to at least that many rows, so it may overshoot by the rest of that one batch. The count
+costs the hot path one integer comparison. Each closed window is tested (drifted / stable /
+insufficient), counted, kept as ``last_window`` and handed to ``on_window`` when one is set.
 """
 
 from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Iterable
+import sys
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from guardedmodel_sidecar.config_spec import DriftSpec
 from guardedmodel_sidecar.decision import DECISIONS
 from guardedmodel_sidecar.guard.drift import DriftAccumulator, DriftCounts
+from guardedmodel_sidecar.guard.drift_decision import Decision, DriftPolicy, DriftTestResult, decide_window
 
 CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
@@ -87,6 +96,34 @@ def _fmt(value: float) -> str:
     return repr(float(value))
 
 
+def drift_policy(spec: DriftSpec, workers: int = 1) -> DriftPolicy:
+    """spec.drift for one of ``workers`` worker processes.
+
+    Each worker tests at alpha / workers, so that "any worker drifted" keeps the pod's false-alarm
+    rate at alpha. A row-count window is split between the workers (the kernel spreads connections
+    over them): each closes its own window at ceil(window / workers) rows, so the pod still decides
+    about every ``window`` rows; never below minSamples, or no worker's window could ever be tested.
+    """
+    workers = max(1, workers)
+    rows = spec.window_rows
+    if rows is not None:
+        rows = max(math.ceil(rows / workers), spec.min_samples)
+    return DriftPolicy(alpha=spec.alpha, min_samples=spec.min_samples, workers=workers, window_rows=rows)
+
+
+@dataclass(frozen=True)
+class ClosedWindow:
+    """One drift window's outcome: the test's decision and p-value, and PSI as the effect size."""
+
+    test: DriftTestResult
+    psi: float  # DriftScores.score: max of mean feature PSI, confidence PSI, class PSI (NaN: no rows)
+    rows: int
+
+    @property
+    def decision(self) -> Decision:
+        return self.test.decision
+
+
 @dataclass
 class VersionMetrics:
     """Everything counted for one model version; the sample buffer amortises per-sample work."""
@@ -98,6 +135,9 @@ class VersionMetrics:
     drift: DriftAccumulator | None
     feature_dim: int
     buffer_rows: int = 2048
+    drift_policy: DriftPolicy = field(default_factory=DriftPolicy)
+    # Called with every closed drift window (a benchmark or a test reads decisions one by one).
+    on_window: Callable[[ClosedWindow], None] | None = None
     decisions: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DECISIONS, 0))
     samples: int = 0
     ood_samples: int = 0
@@ -120,6 +160,21 @@ class VersionMetrics:
         self.last_accuracy = math.nan
         self.last_drift: dict[str, float] = {}
         self.last_window_samples = 0
+        self.last_window: ClosedWindow | None = None
+        self.drift_windows: dict[Decision, int] = dict.fromkeys(Decision, 0)
+        self._due = self._rows_due()
+
+    def use_drift_policy(self, policy: DriftPolicy) -> None:
+        """Test (and, for row-count windows, close) drift windows by ``policy`` from now on."""
+        self.drift_policy = policy
+        self._due = self._rows_due()
+
+    def _rows_due(self) -> int:
+        """Buffered rows at which the row-count window is full (never, for time windows)."""
+        rows = self.drift_policy.window_rows
+        if rows is None or self.drift is None:
+            return sys.maxsize
+        return max(1, rows - self.window_samples)
 
     def observe(
         self,
@@ -133,6 +188,8 @@ class VersionMetrics:
             self.flush()
             if b > self.buffer_rows:
                 self._account(confidence, predicted, ood, features)
+                if self._due <= 0:
+                    self.close_window()
                 return
         n = self._n
         if b == 1:
@@ -152,7 +209,9 @@ class VersionMetrics:
                 self._has_ood = True
             if self._features is not None and features is not None:
                 self._features[n : n + b] = features.reshape(b, -1)
-        self._n = n + b
+        self._n = n = n + b
+        if n >= self._due:  # a row-count window is full: close it on this request
+            self.close_window()
 
     def flush(self) -> None:
         n = self._n
@@ -179,12 +238,16 @@ class VersionMetrics:
                 self.ood_samples += int((ood > self.ood_threshold).sum())
         if self.drift is not None and self.window is not None:
             self.window = self.window + self.drift.count(features, conf, pred)
+            if self.drift_policy.window_rows is not None:
+                self._due = self.drift_policy.window_rows - self.window_samples
 
-    def close_window(self) -> None:
-        """End the drift window: publish its estimated accuracy and drift, start a new one."""
+    def close_window(self) -> ClosedWindow | None:
+        """End the drift window: publish its estimated accuracy, drift and drift decision, start a
+        new one. Returns the closed window's outcome (None without a drift reference)."""
         self.flush()
         self.last_window_samples = self.window_samples
         self.last_accuracy = self.window_conf_sum / self.window_samples if self.window_samples else math.nan
+        closed: ClosedWindow | None = None
         if self.drift is not None and self.window is not None:
             if self.window.n:
                 scores = self.drift.score(self.window)
@@ -199,6 +262,14 @@ class VersionMetrics:
                 }
             else:
                 self.last_drift = dict.fromkeys(self.last_drift or ("score",), math.nan)
+            test = decide_window(self.drift.reference, self.window, self.drift_policy)
+            closed = ClosedWindow(test, self.last_drift["score"], self.window.n)
+            self.last_window = closed
+            self.drift_windows[test.decision] += 1
             self.window = self.drift.zeros()
         self.window_conf_sum = 0.0
         self.window_samples = 0
+        self._due = self._rows_due()
+        if closed is not None and self.on_window is not None:
+            self.on_window(closed)
+        return closed

@@ -3,7 +3,7 @@
 The sidecars export per-version series (see the sidecar's metrics module for the
 names); `prometheus.selector` picks one GuardedModel's.
 
-One check = eight instant queries over the check window, each grouped by version,
+One check = eleven instant queries over the check window, each grouped by version,
 so both versions of a canary come back together. Figures with no series, or too
 few scrapes in the window, come back as None (no data), never as 0 — except the
 error counter, which the sidecar only creates on the first error: no error series
@@ -26,6 +26,8 @@ SAMPLES = "guardedmodel_samples_total"
 OOD_SAMPLES = "guardedmodel_ood_samples_total"
 CONFIDENCE = "guardedmodel_confidence"
 DRIFT = "guardedmodel_drift_score"
+DRIFT_DETECTED = "guardedmodel_drift_detected"
+DRIFT_P_VALUE = "guardedmodel_drift_p_value"
 UPSTREAM_ERRORS = "guardedmodel_upstream_errors_total"
 STAGE_SECONDS = "guardedmodel_stage_seconds"
 
@@ -42,6 +44,15 @@ def queries(settings: PrometheusSettings, namespace: str, name: str, window_s: f
         # The sidecar publishes drift once per drift window; NaN until a window had samples.
         # max_over_time skips NaN unless every value is NaN.
         "drift": f'max by (version) (max_over_time({DRIFT}{{{sel},statistic="score"}}[{w}]))',
+        # The drift test's decision per window: 1 drifted, 0 stable, NaN too few rows (skipped).
+        "drift_detected": f"max by (version) (max_over_time({DRIFT_DETECTED}{{{sel}}}[{w}]))",
+        "drift_p_value": f"min by (version) (min_over_time({DRIFT_P_VALUE}{{{sel}}}[{w}]))",
+        # PSI of the windows the test called drifted: both series of a window are published
+        # together, so at each step of the subquery they belong to the same window.
+        "drifted_score": (
+            f'max by (version) (max_over_time(({DRIFT}{{{sel},statistic="score"}} and ignoring(statistic) '
+            f"{DRIFT_DETECTED}{{{sel}}} == 1)[{w}:{_subquery_step(window_s)}]))"
+        ),
         # The sidecar creates an error series on the first error, and increase() cannot
         # see a series' first value: a series born inside the window counts whole.
         # Series without a version label group under version="" (model-wide).
@@ -54,6 +65,11 @@ def queries(settings: PrometheusSettings, namespace: str, name: str, window_s: f
             f'(rate({STAGE_SECONDS}_bucket{{{sel},stage="total"}}[{w}])))'
         ),
     }
+
+
+def _subquery_step(window_s: float) -> str:
+    """Fine enough to see every drift window (each lasts at least a scrape), at most 600 steps."""
+    return f"{max(1, math.ceil(window_s / 600))}s"
 
 
 def _by_version(result: list[dict[str, Any]]) -> dict[str, float]:
@@ -82,6 +98,9 @@ def samples_from_results(
     conf_sum = _by_version(results.get("confidence_sum", [])).get(version)
     conf_count = _by_version(results.get("confidence_count", [])).get(version)
     drift = _by_version(results.get("drift", [])).get(version)
+    drift_detected = _by_version(results.get("drift_detected", [])).get(version)
+    drift_p_value = _by_version(results.get("drift_p_value", [])).get(version)
+    drifted_score = _by_version(results.get("drifted_score", [])).get(version)
     model_wide: list[str] = []
 
     errors_by_version = _by_version(results.get("errors", []))
@@ -113,6 +132,9 @@ def samples_from_results(
         reject_rate=_ratio(mine.get("reject", 0.0), total) if mine and total else None,
         estimated_accuracy=_ratio(conf_sum, conf_count),
         drift_score=drift,
+        drift_detected=drift_detected,
+        drift_p_value=drift_p_value,
+        drifted_score=drifted_score,
         error_rate=error_rate,
         p99_latency_ms=None if p99 is None else p99 * 1000.0,
         model_wide=tuple(model_wide),

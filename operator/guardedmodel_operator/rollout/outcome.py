@@ -13,7 +13,7 @@ from typing import Any
 
 from ..clock import format_time
 from ..status import ROLLOUT_FIELDS, history_entry, merge_patch, trimmed_history
-from .types import MetricSamples, RolloutSpec
+from .types import INSUFFICIENT_DATA, MetricSamples, RolloutSpec
 from .verdict import ANALYSING, CHECK_FAILED, ROLLBACK_ACKNOWLEDGED, Kind, Verdict
 
 
@@ -134,9 +134,18 @@ def status_metrics(samples: MetricSamples) -> dict[str, Any]:
         "reviewRate": _round(samples.value("review_rate"), 2),
         "estimatedAccuracy": _round(samples.value("estimated_accuracy"), 2),
         "driftScore": _round(samples.value("drift_score"), 2),
+        "driftDecision": drift_decision(samples),
         "requestsPerSecond": _round(samples.requests_per_second, 1),
     }
     return {k: v for k, v in figures.items() if v is not None}
+
+
+def drift_decision(samples: MetricSamples) -> str | None:
+    """drifted | stable | insufficientData (drift windows closed, none with minSamples rows);
+    None when the version publishes no drift at all (no guard artifact)."""
+    if samples.drift_decision is not None:
+        return samples.drift_decision
+    return INSUFFICIENT_DATA if samples.value("drift_score") is not None else None
 
 
 def _round(value: float | None, digits: int) -> float | None:

@@ -172,7 +172,12 @@ class MetricSamples:
     review_rate: float | None = None
     reject_rate: float | None = None
     estimated_accuracy: float | None = None
-    drift_score: float | None = None
+    drift_score: float | None = None  # largest PSI of the drift windows in the check window
+    # The sidecar's drift test over the drift windows in the check window: 1 when any was drifted,
+    # 0 when all that had enough rows were stable, None when none had (insufficient data).
+    drift_detected: float | None = None
+    drift_p_value: float | None = None  # smallest window p-value
+    drifted_score: float | None = None  # largest PSI among the windows the test called drifted
     error_rate: float | None = None
     p99_latency_ms: float | None = None
     # Error rate and latency come from model-wide series when the sidecar does
@@ -193,6 +198,17 @@ class MetricSamples:
             return None
         return float(value)
 
+    @property
+    def drift_decision(self) -> str | None:
+        """drifted | stable, or None: no drift window in the check window had enough rows to test."""
+        detected = self.value("drift_detected")
+        if detected is None:
+            return None
+        return DRIFTED if detected >= 0.5 else STABLE
+
+
+DRIFTED, STABLE, INSUFFICIENT_DATA = "drifted", "stable", "insufficientData"
+
 
 @dataclass(frozen=True)
 class Breach:
@@ -210,6 +226,12 @@ def breaches(spec: RolloutSpec, samples: MetricSamples) -> tuple[list[Breach], l
         if limit is None:
             continue
         spec_name = _camel(field_name)
+        if field_name == "max_drift_score":
+            if samples.drift_decision is None:
+                missing.append(f"{spec_name} (no drift window with spec.drift.minSamples rows to test)")
+            elif (breach := drift_breach(samples, limit)) is not None:
+                broken.append(breach)
+            continue
         measured = samples.value(metric)
         if measured is None:
             missing.append(spec_name)
@@ -220,3 +242,18 @@ def breaches(spec: RolloutSpec, samples: MetricSamples) -> tuple[list[Breach], l
             text = f"{_camel(metric)}{scope} {fmt.format(measured)} {sign} {spec_name} {limit:g}"
             broken.append(Breach(spec_name, measured, limit, text))
     return broken, missing
+
+
+def drift_breach(samples: MetricSamples, limit: float) -> Breach | None:
+    """maxDriftScore breaks only when the sidecar's test called a window drifted (p <= alpha: not
+    noise) and that window's PSI is above the limit (a shift large enough to matter)."""
+    if samples.drift_decision != DRIFTED:
+        return None
+    measured = samples.value("drifted_score")
+    if measured is None or measured <= limit:
+        return None
+    p_value = samples.value("drift_p_value")
+    evidence = "drift detected" if p_value is None else f"drift detected (p {p_value:.2g})"
+    return Breach(
+        "maxDriftScore", measured, limit, f"{evidence}, driftScore {measured:.3f} > maxDriftScore {limit:g}"
+    )

@@ -220,6 +220,8 @@ def test_both_sides_export_what_they_should() -> None:
         "guardedmodel_requests_total",
         "guardedmodel_confidence_sum",
         "guardedmodel_stage_seconds_bucket",
+        "guardedmodel_drift_detected",  # the drift decision the rollout check and the alert read
+        "guardedmodel_drift_p_value",
     } <= sidecar
     assert "guardedmodel_operator_rollbacks_total" in operator_series()
 

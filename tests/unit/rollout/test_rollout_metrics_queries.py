@@ -47,3 +47,30 @@ def test_reading_results() -> None:
     assert (two.reject_rate, two.error_rate, two.drift_score) == (0.25, 0.5, 0.4)
     assert samples_from_results(results, "3", 30).requests is None
     assert samples_from_results(results, "3", 30).p99_latency_ms is None
+
+
+def test_drift_decision_queries_and_reading() -> None:
+    q = queries(PrometheusSettings("http://p"), "ml", "clf", 60)
+    assert q["drift_detected"] == (
+        'max by (version) (max_over_time(guardedmodel_drift_detected{namespace="ml",guardedmodel_io_name="clf"}[60s]))'
+    )
+    assert q["drift_p_value"].startswith("min by (version) (min_over_time(guardedmodel_drift_p_value{")
+    # PSI only of the scrapes where the same target's window was called drifted, at a 1 s resolution
+    assert "and ignoring(statistic) guardedmodel_drift_detected{" in q["drifted_score"]
+    assert q["drifted_score"].endswith("== 1)[60s:1s]))")
+    assert queries(PrometheusSettings("http://p"), "ml", "clf", 3600)["drifted_score"].endswith(
+        "[3600s:6s]))"
+    )
+    results = {
+        "requests": vec(
+            ({"version": "1", "decision": "accept"}, 50), ({"version": "2", "decision": "accept"}, 50)
+        ),
+        "drift": vec(({"version": "1"}, 0.9), ({"version": "2"}, 0.3)),
+        "drift_detected": vec(({"version": "1"}, float("nan")), ({"version": "2"}, 1.0)),
+        "drift_p_value": vec(({"version": "2"}, 1e-9)),
+        "drifted_score": vec(({"version": "2"}, 0.25)),
+    }
+    one, two = samples_from_results(results, "1", 60), samples_from_results(results, "2", 60)
+    assert one.drift_decision is None and one.drift_score == 0.9  # all windows too small to test
+    assert two.drift_decision == "drifted"
+    assert (two.drift_p_value, two.drifted_score, two.drift_score) == (1e-9, 0.25, 0.3)

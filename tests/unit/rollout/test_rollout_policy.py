@@ -53,11 +53,25 @@ def healthy(version: str = "2", **kw: Any) -> MetricSamples:
         "reject_rate": 0.01,
         "estimated_accuracy": 0.93,
         "drift_score": 0.05,
+        "drift_detected": 0.0,  # the sidecar's test: stable
+        "drift_p_value": 0.4,
         "error_rate": 0.0,
         "p99_latency_ms": 20.0,
     }
     figures.update(kw)
     return MetricSamples(version=version, window_s=30.0, **figures)
+
+
+def drifted(version: str = "2", drift_score: float = 0.5, **kw: Any) -> MetricSamples:
+    """The sidecar's test called a window drifted (p <= alpha) and its PSI was ``drift_score``."""
+    return healthy(
+        version,
+        drift_score=drift_score,
+        drifted_score=drift_score,
+        drift_detected=1.0,
+        drift_p_value=1e-8,
+        **kw,
+    )
 
 
 def state(**kw: Any) -> RolloutState:
@@ -78,7 +92,6 @@ def canary_state(weight: int = 10, **kw: Any) -> RolloutState:
         ("ood_rate", 0.26, 0.25, "maxOodRate"),
         ("review_rate", 0.31, 0.3, "maxReviewRate"),
         ("estimated_accuracy", 0.79, 0.8, "minEstimatedAccuracy"),
-        ("drift_score", 0.21, 0.2, "maxDriftScore"),
         ("error_rate", 0.06, 0.05, "maxErrorRate"),
         ("p99_latency_ms", 201.0, 200.0, "maxP99LatencyMs"),
     ],
@@ -97,9 +110,61 @@ def test_each_threshold_rolls_the_canary_back_with_the_measured_value(
     assert at_limit.kind is Kind.PROMOTE_STEP  # the limit itself passes
 
 
+# ---------------------------------------------------------------- drift: the test's decision, then PSI
+
+
+@pytest.mark.parametrize(
+    ("samples", "kind"),
+    [
+        # drifted (p <= alpha) and a shift larger than maxDriftScore: the check fails
+        (drifted(drift_score=0.21), Kind.ROLLBACK),
+        # drifted, but too small a shift to matter
+        (drifted(drift_score=0.2), Kind.PROMOTE_STEP),
+        # a large PSI the test calls noise (a small window): passes
+        (healthy(drift_score=0.9, drift_detected=0.0, drift_p_value=0.3), Kind.PROMOTE_STEP),
+        # the large PSI came from a window the test did not call drifted; the drifted one was small
+        (
+            healthy(drift_score=0.9, drifted_score=0.1, drift_detected=1.0, drift_p_value=1e-6),
+            Kind.PROMOTE_STEP,
+        ),
+    ],
+)
+def test_drift_fails_a_check_only_when_detected_and_above_the_psi_limit(
+    samples: MetricSamples, kind: Kind
+) -> None:
+    verdict = decide(spec(), canary_state(), samples, T0)
+    assert verdict.kind is kind
+    if kind is Kind.ROLLBACK:
+        assert [b.threshold for b in verdict.breaches] == ["maxDriftScore"]
+        assert verdict.breaches[0].measured == 0.21
+        assert "drift detected (p 1e-08), driftScore 0.210 > maxDriftScore 0.2" in verdict.message
+
+
+def test_insufficient_drift_data_is_inconclusive_for_the_stable_version_too() -> None:
+    s = spec(version="2")
+    guarded = state(stable="2", last_good="1", phase="Ready")
+    verdict = decide(s, guarded, healthy(drift_score=0.9, drift_detected=None, drift_p_value=None), T0)
+    assert verdict.kind is Kind.HOLD and verdict.reason == NO_DATA and verdict.failed_checks is None
+    # other thresholds still act on their own figures
+    broken = decide(s, guarded, healthy(ood_rate=0.9, drift_detected=None), T0)
+    assert broken.kind is Kind.ROLLBACK and [b.threshold for b in broken.breaches] == ["maxOodRate"]
+    # a drifted stable version goes back to the last good one
+    rolled = decide(s, guarded, drifted(drift_score=0.6), T0)
+    assert rolled.kind is Kind.ROLLBACK and rolled.target == "1"
+
+
+def test_status_shows_the_drift_decision() -> None:
+    from guardedmodel_operator.rollout.outcome import status_metrics
+
+    assert status_metrics(drifted())["driftDecision"] == "drifted"
+    assert status_metrics(healthy())["driftDecision"] == "stable"
+    assert status_metrics(healthy(drift_detected=None))["driftDecision"] == "insufficientData"
+    assert "driftDecision" not in status_metrics(healthy(drift_detected=None, drift_score=None))
+
+
 def test_unset_thresholds_are_not_checked() -> None:
     only_ood = spec(thresholds=Thresholds(max_ood_rate=0.25))
-    verdict = decide(only_ood, canary_state(), healthy(error_rate=0.9, drift_score=None), T0)
+    verdict = decide(only_ood, canary_state(), healthy(error_rate=0.9, drift_detected=None), T0)
     assert verdict.kind is Kind.PROMOTE_STEP
 
 
@@ -127,7 +192,8 @@ def test_model_wide_figures_say_so() -> None:
         (healthy(requests=None), "0 of 20 requests needed"),
         (healthy(version="1"), "no metric samples"),  # samples of another version
         (MetricSamples("2", 30.0, error="Prometheus unreachable"), "Prometheus unreachable"),
-        (healthy(drift_score=None), "maxDriftScore cannot be measured"),
+        (healthy(drift_detected=None), "maxDriftScore (no drift window with spec.drift.minSamples rows"),
+        (healthy(drift_detected=float("nan")), "cannot be measured yet"),
         (healthy(estimated_accuracy=float("nan")), "minEstimatedAccuracy cannot be measured"),
     ],
 )
@@ -258,12 +324,12 @@ def test_continuous_guard_rolls_the_stable_version_back_to_the_last_good_one() -
     s = spec(version="2")
     status = {"stableVersion": "2", "lastGoodVersion": "1", **_ready_conditions(s.generation)}
     assert measure_version(s, _state(status, s), T0) == "2"
-    status = _step(status, s, healthy(version="2", drift_score=0.9), T0)
+    status = _step(status, s, drifted(version="2", drift_score=0.9), T0)
     assert status["stableVersion"] == "1" and status["lastGoodVersion"] == "1"
     assert status["rollout"]["phase"] == "RolledBack"
     last = status["history"][-1]
     assert (last["version"], last["outcome"]) == ("2", "RolledBack")
-    assert "driftScore 0.900 > maxDriftScore 0.2" in last["reason"]
+    assert "drift detected (p 1e-08), driftScore 0.900 > maxDriftScore 0.2" in last["reason"]
     # spec.model.version still says 2: it is not retried until the spec changes...
     later = T0 + dt.timedelta(seconds=60)
     verdict = decide(s, _state(status, s), healthy(version="1"), later)
