@@ -3,26 +3,39 @@
 Each version routing serves gets a ``VersionGuard`` built from its own guard artifact (temperature,
 OOD detector and threshold, drift reference, input statistics), so a canary is scored by its own
 guard and a rollback rolls the guard back with the model.
+
+The OOD threshold (``resolve_ood``): ``spec.gate.ood.threshold`` is a raw score threshold;
+``spec.gate.ood.alpha`` is an error rate, turned into the score threshold above which a row's
+conformal p-value is <= alpha (so the decision stays one comparison per row); with neither,
+alpha = 1 - the artifact's target acceptance. Artifacts fitted before calibration scores were
+stored (format 1) fall back to their stored threshold, with a warning. ``method: auto`` is the
+detector the fit chose.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from guardedmodel_sidecar.config import InputSpec, SidecarConfig
+from guardedmodel_sidecar.config_spec import OodSpec
 from guardedmodel_sidecar.decision import DecisionPolicy
 from guardedmodel_sidecar.gate import InputGate
 from guardedmodel_sidecar.guard.artifact import ArtifactError, GuardArtifact, load_artifact
-from guardedmodel_sidecar.guard.conformal import ConformalReference
+from guardedmodel_sidecar.guard.conformal import ConformalReference, guaranteed_rejection_rate
 from guardedmodel_sidecar.guard.drift import DriftAccumulator
 from guardedmodel_sidecar.guard.scoring import OodScorer, ScorerError, make_ood_scorer
 from guardedmodel_sidecar.metrics import VersionMetrics
 from guardedmodel_sidecar.protocol.model import InferRequest
 
 log = logging.getLogger(__name__)
+
+# ``method: auto`` on an artifact that records no choice (fitted before auto existed): the first of
+# these it has, by quality on the worked example.
+AUTO_FALLBACK_ORDER = ("mahalanobis", "knn", "vim", "energy", "msp")
 
 _TRITON_TO_V2 = {
     "TYPE_BOOL": "BOOL",
@@ -83,6 +96,87 @@ def inputs_from_triton_config(config: dict[str, Any]) -> tuple[InputSpec, ...]:
     return tuple(specs)
 
 
+@dataclass(frozen=True)
+class OodChoice:
+    """How a version scores and decides OOD: the resolved method ("none" = off), its scorer, the
+    score threshold (None = scores are reported, not acted on), the alpha it came from, the
+    conformal reference that turns scores into p-values, and what was chosen and why."""
+
+    method: str
+    scorer: OodScorer | None = None
+    threshold: float | None = None
+    alpha: float | None = None
+    conformal: ConformalReference | None = None
+    notes: tuple[str, ...] = ()
+
+
+def resolve_ood(ood: OodSpec, artifact: GuardArtifact | None, version: str) -> OodChoice:
+    """The OOD method, scorer and threshold of ``version`` from the spec and its artifact."""
+    method = ood.method
+    if method == "none":
+        return OodChoice("none")
+    if artifact is None:
+        return OodChoice(
+            "none", notes=(f"OOD method {method!r} needs a guard artifact; OOD scoring is off for {version}",)
+        )
+    notes: list[str] = []
+    if method == "auto":
+        method, note = _auto_method(artifact)
+        notes.append(note)
+    try:
+        scorer = make_ood_scorer(method, artifact)
+    except ScorerError as exc:
+        return OodChoice("none", notes=(*notes, f"version {version}: {exc}; OOD scoring is off"))
+    calibration = artifact.calibration_scores.get(method)
+    conformal = ConformalReference(calibration) if calibration is not None else None
+    if ood.threshold is not None:
+        notes.append(f"{method}: raw threshold {ood.threshold:g} from spec.gate.ood.threshold")
+        return OodChoice(method, scorer, ood.threshold, None, conformal, tuple(notes))
+    if conformal is None:
+        stored = artifact.thresholds.get(method)
+        why = "it was fitted before conformal calibration scores were stored; refit it for p-values"
+        if ood.alpha is not None:
+            notes.append(
+                f"{method}: cannot honour alpha {ood.alpha:g}: the artifact has no calibration scores ({why})"
+            )
+        if stored is None:
+            notes.append(f"artifact has no threshold for {method!r}: scores are reported, not acted on")
+        else:
+            notes.append(
+                f"{method}: the artifact's stored threshold {stored:g}, no stated error rate ({why})"
+            )
+        return OodChoice(method, scorer, stored, None, None, tuple(notes))
+    if ood.alpha is not None:
+        alpha, source = ood.alpha, f"alpha {ood.alpha:g} from spec.gate.ood.alpha"
+    else:
+        alpha = 1.0 - artifact.target_acceptance
+        source = f"alpha {alpha:g} = 1 - the artifact's target acceptance {artifact.target_acceptance:g}"
+    threshold = conformal.threshold(alpha)
+    notes.append(
+        f"{method}: {source}: OOD when the conformal p-value <= alpha, i.e. score > {threshold:g} "
+        f"({conformal.n} calibration scores; in-distribution rejection rate "
+        f"{guaranteed_rejection_rate(alpha, conformal.n):.4g})"
+    )
+    if math.isinf(threshold):
+        notes.append(f"{method}: alpha {alpha:g} is below 1 / {conformal.n + 1}: no row can be rejected")
+    return OodChoice(method, scorer, threshold, alpha, conformal, tuple(notes))
+
+
+def _auto_method(artifact: GuardArtifact) -> tuple[str, str]:
+    chosen = artifact.auto_method
+    if chosen is not None:
+        report = artifact.metadata.get("report", {})
+        why = report.get("auto", {}).get("chosen_by", "") if isinstance(report, dict) else ""
+        return chosen, f"method auto: {chosen!r}, the fit's choice" + (f" ({why})" if why else "")
+    fallback = next(
+        (m for m in AUTO_FALLBACK_ORDER if m in artifact.detectors), next(iter(artifact.detectors), "none")
+    )
+    return fallback, (
+        f"method auto: the artifact records no choice (fitted before auto existed); using {fallback!r}, "
+        "refit the guard to let the fit choose"
+    )
+
+
 def build_guard(config: SidecarConfig, version: str, triton_config: dict[str, Any] | None) -> VersionGuard:
     """The guard of ``version``; what is missing (no artifact, no threshold) is a warning, not an error:
     the version is then served with less guarding, and the warnings say how much less."""
@@ -98,25 +192,9 @@ def build_guard(config: SidecarConfig, version: str, triton_config: dict[str, An
             warnings.append(f"no usable guard artifact for version {version}: {exc}")
     else:
         warnings.append("no modelRepository configured: confidence uses temperature 1 and OOD scoring is off")
-    method = spec.ood.method
-    scorer: OodScorer | None = None
-    threshold = spec.ood.threshold
-    if method != "none":
-        if artifact is None:
-            warnings.append(f"OOD method {method!r} needs a guard artifact; OOD scoring is off for {version}")
-            method = "none"
-        else:
-            try:
-                scorer = make_ood_scorer(method, artifact)
-            except ScorerError as exc:
-                warnings.append(f"version {version}: {exc}; OOD scoring is off")
-                method = "none"
-            if threshold is None and scorer is not None:
-                threshold = artifact.thresholds.get(method)
-                if threshold is None:
-                    warnings.append(
-                        f"artifact has no threshold for {method!r}: scores are reported, not acted on"
-                    )
+    ood = resolve_ood(spec.ood, artifact, version)
+    warnings.extend(ood.notes)
+    method, scorer, threshold = ood.method, ood.scorer, ood.threshold
     inputs = spec.inputs or (inputs_from_triton_config(triton_config) if triton_config else ())
     references = [artifact.input_reference] if artifact and artifact.input_reference else []
     gate = InputGate(inputs, max_batch=config.tuning.max_batch, references=references)
@@ -133,7 +211,11 @@ def build_guard(config: SidecarConfig, version: str, triton_config: dict[str, An
         model=model,
         version=version,
         method=method,
-        ood_threshold=threshold,
+        # an alpha below 1 / (n + 1) gives an infinite threshold (never reject): the histogram's
+        # buckets then sit around the largest calibration score instead
+        ood_threshold=threshold
+        if threshold is None or math.isfinite(threshold) or ood.conformal is None
+        else float(ood.conformal.sorted_scores[-1]),
         drift=drift,
         feature_dim=artifact.feature_dim if artifact else 0,
     )
@@ -144,11 +226,14 @@ def build_guard(config: SidecarConfig, version: str, triton_config: dict[str, An
         gate=gate,
         temperature=artifact.temperature if artifact else 1.0,
         scorer=scorer,
-        policy=DecisionPolicy(spec.review_below, method, threshold if scorer else None, spec.ood.action),
+        policy=DecisionPolicy(
+            spec.review_below, method, threshold if scorer else None, spec.ood.action, ood_alpha=ood.alpha
+        ),
         logits_output=logits,
         features_output=features if needs_features else None,
         needs_features=needs_features,
         metrics=vm,
         artifact=artifact,
+        conformal=ood.conformal,
         warnings=warnings,
     )
