@@ -320,7 +320,9 @@ def guarded_response(
     ours = [n for n in asked if n not in model_names] if shadowed else asked
     outputs = response.outputs
     if decision.rows_rejected:
-        refusal = _refusal(response, decision, batch_policy, wanted, GUARD_DECISION in ours)
+        # Zeroed rows are told from answers only by a caller that asked for the decisions by name.
+        reads_decisions = wanted is not None and GUARD_DECISION in ours
+        refusal = _refusal(response, decision, batch_policy, wanted, reads_decisions)
         if refusal is not None:
             return response, refusal, shadowed
         outputs = _blank_refused_rows(response.outputs, decision, wanted)
