@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from guardedmodel_sidecar.guard.artifact import ArtifactError, save_artifact
+from guardedmodel_sidecar.guard.artifact import COMBINATIONS, ArtifactError, save_artifact
 
 from .data import DataError, Dataset, check_compatible, load_dataset
 from .extract import Extracted, Extractor, ModelError, extract, open_model
@@ -68,6 +68,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="L2-normalise features for Mahalanobis (often better on deep features; blind to feature norm)",
     )
+    parser.add_argument(
+        "--fusion-members",
+        help="detectors the fused one combines (comma-separated; default mahalanobis,energy where fitted; '' = none)",
+    )
+    parser.add_argument(
+        "--fusion-combination", default="fisher", choices=COMBINATIONS, help="how p-values are combined"
+    )
+    parser.add_argument(
+        "--scorer-budget-us",
+        type=float,
+        default=FitConfig.scorer_budget_us,
+        help="method auto considers detectors whose score costs at most this at batch 1 (µs)",
+    )
     parser.add_argument("--logits-output", default="LOGITS")
     parser.add_argument("--features-output", default="FEATURES", help="'' if the model has none")
     parser.add_argument("--class-names", help="comma-separated class names (image folders)")
@@ -93,6 +106,11 @@ def run(args: argparse.Namespace) -> int:
                 knn_k=args.knn_k,
                 knn_bank_size=args.knn_bank_size,
                 mahalanobis_normalise=args.mahalanobis_normalise,
+                fusion_members=None
+                if args.fusion_members is None
+                else tuple(m.strip() for m in args.fusion_members.split(",") if m.strip()),
+                fusion_combination=args.fusion_combination,
+                scorer_budget_us=args.scorer_budget_us,
                 seed=args.seed,
                 progress=not args.no_progress,
             ),
@@ -192,8 +210,26 @@ def summary_text(outcome: FitOutcome) -> str:
         aurocs = "  ".join(f"{k} {v['auroc']:.4f}/{v['fpr_at_95_tpr']:.3f}" for k, v in d["ood"].items())
         lines.append(
             f"  {method:<12} threshold {d['threshold']:<10.4g} accepts {d['acceptance_evaluation']:.3f}"
-            + (f"  AUROC/FPR@95: {aurocs}" if aurocs else "")
+            f"  {d['cost_us']['batch_1']:.1f} µs/request" + (f"  AUROC/FPR@95: {aurocs}" if aurocs else "")
         )
+        rates = [
+            f"alpha {a}: {f['measured']:.4f} [{f['measured_ci_95'][0]:.4f}, {f['measured_ci_95'][1]:.4f}]"
+            f" (expected {f['expected']:.4f}, band {f['band_90'][0]:.4f}-{f['band_90'][1]:.4f})"
+            for a, f in d.get("conformal", {}).items()
+            if isinstance(f, dict)
+        ]
+        if rates:
+            lines.append(f"  {'':<12} in-distribution rejected at " + "; ".join(rates))
+    fusion = report["detectors"].get("fused", {}).get("fusion")
+    if fusion:
+        lines.append(
+            f"  fused = {fusion['combination']} of {', '.join(fusion['members'])} p-values "
+            f"(references on {fusion['reference_samples']} calibration samples, calibrated on "
+            f"{fusion['calibration_samples']})"
+        )
+    auto = report.get("auto") or {}
+    if auto.get("method"):
+        lines.append(f"  method auto -> {auto['method']}: {auto['rule']}; chosen by {auto['chosen_by']}")
     lines += [f"  note: {n}" for n in report.get("notes", [])]
     lines.append(f"  report: {outcome.report['html']}")
     return "\n".join(lines)

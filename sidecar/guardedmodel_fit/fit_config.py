@@ -6,12 +6,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from guardedmodel_sidecar.guard.artifact import FEATURE_METHODS
+from guardedmodel_sidecar.guard.artifact import COMBINATIONS, FEATURE_METHODS, SINGLE_METHODS
 
 from .data import DataError
 from .extract import Extracted, ModelSpec
 
-ALL_METHODS: tuple[str, ...] = ("mahalanobis", "energy", "knn", "msp", "vim")
+ALL_METHODS: tuple[str, ...] = SINGLE_METHODS
+# The fused detector's members unless told otherwise: the best near-OOD detector (features) and a
+# logit score that sees what the features miss, both cheap at batch 1 (KNN's 4096-row bank alone
+# costs about 20 µs). Members that were not fitted (no features) are left out.
+DEFAULT_FUSION_MEMBERS: tuple[str, ...] = ("mahalanobis", "energy")
+# The error rates the fit report shows the conformal rejection rate for.
+REPORT_ALPHAS: tuple[float, ...] = (0.01, 0.05, 0.1)
 
 
 class FitError(ValueError):
@@ -32,6 +38,16 @@ class FitConfig:
     feature_bins: int = 10
     confidence_bins: int = 10
     ece_bins: int = 15
+    # Fusion: the members (None = DEFAULT_FUSION_MEMBERS that were fitted; () = no fused detector),
+    # the p-value combination, and the share of the calibration split that holds the members'
+    # p-value references (part A; the rest, B, calibrates the fused statistic itself).
+    fusion_members: tuple[str, ...] | None = None
+    fusion_combination: str = "fisher"
+    fusion_reference_fraction: float = 0.5
+    # `method: auto` considers detectors whose OOD score costs at most this at batch 1 (median µs
+    # on the fitting machine): the guard's maths has 50 µs per request, and the gate, calibrated
+    # confidence, drift counting and decision take the rest.
+    scorer_budget_us: float = 20.0
     seed: int = 0
     progress: bool = True
     metadata: Mapping[str, Any] = field(default_factory=dict)
@@ -50,6 +66,21 @@ def check_sets(
     unknown = [m for m in config.methods if m not in ALL_METHODS]
     if unknown:
         raise FitError(f"unknown method(s) {unknown}; known: {', '.join(ALL_METHODS)}")
+    if config.fusion_members is not None:
+        bad = [m for m in config.fusion_members if m not in ALL_METHODS]
+        if bad:
+            raise FitError(f"unknown fusion member(s) {bad}; known: {', '.join(ALL_METHODS)}")
+        absent = [m for m in config.fusion_members if m not in config.methods]
+        if absent:
+            raise FitError(
+                f"fusion member(s) {absent} are not among the fitted methods {list(config.methods)}"
+            )
+    if config.fusion_combination not in COMBINATIONS:
+        raise FitError(
+            f"unknown fusion combination {config.fusion_combination!r}; known: {', '.join(COMBINATIONS)}"
+        )
+    if not 0.0 < config.fusion_reference_fraction < 1.0:
+        raise FitError(f"fusion reference fraction must be in (0, 1), got {config.fusion_reference_fraction}")
     if val_set.labels is None:
         raise DataError(
             f"{val_set.name}: the in-distribution validation set needs labels "

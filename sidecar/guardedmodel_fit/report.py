@@ -103,6 +103,25 @@ def render_html(report: dict[str, Any], png_name: str) -> str:
             f"<td>{d['cost_us']['batch_1']:.0f} / {d['cost_us']['batch_32']:.0f}</td></tr>"
         )
     notes = "".join(f"<li>{esc(n)}</li>" for n in report.get("notes", []))
+    conformal = _conformal_html(detectors)
+    auto = report.get("auto") or {}
+    auto_line = (
+        f"<p><code>method: auto</code> uses <b>{esc(str(auto['method']))}</b>: {esc(auto['rule'])}. "
+        f"Chosen by {esc(auto['chosen_by'])}.</p>"
+        if auto.get("method")
+        else ""
+    )
+    fusion = detectors.get("fused", {}).get("fusion")
+    fusion_line = (
+        f"<p>The fused detector combines {esc(', '.join(fusion['members']))} by "
+        f"{esc(fusion['combination'])} of their conformal p-values, fitted on in-distribution data only: "
+        f"the members' p-values are taken against {fusion['reference_samples']} calibration samples (part A), "
+        f"and the combined statistic is itself calibrated on the other {fusion['calibration_samples']} (part B), "
+        "so its p-value is valid whatever the dependence between the members. It costs "
+        f"{detectors['fused']['cost_us']['batch_1']:.1f} µs per request at batch 1.</p>"
+        if fusion
+        else ""
+    )
     best = report["best_detector"]
     best_line = (
         f"Best detector by mean AUROC: <b>{esc(str(best['method']))}</b> ({best['mean_auroc']:.4f})."
@@ -128,13 +147,52 @@ data they were not fitted on.</p>
 <td>{cal["mean_confidence_before"]:.4f} / {cal["mean_confidence_after"]:.4f}</td></tr></table>
 <h2>OOD detectors</h2>
 <p>{best_line}</p>
+{auto_line}
+{fusion_line}
 <table><tr><th>method</th><th>threshold</th><th>acceptance (calibration)</th><th>acceptance (evaluation)</th>
 {head}<th>cost µs (batch 1 / 32)</th></tr>
 {"".join(rows)}</table>
+<h2>In-distribution rejection rate at an error rate alpha (conformal)</h2>
+<p>With <code>gate.ood.alpha</code> a row is out-of-distribution when its conformal p-value against the
+detector's calibration scores is at most alpha. Expected: the rate over draws of the calibration set,
+floor(alpha (n + 1)) / (n + 1) &le; alpha. Band: the 90 % range of the rate for one calibration set of this
+size, Beta(l, n + 1 - l). Measured: the share of the evaluation split rejected, with a 95 % Clopper-Pearson
+interval.</p>
+{conformal}
 {f"<h2>Notes</h2><ul>{notes}</ul>" if notes else ""}
 <img src="{esc(png_name)}" alt="ROC curves, reliability diagram and score histograms" style="max-width:100%">
 </body></html>
 """
+
+
+def _conformal_html(detectors: dict[str, Any]) -> str:
+    esc = html.escape
+    alphas = list(
+        dict.fromkeys(
+            k for d in detectors.values() for k, v in d.get("conformal", {}).items() if isinstance(v, dict)
+        )
+    )
+    if not alphas:
+        return ""
+    head = "".join(f"<th>alpha {esc(a)}<br>expected / band 90 %<br>measured [95 % CI]</th>" for a in alphas)
+    rows = []
+    for method, d in detectors.items():
+        figures = d.get("conformal", {})
+        cells = []
+        for a in alphas:
+            f = figures.get(a)
+            if f is None:
+                cells.append("<td></td>")
+                continue
+            lo, hi = f["band_90"]
+            clo, chi = f["measured_ci_95"]
+            cells.append(
+                f"<td>{f['expected']:.4f} / {lo:.4f}&ndash;{hi:.4f}<br>{f['measured']:.4f} [{clo:.4f}, {chi:.4f}]</td>"
+            )
+        rows.append(
+            f"<tr><td><b>{esc(method)}</b></td><td>{figures.get('calibration_samples', '')}</td>{''.join(cells)}</tr>"
+        )
+    return f"<table><tr><th>method</th><th>calibration n</th>{head}</tr>{''.join(rows)}</table>"
 
 
 def _jsonable(value: Any) -> Any:

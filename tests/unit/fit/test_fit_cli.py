@@ -72,7 +72,11 @@ def test_fit_command_writes_artifact_and_report(workdir: Path, capsys: pytest.Ca
     assert "guard for model v1 written to" in printed and "AUROC/FPR@95: far" in printed
     artifact = load_artifact(out)
     assert artifact.num_classes == 3 and artifact.feature_dim == 16
-    assert set(artifact.thresholds) == {"mahalanobis", "energy", "knn", "msp", "vim"}
+    assert set(artifact.thresholds) == {"mahalanobis", "energy", "knn", "msp", "vim", "fused"}
+    assert set(artifact.calibration_scores) == set(artifact.thresholds)
+    assert artifact.auto_method in artifact.detectors
+    assert "in-distribution rejected at alpha 0.01: " in printed and "; alpha 0.05: " in printed
+    assert f"method auto -> {artifact.auto_method}: best mean AUROC over the fit's OOD sets" in printed
     report = json.loads((out / "report" / "report.json").read_text())
     assert report["detectors"]["mahalanobis"]["ood"]["far"]["auroc"] > 0.95
     assert (out / "report" / "report.png").stat().st_size > 10000

@@ -35,7 +35,7 @@ def test_fit_on_known_gaussians(result) -> None:  # type: ignore[no-untyped-def]
     # the logits are the Bayes classifier's: already calibrated, so T stays near 1
     assert report["calibration"]["temperature"] == pytest.approx(1.0, abs=0.1)
     assert report["calibration"]["ece_after"] < 0.03
-    assert set(report["detectors"]) == {"mahalanobis", "energy", "knn", "msp", "vim"}
+    assert set(report["detectors"]) == {"mahalanobis", "energy", "knn", "msp", "vim", "fused"}
     far = {m: d["ood"]["far"]["auroc"] for m, d in report["detectors"].items()}
     assert far["mahalanobis"] > 0.99 and far["vim"] > 0.99
     assert far["knn"] > 0.95  # on the unit sphere the far set is only partly off the in-distribution caps
@@ -45,7 +45,7 @@ def test_fit_on_known_gaussians(result) -> None:  # type: ignore[no-untyped-def]
         assert d["acceptance_calibration"] >= 0.95
         assert d["acceptance_evaluation"] == pytest.approx(0.95, abs=0.03), method
     assert report["detectors"]["vim"]["head_relative_error"] < 1e-8
-    assert report["best_detector"]["method"] in ("mahalanobis", "knn", "vim")
+    assert report["best_detector"]["method"] in ("mahalanobis", "knn", "vim", "fused")
     assert report["samples"]["fit"] == 3000 and report["samples"]["calibration"] == 1500
 
 
