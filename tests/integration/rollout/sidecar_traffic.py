@@ -19,6 +19,7 @@ from prometheus_client.registry import Collector
 from guardedmodel_sidecar.decision import ACCEPT, REJECT, REVIEW
 from guardedmodel_sidecar.guard.artifact import DriftReference
 from guardedmodel_sidecar.guard.drift import DriftAccumulator
+from guardedmodel_sidecar.guard.drift_decision import DriftPolicy
 from guardedmodel_sidecar.metrics import SidecarMetrics
 from guardedmodel_sidecar.version_metrics import VersionMetrics
 from guardedmodel_testground.procs import free_port
@@ -38,6 +39,10 @@ def reference() -> DriftReference:
     )
 
 
+# The tests serve tens of requests per version: windows of 40 rows are tested.
+SMALL_WINDOWS = DriftPolicy(min_samples=40)
+
+
 class _Locked(Collector):
     """Scrapes run on the HTTP server's thread; traffic runs on the test's."""
 
@@ -50,8 +55,10 @@ class _Locked(Collector):
 
 
 class SidecarTraffic:
-    def __init__(self, model: str, versions: Sequence[str]) -> None:
-        self.metrics = SidecarMetrics(model)
+    def __init__(
+        self, model: str, versions: Sequence[str], drift_policy: DriftPolicy = SMALL_WINDOWS
+    ) -> None:
+        self.metrics = SidecarMetrics(model, drift_policy)
         self.lock = threading.Lock()
         self.rng = np.random.default_rng(7)
         for version in versions:
@@ -132,7 +139,8 @@ class SidecarTraffic:
                 self.metrics.count_upstream_error(code, version)
 
     def close_drift_windows(self) -> None:
-        """End the sidecar's drift window: publishes drift score and estimated accuracy."""
+        """End the sidecar's drift window: publishes drift score, the drift test's decision and p-value,
+        and estimated accuracy."""
         with self.lock:
             self.metrics.close_windows()
 

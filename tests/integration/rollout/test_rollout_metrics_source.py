@@ -12,6 +12,7 @@ from sidecar_traffic import SidecarTraffic
 from guardedmodel_operator.prometheus import PrometheusSettings, PrometheusSource
 from guardedmodel_operator.rollout.metrics_source import fetch_samples
 from guardedmodel_operator.rollout.types import MetricSamples
+from guardedmodel_sidecar.guard.drift_decision import DriftPolicy
 from guardedmodel_testground.procs import free_port
 from guardedmodel_testground.prometheus import Prometheus, ScrapeJob
 
@@ -80,6 +81,7 @@ def test_figures_per_version(prometheus_factory: Callable[..., Prometheus], traf
                 s["1"].requests is not None
                 and s["1"].requests >= 200
                 and s["2"].drift_score is not None
+                and s["2"].drifted_score is not None
                 and s["2"].requests is not None
                 and s["2"].requests >= 50
             ),
@@ -100,6 +102,9 @@ def test_figures_per_version(prometheus_factory: Callable[..., Prometheus], traf
     # drift: version 2's confidences sit in one low bin, far from the reference
     assert v1.drift_score is not None and v2.drift_score is not None
     assert v2.drift_score > 0.5 and v2.drift_score > 3 * v1.drift_score
+    # the drift test calls version 2's window drifted, and the PSI of that same window is read
+    assert v2.drift_decision == "drifted" and v2.drift_p_value is not None and v2.drift_p_value < 1e-6
+    assert v2.drifted_score == pytest.approx(v2.drift_score)
     # upstream errors and latency are counted per version (the error series is born inside
     # the window and counts whole, unextrapolated): a slow canary does not slow the stable one
     assert v2.error_rate == pytest.approx(5 / (50 * scale + 5), rel=0.02)
@@ -125,6 +130,23 @@ def test_no_errors_series_means_no_errors(
     )
     assert got["1"].error_rate == 0.0
     assert got["1"].drift_score is None  # no drift window closed yet: no data, not "no drift"
+    assert got["1"].drift_decision is None and got["1"].drift_p_value is None
+
+
+def test_a_window_too_small_to_test_is_insufficient_data_not_stable(
+    prometheus_factory: Callable[..., Prometheus],
+) -> None:
+    traffic = SidecarTraffic("classifier", ["1"], DriftPolicy(min_samples=100)).start()
+    try:
+        prometheus = prometheus_factory([scrape(traffic)])
+        prometheus.wait_for("guardedmodel_requests_total")
+        traffic.serve("1", 60, confidence=0.55)  # far from the reference, but only 60 rows
+        traffic.close_drift_windows()
+        got = wait_for_samples(prometheus.url, ("1",), lambda s: s["1"].drift_score is not None)
+    finally:
+        traffic.stop()
+    assert got["1"].drift_score > 0.5  # type: ignore[operator]
+    assert got["1"].drift_decision is None and got["1"].drifted_score is None
 
 
 def test_unreachable_prometheus_is_no_data_with_a_reason() -> None:

@@ -190,3 +190,94 @@ def test_every_gauge_has_a_documented_merge_rule() -> None:
     metrics.close_windows()
     gauges = {f.name for f in parse(generate_latest(metrics.registry).decode()).values() if f.type == "gauge"}
     assert gauges and gauges <= set(GAUGE_RULES), gauges - set(GAUGE_RULES)
+
+
+# ------------------------------------------------------------------ drift windows and decisions
+
+
+def _rows(rng: np.random.Generator, n: int, *, drifted: bool = False) -> tuple[np.ndarray, ...]:
+    """n rows of (confidence, predicted, ood, features); drifted rows sit in the lowest bins."""
+    high = 0.2 if drifted else 1.0
+    return (
+        rng.uniform(0.0, high, n),
+        rng.integers(0, 1 if drifted else 3, n),
+        np.zeros(n),
+        rng.uniform(0.0, high, (n, 2)),
+    )
+
+
+def test_a_row_count_window_closes_itself_at_the_count() -> None:
+    from guardedmodel_sidecar.config_spec import DriftSpec
+    from guardedmodel_sidecar.version_metrics import ClosedWindow, drift_policy
+
+    closed: list[ClosedWindow] = []
+    vm = _version()
+    vm.on_window = closed.append
+    vm.use_drift_policy(drift_policy(DriftSpec(window_s=None, window_rows=50, min_samples=40)))
+    rng = np.random.default_rng(0)
+    for _ in range(49):  # batch 1, the common request: the 50th row closes the window
+        vm.observe(*(a[:1] for a in _rows(rng, 1)))
+    assert not closed
+    vm.observe(*(a[:1] for a in _rows(rng, 1)))
+    assert [w.rows for w in closed] == [50] and closed[0].decision == "stable"
+    # batches of 7: the window closes on the batch that reaches 50 rows (56, overshooting by 6)
+    for _ in range(7):
+        vm.observe(*_rows(rng, 7, drifted=True))
+    assert [w.rows for w in closed] == [50]
+    vm.observe(*_rows(rng, 7, drifted=True))
+    assert [w.rows for w in closed] == [50, 56] and closed[1].decision == "drifted"
+    assert closed[1].test.p_value <= 0.001 and closed[1].psi > 0.2
+    # a batch larger than the buffer (8 rows) takes the direct path and still closes the window
+    vm.observe(*_rows(rng, 60))
+    assert [w.rows for w in closed] == [50, 56, 60]
+    assert vm.drift_windows == {"drifted": 1, "stable": 2, "insufficient": 0}
+    # what a scrape shows: the last window's decision and p-value, and the count of each
+    values = samples(_registry(vm))
+    lv = (("model", "m"), ("version", "1"))
+    assert values[("guardedmodel_drift_detected", lv)] == 0.0
+    assert values[("guardedmodel_drift_p_value", lv)] == closed[-1].test.p_value
+    assert values[("guardedmodel_drift_windows_total", (("decision", "drifted"), *lv))] == 1
+    assert values[("guardedmodel_drift_window_samples", lv)] == 60
+
+
+def _registry(vm: VersionMetrics) -> SidecarMetrics:
+    metrics = SidecarMetrics("m", vm.drift_policy)
+    metrics.add_version(vm)
+    return metrics
+
+
+def test_a_time_window_waits_for_its_timer_and_small_windows_are_insufficient() -> None:
+    from guardedmodel_sidecar.guard.drift_decision import DriftPolicy
+
+    metrics = SidecarMetrics("m", DriftPolicy(alpha=0.001, min_samples=100))
+    vm = _version()
+    metrics.add_version(vm)
+    assert vm.drift_policy.min_samples == 100  # the registry's policy applies to every version
+    rng = np.random.default_rng(1)
+    for _ in range(30):
+        vm.observe(*_rows(rng, 3, drifted=True))
+    assert vm.last_window is None  # a time window never closes by itself
+    values = samples(metrics)
+    lv = (("model", "m"), ("version", "1"))
+    assert ("guardedmodel_drift_detected", lv) not in values  # no window closed yet: no series
+    metrics.close_windows()
+    values = samples(metrics)
+    # 90 rows < minSamples 100: insufficient data (NaN), not drift, though PSI is large
+    assert math.isnan(values[("guardedmodel_drift_detected", lv)])
+    assert math.isnan(values[("guardedmodel_drift_p_value", lv)])
+    assert (
+        values[("guardedmodel_drift_score", (("model", "m"), ("statistic", "score"), ("version", "1")))] > 1
+    )
+    assert values[("guardedmodel_drift_windows_total", (("decision", "insufficient"), *lv))] == 1
+
+
+def test_count_windows_are_split_between_workers_but_never_below_min_samples() -> None:
+    from guardedmodel_sidecar.config_spec import DriftSpec
+    from guardedmodel_sidecar.version_metrics import drift_policy
+
+    spec = DriftSpec(window_s=None, window_rows=1000, alpha=0.002, min_samples=100)
+    assert drift_policy(spec).window_rows == 1000
+    four = drift_policy(spec, workers=4)
+    assert (four.window_rows, four.test_alpha, four.min_samples) == (250, 0.0005, 100)
+    assert drift_policy(spec, workers=32).window_rows == 100
+    assert drift_policy(DriftSpec(window_s=30.0), workers=4).window_rows is None

@@ -101,6 +101,35 @@ guardedmodel_drift_window_samples{{model="m",version="1"}} {samples}
     assert math.isnan(values(empty.render())[("guardedmodel_estimated_accuracy", lv)])
 
 
+def test_drift_decisions_merge_so_the_pod_keeps_alpha() -> None:
+    def window(p_value: float, detected: float, version: str = "1") -> str:
+        return f"""# TYPE guardedmodel_drift_p_value gauge
+guardedmodel_drift_p_value{{model="m",version="{version}"}} {p_value}
+# TYPE guardedmodel_drift_detected gauge
+guardedmodel_drift_detected{{model="m",version="{version}"}} {detected}
+"""
+
+    def merged(*windows: str, slots: int | None = None) -> tuple[float, float]:
+        agg = Aggregator(slots or len(windows))
+        for slot, text in enumerate(windows):
+            agg.observe(slot, agg.started(slot), text)
+        got = values(agg.render())
+        lv = (("model", "m"), ("version", "1"))
+        return got[("guardedmodel_drift_p_value", lv)], got[("guardedmodel_drift_detected", lv)]
+
+    # each worker tested at alpha / 3; the pod's p-value is min(1, 3 * min p), drifted if any is
+    p, detected = merged(window(0.4, 0), window(0.0001, 1), window(math.nan, math.nan))
+    assert p == pytest.approx(0.0003) and detected == 1
+    p, detected = merged(window(0.5, 0), window(0.6, 0))
+    assert p == 1.0 and detected == 0
+    # insufficient data everywhere stays insufficient (NaN), not "no drift"
+    p, detected = merged(window(math.nan, math.nan), window(math.nan, math.nan))
+    assert math.isnan(p) and math.isnan(detected)
+    # a worker that has not answered still tested at alpha / 4: the multiplier is the slot count
+    p, _ = merged(window(0.01, 0), window(0.2, 0), slots=4)
+    assert p == pytest.approx(0.04)
+
+
 def test_label_values_and_help_survive_the_round_trip() -> None:
     text = """# HELP guardedmodel_requests_total Requests "by" decision \\ and\\nmore
 # TYPE guardedmodel_requests_total counter
