@@ -52,6 +52,19 @@ INVALID = [
     ("spec.spec.rollout", {"thresholds": {"maxOodRate": 1.5}}, ["maxOodRate", "less than or equal to 1"]),
     ("spec.spec.rollout", {"thresholds": {"maxP99LatencyMs": 0}}, ["maxP99LatencyMs", "greater than 0"]),
     ("spec.spec.drift", {"window": "-5m"}, ["spec.drift.window", "positive duration"]),
+    ("spec.spec.drift", {"window": 0}, ["spec.drift.window", "row count such as 500"]),
+    ("spec.spec.drift", {"window": -200}, ["spec.drift.window", "row count such as 500"]),
+    ("spec.spec.drift", {"window": "0"}, ["spec.drift.window", "row count such as 500"]),
+    ("spec.spec.drift", {"window": "5 minutes"}, ["spec.drift.window", "positive duration"]),
+    ("spec.spec.drift", {"window": "0s"}, ["spec.drift.window", "positive duration"]),
+    ("spec.spec.drift", {"alpha": 0}, ["spec.drift.alpha", "greater than 0"]),
+    ("spec.spec.drift", {"alpha": 0.6}, ["spec.drift.alpha", "less than or equal to 0.5"]),
+    ("spec.spec.drift", {"minSamples": 5}, ["spec.drift.minSamples", "greater than or equal to 10"]),
+    (
+        "spec.spec.gate",
+        {"ood": {"method": "mahalanobis", "alpha": 0.05, "threshold": 42.0}},
+        ["spec.gate.ood", "set either alpha (an error rate) or threshold (a raw score), not"],
+    ),
     ("spec.spec.sidecar", {"workers": 0}, ["spec.sidecar.workers", "greater than or equal to 1"]),
     (
         "spec.spec.sidecar",
@@ -126,6 +139,12 @@ VALID = [
     ("spec.replicas", {"min": 2, "max": 2}),
     ("spec.confidence", {"reviewBelow": 0, "review": {"maxFraction": 1}}),
     ("spec.gate", {"ood": {"method": "none"}, "inputs": [{"name": "x", "datatype": "BYTES", "shape": [-1]}]}),
+    ("spec.gate", {"ood": {"method": "mahalanobis", "alpha": 0.05}}),
+    ("spec.gate", {"ood": {"method": "mahalanobis", "threshold": 42.0}}),
+    ("spec.drift", {"window": 500}),  # a row count
+    ("spec.drift", {"window": "500"}),  # a row count, as a string of digits
+    ("spec.drift", {"window": "5m"}),
+    ("spec.drift", {"window": "1h30m", "alpha": 0.05, "minSamples": 10}),
 ]
 
 
@@ -159,3 +178,21 @@ def test_examples_are_accepted_and_defaulted(cluster: LocalCluster) -> None:
     assert minimal["spec"]["triton"]["resources"] == {"limits": {"nvidia.com/gpu": "1"}}
     assert minimal["spec"]["rollout"]["steps"] == [10, 50, 100]
     assert minimal["spec"]["gate"]["ood"] == {"method": "energy", "action": "reject"}
+    # the drift defaults: a 5 minute window, tested at a 0.001 false-alarm rate from 100 rows on
+    assert minimal["spec"]["drift"] == {"window": "5m", "alpha": 0.001, "minSamples": 100}
+
+
+def test_a_row_count_window_is_stored_as_given(cluster: LocalCluster) -> None:
+    for window in (500, "500"):
+        result = cluster.kubectl(
+            "create",
+            "--dry-run=server",
+            "-n",
+            "default",
+            "-o",
+            "yaml",
+            "-f",
+            "-",
+            input=yaml.safe_dump(with_change("spec.drift", {"window": window})),
+        )
+        assert yaml.safe_load(result.stdout)["spec"]["drift"]["window"] == window
