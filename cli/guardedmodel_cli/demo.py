@@ -15,8 +15,9 @@ The story it tells:
    scorer decided;
 3. version 2 (a weaker model) is rolled out as a canary; the operator reads
    the sidecar's metrics from Prometheus and rolls it back;
-4. the inputs drift (a grey-level shift); the continuous guard sees the
-   drift score and OOD rate break their thresholds and an alert fires.
+4. the inputs drift (a grey-level shift); the continuous guard sees the drift
+   test call the windows drifted with a PSI above maxDriftScore, and the OOD
+   rate break its threshold, and an alert fires.
 """
 
 from __future__ import annotations
@@ -251,6 +252,7 @@ class Demo:
         deadline = time.monotonic() + self.timeout
         fired: set[str] = set()
         drift_score: float | None = None
+        drift_p_value: float | None = None
         guard_acted = False
         while time.monotonic() < deadline and not (fired and guard_acted and drift_score is not None):
             self.send(shifted)
@@ -262,14 +264,23 @@ class Demo:
             scores = self.prometheus.query('max(guardedmodel_drift_score{statistic="score"})')
             value = float(scores[0]["value"][1]) if scores else float("nan")
             drift_score = value if np.isfinite(value) else drift_score
+            # the drift test's p-value of the stable version's last window (NaN: too few rows)
+            p_values = self.prometheus.query("min(guardedmodel_drift_p_value)")
+            value = float(p_values[0]["value"][1]) if p_values else float("nan")
+            drift_p_value = value if np.isfinite(value) else drift_p_value
             status = self.status()
             degraded = any(
                 c["type"] == "Degraded" and c["status"] == "True" for c in status.get("conditions", [])
             )
             guard_acted = degraded or status.get("phase") in ("Degraded", "RolledBack")
         status = self.status()
-        out.print_drift(status, drift_score, fired)
-        self.record["drift"] = {"alerts": sorted(fired), "drift_score": drift_score, "status": status}
+        out.print_drift(status, drift_score, drift_p_value, fired)
+        self.record["drift"] = {
+            "alerts": sorted(fired),
+            "drift_score": drift_score,
+            "drift_p_value": drift_p_value,
+            "status": status,
+        }
 
     def summary(self) -> None:
         (self.state_dir / "summary.json").write_text(json.dumps(self.record, indent=2, default=str))

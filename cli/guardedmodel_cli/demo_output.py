@@ -54,14 +54,24 @@ def print_history(status: dict[str, Any]) -> None:
         print(f"  history: v{entry.get('version')} {entry.get('outcome')} — {entry.get('reason', '')}")
 
 
+DRIFT_ALPHA = 0.001  # spec.drift.alpha of the demo's manifest (examples/fashion-mnist.yaml)
+
+
 def print_events(events: str) -> None:
     for line in events.splitlines()[-6:]:
         print(f"  event: {line}")
 
 
-def print_drift(status: dict[str, Any], drift_score: float | None, fired: set[str]) -> None:
+def print_drift(
+    status: dict[str, Any], drift_score: float | None, drift_p_value: float | None, fired: set[str]
+) -> None:
+    if drift_p_value is not None:
+        verdict = "drifted" if drift_p_value <= DRIFT_ALPHA else "not distinguishable from noise"
+        print(
+            f"  drift test (p-value of the window, alpha {DRIFT_ALPHA:g}): p = {drift_p_value:.2g}, {verdict}"
+        )
     if drift_score is not None:
-        print(f"  drift score (PSI against the fit's reference, > 0.2 is drift): {drift_score:.2f}")
+        print(f"  drift score (PSI against the fit's reference, how far; > 0.2 is large): {drift_score:.2f}")
     print_phase(status)
     for condition in status.get("conditions", []):
         print(f"  condition {condition['type']}={condition['status']}: {condition.get('message', '')}")
