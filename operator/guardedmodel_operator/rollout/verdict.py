@@ -18,7 +18,10 @@ Pure, no I/O; `outcome` turns a verdict into status fields. The rules, in the or
 
 An analysis runs at most once per interval (since the last routing change or failed check).
 Fewer than minRequests requests, or a set threshold whose figure is missing, is "no data":
-inconclusive, a hold that neither passes nor fails. A check fails when any set threshold
+inconclusive, a hold that neither passes nor fails. maxDriftScore reads the sidecar's drift test
+(types.drift_breach): it breaks only when a drift window in the check window was called drifted
+(p <= spec.drift.alpha) and that window's PSI is above the limit; when no window had
+spec.drift.minSamples rows the figure is missing (insufficient data), like minRequests. A check fails when any set threshold
 breaks; after failureLimit consecutive failed checks the canary is rolled back (or halted
 and Degraded when autoRollback is off); for the stable version, traffic returns to
 lastGoodVersion when it differs, else the model is marked Degraded. A passing check moves

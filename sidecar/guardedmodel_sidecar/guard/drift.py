@@ -5,11 +5,12 @@ bin edges (``DriftAccumulator.count``), counts of a time window are summed (``Dr
 and subtracts), and the window's counts are compared with the reference fractions
 (``DriftAccumulator.score``).
 
-Reading the numbers (population stability index, the usual rule of thumb):
-  PSI < 0.1  no meaningful shift;  0.1 - 0.2  moderate shift, watch it;  PSI > 0.2  DRIFTED.
+PSI is the effect size: how far a window moved. Reading it (the usual rule of thumb):
+  PSI < 0.1  no meaningful shift;  0.1 - 0.2  moderate shift, watch it;  PSI > 0.2  large shift.
 PSI of a window of n samples over B bins is biased upwards by about (B - 1) / n even without
-any drift (``DriftScores.noise_floor``); windows with fewer than ~50 * B samples are too small
-to call drift and should be treated as inconclusive.
+any drift (``DriftScores.noise_floor``), so PSI alone cannot say whether a small window drifted:
+that decision, with a stated false-alarm rate, is ``drift_decision.decide_window``'s (a chi-square
+test on the same counts). The operator and the alert act when both say so.
 """
 
 from __future__ import annotations
@@ -108,7 +109,7 @@ class DriftCounts:
 class DriftScores:
     """Drift of one window against the reference. ``score`` is the single number to alert on."""
 
-    score: float  # max(feature_psi_mean, confidence_psi, class_psi); > 0.2 means drifted
+    score: float  # max(feature_psi_mean, confidence_psi, class_psi); > 0.2 is a large shift
     feature_psi_mean: float  # mean PSI over features (NaN without features)
     feature_psi_max: float
     confidence_psi: float  # PSI of the calibrated confidence distribution
@@ -119,6 +120,8 @@ class DriftScores:
 
     @property
     def drifted(self) -> bool:
+        """PSI above the rule-of-thumb line, whatever the window size (the fit report's reading of
+        large held-out sets); live windows are decided by ``drift_decision``."""
         return bool(self.score > DRIFT_PSI_THRESHOLD)
 
 
