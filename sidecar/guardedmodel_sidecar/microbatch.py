@@ -8,7 +8,9 @@ Triton) is paid once per batch instead of once per request.
 
 Only requests that can be stacked are batched: same version, same input names/datatypes/per-sample
 shapes, same requested outputs, no request parameters, numeric tensors. Outputs are split back by
-rows, so each caller gets exactly its own rows.
+rows, so each caller gets exactly its own rows; the stacked answer is scored once and its scores are
+split the same way, so each caller's per-row guard decisions are made on its own rows (and a caller
+whose rows are all refused is refused while the others of its batch are answered).
 
 A caller that leaves (its call cancelled, its deadline passed) takes its rows with it: rows of callers
 gone while queued are dropped before the batch is stacked (a batch whose callers all left is not sent),
