@@ -32,7 +32,7 @@ class ConformalError(ValueError):
 class ConformalReference:
     """Sorted in-distribution calibration scores of one detector (higher = more OOD)."""
 
-    __slots__ = ("_sorted", "_sorted_list", "n")
+    __slots__ = ("_below", "_below_list", "_distinct", "_distinct_list", "_sorted", "_sorted_list", "n")
 
     def __init__(self, calibration_scores: np.ndarray) -> None:
         scores = np.asarray(calibration_scores, dtype=np.float64).ravel()
@@ -43,6 +43,12 @@ class ConformalReference:
         self._sorted = np.sort(scores)
         self._sorted_list: list[float] = self._sorted.tolist()
         self.n = int(scores.size)
+        # the distinct scores and how many calibration scores lie below each: the knots of the
+        # interpolated p-value
+        distinct, first = np.unique(self._sorted, return_index=True)
+        self._distinct, self._below = distinct, first.astype(np.float64)
+        self._distinct_list: list[float] = distinct.tolist()
+        self._below_list: list[float] = self._below.tolist()
 
     @property
     def sorted_scores(self) -> np.ndarray:
@@ -64,35 +70,37 @@ class ConformalReference:
         return (1.0 + self.n - below) / (self.n + 1.0)
 
     def interpolated_p_values(self, scores: np.ndarray) -> np.ndarray:
-        """The p-value made continuous in the score: linear between neighbouring calibration
-        scores, equal to ``p_values`` at each of them, in [1/(n+1), 1] and never below it.
+        """The p-value made continuous in the score: between neighbouring distinct calibration
+        scores u < v it is linear from p(u) to p(v), so it equals ``p_values`` at every calibration
+        score, is never below it, and has no jumps but the last one (above the largest calibration
+        score it is 1 / (n + 1)). NaN gets 1 / (n + 1), as in ``p_values``.
 
-        For the fused detector's members: a step function would give the combined statistic many
-        ties (so a rejection rate below alpha, i.e. lost power); validity does not rest on these
-        values, the fused statistic has its own calibration scores.
+        For the fused detector's members: the step function would give the combined statistic
+        many ties (so a rejection rate below alpha: lost power). Validity does not rest on these
+        values; the fused statistic has its own calibration scores.
         """
-        s = np.asarray(scores, dtype=np.float64).ravel()
-        n, ref = self.n, self._sorted
-        below = np.searchsorted(ref, s, side="left")
-        inside = (below > 0) & (below < n)
-        lower = ref[np.clip(below - 1, 0, n - 1)]
-        upper = ref[np.clip(below, 0, n - 1)]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            # lower < s <= upper inside the range, so upper > lower there
-            fraction = np.where(inside, (s - lower) / np.where(inside, upper - lower, 1.0), 1.0)
-        rank = np.where(inside, below - 1 + fraction, below)
-        return (1.0 + n - rank) / (n + 1.0)
+        n = self.n
+        rank = np.interp(np.asarray(scores, dtype=np.float64).ravel(), self._distinct, self._below, 0.0, n)
+        np.nan_to_num(rank, copy=False, nan=n)
+        np.subtract(1.0 + n, rank, out=rank)
+        rank /= n + 1.0  # in place, the same arithmetic as p_values (equal at calibration scores)
+        return rank
 
     def interpolated_p_value(self, score: float) -> float:
         """``interpolated_p_values`` of one score in plain Python floats."""
         n = self.n
         if score != score:  # NaN
             return 1.0 / (n + 1.0)
-        below = bisect.bisect_left(self._sorted_list, score)
-        if below == 0 or below == n:
-            return (1.0 + n - below) / (n + 1.0)
-        lower, upper = self._sorted_list[below - 1], self._sorted_list[below]
-        return (2.0 + n - below - (score - lower) / (upper - lower)) / (n + 1.0)
+        values, below = self._distinct_list, self._below_list
+        k = bisect.bisect_left(values, score)
+        if k == 0:
+            rank = 0.0
+        elif k == len(values):
+            rank = float(n)
+        else:
+            lower, upper = values[k - 1], values[k]
+            rank = below[k - 1] + (below[k] - below[k - 1]) * (score - lower) / (upper - lower)
+        return (1.0 + n - rank) / (n + 1.0)
 
     def threshold(self, alpha: float) -> float:
         """The score above which p <= alpha: a row is OOD at level alpha iff score > threshold.

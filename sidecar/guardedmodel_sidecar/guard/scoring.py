@@ -29,7 +29,7 @@ from .artifact import (
     MspParams,
     VimParams,
 )
-from .conformal import ConformalReference, combine_p_value_row, combine_p_values
+from .conformal import ConformalReference, combine_p_value_row
 
 METHODS: tuple[str, ...] = tuple(DETECTOR_TYPES)
 
@@ -284,6 +284,8 @@ class FusedScorer:
             )
         self.members = tuple(members)
         self.requires_features = any(m.requires_features for m in self.members)
+        if params.combination not in ("fisher", "min"):
+            raise ScorerError(f"unknown p-value combination {params.combination!r} (known: fisher, min)")
         self._references = tuple(ConformalReference(row) for row in params.member_calibration)
         self._combination = params.combination
 
@@ -291,14 +293,22 @@ class FusedScorer:
         member_scores = [m.score(logits, features) for m in self.members]
         if member_scores[0].shape[0] == 1:
             return np.array([self._score_row([float(s[0]) for s in member_scores])])
-        p = np.stack(
-            [ref.interpolated_p_values(s) for ref, s in zip(self._references, member_scores, strict=True)]
-        )
-        out = combine_p_values(p, self._combination)
+        p = [ref.interpolated_p_values(s) for ref, s in zip(self._references, member_scores, strict=True)]
+        # combine_p_values without stacking the rows (a copy that costs more than the sums)
+        if self._combination == "fisher":
+            out = np.log(p[0])
+            for q in p[1:]:
+                out += np.log(q)
+            out *= -2.0
+        else:
+            smallest = p[0]
+            for q in p[1:]:
+                np.minimum(smallest, q, out=smallest)
+            out = -np.log(smallest)
         # a row a member cannot score is not scored by the fusion either (as with single detectors)
-        unscored = np.any(np.isnan(np.stack(member_scores)), axis=0)
-        if np.any(unscored):
-            out[unscored] = np.nan
+        for member in member_scores:
+            if np.isnan(member.sum()):
+                out[np.isnan(member)] = np.nan
         return out
 
     def _score_row(self, scores: list[float]) -> float:

@@ -176,17 +176,19 @@ def test_interpolated_p_values_join_the_conformal_ones_continuously(rng: np.rand
     grid = np.linspace(-5.0, 35.0, 4001)
     smooth = reference.interpolated_p_values(grid)
     step = reference.p_values(grid)
-    assert np.all(smooth >= step) and np.all(smooth < step + 1.0 / (n + 1) + 1e-12)
+    # between the step function at s and at the calibration score just below s
+    below = np.concatenate([[-np.inf], calibration])[np.searchsorted(calibration, grid, side="left")]
+    assert np.all(smooth >= step) and np.all(smooth <= reference.p_values(below) + 1e-12)
     assert np.array_equal(reference.interpolated_p_values(calibration), reference.p_values(calibration))
     assert np.all(np.diff(smooth) <= 1e-12)  # non-increasing in the score
-    # without ties it is continuous at every calibration score but the largest (above which it
-    # drops to the floor 1 / (n + 1)), where the conformal p-value jumps by 1 / (n + 1)
-    distinct = ConformalReference(rng.uniform(0.0, 30.0, size=60))
-    points = distinct.sorted_scores[:-1]
-    jumps = distinct.interpolated_p_values(points + 1e-9) - distinct.interpolated_p_values(points - 1e-9)
+    # continuous at every calibration score (ties too) but the largest, above which it drops to
+    # the floor 1 / (n + 1); the step function jumps at each
+    points = np.unique(calibration)[:-1]
+    jumps = reference.interpolated_p_values(points + 1e-9) - reference.interpolated_p_values(points - 1e-9)
     assert np.max(np.abs(jumps)) < 1e-6
-    steps = distinct.p_values(points + 1e-9) - distinct.p_values(points - 1e-9)
-    assert np.allclose(steps, -1.0 / 61)
+    assert np.all(reference.p_values(points + 1e-9) < reference.p_values(points - 1e-9))
+    top = calibration[-1]
+    assert reference.interpolated_p_values(np.array([top + 1e-9]))[0] == 1 / (n + 1)
     assert reference.interpolated_p_values(np.array([-1.0, 99.0, np.nan])).tolist() == [
         1.0,
         1 / (n + 1),

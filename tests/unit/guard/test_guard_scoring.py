@@ -76,15 +76,17 @@ def test_batch_of_one_and_one_dimensional_rows_agree(
 
 
 def reference_interpolated_p_value(reference: np.ndarray, s: float) -> float:
-    """The conformal p-value (1 + #{A >= s}) / (n + 1) by counting, plus the linear step between
-    the calibration scores around s: (hi - s) / (hi - lo) / (n + 1)."""
+    """By counting: the conformal p-value (1 + #{A >= s}) / (n + 1) outside the calibration range;
+    inside, lo < s <= hi the calibration scores around s, the rank #{A < x} interpolated linearly
+    between x = lo and x = hi."""
     n = reference.size
-    p = (1 + np.count_nonzero(reference >= s)) / (n + 1)
     lower, upper = reference[reference < s], reference[reference >= s]
-    if lower.size and upper.size:
-        lo, hi = lower.max(), upper.min()
-        p += (hi - s) / (hi - lo) / (n + 1)
-    return float(p)
+    if not (lower.size and upper.size):
+        return float((1 + np.count_nonzero(reference >= s)) / (n + 1))
+    lo, hi = lower.max(), upper.min()
+    rank_lo, rank_hi = np.count_nonzero(reference < lo), np.count_nonzero(reference < hi)
+    rank = rank_lo + (rank_hi - rank_lo) * (s - lo) / (hi - lo)
+    return float((1 + n - rank) / (n + 1))
 
 
 def reference_fused(params: FusedParams, member_scores: dict[str, np.ndarray]) -> np.ndarray:
