@@ -404,9 +404,10 @@ def test_a_batch_of_refused_rows_only_is_refused(stack: Stack) -> None:
 
 
 def test_micro_batched_callers_get_their_own_rows_decisions(stack: Stack) -> None:
-    """Concurrent callers of 4 rows each, with refused rows in different places: stacked into shared
-    Triton calls, scored once, and split back so each caller's decisions follow its own rows."""
-    placements = [(), (0,), (3,), (1, 2), (0, 3)]
+    """Concurrent callers of 4 rows each, with refused rows in different places (all 4 for some):
+    stacked into shared Triton calls, scored once, and split back so each caller's decisions follow
+    its own rows; a caller whose rows are all refused is refused, the others of its batch answered."""
+    placements = [(), (0,), (3,), (1, 2), (0, 3), (0, 1, 2, 3)]
     callers = []
     for i in range(60):
         ood_rows = placements[i % len(placements)]
@@ -417,14 +418,19 @@ def test_micro_batched_callers_get_their_own_rows_decisions(stack: Stack) -> Non
     before = triton_requests(stack.triton)
 
     def one(caller: tuple[np.ndarray, tuple[int, ...]]) -> Any:
-        x, _ = caller
-        return http_infer(stack.per_row.http_url, x)
+        try:
+            return http_infer(stack.per_row.http_url, caller[0])
+        except InferenceServerException as exc:
+            return exc
 
     with concurrent.futures.ThreadPoolExecutor(12) as pool:
         results = list(pool.map(one, callers))
     stacked_calls = triton_requests(stack.triton) - before
     assert stacked_calls < len(callers), "the sidecar did not stack concurrent callers into shared calls"
     for (x, ood_rows), result in zip(callers, results, strict=True):
+        if len(ood_rows) == 4:
+            assert isinstance(result, InferenceServerException) and result.status() == "422"
+            continue
         refused = np.isin(np.arange(4), ood_rows)
         assert decisions_of(result) == ["reject" if r else "accept" for r in refused]
         assert http_parameters(result)["guard_rows_rejected"] == len(ood_rows)
