@@ -3,6 +3,7 @@ computed from Triton's outputs match the ones the fit computed."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +19,7 @@ from guardedmodel_fit.example_data import NUM_CLASSES
 from guardedmodel_fit.example_network import FEATURE_DIM, INPUT_NAME, MODEL_NAME
 from guardedmodel_fit.extract import extract, open_model
 from guardedmodel_fit.fit_config import FitConfig
-from guardedmodel_sidecar.guard.artifact import load_artifact
+from guardedmodel_sidecar.guard.artifact import FusedParams, load_artifact
 from guardedmodel_sidecar.guard.scoring import METHODS, calibrated_confidence, make_ood_scorer
 from guardedmodel_testground.triton import TritonServer
 
@@ -110,3 +111,25 @@ def test_fit_through_a_running_triton(
     report = outcome.result.report
     assert report["detectors"]["mahalanobis"]["ood"]["inverted"]["auroc"] > 0.95
     assert load_artifact(tmp_path / "guard").feature_dim == FEATURE_DIM
+
+
+def test_example_guard_states_its_error_rates(fashion_example: ExampleBuild) -> None:
+    """The worked example's guard: calibration scores per detector, the fused detector, the auto
+    choice made on the example's own OOD sets, and measured in-distribution rejection rates that
+    agree with the stated ones."""
+    artifact = load_artifact(fashion_example.model_dir / "1" / "guard")
+    report = json.loads((fashion_example.model_dir / "1" / "guard" / "report" / "report.json").read_text())
+    fused = artifact.detectors["fused"]
+    assert isinstance(fused, FusedParams) and fused.members == ("mahalanobis", "energy")
+    calibration_n = report["samples"]["calibration"]
+    for method, scores in artifact.calibration_scores.items():
+        assert scores.size == (calibration_n // 2 if method == "fused" else calibration_n), method
+    assert artifact.auto_method == report["auto"]["method"]
+    assert report["auto"]["chosen_by"].startswith("the fit's own OOD sets (held-out-classes, digits")
+    assert set(report["detectors"]["fused"]["ood"]) == set(report["detectors"]["mahalanobis"]["ood"])
+    for method, entry in report["detectors"].items():
+        for alpha in ("0.01", "0.05", "0.1"):
+            figures = entry["conformal"][alpha]
+            lo, hi = figures["band_90"]
+            ci_lo, ci_hi = figures["measured_ci_95"]
+            assert ci_lo <= hi and lo <= ci_hi, (method, alpha, figures)
