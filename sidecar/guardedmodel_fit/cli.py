@@ -206,11 +206,15 @@ def summary_text(outcome: FitOutcome) -> str:
         f"ECE {cal['ece_before']:.4f} -> {cal['ece_after']:.4f}  "
         f"NLL {cal['nll_before']:.4f} -> {cal['nll_after']:.4f}",
     ]
+    candidates = (report.get("auto") or {}).get("candidates", {})
     for method, d in report["detectors"].items():
         aurocs = "  ".join(f"{k} {v['auroc']:.4f}/{v['fpr_at_95_tpr']:.3f}" for k, v in d["ood"].items())
+        over = not candidates.get(method, {}).get("within_budget", True)
         lines.append(
             f"  {method:<12} threshold {d['threshold']:<10.4g} accepts {d['acceptance_evaluation']:.3f}"
-            f"  {d['cost_us']['batch_1']:.1f} µs/request" + (f"  AUROC/FPR@95: {aurocs}" if aurocs else "")
+            f"  {d['cost_us']['batch_1']:.1f} µs/request"
+            + (" (over the auto budget)" if over else "")
+            + (f"  AUROC/FPR@95: {aurocs}" if aurocs else "")
         )
         rates = [
             f"alpha {a}: {f['measured']:.4f} [{f['measured_ci_95'][0]:.4f}, {f['measured_ci_95'][1]:.4f}]"

@@ -89,6 +89,11 @@ def render_html(report: dict[str, Any], png_name: str) -> str:
     detectors = report["detectors"]
     ood_names = list(dict.fromkeys(name for d in detectors.values() for name in d["ood"]))  # given order
     head = "".join(f"<th>{esc(n)}<br>AUROC / FPR@95</th>" for n in ood_names)
+    candidates = (report.get("auto") or {}).get("candidates", {})
+
+    def over_budget(method: str) -> str:
+        return "" if candidates.get(method, {}).get("within_budget", True) else " (over the auto budget)"
+
     rows = []
     for method, d in detectors.items():
         cells = "".join(
@@ -100,7 +105,7 @@ def render_html(report: dict[str, Any], png_name: str) -> str:
         rows.append(
             f"<tr><td><b>{esc(method)}</b></td><td>{d['threshold']:.4g}</td>"
             f"<td>{d['acceptance_calibration']:.3f}</td><td>{d['acceptance_evaluation']:.3f}</td>{cells}"
-            f"<td>{d['cost_us']['batch_1']:.0f} / {d['cost_us']['batch_32']:.0f}</td></tr>"
+            f"<td>{d['cost_us']['batch_1']:.1f} / {d['cost_us']['batch_32']:.0f}{over_budget(method)}</td></tr>"
         )
     notes = "".join(f"<li>{esc(n)}</li>" for n in report.get("notes", []))
     conformal = _conformal_html(detectors)
