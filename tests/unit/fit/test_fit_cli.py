@@ -11,7 +11,7 @@ import torch
 from fit_synthetic import gaussian_classes
 
 from guardedmodel_cli.main import main
-from guardedmodel_sidecar.guard.artifact import load_artifact
+from guardedmodel_sidecar.guard.artifact import FusedParams, load_artifact
 from guardedmodel_sidecar.guard.scoring import make_ood_scorer
 
 
@@ -108,3 +108,18 @@ def test_errors_are_reported_not_raised(workdir: Path, capsys: pytest.CaptureFix
     assert code == 2 and "expected NAME=SPEC" in capsys.readouterr().err
     code = main([*base, "--model", str(workdir / "val.npz"), "--data", str(workdir / "val.npz")])
     assert code == 2 and "expected a TorchScript file" in capsys.readouterr().err
+
+
+def test_fusion_options_on_the_command_line(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["fit", "--model", str(workdir / "model.pt"), "--data", str(workdir / "val.npz"), "--no-progress"]
+    out = workdir / "fused-knn-vim"
+    argv = [*base, "--out", str(out), "--fusion-members", "knn,vim", "--fusion-combination", "min"]
+    assert main([*argv, "--scorer-budget-us", "1000"]) == 0
+    printed = capsys.readouterr().out
+    assert "fused = min of knn, vim p-values" in printed
+    # without OOD sets, auto is the fused detector (within the budget given)
+    assert "method auto -> fused" in printed and "no OOD sets were given" in printed
+    fused = load_artifact(out).detectors["fused"]
+    assert isinstance(fused, FusedParams) and fused.members == ("knn", "vim") and fused.combination == "min"
+    assert main([*base, "--out", str(workdir / "unfused"), "--fusion-members", ""]) == 0
+    assert "fused" not in load_artifact(workdir / "unfused").detectors
