@@ -120,7 +120,7 @@ def at_most(count: int, trials: int, rate: float) -> bool:
     return binomtest(count, trials, rate, alternative="greater").pvalue > 0.01
 
 
-@pytest.mark.parametrize("n", [30, 100, 400])
+@pytest.mark.parametrize("n", [40, 100, 400])  # 40: about the smallest window with a test
 def test_false_alarm_rate_is_at_most_alpha_at_every_window_size(n: int) -> None:
     p = null_p_values(seed=n, n=n, references=20, windows=60)
     for alpha in (0.01, 0.05, 0.2):
@@ -159,7 +159,7 @@ def test_old_artifacts_without_a_row_count_use_goodness_of_fit() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("n", [20, 30, 100, 1000])
+@pytest.mark.parametrize("n", [40, 60, 100, 1000])
 def test_false_alarm_rate_at_the_default_alpha(n: int) -> None:
     """alpha = 0.001 needs many windows to check: 20,000 per size (minutes)."""
     p = null_p_values(seed=1000 + n, n=n, references=40, windows=500)
@@ -182,7 +182,8 @@ def test_a_real_shift_is_detected(shift: dict[str, float], n: int) -> None:
     results = [decide_window(reference, window_counts(acc, rng, n, **shift), policy) for _ in range(20)]
     assert sum(r.decision is Decision.DRIFTED for r in results) >= 19
     assert all(r.p_value <= 0.001 for r in results if r.decision is Decision.DRIFTED)
-    assert results[0].tests == FEATURES + 2  # every feature, the confidence and the class mix
+    if n >= 200:  # every feature, the confidence and the class mix; smaller windows test fewer
+        assert results[0].tests == FEATURES + 2
 
 
 def test_too_few_rows_is_insufficient_data_not_a_verdict() -> None:
@@ -194,9 +195,11 @@ def test_too_few_rows_is_insufficient_data_not_a_verdict() -> None:
     result = decide_window(reference, few, policy)
     assert result.decision is Decision.INSUFFICIENT and math.isnan(result.p_value)
     assert math.isnan(result.decision.gauge)
-    # enough rows by minSamples, too few to fill two groups of 10 expected rows in any statistic
-    tiny = decide_window(reference, window_counts(acc, rng, 12), replace(policy, min_samples=10))
-    assert tiny.decision is Decision.INSUFFICIENT and tiny.tests == 0
+    # enough rows by minSamples, too few to fill three groups of 10 expected rows (or two of 20)
+    # in any statistic
+    for n in (12, 30):
+        tiny = decide_window(reference, window_counts(acc, rng, n), replace(policy, min_samples=10))
+        assert tiny.decision is Decision.INSUFFICIENT and tiny.tests == 0
     assert decide_window(reference, window_counts(acc, rng, 400, shift=3.0), policy).decision.gauge == 1.0
     assert decide_window(reference, acc.zeros(), policy).decision is Decision.INSUFFICIENT
 
