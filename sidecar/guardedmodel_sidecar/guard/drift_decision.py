@@ -20,15 +20,14 @@ called drifted with probability at most ``alpha``, whatever the window size:
   the reference's shares, never the window's counts: the fit's bins are quantiles of the reference
   itself (about equal counts), and grouping on the pooled counts would then choose bins by the
   window's own deviations, which simulation shows rejects 1.5 times too often in the tail. Bins
-  empty in both rows are dropped. A statistic left with one group
-  has no test (a tiny window, or a constant feature); one left with two groups needs twice
-  the expected count (``_testable``).
+  empty in both rows are dropped. A statistic left with one group has no test (a tiny window, or
+  a constant feature); one left with two groups needs twice the expected count (``_testable``).
+  With the fit's 10 quantile bins, the smallest window with a test is about 40 rows.
 * The K tests of one window are combined with Bonferroni, p = min(1, K * min p), valid however the
   features depend on each other (they do: they come from one network).
 
 The decision per window: ``insufficient`` below ``min_samples`` rows, or when no statistic could be
-tested (neither drift nor no drift),
-``drifted`` when p <= alpha, else ``stable``. With several worker processes each tests at
+tested (neither drift nor no drift); ``drifted`` when p <= alpha, else ``stable``. With several worker processes each tests at
 alpha / workers, so the pod's false-alarm rate stays alpha (see ``metrics_aggregate``).
 """
 
