@@ -106,8 +106,6 @@ class Pipeline:
         self._seq = 0
         self._inflight = 0
         self._max_inflight = config.limits.max_inflight_requests
-        # perRow: a batch with some refused rows is answered row by row; wholeRequest: refused.
-        self.batch_policy = config.spec.batch_policy
         # version -> the model's own output names, read from Triton the first time a caller names a
         # GUARD_* output (a model output of that name wins over the guard's).
         self._model_outputs: dict[str, frozenset[str]] = {}
@@ -241,7 +239,9 @@ class Pipeline:
         decision = decide(scores.confidence, scores.ood, flags, guard.policy)
         guard.metrics.observe(scores.confidence, scores.predicted, scores.ood, scores.features)
         guard.metrics.decisions[decision.decision] += 1
-        response, refusal, shadowed = guarded_response(response, request, decision, scores, self.batch_policy)
+        response, refusal, shadowed = guarded_response(
+            response, request, decision, scores, guard.policy.batch_policy
+        )
         for name in shadowed:
             self._warn_shadowed(guard.version, name)
         parameters, headers = summary(decision, scores, guard.version, request_id)
