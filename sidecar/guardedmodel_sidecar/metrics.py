@@ -4,7 +4,11 @@ What is counted per model version, and how cheaply, is ``version_metrics.py``; t
 sidecar-wide numbers and turns both into metric families at scrape time.
 
 Exported (labels ``model``, ``version`` unless noted):
-  guardedmodel_requests_total{decision}            requests by guard decision (gate refusals: reject)
+  guardedmodel_requests_total{decision}            requests by guard decision, the worst of its rows
+                                                   (a perRow batch answered with one refused row counts
+                                                   as reject; gate refusals: reject)
+  guardedmodel_row_decisions_total{decision}       rows by guard decision (rows the gate refused are
+                                                   not scored and not counted here)
   guardedmodel_samples_total                       samples scored (a batch of 32 counts 32)
   guardedmodel_ood_samples_total                   samples whose OOD score is above the threshold
   guardedmodel_gate_refusals_total{model}          requests the input gate refused
@@ -104,6 +108,9 @@ class SidecarMetrics(Collector):
         requests = CounterMetricFamily(
             "guardedmodel_requests", "Requests by guard decision", labels=[*labels, "decision"]
         )
+        rows = CounterMetricFamily(
+            "guardedmodel_row_decisions", "Scored rows by guard decision", labels=[*labels, "decision"]
+        )
         samples = CounterMetricFamily("guardedmodel_samples", "Samples scored", labels=labels)
         ood_samples = CounterMetricFamily(
             "guardedmodel_ood_samples", "Samples with an OOD score above the threshold", labels=labels
@@ -143,6 +150,8 @@ class SidecarMetrics(Collector):
             lv = [vm.model, vm.version]
             for decision, count in vm.decisions.items():
                 requests.add_metric([*lv, decision], count)
+            for decision, count in vm.row_decisions.items():
+                rows.add_metric([*lv, decision], count)
             samples.add_metric(lv, vm.samples)
             ood_samples.add_metric(lv, vm.ood_samples)
             buckets, total = vm.confidence.family_samples()
@@ -161,7 +170,7 @@ class SidecarMetrics(Collector):
                 for decision, count in vm.drift_windows.items():
                     windows.add_metric([*lv, decision.value], count)
         yield from (requests, samples, ood_samples, confidence, ood, accuracy, drift, window)
-        yield from (p_value, detected, windows)
+        yield from (p_value, detected, windows, rows)
 
         refusals = CounterMetricFamily(
             "guardedmodel_gate_refusals", "Requests refused by the input gate", labels=["model"]

@@ -26,7 +26,16 @@ import numpy as np
 from guardedmodel_sidecar.audit import AuditLog
 from guardedmodel_sidecar.audit_records import failure_record, review_item, scored_record, undecodable_record
 from guardedmodel_sidecar.config import SidecarConfig
-from guardedmodel_sidecar.decision import REJECT, REJECT_CODE, REVIEW_CODE, WHOLE_REQUEST, Decision, decide
+from guardedmodel_sidecar.decision import (
+    ACCEPT,
+    REJECT,
+    REJECT_CODE,
+    REVIEW,
+    REVIEW_CODE,
+    WHOLE_REQUEST,
+    Decision,
+    decide,
+)
 from guardedmodel_sidecar.errors import (
     GuardError,
     InputRefused,
@@ -239,6 +248,10 @@ class Pipeline:
         decision = decide(scores.confidence, scores.ood, flags, guard.policy)
         guard.metrics.observe(scores.confidence, scores.predicted, scores.ood, scores.features)
         guard.metrics.decisions[decision.decision] += 1
+        rows = guard.metrics.row_decisions
+        rows[REJECT] += decision.rows_rejected
+        rows[REVIEW] += decision.rows_review
+        rows[ACCEPT] += decision.rows - decision.rows_rejected - decision.rows_review
         response, refusal, shadowed = guarded_response(
             response, request, decision, scores, guard.policy.batch_policy
         )

@@ -139,6 +139,8 @@ class VersionMetrics:
     # Called with every closed drift window (a benchmark or a test reads decisions one by one).
     on_window: Callable[[ClosedWindow], None] | None = None
     decisions: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DECISIONS, 0))
+    # per row: a perRow batch with 2 refused rows of 32 counts 30 accept and 2 reject here
+    row_decisions: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DECISIONS, 0))
     samples: int = 0
     ood_samples: int = 0
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import concurrent.futures
 import shutil
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from conftest import SidecarProcess, WebhookReceiver, launch_sidecar
+from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
 from guardedmodel_fit.example import DEFAULT_OUT, ExampleBuild, build_example
@@ -472,3 +474,25 @@ def test_review_items_and_audit_records_are_per_row(stack: Stack) -> None:
     assert record["status"] == 200 and record["decision"] == "reject" and record["decisions"] == expected
     assert (record["rows_rejected"], record["rows_review"]) == (len(OOD_ROWS), 2)
     assert len(record["ood_score"]) == BATCH and record["review"] == "spooled"
+
+
+def row_decision_counts(metrics_url: str) -> dict[str, float]:
+    with urllib.request.urlopen(metrics_url, timeout=5) as response:
+        text = response.read().decode()
+    counts: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name == "guardedmodel_row_decisions":
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    counts[sample.labels["decision"]] = sample.value
+    return counts
+
+
+def test_rows_are_counted_by_their_own_decision_and_requests_by_the_worst_row(stack: Stack) -> None:
+    before = row_decision_counts(stack.whole.metrics_url)
+    x = stack.rows.batch()
+    with pytest.raises(InferenceServerException):
+        http_infer(stack.whole.http_url, x)  # refused whole, but every row was scored and decided
+    after = row_decision_counts(stack.whole.metrics_url)
+    delta = {d: after.get(d, 0.0) - before.get(d, 0.0) for d in ("accept", "review", "reject")}
+    assert delta == {"accept": BATCH - len(OOD_ROWS) - 1, "review": 1, "reject": len(OOD_ROWS)}
