@@ -104,12 +104,16 @@ def parse_spec(spec: Mapping[str, Any]) -> GuardSpec:
     threshold = optional_float(ood, "threshold", "spec.gate.ood.")
     alpha = optional_float(ood, "alpha", "spec.gate.ood.")
     if alpha is not None and threshold is not None:
-        raise ConfigError("spec.gate.ood: set either alpha (an error rate) or threshold (a raw score), not both")
+        raise ConfigError(
+            "spec.gate.ood: set either alpha (an error rate) or threshold (a raw score), not both"
+        )
     if alpha is not None and not 0.0 < alpha <= 0.5:
         raise ConfigError(f"spec.gate.ood.alpha: {alpha} must be in (0, 0.5], for example 0.05")
     batch_policy = str(gate.get("batchPolicy", "perRow"))
     if batch_policy not in BATCH_POLICIES:
-        raise ConfigError(f"spec.gate.batchPolicy: {batch_policy!r} is not one of {', '.join(BATCH_POLICIES)}")
+        raise ConfigError(
+            f"spec.gate.batchPolicy: {batch_policy!r} is not one of {', '.join(BATCH_POLICIES)}"
+        )
     confidence = section(spec, "confidence", "spec.")
     review = section(confidence, "review", "spec.confidence.")
     review_below = optional_float(confidence, "reviewBelow", "spec.confidence.")
