@@ -248,10 +248,10 @@ class Pipeline:
         decision = decide(scores.confidence, scores.ood, flags, guard.policy)
         guard.metrics.observe(scores.confidence, scores.predicted, scores.ood, scores.features)
         guard.metrics.decisions[decision.decision] += 1
-        rows = guard.metrics.row_decisions
-        rows[REJECT] += decision.rows_rejected
-        rows[REVIEW] += decision.rows_review
-        rows[ACCEPT] += decision.rows - decision.rows_rejected - decision.rows_review
+        per_row = guard.metrics.row_decisions
+        per_row[REJECT] += decision.rows_rejected
+        per_row[REVIEW] += decision.rows_review
+        per_row[ACCEPT] += decision.rows - decision.rows_rejected - decision.rows_review
         response, refusal, shadowed = guarded_response(
             response, request, decision, scores, guard.policy.batch_policy
         )
