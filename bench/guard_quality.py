@@ -182,7 +182,7 @@ def _detector_row(
         "by_set": {
             n: {"auroc": v["auroc"], "fpr_at_95_tpr": v["fpr_at_95_tpr"]} for n, v in q["ood"].items()
         },
-        "rejection_offline": {a: q["conformal"][f"{a:g}"] for a in REPORT_ALPHAS},
+        "rejection_offline": {f"{a:g}": q["conformal"][f"{a:g}"] for a in REPORT_ALPHAS},
         "calibration_samples": q["calibration_samples"],
         "cost_us_batch_1": scoring_cost_us(scorer, evaluation.logits, evaluation.features, 1),
         "cost_us_batch_32": scoring_cost_us(scorer, evaluation.logits, evaluation.features, 32),
@@ -318,7 +318,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
     for i in range(len(methods)):
         for j in range(len(sets)):
             fpr = det[methods[i]]["by_set"][sets[j]]["fpr_at_95_tpr"]
-            ax.text(j, i, f"{grid[i, j]:.3f}\n{fpr:.2f}", ha="center", va="center", fontsize=7, color="white")
+            colour = "black" if grid[i, j] > 0.8 else "white"
+            ax.text(j, i, f"{grid[i, j]:.3f}\n{fpr:.2f}", ha="center", va="center", fontsize=7, color=colour)
     ax.set(
         xticks=range(len(sets)),
         yticks=range(len(methods)),
@@ -334,7 +335,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
         [0, alphas.max() * 1.1], [0, alphas.max() * 1.1], color="grey", ls="--", lw=0.8, label="rate = alpha"
     )
     for m in methods:
-        measured = [det[m]["rejection_offline"][a]["measured"] for a in REPORT_ALPHAS]
+        measured = [det[m]["rejection_offline"][f"{a:g}"]["measured"] for a in REPORT_ALPHAS]
         ax.plot(alphas, measured, marker=".", lw=0.8, alpha=0.6, label=f"{m} (evaluation split)")
     for method in dict.fromkeys(c["method"] for c in results["rejection_live"]):
         cells = [c for c in results["rejection_live"] if c["method"] == method]
