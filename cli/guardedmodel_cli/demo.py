@@ -38,7 +38,7 @@ import yaml
 
 from guardedmodel_cli import demo_output as out
 from guardedmodel_cli.demo_output import say
-from guardedmodel_cli.demo_traffic import Outcome, send, traffic_sets
+from guardedmodel_cli.demo_traffic import Outcome, mixed_batch, send, send_batches, traffic_sets
 from guardedmodel_testground import stack as local_stack
 from guardedmodel_testground.cluster import LocalCluster
 from guardedmodel_testground.paths import default_state_dir, repo_root
@@ -109,6 +109,7 @@ class Demo:
             self.apply_manifest(build.repository)
             self.start_data_plane(build.repository)
             self.guard_traffic(build)
+            self.per_row_batches(build)
             self.rollout_canary()
             self.drift_and_guard()
             self.summary()
@@ -200,6 +201,28 @@ class Demo:
         counts = self.settled_query(query)
         out.print_decision_counts(query, counts)
         self.record["prometheus_requests"] = counts
+
+    def per_row_batches(self, build: Any) -> None:
+        say("One batch of 32 rows, three of them handwritten digits (far-OOD): answered row by row")
+        good = np.asarray(build.dataset("validation").inputs, dtype=np.float32)
+        odd = np.asarray(build.dataset("digits").inputs, dtype=np.float32)
+        rng = np.random.default_rng(11)
+        alpha = yaml.safe_load((repo_root() / MANIFEST).read_text())["spec"]["gate"]["ood"].get("alpha")
+        batch, odd_positions = mixed_batch(good[rng.choice(len(good), 32)], odd[:3])
+        mixed = send_batches(self.ports["http"], batch)
+        out.print_mixed_batch(mixed, odd_positions, alpha)
+        say("The stated error rate: 640 in-distribution rows in batches of 32")
+        rows = good[rng.choice(len(good), 640, replace=False)]
+        measured = send_batches(self.ports["http"], rows)
+        out.print_rejection_rate(measured, alpha)
+        self.record["per_row"] = {
+            "mixed_batch": mixed.decisions,
+            "mixed_batch_digit_rows": odd_positions,
+            "mixed_batch_blanked": mixed.blanked,
+            "in_distribution_rows": len(measured.decisions),
+            "in_distribution_rejected": measured.decisions.count("reject"),
+            "alpha": alpha,
+        }
 
     def settled_query(self, query: str) -> dict[str, str]:
         """Per decision, once two scrapes agree, so the figures cover all the traffic just sent."""

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from guardedmodel_cli.demo_traffic import Outcome
+from guardedmodel_cli.demo_traffic import BatchOutcome, Outcome
 
 
 def say(text: str) -> None:
@@ -88,3 +88,33 @@ def print_endpoints(
     print(f"Prometheus:  {prometheus_url}/graph")
     print(f"audit log:   {state_dir / 'audit'}")
     print(f"logs:        {state_dir / 'logs'}")
+
+
+def print_mixed_batch(outcome: BatchOutcome, odd_positions: list[int], alpha: float | None) -> None:
+    marks = {"accept": ".", "review": "?", "reject": "X"}
+    print("  GUARD_DECISION per row (. accept, ? review, X reject; ^ marks the digits):")
+    print("    " + "".join(marks.get(d, "!") for d in outcome.decisions))
+    print(
+        "    " + "".join("^" if i in odd_positions else " " for i in range(len(outcome.decisions))).rstrip()
+    )
+    caught = sum(outcome.decisions[i] == "reject" for i in odd_positions)
+    false = sum(d == "reject" for i, d in enumerate(outcome.decisions) if i not in odd_positions)
+    print(
+        f"  digit rows rejected: {caught} of {len(odd_positions)}; in-distribution rows "
+        f"rejected: {false} of {len(outcome.decisions) - len(odd_positions)}"
+        + (f" (alpha {alpha:g} lets that share of in-distribution rows go)" if alpha is not None else "")
+    )
+    print(f"  rows whose LOGITS came back NaN (refused rows, never mistaken for answers): {outcome.blanked}")
+    refused = [p for p, d in zip(outcome.p_values, outcome.decisions, strict=False) if d == "reject"]
+    if refused:
+        print(f"  their conformal p-values (GUARD_OOD_P_VALUE): {', '.join(f'{p:.4f}' for p in refused)}")
+
+
+def print_rejection_rate(outcome: BatchOutcome, alpha: float | None) -> None:
+    rows = len(outcome.decisions)
+    rejected = outcome.decisions.count("reject")
+    stated = f"at most {alpha:g} by construction" if alpha is not None else "the fit's target"
+    print(
+        f"  in-distribution rows rejected as OOD: {rejected}/{rows} = {rejected / max(rows, 1):.1%} "
+        f"(alpha: {stated}; {outcome.refused_requests} requests refused whole)"
+    )

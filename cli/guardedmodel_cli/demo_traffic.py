@@ -77,3 +77,51 @@ def send(http_port: int, inputs: np.ndarray) -> Outcome:
     finally:
         client.close()
     return outcome
+
+
+@dataclass
+class BatchOutcome:
+    """What the sidecar answered to batched requests, row by row."""
+
+    decisions: list[str] = field(default_factory=list)  # per row, from GUARD_DECISION
+    blanked: int = 0  # rows whose LOGITS came back NaN
+    p_values: list[float] = field(default_factory=list)  # per row, from GUARD_OOD_P_VALUE
+    refused_requests: int = 0  # every row refused: the request is refused whole (422)
+
+
+def mixed_batch(
+    good: np.ndarray, odd: np.ndarray, batch: int = 32, odd_rows: int = 3
+) -> tuple[np.ndarray, list[int]]:
+    """One batch of in-distribution rows with a few odd rows spread over it, and where they are."""
+    x = good[:batch].copy()
+    positions = [int(i) for i in np.linspace(batch // (2 * odd_rows), batch - 1, odd_rows).round()]
+    x[positions] = odd[:odd_rows]
+    return x, positions
+
+
+def send_batches(http_port: int, inputs: np.ndarray, batch: int = 32) -> BatchOutcome:
+    """``inputs`` in requests of ``batch`` rows; each row's decision read from the guard's outputs."""
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    client = httpclient.InferenceServerClient(f"127.0.0.1:{http_port}")
+    outcome = BatchOutcome()
+    try:
+        for start in range(0, len(inputs), batch):
+            rows = np.ascontiguousarray(inputs[start : start + batch])
+            tensor = httpclient.InferInput("INPUT", list(rows.shape), "FP32")
+            tensor.set_data_from_numpy(rows, binary_data=True)
+            try:
+                result = client.infer(MODEL, [tensor])  # unchanged call: every output comes back
+            except InferenceServerException:
+                outcome.refused_requests += 1
+                outcome.decisions += ["reject"] * len(rows)
+                continue
+            outcome.decisions += [d.decode() for d in result.as_numpy("GUARD_DECISION")]
+            outcome.blanked += int(np.isnan(result.as_numpy("LOGITS")).all(axis=1).sum())
+            p_values = result.as_numpy("GUARD_OOD_P_VALUE")
+            if p_values is not None:
+                outcome.p_values += [float(p) for p in p_values]
+    finally:
+        client.close()
+    return outcome
