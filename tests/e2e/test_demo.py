@@ -43,6 +43,15 @@ def test_demo_guards_rolls_back_and_alerts(tmp_path: Path) -> None:
     assert share("handwritten digits (far-OOD)", "rejected as OOD") >= 0.6
     assert share("inverted images", "rejected as OOD") + share("inverted images", "refused by gate") >= 0.9
 
+    # A batch is answered row by row: refused rows are blanked, the others answered; and the
+    # in-distribution rejection rate is the stated alpha (640 rows: a binomial 99.9 % bound at
+    # alpha 0.05 plus the calibration set's own spread stays under 0.09).
+    per_row = summary["per_row"]
+    assert per_row["mixed_batch_blanked"] == per_row["mixed_batch"].count("reject")
+    assert per_row["mixed_batch"].count("accept") >= 20
+    assert per_row["in_distribution_rows"] == 640
+    assert per_row["in_distribution_rejected"] / 640 <= 0.09
+
     # The weaker version 2 is rolled back by the operator, on the sidecar's metrics.
     canary = summary["canary"]
     assert canary["weights"], "the canary never received traffic"
