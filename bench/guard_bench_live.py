@@ -14,10 +14,8 @@ its central 95 % is the interval the measured count must fall in.
 from __future__ import annotations
 
 import contextlib
-import subprocess
 import tempfile
 import time
-import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -50,11 +48,10 @@ def measure_rejection(
     with contextlib.ExitStack() as stack:
         triton = stack.enter_context(TritonServer(repository, model_control_mode="explicit", log_dir=work))
         for alpha in alphas:
-            http = stack.enter_context(
-                _sidecar(work, triton, repository, model, version, rows, method, alpha)
-            )
-            started = time.perf_counter()
-            decisions = _decisions(http, model, version, rows)
+            # one sidecar at a time: the others would only take CPU from the one measured
+            with _sidecar(work, triton, repository, model, version, rows, method, alpha) as http:
+                started = time.perf_counter()
+                decisions = _decisions(http, model, version, rows)
             rejected = int(np.sum(decisions == "reject"))
             n = int(decisions.size)
             low, high = clopper_pearson(rejected, n)
@@ -105,6 +102,7 @@ def _sidecar(
     method: str,
     alpha: float,
 ) -> Any:
+    from guardedmodel_testground.procs import ManagedProcess, http_ok, wait_until
     from guardedmodel_testground.sidecar_config import sidecar_command, sidecar_config
 
     spec = {
@@ -120,30 +118,22 @@ def _sidecar(
         "confidence": {"reviewBelow": 0.0},
         "audit": {"enabled": False},
     }
-    name = f"alpha-{alpha:g}"
+    name = f"{method}-alpha-{alpha:g}"
     config = sidecar_config(
         spec, triton=triton, repository=repository, workdir=work / name, routing={"stableVersion": version}
     )
     config_path = work / f"{name}.yaml"
     config_path.write_text(yaml.safe_dump(config))
-    log_path = work / f"{name}.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            sidecar_command(config_path, "--log-level", "WARNING"),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-        )
+    sidecar = ManagedProcess(
+        name, sidecar_command(config_path, "--log-level", "WARNING"), work / f"{name}.log", cwd=ROOT
+    ).start()
     http = f"127.0.0.1:{config['listen']['http']}"
     try:
-        _wait_ready(proc, f"http://{http}/v2/models/{model}/versions/{version}/ready", log_path)
+        ready = f"http://{http}/v2/models/{model}/versions/{version}/ready"
+        wait_until(f"the {name} sidecar", lambda: http_ok(ready), 120, process=sidecar)
         yield http
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        sidecar.stop()
 
 
 def _decisions(http: str, model: str, version: str, rows: np.ndarray) -> np.ndarray:
@@ -170,15 +160,3 @@ def _decisions(http: str, model: str, version: str, rows: np.ndarray) -> np.ndar
         )
     client.close()
     return np.asarray(decisions)
-
-
-def _wait_ready(proc: subprocess.Popen[bytes], url: str, log: Path, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError(f"{url} never answered; see {log}") from None
-            time.sleep(0.2)
