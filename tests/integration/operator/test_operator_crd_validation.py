@@ -155,26 +155,12 @@ def test_valid_variants_are_accepted(cluster: LocalCluster, path: str, value: An
 
 
 def test_examples_are_accepted_and_defaulted(cluster: LocalCluster) -> None:
-    for example in ("guardedmodel-minimal.yaml", "guardedmodel-full.yaml"):
-        result = cluster.kubectl(
-            "create", "--dry-run=server", "-n", "default", "-o", "yaml", "-f", str(EXAMPLES / example)
-        )
-        stored = yaml.safe_load(result.stdout)
+    for example in ("guardedmodel-minimal.yaml", "guardedmodel-full.yaml", "fashion-mnist.yaml"):
+        stored = stored_as(cluster, (EXAMPLES / example).read_text())
         # defaults applied by the API server, not by the operator
         assert stored["spec"]["rollout"]["interval"]
         assert stored["spec"]["replicas"]["min"] >= 1
-    minimal = yaml.safe_load(
-        cluster.kubectl(
-            "create",
-            "--dry-run=server",
-            "-n",
-            "default",
-            "-o",
-            "yaml",
-            "-f",
-            str(EXAMPLES / "guardedmodel-minimal.yaml"),
-        ).stdout
-    )
+    minimal = stored_as(cluster, (EXAMPLES / "guardedmodel-minimal.yaml").read_text())
     assert minimal["spec"]["triton"]["resources"] == {"limits": {"nvidia.com/gpu": "1"}}
     assert minimal["spec"]["rollout"]["steps"] == [10, 50, 100]
     assert minimal["spec"]["gate"]["ood"] == {"method": "energy", "action": "reject"}
@@ -184,15 +170,13 @@ def test_examples_are_accepted_and_defaulted(cluster: LocalCluster) -> None:
 
 def test_a_row_count_window_is_stored_as_given(cluster: LocalCluster) -> None:
     for window in (500, "500"):
-        result = cluster.kubectl(
-            "create",
-            "--dry-run=server",
-            "-n",
-            "default",
-            "-o",
-            "yaml",
-            "-f",
-            "-",
-            input=yaml.safe_dump(with_change("spec.drift", {"window": window})),
-        )
-        assert yaml.safe_load(result.stdout)["spec"]["drift"]["window"] == window
+        stored = stored_as(cluster, yaml.safe_dump(with_change("spec.drift", {"window": window})))
+        assert stored["spec"]["drift"]["window"] == window
+
+
+def stored_as(cluster: LocalCluster, manifest: str) -> dict[str, Any]:
+    """The object the API server would store for ``manifest`` (validated and defaulted)."""
+    result = cluster.kubectl(
+        "create", "--dry-run=server", "-n", "default", "-o", "yaml", "-f", "-", input=manifest
+    )
+    return dict(yaml.safe_load(result.stdout))
