@@ -15,7 +15,6 @@ from guardedmodel_sidecar.audit_records import review_item, scored_record
 from guardedmodel_sidecar.decision import DecisionPolicy, decide
 from guardedmodel_sidecar.gate import InputGate
 from guardedmodel_sidecar.guard.conformal import ConformalReference
-from guardedmodel_sidecar.pipeline import guarded_response, review_rows, summary
 from guardedmodel_sidecar.protocol.datatypes import (
     NUMPY_DTYPES,
     deserialize_bytes_elements,
@@ -37,6 +36,7 @@ from guardedmodel_sidecar.protocol.model import (
     Tensor,
 )
 from guardedmodel_sidecar.response_scoring import Scores
+from guardedmodel_sidecar.row_answers import guarded_response, review_rows, summary
 from guardedmodel_sidecar.version_guard import VersionGuard
 from guardedmodel_sidecar.version_metrics import VersionMetrics
 
