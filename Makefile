@@ -9,9 +9,9 @@ export PATH := $(CURDIR)/$(BIN):/usr/local/go/bin:$(PATH)
 PY_STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 PACKAGES := -p guardedmodel_operator -p guardedmodel_sidecar -p guardedmodel_fit -p guardedmodel_cli -p guardedmodel_testground
 # CI runs the representative set; `make test-all` adds the slowest scenarios.
-PYTEST_ARGS ?= -m "not slow"
+PYTEST_ARGS ?= -m "not slow and not pods"
 
-.PHONY: setup system-deps python-deps cluster-binaries lint test test-all demo bench-sidecar bench-guard bench-operator fuzz crds-sync clean
+.PHONY: setup system-deps python-deps cluster-binaries lint test test-all test-pods demo bench-sidecar bench-guard bench-operator fuzz crds-sync clean
 
 setup: system-deps python-deps cluster-binaries
 
@@ -41,7 +41,11 @@ test: setup lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test-all:
-	$(MAKE) test PYTEST_ARGS=
+	$(MAKE) test PYTEST_ARGS='-m "not pods"'
+
+# Real pods: the image built from the Dockerfile, a real kubelet, the chart installed (root only).
+test-pods: setup
+	$(BIN)/pytest -m pods tests/pods
 
 demo: setup
 	$(BIN)/guardedmodel demo
