@@ -124,7 +124,7 @@ class KubeClient:
             method,
             self.server + path,
             params=params,
-            data=json.dumps(body),
+            data=None if body is None else json.dumps(body),
             headers={"Content-Type": content_type},
         ) as response:
             text = await response.text()
@@ -145,6 +145,17 @@ class KubeClient:
             fieldManager=self.field_manager,
             force="true",
         )
+
+    async def namespace_labels(self, namespace: str) -> dict[str, str] | None:
+        """The namespace's labels, or None when this identity may not read namespaces (a
+        namespaced install without cluster-wide RBAC): the caller then decides without them."""
+        try:
+            found = await self._request("GET", f"/api/v1/namespaces/{namespace}", None, "application/json")
+        except ApiError as error:
+            if error.status == 403:
+                return None
+            raise
+        return dict(found.get("metadata", {}).get("labels") or {})
 
     async def patch_status(self, namespace: str, name: str, patch: Mapping[str, Any]) -> dict[str, Any]:
         path = object_path(f"{GROUP}/{VERSION}", "GuardedModel", namespace, name, "status")

@@ -20,9 +20,10 @@ from .clock import format_time, utcnow
 from .config import OperatorConfig
 from .events import Event, status_events, write_events
 from .kube import KubeClient
+from .pod_security import hostpath_refusal
 from .readiness import DeploymentState, Observed, first_version_ready, next_status
 from .rollout.outcome import first_promotion
-from .spec import SpecError, parse_spec
+from .spec import GuardedModelSpec, SpecError, parse_spec
 from .status import invalid_spec_status, merge_patch
 
 ChildLookup = Callable[[str, str, str], Mapping[str, Any] | None]  # (kind, namespace, name) → live object
@@ -83,6 +84,21 @@ async def reconcile(
             client, namespace, name, status, generation, str(error), emit, format_time(now()), outcome
         )
         return outcome
+    refusal = await _pod_security_refusal(client, namespace, spec)
+    if refusal is not None:
+        await _write_invalid_spec(
+            client,
+            namespace,
+            name,
+            status,
+            generation,
+            refusal,
+            emit,
+            format_time(now()),
+            outcome,
+            "PodSecurity",
+        )
+        return outcome
 
     names = child_names(name)
     live_deployment = lookup("Deployment", namespace, names.deployment)
@@ -138,6 +154,14 @@ async def reconcile(
     return outcome
 
 
+async def _pod_security_refusal(client: KubeClient, namespace: str, spec: GuardedModelSpec) -> str | None:
+    """Only a file:// repository can make the pod inadmissible, so only then is the namespace read."""
+    if spec.repository.scheme != "file":
+        return None
+    labels = await client.namespace_labels(namespace)
+    return hostpath_refusal(spec.repository, namespace, labels or {})
+
+
 async def _write_invalid_spec(
     client: KubeClient,
     namespace: str,
@@ -148,13 +172,14 @@ async def _write_invalid_spec(
     emit: EventSink,
     now: str,
     outcome: Outcome,
+    reason: str = "InvalidSpec",
 ) -> None:
     # Leave the children as they are: a spec the operator cannot parse must
     # not tear down a model that is serving.
-    new_status = invalid_spec_status(status, generation, message, now)
+    new_status = invalid_spec_status(status, generation, message, now, reason)
     patch = merge_patch(status, new_status)
     if patch is not None:
         outcome.written.append(await client.patch_status(namespace, name, patch))
         outcome.status_written = True
-        emit(Event("Warning", "InvalidSpec", message))
+        emit(Event("Warning", reason, message))
     outcome.phase = "Failed"

@@ -44,6 +44,11 @@ DEFAULTS: dict[str, Any] = {
     },
 }
 
+# Defaults the CRD declares on the object as a whole (its properties have no defaults of their own):
+# a value the user gives replaces them entirely, so `triton.resources: {requests: {cpu: "1"}}`
+# means no GPU, exactly as the API server stores it.
+WHOLE_VALUE_DEFAULTS = frozenset({("triton", "resources"), ("sidecar", "resources")})
+
 REPOSITORY_SCHEMES = ("s3", "gs", "pvc", "http", "https", "file")
 _REPOSITORY = re.compile(r"^(?P<scheme>[a-z0-9]+)://(?P<rest>\S+)$")
 
@@ -59,15 +64,19 @@ def with_defaults(spec: Mapping[str, Any]) -> dict[str, Any]:
     Like the API server, a default only fills a field that is absent: a list
     given by the user replaces the default list, it is not merged into it.
     """
-    return _merge(copy.deepcopy(DEFAULTS), copy.deepcopy(dict(spec)))
+    return _merge(copy.deepcopy(DEFAULTS), copy.deepcopy(dict(spec)), ())
 
 
-def _merge(defaults: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+def _merge(defaults: dict[str, Any], given: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any]:
     for key, default in defaults.items():
         if key not in given:
             given[key] = default
-        elif isinstance(default, dict) and isinstance(given[key], dict):
-            given[key] = _merge(default, given[key])
+        elif (
+            isinstance(default, dict)
+            and isinstance(given[key], dict)
+            and (*path, key) not in WHOLE_VALUE_DEFAULTS
+        ):
+            given[key] = _merge(default, given[key], (*path, key))
     return given
 
 

@@ -101,16 +101,17 @@ def conditions_by_type(status: Mapping[str, Any]) -> dict[str, Mapping[str, Any]
     return {c.get("type"): c for c in status.get("conditions") or []}
 
 
-def invalid_spec_status(status: Mapping[str, Any], generation: int, message: str, now: str) -> dict[str, Any]:
-    """The status of a model whose spec the operator cannot parse: Failed, and Degraded says why.
+def invalid_spec_status(
+    status: Mapping[str, Any], generation: int, message: str, now: str, reason: str = "InvalidSpec"
+) -> dict[str, Any]:
+    """The status of a model whose spec the operator cannot act on: Failed, and Degraded says why
+    (`reason`: InvalidSpec for a spec it cannot parse, PodSecurity for pods the namespace refuses).
 
     Ready keeps its last value: the children are left as they are, so a model that serves goes on.
     """
     previous = conditions_by_type(status)
-    ready = previous.get("Ready") or condition("Ready", ("False", "InvalidSpec", ""), None, generation, now)
-    degraded = condition(
-        "Degraded", ("True", "InvalidSpec", message), previous.get("Degraded"), generation, now
-    )
+    ready = previous.get("Ready") or condition("Ready", ("False", reason, ""), None, generation, now)
+    degraded = condition("Degraded", ("True", reason, message), previous.get("Degraded"), generation, now)
     return {
         **status,
         "phase": "Failed",

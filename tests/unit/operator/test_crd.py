@@ -116,3 +116,26 @@ def test_chart_crds_are_in_sync_with_the_source(tmp_path: Any) -> None:
     assert crdsync.differences(fake) == ["charts/guardedmodel/crds/a.yaml differs from crds/a.yaml"]
     crdsync.sync(fake)
     assert crdsync.differences(fake) == []
+
+
+def _object_default_paths(defaults: dict[str, Any], path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    paths = []
+    for key, value in defaults.items():
+        if isinstance(value, dict):
+            paths += [(*path, key), *_object_default_paths(value, (*path, key))]
+    return paths
+
+
+def test_a_given_object_is_defaulted_like_the_api_server_does(crd: dict[str, Any]) -> None:
+    """An object the user gives (here: empty) gets only its properties' own defaults, never the
+    default of the object as a whole: `triton.resources: {requests: {cpu: 1}}` drops the GPU."""
+    paths = _object_default_paths(DEFAULTS)
+    assert ("triton", "resources") in paths
+    for path in paths:
+        spec: dict[str, Any] = {"model": {"name": "m", "repository": "pvc://c", "version": "1"}}
+        node = spec
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = {}
+        by_server = apply_schema_defaults(copy.deepcopy(spec), _spec_schema(crd))
+        assert with_defaults(spec) == by_server, path
