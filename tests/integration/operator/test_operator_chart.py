@@ -65,16 +65,22 @@ def test_values_schema_refuses_bad_values(cluster: LocalCluster) -> None:
 def test_several_replicas_turn_on_peering(cluster: LocalCluster) -> None:
     docs = render(cluster, "ops", "replicaCount=2", "watchNamespaces={a,b}")
     kinds = [d["kind"] for d in docs]
-    assert kinds.count("KopfPeering") == 2 and kinds.count("CustomResourceDefinition") == 2
+    assert kinds.count("KopfPeering") == 2
+    # the peering CRDs come from the chart's crds/, which helm installs before the templates
+    crds = cluster.helm("template", "gm", CHART, "--include-crds").stdout
+    assert "name: kopfpeerings.kopf.dev" in crds and "name: clusterkopfpeerings.kopf.dev" in crds
     deployment = next(d for d in docs if d["kind"] == "Deployment")
     env = {e["name"]: e["value"] for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["GUARDEDMODEL_PEERING_NAME"] == "guardedmodel"
     assert env["GUARDEDMODEL_NAMESPACES"] == "a,b"
 
 
+@pytest.mark.parametrize("scope", ["cluster", "namespace"])
 def test_operator_works_with_exactly_the_charts_rbac(
-    namespace: Namespace, start_operator: Callable[..., OperatorProcess], tmp_path: Path
+    namespace: Namespace, start_operator: Callable[..., OperatorProcess], tmp_path: Path, scope: str
 ) -> None:
+    """Under the ClusterRole, and under only a Role in its own namespace (rbac.scope=namespace:
+    kopf's cluster-wide discovery is then forbidden, and it must carry on without it)."""
     cluster = namespace.cluster
     release = f"gm-{namespace.name}"[:40]
     install = cluster.helm(
@@ -85,6 +91,8 @@ def test_operator_works_with_exactly_the_charts_rbac(
         namespace.name,
         "--set",
         "logFormat=text",
+        "--set",
+        f"rbac.scope={scope}",
         "--wait",
         "--timeout",
         "120s",
@@ -106,6 +114,8 @@ def test_operator_works_with_exactly_the_charts_rbac(
     # the same identity kubectl sees: it may not do more than the chart grants
     denied = cluster.kubectl(f"--kubeconfig={path}", "get", "secrets", "-n", namespace.name, check=False)
     assert denied.returncode != 0 and "forbidden" in denied.stderr.lower()
+    elsewhere = cluster.kubectl(f"--kubeconfig={path}", "get", "guardedmodels", "-A", check=False)
+    assert (elsewhere.returncode == 0) == (scope == "cluster"), elsewhere.stderr
 
     start_operator(namespace.name, kubeconfig=path)
     namespace.apply(minimal_example())
@@ -120,3 +130,135 @@ def test_operator_works_with_exactly_the_charts_rbac(
     )
     assert gm["status"]["stableVersion"] == "1"
     cluster.helm("uninstall", release, "--namespace", namespace.name)
+
+
+SCENARIOS = sorted(p.name for p in (REPO / "charts" / "guardedmodel" / "ci").glob("*-values.yaml"))
+# Namespaced kinds the chart can create, and its cluster-scoped ones: after `helm uninstall`
+# none of them may carry the release's instance label.
+NAMESPACED_KINDS = (
+    "deployments,replicasets,pods,services,serviceaccounts,roles,rolebindings,networkpolicies,"
+    "servicemonitors.monitoring.coreos.com,prometheusrules.monitoring.coreos.com"
+)
+CLUSTER_KINDS = "clusterroles,clusterrolebindings"
+
+
+def prometheus_operator_crds() -> list[dict]:
+    """The two Prometheus-operator kinds the chart can create, as a cluster with that operator
+    serves them (schema-less here: the chart's objects are checked by helm's own schema)."""
+
+    def crd(kind: str, plural: str) -> dict:
+        return {
+            "apiVersion": "apiextensions.k8s.io/v1",
+            "kind": "CustomResourceDefinition",
+            "metadata": {"name": f"{plural}.monitoring.coreos.com"},
+            "spec": {
+                "group": "monitoring.coreos.com",
+                "scope": "Namespaced",
+                "names": {"kind": kind, "plural": plural},
+                "versions": [
+                    {
+                        "name": "v1",
+                        "served": True,
+                        "storage": True,
+                        "schema": {
+                            "openAPIV3Schema": {
+                                "type": "object",
+                                "x-kubernetes-preserve-unknown-fields": True,
+                            }
+                        },
+                    }
+                ],
+            },
+        }
+
+    return [crd("ServiceMonitor", "servicemonitors"), crd("PrometheusRule", "prometheusrules")]
+
+
+def test_ci_scenarios_cover_minimal_all_features_and_single_namespace() -> None:
+    assert SCENARIOS == ["all-features-values.yaml", "minimal-values.yaml", "single-namespace-values.yaml"]
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_ci_scenario_lints_and_renders_with_the_local_image(cluster: LocalCluster, scenario: str) -> None:
+    values = f"{CHART}/ci/{scenario}"
+    lint = cluster.helm("lint", CHART, "--strict", "-f", values)
+    assert "0 chart(s) failed" in lint.stdout, lint.stdout
+    docs = [
+        d
+        for d in yaml.safe_load_all(cluster.helm("template", "gm", CHART, "-n", "ops", "-f", values).stdout)
+        if d
+    ]
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert (container["image"], container["imagePullPolicy"]) == ("guardedmodel:dev", "Never")
+    kinds = {d["kind"] for d in docs}
+    env = {e["name"]: e["value"] for e in container["env"]}
+    if scenario == "single-namespace-values.yaml":
+        # nothing cluster-wide: a Role in the release namespace, which is the one watched
+        assert {"Role", "RoleBinding"} <= kinds and not kinds & {"ClusterRole", "ClusterRoleBinding"}
+        assert env["GUARDEDMODEL_NAMESPACES"] == "ops"
+    else:
+        assert {"ClusterRole", "ClusterRoleBinding"} <= kinds and not kinds & {"Role", "RoleBinding"}
+    if scenario == "all-features-values.yaml":
+        assert {"ServiceMonitor", "PrometheusRule", "KopfPeering", "NetworkPolicy"} <= kinds
+
+
+def test_single_namespace_scope_refuses_other_watched_namespaces(cluster: LocalCluster) -> None:
+    result = cluster.helm(
+        "template", "gm", CHART, "--set", "rbac.scope=namespace", "--set", "watchNamespaces={a}", check=False
+    )
+    assert result.returncode != 0 and "leave watchNamespaces empty" in result.stderr, result.stderr
+    result = cluster.helm("template", "gm", CHART, "--set", "rbac.scope=global", check=False)
+    assert result.returncode != 0 and "scope" in result.stderr, result.stderr
+
+
+def leftovers(cluster: LocalCluster, release: str, namespaces: list[str]) -> list[str]:
+    selector = f"app.kubernetes.io/instance={release}"
+    found = []
+    for namespace in namespaces:
+        out = cluster.kubectl("get", NAMESPACED_KINDS, "-n", namespace, "-l", selector, "-o", "name").stdout
+        found += out.split()
+        # kopf's peering objects carry no labels: look them up by the chart's name
+        out = cluster.kubectl("get", "kopfpeerings.kopf.dev", "-n", namespace, "-o", "name", check=False)
+        found += out.stdout.split()
+    found += cluster.kubectl("get", CLUSTER_KINDS, "-l", selector, "-o", "name").stdout.split()
+    out = cluster.kubectl("get", "clusterkopfpeerings.kopf.dev", "-o", "name", check=False)
+    found += out.stdout.split()
+    return found
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_ci_scenario_installs_and_uninstalls_leaving_nothing_behind(
+    namespace: Namespace, scenario: str
+) -> None:
+    """A real `helm install --wait` into the local API server (kwok runs the operator's pods),
+    then `helm uninstall`: every object the release made is gone again."""
+    cluster = namespace.cluster
+    values = yaml.safe_load((REPO / "charts" / "guardedmodel" / "ci" / scenario).read_text())
+    release = f"ci-{scenario.removesuffix('-values.yaml')}"
+    namespaces = [namespace.name, *values.get("watchNamespaces", [])]
+    for extra in namespaces[1:]:
+        cluster.kubectl("create", "namespace", extra, check=False)
+    cluster.kubectl("apply", "--server-side", "-f", "-", input=yaml.safe_dump_all(prometheus_operator_crds()))
+    cluster.kubectl("wait", "--for=condition=Established", "crd/servicemonitors.monitoring.coreos.com")
+    try:
+        install = cluster.helm(
+            "install", release, CHART, "-n", namespace.name, "-f", f"{CHART}/ci/{scenario}",
+            "--wait", "--timeout", "120s", check=False,
+        )  # fmt: skip
+        assert "STATUS: deployed" in install.stdout, install.stderr
+        replicas = values.get("replicaCount", 1)
+        pods = json.loads(
+            namespace.kubectl(
+                "get", "pods", "-l", f"app.kubernetes.io/instance={release}", "-o", "json"
+            ).stdout
+        )["items"]
+        assert [p["status"]["phase"] for p in pods] == ["Running"] * replicas
+        assert leftovers(cluster, release, namespaces)
+    finally:
+        cluster.helm("uninstall", release, "-n", namespace.name, "--wait", check=False)
+    # (the CRDs from the chart's crds/ stay, as Helm always leaves them: deleting a CRD deletes
+    # every GuardedModel in the cluster)
+    eventually("nothing left of the release", lambda: not leftovers(cluster, release, namespaces), timeout=60)
+    for extra in namespaces[1:]:
+        cluster.kubectl("delete", "namespace", extra, "--wait=false", check=False)
