@@ -2,7 +2,9 @@
 
 The pod follows the Kubernetes "restricted" pod security standard: non-root,
 read-only root filesystem, no privilege escalation, all capabilities dropped,
-RuntimeDefault seccomp. Everything that must be writable is an emptyDir.
+RuntimeDefault seccomp. Everything that must be writable is an emptyDir. The one
+exception a spec can choose is a file:// repository (hostPath), which the operator
+refuses in namespaces that enforce baseline or restricted (pod_security.py).
 """
 
 from __future__ import annotations
