@@ -28,6 +28,14 @@ from .cluster_access import write_credentials, write_kubeconfig
 from .k8s_binaries import K8sBinaries, ensure_k8s_binaries
 from .kwok_nodes import DEFAULT_NODES, KWOK_ANNOTATION, FakeNode, node_manifest
 from .procs import ManagedProcess, StartError, free_port, http_ok, terminate_groups, wait_until
+from .real_node import (
+    RealNode,
+    RealNodeSpec,
+    apiserver_flags,
+    node_token_line,
+    sweep,
+    write_kubelet_client_pki,
+)
 
 
 class LocalCluster:
@@ -37,9 +45,18 @@ class LocalCluster:
     cluster (`guardedmodel cluster env`) or stop it (`guardedmodel cluster down`).
     """
 
-    def __init__(self, state_dir: Path, *, nodes: Sequence[FakeNode] = DEFAULT_NODES) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        nodes: Sequence[FakeNode] = DEFAULT_NODES,
+        real_node: RealNodeSpec | None = None,
+    ) -> None:
+        """`real_node` (opt-in, root only) adds a real kubelet on containerd beside the kwok nodes."""
         self.state_dir = Path(state_dir).resolve()
         self.nodes = tuple(nodes)
+        self.real_node_spec = real_node
+        self.real_node: RealNode | None = None
         self.processes: list[ManagedProcess] = []
         self.binaries: K8sBinaries | None = None
         self.apiserver_port = 0
@@ -120,11 +137,14 @@ class LocalCluster:
         self.logs_dir.mkdir(exist_ok=True)
         try:
             token = write_credentials(self.state_dir / "pki")
+            node_token = self._write_node_credentials()
             etcd_url = self._start_etcd(timeout)
             self._start_apiserver(etcd_url, token, timeout)
             self._start_controllers()
             self._start_kwok()
             self._create_nodes(timeout)
+            if node_token is not None:
+                self._start_real_node(node_token, timeout)
         except BaseException:
             self.down()
             raise
@@ -132,15 +152,24 @@ class LocalCluster:
         return self
 
     def down(self) -> None:
-        pids = [p.pid for p in self.processes if p.popen is not None]
         state = self.state_dir / "state.json"
+        # The real node first, while the API server can still tell its kubelet to stop the pods.
+        if self.real_node is not None:
+            self.real_node.stop()
+            self.real_node = None
+        recorded = json.loads(state.read_text()) if state.exists() else {}
+        pids = [p.pid for p in self.processes if p.popen is not None]
         if state.exists():
             # Also a cluster started by another process (the CLI): stop it by pid.
-            pids += json.loads(state.read_text()).get("pids", [])
+            pids += recorded.get("pids", [])
         # The data is thrown away, so there is nothing to wait for beyond a short grace period.
         terminate_groups(sorted(set(pids)), timeout=5)
         for process in self.processes:
             process.stop(timeout=1)
+        if recorded.get("real_node_dir"):
+            # A real node started by another process (the CLI): its kubelet and containerd were
+            # among the pids; what they left on the host goes now.
+            sweep(Path(recorded["real_node_dir"]), self.real_node_spec or RealNodeSpec())
         self.processes.clear()
         state.unlink(missing_ok=True)
 
@@ -203,6 +232,7 @@ class LocalCluster:
                 "--allow-privileged=true",
                 "--profiling=false",
                 "--v=1",
+                *(apiserver_flags(pki) if self.real_node_spec is not None else []),
             ],
         )
         context = ssl.create_default_context()
@@ -295,12 +325,37 @@ class LocalCluster:
             timeout,
         )
 
+    def _write_node_credentials(self) -> str | None:
+        """With a real node: its kubelet's token (in tokens.csv before the API server reads it)
+        and the client certificate the API server shows the kubelet."""
+        if self.real_node_spec is None:
+            return None
+        pki = self.state_dir / "pki"
+        write_kubelet_client_pki(pki)
+        token, line = node_token_line(self.real_node_spec)
+        with open(pki / "tokens.csv", "a") as tokens:
+            tokens.write(line)
+        return token
+
+    def _start_real_node(self, node_token: str, timeout: float) -> None:
+        assert self.binaries is not None and self.real_node_spec is not None
+        self.real_node = RealNode(
+            self.state_dir / "node",
+            server_url=self.server_url,
+            ca_file=self.state_dir / "pki" / "apiserver.crt",
+            node_token=node_token,
+            admin_kubeconfig=self.kubeconfig,
+            kubectl=self.binaries.kubectl,
+            spec=self.real_node_spec,
+        ).start(timeout)
+
     def _write_state(self, seconds: float) -> None:
         state = {
             "server": self.server_url,
             "kubeconfig": str(self.kubeconfig),
             "bin_dir": str(self.binaries.bin_dir) if self.binaries else None,
-            "pids": [p.pid for p in self.processes],
+            "pids": [p.pid for p in self.processes] + (self.real_node.pids if self.real_node else []),
+            "real_node_dir": str(self.real_node.node_dir) if self.real_node else None,
             "started_in_seconds": round(seconds, 2),
         }
         (self.state_dir / "state.json").write_text(json.dumps(state, indent=2))
