@@ -11,7 +11,7 @@ PACKAGES := -p guardedmodel_operator -p guardedmodel_sidecar -p guardedmodel_fit
 # CI runs the representative set; `make test-all` adds the slowest scenarios.
 PYTEST_ARGS ?= -m "not slow and not pods"
 
-.PHONY: setup system-deps python-deps cluster-binaries lint test test-all test-pods demo bench-sidecar bench-guard bench-operator fuzz crds-sync clean
+.PHONY: setup system-deps python-deps cluster-binaries lint test test-all test-pods pod-deps demo bench-sidecar bench-guard bench-operator fuzz crds-sync clean
 
 setup: system-deps python-deps cluster-binaries
 
@@ -44,8 +44,12 @@ test-all:
 	$(MAKE) test PYTEST_ARGS='-m "not pods"'
 
 # Real pods: the image built from the Dockerfile, a real kubelet, the chart installed (root only).
-test-pods: setup
+test-pods: setup pod-deps
 	$(BIN)/pytest -m pods tests/pods
+
+# buildah and mmdebstrap: the images are built from the Dockerfile with no registry or Docker engine.
+pod-deps:
+	scripts/install-pod-deps.sh
 
 demo: setup
 	$(BIN)/guardedmodel demo
