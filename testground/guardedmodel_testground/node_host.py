@@ -37,6 +37,12 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 NETNS_DIR = Path("/run/netns")
 #: containerd 1.6 keeps shim sockets here whatever its configured state dir.
 CONTAINERD_RUN = Path("/run/containerd")
+#: Fixed paths a kubelet uses whatever its --root-dir: the device-plugin socket directory and the
+#: /var/log/containers links. Only a kubelet writes there: removed when they were not there before.
+KUBELET_FIXED_DIRS = (Path("/var/lib/kubelet"), Path("/var/log/containers"), Path("/var/log/pods"))
+#: libcni's result cache (containerd 1.6 does not configure it) and CNI's config dir, which other
+#: tools share (buildah): only their empty directories are removed, when they were not there before.
+SHARED_DIRS = (Path("/var/lib/cni"), Path("/etc/cni"))
 
 
 @dataclass
@@ -49,6 +55,7 @@ class HostSnapshot:
     nft_tables: list[str] = field(default_factory=list)  # "ip mangle": iptables-nft makes tables on first use
     had_containerd_run: bool = False
     had_netns_dir: bool = False
+    had_dirs: list[str] = field(default_factory=list)  # of KUBELET_FIXED_DIRS and SHARED_DIRS
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=1))
@@ -77,6 +84,10 @@ def _chains(tool: str) -> dict[str, list[str]]:
         elif line.startswith(":"):
             tables[table].append(line[1:].split()[0])
     return {f"{tool}/{name}": chains for name, chains in tables.items()}
+
+
+def _has_no_files(directory: Path) -> bool:
+    return all(p.is_dir() for p in directory.rglob("*"))
 
 
 def _nft_tables() -> list[str]:
@@ -129,6 +140,7 @@ def take_snapshot() -> HostSnapshot:
         nft_tables=_nft_tables(),
         had_containerd_run=CONTAINERD_RUN.exists(),
         had_netns_dir=NETNS_DIR.exists(),
+        had_dirs=[str(d) for d in (*KUBELET_FIXED_DIRS, *SHARED_DIRS) if d.exists()],
     )
 
 
@@ -226,11 +238,32 @@ def restore(snapshot: HostSnapshot, *, roots: Sequence[Path], bridge: str, shim_
         with contextlib.suppress(OSError):
             if _sysctl_path(name).read_text().strip() != value:
                 _sysctl_path(name).write_text(value)
+    _remove_new_dirs(snapshot, roots)
     if not snapshot.had_netns_dir and NETNS_DIR.is_dir() and not os.listdir(NETNS_DIR):
         NETNS_DIR.rmdir()
     if not snapshot.had_containerd_run and CONTAINERD_RUN.exists():
         subprocess.run(["rm", "-rf", "--one-file-system", str(CONTAINERD_RUN)], capture_output=True)
     return leftovers(snapshot, roots=roots, bridge=bridge)
+
+
+def _remove_new_dirs(snapshot: HostSnapshot, roots: Sequence[Path]) -> None:
+    logs = Path("/var/log/containers")
+    if logs.is_dir():  # the kubelet's links to our pods' logs, also where the directory was there before
+        for link in logs.iterdir():
+            target = os.readlink(link) if link.is_symlink() else ""
+            if any(target.startswith(f"{root}/") for root in roots):
+                link.unlink()
+    for directory in KUBELET_FIXED_DIRS:
+        if str(directory) not in snapshot.had_dirs and directory.exists():
+            subprocess.run(["rm", "-rf", "--one-file-system", str(directory)], capture_output=True)
+    for directory in SHARED_DIRS:
+        if str(directory) not in snapshot.had_dirs and directory.is_dir():
+            for sub in sorted(directory.rglob("*"), key=lambda p: -len(p.parts)):
+                if sub.is_dir() and not sub.is_symlink():
+                    with contextlib.suppress(OSError):
+                        sub.rmdir()
+            with contextlib.suppress(OSError):
+                directory.rmdir()
 
 
 def leftovers(snapshot: HostSnapshot, *, roots: Sequence[Path], bridge: str) -> list[str]:
@@ -244,6 +277,11 @@ def leftovers(snapshot: HostSnapshot, *, roots: Sequence[Path], bridge: str) -> 
             if key in snapshot.chains:
                 found += [f"{key} chain {c}" for c in chains if c not in snapshot.chains[key]]
     found += [f"nft table {t}" for t in _nft_tables() if t not in snapshot.nft_tables]
+    found += [
+        f"directory {d}"
+        for d in (*KUBELET_FIXED_DIRS, *SHARED_DIRS)
+        if d.exists() and str(d) not in snapshot.had_dirs and (d in KUBELET_FIXED_DIRS or _has_no_files(d))
+    ]
     found += [
         f"directory {d}"
         for d, had in ((NETNS_DIR, snapshot.had_netns_dir), (CONTAINERD_RUN, snapshot.had_containerd_run))

@@ -21,14 +21,17 @@ whatever is still left on the host (node_host.restore).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
+import os
 import secrets
 import shutil
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 import yaml
 
@@ -38,6 +41,9 @@ from .oci_archive import PAUSE_IMAGE, write_image_archive
 from .procs import ManagedProcess, StartError, free_port, wait_until
 
 REAL_NODE_LABEL = "guardedmodel.io/node"
+#: One real node per host at a time: kubelets share the cgroup root (/kubepods) and would remove
+#: each other's pod cgroups, and /var/lib/kubelet/device-plugins is fixed.
+HOST_LOCK = Path("/run/lock/guardedmodel-real-node.lock")
 CNI_BIN_DIR = Path("/usr/lib/cni")
 NODE_PROGRAMS = ("containerd", "ctr", "runc", "iptables", "ip")
 
@@ -249,6 +255,7 @@ class RealNode:
         self.containerd: ManagedProcess | None = None
         self.kubelet: ManagedProcess | None = None
         self.timings: dict[str, float] = {}
+        self._lock: TextIO | None = None
 
     @property
     def logs_dir(self) -> Path:
@@ -273,6 +280,7 @@ class RealNode:
             raise StartError(
                 f"the real node needs {', '.join(missing)}: run scripts/install-node-deps.sh (as root)"
             )
+        self._take_host_lock()
         started = time.monotonic()
         kubelet = ensure_kubelet()
         self.timings["kubelet_binary_s"] = time.monotonic() - started
@@ -304,7 +312,29 @@ class RealNode:
         self.kubelet = self.containerd = None
         left = sweep(self.node_dir, self.spec)
         self.timings["stop_s"] = time.monotonic() - started
+        if self._lock is not None:
+            HOST_LOCK.unlink(missing_ok=True)
+            self._lock.close()
+            self._lock = None
         return left
+
+    def _take_host_lock(self) -> None:
+        HOST_LOCK.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(HOST_LOCK, "a+")  # noqa: SIM115 - held for the node's lifetime
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip()
+            lock.close()
+            raise StartError(
+                f"another real node runs on this host ({holder}); one at a time: stop it first "
+                "(guardedmodel cluster down, or LocalCluster.down())"
+            ) from None
+        lock.truncate(0)
+        lock.write(f"pid {os.getpid()}, state {self.node_dir}\n")
+        lock.flush()
+        self._lock = lock
 
     def __enter__(self) -> RealNode:
         return self.start()
@@ -386,6 +416,8 @@ class RealNode:
                 f"--config={root / 'config.yaml'}",
                 f"--kubeconfig={root / 'kubeconfig'}",
                 f"--root-dir={root}",
+                # Its default is /var/lib/kubelet/pki whatever the root dir.
+                f"--cert-dir={root / 'pki'}",
                 f"--hostname-override={self.spec.name}",
                 f"--node-ip={address}",
                 f"--node-labels={labels}",
