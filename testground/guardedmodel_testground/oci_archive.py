@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 BUSYBOX = Path("/bin/busybox")
-APPLETS = ("sh", "sleep", "httpd", "cat", "echo", "ls", "wget", "hostname", "env", "true")
+APPLETS = ("sh", "sleep", "httpd", "cat", "echo", "ls", "wget", "ssl_client", "nc", "hostname", "env", "true")
 
 
 @dataclass(frozen=True)

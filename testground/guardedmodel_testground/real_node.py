@@ -44,6 +44,11 @@ REAL_NODE_LABEL = "guardedmodel.io/node"
 #: One real node per host at a time: kubelets share the cgroup root (/kubepods) and would remove
 #: each other's pod cgroups, and /var/lib/kubelet/device-plugins is fixed.
 HOST_LOCK = Path("/run/lock/guardedmodel-real-node.lock")
+#: The `kubernetes` Service's ClusterIP: the first address of the API server's
+#: --service-cluster-ip-range (10.96.0.0/16). In-cluster clients (the operator pod) dial it.
+KUBERNETES_SERVICE_IP = "10.96.0.1"
+#: The nat chain that routes it to the API server on loopback (removed on stop with the bridge).
+SERVICE_CHAIN = "GUARDEDMODEL-APISERVER"
 CNI_BIN_DIR = Path("/usr/lib/cni")
 NODE_PROGRAMS = ("containerd", "ctr", "runc", "iptables", "ip")
 
@@ -288,6 +293,7 @@ class RealNode:
         if not self.snapshot_path.exists():  # a restart keeps the first, clean snapshot
             take_snapshot().save(self.snapshot_path)
         try:
+            self._route_kubernetes_service()
             self._start_containerd(timeout)
             self.import_image(write_image_archive(PAUSE_IMAGE, self.node_dir / "images" / "pause.tar"))
             self._start_kubelet(kubelet, timeout)
@@ -364,6 +370,26 @@ class RealNode:
         return self.ctr("images", "list", "--quiet").stdout.split()
 
     # -- steps ---------------------------------------------------------------
+    def _route_kubernetes_service(self) -> None:
+        """Pods reach the API server through the `kubernetes` Service IP, as on a real cluster.
+
+        No kube-proxy: one DNAT rule does the only routing the real pods need, from the Service's
+        443 to the API server, which stays on 127.0.0.1. The bridge is made here, before CNI
+        adopts it, so that `route_localnet` (loopback destinations for packets from this
+        interface only) is set on it and goes away with it.
+        """
+        bridge = self.spec.bridge
+        port = self.server_url.rsplit(":", 1)[1]
+        if not (Path("/sys/class/net") / bridge).exists():
+            _run("ip", "link", "add", bridge, "type", "bridge")
+        _run("ip", "link", "set", bridge, "up")
+        Path(f"/proc/sys/net/ipv4/conf/{bridge}/route_localnet").write_text("1")
+        nat = ("iptables", "-t", "nat")
+        _run(*nat, "-N", SERVICE_CHAIN)
+        _run(*nat, "-A", SERVICE_CHAIN, "-d", f"{KUBERNETES_SERVICE_IP}/32", "-p", "tcp", "--dport", "443",
+             "-j", "DNAT", "--to-destination", f"127.0.0.1:{port}")  # fmt: skip
+        _run(*nat, "-I", "PREROUTING", "-i", bridge, "-j", SERVICE_CHAIN)
+
     def _start_containerd(self, timeout: float) -> None:
         conf_dir = self.node_dir / "cni" / "net.d"
         conf_dir.mkdir(parents=True, exist_ok=True)
@@ -467,6 +493,12 @@ class RealNode:
         time.sleep(0.5)
         for task in self.ctr("tasks", "list", "--quiet", check=False).stdout.split():
             self.ctr("tasks", "delete", "--force", task, check=False)
+
+
+def _run(*argv: str) -> None:
+    result = subprocess.run(argv, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise StartError(f"{' '.join(argv)} failed: {result.stderr.strip()}")
 
 
 def sweep(node_dir: Path, spec: RealNodeSpec) -> list[str]:

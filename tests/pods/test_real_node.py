@@ -6,17 +6,19 @@ as they found it; `make test-pods` runs them.
 
 from __future__ import annotations
 
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from guardedmodel_testground.cluster import LocalCluster
 from guardedmodel_testground.kwok_nodes import GPU_RESOURCE
 from guardedmodel_testground.procs import StartError
 from guardedmodel_testground.real_node import REAL_NODE_LABEL, RealNode, RealNodeSpec
-from guardedmodel_testground.web_pod import PAGE, run_web_pod
+from guardedmodel_testground.web_pod import PAGE, run_web_pod, web_image, web_pod
 
 pytestmark = pytest.mark.pods
 
@@ -77,3 +79,34 @@ def test_a_second_real_node_on_the_same_host_is_refused_clearly(
     with pytest.raises(StartError, match="another real node runs on this host"):
         second.start()
     assert real_cluster.real_node.kubelet is not None and real_cluster.real_node.kubelet.alive()
+
+
+def test_pods_reach_the_api_server_through_the_kubernetes_service(
+    real_cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """What an in-cluster client (the operator pod) does first: dial KUBERNETES_SERVICE_HOST:443.
+
+    busybox's TLS client cannot complete a handshake with the API server's cipher suites, so the
+    pod speaks plain HTTP to it: only Go's TLS server answers that with this exact sentence, and
+    the only one behind 10.96.0.1:443 is the API server, reached through the node's DNAT rule.
+    """
+    assert real_cluster.real_node is not None
+    real_cluster.real_node.import_image(web_image(tmp_path))
+    pod = web_pod("api-client")
+    container = pod["spec"]["containers"][0]
+    container["command"] = [
+        "/bin/sh",
+        "-c",
+        'printf "GET /version HTTP/1.0\\r\\n\\r\\n" | nc $KUBERNETES_SERVICE_HOST $KUBERNETES_SERVICE_PORT',
+    ]
+    del container["readinessProbe"], container["livenessProbe"]
+    pod["spec"]["restartPolicy"] = "Never"
+    real_cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(pod))
+    deadline = time.monotonic() + 60
+    phase = ""
+    while time.monotonic() < deadline and phase not in ("Succeeded", "Failed"):
+        phase = real_cluster.kubectl_json("get", "pod", "api-client")["status"].get("phase", "")
+        time.sleep(0.5)
+    logs = real_cluster.kubectl("logs", "api-client", check=False)
+    assert phase == "Succeeded", logs.stdout + logs.stderr
+    assert "Client sent an HTTP request to an HTTPS server" in logs.stdout
