@@ -11,7 +11,7 @@ PACKAGES := -p guardedmodel_operator -p guardedmodel_sidecar -p guardedmodel_fit
 # CI runs the representative set; `make test-all` adds the slowest scenarios.
 PYTEST_ARGS ?= -m "not slow and not pods"
 
-.PHONY: setup system-deps python-deps cluster-binaries lint test test-all test-pods pod-deps demo bench-sidecar bench-guard bench-operator fuzz crds-sync clean
+.PHONY: setup system-deps python-deps cluster-binaries lint test test-all test-pods pod-deps node-deps demo bench-sidecar bench-guard bench-operator fuzz crds-sync clean
 
 setup: system-deps python-deps cluster-binaries
 
@@ -44,12 +44,16 @@ test-all:
 	$(MAKE) test PYTEST_ARGS='-m "not pods"'
 
 # Real pods: the image built from the Dockerfile, a real kubelet, the chart installed (root only).
-test-pods: setup pod-deps
+test-pods: setup pod-deps node-deps
 	$(BIN)/pytest -m pods tests/pods
 
 # buildah and mmdebstrap: the images are built from the Dockerfile with no registry or Docker engine.
 pod-deps:
 	scripts/install-pod-deps.sh
+
+# containerd, runc, CNI plugins, iptables/nftables, busybox-static: the real node beside the kwok nodes.
+node-deps:
+	scripts/install-node-deps.sh
 
 demo: setup
 	$(BIN)/guardedmodel demo
