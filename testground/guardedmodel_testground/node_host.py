@@ -43,6 +43,9 @@ KUBELET_FIXED_DIRS = (Path("/var/lib/kubelet"), Path("/var/log/containers"), Pat
 #: libcni's result cache (containerd 1.6 does not configure it) and CNI's config dir, which other
 #: tools share (buildah): only their empty directories are removed, when they were not there before.
 SHARED_DIRS = (Path("/var/lib/cni"), Path("/etc/cni"))
+CNI_RESULTS = Path("/var/lib/cni/results")
+#: The node's CNI network name: libcni caches each attachment as <network>-<container id>-<ifname>.
+CNI_NETWORK = "guardedmodel"
 
 
 @dataclass
@@ -193,6 +196,25 @@ def _remove_new_chains(snapshot: HostSnapshot) -> None:
             subprocess.run([tool, "-t", table, "-X", chain], capture_output=True)
 
 
+def _kill_pod_processes(snapshot: HostSnapshot) -> None:
+    """SIGKILL what still runs in the node's pod cgroups: containers outlive a killed shim, and
+    would hold their network namespace (and veth) and their cgroups."""
+    for _ in range(20):
+        pids = {
+            int(pid)
+            for top in _kubepods_dirs()
+            if top not in snapshot.cgroups
+            for procs in Path(top).rglob("cgroup.procs")
+            for pid in procs.read_text().split()
+        }
+        if not pids:
+            return
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.1)
+
+
 def _remove_new_cgroups(snapshot: HostSnapshot) -> None:
     for top in _kubepods_dirs():
         if top in snapshot.cgroups:
@@ -209,6 +231,7 @@ def _remove_new_cgroups(snapshot: HostSnapshot) -> None:
 def restore(snapshot: HostSnapshot, *, roots: Sequence[Path], bridge: str, shim_needle: str) -> list[str]:
     """Undo what the node left behind; returns what could not be undone (empty when clean)."""
     kill_processes_mentioning(shim_needle)
+    _kill_pod_processes(snapshot)
     new_netns = (
         [NETNS_DIR / n for n in os.listdir(NETNS_DIR) if n not in snapshot.netns]
         if NETNS_DIR.is_dir()
@@ -246,7 +269,19 @@ def restore(snapshot: HostSnapshot, *, roots: Sequence[Path], bridge: str, shim_
     return leftovers(snapshot, roots=roots, bridge=bridge)
 
 
+def _remove_cni_results() -> None:
+    """libcni's cached results of our sandboxes that never got a CNI DEL (a killed node), with the
+    loopback results of the same containers."""
+    if not CNI_RESULTS.is_dir():
+        return
+    for result in CNI_RESULTS.glob(f"{CNI_NETWORK}-*"):
+        container = result.name.removeprefix(f"{CNI_NETWORK}-").rsplit("-", 1)[0]
+        for path in (result, *CNI_RESULTS.glob(f"cni-loopback-{container}-*")):
+            path.unlink(missing_ok=True)
+
+
 def _remove_new_dirs(snapshot: HostSnapshot, roots: Sequence[Path]) -> None:
+    _remove_cni_results()
     logs = Path("/var/log/containers")
     if logs.is_dir():  # the kubelet's links to our pods' logs, also where the directory was there before
         for link in logs.iterdir():
@@ -288,4 +323,6 @@ def leftovers(snapshot: HostSnapshot, *, roots: Sequence[Path], bridge: str) -> 
         if d.exists() and not had
     ]
     found += [f"cgroup {d}" for d in _kubepods_dirs() if d not in snapshot.cgroups]
+    if CNI_RESULTS.is_dir():
+        found += [f"cni result {p.name}" for p in CNI_RESULTS.glob(f"{CNI_NETWORK}-*")]
     return found

@@ -36,7 +36,7 @@ from typing import TextIO
 import yaml
 
 from .kubelet_binary import ensure_kubelet
-from .node_host import HostSnapshot, leftovers, restore, take_snapshot
+from .node_host import CNI_NETWORK, HostSnapshot, leftovers, restore, take_snapshot
 from .oci_archive import PAUSE_IMAGE, write_image_archive
 from .procs import ManagedProcess, StartError, free_port, wait_until
 
@@ -163,7 +163,7 @@ def cni_conflist(node_dir: Path, spec: RealNodeSpec) -> dict:
     hence no iptables rules of its own."""
     return {
         "cniVersion": "0.4.0",
-        "name": "guardedmodel",
+        "name": CNI_NETWORK,
         "plugins": [
             {
                 "type": "bridge",
@@ -295,8 +295,10 @@ class RealNode:
         try:
             self._route_kubernetes_service()
             self._start_containerd(timeout)
+            self._record_in_lock()
             self.import_image(write_image_archive(PAUSE_IMAGE, self.node_dir / "images" / "pause.tar"))
             self._start_kubelet(kubelet, timeout)
+            self._record_in_lock()
         except BaseException:
             self.stop()
             raise
@@ -337,10 +339,29 @@ class RealNode:
                 f"another real node runs on this host ({holder}); one at a time: stop it first "
                 "(guardedmodel cluster down, or LocalCluster.down())"
             ) from None
-        lock.truncate(0)
-        lock.write(f"pid {os.getpid()}, state {self.node_dir}\n")
-        lock.flush()
+        lock.seek(0)
+        previous = lock.read().strip()
+        try:
+            _recover_abandoned_node(previous)
+        except StartError:
+            lock.close()
+            raise
         self._lock = lock
+        self._record_in_lock()
+
+    def _record_in_lock(self) -> None:
+        """Who holds the host now, and its processes: a later start recovers from a holder that died."""
+        assert self._lock is not None
+        record = {
+            "pid": os.getpid(),
+            "node_dir": str(self.node_dir),
+            "bridge": self.spec.bridge,
+            "pids": self.pids,
+        }
+        self._lock.seek(0)
+        self._lock.truncate(0)
+        self._lock.write(json.dumps(record) + "\n")
+        self._lock.flush()
 
     def __enter__(self) -> RealNode:
         return self.start()
@@ -486,6 +507,13 @@ class RealNode:
 
         with contextlib.suppress(StartError):  # the sweep after the stop takes what is left
             wait_until("the real node's pods to stop", sandboxes_gone, timeout, interval=0.5)
+            # A finished pod's API object goes at once, its sandbox only when the kubelet gets to it.
+            wait_until(
+                "the real node's sandboxes to stop",
+                lambda: not self.ctr("tasks", "list", "--quiet", check=False).stdout.split(),
+                10,
+                interval=0.5,
+            )
 
     def _kill_tasks(self) -> None:
         for task in self.ctr("tasks", "list", "--quiet", check=False).stdout.split():
@@ -493,6 +521,33 @@ class RealNode:
         time.sleep(0.5)
         for task in self.ctr("tasks", "list", "--quiet", check=False).stdout.split():
             self.ctr("tasks", "delete", "--force", task, check=False)
+
+
+def _recover_abandoned_node(record_text: str) -> None:
+    """The lock was free, but the last holder may have died without stopping its node (a killed
+    test run): when its processes are gone, restore the host from its snapshot; when they still
+    run (a node started by a process that has exited since), refuse rather than kill them."""
+    try:
+        record = json.loads(record_text)
+        node_dir = Path(record["node_dir"])
+    except (ValueError, KeyError, TypeError):
+        return
+    running = [pid for pid in record.get("pids", []) if _runs_from(pid, node_dir)]
+    if running:
+        raise StartError(
+            f"a real node from {node_dir} still runs (pids {running}) though the process that started it "
+            f"has exited; stop it first: LocalCluster({node_dir.parent}).down() or guardedmodel cluster down"
+        )
+    if (node_dir / "host-snapshot.json").exists():
+        sweep(node_dir, RealNodeSpec(bridge=record.get("bridge", RealNodeSpec().bridge)))
+
+
+def _runs_from(pid: int, node_dir: Path) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
+    return str(node_dir) in cmdline or str(short_dir(node_dir)) in cmdline
 
 
 def _run(*argv: str) -> None:

@@ -6,6 +6,12 @@ node per host at a time.
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -47,3 +53,43 @@ def _processes_mentioning(needle: str) -> list[str]:
             if needle in cmdline:
                 found.append(f"{proc.name}: {cmdline}")
     return found
+
+
+NODE_THEN_WAIT = """
+import sys, time
+from pathlib import Path
+from guardedmodel_testground.cluster import LocalCluster
+from guardedmodel_testground.real_node import RealNodeSpec
+from guardedmodel_testground.web_pod import run_web_pod
+cluster = LocalCluster(Path(sys.argv[1]), real_node=RealNodeSpec()).up()
+run_web_pod(cluster, "web", Path(sys.argv[1]))
+print("running", flush=True)
+time.sleep(600)
+"""
+
+
+def test_the_next_start_cleans_up_after_a_test_process_killed_with_its_node(tmp_path: Path) -> None:
+    """A CI job killed mid-run: the test process, the kubelet and containerd all SIGKILLed, the pod's
+    containers and shims left running. The next real node's start restores the host."""
+    before = take_snapshot()
+    first = tmp_path / "first"
+    first.mkdir()
+    process = subprocess.Popen(
+        [sys.executable, "-c", NODE_THEN_WAIT, str(first)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert process.stdout is not None and process.stdout.readline().strip() == "running"
+        pids = json.loads((first / "state.json").read_text())["pids"]
+    finally:
+        process.kill()
+        process.wait()
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+    assert node_leftovers(first / "node", RealNodeSpec(), before) != []  # the mess to clean up
+
+    with LocalCluster(tmp_path / "second", real_node=RealNodeSpec()) as second:
+        assert second.real_node is not None
+    assert node_leftovers(first / "node", RealNodeSpec(), before) == []
+    assert node_leftovers(tmp_path / "second" / "node", RealNodeSpec(), before) == []
+    assert _processes_mentioning(str(first)) == []
