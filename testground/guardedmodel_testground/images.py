@@ -492,3 +492,26 @@ def serve_in_container(container: str, command: Sequence[str], *, log_path: Path
         yield process
     finally:
         process.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m guardedmodel_testground.images [product] [triton]`: build what is missing and
+    print, per image, the reference and the archive to give `ctr -n k8s.io images import`."""
+    builders = {"product": ensure_product_image, "triton": ensure_triton_image}
+    wanted = list(argv if argv is not None else sys.argv[1:]) or list(builders)
+    unknown = [name for name in wanted if name not in builders]
+    if unknown:
+        print(f"unknown image {', '.join(unknown)}; choose from {', '.join(builders)}", file=sys.stderr)
+        return 2
+    for name in wanted:
+        image = builders[name]()
+        print(
+            json.dumps(
+                {"image": name, "reference": image.reference, "archive": str(image.archive), **image.info}
+            )
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
