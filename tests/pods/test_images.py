@@ -128,7 +128,10 @@ CONFIG = textwrap.dedent(
 )
 
 
-def test_the_triton_image_prints_its_usage(triton: str) -> None:
+def test_the_triton_image_prints_its_usage_as_a_non_root_user(
+    triton_image: images.BuiltImage, triton: str
+) -> None:
+    assert _image_config(triton_image)["User"] == str(images.TRITON_UID)
     result = images.run_in_container(triton, ["tritonserver", "--help"])
     assert "--model-repository" in result.stdout + result.stderr
 
