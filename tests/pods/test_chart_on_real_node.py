@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,9 +59,12 @@ CLUSTER_KINDS = "clusterroles,clusterrolebindings"
 #: What Triton asks for on a CPU node: replaces the default GPU limit as a whole.
 CPU_TRITON_RESOURCES = {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"memory": "2Gi"}}
 SIDECAR_HTTP_PORT = 8080
+SIDECAR_METRICS_PORT = 9090
 
 #: Seconds each stage took, printed at the end (`pytest -s`).
 TIMINGS: dict[str, float] = {}
+#: When the GuardedModel was applied (the Ready test measures from there).
+APPLIED_AT: list[float] = []
 
 
 @dataclass
@@ -280,58 +284,81 @@ FETCH_MODEL_ON_BOOKWORM = pytest.mark.xfail(
 )
 
 
-@FETCH_MODEL_ON_BOOKWORM
-def test_a_guarded_model_in_a_restricted_namespace_becomes_a_running_pod(
+def model_pods(cluster: LocalCluster) -> list[dict]:
+    return pods(cluster, MODEL_NAMESPACE, f"app.kubernetes.io/instance={MODEL}")
+
+
+def explain_model(cluster: LocalCluster) -> str:
+    gm = cluster.kubectl("get", "gm", MODEL, "-n", MODEL_NAMESPACE, "-o", "yaml", check=False).stdout
+    logs = ""
+    for pod in model_pods(cluster):
+        for container in ("fetch-model", "triton", "sidecar"):
+            out = cluster.kubectl(
+                "logs", "-n", MODEL_NAMESPACE, pod["metadata"]["name"], "-c", container, "--tail=40",
+                check=False,
+            )  # fmt: skip
+            logs += f"--- {container}\n{out.stdout}{out.stderr}"
+    return f"{gm}\n{describe(cluster, MODEL_NAMESPACE, 'pods')}\n{logs}\n{operator_logs(cluster)}"
+
+
+def test_the_guarded_model_pod_is_admitted_in_a_restricted_namespace_and_scheduled_on_the_real_node(
     stage: Stage, model_url: str
 ) -> None:
+    """The operator (in its pod) renders the GuardedModel; the API server's restricted Pod Security
+    admission lets the pod in; the scheduler puts it on the CPU node with the GPU request dropped."""
     cluster = stage.cluster
     cluster.kubectl("create", "namespace", MODEL_NAMESPACE)
     cluster.kubectl(
         "label", "namespace", MODEL_NAMESPACE,
         "pod-security.kubernetes.io/enforce=restricted", "pod-security.kubernetes.io/warn=restricted",
     )  # fmt: skip
-    started = time.monotonic()
+    APPLIED_AT.append(time.monotonic())
     cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(guarded_model(stage, model_url)))
+    (pod,) = wait_for(
+        "the model pod admitted and scheduled",
+        lambda: [p for p in model_pods(cluster) if p["spec"].get("nodeName")],
+        60,
+        lambda: explain_model(cluster),
+    )
+    assert pod["spec"]["nodeName"] == "real-node"
+    spec = pod["spec"]
+    assert spec["securityContext"]["runAsNonRoot"] and spec["securityContext"]["seccompProfile"] == {
+        "type": "RuntimeDefault"
+    }
+    (fetch,) = spec["initContainers"]
+    assert fetch["name"] == "fetch-model" and f"--repository={model_url}" in fetch["args"]
+    containers = {c["name"]: c for c in spec["containers"]}
+    assert containers["triton"]["image"] == stage.triton.reference
+    assert containers["sidecar"]["image"] == fetch["image"] == stage.product.reference
+    # CPU only: the default GPU limit was replaced as a whole.
+    assert "nvidia.com/gpu" not in json.dumps(containers["triton"]["resources"])
 
-    def explain() -> str:
-        gm = cluster.kubectl("get", "gm", MODEL, "-n", MODEL_NAMESPACE, "-o", "yaml", check=False).stdout
-        logs = ""
-        for pod in pods(cluster, MODEL_NAMESPACE, f"app.kubernetes.io/instance={MODEL}"):
-            for container in ("fetch-model", "triton", "sidecar"):
-                out = cluster.kubectl(
-                    "logs", "-n", MODEL_NAMESPACE, pod["metadata"]["name"], "-c", container, "--tail=40",
-                    check=False,
-                )  # fmt: skip
-                logs += f"--- {container}\n{out.stdout}{out.stderr}"
-        return f"{gm}\n{describe(cluster, MODEL_NAMESPACE, 'pods')}\n{logs}\n{operator_logs(cluster)}"
+
+@FETCH_MODEL_ON_BOOKWORM
+def test_the_guarded_model_becomes_ready_with_both_containers_ready(stage: Stage) -> None:
+    cluster = stage.cluster
 
     def model_ready() -> bool:
-        for pod in pods(cluster, MODEL_NAMESPACE, f"app.kubernetes.io/instance={MODEL}"):
+        for pod in model_pods(cluster):
             failing = crash_looping(pod)
             if failing:  # no use waiting out the timeout: say why now
-                raise AssertionError(f"{failing}\n{explain()}")
+                raise AssertionError(f"{failing}\n{explain_model(cluster)}")
         status = cluster.kubectl_json("get", "gm", MODEL, "-n", MODEL_NAMESPACE).get("status", {})
         return bool(status.get("phase") == "Ready")
 
-    wait_for("GuardedModel Ready", model_ready, 300, explain)
-    timed("GuardedModel applied to Ready", started)
+    wait_for("GuardedModel Ready", model_ready, 300, lambda: explain_model(cluster))
+    timed("GuardedModel applied to Ready", APPLIED_AT[0])
     (pod,) = wait_for(
         "one Ready model pod",
-        lambda: [
-            p for p in pods(cluster, MODEL_NAMESPACE, f"app.kubernetes.io/instance={MODEL}") if ready(p)
-        ],
+        lambda: [p for p in model_pods(cluster) if ready(p)],
         60,
-        explain,
+        lambda: explain_model(cluster),
     )
-    assert pod["spec"]["nodeName"] == "real-node"
     statuses = {c["name"]: c for c in pod["status"]["containerStatuses"]}
     assert set(statuses) == {"triton", "sidecar"}
     assert all(c["ready"] and c["restartCount"] == 0 for c in statuses.values()), statuses
     (init,) = pod["status"]["initContainerStatuses"]
     assert init["name"] == "fetch-model" and init["state"]["terminated"]["exitCode"] == 0
-    # CPU only: the default GPU limit was replaced as a whole.
-    triton = next(c for c in pod["spec"]["containers"] if c["name"] == "triton")
-    assert "nvidia.com/gpu" not in json.dumps(triton["resources"])
 
 
 @FETCH_MODEL_ON_BOOKWORM
@@ -341,7 +368,7 @@ def test_tritonclient_gets_guarded_answers_from_the_pod(stage: Stage) -> None:
     from guardedmodel_fit.example import DEFAULT_OUT, build_example
 
     cluster = stage.cluster
-    (pod,) = [p for p in pods(cluster, MODEL_NAMESPACE, f"app.kubernetes.io/instance={MODEL}") if ready(p)]
+    (pod,) = [p for p in model_pods(cluster) if ready(p)]
     build = build_example(DEFAULT_OUT, versions=("1", "2"), progress=False)
     good = np.asarray(build.dataset("validation").inputs, dtype=np.float32)[:16]
     digits = np.asarray(build.dataset("digits").inputs, dtype=np.float32)[:16]
@@ -360,6 +387,18 @@ def test_tritonclient_gets_guarded_answers_from_the_pod(stage: Stage) -> None:
         in_distribution, far = infer(good), infer(digits)
     finally:
         client.close()
+    # What a Prometheus on the host scrapes from the pod IP: the answers just given, by decision.
+    with urllib.request.urlopen(
+        f"http://{pod['status']['podIP']}:{SIDECAR_METRICS_PORT}/metrics"
+    ) as response:
+        metrics = response.read().decode()
+    counted = sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("guardedmodel_requests_total{")
+    )
+    # Three requests of 1, 16 and 16 rows: counted per request or per row, depending on the batch policy.
+    assert 3 <= counted <= 33, metrics
     assert len(first) == 1 and first[0] in {"accept", "review", "reject"}
     assert len(in_distribution) == len(far) == 16
     # alpha 0.05: most in-distribution rows pass, most handwritten digits are refused.
