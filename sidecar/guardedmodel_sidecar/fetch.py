@@ -24,7 +24,7 @@ import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 
 class FetchError(RuntimeError):
@@ -98,8 +98,7 @@ def _fetch_archive(archive_url: str, model: str, dest: Path, timeout: float) -> 
         staging.mkdir()
         try:
             with tarfile.open(download.name, "r:gz") as archive:
-                # The "data" filter refuses absolute paths, links out of the tree and device files.
-                archive.extractall(staging, filter="data")
+                extract_archive(archive, staging, archive_url)
         except (tarfile.TarError, OSError) as error:
             raise FetchError(f"{archive_url} is not a usable .tar.gz archive: {error}") from error
     extracted = staging / model
@@ -109,6 +108,41 @@ def _fetch_archive(archive_url: str, model: str, dest: Path, timeout: float) -> 
     _replace(extracted, target)
     shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def extract_archive(archive: tarfile.TarFile, staging: Path, source: str) -> None:
+    """Unpack a model archive into ``staging`` without letting it write anywhere else.
+
+    Python's "data" filter (3.11.4 and later) refuses absolute paths, links out of the tree and
+    device files. Interpreters without it (Debian bookworm's 3.11.2, which the image may be built
+    on) get a stricter rule of our own: only folders and regular files, relative and without "..";
+    a model repository needs nothing else, and the files are written here, never by tarfile.
+    """
+    if hasattr(tarfile, "data_filter"):
+        archive.extractall(staging, filter="data")
+        return
+    root = staging.resolve()
+    for member in archive.getmembers():
+        name = PurePosixPath(member.name)
+        if name.is_absolute() or ".." in name.parts or not name.parts:
+            raise FetchError(f"{source}: member {member.name!r} would be written outside the model folder")
+        if not (member.isdir() or member.isfile()):
+            kind = "link" if member.issym() or member.islnk() else "special file"
+            raise FetchError(
+                f"{source}: member {member.name!r} is a {kind}; a model archive may hold only folders and "
+                "regular files on this image (replace links with the files they point to)"
+            )
+        target = root.joinpath(*name.parts)
+        if member.isdir():
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        source_file = archive.extractfile(member)
+        if source_file is None:
+            raise FetchError(f"{source}: member {member.name!r} has no data")
+        with source_file, open(target, "wb") as out:
+            shutil.copyfileobj(source_file, out)
+        target.chmod(0o755 if member.mode & 0o111 else 0o644)
 
 
 def _expected_digest(url: str, timeout: float) -> str | None:

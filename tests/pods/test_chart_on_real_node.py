@@ -272,18 +272,6 @@ def model_url(stage: Stage) -> Iterator[str]:
         assert f"/{build.model_dir.name}.tar.gz" in requests
 
 
-#: Remove with the fix: the pod then serves, and these two tests pass (strict: an XPASS fails).
-FETCH_MODEL_ON_BOOKWORM = pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "fetch-model on the product image built on Debian bookworm (Python 3.11.2): "
-        "TypeError: TarFile.extractall() got an unexpected keyword argument 'filter' "
-        "(tarfile extraction filters came with Python 3.11.4); sidecar/guardedmodel_sidecar/fetch.py "
-        "needs a fallback for interpreters without tarfile.data_filter"
-    ),
-)
-
-
 def model_pods(cluster: LocalCluster) -> list[dict]:
     return pods(cluster, MODEL_NAMESPACE, f"app.kubernetes.io/instance={MODEL}")
 
@@ -334,7 +322,6 @@ def test_the_guarded_model_pod_is_admitted_in_a_restricted_namespace_and_schedul
     assert "nvidia.com/gpu" not in json.dumps(containers["triton"]["resources"])
 
 
-@FETCH_MODEL_ON_BOOKWORM
 def test_the_guarded_model_becomes_ready_with_both_containers_ready(stage: Stage) -> None:
     cluster = stage.cluster
 
@@ -361,7 +348,6 @@ def test_the_guarded_model_becomes_ready_with_both_containers_ready(stage: Stage
     assert init["name"] == "fetch-model" and init["state"]["terminated"]["exitCode"] == 0
 
 
-@FETCH_MODEL_ON_BOOKWORM
 def test_tritonclient_gets_guarded_answers_from_the_pod(stage: Stage) -> None:
     import tritonclient.http as httpclient
 
