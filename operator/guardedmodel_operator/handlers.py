@@ -29,7 +29,7 @@ from . import metrics
 from .config import OperatorConfig
 from .events import Event, failure_event
 from .keys import Key, key_of
-from .kube import ApiError, KubeClient, login
+from .kube import ApiError, KubeClient, in_cluster_login, login
 from .labels import GROUP, MANAGED_BY, MANAGED_BY_LABEL, OWNER_NAME_LABEL, PLURAL, VERSION
 from .model_tasks import Memo, slim
 from .prometheus import PrometheusSource
@@ -237,7 +237,7 @@ def register(registry: kopf.OperatorRegistry) -> None:
     # A private registry does not inherit kopf's default login handlers.
     @kopf.on.login(registry=registry)
     def authenticate(**kwargs: Any) -> kopf.ConnectionInfo | None:
-        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+        return in_cluster_login(kwargs["settings"]) or kopf.login_with_kubeconfig(**kwargs)
 
     @kopf.on.startup(registry=registry)
     async def configure(settings: kopf.OperatorSettings, memo: OperatorState, **_: Any) -> None:

@@ -8,6 +8,7 @@ and it keeps one connection pool for all writes.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import ssl
@@ -58,10 +59,30 @@ def object_path(api_version: str, kind: str, namespace: str, name: str, subresou
 
 def login() -> kopf.ConnectionInfo:
     settings = kopf.OperatorSettings()
-    info = kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(settings=settings)
+    info = in_cluster_login(settings) or kopf.login_with_kubeconfig(settings=settings)
     if info is None:
         raise kopf.LoginError("no in-cluster service account and no kubeconfig (set KUBECONFIG)")
     return info
+
+
+def in_cluster_login(settings: kopf.OperatorSettings) -> kopf.ConnectionInfo | None:
+    """The pod's service account, at the API server's address as the kubelet gives it."""
+    info = kopf.login_with_service_account(settings=settings)
+    return None if info is None else at_service_host(info, os.environ)
+
+
+def at_service_host(info: kopf.ConnectionInfo, environ: Mapping[str, str]) -> kopf.ConnectionInfo:
+    """``info`` pointed at KUBERNETES_SERVICE_HOST:KUBERNETES_SERVICE_PORT when the kubelet set them.
+
+    kopf dials https://kubernetes.default.svc, which needs cluster DNS; client-go (and so every
+    controller in the cluster) uses these variables instead, which work without it. The API
+    server's certificate names the Service IP too.
+    """
+    host, port = environ.get("KUBERNETES_SERVICE_HOST"), environ.get("KUBERNETES_SERVICE_PORT")
+    if not host or not port:
+        return info
+    host = f"[{host}]" if ":" in host else host  # an IPv6 address
+    return dataclasses.replace(info, server=f"https://{host}:{port}")
 
 
 def _ssl_context(info: kopf.ConnectionInfo) -> ssl.SSLContext | bool:

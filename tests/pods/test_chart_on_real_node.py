@@ -38,7 +38,6 @@ from guardedmodel_testground.model_server import gateway_address, pack_model, se
 from guardedmodel_testground.node_host import HostSnapshot, take_snapshot
 from guardedmodel_testground.paths import repo_root
 from guardedmodel_testground.real_node import (
-    KUBERNETES_SERVICE_IP,
     REAL_NODE_LABEL,
     RealNodeSpec,
     node_leftovers,
@@ -158,16 +157,12 @@ def test_the_images_are_imported_into_the_real_node(stage: Stage) -> None:
 def real_node_values(workdir: Path) -> Path:
     """What the real node adds to a ci scenario.
 
-    - The operator pod on the real node: the kwok nodes are untainted, so without it the pod could
-      land on a simulated node and only pretend to run.
-    - `kubernetes.default.svc` in the pod's /etc/hosts: kopf's in-cluster login dials that name,
-      and this cluster has no DNS; the address is the `kubernetes` Service's, which the node
-      routes to the API server.
+    The operator pod goes on the real node: the kwok nodes are untainted, so without it the pod could
+    land on a simulated node and only pretend to run. No DNS is needed: the operator dials the
+    API server at KUBERNETES_SERVICE_HOST, the `kubernetes` Service's address, which the node
+    routes to the API server.
     """
-    values = {
-        "nodeSelector": {REAL_NODE_LABEL: "real"},
-        "hostAliases": [{"ip": KUBERNETES_SERVICE_IP, "hostnames": ["kubernetes.default.svc"]}],
-    }
+    values = {"nodeSelector": {REAL_NODE_LABEL: "real"}}
     path = workdir / "real-node-values.yaml"
     path.write_text(yaml.safe_dump(values))
     return path
@@ -212,11 +207,12 @@ def operator_logs(cluster: LocalCluster) -> str:
 
 #: Run in the operator pod: what its client does, with its own token and CA, printing the answer.
 LIST_GUARDED_MODELS = """
-import json, ssl, urllib.request
+import json, os, ssl, urllib.request
 sa = "/var/run/secrets/kubernetes.io/serviceaccount"
 context = ssl.create_default_context(cafile=f"{sa}/ca.crt")
+server = f"https://{os.environ['KUBERNETES_SERVICE_HOST']}:{os.environ['KUBERNETES_SERVICE_PORT']}"
 request = urllib.request.Request(
-    "https://kubernetes.default.svc/apis/guardedmodel.io/v1alpha1/guardedmodels",
+    server + "/apis/guardedmodel.io/v1alpha1/guardedmodels",
     headers={"Authorization": "Bearer " + open(f"{sa}/token").read().strip()},
 )
 with urllib.request.urlopen(request, context=context, timeout=10) as response:
@@ -225,9 +221,10 @@ with urllib.request.urlopen(request, context=context, timeout=10) as response:
 
 
 def test_the_operator_pod_reaches_the_api_server_through_the_kubernetes_service(stage: Stage) -> None:
-    """From inside the operator pod, as its client does: kubernetes.default.svc (the Service IP,
-    the node's only route to the API server), TLS verified against the service account's CA, the
-    chart's ServiceAccount token, authorized to list GuardedModels cluster-wide."""
+    """From inside the operator pod, as its client does: KUBERNETES_SERVICE_HOST (the Service IP,
+    the node's only route to the API server; no DNS), TLS verified against the service account's
+    CA, the chart's ServiceAccount token, authorized to list GuardedModels cluster-wide; and the
+    operator's own requests never had to retry."""
     cluster = stage.cluster
     (pod,) = pods(cluster, OPERATOR_NAMESPACE, f"app.kubernetes.io/instance={RELEASE}")
     result = cluster.kubectl(
