@@ -5,19 +5,7 @@
 # the local Kubernetes control plane is built from the Go module proxy.
 set -euo pipefail
 
-packages=(prometheus prometheus-alertmanager dataset-fashion-mnist openssl ca-certificates)
-missing=()
-for pkg in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
-done
-
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "installing Debian packages: ${missing[*]}"
-  sudo_cmd=()
-  [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
-  "${sudo_cmd[@]}" apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+"$(dirname "$0")/install-debian-packages.sh" prometheus prometheus-alertmanager dataset-fashion-mnist openssl ca-certificates
 
 command -v go >/dev/null || [ -x /usr/local/go/bin/go ] || {
   echo "Go 1.26+ is required to build the local cluster (https://go.dev/dl)" >&2
