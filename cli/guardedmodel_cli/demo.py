@@ -95,6 +95,7 @@ class Demo:
         self.keep = keep
         self.stack = contextlib.ExitStack()
         self.record: dict[str, Any] = {}
+        self.ood_alpha: float | None = None  # spec.gate.ood.alpha of the applied manifest
         self.in_distribution = np.empty((0, 1, 28, 28), dtype=np.float32)
         self.ports = {name: free_port() for name in ("http", "grpc", "metrics")}
         self.operator_ports = local_stack.OperatorPorts.free()
@@ -163,6 +164,7 @@ class Demo:
     def apply_manifest(self, repository: Path) -> None:
         say(f"kubectl apply -f {MANIFEST}  (repository pointed at the local build)")
         manifest = yaml.safe_load((repo_root() / MANIFEST).read_text())
+        self.ood_alpha = manifest["spec"]["gate"]["ood"].get("alpha")
         manifest["metadata"]["namespace"] = NAMESPACE
         manifest["spec"]["model"]["repository"] = f"file://{repository}"
         self.cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(manifest))
@@ -207,7 +209,7 @@ class Demo:
         good = np.asarray(build.dataset("validation").inputs, dtype=np.float32)
         odd = np.asarray(build.dataset("digits").inputs, dtype=np.float32)
         rng = np.random.default_rng(11)
-        alpha = yaml.safe_load((repo_root() / MANIFEST).read_text())["spec"]["gate"]["ood"].get("alpha")
+        alpha = self.ood_alpha
         batch, odd_positions = mixed_batch(good[rng.choice(len(good), 32)], odd[:3])
         mixed = send_batches(self.ports["http"], batch)
         out.print_mixed_batch(mixed, odd_positions, alpha)

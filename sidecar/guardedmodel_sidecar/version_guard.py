@@ -29,7 +29,6 @@ from guardedmodel_sidecar.guard.conformal import ConformalReference, guaranteed_
 from guardedmodel_sidecar.guard.drift import DriftAccumulator
 from guardedmodel_sidecar.guard.scoring import OodScorer, ScorerError, make_ood_scorer
 from guardedmodel_sidecar.metrics import VersionMetrics
-from guardedmodel_sidecar.protocol.guard_outputs import GUARD_OUTPUT_NAMES
 from guardedmodel_sidecar.protocol.model import InferRequest
 
 log = logging.getLogger(__name__)
@@ -197,12 +196,6 @@ def build_guard(config: SidecarConfig, version: str, triton_config: dict[str, An
     warnings.extend(ood.notes)
     method, scorer, threshold = ood.method, ood.scorer, ood.threshold
     inputs = spec.inputs or (inputs_from_triton_config(triton_config) if triton_config else ())
-    shadowed = sorted(GUARD_OUTPUT_NAMES & {o.get("name") for o in (triton_config or {}).get("output", [])})
-    if shadowed:
-        warnings.append(
-            f"the model has output(s) named {', '.join(shadowed)}, which the guard reserves for its "
-            "per-row results: the model's are returned and the guard's are left out"
-        )
     references = [artifact.input_reference] if artifact and artifact.input_reference else []
     gate = InputGate(inputs, max_batch=config.tuning.max_batch, references=references)
     logits = config.tuning.logits_output or (artifact.logits_output if artifact else "LOGITS")
