@@ -18,12 +18,13 @@ COPY pyproject.toml README.md ./
 COPY operator operator
 COPY sidecar sidecar
 COPY cli cli
-COPY testground testground
+# No testground/: the local test cluster and the demo are not part of the runtime, and
+# `guardedmodel cluster` / `demo` say so in the image, as `guardedmodel fit` does for the
+# "fit" extra (torch, scipy) it lacks.
 RUN pip install --no-cache-dir --disable-pip-version-check . \
  && pip uninstall --yes --disable-pip-version-check pip setuptools \
- # numpy's and scipy's own test suites: a fifth of their size, never imported at run time.
- && find /opt/venv/lib/python3*/site-packages/numpy /opt/venv/lib/python3*/site-packages/scipy \
-      -type d -name tests -prune -exec rm -rf {} +
+ # numpy's own test suite, never imported at run time.
+ && find /opt/venv/lib/python3*/site-packages/numpy -type d -name tests -prune -exec rm -rf {} +
 
 FROM ${BASE}
 RUN useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin guardedmodel

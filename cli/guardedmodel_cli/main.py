@@ -25,6 +25,14 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("guardedmodel_cli.demo", "run the local end-to-end demo"),
 }
 
+#: What to install when a subcommand's optional part is missing (the image carries only the runtime:
+#: operator, sidecar and fetch-model).
+MISSING_PART_HINTS = {
+    "fit": "pip install 'guardedmodel[fit]'",
+    "cluster": "run it from a source checkout after `make setup`",
+    "demo": "run it from a source checkout after `make setup`",
+}
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="guardedmodel", description=__doc__.splitlines()[0])
@@ -41,7 +49,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     name, rest = argv[0], argv[1:]
     module_name, help_text = SUBCOMMANDS[name]
-    module = importlib.import_module(module_name)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if error.name is None or error.name.startswith(("guardedmodel_operator", "guardedmodel_sidecar")):
+            raise
+        hint = MISSING_PART_HINTS.get(name, "pip install 'guardedmodel[test]'")
+        print(
+            f"guardedmodel {name}: this installation lacks {error.name.split('.')[0]!r}; {hint}",
+            file=sys.stderr,
+        )
+        return 2
     parser = argparse.ArgumentParser(prog=f"guardedmodel {name}", description=help_text)
     module.add_arguments(parser)
     args = parser.parse_args(rest)

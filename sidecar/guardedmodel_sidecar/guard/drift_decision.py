@@ -1,4 +1,4 @@
-"""The drift decision: a chi-square test per binned statistic, combined with Bonferroni (numpy, scipy).
+"""The drift decision: a chi-square test per binned statistic, combined with Bonferroni (numpy only).
 
 PSI says how far a window moved; it does not say whether that is more than the noise of a small
 window. This module answers the second question with a p-value, so that an undrifted window is
@@ -38,9 +38,9 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import chdtrc  # chi-square survival function, a ufunc
 
 from .artifact import DriftReference
+from .chi_square import chi_square_survival
 from .drift import DriftCounts
 
 # Cochran's rule asks for 5; the tail probabilities this test reads (alpha / K ~ 1e-5) need more:
@@ -158,7 +158,7 @@ def homogeneity_p(reference: np.ndarray, window: np.ndarray, ordered: bool = Tru
     t = r + w
     er, ew = t * (m / (m + n)), t * (n / (m + n))
     statistic = _divergence(r, er) + _divergence(w, ew)
-    return float(chdtrc(r.shape[0] - 1, statistic))
+    return chi_square_survival(r.shape[0] - 1, statistic)
 
 
 def goodness_of_fit_p(fractions: np.ndarray, window: np.ndarray, ordered: bool = True) -> float:
@@ -174,7 +174,7 @@ def goodness_of_fit_p(fractions: np.ndarray, window: np.ndarray, ordered: bool =
         return math.nan
     o, e = _grouped(window, groups), _grouped(expected, groups)
     statistic = _divergence(o, e)
-    return float(chdtrc(o.shape[0] - 1, statistic))
+    return chi_square_survival(o.shape[0] - 1, statistic)
 
 
 def bonferroni(p_values: list[float]) -> float:
