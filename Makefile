@@ -8,10 +8,13 @@ export PATH := $(CURDIR)/$(BIN):/usr/local/go/bin:$(PATH)
 # Re-install the Python side whenever pyproject.toml changes.
 PY_STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 PACKAGES := -p guardedmodel_operator -p guardedmodel_sidecar -p guardedmodel_fit -p guardedmodel_cli -p guardedmodel_testground
-# CI runs the representative set; `make test-all` adds the slowest scenarios.
-PYTEST_ARGS ?= -m "not slow and not pods"
+# CI runs the representative set, real pods included; `make test-all` adds the slowest scenarios.
+PYTEST_ARGS ?= -m "not slow"
+# The real-pod tier (tests/pods) runs a kubelet: its packages are installed as root only, and
+# as another user its tests are skipped with that reason.
+POD_TIER_DEPS := $(if $(filter 0,$(shell id -u)),pod-deps node-deps)
 
-.PHONY: setup system-deps python-deps cluster-binaries lint test test-all test-pods pod-deps node-deps demo bench-sidecar bench-guard bench-operator fuzz crds-sync clean
+.PHONY: setup system-deps python-deps cluster-binaries lint test test-all test-pods pod-deps node-deps demo demo-real-pods bench-sidecar bench-guard bench-operator fuzz crds-sync clean
 
 setup: system-deps python-deps cluster-binaries
 
@@ -37,15 +40,16 @@ lint: python-deps
 	$(BIN)/lint-imports
 	$(BIN)/python -m guardedmodel_operator.crdsync --check
 
-test: setup lint
+test: setup lint $(POD_TIER_DEPS)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test-all:
-	$(MAKE) test PYTEST_ARGS='-m "not pods"'
+	$(MAKE) test PYTEST_ARGS=''
 
-# Real pods: the image built from the Dockerfile, a real kubelet, the chart installed (root only).
+# Real pods only: the image built from the Dockerfile, a real kubelet, the chart installed, and
+# the demo's story on them (root only).
 test-pods: setup pod-deps node-deps
-	$(BIN)/pytest -m pods tests/pods
+	$(BIN)/pytest -m pods
 
 # buildah and mmdebstrap: the images are built from the Dockerfile with no registry or Docker engine.
 pod-deps:
@@ -57,6 +61,10 @@ node-deps:
 
 demo: setup
 	$(BIN)/guardedmodel demo
+
+# The same story with the operator and the model in real pods (root; images built on first use).
+demo-real-pods: setup pod-deps node-deps
+	$(BIN)/guardedmodel demo --real-pods
 
 # Benchmarks measure side by side and write bench/results/*.json + *.png; run them on a quiet machine.
 bench-sidecar: setup

@@ -1,7 +1,10 @@
 """Fixtures for the real local parts: Kubernetes control plane, Triton, Prometheus.
 
 They never skip: a test that needs a part which cannot start fails with the
-part's log tail, so CI cannot pass by silently testing nothing.
+part's log tail, so CI cannot pass by silently testing nothing. The one exception
+is the real-pod tier (marker `pods`) for a user other than root: a kubelet mounts,
+makes cgroups and network namespaces, so there it is skipped with that reason.
+As root a missing part of it is a failure like any other.
 """
 
 from __future__ import annotations
@@ -24,6 +27,18 @@ settings.register_profile(
     "fuzz", max_examples=int(os.environ.get("HYPOTHESIS_FUZZ_EXAMPLES", "10000")), deadline=None
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+NEEDS_ROOT = pytest.mark.skip(
+    reason="real pods need root: the kubelet mounts, makes cgroups and network namespaces"
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if os.geteuid() == 0:
+        return
+    for item in items:
+        if "pods" in item.keywords:
+            item.add_marker(NEEDS_ROOT)
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,12 @@ that the pod would run are started here as local processes, with the config
 the operator rendered into the pod's ConfigMap; the sidecar watches the
 GuardedModel's status for routing exactly as it does in a cluster.
 
+With --real-pods the same story runs on real pods instead (demo_real_pods): the
+operator installed from the chart and the model's Triton and sidecar in
+containers on a real kubelet, from images built from the Dockerfile. It needs
+root and takes a few minutes more (the image build, cached after the first
+run, and the pods' start), so the default stays the local processes.
+
 The story it tells:
 1. a manifest is applied and the operator brings the model up;
 2. good, corrupted and out-of-distribution traffic goes through the sidecar
@@ -38,6 +44,7 @@ import yaml
 
 from guardedmodel_cli import demo_output as out
 from guardedmodel_cli.demo_output import say
+from guardedmodel_cli.demo_real_pods import RealPodsError, RealPodsStage
 from guardedmodel_cli.demo_traffic import Outcome, mixed_batch, send, send_batches, traffic_sets
 from guardedmodel_testground import stack as local_stack
 from guardedmodel_testground.cluster import LocalCluster
@@ -57,6 +64,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--requests", type=int, default=40, help="requests per traffic category (default 40)")
     parser.add_argument("--timeout", type=float, default=180, help="seconds to wait for each phase")
+    parser.add_argument(
+        "--real-pods",
+        action="store_true",
+        help="run the operator and the model in real pods on a real kubelet (root; make pod-deps node-deps)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -69,10 +81,12 @@ def run(args: argparse.Namespace) -> int:
         return 1
     # Each run starts from scratch: a previous run's etcd data would replay its objects.
     shutil.rmtree(state_dir, ignore_errors=True)
-    demo = Demo(state_dir, requests=args.requests, timeout=args.timeout, keep=args.keep)
+    demo = Demo(
+        state_dir, requests=args.requests, timeout=args.timeout, keep=args.keep, real_pods=args.real_pods
+    )
     try:
         demo.run()
-    except (StartError, DemoError, subprocess.CalledProcessError) as error:
+    except (StartError, DemoError, RealPodsError, subprocess.CalledProcessError) as error:
         detail = f"{error}\n{error.stderr}" if isinstance(error, subprocess.CalledProcessError) else error
         print(f"\ndemo failed: {detail}", file=sys.stderr)
         print(f"logs are in {state_dir}", file=sys.stderr)
@@ -88,7 +102,9 @@ class Demo:
     """The story's acts, in order; the stack comes from the test ground, the printing from
     demo_output, and what happened is recorded for the end-to-end test (summary.json)."""
 
-    def __init__(self, state_dir: Path, *, requests: int, timeout: float, keep: bool) -> None:
+    def __init__(
+        self, state_dir: Path, *, requests: int, timeout: float, keep: bool, real_pods: bool = False
+    ) -> None:
         self.state_dir = state_dir
         self.requests = requests
         self.timeout = timeout
@@ -99,16 +115,15 @@ class Demo:
         self.in_distribution = np.empty((0, 1, 28, 28), dtype=np.float32)
         self.ports = {name: free_port() for name in ("http", "grpc", "metrics")}
         self.operator_ports = local_stack.OperatorPorts.free()
+        self.pods = RealPodsStage(self.stack, state_dir, NAMESPACE, timeout) if real_pods else None
 
     def run(self) -> None:
         with self.stack:
             build = self.build_example()
-            self.cluster = self.stack.enter_context(LocalCluster(self.state_dir / "cluster"))
-            print(f"cluster up: {self.cluster.server_url}")
-            self.start_monitoring()
-            self.start_operator()
-            self.apply_manifest(build.repository)
-            self.start_data_plane(build.repository)
+            if self.pods is None:
+                self.set_stage_locally(build)
+            else:
+                self.set_stage_on_real_pods(build)
             self.guard_traffic(build)
             self.per_row_batches(build)
             self.rollout_canary()
@@ -130,6 +145,21 @@ class Demo:
         if report.exists():
             print(f"fit report: {report}")
         return build
+
+    def set_stage_locally(self, build: Any) -> None:
+        self.cluster = self.stack.enter_context(LocalCluster(self.state_dir / "cluster"))
+        print(f"cluster up: {self.cluster.server_url}")
+        self.start_monitoring()
+        self.start_operator()
+        self.apply_manifest(lambda manifest: set_repository(manifest, f"file://{build.repository}"))
+        self.start_data_plane(build.repository)
+
+    def set_stage_on_real_pods(self, build: Any) -> None:
+        assert self.pods is not None
+        self.cluster, monitoring = self.pods.start(build)
+        self.prometheus, self.alertmanager = monitoring.prometheus, monitoring.alertmanager
+        self.apply_manifest(self.pods.manifest)
+        print(f"the model's Service answers at {self.sidecar_address()} (a ready endpoint)")
 
     def start_monitoring(self) -> None:
         say(
@@ -161,12 +191,12 @@ class Demo:
         )
         print(f"operator running (log {self.operator.log_path})")
 
-    def apply_manifest(self, repository: Path) -> None:
+    def apply_manifest(self, adapt: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
         say(f"kubectl apply -f {MANIFEST}  (repository pointed at the local build)")
         manifest = yaml.safe_load((repo_root() / MANIFEST).read_text())
         self.ood_alpha = manifest["spec"]["gate"]["ood"].get("alpha")
         manifest["metadata"]["namespace"] = NAMESPACE
-        manifest["spec"]["model"]["repository"] = f"file://{repository}"
+        manifest = adapt(manifest)
         self.cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(manifest))
         self.wait_status("phase Ready", lambda s: s.get("phase") == "Ready")
         print(self.cluster.kubectl("get", "gm", "-n", NAMESPACE).stdout.rstrip())
@@ -211,11 +241,11 @@ class Demo:
         rng = np.random.default_rng(11)
         alpha = self.ood_alpha
         batch, odd_positions = mixed_batch(good[rng.choice(len(good), 32)], odd[:3])
-        mixed = send_batches(self.ports["http"], batch)
+        mixed = send_batches(self.sidecar_address(), batch)
         out.print_mixed_batch(mixed, odd_positions, alpha)
         say("The stated error rate: 640 in-distribution rows in batches of 32")
         rows = good[rng.choice(len(good), 640, replace=False)]
-        measured = send_batches(self.ports["http"], rows)
+        measured = send_batches(self.sidecar_address(), rows)
         out.print_rejection_rate(measured, alpha)
         self.record["per_row"] = {
             "mixed_batch": mixed.decisions,
@@ -244,7 +274,7 @@ class Demo:
         deadline = time.monotonic() + self.timeout
         seen_weights: list[int] = []
         while time.monotonic() < deadline:
-            self.send(self.in_distribution)
+            self.send(self.in_distribution, while_rolling=True)
             status = self.status()
             weight = int(status.get("canaryWeight") or 0)
             if status.get("canaryVersion") and weight and (not seen_weights or seen_weights[-1] != weight):
@@ -312,14 +342,33 @@ class Demo:
         say("Done")
         out.print_endpoints(
             cluster_state_dir=self.cluster.state_dir,
-            ports=self.ports,
+            sidecar=self.sidecar_address(),
+            metrics=None if self.pods else f"127.0.0.1:{self.ports['metrics']}",
             prometheus_url=self.prometheus.url,
             state_dir=self.state_dir,
         )
 
     # -- talking to the stack ------------------------------------------------------------------
-    def send(self, inputs: np.ndarray) -> Outcome:
-        return send(self.ports["http"], inputs)
+    def sidecar_address(self) -> str:
+        return self.pods.sidecar_address() if self.pods else f"127.0.0.1:{self.ports['http']}"
+
+    def send(self, inputs: np.ndarray, *, while_rolling: bool = False) -> Outcome:
+        """One request per input. On real pods a version change rolls the pod: a burst that meets
+        the old pod going away is sent again to the Service's endpoint of the moment."""
+        if not (while_rolling and self.pods):
+            return send(self.sidecar_address(), inputs)
+        for _ in range(3):
+            try:
+                return send(self.sidecar_address(), inputs)
+            except OSError:
+                time.sleep(1)
+        return send(self.sidecar_address(), inputs)
+
+    def check_alive(self) -> None:
+        if self.pods:
+            self.pods.check_alive()
+        else:
+            self.operator.check_alive()
 
     def status(self) -> dict[str, Any]:
         gm = self.cluster.kubectl_json("get", "gm", "fashion", "-n", NAMESPACE)
@@ -329,14 +378,14 @@ class Demo:
         deadline = time.monotonic() + self.timeout
         status: dict[str, Any] = {}
         while time.monotonic() < deadline:
-            self.operator.check_alive()
+            self.check_alive()
             status = self.status()
             if predicate(status):
                 return status
             time.sleep(1)
+        log = self.pods.operator_logs() if self.pods else log_tail(self.operator.log_path)
         raise DemoError(
-            f"GuardedModel never reached {what}; status: {json.dumps(status)}\n"
-            f"operator log:\n{log_tail(self.operator.log_path)}"
+            f"GuardedModel never reached {what}; status: {json.dumps(status)}\noperator log:\n{log}"
         )
 
     def patch_version(self, version: str) -> None:
@@ -363,3 +412,8 @@ class Demo:
         with contextlib.suppress(KeyboardInterrupt):
             while True:
                 time.sleep(3600)
+
+
+def set_repository(manifest: dict[str, Any], repository: str) -> dict[str, Any]:
+    manifest["spec"]["model"]["repository"] = repository
+    return manifest

@@ -79,12 +79,14 @@ def print_drift(
 
 
 def print_endpoints(
-    *, cluster_state_dir: Path, ports: dict[str, int], prometheus_url: str, state_dir: Path
+    *, cluster_state_dir: Path, sidecar: str, metrics: str | None, prometheus_url: str, state_dir: Path
 ) -> None:
-    """Where to look once the demo is done (or while it is kept running)."""
+    """Where to look once the demo is done (or while it is kept running). `metrics`: None when the
+    sidecar runs in a pod (Prometheus finds it)."""
     print(f'kubectl:     eval "$(guardedmodel cluster env --state-dir {cluster_state_dir})"')
-    print(f"sidecar:     http://127.0.0.1:{ports['http']}/v2/models/fashion-mnist")
-    print(f"metrics:     http://127.0.0.1:{ports['metrics']}/metrics")
+    print(f"sidecar:     http://{sidecar}/v2/models/fashion-mnist")
+    if metrics:
+        print(f"metrics:     http://{metrics}/metrics")
     print(f"Prometheus:  {prometheus_url}/graph")
     print(f"audit log:   {state_dir / 'audit'}")
     print(f"logs:        {state_dir / 'logs'}")

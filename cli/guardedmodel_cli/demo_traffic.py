@@ -48,12 +48,13 @@ def traffic_sets(build: Any, requests: int) -> dict[str, np.ndarray]:
     }
 
 
-def send(http_port: int, inputs: np.ndarray) -> Outcome:
-    """One request per input to the sidecar's HTTP port; the guard's decision read from each answer."""
+def send(address: str, inputs: np.ndarray) -> Outcome:
+    """One request per input to the sidecar's HTTP listener at `address` (host:port); the guard's
+    decision read from each answer."""
     import tritonclient.http as httpclient
     from tritonclient.utils import InferenceServerException
 
-    client = httpclient.InferenceServerClient(f"127.0.0.1:{http_port}")
+    client = httpclient.InferenceServerClient(address)
     outcome = Outcome()
     try:
         for sample in inputs:
@@ -99,12 +100,12 @@ def mixed_batch(
     return x, positions
 
 
-def send_batches(http_port: int, inputs: np.ndarray, batch: int = 32) -> BatchOutcome:
+def send_batches(address: str, inputs: np.ndarray, batch: int = 32) -> BatchOutcome:
     """``inputs`` in requests of ``batch`` rows; each row's decision read from the guard's outputs."""
     import tritonclient.http as httpclient
     from tritonclient.utils import InferenceServerException
 
-    client = httpclient.InferenceServerClient(f"127.0.0.1:{http_port}")
+    client = httpclient.InferenceServerClient(address)
     outcome = BatchOutcome()
     try:
         for start in range(0, len(inputs), batch):

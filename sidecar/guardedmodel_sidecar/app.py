@@ -26,6 +26,7 @@ from guardedmodel_sidecar.config import Routing, SidecarConfig
 from guardedmodel_sidecar.errors import Unavailable
 from guardedmodel_sidecar.grpc_server import GrpcService, start_grpc_server
 from guardedmodel_sidecar.http_server import V2HttpServer
+from guardedmodel_sidecar.kube_credentials import ApiServer
 from guardedmodel_sidecar.metrics import SidecarMetrics
 from guardedmodel_sidecar.microbatch import MicroBatcher
 from guardedmodel_sidecar.model_loader import LoadError, ensure_loaded, local_model_config
@@ -33,7 +34,7 @@ from guardedmodel_sidecar.pipeline import Pipeline
 from guardedmodel_sidecar.response_scoring import score_version
 from guardedmodel_sidecar.review import ReviewSink
 from guardedmodel_sidecar.routing import Router
-from guardedmodel_sidecar.status_watch import ApiServer, GuardedModelWatcher
+from guardedmodel_sidecar.status_watch import GuardedModelWatcher
 from guardedmodel_sidecar.triton_metrics import QueueCounters, follow_triton_queue
 from guardedmodel_sidecar.upstream import TritonHttp
 from guardedmodel_sidecar.upstream_call import TritonCall, UpstreamCall

@@ -1,7 +1,7 @@
 """Following the GuardedModel's routing status through the Kubernetes API.
 
 ``GuardedModelWatcher`` follows ``status.stableVersion / canaryVersion / canaryWeight`` of the
-GuardedModel through the Kubernetes API (in-cluster service account or a kubeconfig). It runs off the
+GuardedModel through the Kubernetes API (in-cluster service account or a kubeconfig: ``kube_credentials``). It runs off the
 hot path and keeps the last routing whenever the API server is unreachable. The sidecar reads the
 status itself (``routing_from_status``) rather than importing the operator's reader: the two packages
 stay independent, and this copy reads only the three routing fields.
@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import orjson
 
 from guardedmodel_sidecar.config import Routing
+from guardedmodel_sidecar.kube_credentials import ApiServer
 
 log = logging.getLogger(__name__)
 
@@ -40,50 +39,6 @@ def routing_from_status(status: Mapping[str, Any] | None, fallback: Routing) -> 
     if not canary:
         weight = 0
     return Routing(str(stable), None if canary is None else str(canary), weight)
-
-
-@dataclass(frozen=True)
-class ApiServer:
-    """Where and how to reach the Kubernetes API server."""
-
-    host: str
-    headers: dict[str, str]
-    ssl_context: ssl.SSLContext | bool
-
-    @classmethod
-    def from_environment(cls, kubeconfig: str | None = None) -> ApiServer:
-        """In-cluster service account, else the kubeconfig (``kubeconfig`` or $KUBECONFIG)."""
-        from kubernetes import client, config  # imported lazily: only the watcher needs it
-
-        configuration = client.Configuration()
-        try:
-            if kubeconfig:
-                raise config.ConfigException("kubeconfig given")
-            config.load_incluster_config(client_configuration=configuration)
-        except config.ConfigException:
-            config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
-        headers: dict[str, str] = {}
-        token = configuration.api_key.get("authorization") or configuration.api_key.get("BearerToken")
-        if token:
-            prefix = configuration.api_key_prefix.get("authorization", "")
-            headers["Authorization"] = (
-                token if token.startswith("Bearer") else f"{prefix or 'Bearer'} {token}"
-            )
-        context: ssl.SSLContext | bool = False
-        if configuration.host.startswith("https"):
-            context = (
-                ssl.create_default_context(cafile=configuration.ssl_ca_cert)
-                if configuration.verify_ssl
-                else False
-            )
-            if isinstance(context, ssl.SSLContext) and configuration.cert_file:
-                context.load_cert_chain(configuration.cert_file, configuration.key_file)
-            if context is False:
-                insecure = ssl.create_default_context()
-                insecure.check_hostname = False
-                insecure.verify_mode = ssl.CERT_NONE
-                context = insecure
-        return cls(configuration.host.rstrip("/"), headers, context)
 
 
 class GuardedModelWatcher:
@@ -116,7 +71,7 @@ class GuardedModelWatcher:
 
     async def run(self) -> None:
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=330)
-        async with aiohttp.ClientSession(headers=self.api.headers, timeout=timeout) as session:
+        async with aiohttp.ClientSession(timeout=timeout) as session:
             while True:
                 try:
                     version = await self._get(session)
@@ -136,7 +91,8 @@ class GuardedModelWatcher:
                 await asyncio.sleep(self.retry_s)
 
     async def _get(self, session: aiohttp.ClientSession) -> str:
-        async with session.get(f"{self._collection}/{self.name}", ssl=self.api.ssl_context) as resp:
+        url = f"{self._collection}/{self.name}"
+        async with session.get(url, headers=self.api.headers(), ssl=self.api.ssl_context) as resp:
             if resp.status != 200:
                 raise RuntimeError(f"GET GuardedModel: HTTP {resp.status}: {(await resp.text())[:200]}")
             obj = await resp.json(loads=orjson.loads)
@@ -152,7 +108,9 @@ class GuardedModelWatcher:
             "timeoutSeconds": "300",
             "allowWatchBookmarks": "true",
         }
-        async with session.get(self._collection, params=params, ssl=self.api.ssl_context) as resp:
+        async with session.get(
+            self._collection, params=params, headers=self.api.headers(), ssl=self.api.ssl_context
+        ) as resp:
             if resp.status != 200:
                 raise RuntimeError(f"watch GuardedModel: HTTP {resp.status}")
             async for line in resp.content:

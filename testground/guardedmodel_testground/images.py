@@ -49,7 +49,7 @@ PRODUCT_UID = 10001
 TRITON_UID = 1000
 
 #: What the Dockerfile copies into the build: the cache key covers exactly these.
-PRODUCT_CONTEXT = ("Dockerfile", "pyproject.toml", "README.md", "operator", "sidecar", "cli", "testground")
+PRODUCT_CONTEXT = ("Dockerfile", "pyproject.toml", "README.md", "operator", "sidecar", "cli")
 
 #: Global flags for every buildah call; the storage is ours alone, under the cache.
 STORAGE_FLAGS = ("--storage-driver", "vfs")

@@ -12,7 +12,6 @@ import contextlib
 import functools
 import hashlib
 import http.server
-import ipaddress
 import tarfile
 import threading
 from collections.abc import Iterator
@@ -41,11 +40,6 @@ def pack_model(model_dir: Path, public: Path) -> Path:
     digest = hashlib.sha256(archive.read_bytes()).hexdigest()
     (public / f"{archive.name}.sha256").write_text(f"{digest}  {archive.name}\n")
     return archive
-
-
-def gateway_address(pod_cidr: str) -> str:
-    """The host's address on the node's bridge: the first address of the pod network."""
-    return str(next(ipaddress.ip_network(pod_cidr).hosts()))
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):

@@ -40,6 +40,28 @@ class ScrapeJob:
     metrics_path: str = "/metrics"
     labels: dict[str, str] = field(default_factory=dict)
 
+    def scrape_config(self) -> dict[str, Any]:
+        return {
+            "job_name": self.name,
+            "metrics_path": self.metrics_path,
+            "static_configs": [{"targets": list(self.targets), "labels": self.labels}],
+        }
+
+
+@dataclass
+class FileDiscoveryJob:
+    """Targets from a file_sd JSON file that something else keeps current (`pod_discovery`):
+    Prometheus rereads it whenever it changes."""
+
+    name: str
+    path: Path
+
+    def scrape_config(self) -> dict[str, Any]:
+        return {
+            "job_name": self.name,
+            "file_sd_configs": [{"files": [str(self.path)], "refresh_interval": "5s"}],
+        }
+
 
 class Alertmanager(LocalServer):
     def __init__(self, state_dir: Path, *, receiver_url: str | None = None) -> None:
@@ -92,13 +114,15 @@ class Prometheus(LocalServer):
     def __init__(
         self,
         state_dir: Path,
-        jobs: Sequence[ScrapeJob] = (),
+        jobs: Sequence[ScrapeJob | FileDiscoveryJob] = (),
         *,
         rule_files: Sequence[Path] = (),
         alertmanager_url: str | None = None,
         interval: str = "1s",
+        host: str = "127.0.0.1",
     ) -> None:
         self.state_dir = Path(state_dir)
+        self.host = host  # the real node's pods reach it on the bridge's gateway address
         self.jobs = list(jobs)
         self.rule_files = list(rule_files)
         self.alertmanager_url = alertmanager_url
@@ -108,19 +132,12 @@ class Prometheus(LocalServer):
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def config(self) -> dict[str, Any]:
         config: dict[str, Any] = {
             "global": {"scrape_interval": self.interval, "evaluation_interval": self.interval},
-            "scrape_configs": [
-                {
-                    "job_name": job.name,
-                    "metrics_path": job.metrics_path,
-                    "static_configs": [{"targets": list(job.targets), "labels": job.labels}],
-                }
-                for job in self.jobs
-            ],
+            "scrape_configs": [job.scrape_config() for job in self.jobs],
             "rule_files": [str(path) for path in self.rule_files],
         }
         if self.alertmanager_url:
@@ -139,7 +156,7 @@ class Prometheus(LocalServer):
                 find_binary(PROMETHEUS_BINARIES, "prometheus"),
                 f"--config.file={config_path}",
                 f"--storage.tsdb.path={self.state_dir / 'data'}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
+                f"--web.listen-address={self.host}:{self.port}",
                 "--web.enable-lifecycle",
                 "--log.level=warn",
             ],

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import ipaddress
 import json
 import os
 import secrets
@@ -61,6 +62,12 @@ class RealNodeSpec:
     bridge: str = "gmcni0"
     labels: dict[str, str] = field(default_factory=lambda: {REAL_NODE_LABEL: "real"})
     max_pods: int = 20
+
+    @property
+    def gateway(self) -> str:
+        """The host's address on the bridge (the pod network's first address): what pods dial for
+        services on the host."""
+        return str(next(ipaddress.ip_network(self.pod_cidr).hosts()))
 
 
 def node_token_line(spec: RealNodeSpec) -> tuple[str, str]:
@@ -397,12 +404,16 @@ class RealNode:
         No kube-proxy: one DNAT rule does the only routing the real pods need, from the Service's
         443 to the API server, which stays on 127.0.0.1. The bridge is made here, before CNI
         adopts it, so that `route_localnet` (loopback destinations for packets from this
-        interface only) is set on it and goes away with it.
+        interface only) is set on it and goes away with it. It gets the gateway address now too
+        (CNI would add it with the first pod), so that host services for the pods (the model
+        repository, Prometheus) can listen on it from the start.
         """
         bridge = self.spec.bridge
         port = self.server_url.rsplit(":", 1)[1]
         if not (Path("/sys/class/net") / bridge).exists():
             _run("ip", "link", "add", bridge, "type", "bridge")
+        prefix = ipaddress.ip_network(self.spec.pod_cidr).prefixlen
+        _run("ip", "addr", "replace", f"{self.spec.gateway}/{prefix}", "dev", bridge)
         _run("ip", "link", "set", bridge, "up")
         Path(f"/proc/sys/net/ipv4/conf/{bridge}/route_localnet").write_text("1")
         nat = ("iptables", "-t", "nat")
@@ -494,6 +505,9 @@ class RealNode:
     def _drain(self, timeout: float) -> None:
         """Delete the node's pods while the kubelet runs, so it stops their sandboxes through CNI."""
         selector = f"spec.nodeName={self.spec.name}"
+        # Cordoned first: a Deployment's replacement for a deleted pod would otherwise be scheduled
+        # right back here, and the drain would wait out its timeout.
+        self._kubectl("cordon", self.spec.name)
         self._kubectl("delete", "pods", "--all-namespaces", f"--field-selector={selector}", "--wait=false",
                       "--grace-period=1")  # fmt: skip
 

@@ -21,7 +21,7 @@ import yaml
 from guardedmodel_testground.cluster import LocalCluster
 from guardedmodel_testground.paths import repo_root
 from guardedmodel_testground.procs import ManagedProcess, StartError, free_port, http_ok, wait_until
-from guardedmodel_testground.prometheus import Alertmanager, Prometheus, ScrapeJob
+from guardedmodel_testground.prometheus import Alertmanager, FileDiscoveryJob, Prometheus, ScrapeJob
 from guardedmodel_testground.sidecar_config import localize_sidecar_config
 from guardedmodel_testground.triton import TritonServer
 
@@ -77,9 +77,14 @@ def chart_alert_rules(target: Path, *, fire_after: str) -> Path:
 
 
 def start_monitoring(
-    stack: contextlib.ExitStack, state_dir: Path, jobs: list[ScrapeJob], rule_files: list[Path]
+    stack: contextlib.ExitStack,
+    state_dir: Path,
+    jobs: Sequence[ScrapeJob | FileDiscoveryJob],
+    rule_files: list[Path],
+    *,
+    host: str = "127.0.0.1",
 ) -> Monitoring:
-    """Alertmanager, and Prometheus scraping `jobs`, evaluating `rule_files` and alerting it."""
+    """Alertmanager, and Prometheus on `host` scraping `jobs`, evaluating `rule_files` and alerting it."""
     alertmanager = stack.enter_context(Alertmanager(state_dir / "alertmanager"))
     prometheus = stack.enter_context(
         Prometheus(
@@ -87,6 +92,7 @@ def start_monitoring(
             jobs,
             rule_files=rule_files,
             alertmanager_url=alertmanager.url,
+            host=host,
         )
     )
     return Monitoring(prometheus, alertmanager)

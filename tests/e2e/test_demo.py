@@ -1,7 +1,8 @@
 """The demo scenario end to end: `guardedmodel demo` as a user runs it, judged by what it recorded.
 
-Everything is real: the control plane, the operator process, Triton, the sidecar, Prometheus and
-Alertmanager. The assertions are about the product's behaviour, not the demo's printing.
+Everything is real: the control plane, the operator, Triton, the sidecar, Prometheus and
+Alertmanager; as local processes, or (--real-pods, root only) with the operator and the model in pods
+on a real kubelet. The assertions are about the product's behaviour, not the demo's printing.
 """
 
 from __future__ import annotations
@@ -17,10 +18,29 @@ import pytest
 pytestmark = pytest.mark.e2e
 
 
-def test_demo_guards_rolls_back_and_alerts(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "where",
+    [
+        "local processes",
+        # The same story with the operator and the model in real pods: a few minutes more, root only.
+        pytest.param("real pods", marks=[pytest.mark.pods, pytest.mark.slow]),
+    ],
+)
+def test_demo_guards_rolls_back_and_alerts(tmp_path: Path, where: str) -> None:
     executable = Path(sys.executable).with_name("guardedmodel")
+    flags = ["--real-pods"] if where == "real pods" else []
     result = subprocess.run(
-        [str(executable), "demo", "--state-dir", str(tmp_path), "--requests", "40", "--timeout", "150"],
+        [
+            str(executable),
+            "demo",
+            "--state-dir",
+            str(tmp_path),
+            "--requests",
+            "40",
+            "--timeout",
+            "150",
+            *flags,
+        ],
         capture_output=True,
         text=True,
         timeout=1500,

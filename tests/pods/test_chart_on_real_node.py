@@ -1,28 +1,35 @@
 """The chart installed for real: the operator pod on the real node, a GuardedModel pod that runs
-Triton and the guard sidecar in a restricted namespace, and guarded inference through it.
+Triton and the guard sidecar in a restricted namespace, guarded inference through it, a version
+rolled and a canary rolled back, and every ci scenario of the chart installed.
 
 One cluster for the module (the tests run in order, each building on the previous one):
 
 1. the product image (the repository's Dockerfile) and the CPU Triton image are built (cached) and
-   imported into the real node's containerd; the product image is also named `guardedmodel:dev`,
-   the name the chart's ci values use;
-2. `helm install` with ci/minimal-values.yaml, the operator pinned to the real node: it becomes
-   Ready under the chart's ServiceAccount and reaches the API server through the `kubernetes`
-   Service IP (the node's only route to it);
+   imported into the real node's containerd; Prometheus runs on the host, finding the pods
+   through the API server by their annotations, reachable from the pods on the bridge;
+2. `helm install` with ci/minimal-values.yaml, the operator pinned to the real node and pointed at
+   that Prometheus: it becomes Ready under the chart's ServiceAccount and reaches the API server
+   through the `kubernetes` Service IP (the node's only route to it);
 3. the worked example served over http:// from the host's bridge address; a GuardedModel in a
    namespace enforcing the restricted Pod Security standard, CPU-only Triton through
    `spec.triton.resources`: the `fetch-model` init container fetches it, both containers' probes
-   pass, and tritonclient gets guarded answers from the pod IP;
-4. `helm uninstall` leaves nothing of the release, and stopping the cluster restores the host.
+   pass, tritonclient gets guarded answers through the Service's endpoint, Prometheus scrapes them;
+4. version 2 rolls the pod and starts a canary; the operator reads the canary's metrics from
+   Prometheus and rolls it back, and the same pod (no restart) answers from version 1 again;
+5. `helm upgrade` to ci/all-features-values.yaml (two peering replicas, ServiceMonitor,
+   PrometheusRule, NetworkPolicy) keeps the model reconciled; `helm uninstall` leaves nothing;
+6. ci/single-namespace-values.yaml installed into the model's restricted namespace takes the
+   GuardedModel over under a namespaced Role; deleting it and uninstalling leave nothing;
+7. stopping the cluster restores the host.
 
 Needs root, the node packages and the image builders (`make test-pods`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,47 +39,39 @@ import numpy as np
 import pytest
 import yaml
 
-from guardedmodel_testground import images
+from guardedmodel_testground import real_pods
+from guardedmodel_testground.chart_release import install_prometheus_operator_crds, release_leftovers
 from guardedmodel_testground.cluster import LocalCluster
-from guardedmodel_testground.model_server import gateway_address, pack_model, serve_folder
 from guardedmodel_testground.node_host import HostSnapshot, take_snapshot
 from guardedmodel_testground.paths import repo_root
-from guardedmodel_testground.real_node import (
-    REAL_NODE_LABEL,
-    RealNodeSpec,
-    node_leftovers,
-)
+from guardedmodel_testground.prometheus import Prometheus
+from guardedmodel_testground.real_node import RealNodeSpec, node_leftovers
 
 pytestmark = pytest.mark.pods
 
-CHART = repo_root() / "charts" / "guardedmodel"
+CHART_CI = real_pods.CHART / "ci"
 RELEASE = "gm"
-OPERATOR_NAMESPACE = "guardedmodel-system"
+OPERATOR_NAMESPACE = real_pods.OPERATOR_NAMESPACE
 MODEL_NAMESPACE = "guarded"
 MODEL = "fashion"
-#: The name the chart's ci values give the product image (docker.io/library/ once normalised).
-CI_IMAGE = "docker.io/library/guardedmodel:dev"
-#: Everything the release may create, namespaced and cluster-wide.
-NAMESPACED_KINDS = "deployments,replicasets,pods,services,serviceaccounts,roles,rolebindings,networkpolicies"
-CLUSTER_KINDS = "clusterroles,clusterrolebindings"
-#: What Triton asks for on a CPU node: replaces the default GPU limit as a whole.
-CPU_TRITON_RESOURCES = {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"memory": "2Gi"}}
-SIDECAR_HTTP_PORT = 8080
 SIDECAR_METRICS_PORT = 9090
 
 #: Seconds each stage took, printed at the end (`pytest -s`).
 TIMINGS: dict[str, float] = {}
 #: When the GuardedModel was applied (the Ready test measures from there).
 APPLIED_AT: list[float] = []
+#: The model pod serving version 2's canary (the rollback must leave it in place).
+CANARY_POD: list[str] = []
 
 
 @dataclass
 class Stage:
     cluster: LocalCluster
     before: HostSnapshot
-    product: images.BuiltImage
-    triton: images.BuiltImage
+    images: real_pods.Images
+    prometheus: Prometheus
     workdir: Path
+    monitoring: contextlib.ExitStack  # Prometheus and Alertmanager, stopped before the cluster
 
 
 def timed(name: str, started: float) -> float:
@@ -94,26 +93,18 @@ def wait_for(what: str, probe: Callable[[], Any], timeout: float, explain: Calla
 @pytest.fixture(scope="module")
 def stage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stage]:
     started = time.monotonic()
-    product = images.ensure_product_image()
-    triton = images.ensure_triton_image()
+    built = real_pods.ensure_images()
     timed("images built or found in the cache", started)
     workdir = tmp_path_factory.mktemp("chart-on-real-node")
     before = take_snapshot()
     started = time.monotonic()
-    cluster = LocalCluster(workdir / "cluster", real_node=RealNodeSpec())
-    with cluster:
+    with (
+        LocalCluster(workdir / "cluster", real_node=RealNodeSpec()) as cluster,
+        contextlib.ExitStack() as stack,
+    ):
         timed("cluster with real node up", started)
-        try:
-            yield Stage(cluster, before, product, triton, workdir)
-        finally:
-            cordon(cluster)
-
-
-def cordon(cluster: LocalCluster) -> None:
-    """Keep controllers' replacement pods off the real node while it drains (a test that failed
-    half way leaves Deployments whose pods would come back to it until the drain times out)."""
-    if cluster.real_node is not None:
-        cluster.kubectl("cordon", RealNodeSpec().name, check=False)
+        monitoring = real_pods.start_pod_monitoring(stack, workdir / "monitoring", cluster, [MODEL_NAMESPACE])
+        yield Stage(cluster, before, built, monitoring.prometheus, workdir, stack)
 
 
 def pods(cluster: LocalCluster, namespace: str, selector: str) -> list[dict]:
@@ -146,36 +137,25 @@ def test_the_images_are_imported_into_the_real_node(stage: Stage) -> None:
     node = stage.cluster.real_node
     assert node is not None
     started = time.monotonic()
-    assert stage.product.reference in node.import_image(stage.product.archive)
-    assert stage.triton.reference in node.import_image(stage.triton.archive)
-    node.ctr("images", "tag", "--force", stage.product.reference, CI_IMAGE)
+    held = real_pods.import_images(node, stage.images)
     timed("image import (product and Triton)", started)
-    held = node.images()
-    assert {stage.product.reference, stage.triton.reference, CI_IMAGE} <= set(held), held
+    assert {stage.images.product.reference, stage.images.triton.reference, real_pods.CHART_IMAGE} <= set(held)
 
 
-def real_node_values(workdir: Path) -> Path:
-    """What the real node adds to a ci scenario.
-
-    The operator pod goes on the real node: the kwok nodes are untainted, so without it the pod could
-    land on a simulated node and only pretend to run. No DNS is needed: the operator dials the
-    API server at KUBERNETES_SERVICE_HOST, the `kubernetes` Service's address, which the node
-    routes to the API server.
-    """
-    values = {"nodeSelector": {REAL_NODE_LABEL: "real"}}
-    path = workdir / "real-node-values.yaml"
-    path.write_text(yaml.safe_dump(values))
-    return path
+def operator_values(stage: Stage) -> Path:
+    return real_pods.operator_values(stage.workdir, stage.prometheus.url)
 
 
 def test_helm_install_runs_the_operator_pod_on_the_real_node(stage: Stage) -> None:
     cluster = stage.cluster
     started = time.monotonic()
-    install = cluster.helm(
-        "install", RELEASE, str(CHART), "-n", OPERATOR_NAMESPACE, "--create-namespace",
-        "-f", str(CHART / "ci" / "minimal-values.yaml"), "-f", str(real_node_values(stage.workdir)),
-        "--wait", "--timeout", "180s", check=False, timeout=240,
-    )  # fmt: skip
+    install = real_pods.helm_release(
+        cluster,
+        "install",
+        RELEASE,
+        OPERATOR_NAMESPACE,
+        [CHART_CI / "minimal-values.yaml", operator_values(stage)],
+    )
     selector = f"app.kubernetes.io/instance={RELEASE}"
     assert "STATUS: deployed" in install.stdout, (
         install.stdout
@@ -241,32 +221,21 @@ def guarded_model(stage: Stage, repository: str) -> dict:
     """The worked example's manifest, made to run on the real CPU node from local images."""
     manifest: dict = yaml.safe_load((repo_root() / "examples" / "fashion-mnist.yaml").read_text())
     manifest["metadata"] = {"name": MODEL, "namespace": MODEL_NAMESPACE}
-    spec = manifest["spec"]
-    spec["model"]["repository"] = repository
-    spec["triton"] = {
-        "image": stage.triton.reference,
-        "resources": CPU_TRITON_RESOURCES,
-        "nodeSelector": {REAL_NODE_LABEL: "real"},
-        "tolerations": [],
-        "shmSize": "64Mi",
-    }
-    spec["sidecar"] = {
-        "image": stage.product.reference,
-        "resources": {"requests": {"cpu": "200m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
-    }
-    return manifest
+    return real_pods.real_node_manifest(manifest, repository=repository, built=stage.images)
 
 
 @pytest.fixture(scope="module")
-def model_url(stage: Stage) -> Iterator[str]:
+def example() -> Any:
     from guardedmodel_fit.example import DEFAULT_OUT, build_example
 
-    build = build_example(DEFAULT_OUT, versions=("1", "2"), progress=False)
-    pack_model(build.model_dir, stage.workdir / "public")
-    host = gateway_address(RealNodeSpec().pod_cidr)
-    with serve_folder(stage.workdir / "public", host) as (url, requests):
+    return build_example(DEFAULT_OUT, versions=("1", "2"), progress=False)
+
+
+@pytest.fixture(scope="module")
+def model_url(stage: Stage, example: Any) -> Iterator[str]:
+    with real_pods.serve_model(example.model_dir, stage.workdir) as (url, requests):
         yield url
-        assert f"/{build.model_dir.name}.tar.gz" in requests
+        assert f"/{example.model_dir.name}.tar.gz" in requests
 
 
 def model_pods(cluster: LocalCluster) -> list[dict]:
@@ -313,8 +282,8 @@ def test_the_guarded_model_pod_is_admitted_in_a_restricted_namespace_and_schedul
     (fetch,) = spec["initContainers"]
     assert fetch["name"] == "fetch-model" and f"--repository={model_url}" in fetch["args"]
     containers = {c["name"]: c for c in spec["containers"]}
-    assert containers["triton"]["image"] == stage.triton.reference
-    assert containers["sidecar"]["image"] == fetch["image"] == stage.product.reference
+    assert containers["triton"]["image"] == stage.images.triton.reference
+    assert containers["sidecar"]["image"] == fetch["image"] == stage.images.product.reference
     # CPU only: the default GPU limit was replaced as a whole.
     assert "nvidia.com/gpu" not in json.dumps(containers["triton"]["resources"])
 
@@ -345,17 +314,28 @@ def test_the_guarded_model_becomes_ready_with_both_containers_ready(stage: Stage
     assert init["name"] == "fetch-model" and init["state"]["terminated"]["exitCode"] == 0
 
 
-def test_tritonclient_gets_guarded_answers_from_the_pod(stage: Stage) -> None:
-    import tritonclient.http as httpclient
+def sidecar_address(cluster: LocalCluster) -> str:
+    """Where the Service would send a client: a ready endpoint of the model's http port."""
+    return wait_for(
+        "a ready endpoint of the model's Service",
+        lambda: real_pods.ready_endpoint(cluster, MODEL_NAMESPACE, MODEL, "http"),
+        60,
+        lambda: explain_model(cluster),
+    )
 
-    from guardedmodel_fit.example import DEFAULT_OUT, build_example
+
+def test_tritonclient_gets_guarded_answers_through_the_service_and_prometheus_scrapes_the_pod(
+    stage: Stage, example: Any
+) -> None:
+    import tritonclient.http as httpclient
 
     cluster = stage.cluster
     (pod,) = [p for p in model_pods(cluster) if ready(p)]
-    build = build_example(DEFAULT_OUT, versions=("1", "2"), progress=False)
-    good = np.asarray(build.dataset("validation").inputs, dtype=np.float32)[:16]
-    digits = np.asarray(build.dataset("digits").inputs, dtype=np.float32)[:16]
-    client = httpclient.InferenceServerClient(f"{pod['status']['podIP']}:{SIDECAR_HTTP_PORT}")
+    address = sidecar_address(cluster)
+    assert address == f"{pod['status']['podIP']}:8080"
+    good = np.asarray(example.dataset("validation").inputs, dtype=np.float32)[:16]
+    digits = np.asarray(example.dataset("digits").inputs, dtype=np.float32)[:16]
+    client = httpclient.InferenceServerClient(address)
     try:
 
         def infer(rows: np.ndarray) -> list[str]:
@@ -370,48 +350,233 @@ def test_tritonclient_gets_guarded_answers_from_the_pod(stage: Stage) -> None:
         in_distribution, far = infer(good), infer(digits)
     finally:
         client.close()
-    # What a Prometheus on the host scrapes from the pod IP: the answers just given, by decision.
-    with urllib.request.urlopen(
-        f"http://{pod['status']['podIP']}:{SIDECAR_METRICS_PORT}/metrics"
-    ) as response:
-        metrics = response.read().decode()
-    counted = sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in metrics.splitlines()
-        if line.startswith("guardedmodel_requests_total{")
-    )
-    # Three requests of 1, 16 and 16 rows: counted per request or per row, depending on the batch policy.
-    assert 3 <= counted <= 33, metrics
     assert len(first) == 1 and first[0] in {"accept", "review", "reject"}
     assert len(in_distribution) == len(far) == 16
     # alpha 0.05: most in-distribution rows pass, most handwritten digits are refused.
     assert in_distribution.count("reject") <= 4, in_distribution
     assert far.count("reject") >= 12, far
+    # Prometheus found the pod through the API server and scraped the answers just given, under the
+    # labels the operator's queries and the chart's alerts select on.
+    query = (
+        f'sum(guardedmodel_requests_total{{namespace="{MODEL_NAMESPACE}",guardedmodel_io_name="{MODEL}"}})'
+    )
+
+    def counted() -> float:
+        samples = stage.prometheus.query(query)
+        return float(samples[0]["value"][1]) if samples else 0.0
+
+    # Three requests of 1, 16 and 16 rows: counted per request or per row, depending on the batch policy.
+    total = wait_for("Prometheus to scrape the pod", lambda: counted() >= 3, 30, stage.prometheus.targets)
+    assert total and 3 <= counted() <= 33, counted()
+    (target,) = [t for t in stage.prometheus.targets() if t["health"] == "up"]
+    assert target["labels"]["pod"] == pod["metadata"]["name"], target
+    assert target["scrapeUrl"] == f"http://{pod['status']['podIP']}:{SIDECAR_METRICS_PORT}/metrics"
 
 
-def release_leftovers(cluster: LocalCluster, namespaces: list[str]) -> list[str]:
+def gm_status(cluster: LocalCluster) -> dict:
+    return dict(cluster.kubectl_json("get", "gm", MODEL, "-n", MODEL_NAMESPACE).get("status") or {})
+
+
+def patch_model(cluster: LocalCluster, spec: dict) -> None:
+    cluster.kubectl(
+        "patch", "gm", MODEL, "-n", MODEL_NAMESPACE, "--type=merge", "-p", json.dumps({"spec": spec})
+    )
+
+
+def test_a_version_change_rolls_the_real_pod(stage: Stage) -> None:
+    """Version 2 changes the pod template: a new pod comes up beside the old one (maxSurge 1,
+    maxUnavailable 0) and takes over; the old one goes. The canary of version 2 starts."""
+    cluster = stage.cluster
+    (old,) = [p["metadata"]["name"] for p in model_pods(cluster) if ready(p)]
+    started = time.monotonic()
+    patch_model(cluster, {"model": {"version": "2"}})
+
+    def rolled() -> list[dict]:
+        current = model_pods(cluster)
+        for pod in current:
+            failing = crash_looping(pod)
+            if failing:
+                raise AssertionError(f"{failing}\n{explain_model(cluster)}")
+        names = {p["metadata"]["name"] for p in current}
+        return [p for p in current if ready(p)] if old not in names else []
+
+    (pod,) = wait_for("the pod rolled to version 2", rolled, 300, lambda: explain_model(cluster))
+    timed("version change to the rolled pod Ready", started)
+    assert pod["metadata"]["annotations"]["guardedmodel.io/model-version"] == "2"
+    assert pod["metadata"]["labels"]["app.kubernetes.io/version"] == "2"
+    assert all(c["restartCount"] == 0 for c in pod["status"]["containerStatuses"])
+    status = wait_for(
+        "the canary of version 2",
+        lambda: (s := gm_status(cluster)).get("canaryVersion") == "2" and s,
+        60,
+        lambda: explain_model(cluster),
+    )
+    assert status["stableVersion"] == "1"
+    CANARY_POD.append(pod["metadata"]["name"])
+
+
+def test_the_canary_is_rolled_back_by_a_routing_flip_without_a_restart(stage: Stage, example: Any) -> None:
+    """In-distribution traffic through the Service: the canary (a weaker model) gets its share, the
+    operator reads both versions' metrics from Prometheus and rolls version 2 back. Routing flips in
+    the running sidecar, which keeps both versions loaded: the same pod, no restart, answers from
+    version 1 only."""
+    from guardedmodel_cli.demo_traffic import send
+
+    cluster = stage.cluster
+    rows = np.asarray(example.dataset("validation").inputs, dtype=np.float32)[:40]
+    started = time.monotonic()
+    versions: dict[str, int] = {}
+
+    def rolled_back() -> dict:
+        outcome = send(sidecar_address(cluster), rows)
+        for version, count in outcome.versions.items():
+            versions[version] = versions.get(version, 0) + count
+        status = gm_status(cluster)
+        history = status.get("history") or []
+        return (
+            status
+            if any(h.get("version") == "2" and h.get("outcome") == "RolledBack" for h in history)
+            else {}
+        )
+
+    status = wait_for(
+        "the canary rolled back", rolled_back, 300, lambda: f"{versions}\n{explain_model(cluster)}"
+    )
+    timed("canary to rollback (with traffic)", started)
+    assert status["stableVersion"] == "1" and not status.get("canaryVersion"), status
+    assert status["phase"] == "RolledBack", status
+    assert versions.get("2", 0) > 0, versions  # the canary did serve its share
+    (pod,) = [p for p in model_pods(cluster) if ready(p)]
+    assert pod["metadata"]["name"] == CANARY_POD[0]
+    assert all(c["restartCount"] == 0 for c in pod["status"]["containerStatuses"])
+    after = send(sidecar_address(cluster), rows[:20])
+    assert dict(after.versions) == {"1": 20}, after.versions
+
+
+def operator_pods(cluster: LocalCluster, namespace: str, release: str) -> list[dict]:
+    return pods(cluster, namespace, f"app.kubernetes.io/instance={release}")
+
+
+def reconciled_after_a_change(cluster: LocalCluster, review_below: float) -> None:
+    """Change the spec and wait for the operator to observe it: whoever manages the model now works."""
+    patch_model(cluster, {"confidence": {"reviewBelow": review_below}})
+    generation = cluster.kubectl_json("get", "gm", MODEL, "-n", MODEL_NAMESPACE)["metadata"]["generation"]
+    wait_for(
+        "the operator to observe the change",
+        lambda: gm_status(cluster).get("observedGeneration") == generation,
+        90,
+        lambda: explain_model(cluster),
+    )
+
+
+def test_helm_upgrade_to_all_features_keeps_the_model_reconciled(stage: Stage) -> None:
+    """Two operator replicas with kopf peering, the ServiceMonitor, PrometheusRule and NetworkPolicy;
+    the model's namespace added to the watched ones; the model pod is not touched."""
+    cluster = stage.cluster
+    install_prometheus_operator_crds(cluster)
+    overlay = stage.workdir / "all-features-here.yaml"
+    watched = yaml.safe_load((CHART_CI / "all-features-values.yaml").read_text())["watchNamespaces"]
+    for namespace in watched:
+        cluster.kubectl("create", "namespace", namespace, check=False)
+    overlay.write_text(yaml.safe_dump({"watchNamespaces": [MODEL_NAMESPACE, *watched]}))
+    (model_pod,) = [p["metadata"]["name"] for p in model_pods(cluster) if ready(p)]
+    started = time.monotonic()
+    upgrade = real_pods.helm_release(
+        cluster, "upgrade", RELEASE, OPERATOR_NAMESPACE,
+        [CHART_CI / "all-features-values.yaml", operator_values(stage), overlay],
+    )  # fmt: skip
     selector = f"app.kubernetes.io/instance={RELEASE}"
-    found = []
-    for namespace in namespaces:
-        found += cluster.kubectl(
-            "get", NAMESPACED_KINDS, "-n", namespace, "-l", selector, "-o", "name"
-        ).stdout.split()
-    found += cluster.kubectl("get", CLUSTER_KINDS, "-l", selector, "-o", "name").stdout.split()
-    return found
+    assert "STATUS: deployed" in upgrade.stdout, (
+        upgrade.stdout + upgrade.stderr + describe(cluster, OPERATOR_NAMESPACE, "pods", "-l", selector)
+    )
+    timed("helm upgrade to all features", started)
+    running = wait_for(
+        "two Ready operator pods of the upgraded release",
+        lambda: (
+            len(r := [p for p in operator_pods(cluster, OPERATOR_NAMESPACE, RELEASE) if ready(p)]) == 2 and r
+        ),
+        120,
+        lambda: describe(cluster, OPERATOR_NAMESPACE, "pods"),
+    )
+    assert {p["spec"]["nodeName"] for p in running} == {"real-node"}
+    kinds = cluster.kubectl(
+        "get",
+        "servicemonitors,prometheusrules,networkpolicies",
+        "-n",
+        OPERATOR_NAMESPACE,
+        "-l",
+        selector,
+        "-o",
+        "name",
+    ).stdout.split()
+    assert len(kinds) == 3, kinds
+    assert "2" in cluster.helm("history", RELEASE, "-n", OPERATOR_NAMESPACE).stdout
+    reconciled_after_a_change(cluster, 0.55)
+    assert [p["metadata"]["name"] for p in model_pods(cluster) if ready(p)] == [model_pod]
+
+
+def namespaces_of_the_release() -> list[str]:
+    watched = yaml.safe_load((CHART_CI / "all-features-values.yaml").read_text())["watchNamespaces"]
+    return [OPERATOR_NAMESPACE, MODEL_NAMESPACE, *watched]
 
 
 def test_helm_uninstall_leaves_nothing_of_the_release(stage: Stage) -> None:
     cluster = stage.cluster
-    cluster.kubectl("delete", "gm", MODEL, "-n", MODEL_NAMESPACE, "--wait=true", "--timeout=60s")
     uninstall = cluster.helm("uninstall", RELEASE, "-n", OPERATOR_NAMESPACE, "--wait", check=False)
     assert uninstall.returncode == 0, uninstall.stderr
     wait_for(
         "nothing left of the release",
-        lambda: not release_leftovers(cluster, [OPERATOR_NAMESPACE, MODEL_NAMESPACE]),
+        lambda: not release_leftovers(cluster, RELEASE, namespaces_of_the_release()),
         60,
-        lambda: "\n".join(release_leftovers(cluster, [OPERATOR_NAMESPACE, MODEL_NAMESPACE])),
+        lambda: "\n".join(release_leftovers(cluster, RELEASE, namespaces_of_the_release())),
     )
     assert cluster.helm("list", "-A", "-q").stdout.strip() == ""
+
+
+SOLO = "solo"
+
+
+def test_a_single_namespace_release_in_the_restricted_namespace_takes_the_model_over(stage: Stage) -> None:
+    """ci/single-namespace-values.yaml installed where the model lives: its operator pod is admitted
+    by the restricted standard, and under a namespaced Role alone it reconciles the model."""
+    cluster = stage.cluster
+    started = time.monotonic()
+    install = real_pods.helm_release(
+        cluster,
+        "install",
+        SOLO,
+        MODEL_NAMESPACE,
+        [CHART_CI / "single-namespace-values.yaml", operator_values(stage)],
+    )
+    assert "STATUS: deployed" in install.stdout, (
+        install.stdout
+        + install.stderr
+        + describe(cluster, MODEL_NAMESPACE, "pods", "-l", f"app.kubernetes.io/instance={SOLO}")
+    )
+    timed("single-namespace release to operator Ready", started)
+    (pod,) = operator_pods(cluster, MODEL_NAMESPACE, SOLO)
+    assert ready(pod) and pod["spec"]["nodeName"] == "real-node"
+    kinds = cluster.kubectl("get", "clusterroles,clusterrolebindings", "-l", f"app.kubernetes.io/instance={SOLO}",
+                            "-o", "name").stdout.split()  # fmt: skip
+    assert kinds == []
+    reconciled_after_a_change(cluster, 0.6)
+
+
+def test_deleting_the_model_and_uninstalling_leave_nothing(stage: Stage) -> None:
+    cluster = stage.cluster
+    cluster.kubectl("delete", "gm", MODEL, "-n", MODEL_NAMESPACE, "--wait=true", "--timeout=90s")
+    wait_for("the model's pods gone", lambda: not model_pods(cluster), 90, lambda: explain_model(cluster))
+    uninstall = cluster.helm("uninstall", SOLO, "-n", MODEL_NAMESPACE, "--wait", check=False)
+    assert uninstall.returncode == 0, uninstall.stderr
+    wait_for(
+        "nothing left of the release",
+        lambda: not release_leftovers(cluster, SOLO, [MODEL_NAMESPACE]),
+        60,
+        lambda: "\n".join(release_leftovers(cluster, SOLO, [MODEL_NAMESPACE])),
+    )
+    leftovers = cluster.kubectl("get", "all,configmaps,serviceaccounts,roles,rolebindings,networkpolicies",
+                                "-n", MODEL_NAMESPACE, "-o", "name").stdout.split()  # fmt: skip
+    assert [o for o in leftovers if "kube-root-ca" not in o and not o.endswith("/default")] == []
 
 
 def test_stopping_the_cluster_restores_the_host(stage: Stage) -> None:
@@ -419,7 +584,7 @@ def test_stopping_the_cluster_restores_the_host(stage: Stage) -> None:
     assert node is not None
     node_dir = node.node_dir
     started = time.monotonic()
-    cordon(stage.cluster)
+    stage.monitoring.close()
     stage.cluster.down()
     timed("cluster stop with host restore", started)
     assert node_leftovers(node_dir, RealNodeSpec(), stage.before) == []

@@ -12,6 +12,7 @@ import pytest
 import yaml
 from gm_operator_helpers import REPO, Namespace, OperatorProcess, eventually, minimal_example
 
+from guardedmodel_testground.chart_release import install_prometheus_operator_crds, release_leftovers
 from guardedmodel_testground.cluster import LocalCluster
 
 pytestmark = pytest.mark.integration
@@ -133,45 +134,6 @@ def test_operator_works_with_exactly_the_charts_rbac(
 
 
 SCENARIOS = sorted(p.name for p in (REPO / "charts" / "guardedmodel" / "ci").glob("*-values.yaml"))
-# Namespaced kinds the chart can create, and its cluster-scoped ones: after `helm uninstall`
-# none of them may carry the release's instance label.
-NAMESPACED_KINDS = (
-    "deployments,replicasets,pods,services,serviceaccounts,roles,rolebindings,networkpolicies,"
-    "servicemonitors.monitoring.coreos.com,prometheusrules.monitoring.coreos.com"
-)
-CLUSTER_KINDS = "clusterroles,clusterrolebindings"
-
-
-def prometheus_operator_crds() -> list[dict]:
-    """The two Prometheus-operator kinds the chart can create, as a cluster with that operator
-    serves them (schema-less here: the chart's objects are checked by helm's own schema)."""
-
-    def crd(kind: str, plural: str) -> dict:
-        return {
-            "apiVersion": "apiextensions.k8s.io/v1",
-            "kind": "CustomResourceDefinition",
-            "metadata": {"name": f"{plural}.monitoring.coreos.com"},
-            "spec": {
-                "group": "monitoring.coreos.com",
-                "scope": "Namespaced",
-                "names": {"kind": kind, "plural": plural},
-                "versions": [
-                    {
-                        "name": "v1",
-                        "served": True,
-                        "storage": True,
-                        "schema": {
-                            "openAPIV3Schema": {
-                                "type": "object",
-                                "x-kubernetes-preserve-unknown-fields": True,
-                            }
-                        },
-                    }
-                ],
-            },
-        }
-
-    return [crd("ServiceMonitor", "servicemonitors"), crd("PrometheusRule", "prometheusrules")]
 
 
 def test_ci_scenarios_cover_minimal_all_features_and_single_namespace() -> None:
@@ -212,21 +174,6 @@ def test_single_namespace_scope_refuses_other_watched_namespaces(cluster: LocalC
     assert result.returncode != 0 and "scope" in result.stderr, result.stderr
 
 
-def leftovers(cluster: LocalCluster, release: str, namespaces: list[str]) -> list[str]:
-    selector = f"app.kubernetes.io/instance={release}"
-    found = []
-    for namespace in namespaces:
-        out = cluster.kubectl("get", NAMESPACED_KINDS, "-n", namespace, "-l", selector, "-o", "name").stdout
-        found += out.split()
-        # kopf's peering objects carry no labels: look them up by the chart's name
-        out = cluster.kubectl("get", "kopfpeerings.kopf.dev", "-n", namespace, "-o", "name", check=False)
-        found += out.stdout.split()
-    found += cluster.kubectl("get", CLUSTER_KINDS, "-l", selector, "-o", "name").stdout.split()
-    out = cluster.kubectl("get", "clusterkopfpeerings.kopf.dev", "-o", "name", check=False)
-    found += out.stdout.split()
-    return found
-
-
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_ci_scenario_installs_and_uninstalls_leaving_nothing_behind(
     namespace: Namespace, scenario: str
@@ -239,8 +186,7 @@ def test_ci_scenario_installs_and_uninstalls_leaving_nothing_behind(
     namespaces = [namespace.name, *values.get("watchNamespaces", [])]
     for extra in namespaces[1:]:
         cluster.kubectl("create", "namespace", extra, check=False)
-    cluster.kubectl("apply", "--server-side", "-f", "-", input=yaml.safe_dump_all(prometheus_operator_crds()))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/servicemonitors.monitoring.coreos.com")
+    install_prometheus_operator_crds(cluster)
     try:
         install = cluster.helm(
             "install", release, CHART, "-n", namespace.name, "-f", f"{CHART}/ci/{scenario}",
@@ -254,11 +200,13 @@ def test_ci_scenario_installs_and_uninstalls_leaving_nothing_behind(
             ).stdout
         )["items"]
         assert [p["status"]["phase"] for p in pods] == ["Running"] * replicas
-        assert leftovers(cluster, release, namespaces)
+        assert release_leftovers(cluster, release, namespaces)
     finally:
         cluster.helm("uninstall", release, "-n", namespace.name, "--wait", check=False)
     # (the CRDs from the chart's crds/ stay, as Helm always leaves them: deleting a CRD deletes
     # every GuardedModel in the cluster)
-    eventually("nothing left of the release", lambda: not leftovers(cluster, release, namespaces), timeout=60)
+    eventually(
+        "nothing left of the release", lambda: not release_leftovers(cluster, release, namespaces), timeout=60
+    )
     for extra in namespaces[1:]:
         cluster.kubectl("delete", "namespace", extra, "--wait=false", check=False)
