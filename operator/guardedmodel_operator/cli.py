@@ -12,7 +12,7 @@ from .config import ConfigError, OperatorConfig, add_arguments  # noqa: F401  (a
 
 def run(args: argparse.Namespace) -> int:
     try:
-        config = OperatorConfig.from_env().with_args(args)
+        config = OperatorConfig.from_env().with_args(args).with_priority_drawn()
     except ConfigError as error:
         print(f"guardedmodel operator: {error}", file=sys.stderr)
         return 2

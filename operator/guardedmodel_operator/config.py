@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Mapping
+import secrets
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 ENV_PREFIX = "GUARDEDMODEL_"
+#: `priority` meaning "draw a random one for this process" (see OperatorConfig.priority).
+RANDOM_PRIORITY = -1
+PRIORITY_DRAW_RANGE = 2**15
 
 DEFAULT_TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:25.01-py3"
 DEFAULT_SIDECAR_IMAGE = "ghcr.io/guardedmodel/guardedmodel:0.1.0"
@@ -41,7 +45,11 @@ class OperatorConfig:
     # peering, which needs the KopfPeering CRDs the chart installs); without
     # one the operator runs standalone and must be the only replica.
     peering_name: str = ""
-    priority: int = 0
+    # kopf pauses every operator that sees a peer of higher priority, and all of them when the
+    # highest priorities tie, so identical replicas must not share one: RANDOM_PRIORITY (the
+    # default) draws one per process (`with_priority_drawn`), and the replica that draws the
+    # highest is the active one.
+    priority: int = RANDOM_PRIORITY
     # A watch that sees no event for this long is re-established: some load
     # balancers and API server versions silently drop idle watch streams.
     watch_server_timeout_s: int = 300  # the API server wants whole seconds
@@ -106,6 +114,15 @@ class OperatorConfig:
     @property
     def clusterwide(self) -> bool:
         return not self.namespaces
+
+    def with_priority_drawn(self, draw: Callable[[], int] | None = None) -> OperatorConfig:
+        """This process's peering priority: the configured one, or a random one in
+        [1, PRIORITY_DRAW_RANGE] (two replicas tie with probability 1 in 2^15; a tie pauses both
+        until one restarts)."""
+        if self.priority != RANDOM_PRIORITY:
+            return self
+        draw = draw or (lambda: 1 + secrets.randbelow(PRIORITY_DRAW_RANGE))
+        return replace(self, priority=draw())
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -177,7 +194,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--metrics-port", "operator metrics port, 0 disables", type=int)
     add("--health-endpoint", "liveness URL to serve, e.g. http://0.0.0.0:8080/healthz; '' disables")
     add("--peering-name", "kopf peering object name for running several replicas; '' = standalone")
-    add("--priority", "peering priority", type=int)
+    add(
+        "--priority",
+        "peering priority; -1 (default) = a random one per process, so one replica is active",
+        type=int,
+    )
     add("--worker-limit", "objects processed concurrently", type=int)
     add("--watch-server-timeout-s", type=int)
     add("--watch-client-timeout-s", type=float)

@@ -53,3 +53,13 @@ def test_flags_override_env_only_when_given() -> None:
 def test_bad_values_are_refused_with_a_reason(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         OperatorConfig.from_env(env)
+
+
+def test_replicas_draw_their_own_peering_priority_unless_one_is_configured() -> None:
+    """kopf pauses every replica whose peers tie with it at the highest priority: identical replicas
+    must not all run with the same one."""
+    drawn = {OperatorConfig(peering_name="p").with_priority_drawn().priority for _ in range(20)}
+    assert len(drawn) > 1 and all(1 <= p <= 2**15 for p in drawn)
+    assert OperatorConfig(peering_name="p").with_priority_drawn(lambda: 7).priority == 7
+    assert OperatorConfig.from_env({"GUARDEDMODEL_PRIORITY": "0"}).with_priority_drawn().priority == 0
+    assert OperatorConfig.from_env({"GUARDEDMODEL_PRIORITY": "250"}).with_priority_drawn().priority == 250
