@@ -45,7 +45,14 @@ import yaml
 from guardedmodel_cli import demo_output as out
 from guardedmodel_cli.demo_output import say
 from guardedmodel_cli.demo_real_pods import RealPodsError, RealPodsStage
-from guardedmodel_cli.demo_traffic import Outcome, mixed_batch, send, send_batches, traffic_sets
+from guardedmodel_cli.demo_traffic import (
+    Outcome,
+    connection_lost,
+    mixed_batch,
+    send,
+    send_batches,
+    traffic_sets,
+)
 from guardedmodel_testground import stack as local_stack
 from guardedmodel_testground.cluster import LocalCluster
 from guardedmodel_testground.paths import default_state_dir, repo_root
@@ -360,7 +367,7 @@ class Demo:
         for _ in range(3):
             try:
                 return send(self.sidecar_address(), inputs)
-            except OSError:
+            except connection_lost():
                 time.sleep(1)
         return send(self.sidecar_address(), inputs)
 

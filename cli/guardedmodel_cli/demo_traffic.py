@@ -48,6 +48,14 @@ def traffic_sets(build: Any, requests: int) -> dict[str, np.ndarray]:
     }
 
 
+def connection_lost() -> tuple[type[BaseException], ...]:
+    """What tritonclient's HTTP client raises when the server goes away mid-request (a pod that
+    rolls): refused or reset connections, or one closed before the response's headers."""
+    from geventhttpclient.response import HTTPConnectionClosed
+
+    return (OSError, HTTPConnectionClosed)
+
+
 def send(address: str, inputs: np.ndarray) -> Outcome:
     """One request per input to the sidecar's HTTP listener at `address` (host:port); the guard's
     decision read from each answer."""

@@ -142,27 +142,28 @@ def test_the_images_are_imported_into_the_real_node(stage: Stage) -> None:
     assert {stage.images.product.reference, stage.images.triton.reference, real_pods.CHART_IMAGE} <= set(held)
 
 
-def operator_values(stage: Stage) -> Path:
-    return real_pods.operator_values(stage.workdir, stage.prometheus.url)
+def deploy_release(stage: Stage, verb: str, release: str, namespace: str, *values: Path) -> None:
+    """`helm install|upgrade` of a ci scenario plus the real node's values; on failure, why (the
+    release's pods, their events and their previous logs)."""
+    result = real_pods.helm_release(
+        stage.cluster, verb, release, namespace,
+        [values[0], real_pods.operator_values(stage.workdir, stage.prometheus.url), *values[1:]],
+    )  # fmt: skip
+    selector = f"app.kubernetes.io/instance={release}"
+    previous = stage.cluster.kubectl("logs", "-n", namespace, "-l", selector, "--previous", check=False)
+    assert "STATUS: deployed" in result.stdout, (
+        result.stdout
+        + result.stderr
+        + describe(stage.cluster, namespace, "pods", "-l", selector)
+        + previous.stdout
+    )
 
 
 def test_helm_install_runs_the_operator_pod_on_the_real_node(stage: Stage) -> None:
     cluster = stage.cluster
     started = time.monotonic()
-    install = real_pods.helm_release(
-        cluster,
-        "install",
-        RELEASE,
-        OPERATOR_NAMESPACE,
-        [CHART_CI / "minimal-values.yaml", operator_values(stage)],
-    )
+    deploy_release(stage, "install", RELEASE, OPERATOR_NAMESPACE, CHART_CI / "minimal-values.yaml")
     selector = f"app.kubernetes.io/instance={RELEASE}"
-    assert "STATUS: deployed" in install.stdout, (
-        install.stdout
-        + install.stderr
-        + describe(cluster, OPERATOR_NAMESPACE, "pods", "-l", selector)
-        + cluster.kubectl("logs", "-n", OPERATOR_NAMESPACE, "-l", selector, "--previous", check=False).stdout
-    )
     (pod,) = pods(cluster, OPERATOR_NAMESPACE, selector)
     timed("helm install to operator Ready", started)
     assert ready(pod)
@@ -487,14 +488,10 @@ def test_helm_upgrade_to_all_features_keeps_the_model_reconciled(stage: Stage) -
     overlay.write_text(yaml.safe_dump({"watchNamespaces": [MODEL_NAMESPACE, *watched]}))
     (model_pod,) = [p["metadata"]["name"] for p in model_pods(cluster) if ready(p)]
     started = time.monotonic()
-    upgrade = real_pods.helm_release(
-        cluster, "upgrade", RELEASE, OPERATOR_NAMESPACE,
-        [CHART_CI / "all-features-values.yaml", operator_values(stage), overlay],
-    )  # fmt: skip
-    selector = f"app.kubernetes.io/instance={RELEASE}"
-    assert "STATUS: deployed" in upgrade.stdout, (
-        upgrade.stdout + upgrade.stderr + describe(cluster, OPERATOR_NAMESPACE, "pods", "-l", selector)
+    deploy_release(
+        stage, "upgrade", RELEASE, OPERATOR_NAMESPACE, CHART_CI / "all-features-values.yaml", overlay
     )
+    selector = f"app.kubernetes.io/instance={RELEASE}"
     timed("helm upgrade to all features", started)
     running = wait_for(
         "two Ready operator pods of the upgraded release",
@@ -547,18 +544,7 @@ def test_a_single_namespace_release_in_the_restricted_namespace_takes_the_model_
     by the restricted standard, and under a namespaced Role alone it reconciles the model."""
     cluster = stage.cluster
     started = time.monotonic()
-    install = real_pods.helm_release(
-        cluster,
-        "install",
-        SOLO,
-        MODEL_NAMESPACE,
-        [CHART_CI / "single-namespace-values.yaml", operator_values(stage)],
-    )
-    assert "STATUS: deployed" in install.stdout, (
-        install.stdout
-        + install.stderr
-        + describe(cluster, MODEL_NAMESPACE, "pods", "-l", f"app.kubernetes.io/instance={SOLO}")
-    )
+    deploy_release(stage, "install", SOLO, MODEL_NAMESPACE, CHART_CI / "single-namespace-values.yaml")
     timed("single-namespace release to operator Ready", started)
     (pod,) = operator_pods(cluster, MODEL_NAMESPACE, SOLO)
     assert ready(pod) and pod["spec"]["nodeName"] == "real-node"
