@@ -46,6 +46,7 @@ from guardedmodel_cli import demo_output as out
 from guardedmodel_cli.demo_output import say
 from guardedmodel_cli.demo_real_pods import RealPodsError, RealPodsStage
 from guardedmodel_cli.demo_traffic import (
+    FreshRows,
     Outcome,
     connection_lost,
     mixed_batch,
@@ -119,7 +120,8 @@ class Demo:
         self.stack = contextlib.ExitStack()
         self.record: dict[str, Any] = {}
         self.ood_alpha: float | None = None  # spec.gate.ood.alpha of the applied manifest
-        self.in_distribution = np.empty((0, 1, 28, 28), dtype=np.float32)
+        # Sustained in-distribution traffic for the canary and drift acts: fresh validation rows.
+        self.validation = FreshRows(np.empty((0, 1, 28, 28), dtype=np.float32))
         self.ports = {name: free_port() for name in ("http", "grpc", "metrics")}
         self.operator_ports = local_stack.OperatorPorts.free()
         self.pods = RealPodsStage(self.stack, state_dir, NAMESPACE, timeout) if real_pods else None
@@ -231,7 +233,7 @@ class Demo:
     def guard_traffic(self, build: Any) -> None:
         say("Traffic through the sidecar (tritonclient, unchanged), per input category")
         data = traffic_sets(build, self.requests)
-        self.in_distribution = data["in-distribution"]
+        self.validation = FreshRows(np.asarray(build.dataset("validation").inputs, dtype=np.float32))
         outcomes = {name: self.send(inputs) for name, inputs in data.items()}
         out.print_table(outcomes)
         self.record["traffic"] = {name: dict(o.decisions) for name, o in outcomes.items()}
@@ -281,7 +283,7 @@ class Demo:
         deadline = time.monotonic() + self.timeout
         seen_weights: list[int] = []
         while time.monotonic() < deadline:
-            self.send(self.in_distribution, while_rolling=True)
+            self.send(self.validation.next(self.requests), while_rolling=True)
             status = self.status()
             weight = int(status.get("canaryWeight") or 0)
             if status.get("canaryVersion") and weight and (not seen_weights or seen_weights[-1] != weight):
@@ -310,14 +312,13 @@ class Demo:
         say(
             "Inputs drift (grey-level shift on every request); the continuous guard watches the stable version"
         )
-        shifted = np.clip(self.in_distribution * 0.5 + 0.45, 0.0, 1.0).astype(np.float32)
         deadline = time.monotonic() + self.timeout
         fired: set[str] = set()
         drift_score: float | None = None
         drift_p_value: float | None = None
         guard_acted = False
         while time.monotonic() < deadline and not (fired and guard_acted and drift_score is not None):
-            self.send(shifted)
+            self.send(np.clip(self.validation.next(self.requests) * 0.5 + 0.45, 0.0, 1.0))
             fired = {
                 a["labels"]["alertname"]
                 for a in self.alertmanager.alerts()

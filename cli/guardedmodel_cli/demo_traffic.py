@@ -25,6 +25,21 @@ class Outcome:
     refusals: list[str] = field(default_factory=list)
 
 
+@dataclass
+class FreshRows:
+    """Successive rows of a data set, cycling: sustained traffic that is a sample of the distribution.
+    Sending the same few rows again and again is not one: the drift test rightly calls such windows
+    drifted, whatever else changed."""
+
+    rows: np.ndarray
+    sent: int = 0
+
+    def next(self, count: int) -> np.ndarray:
+        index = np.arange(self.sent, self.sent + count) % len(self.rows)
+        self.sent += count
+        return self.rows[index]
+
+
 def traffic_sets(build: Any, requests: int) -> dict[str, np.ndarray]:
     """`requests` inputs per category, drawn from the worked example's data sets; the first
     category is the in-distribution sample the later acts reuse."""

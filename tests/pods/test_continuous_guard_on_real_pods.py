@@ -1,0 +1,198 @@
+"""The continuous guard end to end on real pods and real metrics: version 2 is promoted through its
+canary, its inputs then drift, and the operator rolls the promoted version back to the last good
+one, version 1, on what Prometheus scraped from the sidecar. Nothing here is a synthetic counter:
+the drift test runs in the sidecar on the traffic sent, Prometheus scrapes it from the pod, and the
+operator (a pod from the chart) queries Prometheus.
+
+The thresholds are set so that only drift can stop version 2 (it is a deliberately weaker model:
+review rate ~0.7 and estimated accuracy ~0.5 on in-distribution inputs), and the OOD rate limit is
+high enough that the grey-level shift breaks the drift test and PSI first.
+
+Needs root (`make test-pods`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+from pod_helpers import crash_looping, describe, pods, ready, wait_for
+
+from guardedmodel_cli.demo_traffic import FreshRows, send
+from guardedmodel_testground import real_pods
+from guardedmodel_testground.chart_release import release_leftovers
+from guardedmodel_testground.cluster import LocalCluster
+from guardedmodel_testground.paths import repo_root
+from guardedmodel_testground.real_node import RealNodeSpec
+
+pytestmark = pytest.mark.pods
+
+NAMESPACE = "guard"
+MODEL = "fashion"
+#: Only drift stops version 2: the quality limits are wide open, the drift limits are the example's.
+THRESHOLDS = {
+    "maxOodRate": 0.97,
+    "maxReviewRate": 1.0,
+    "minEstimatedAccuracy": 0.0,
+    "maxDriftScore": 0.5,
+    "maxErrorRate": 0.05,
+}
+
+
+@dataclass
+class Stage:
+    cluster: LocalCluster
+    address: Any  # () -> the model Service's ready endpoint
+    validation: FreshRows  # in-distribution rows the model was not trained on
+
+    def fresh(self, count: int = 40) -> np.ndarray:
+        return self.validation.next(count)
+
+
+@pytest.fixture(scope="module")
+def stage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stage]:
+    from guardedmodel_fit.example import DEFAULT_OUT, build_example
+
+    example = build_example(DEFAULT_OUT, versions=("1", "2"), progress=False)
+    built = real_pods.ensure_images()
+    workdir = tmp_path_factory.mktemp("continuous-guard")
+    with (
+        LocalCluster(workdir / "cluster", real_node=RealNodeSpec()) as cluster,
+        contextlib.ExitStack() as stack,
+    ):
+        assert cluster.real_node is not None
+        real_pods.import_images(cluster.real_node, built)
+        monitoring = real_pods.start_pod_monitoring(stack, workdir / "monitoring", cluster, [NAMESPACE])
+        url, _ = stack.enter_context(real_pods.serve_model(example.model_dir, workdir))
+        values = [
+            real_pods.CHART / "ci" / "minimal-values.yaml",
+            real_pods.operator_values(workdir, monitoring.prometheus.url),
+        ]
+        install = real_pods.helm_release(cluster, "install", "gm", real_pods.OPERATOR_NAMESPACE, values)
+        assert "STATUS: deployed" in install.stdout, install.stdout + install.stderr
+        cluster.kubectl("create", "namespace", NAMESPACE)
+        manifest: dict = yaml.safe_load((repo_root() / "examples" / "fashion-mnist.yaml").read_text())
+        manifest["metadata"] = {"name": MODEL, "namespace": NAMESPACE}
+        manifest["spec"]["rollout"]["thresholds"] = THRESHOLDS
+        cluster.kubectl(
+            "apply",
+            "-f",
+            "-",
+            input=yaml.safe_dump(real_pods.real_node_manifest(manifest, repository=url, built=built)),
+        )
+
+        def address() -> str:
+            return wait_for(
+                "a ready endpoint of the model's Service",
+                lambda: real_pods.ready_endpoint(cluster, NAMESPACE, MODEL, "http"),
+                120,
+                lambda: explain(cluster),
+            )
+
+        validation = np.asarray(example.dataset("validation").inputs, dtype=np.float32)
+        yield Stage(cluster, address, FreshRows(validation))
+        stack.close()
+
+
+def status(cluster: LocalCluster) -> dict:
+    return dict(cluster.kubectl_json("get", "gm", MODEL, "-n", NAMESPACE).get("status") or {})
+
+
+def model_pods(cluster: LocalCluster) -> list[dict]:
+    return pods(cluster, NAMESPACE, f"app.kubernetes.io/instance={MODEL}")
+
+
+def explain(cluster: LocalCluster) -> str:
+    logs = cluster.kubectl(
+        "logs",
+        "-n",
+        real_pods.OPERATOR_NAMESPACE,
+        "-l",
+        "app.kubernetes.io/instance=gm",
+        "--tail=40",
+        check=False,
+    ).stdout
+    return f"{json.dumps(status(cluster), indent=1)}\n{describe(cluster, NAMESPACE, 'pods')}\n{logs}"
+
+
+def history(cluster: LocalCluster) -> list[tuple[str, str]]:
+    return [(h.get("version", ""), h.get("outcome", "")) for h in status(cluster).get("history") or []]
+
+
+def test_version_1_becomes_ready(stage: Stage) -> None:
+    def model_ready() -> bool:
+        for pod in model_pods(stage.cluster):
+            if crash_looping(pod):
+                raise AssertionError(f"{crash_looping(pod)}\n{explain(stage.cluster)}")
+        return status(stage.cluster).get("phase") == "Ready"
+
+    wait_for("version 1 Ready", model_ready, 300, lambda: explain(stage.cluster))
+    assert status(stage.cluster)["stableVersion"] == "1"
+
+
+def test_version_2_is_promoted_through_its_canary(stage: Stage) -> None:
+    cluster = stage.cluster
+    cluster.kubectl(
+        "patch", "gm", MODEL, "-n", NAMESPACE, "--type=merge", "-p", '{"spec":{"model":{"version":"2"}}}'
+    )
+
+    def promoted() -> bool:
+        send(stage.address(), stage.fresh())
+        return ("2", "Promoted") in history(cluster) or ("2", "RolledBack") in history(cluster)
+
+    wait_for("version 2 promoted", promoted, 300, lambda: explain(cluster))
+    current = status(cluster)
+    assert ("2", "Promoted") in history(cluster), json.dumps(current["history"], indent=1)
+    assert current["stableVersion"] == "2" and current["lastGoodVersion"] == "1", current
+    answered = send(stage.address(), stage.fresh(20)).versions
+    assert set(answered) == {"2"}, answered
+
+
+def test_drift_on_the_promoted_version_rolls_it_back_to_the_last_good_one(stage: Stage) -> None:
+    """Grey-level shift on every request: the sidecar's drift test calls the windows drifted with a
+    PSI above maxDriftScore, the continuous guard rolls version 2 back to version 1, and the same
+    pod answers from version 1 (a routing flip, no restart)."""
+    cluster = stage.cluster
+    (pod,) = [p for p in model_pods(cluster) if ready(p)]
+    onset = time.monotonic()
+
+    def rolled_back() -> bool:
+        send(stage.address(), np.clip(stage.fresh() * 0.5 + 0.45, 0.0, 1.0))
+        return ("2", "RolledBack") in history(cluster)
+
+    wait_for("the promoted version rolled back", rolled_back, 300, lambda: explain(cluster))
+    seconds = time.monotonic() - onset
+    current = status(cluster)
+    assert current["stableVersion"] == "1" and current["lastGoodVersion"] == "1", current
+    message = next(
+        h["reason"] for h in current["history"] if h["version"] == "2" and h["outcome"] == "RolledBack"
+    )
+    assert "rolled back to last good version 1" in message and "drift" in message, message
+    (after,) = [p for p in model_pods(cluster) if ready(p)]
+    assert after["metadata"]["uid"] == pod["metadata"]["uid"]
+    assert all(c["restartCount"] == 0 for c in after["status"]["containerStatuses"])
+    answered = send(stage.address(), stage.fresh(20))
+    assert set(answered.versions) == {"1"}, (answered.versions, answered.refusals)
+    print(f"\ndrift onset to rollback (with traffic): {seconds:.1f} s")
+
+
+def test_deleting_the_model_and_uninstalling_leave_nothing(stage: Stage) -> None:
+    cluster = stage.cluster
+    cluster.kubectl("delete", "gm", MODEL, "-n", NAMESPACE, "--wait=true", "--timeout=90s")
+    wait_for("the model's pods gone", lambda: not model_pods(cluster), 90, lambda: explain(cluster))
+    uninstall = cluster.helm("uninstall", "gm", "-n", real_pods.OPERATOR_NAMESPACE, "--wait", check=False)
+    assert uninstall.returncode == 0, uninstall.stderr
+    namespaces = [real_pods.OPERATOR_NAMESPACE, NAMESPACE]
+    wait_for(
+        "nothing left of the release",
+        lambda: not release_leftovers(cluster, "gm", namespaces),
+        60,
+        lambda: "\n".join(release_leftovers(cluster, "gm", namespaces)),
+    )
