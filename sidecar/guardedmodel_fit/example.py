@@ -27,10 +27,11 @@ import argparse
 import hashlib
 import inspect
 import json
+import os
 import shutil
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -62,7 +63,17 @@ from .example_network import (
 )
 from .fit_config import FitConfig
 
-DEFAULT_OUT = Path("~/.cache/guardedmodel/examples").expanduser()
+
+def default_out(environ: Mapping[str, str] = os.environ) -> Path:
+    """Beside the test ground's other caches: $GUARDEDMODEL_CACHE, else $XDG_CACHE_HOME/guardedmodel,
+    else ~/.cache/guardedmodel (the same rule as guardedmodel_testground.paths.cache_dir)."""
+    base = environ.get("GUARDEDMODEL_CACHE") or str(
+        Path(environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "guardedmodel"
+    )
+    return Path(base).expanduser() / "examples"
+
+
+DEFAULT_OUT = default_out()
 
 
 @dataclass(frozen=True)

@@ -123,3 +123,13 @@ def test_fusion_options_on_the_command_line(workdir: Path, capsys: pytest.Captur
     assert isinstance(fused, FusedParams) and fused.members == ("knn", "vim") and fused.combination == "min"
     assert main([*base, "--out", str(workdir / "unfused"), "--fusion-members", ""]) == 0
     assert "fused" not in load_artifact(workdir / "unfused").detectors
+
+
+def test_the_worked_example_is_cached_beside_the_other_caches(tmp_path: Path) -> None:
+    """GUARDEDMODEL_CACHE, then XDG_CACHE_HOME, then ~/.cache: the test ground's rule, so an empty
+    cache directory really starts from scratch."""
+    from guardedmodel_fit.example import default_out
+
+    assert default_out({"GUARDEDMODEL_CACHE": str(tmp_path)}) == tmp_path / "examples"
+    assert default_out({"XDG_CACHE_HOME": str(tmp_path)}) == tmp_path / "guardedmodel" / "examples"
+    assert default_out({}) == Path.home() / ".cache" / "guardedmodel" / "examples"
