@@ -21,11 +21,12 @@ MANAGED_BY = "guardedmodel-operator"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 OWNER_NAME_LABEL = f"{GROUP}/name"
 
-# The hash of everything a child was built from. A pod template annotation with
-# it makes any spec change roll the Deployment; on other children it tells a
+# The hash of everything a child was built from: on a child's metadata it tells a
 # hand edit (hash unchanged, content differs) from a spec change.
 SPEC_HASH_ANNOTATION = f"{GROUP}/spec-hash"
-MODEL_VERSION_ANNOTATION = f"{GROUP}/model-version"
+# The hash of what the pods are built from (the spec without the model version and the
+# operator's own policy), on the pod template: a change rolls the pods, a version change does not.
+POD_HASH_ANNOTATION = f"{GROUP}/pod-hash"
 
 
 def selector_labels(name: str) -> dict[str, str]:

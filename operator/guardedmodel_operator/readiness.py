@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypedDict, Unpack
 
-from .labels import MODEL_VERSION_ANNOTATION, SPEC_HASH_ANNOTATION
+from .labels import POD_HASH_ANNOTATION
 from .rollout.phase import overlay
 from .status import Condition, condition, conditions_by_type
 
@@ -23,8 +23,7 @@ from .status import Condition, condition, conditions_by_type
 @dataclass(frozen=True)
 class DeploymentState:
     exists: bool
-    spec_hash: str | None = None
-    model_version: str | None = None
+    pod_hash: str | None = None
     generation: int = 0
     observed_generation: int = 0
     desired: int = 0
@@ -50,8 +49,7 @@ class DeploymentState:
         replica_failure = conditions.get("ReplicaFailure") or {}
         return cls(
             exists=True,
-            spec_hash=annotations.get(SPEC_HASH_ANNOTATION),
-            model_version=annotations.get(MODEL_VERSION_ANNOTATION),
+            pod_hash=annotations.get(POD_HASH_ANNOTATION),
             generation=int(meta.get("generation") or 0),
             observed_generation=int(status.get("observedGeneration") or 0),
             desired=int(spec.get("replicas", 1)),
@@ -65,11 +63,11 @@ class DeploymentState:
             else None,
         )
 
-    def rolled_out(self, spec_hash: str) -> bool:
+    def rolled_out(self, pod_hash: str) -> bool:
         """`kubectl rollout status` done, for the pod template built from this spec."""
         return (
             self.exists
-            and self.spec_hash == spec_hash
+            and self.pod_hash == pod_hash
             and self.observed_generation >= self.generation
             and self.updated >= self.desired
             and self.replicas == self.updated
@@ -84,11 +82,14 @@ class Verdict:
     ready: Condition
     progressing: Condition
     degraded: Condition
-    promote: bool
 
 
-def judge(dep: DeploymentState, *, spec_hash: str, spec_version: str, stable_version: str | None) -> Verdict:
-    """The one decision of this module: where the GuardedModel stands."""
+def judge(dep: DeploymentState, *, pod_hash: str, spec_version: str, stable_version: str | None) -> Verdict:
+    """The one decision of this module: where the GuardedModel stands.
+
+    The pods are judged against the pod hash, which leaves the model version out: a version edit
+    alone finds the pods rolled out, and the rollout controller moves traffic to it in them.
+    """
     ok = ("False", "AsExpected", "")
     if not dep.exists:
         return Verdict(
@@ -96,18 +97,16 @@ def judge(dep: DeploymentState, *, spec_hash: str, spec_version: str, stable_ver
             ("False", "DeploymentMissing", "the Deployment does not exist yet"),
             ("True", "Creating", "creating the Deployment"),
             ok,
-            promote=False,
         )
     counts = f"{dep.ready}/{dep.desired} replicas ready"
-    if dep.rolled_out(spec_hash):
+    if dep.rolled_out(pod_hash):
         return Verdict(
             "Ready",
             # The stable version is what answers traffic; during or after a canary it can differ
             # from the spec's (a rolled-back canary leaves the spec naming the refused version).
             ("True", "RolloutComplete", f"{counts}, serving version {stable_version or spec_version}"),
-            ("False", "RolloutComplete", f"version {spec_version} rolled out"),
+            ("False", "RolloutComplete", "the pods of this spec are rolled out"),
             ok,
-            promote=stable_version != spec_version,
         )
     serving = dep.ready > 0
     ready = (
@@ -115,8 +114,8 @@ def judge(dep: DeploymentState, *, spec_hash: str, spec_version: str, stable_ver
         if serving
         else ("False", "NoReadyReplicas", f"{counts}")
     )
-    if dep.deadline_exceeded and dep.spec_hash == spec_hash:
-        message = f"version {spec_version} made no progress within the deadline ({counts})"
+    if dep.deadline_exceeded and dep.pod_hash == pod_hash:
+        message = f"the pods of this spec made no progress within the deadline ({counts})"
         if dep.failure_message:
             message += f": {dep.failure_message}"
         return Verdict(
@@ -124,7 +123,6 @@ def judge(dep: DeploymentState, *, spec_hash: str, spec_version: str, stable_ver
             ready,
             ("False", "ProgressDeadlineExceeded", message),
             ("True", "ProgressDeadlineExceeded", message),
-            promote=False,
         )
     if dep.failure_message:
         return Verdict(
@@ -132,29 +130,22 @@ def judge(dep: DeploymentState, *, spec_hash: str, spec_version: str, stable_ver
             ready,
             ("True", "ReplicaFailure", dep.failure_message),
             ("True", "ReplicaFailure", dep.failure_message),
-            promote=False,
         )
-    rolling_same_spec = dep.spec_hash == spec_hash and dep.replicas == dep.updated
-    if rolling_same_spec and stable_version == spec_version and dep.observed_generation >= dep.generation:
+    rolling_same_spec = dep.pod_hash == pod_hash and dep.replicas == dep.updated
+    if rolling_same_spec and stable_version is not None and dep.observed_generation >= dep.generation:
         # The rollout finished earlier and pods have since been lost.
         return Verdict(
             "Degraded",
             ready,
-            ("False", "RolloutComplete", f"version {spec_version} rolled out"),
+            ("False", "RolloutComplete", "the pods of this spec are rolled out"),
             ("True", "ReplicasUnavailable", f"{counts}"),
-            promote=False,
         )
     phase = "Pending" if stable_version is None and not serving else "Progressing"
     return Verdict(
         phase,
         ready,
-        (
-            "True",
-            "RollingOut",
-            f"rolling out version {spec_version}: {dep.updated}/{dep.desired} updated, {counts}",
-        ),
+        ("True", "RollingOut", f"rolling out the pods: {dep.updated}/{dep.desired} updated, {counts}"),
         ok,
-        promote=False,
     )
 
 
@@ -163,7 +154,7 @@ class Observed(TypedDict):
     and of the reconcile's `desired_status`, which adds the first promotion to it."""
 
     generation: int
-    spec_hash: str
+    pod_hash: str
     spec_version: str
     now: str  # the time conditions change at, already formatted
 
@@ -176,7 +167,7 @@ def next_status(
     status: dict[str, Any] = copy.deepcopy(dict(current or {}))
     stable = status.get("stableVersion")
     verdict = judge(
-        dep, spec_hash=observed["spec_hash"], spec_version=observed["spec_version"], stable_version=stable
+        dep, pod_hash=observed["pod_hash"], spec_version=observed["spec_version"], stable_version=stable
     )
     # The rollout's phase (canary, rollback, breached guard) counts once the pods are Ready.
     phase, progressing, degraded = overlay(verdict.phase, verdict.progressing, verdict.degraded, status)
@@ -193,6 +184,6 @@ def next_status(
     return {k: v for k, v in status.items() if v is not None}
 
 
-def first_version_ready(status: Mapping[str, Any] | None, dep: DeploymentState, spec_hash: str) -> bool:
+def first_version_ready(status: Mapping[str, Any] | None, dep: DeploymentState, pod_hash: str) -> bool:
     """No version is stable yet and the pods of this spec are rolled out: the first promotion is due."""
-    return (status or {}).get("stableVersion") is None and dep.rolled_out(spec_hash)
+    return (status or {}).get("stableVersion") is None and dep.rolled_out(pod_hash)

@@ -47,7 +47,7 @@ def desired_status(
 ) -> dict[str, Any]:
     """The status this reconcile writes: the core's fields, and the first promotion once its pods are
     ready. Versions after the first are the rollout controller's (canary, instant, rollback). Pure."""
-    ready = first_version_ready(status, dep, observed["spec_hash"])
+    ready = first_version_ready(status, dep, observed["pod_hash"])
     first = observed["spec_version"] if ready else None
     return {**next_status(status, dep, **observed), **first_promotion(status, first, observed["now"])}
 
@@ -138,7 +138,7 @@ async def reconcile(
         status,
         DeploymentState.observe(live_deployment),
         generation=generation,
-        spec_hash=ctx.spec_hash,
+        pod_hash=ctx.pod_hash,
         spec_version=spec.model_version,
         now=format_time(now()),
     )

@@ -24,6 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from guardedmodel_sidecar.audit import AuditLog
 from guardedmodel_sidecar.config import Routing, SidecarConfig
 from guardedmodel_sidecar.errors import Unavailable
+from guardedmodel_sidecar.fetch import FetchError
 from guardedmodel_sidecar.grpc_server import GrpcService, start_grpc_server
 from guardedmodel_sidecar.http_server import V2HttpServer
 from guardedmodel_sidecar.kube_credentials import ApiServer
@@ -38,6 +39,7 @@ from guardedmodel_sidecar.status_watch import GuardedModelWatcher
 from guardedmodel_sidecar.triton_metrics import QueueCounters, follow_triton_queue
 from guardedmodel_sidecar.upstream import TritonHttp
 from guardedmodel_sidecar.upstream_call import TritonCall, UpstreamCall
+from guardedmodel_sidecar.version_fetch import VersionFetcher
 from guardedmodel_sidecar.version_guard import VersionGuard, build_guard
 from guardedmodel_sidecar.version_metrics import drift_policy
 
@@ -122,6 +124,11 @@ class SidecarApp:
         self._prepare_lock = asyncio.Lock()
         self.watcher: GuardedModelWatcher | None = None
         self._pending_routing: Routing | None = None  # routing the watcher asked for but not yet servable
+        self.fetcher = (
+            VersionFetcher(config.model_source, config.spec.model.name, config.model_repository)
+            if config.model_source and config.model_repository is not None
+            else None
+        )
 
     # ------------------------------------------------------------------------------- readiness
 
@@ -135,6 +142,11 @@ class SidecarApp:
         async with self._prepare_lock:
             model = self.config.spec.model.name
             versions = tuple(dict.fromkeys([*routing.versions(), *self.router.versions_to_load()]))
+            if self.fetcher is not None:
+                try:
+                    await self.fetcher.ensure(versions)
+                except FetchError as exc:
+                    raise LoadError(str(exc)) from exc
             if self.config.tuning.load_versions:
                 try:
                     local = local_model_config(self.config.model_repository, model)

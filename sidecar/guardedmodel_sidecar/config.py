@@ -123,6 +123,9 @@ class SidecarConfig:
     # model-repository calls only, never on a caller's forwarded request.
     triton_restricted_header: tuple[str, str] | None = None
     model_repository: Path | None = None
+    # The remote repository the pod's copy (model_repository) was fetched from: versions published
+    # after the pod started are fetched from it when routing needs them (version_fetch.py).
+    model_source: str | None = None
     listen: Listen = field(default_factory=Listen)
     audit_dir: Path = Path("/var/lib/guardedmodel/audit")
     spool_dir: Path = Path("/var/lib/guardedmodel/review-spool")
@@ -173,6 +176,7 @@ def parse_config(data: Mapping[str, Any]) -> SidecarConfig:
             (str(restricted["name"]).lower(), str(restricted["value"])) if restricted else None
         ),
         model_repository=Path(repo) if repo else None,
+        model_source=str(data["modelSource"]) if data.get("modelSource") else None,
         listen=Listen(
             host=str(listen.get("host", "0.0.0.0")),
             http=int(listen.get("http", 8080)),

@@ -11,6 +11,10 @@ model, made with ``tar czf <model>.tar.gz -C <repository> <model>``; when a
 A file:// repository is a local folder (tests, single-node clusters).
 s3:// and gs:// need their cloud SDKs, which this image does not carry: those
 repositories are refused with a message that says so, rather than half-handled.
+
+A version published after the pod started is fetched later by the sidecar (``add_versions``):
+routing to it must not need a new pod, so the sidecar adds the missing version folders to the pod's
+copy, each with one rename, and never touches a version Triton may have loaded.
 """
 
 from __future__ import annotations
@@ -65,6 +69,44 @@ def fetch_model(repository: str, model: str, dest: Path, *, timeout: float = 300
             "serve the model archive over https:// or mount it with pvc:// instead"
         )
     raise FetchError(f"unsupported repository scheme in {repository!r} (use https://, http:// or file://)")
+
+
+def add_versions(
+    repository: str, model: str, dest: Path, versions: tuple[str, ...], *, timeout: float = 300.0
+) -> list[str]:
+    """Add the folders of ``versions`` that ``dest/model`` lacks, from a fresh copy of the model;
+    returns the versions added. A version folder that appears meanwhile (another worker fetched it)
+    is kept as it is. Raises FetchError when the repository does not hold a version asked for."""
+    target = Path(dest) / model
+    wanted = [v for v in versions if not (target / v).is_dir()]
+    if not wanted:
+        return []
+    staging = Path(tempfile.mkdtemp(dir=dest, prefix=f".{model}-versions-"))
+    try:
+        fresh = fetch_model(repository, model, staging, timeout=timeout)
+        absent = [v for v in wanted if not (fresh / v).is_dir()]
+        if absent:
+            raise FetchError(
+                f"{repository} has no version {', '.join(absent)} of {model!r} "
+                f"(it holds {', '.join(sorted(p.name for p in fresh.iterdir() if p.is_dir())) or 'none'})"
+            )
+        target.mkdir(parents=True, exist_ok=True)
+        added = []
+        for version in wanted:
+            try:
+                (fresh / version).rename(target / version)
+            except OSError:
+                if not (target / version).is_dir():
+                    raise
+                continue  # fetched meanwhile by another worker of this pod
+            added.append(version)
+        return added
+    except OSError as error:
+        raise FetchError(
+            f"cannot add versions {', '.join(wanted)} of {model!r} to {dest}: {error}"
+        ) from error
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _copy_local(source: Path, target: Path) -> Path:

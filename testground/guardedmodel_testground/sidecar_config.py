@@ -42,9 +42,10 @@ def localize_sidecar_config(
     spool_dir: Path,
 ) -> dict[str, Any]:
     """`config` with what differs between the pod and this machine replaced: the Triton addresses,
-    the model repository, the listeners and the writable directories."""
+    the model repository, the listeners and the writable directories. Here Triton reads the
+    repository itself, not a copy fetched at start, so there is no model source to fetch from."""
     return {
-        **config,
+        **{key: value for key, value in config.items() if key != "modelSource"},
         "triton": triton,
         "modelRepository": str(repository),
         "listen": listen,

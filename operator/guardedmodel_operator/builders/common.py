@@ -95,10 +95,12 @@ class BuildContext:
     scaled_replicas: int | None = None
     names: ChildNames = field(init=False)
     spec_hash: str = field(init=False)
+    pod_hash: str = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "names", child_names(self.owner.name))
         object.__setattr__(self, "spec_hash", compute_spec_hash(self.spec, self.config))
+        object.__setattr__(self, "pod_hash", compute_pod_hash(self.spec, self.config))
 
     @property
     def triton_image(self) -> str:
@@ -137,14 +139,43 @@ def build_context(
     )
 
 
-def compute_spec_hash(spec: GuardedModelSpec, config: OperatorConfig) -> str:
-    """A short, stable digest of everything the pod is built from.
+# Parts of the spec that no container reads, so editing them must not restart a pod:
+# - model.version: versions move through routing (status → sidecar → Triton's repository API);
+#   a canary start, a promotion or a rollback loads or flips versions in the running pods;
+# - rollout, replicas, scaling: the operator's own policy (the replica count is the Deployment's).
+POD_INDEPENDENT_SPEC = (("model", "version"), ("rollout",), ("replicas",), ("scaling",))
 
-    Routing is deliberately left out: the sidecar follows routing live from
-    the GuardedModel status, so a canary step must not restart the pods.
+
+def compute_spec_hash(spec: GuardedModelSpec, config: OperatorConfig) -> str:
+    """A short, stable digest of the whole spec: on a child's metadata it tells a hand edit (hash
+    unchanged, content differs) from a spec change."""
+    return _digest(spec.raw, config, spec)
+
+
+def compute_pod_hash(spec: GuardedModelSpec, config: OperatorConfig) -> str:
+    """A short, stable digest of what the pods are built from: the pod template carries it, so a
+    change rolls the pods (the sidecar reads its configuration once, at start).
+
+    Routing and the model version are deliberately left out: the sidecar follows routing live from
+    the GuardedModel status and loads the versions it names, so no version change restarts a pod.
     """
+    return _digest(pod_relevant_spec(spec.raw), config, spec)
+
+
+def pod_relevant_spec(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """`raw` without POD_INDEPENDENT_SPEC. Pure."""
+    kept: dict[str, Any] = json.loads(json.dumps(raw))
+    for path in POD_INDEPENDENT_SPEC:
+        parent = kept
+        for key in path[:-1]:
+            parent = parent.get(key) or {}
+        parent.pop(path[-1], None)
+    return kept
+
+
+def _digest(material_spec: Mapping[str, Any], config: OperatorConfig, spec: GuardedModelSpec) -> str:
     material = {
-        "spec": spec.raw,
+        "spec": material_spec,
         "tritonImage": spec.triton_image or config.triton_image,
         "sidecarImage": spec.sidecar_image or config.sidecar_image,
     }

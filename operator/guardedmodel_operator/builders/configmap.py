@@ -30,7 +30,7 @@ def render_sidecar_config(ctx: BuildContext) -> dict[str, Any]:
     The routing here is only the starting point: the sidecar then follows the
     GuardedModel's status (stableVersion/canaryVersion/canaryWeight) live.
     """
-    return {
+    config: dict[str, Any] = {
         "guardedModel": {"namespace": ctx.owner.namespace, "name": ctx.owner.name},
         "spec": ctx.spec.raw,
         "routing": ctx.routing.as_dict(),
@@ -54,6 +54,11 @@ def render_sidecar_config(ctx: BuildContext) -> dict[str, Any]:
         # Only the limits the user set: the sidecar owns the defaults (guardedmodel_sidecar.limits).
         "limits": dict(ctx.spec.raw["sidecar"].get("limits") or {}),
     }
+    if ctx.spec.repository.is_remote:
+        # The pod holds a copy fetched at start; a version published later is fetched from here
+        # when routing names it, so that a version change never needs a new pod.
+        config["modelSource"] = ctx.spec.repository.url
+    return config
 
 
 def build_configmap(ctx: BuildContext) -> dict[str, Any]:

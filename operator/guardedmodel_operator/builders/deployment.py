@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..labels import MODEL_VERSION_ANNOTATION, SPEC_HASH_ANNOTATION, selector_labels, standard_labels
+from ..labels import POD_HASH_ANNOTATION, selector_labels, standard_labels
 from .common import (
     CONFIG_DIR,
     CONFIG_FILE,
@@ -161,7 +161,9 @@ def _sidecar_container(ctx: BuildContext, models_mount: dict[str, Any]) -> dict[
         "resources": ctx.spec.sidecar_resources,
         "volumeMounts": [
             {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
-            models_mount,
+            # A fetched copy is writable for the sidecar only: it adds versions published after the
+            # pod started (guardedmodel_sidecar.version_fetch); Triton reads it read-only.
+            {**models_mount, "readOnly": False} if ctx.spec.repository.is_remote else models_mount,
             {"name": "state", "mountPath": STATE_DIR},
             {"name": "sidecar-tmp", "mountPath": "/tmp"},
             {"name": "kube-api-access", "mountPath": SERVICE_ACCOUNT_DIR, "readOnly": True},
@@ -205,7 +207,9 @@ def _volumes(ctx: BuildContext, models_volume: dict[str, Any]) -> list[dict[str,
 def build_deployment(ctx: BuildContext) -> dict[str, Any]:
     spec = ctx.spec
     models_volume, models_mount = _model_volume(ctx)
-    pod_labels = standard_labels(ctx.owner.name, "inference", spec.model_version)
+    # No version label or annotation on the pods: the versions a pod serves follow the routing in the
+    # status and change without a restart; the GuardedModel's status says which they are.
+    pod_labels = standard_labels(ctx.owner.name, "inference")
     pod_spec: dict[str, Any] = {
         "serviceAccountName": ctx.names.serviceaccount,
         "automountServiceAccountToken": False,
@@ -242,8 +246,7 @@ def build_deployment(ctx: BuildContext) -> dict[str, Any]:
                 "metadata": {
                     "labels": pod_labels,
                     "annotations": {
-                        SPEC_HASH_ANNOTATION: ctx.spec_hash,
-                        MODEL_VERSION_ANNOTATION: spec.model_version,
+                        POD_HASH_ANNOTATION: ctx.pod_hash,
                         "prometheus.io/scrape": "true",
                         "prometheus.io/port": str(METRICS_PORT),
                         "prometheus.io/path": "/metrics",

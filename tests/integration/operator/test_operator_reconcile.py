@@ -187,11 +187,27 @@ def test_children_deleted_or_edited_by_hand_are_restored(running: tuple[Namespac
     assert "Restored" in eventually("a Restored event", lambda: (r := events(ns)) and "Restored" in r and r)
 
 
-def test_version_edit_rolls_the_deployment_and_promotes(running: tuple[Namespace, OperatorProcess]) -> None:
+def test_a_version_edit_promotes_in_the_same_pods_and_a_pod_edit_rolls_them(
+    running: tuple[Namespace, OperatorProcess],
+) -> None:
     ns, _ = running
-    deployment = ns.get("deployment", "classifier")
-    assert deployment is not None
-    old_hash = deployment["spec"]["template"]["metadata"]["annotations"]["guardedmodel.io/spec-hash"]
+
+    def template() -> dict[str, Any]:
+        deployment = ns.get("deployment", "classifier")
+        assert deployment is not None
+        return dict(deployment["spec"]["template"])
+
+    def model_pods() -> dict[str, str]:
+        pods = json.loads(
+            ns.kubectl("get", "pods", "-l", "app.kubernetes.io/instance=classifier", "-o", "json").stdout
+        )
+        return {
+            p["metadata"]["uid"]: p["metadata"]["ownerReferences"][0]["name"]
+            for p in pods["items"]
+            if not p["metadata"].get("deletionTimestamp")
+        }
+
+    before, pods_before = template(), eventually("the model's pod", model_pods)
     # strategy instant: no Prometheus here, and a canary without metrics holds (no data is not success)
     ns.kubectl(
         "patch",
@@ -201,17 +217,6 @@ def test_version_edit_rolls_the_deployment_and_promotes(running: tuple[Namespace
         "-p",
         '{"spec":{"model":{"version":"2"},"rollout":{"strategy":"instant"}}}',
     )
-
-    def rolled() -> dict[str, Any] | None:
-        d = ns.get("deployment", "classifier")
-        annotations = (d or {}).get("spec", {}).get("template", {}).get("metadata", {}).get("annotations", {})
-        return d if annotations.get("guardedmodel.io/model-version") == "2" else None
-
-    rolled_deployment = eventually("the Deployment to carry version 2", rolled)
-    assert (
-        rolled_deployment["spec"]["template"]["metadata"]["annotations"]["guardedmodel.io/spec-hash"]
-        != old_hash
-    )
     gm = eventually(
         "version 2 to become stable",
         lambda: (g := ns.get("guardedmodel", "classifier")) and g["status"].get("stableVersion") == "2" and g,
@@ -220,21 +225,10 @@ def test_version_edit_rolls_the_deployment_and_promotes(running: tuple[Namespace
     assert gm["status"]["lastGoodVersion"] == "1"
     assert gm["status"]["phase"] == "Ready"
     assert [h["version"] for h in gm["status"]["history"]] == ["1", "2"]
-    # the new pod replaced the old one (a real rolling update by the controller-manager)
-    replicasets = json.loads(
-        ns.kubectl("get", "rs", "-l", "app.kubernetes.io/instance=classifier", "-o", "json").stdout
-    )
-    assert len(replicasets["items"]) == 2
-    pods = json.loads(
-        ns.kubectl("get", "pods", "-l", "app.kubernetes.io/instance=classifier", "-o", "json").stdout
-    )
-    versions = {
-        p["metadata"]["labels"]["app.kubernetes.io/version"]
-        for p in pods["items"]
-        if not p["metadata"].get("deletionTimestamp")
-    }
-    assert versions == {"2"}
-    # the sidecar's starting routing follows the promotion
+    # Versions move through routing: the pod template, the pods and their ReplicaSet stay.
+    assert template() == before
+    assert model_pods() == pods_before
+    # the sidecar's starting routing follows the promotion (a pod started later begins there)
     configmap = eventually(
         "the ConfigMap routing to name version 2",
         lambda: (
@@ -244,6 +238,22 @@ def test_version_edit_rolls_the_deployment_and_promotes(running: tuple[Namespace
         ),
     )
     assert "version: '2'" in configmap["data"]["sidecar.yaml"]
+
+    # What a container reads at start does roll the pods (a real rolling update by the controller-manager).
+    ns.kubectl("patch", "gm", "classifier", "--type=merge", "-p", '{"spec":{"sidecar":{"logLevel":"debug"}}}')
+    eventually(
+        "a new pod from a new ReplicaSet",
+        lambda: (pods := model_pods()) and not set(pods) & set(pods_before) and pods,
+        timeout=60,
+    )
+    replicasets = json.loads(
+        ns.kubectl("get", "rs", "-l", "app.kubernetes.io/instance=classifier", "-o", "json").stdout
+    )
+    assert len(replicasets["items"]) == 2
+    assert (
+        template()["metadata"]["annotations"]["guardedmodel.io/pod-hash"]
+        != before["metadata"]["annotations"]["guardedmodel.io/pod-hash"]
+    )
 
 
 def test_deleting_the_guardedmodel_removes_every_child(running: tuple[Namespace, OperatorProcess]) -> None:

@@ -161,6 +161,31 @@ class Scenario:
             f"routings seen: {self.watch.routings()}\noperator log tail:\n{_tail(self.operator_log)}"
         )
 
+    def pods(self) -> dict[str, tuple[str, int]]:
+        """The model's pods: uid → (ReplicaSet, restarts), once they are all Running."""
+        deadline = time.monotonic() + 60
+        while True:
+            items = self.cluster.kubectl_json(
+                "get", "pods", "-n", self.namespace, "-l", f"app.kubernetes.io/instance={NAME}"
+            )["items"]
+            if items and all((p.get("status") or {}).get("phase") == "Running" for p in items):
+                return {
+                    p["metadata"]["uid"]: (
+                        p["metadata"]["ownerReferences"][0]["name"],
+                        sum(c.get("restartCount", 0) for c in p["status"].get("containerStatuses") or []),
+                    )
+                    for p in items
+                }
+            if time.monotonic() > deadline:
+                pytest.fail(f"the model's pods are not Running: {json.dumps(items, indent=1)[:4000]}")
+            time.sleep(0.5)
+
+    def replica_sets(self) -> list[str]:
+        items = self.cluster.kubectl_json(
+            "get", "replicasets", "-n", self.namespace, "-l", f"app.kubernetes.io/instance={NAME}"
+        )["items"]
+        return [r["metadata"]["name"] for r in items]
+
     def events(self, reason: str) -> list[dict[str, Any]]:
         items = self.cluster.kubectl_json(
             "get",
@@ -231,6 +256,7 @@ def test_canary_breaking_a_threshold_is_rolled_back(
     s.wait_status(
         "version 1 stable", lambda st: st.get("stableVersion") == "1" and st.get("phase") == "Ready"
     )
+    pods = s.pods()
 
     s.cluster.kubectl("apply", "-f", "-", input=manifest(s.namespace, "2"))
     status = s.wait_status(
@@ -253,6 +279,13 @@ def test_canary_breaking_a_threshold_is_rolled_back(
     later = s.gm()["status"]
     assert later["phase"] == "RolledBack" and later["stableVersion"] == "1" and not later.get("canaryVersion")
 
+    # Setting the spec back acknowledges the rollback. The canary start, the rollback and the
+    # acknowledgement all moved through routing: the same pods, never restarted, one ReplicaSet.
+    s.cluster.kubectl("apply", "-f", "-", input=manifest(s.namespace, "1"))
+    s.wait_status("the rollback acknowledged", lambda st: st.get("phase") == "Ready")
+    assert s.pods() == pods
+    assert len(s.replica_sets()) == 1, s.replica_sets()
+
 
 def test_healthy_canary_is_promoted_step_by_step(
     scenario: Callable[[float], tuple[Scenario, Traffic]],
@@ -261,6 +294,7 @@ def test_healthy_canary_is_promoted_step_by_step(
     s.wait_status(
         "version 1 stable", lambda st: st.get("stableVersion") == "1" and st.get("phase") == "Ready"
     )
+    pods = s.pods()
 
     s.cluster.kubectl("apply", "-f", "-", input=manifest(s.namespace, "2"))
     status = s.wait_status(
@@ -279,3 +313,6 @@ def test_healthy_canary_is_promoted_step_by_step(
     ]
     assert s.events("Promoted")
     assert status["metrics"]["version"] == "2" and status["metrics"]["oodRate"] == 0.0
+    # The canary start and every promotion moved through routing: the same pods, no restart.
+    assert s.pods() == pods
+    assert len(s.replica_sets()) == 1, s.replica_sets()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import http.server
@@ -14,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from guardedmodel_sidecar.fetch import FetchError, fetch_model
+from guardedmodel_sidecar.fetch import FetchError, add_versions, fetch_model
+from guardedmodel_sidecar.version_fetch import VersionFetcher
 
 pytestmark = pytest.mark.integration
 
@@ -96,3 +98,63 @@ def test_file_repositories_are_copied_and_cloud_schemes_explained(tmp_path: Path
     assert (target / "1" / "model.py").is_file()
     with pytest.raises(FetchError, match="cloud SDK"):
         fetch_model("s3://bucket/models", "classifier", tmp_path / "models")
+
+
+def publish(public: Path, repository: Path, version: str) -> None:
+    """A new version added to the repository and the archive re-published, as a model team would."""
+    folder = repository / "classifier" / version
+    (folder / "guard").mkdir(parents=True)
+    (folder / "model.py").write_text(f"# version {version}\n")
+    archive = public / "classifier.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(repository / "classifier", arcname="classifier")
+    (public / "classifier.tar.gz.sha256").write_text(f"{hashlib.sha256(archive.read_bytes()).hexdigest()}\n")
+
+
+def test_a_version_published_after_the_pod_started_is_added_beside_the_loaded_ones(
+    served: tuple[str, Path], tmp_path: Path
+) -> None:
+    url, public = served
+    dest = tmp_path / "models"
+    fetch_model(url, "classifier", dest)
+    loaded = dest / "classifier" / "1" / "model.py"
+    inode = loaded.stat().st_ino
+    publish(public, tmp_path / "repository", "2")
+    assert add_versions(url, "classifier", dest, ("1", "2")) == ["2"]
+    assert (dest / "classifier" / "2" / "model.py").read_text() == "# version 2\n"
+    assert loaded.stat().st_ino == inode  # the version Triton may hold is never rewritten
+    assert add_versions(url, "classifier", dest, ("1", "2")) == []  # nothing missing: no download
+    assert sorted(p.name for p in dest.iterdir()) == ["classifier"]  # no staging left behind
+
+
+def test_a_version_the_repository_lacks_is_named_and_the_fetch_backs_off(
+    served: tuple[str, Path], tmp_path: Path
+) -> None:
+    url, public = served
+    dest = tmp_path / "models"
+    fetch_model(url, "classifier", dest)
+    with pytest.raises(FetchError, match=r"has no version 7 of 'classifier' \(it holds 1\)"):
+        add_versions(url, "classifier", dest, ("1", "7"))
+    now = [100.0]
+    fetcher = VersionFetcher(url, "classifier", dest, retry_s=30.0, clock=lambda: now[0])
+    with pytest.raises(FetchError, match="no version 7"):
+        asyncio.run(fetcher.ensure(("7",)))
+    (public / "classifier.tar.gz").unlink()  # a second download would now fail differently
+    now[0] += 10
+    with pytest.raises(FetchError, match=r"no version 7 .*next try in 20s"):
+        asyncio.run(fetcher.ensure(("7",)))
+    now[0] += 30
+    with pytest.raises(FetchError, match="cannot download"):
+        asyncio.run(fetcher.ensure(("7",)))
+    assert sorted(p.name for p in dest.iterdir()) == ["classifier"]
+
+
+def test_a_tampered_archive_adds_no_version(served: tuple[str, Path], tmp_path: Path) -> None:
+    url, public = served
+    dest = tmp_path / "models"
+    fetch_model(url, "classifier", dest)
+    publish(public, tmp_path / "repository", "2")
+    (public / "classifier.tar.gz.sha256").write_text("0" * 64 + "\n")
+    with pytest.raises(FetchError, match="sha256"):
+        add_versions(url, "classifier", dest, ("2",))
+    assert sorted(p.name for p in (dest / "classifier").iterdir()) == ["1", "config.pbtxt"]

@@ -18,7 +18,7 @@ from guardedmodel_operator.builders import (
 )
 from guardedmodel_operator.builders.deployment import triton_args
 from guardedmodel_operator.config import OperatorConfig
-from guardedmodel_operator.labels import SPEC_HASH_ANNOTATION
+from guardedmodel_operator.labels import POD_HASH_ANNOTATION
 from guardedmodel_operator.spec import parse_spec
 from guardedmodel_sidecar.config import parse_config
 from guardedmodel_sidecar.limits import Limits
@@ -167,25 +167,71 @@ def test_the_scalers_count_wins_within_min_max(
     assert build_deployment(context(minimal_body, current))["spec"]["replicas"] == expected
 
 
-def test_spec_change_rolls_pods_but_routing_change_does_not(minimal_body: dict[str, Any]) -> None:
-    def pod_hash(body: dict[str, Any]) -> str:
-        return str(
-            build_deployment(context(body))["spec"]["template"]["metadata"]["annotations"][
-                SPEC_HASH_ANNOTATION
-            ]
-        )
+def _template(body: dict[str, Any], config: OperatorConfig | None = None) -> dict[str, Any]:
+    ctx = context(body) if config is None else context(body, config=config)
+    return dict(build_deployment(ctx)["spec"]["template"])
 
-    base = pod_hash(minimal_body)
-    assert pod_hash(copy.deepcopy(minimal_body)) == base  # deterministic
+
+# Edits no container reads: the pod template, and so every pod, must stay as it is.
+POD_INDEPENDENT_EDITS = [
+    ("model version", lambda s: s["model"].__setitem__("version", "2")),
+    ("rollout steps", lambda s: s.setdefault("rollout", {}).__setitem__("steps", [25, 100])),
+    ("rollout interval", lambda s: s.setdefault("rollout", {}).__setitem__("interval", "5s")),
+    (
+        "rollout thresholds",
+        lambda s: s.setdefault("rollout", {}).__setitem__("thresholds", {"maxOodRate": 0.1}),
+    ),
+    ("replica range", lambda s: s.__setitem__("replicas", {"min": 1, "max": 3})),
+    ("scaling target", lambda s: s.__setitem__("scaling", {"targetQueueTimeMs": 20})),
+]
+# Edits a container reads at start: the template must change so that the pods roll.
+POD_EDITS = [
+    ("gate", lambda s: s.__setitem__("gate", {"ood": {"method": "mahalanobis", "action": "flag"}})),
+    ("confidence", lambda s: s.__setitem__("confidence", {"reviewBelow": 0.7})),
+    ("drift", lambda s: s.__setitem__("drift", {"window": "1m"})),
+    ("audit", lambda s: s.__setitem__("audit", {"sampleRate": 0.5})),
+    ("sidecar workers", lambda s: s.__setitem__("sidecar", {"workers": 2})),
+    ("triton args", lambda s: s.__setitem__("triton", {"args": ["--log-verbose=1"]})),
+    ("repository", lambda s: s["model"].__setitem__("repository", "pvc://other/models")),
+    ("model name", lambda s: s["model"].__setitem__("name", "other")),
+]
+
+
+@pytest.mark.parametrize(("what", "edit"), POD_INDEPENDENT_EDITS, ids=[w for w, _ in POD_INDEPENDENT_EDITS])
+def test_a_version_or_policy_edit_leaves_the_pod_template_unchanged(
+    minimal_body: dict[str, Any], what: str, edit: Any
+) -> None:
+    edited = copy.deepcopy(minimal_body)
+    edit(edited["spec"])
+    assert _template(edited) == _template(minimal_body), what
+    # ... while the whole-spec hash on the children's metadata still tells the edit from a hand edit
+    assert context(edited).spec_hash != context(minimal_body).spec_hash
+
+
+@pytest.mark.parametrize(("what", "edit"), POD_EDITS, ids=[w for w, _ in POD_EDITS])
+def test_an_edit_of_what_the_containers_read_rolls_the_pods(
+    minimal_body: dict[str, Any], what: str, edit: Any
+) -> None:
+    edited = copy.deepcopy(minimal_body)
+    edit(edited["spec"])
+    before = _template(minimal_body)["metadata"]["annotations"][POD_HASH_ANNOTATION]
+    assert _template(edited)["metadata"]["annotations"][POD_HASH_ANNOTATION] != before, what
+
+
+def test_routing_and_the_version_never_reach_the_pod_template(minimal_body: dict[str, Any]) -> None:
+    base = _template(minimal_body)
+    assert _template(copy.deepcopy(minimal_body)) == base  # deterministic
     routed = copy.deepcopy(minimal_body) | {
-        "status": {"stableVersion": "1", "canaryVersion": "2", "canaryWeight": 10}
+        "status": {"stableVersion": "1", "canaryVersion": "2", "canaryWeight": 10, "lastGoodVersion": "1"}
     }
-    assert pod_hash(routed) == base
-    bumped = copy.deepcopy(minimal_body)
-    bumped["spec"]["model"]["version"] = "2"
-    assert pod_hash(bumped) != base
-    other_image = build_deployment(context(minimal_body, config=OperatorConfig(triton_image="triton:next")))
-    assert other_image["spec"]["template"]["metadata"]["annotations"][SPEC_HASH_ANNOTATION] != base
+    assert _template(routed) == base
+    assert "app.kubernetes.io/version" not in base["metadata"]["labels"]
+    assert "1" not in base["metadata"]["annotations"].values()
+    other_image = _template(minimal_body, OperatorConfig(triton_image="triton:next"))
+    assert (
+        other_image["metadata"]["annotations"][POD_HASH_ANNOTATION]
+        != base["metadata"]["annotations"][POD_HASH_ANNOTATION]
+    )
 
 
 def test_configmap_renders_the_sidecar_contract(minimal_body: dict[str, Any]) -> None:

@@ -16,7 +16,7 @@ def deployment(
         "metadata": {"generation": 2},
         "spec": {
             "replicas": desired,
-            "template": {"metadata": {"annotations": {"guardedmodel.io/spec-hash": hash_}}},
+            "template": {"metadata": {"annotations": {"guardedmodel.io/pod-hash": hash_}}},
         },
         "status": {
             "observedGeneration": 2,
@@ -45,7 +45,7 @@ def step(
         current or {},
         DeploymentState.observe(dep),
         generation=generation,
-        spec_hash=HASH,
+        pod_hash=HASH,
         spec_version=version,
         now=now,
     )
@@ -134,10 +134,20 @@ def test_status_patch_deletes_with_null() -> None:
     assert merge_patch({"a": 1}, {"a": 2, "c": 3}) == {"a": 2, "c": 3}
 
 
-def test_judge_without_deployment_never_promotes() -> None:
-    assert not judge(
-        DeploymentState(exists=False), spec_hash=HASH, spec_version="1", stable_version=None
-    ).promote
+def test_judge_without_deployment_is_pending_and_not_ready() -> None:
+    verdict = judge(DeploymentState(exists=False), pod_hash=HASH, spec_version="1", stable_version=None)
+    assert verdict.phase == "Pending" and verdict.ready[0] == "False"
+
+
+def test_a_version_edit_alone_finds_the_pods_rolled_out() -> None:
+    """The pod hash leaves the model version out: editing it leaves the same pods Ready, so the
+    rollout controller can route to the new version in them at once."""
+    ready = deployment(ready=1, updated=1, replicas=1)
+    first = step({}, ready, generation=1)
+    edited = step(first, ready, version="2", now="T2", generation=2)
+    assert edited["phase"] == "Ready" and edited["observedGeneration"] == 2
+    assert conditions(edited)["Ready"] == ("True", "RolloutComplete")
+    assert edited["stableVersion"] == "1"  # routing to version 2 is the rollout controller's
 
 
 def test_later_versions_can_be_left_to_a_rollout_policy() -> None:
@@ -150,5 +160,5 @@ def test_later_versions_can_be_left_to_a_rollout_policy() -> None:
 
 def test_the_core_writes_no_rollout_field() -> None:
     ready = DeploymentState.observe(deployment(ready=1, updated=1, replicas=1))
-    status = next_status({}, ready, generation=1, spec_hash=HASH, spec_version="1", now="T1")
+    status = next_status({}, ready, generation=1, pod_hash=HASH, spec_version="1", now="T1")
     assert not set(status) & set(ROLLOUT_FIELDS)

@@ -6,7 +6,7 @@ from guardedmodel_operator.readiness import DeploymentState, next_status
 from guardedmodel_operator.rollout.phase import overlay
 
 OK = ("False", "AsExpected", "")
-DONE = ("False", "RolloutComplete", "version 2 rolled out")
+DONE = ("False", "RolloutComplete", "the pods of this spec are rolled out")
 
 
 def test_infrastructure_comes_first() -> None:
@@ -50,8 +50,7 @@ def test_ready_rollout_or_none_changes_nothing() -> None:
 def test_the_core_status_keeps_a_rollback_and_the_routing() -> None:
     rolled_out = DeploymentState(
         exists=True,
-        spec_hash="h",
-        model_version="2",
+        pod_hash="h",
         generation=3,
         observed_generation=3,
         desired=1,
@@ -73,7 +72,7 @@ def test_the_core_status_keeps_a_rollback_and_the_routing() -> None:
             {"version": "2", "outcome": "RolledBack", "at": "t", "reason": "oodRate 0.5 > maxOodRate 0.25"}
         ],
     }
-    status = next_status(current, rolled_out, generation=3, spec_hash="h", spec_version="2", now="t2")
+    status = next_status(current, rolled_out, generation=3, pod_hash="h", spec_version="2", now="t2")
     assert status["phase"] == "RolledBack"
     assert status["stableVersion"] == "1"  # the core does not promote version 2 behind the rollout's back
     assert status["history"] == current["history"]
