@@ -41,6 +41,12 @@ DEFAULTS: dict[str, Any] = {
         "autoRollback": True,
         "continuousGuard": True,
         "thresholds": {"maxOodRate": 0.25, "maxErrorRate": 0.05},
+        "comparison": {
+            "minRows": 100,
+            "minAgreement": 0.9,
+            "maxConfidenceShift": 0.1,
+            "maxOodRateShift": 0.05,
+        },
     },
 }
 

@@ -2,7 +2,8 @@
 
 Three writers share the status, each under the model's lock and each for its own fields:
 - the core's reconcile (`readiness.next_status`): phase, conditions, observedGeneration, replica counts;
-- the rollout controller (`rollout.outcome`): routing, lastGoodVersion, history, metrics, `rollout`;
+- the rollout controller (`rollout.outcome`): routing (with lastGoodVersion and shadow), comparison,
+  history, metrics, `rollout`;
 - the scaler (`scaling.policy`): `scaling`.
 Every writer sends `merge_patch` of its own fields, so none of them overwrites another's.
 Pure: no I/O.
@@ -11,7 +12,7 @@ Pure: no I/O.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 # The fields the rollout controller owns; the core keeps them untouched.
@@ -20,6 +21,8 @@ ROLLOUT_FIELDS = (
     "canaryVersion",
     "canaryWeight",
     "lastGoodVersion",
+    "shadow",
+    "comparison",
     "history",
     "rollout",
     "metrics",
@@ -32,7 +35,9 @@ Condition = tuple[str, str, str]  # (status, reason, message)
 
 @dataclass(frozen=True)
 class Routing:
-    """Which versions serve: stableVersion, canaryVersion and canaryWeight of the status.
+    """Which versions serve (stableVersion, canaryVersion, canaryWeight of the status) and which the
+    pods keep loaded besides: lastGoodVersion, so that a rollback is a flip on every pod, and the
+    shadow candidate.
 
     The one reading of these fields in the operator (the builders' initial sidecar routing,
     the rollout policy's state). The sidecar keeps its own copy across the package boundary.
@@ -41,6 +46,8 @@ class Routing:
     stable_version: str | None = None
     canary_version: str | None = None
     canary_weight: int = 0
+    last_good_version: str | None = None
+    shadow: Mapping[str, Any] | None = None  # status.shadow: {version, fraction, replay}
 
     @classmethod
     def from_status(cls, status: Mapping[str, Any] | None) -> Routing:
@@ -51,6 +58,8 @@ class Routing:
             canary_version=canary,
             # A weight without a canary routes nothing anywhere.
             canary_weight=int(status.get("canaryWeight") or 0) if canary else 0,
+            last_good_version=_str_or_none(status.get("lastGoodVersion")),
+            shadow=dict(status["shadow"]) if isinstance(status.get("shadow"), Mapping) else None,
         )
 
     def or_stable(self, version: str) -> Routing:
@@ -58,13 +67,15 @@ class Routing:
         the version being rolled out is the only candidate."""
         if self.stable_version is not None:
             return self
-        return Routing(version, self.canary_version, self.canary_weight)
+        return replace(self, stable_version=version)
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "stableVersion": self.stable_version,
             "canaryVersion": self.canary_version,
             "canaryWeight": self.canary_weight,
+            "lastGoodVersion": self.last_good_version,
+            "shadow": None if self.shadow is None else dict(self.shadow),
         }
 
 

@@ -24,6 +24,8 @@ from ..events import EmitEvent, Event
 from ..kube import PatchStatus
 from ..prometheus import PrometheusSource
 from . import metrics
+from .comparison import ComparisonSamples
+from .comparison_source import fetch_comparison
 from .metrics_source import fetch_samples
 from .outcome import apply_verdict, status_changes
 from .types import MetricSamples, RolloutSpec, RolloutState
@@ -36,10 +38,11 @@ from .verdict import (
     NO_DATA,
     WAITING_FOR_DEPLOYMENT,
     WAITING_FOR_FIRST_VERSION,
+    Analysis,
     Kind,
     Verdict,
     decide,
-    measure_version,
+    needed_analysis,
 )
 
 log = logging.getLogger(__name__)
@@ -50,6 +53,8 @@ _EVENT_DRIVEN = (WAITING_FOR_FIRST_VERSION, WAITING_FOR_DEPLOYMENT, HALTED, IDLE
 _QUIET = (ANALYSING, CHECKS_PASSED)
 
 _EVENTS = {
+    Kind.START_SHADOW: ("Normal", "ShadowStarted"),
+    Kind.REJECT: ("Warning", "Rejected"),
     Kind.START_CANARY: ("Normal", "CanaryStarted"),
     Kind.PROMOTE_STEP: ("Normal", "Promoted"),
     Kind.PROMOTE_FULL: ("Normal", "Promoted"),
@@ -88,7 +93,10 @@ class StepResult:
 
 
 def plan_step(
-    spec: RolloutSpec, status: Mapping[str, Any] | None, samples: MetricSamples | None, now: dt.datetime
+    spec: RolloutSpec,
+    status: Mapping[str, Any] | None,
+    samples: MetricSamples | ComparisonSamples | None,
+    now: dt.datetime,
 ) -> StepResult:
     """One rollout step of one model, given the samples it asked for. Pure."""
     status = status or {}
@@ -105,8 +113,8 @@ def plan_step(
     return StepResult(verdict, patch, verdict_events(verdict, state), next_in)
 
 
-def needed_version(spec: RolloutSpec, status: Mapping[str, Any] | None, now: dt.datetime) -> str | None:
-    return measure_version(spec, RolloutState.from_status(status, spec.generation), now)
+def needed(spec: RolloutSpec, status: Mapping[str, Any] | None, now: dt.datetime) -> Analysis | None:
+    return needed_analysis(spec, RolloutState.from_status(status, spec.generation), now)
 
 
 @dataclass
@@ -130,13 +138,36 @@ class RolloutController:
         found = await fetch_samples(self.source, meta["namespace"], meta["name"], (version,), spec.interval_s)
         return found[version]
 
+    async def comparison_for(
+        self, body: Mapping[str, Any], version: str, state: RolloutState, now: dt.datetime
+    ) -> ComparisonSamples:
+        baseline = state.stable or ""
+        if self.source is None:
+            return ComparisonSamples(
+                version,
+                baseline,
+                error="the operator has no prometheusUrl, so shadow and replay have no figures "
+                "(set GUARDEDMODEL_PROMETHEUS_URL, or remove spec.rollout.shadow and replay)",
+            )
+        # Everything compared since the shadow phase began, and a little before (scrape delay).
+        since_s = (now - state.since).total_seconds() if state.since is not None else 0.0
+        meta = body["metadata"]
+        return await fetch_comparison(
+            self.source, meta["namespace"], meta["name"], version, baseline, since_s + 30.0
+        )
+
     async def step(self, body: Mapping[str, Any]) -> tuple[StepResult, dict[str, Any] | None]:
         """One step; returns the result and the object the API server returned, if written."""
         now = self.now()
         spec = RolloutSpec.from_body(body)  # parsed once per step
         status = body.get("status")
-        version = needed_version(spec, status, now)
-        samples = await self.samples_for(body, spec, version) if version is not None else None
+        analysis = needed(spec, status, now)
+        samples: MetricSamples | ComparisonSamples | None = None
+        if analysis is not None and analysis.comparison:
+            state = RolloutState.from_status(status, spec.generation)
+            samples = await self.comparison_for(body, analysis.version, state, now)
+        elif analysis is not None:
+            samples = await self.samples_for(body, spec, analysis.version)
         result = plan_step(spec, status, samples, now)
         written = None
         meta = body["metadata"]

@@ -35,6 +35,8 @@ CANARY_WEIGHT = Gauge(
 )
 
 _OUTCOMES = {
+    Kind.START_SHADOW: "shadowed",
+    Kind.REJECT: "rejected",
     Kind.START_CANARY: "started",
     Kind.PROMOTE_STEP: "stepped",
     Kind.PROMOTE_FULL: "promoted",

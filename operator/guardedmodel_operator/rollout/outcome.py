@@ -42,7 +42,21 @@ def apply_verdict(
 
     kind = verdict.kind
     was_degraded = rollout.get("phase") == "Degraded"
-    if kind is Kind.START_CANARY:
+    if kind in (Kind.START_CANARY, Kind.PROMOTE_FULL, Kind.REJECT, Kind.ABORT):
+        out["shadow"] = None  # the shadow phase, if any, ends with these
+    if kind is Kind.START_SHADOW:
+        record(verdict.version, "ShadowStarted", verdict.message)
+        out["shadow"] = spec.comparison.status_shadow(str(verdict.version))
+        out["comparison"] = {"version": verdict.version, "baseline": stable, "rows": 0, "decision": "pending"}
+        rollout["phase"] = "Progressing"
+        _unblock(rollout)
+        routing_changed()
+    elif kind is Kind.REJECT:
+        record(verdict.version, "Rejected", verdict.message)
+        rollout["phase"] = "RolledBack"
+        rollout["blockedVersion"], rollout["blockedGeneration"] = verdict.version, spec.generation
+        routing_changed()
+    elif kind is Kind.START_CANARY:
         if verdict.superseded:
             record(verdict.superseded, "Superseded", f"replaced by version {verdict.version}")
         record(verdict.version, "CanaryStarted", verdict.message)
@@ -111,6 +125,9 @@ def apply_verdict(
         not steady or rollout.get("reason") != verdict.reason or verdict.reason == CHECK_FAILED
     ):
         rollout["reason"], rollout["message"] = verdict.reason, verdict.message
+    if verdict.comparison is not None:
+        decision = {Kind.REJECT: "failed", Kind.START_CANARY: "passed", Kind.PROMOTE_FULL: "passed"}
+        out["comparison"] = verdict.comparison.as_status(decision.get(kind, "pending"))
     if verdict.samples is not None and verdict.samples.version == (
         out["canaryVersion"] or out["stableVersion"]
     ):

@@ -30,6 +30,9 @@ def overlay(
     if phase != "Ready" or rollout_phase not in _OVERRIDING:
         return phase, progressing, degraded
     reason, message = str(rollout.get("reason") or rollout_phase), str(rollout.get("message") or "")
+    if rollout_phase == "Progressing" and (status.get("shadow") or {}).get("version"):
+        text = f"shadow of version {status['shadow']['version']}" + (f": {message}" if message else "")
+        return "Progressing", ("True", "Shadow", text), degraded
     if rollout_phase == "Progressing":
         canary, weight = status.get("canaryVersion"), status.get("canaryWeight") or 0
         text = f"canary {canary} at {weight}%" + (f": {message}" if message else "")

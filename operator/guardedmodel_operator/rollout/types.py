@@ -6,12 +6,13 @@ import datetime as dt
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from ..clock import parse_time
 from ..spec import with_defaults
 from ..status import Routing
+from .comparison import ComparisonSpec
 
 DEFAULT_MIN_REQUESTS = 20
 
@@ -80,6 +81,7 @@ class RolloutSpec:
     continuous_guard: bool = True
     min_requests: int = DEFAULT_MIN_REQUESTS
     thresholds: Thresholds = Thresholds(max_ood_rate=0.25, max_error_rate=0.05)
+    comparison: ComparisonSpec = field(default_factory=ComparisonSpec)
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> RolloutSpec:
@@ -99,6 +101,7 @@ class RolloutSpec:
             continuous_guard=bool(rollout.get("continuousGuard", True)),
             min_requests=int(rollout.get("minRequests", DEFAULT_MIN_REQUESTS)),
             thresholds=Thresholds.from_spec(rollout.get("thresholds")),
+            comparison=ComparisonSpec.from_rollout(rollout),
         )
 
     @property
@@ -115,6 +118,7 @@ class RolloutState:
     canary: str | None = None
     weight: int = 0
     last_good: str | None = None
+    shadow: str | None = None  # the candidate under shadow / replay (status.shadow.version)
     phase: str | None = None  # the rollout's own view: Progressing | Ready | Degraded | RolledBack
     reason: str | None = None
     failed_checks: int = 0
@@ -138,6 +142,7 @@ class RolloutState:
             canary=routing.canary_version,
             weight=routing.canary_weight,
             last_good=_str_or_none(status.get("lastGoodVersion")),
+            shadow=_str_or_none((status.get("shadow") or {}).get("version")),
             phase=rollout.get("phase"),
             reason=rollout.get("reason"),
             failed_checks=int(rollout.get("failedChecks") or 0),

@@ -8,11 +8,14 @@ Pure, no I/O; `outcome` turns a verdict into status fields. The rules, in the or
    - spec.model.version names a third version → it supersedes the canary (new canary at steps[0]);
    - the canary was halted (failed with autoRollback off) and the spec has not changed → hold;
    - otherwise analyse the canary (below).
-3. No canary, after a rollback, spec.model.version set back to the stable version:
+3. A candidate is under shadow / replay and spec.model.version no longer names it → withdraw it.
+   No canary, after a rollback, spec.model.version set back to the stable version:
    the rollback is acknowledged (phase Ready again).
    No canary, spec.model.version differs from stable:
-   - that version was rolled back or halted and the spec has not changed since → do not retry it;
+   - that version was rolled back, halted or refused and the spec has not changed since → do not retry it;
    - the Deployment for this generation is not rolled out yet → wait;
+   - with spec.rollout.shadow or replay: first shadow and replay it (status.shadow), and once
+     comparison.minRows rows were compared, refuse it when a comparison threshold breaks, else go on;
    - strategy instant → promote it at once; canary → start a canary at steps[0].
 4. Otherwise, with continuousGuard, analyse the stable version with the same thresholds.
 
@@ -32,14 +35,17 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+from .comparison import ComparisonSamples, comparison_breaches
 from .types import Breach, MetricSamples, RolloutSpec, RolloutState, breaches
 
 
 class Kind(enum.StrEnum):
     HOLD = "hold"
+    START_SHADOW = "start_shadow"
+    REJECT = "reject"  # refused after shadow / replay, before any user saw it
     START_CANARY = "start_canary"
     PROMOTE_STEP = "promote_step"
     PROMOTE_FULL = "promote_full"
@@ -72,6 +78,7 @@ class Verdict:
     superseded: str | None = None  # the canary a new one replaces
     failed_checks: int | None = None  # the counter's new value, when a check ran
     samples: MetricSamples | None = None  # what the check saw (refreshes status.metrics)
+    comparison: ComparisonSamples | None = None  # what shadow / replay measured (status.comparison)
     breaches: tuple[Breach, ...] = ()
     # When to look again; None = when something changes (or the interval).
     recheck_after_s: float | None = None
@@ -88,6 +95,8 @@ class Analysis:
     version: str
     canary: bool
     failed_before: int
+    # Shadow / replay of a candidate against the stable version, instead of its serving metrics.
+    comparison: bool = False
 
 
 def plan(spec: RolloutSpec, state: RolloutState, now: dt.datetime) -> Verdict | Analysis:
@@ -118,6 +127,13 @@ def plan(spec: RolloutSpec, state: RolloutState, now: dt.datetime) -> Verdict | 
             return _waiting_for_deployment(canary)
         resumed = state.blocked_version == canary  # halted before, the spec changed since
         return _due(spec, state, now) or Analysis(canary, True, 0 if resumed else state.failed_checks)
+    if state.shadow is not None and state.shadow != target:
+        return Verdict(
+            Kind.ABORT,
+            "ShadowAborted",
+            f"spec.model.version is {target}: the shadow of version {state.shadow} is withdrawn",
+            version=state.shadow,
+        )
     if target == state.stable and state.phase == "RolledBack":
         return Verdict(
             Kind.RECOVER,
@@ -128,6 +144,10 @@ def plan(spec: RolloutSpec, state: RolloutState, now: dt.datetime) -> Verdict | 
     if target != state.stable and not state.blocks(target, spec.generation):
         if not state.deployment_ready:
             return _waiting_for_deployment(target)
+        if spec.comparison.enabled:
+            if state.shadow != target:
+                return _start_shadow(spec, state)
+            return _due(spec, state, now) or Analysis(target, False, 0, comparison=True)
         if spec.strategy == "instant":
             return Verdict(
                 Kind.PROMOTE_FULL,
@@ -141,19 +161,32 @@ def plan(spec: RolloutSpec, state: RolloutState, now: dt.datetime) -> Verdict | 
     return _due(spec, state, now) or Analysis(state.stable, False, state.failed_checks)
 
 
-def measure_version(spec: RolloutSpec, state: RolloutState, now: dt.datetime) -> str | None:
-    """The version whose metric samples a decision needs now, or None (no query needed)."""
+def needed_analysis(spec: RolloutSpec, state: RolloutState, now: dt.datetime) -> Analysis | None:
+    """What a decision needs measured now, or None (no query needed)."""
     step = plan(spec, state, now)
-    return step.version if isinstance(step, Analysis) else None
+    return step if isinstance(step, Analysis) else None
+
+
+def measure_version(spec: RolloutSpec, state: RolloutState, now: dt.datetime) -> str | None:
+    """The version whose figures a decision needs now, or None (no query needed)."""
+    analysis = needed_analysis(spec, state, now)
+    return None if analysis is None else analysis.version
 
 
 def decide(
-    spec: RolloutSpec, state: RolloutState, samples: MetricSamples | None, now: dt.datetime
+    spec: RolloutSpec,
+    state: RolloutState,
+    samples: MetricSamples | ComparisonSamples | None,
+    now: dt.datetime,
 ) -> Verdict:
     step = plan(spec, state, now)
     if isinstance(step, Verdict):
         return step
-    return _analyse(spec, state, step, samples)
+    if step.comparison:
+        return _analyse_comparison(
+            spec, state, step, samples if isinstance(samples, ComparisonSamples) else None
+        )
+    return _analyse(spec, state, step, samples if isinstance(samples, MetricSamples) else None)
 
 
 def _hold(reason: str, message: str, **kw: Any) -> Verdict:
@@ -181,6 +214,57 @@ def _start(spec: RolloutSpec, superseded: str | None) -> Verdict:
         weight=weight,
         superseded=superseded,
     )
+
+
+def _start_shadow(spec: RolloutSpec, state: RolloutState) -> Verdict:
+    c = spec.comparison
+    how = []
+    if c.shadow_fraction > 0:
+        how.append(f"{c.shadow_fraction:.0%} of live traffic mirrored")
+    if c.replay_samples > 0:
+        how.append(f"{c.replay_samples} audit samples replayed per pod")
+    message = (
+        f"version {spec.version} in shadow before any user sees it ({', '.join(how)}), "
+        f"compared with version {state.stable}"
+    )
+    return Verdict(Kind.START_SHADOW, "ShadowStarted", message, version=spec.version)
+
+
+def _analyse_comparison(
+    spec: RolloutSpec, state: RolloutState, analysis: Analysis, samples: ComparisonSamples | None
+) -> Verdict:
+    version, wanted = analysis.version, spec.comparison.min_rows
+    if samples is None or samples.version != version or samples.error:
+        why = samples.error if samples is not None and samples.error else "no comparison figures"
+        return _hold(NO_DATA, f"no data for the shadow of version {version}: {why}", version=version)
+    if samples.total_rows < wanted:
+        return _hold(
+            NO_DATA,
+            f"shadow of version {version}: {int(samples.total_rows)} of {wanted} rows compared "
+            f"(comparison.minRows); {samples.summary()}",
+            version=version,
+            comparison=samples,
+        )
+    broken = comparison_breaches(spec.comparison, samples)
+    if broken:
+        return Verdict(
+            Kind.REJECT,
+            "ComparisonFailed",
+            f"version {version} refused before serving anyone: {'; '.join(broken)} ({samples.summary()})",
+            version=version,
+            comparison=samples,
+        )
+    passed = f"after shadow and replay ({samples.summary()})"
+    if spec.strategy == "instant":
+        return Verdict(
+            Kind.PROMOTE_FULL,
+            "Promoted",
+            f"version {version} promoted at once (strategy instant), replacing {state.stable}, {passed}",
+            version=version,
+            comparison=samples,
+        )
+    started = _start(spec, superseded=None)
+    return replace(started, message=f"{started.message} {passed}", comparison=samples)
 
 
 def _due(spec: RolloutSpec, state: RolloutState, now: dt.datetime) -> Verdict | None:

@@ -258,7 +258,13 @@ def test_configmap_renders_the_sidecar_contract(minimal_body: dict[str, Any]) ->
     }
     assert document["limits"] == {}
     assert document["guardedModel"] == {"namespace": "ml", "name": "classifier"}
-    assert document["routing"] == {"stableVersion": "1", "canaryVersion": None, "canaryWeight": 0}
+    assert document["routing"] == {
+        "stableVersion": "1",
+        "canaryVersion": None,
+        "canaryWeight": 0,
+        "lastGoodVersion": None,
+        "shadow": None,
+    }
     restricted = document["triton"].pop("restrictedHeader")
     assert document["triton"] == {
         "httpUrl": "127.0.0.1:8000",
@@ -310,10 +316,46 @@ def test_triton_control_apis_answer_only_the_sidecar(minimal_body: dict[str, Any
 
 
 def test_configmap_routing_follows_status(minimal_body: dict[str, Any]) -> None:
-    minimal_body["status"] = {"stableVersion": "1", "canaryVersion": "2", "canaryWeight": 50}
-    minimal_body["spec"]["model"]["version"] = "2"
+    """A pod started later begins where the others are: routing, the last good version it keeps
+    loaded for a rollback, and the shadow candidate."""
+    minimal_body["status"] = {
+        "stableVersion": "2",
+        "canaryVersion": "3",
+        "canaryWeight": 50,
+        "lastGoodVersion": "1",
+    }
+    minimal_body["spec"]["model"]["version"] = "3"
     document = yaml.safe_load(build_configmap(context(minimal_body))["data"]["sidecar.yaml"])
-    assert document["routing"] == {"stableVersion": "1", "canaryVersion": "2", "canaryWeight": 50}
+    assert document["routing"] == {
+        "stableVersion": "2",
+        "canaryVersion": "3",
+        "canaryWeight": 50,
+        "lastGoodVersion": "1",
+        "shadow": None,
+    }
+    minimal_body["status"] = {
+        "stableVersion": "2",
+        "lastGoodVersion": "1",
+        "shadow": {"version": "3", "fraction": 0.2, "replay": 100},
+    }
+    document = yaml.safe_load(build_configmap(context(minimal_body))["data"]["sidecar.yaml"])
+    assert document["routing"]["shadow"] == {"version": "3", "fraction": 0.2, "replay": 100}
+
+
+def test_a_remote_repository_is_the_model_source_and_the_sidecar_may_add_versions(
+    minimal_body: dict[str, Any],
+) -> None:
+    local = build_deployment(context(minimal_body))["spec"]["template"]["spec"]
+    assert "modelSource" not in yaml.safe_load(build_configmap(context(minimal_body))["data"]["sidecar.yaml"])
+    minimal_body["spec"]["model"]["repository"] = "https://models.example.com/repo"
+    document = yaml.safe_load(build_configmap(context(minimal_body))["data"]["sidecar.yaml"])
+    assert document["modelSource"] == "https://models.example.com/repo"
+    pod = build_deployment(context(minimal_body))["spec"]["template"]["spec"]
+    mounts = {c["name"]: {m["name"]: m for m in c["volumeMounts"]} for c in pod["containers"]}
+    assert mounts["triton"]["models"]["readOnly"] is True
+    assert mounts["sidecar"]["models"]["readOnly"] is False
+    local_mounts = {c["name"]: {m["name"]: m for m in c["volumeMounts"]} for c in local["containers"]}
+    assert local_mounts["sidecar"]["models"]["readOnly"] is True  # a claim's files are never written
 
 
 def test_service_exposes_only_sidecar_ports(minimal_body: dict[str, Any]) -> None:
