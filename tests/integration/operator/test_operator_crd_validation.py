@@ -92,6 +92,43 @@ INVALID = [
     ("spec.spec.confidence", {"review": {"webhook": "mailto:x@y"}}, ["webhook", "http:// or https:// URL"]),
     ("spec.spec.audit", {"sampleRate": 2}, ["spec.audit.sampleRate", "less than or equal to 1"]),
     ("spec.spec.gate", {"ood": {"method": "magic"}}, ["spec.gate.ood.method", "mahalanobis"]),
+    ("spec.spec.rollout", {"shadow": {"fraction": 0}}, ["spec.rollout.shadow.fraction", "greater than 0"]),
+    (
+        "spec.spec.rollout",
+        {"shadow": {"fraction": 1.5}},
+        ["spec.rollout.shadow.fraction", "less than or equal to 1"],
+    ),
+    ("spec.spec.rollout", {"shadow": {}}, ["spec.rollout.shadow.fraction", "Required value"]),
+    (
+        "spec.spec.rollout",
+        {"replay": {"samples": 0}},
+        ["spec.rollout.replay.samples", "greater than or equal to 1"],
+    ),
+    (
+        "spec.spec",
+        {
+            "model": {"name": "m", "repository": "pvc://models", "version": "1"},
+            "rollout": {"replay": {"samples": 100}},
+            "audit": {"sampleRate": 0},
+        },
+        ["spec.rollout.replay", "spec.audit.sampleRate above 0"],
+    ),
+    (
+        "spec.spec",
+        {
+            "model": {"name": "m", "repository": "pvc://models", "version": "1"},
+            "rollout": {"replay": {"samples": 100}},
+            "audit": {"enabled": False},
+        },
+        ["spec.rollout.replay", "spec.audit.enabled true"],
+    ),
+    ("spec.spec.rollout", {"comparison": {"minAgreement": 1.2}}, ["minAgreement", "less than or equal to 1"]),
+    ("spec.spec.rollout", {"comparison": {"minRows": 0}}, ["minRows", "greater than or equal to 1"]),
+    (
+        "spec.spec.rollout",
+        {"comparison": {"maxOodRateShift": -0.1}},
+        ["maxOodRateShift", "greater than or equal to 0"],
+    ),
     ("spec.spec.gate", {"ood": {"action": "ignore"}}, ["spec.gate.ood.action", "reject"]),
     (
         "spec.spec.gate",
@@ -145,6 +182,9 @@ VALID = [
     ("spec.drift", {"window": "500"}),  # a row count, as a string of digits
     ("spec.drift", {"window": "5m"}),
     ("spec.drift", {"window": "1h30m", "alpha": 0.05, "minSamples": 10}),
+    ("spec.rollout", {"shadow": {"fraction": 1}}),
+    ("spec.rollout", {"shadow": {"fraction": 0.05}, "replay": {"samples": 500}}),
+    ("spec.rollout", {"replay": {"samples": 1}, "comparison": {"minRows": 1, "minAgreement": 0}}),
 ]
 
 
