@@ -19,8 +19,10 @@ The story it tells:
 2. good, corrupted and out-of-distribution traffic goes through the sidecar
    with an unchanged tritonclient, and a table shows what the gate and the
    scorer decided;
-3. version 2 (a weaker model) is rolled out as a canary; the operator reads
-   the sidecar's metrics from Prometheus and rolls it back;
+3. version 2 (a weaker model) is first shadowed (live traffic mirrored to it) and
+   replayed (the audit log's samples), and its agreement with version 1 is shown;
+   then it goes out as a canary, the operator reads the sidecar's metrics from
+   Prometheus and rolls it back. No pod restarts: versions move through routing;
 4. the inputs drift (a grey-level shift); the continuous guard sees the drift
    test call the windows drifted with a PSI above maxDriftScore, and the OOD
    rate break its threshold, and an alert fires.
@@ -278,13 +280,18 @@ class Demo:
         return previous
 
     def rollout_canary(self) -> None:
-        say('Rolling out version 2 (a weaker model) as a canary: kubectl patch gm fashion version "2"')
+        say('Rolling out version 2 (a weaker model): kubectl patch gm fashion version "2"')
+        pods_before = self.model_pods()
         self.patch_version("2")
         deadline = time.monotonic() + self.timeout
         seen_weights: list[int] = []
+        comparison: dict[str, Any] = {}
         while time.monotonic() < deadline:
             self.send(self.validation.next(self.requests), while_rolling=True)
             status = self.status()
+            if (status.get("comparison") or {}).get("decision") in ("passed", "failed") and not comparison:
+                comparison = dict(status["comparison"])
+                out.print_comparison(comparison)
             weight = int(status.get("canaryWeight") or 0)
             if status.get("canaryVersion") and weight and (not seen_weights or seen_weights[-1] != weight):
                 seen_weights.append(weight)
@@ -301,7 +308,15 @@ class Demo:
         out.print_phase(status)
         out.print_history(status)
         out.print_events(self.model_events())
-        self.record["canary"] = {"weights": seen_weights, "status": status}
+        pods_after = self.model_pods()
+        out.print_pods(pods_before, pods_after)
+        self.record["canary"] = {
+            "weights": seen_weights,
+            "status": status,
+            "comparison": comparison,
+            "pods_before": pods_before,
+            "pods_after": pods_after,
+        }
         if status.get("phase") == "RolledBack":
             say('Acknowledging the rollback: the spec goes back to the serving version (patch version "1")')
             self.patch_version("1")
@@ -377,6 +392,20 @@ class Demo:
             self.pods.check_alive()
         else:
             self.operator.check_alive()
+
+    def model_pods(self) -> dict[str, int]:
+        """The model's pods that are Running: uid → container restarts."""
+        pods = self.cluster.kubectl_json(
+            "get", "pods", "-n", NAMESPACE, "-l", "app.kubernetes.io/instance=fashion"
+        )["items"]
+        return {
+            p["metadata"]["uid"]: sum(
+                c.get("restartCount", 0) for c in p["status"].get("containerStatuses") or []
+            )
+            for p in pods
+            if (p.get("status") or {}).get("phase") == "Running"
+            and not p["metadata"].get("deletionTimestamp")
+        }
 
     def status(self) -> dict[str, Any]:
         gm = self.cluster.kubectl_json("get", "gm", "fashion", "-n", NAMESPACE)

@@ -49,6 +49,29 @@ def print_phase(status: dict[str, Any]) -> None:
     print(f"  phase {status.get('phase')}, stable v{status.get('stableVersion')}")
 
 
+def print_comparison(comparison: dict[str, Any]) -> None:
+    """status.comparison: what shadow and replay measured before any user saw the candidate."""
+    if not comparison.get("rows"):
+        print(f"  shadow of v{comparison.get('version')}: no rows compared")
+        return
+    print(
+        f"  shadow and replay of v{comparison['version']} against v{comparison.get('baseline')}: "
+        f"{comparison['rows']} rows ({comparison.get('shadowRows', 0)} mirrored, "
+        f"{comparison.get('replayRows', 0)} replayed from the audit log): "
+        f"top-1 agreement {comparison.get('agreement', float('nan')):.3f}, "
+        f"confidence shift {comparison.get('confidenceShift', float('nan')):+.3f}, "
+        f"OOD rate shift {comparison.get('oodRateShift', float('nan')):+.3f} → {comparison.get('decision')}"
+    )
+
+
+def print_pods(before: dict[str, int], after: dict[str, int]) -> None:
+    """The model's pods (uid → restarts) before and after the rollout."""
+    same = before.keys() == after.keys()
+    restarts = sum(after.values())
+    verdict = "the same pods" if same else "the pods were replaced"
+    print(f"  pods: {len(after)} before and after, {verdict}, {restarts} container restarts")
+
+
 def print_history(status: dict[str, Any]) -> None:
     for entry in status.get("history", [])[-5:]:
         print(f"  history: v{entry.get('version')} {entry.get('outcome')} — {entry.get('reason', '')}")

@@ -14,7 +14,7 @@ import hashlib
 import http.server
 import tarfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 
 #: Files a model folder may hold that no pod needs (Python's bytecode caches of the host's
@@ -22,21 +22,28 @@ from pathlib import Path
 SKIPPED_NAMES = frozenset({"__pycache__"})
 
 
-def pack_model(model_dir: Path, public: Path) -> Path:
-    """`tar czf <public>/<model>.tar.gz -C <repository> <model>` and its `.sha256` beside it."""
+def pack_model(model_dir: Path, public: Path, versions: Collection[str] | None = None) -> Path:
+    """`tar czf <public>/<model>.tar.gz -C <repository> <model>` and its `.sha256` beside it; with
+    `versions`, only those version folders (a repository before a version is published). Packing
+    again publishes anew: the archive is replaced whole."""
     public.mkdir(parents=True, exist_ok=True)
     archive = public / f"{model_dir.name}.tar.gz"
 
     def keep(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
-        if SKIPPED_NAMES & set(Path(info.name).parts):
+        parts = Path(info.name).parts
+        if SKIPPED_NAMES & set(parts):
+            return None
+        if versions is not None and len(parts) > 1 and parts[1].isdigit() and parts[1] not in versions:
             return None
         # Owned by nobody in particular: the pod's user extracts it.
         info.uid = info.gid = 0
         info.uname = info.gname = ""
         return info
 
-    with tarfile.open(archive, "w:gz") as tar:
+    partial = archive.with_name(f".{archive.name}.partial")
+    with tarfile.open(partial, "w:gz") as tar:
         tar.add(model_dir, arcname=model_dir.name, filter=keep)
+    partial.replace(archive)
     digest = hashlib.sha256(archive.read_bytes()).hexdigest()
     (public / f"{archive.name}.sha256").write_text(f"{digest}  {archive.name}\n")
     return archive

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,13 +83,21 @@ def start_pod_monitoring(
 
 
 @contextlib.contextmanager
-def serve_model(model_dir: Path, workdir: Path) -> Iterator[tuple[str, list[str]]]:
-    """The model folder packed as `<model>.tar.gz` (+ .sha256) and served over http:// on the gateway
-    address; yields the repository URL and the paths requested so far."""
+def serve_model(
+    model_dir: Path, workdir: Path, versions: Collection[str] | None = None
+) -> Iterator[tuple[str, list[str]]]:
+    """The model folder packed as `<model>.tar.gz` (+ .sha256; only `versions`, when given) and served
+    over http:// on the gateway address; yields the repository URL and the paths requested so far.
+    `publish` packs it again, as a model team publishing a new version would."""
     public = workdir / "public"
-    pack_model(model_dir, public)
+    pack_model(model_dir, public, versions)
     with serve_folder(public, RealNodeSpec().gateway) as served:
         yield served
+
+
+def publish(model_dir: Path, workdir: Path, versions: Collection[str] | None = None) -> None:
+    """Re-publish the model served by `serve_model` with `versions` (all when None)."""
+    pack_model(model_dir, workdir / "public", versions)
 
 
 def operator_values(workdir: Path, prometheus_url: str | None) -> Path:

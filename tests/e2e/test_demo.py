@@ -78,6 +78,14 @@ def test_demo_guards_rolls_back_and_alerts(tmp_path: Path, where: str) -> None:
     assert canary["status"]["stableVersion"] == "1"
     outcomes = [(h["version"], h["outcome"]) for h in canary["status"]["history"]]
     assert ("2", "RolledBack") in outcomes, outcomes
+    # Before any user saw it, version 2 was shadowed and replayed against version 1, and passed.
+    comparison = canary["comparison"]
+    assert comparison["decision"] == "passed" and comparison["rows"] >= 100, comparison
+    assert comparison["shadowRows"] > 0 and comparison["replayRows"] > 0, comparison
+    assert 0.0 < comparison["agreement"] < 1.0, comparison  # a different model, not a copy
+    assert outcomes.index(("2", "ShadowStarted")) < outcomes.index(("2", "CanaryStarted")), outcomes
+    # Versions moved through routing: the same pods throughout, never restarted.
+    assert canary["pods_before"] and canary["pods_after"] == canary["pods_before"], canary
 
     # Drifted inputs are seen by the continuous guard and alert the SREs.
     drift = summary["drift"]
