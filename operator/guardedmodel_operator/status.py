@@ -113,8 +113,8 @@ def merge_conditions(
     conditions stay as they were, so no writer erases another's."""
     mine = {c["type"]: dict(c) for c in owned}
     gone = set(drop) - set(mine)
-    merged = [mine.pop(c.get("type"), None) or dict(c) for c in current if c.get("type") not in gone]
-    return merged + list(mine.values())
+    merged = [mine.pop(c.get("type"), c) for c in current if c.get("type") not in gone]
+    return [dict(c) for c in merged] + list(mine.values())
 
 
 def invalid_spec_status(
