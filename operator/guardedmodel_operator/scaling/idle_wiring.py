@@ -65,8 +65,7 @@ def on_model_idle(memo: Memo, watch: ModelScheduler, key: Key, event: kopf.RawEv
         watch.touch(key)  # one step removes the condition of a watch that was switched off
         return
     memo.idle_bodies[key] = model_tasks.slim(body)
-    if key not in watch.tasks or watch.tasks[key].done():
-        watch.touch(key)  # a status echo must not cut the interval short
+    watch.ensure(key)
 
 
 def register(registry: kopf.OperatorRegistry) -> None:
