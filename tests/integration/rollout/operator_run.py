@@ -6,16 +6,22 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from guardedmodel_testground.cluster import LocalCluster
 
 
 def start_operator(
-    cluster: LocalCluster, namespace: str, prometheus_url: str, log_path: Path, env: Mapping[str, str]
+    cluster: LocalCluster,
+    namespace: str,
+    prometheus_url: str,
+    log_path: Path,
+    env: Mapping[str, str],
+    args: Sequence[str] = (),
 ) -> Callable[[], None]:
-    """`guardedmodel operator` watching `namespace`; returns the function that stops it."""
+    """`guardedmodel operator` watching `namespace`; returns the function that stops it.
+    `args` come last, so they override the flags set here (e.g. --metrics-port)."""
     log = log_path.open("w")
     operator = subprocess.Popen(
         [
@@ -27,6 +33,7 @@ def start_operator(
             "0",
             "--health-endpoint",
             "",
+            *args,
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
