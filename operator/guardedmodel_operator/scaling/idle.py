@@ -26,8 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..clock import parse_time
-from ..rollout.types import parse_duration
+from ..clock import parse_duration, parse_time
 from ..spec import with_defaults
 from ..status import Condition, condition, conditions_by_type, merge_conditions
 

@@ -19,9 +19,11 @@ from ..events import EmitEvent, Event
 from ..keys import key_of
 from ..kube import PatchStatus
 from ..prometheus import MetricsUnavailable, PrometheusSettings, PrometheusSource, model_range
-from ..rollout.metrics_source import REQUESTS
 from ..status import Condition
 from .idle import IdleSpec, TrafficSample, created_at, decide, idle_condition, idle_conditions, is_idle
+
+# The sidecar's name (the operator must not import the sidecar package, nor scaling the rollout's).
+REQUESTS = "guardedmodel_requests_total"
 
 
 def requests_query(settings: PrometheusSettings, namespace: str, name: str, window_s: float) -> str:
