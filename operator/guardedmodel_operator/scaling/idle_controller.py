@@ -62,6 +62,7 @@ class IdleOutcome:
     message: str = ""
     conditions: list[dict[str, Any]] | None = None  # the whole list to write; None: no write
     events: tuple[Event, ...] = ()
+    held_for_lack_of_data: bool = False
 
     @property
     def changed(self) -> bool:
@@ -85,7 +86,8 @@ def plan(
     value = decide(spec, sample, created_at(body), now)
     if value is None:
         held = None if previous is None else is_idle(previous)
-        return IdleOutcome(True, held, f"holding the Idle condition: {sample.error}")
+        message = f"no data, the Idle condition keeps its last value: {sample.error}"
+        return IdleOutcome(True, held, message, held_for_lack_of_data=True)
     conditions = idle_conditions(status, value, generation, format_time(now))
     events = tuple(idle_events(previous, value)) if conditions is not None else ()
     return IdleOutcome(True, is_idle(value), value[2], conditions, events)

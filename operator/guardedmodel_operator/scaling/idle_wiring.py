@@ -23,18 +23,26 @@ log = logging.getLogger(__name__)
 
 def start_idle_watch(memo: Memo) -> None:
     config = memo.config
-    controller = IdleController(
-        model_tasks.shared_prometheus(memo), model_tasks.status_patcher(memo), model_tasks.post_event
-    )
+    source = model_tasks.shared_prometheus(memo)
+    if source is None:
+        log.warning("no prometheusUrl: idle models are not detected (no Idle condition, gauge or alert)")
+    controller = IdleController(source, model_tasks.status_patcher(memo), model_tasks.post_event)
+    # Models whose last check had no data, so that an outage is logged once per model, not per check.
+    holding: set[Key] = set()
 
     async def run(key: Key) -> float | None:
         outcome = await model_tasks.locked_step(memo, key, memo.idle_bodies.get(key), controller.step)
         if outcome is None or not outcome.enabled:
+            holding.discard(key)
             return None  # gone or switched off: sleep until the spec changes
         if outcome.idle is not None:
             metrics.observe_idle(key[0], key[1], outcome.idle)
+        no_data = outcome.held_for_lack_of_data
+        if no_data and key not in holding and source is not None:
+            log.warning("%s/%s: %s", key[0], key[1], outcome.message)
         if outcome.changed:
             log.info("%s/%s: %s", key[0], key[1], outcome.message)
+        (holding.add if no_data else holding.discard)(key)
         return config.idle_interval_s
 
     memo.idle_watch = ModelScheduler(run, label="idle")

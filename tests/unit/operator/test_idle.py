@@ -186,7 +186,7 @@ def test_plan_writes_and_posts_on_a_flip_and_holds_without_data() -> None:
     )  # steady state: nothing written, nothing posted
     held = plan(HOUR, stored, NO_DATA, NOW)
     assert (held.idle, held.changed, held.events) == (True, False, ())  # the last state holds
-    assert "did not answer" in held.message
+    assert held.held_for_lack_of_data and "did not answer" in held.message
     assert plan(HOUR, body(), NO_DATA, NOW).idle is None  # nothing known yet
     active = plan(HOUR, stored, TrafficSample(requests=3.0), NOW)
     assert active.idle is False and [e.reason for e in active.events] == ["Active"]
