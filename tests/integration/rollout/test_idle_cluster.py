@@ -18,35 +18,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from operator_run import start_operator
+from operator_run import install_crd, log_tail, model_manifest, scraped_sidecar, start_operator
 from sidecar_traffic import SidecarTraffic
 
 from guardedmodel_testground.cluster import LocalCluster
 from guardedmodel_testground.procs import free_port
-from guardedmodel_testground.prometheus import Prometheus, ScrapeJob
+from guardedmodel_testground.prometheus import Prometheus
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[3]
-CRD = REPO / "crds" / "guardedmodel.io_guardedmodels.yaml"
 NAME = "sleepy"
 IDLE_AFTER_S = 4
-
-
-def manifest(namespace: str) -> str:
-    return json.dumps(
-        {
-            "apiVersion": "guardedmodel.io/v1alpha1",
-            "kind": "GuardedModel",
-            "metadata": {"name": NAME, "namespace": namespace},
-            "spec": {
-                "model": {"name": "classifier", "repository": "file:///srv/models", "version": "1"},
-                # pinned: nothing scales it, and it is still watched for idleness
-                "replicas": {"min": 1, "max": 1},
-                "scaling": {"idleAfter": f"{IDLE_AFTER_S}s"},
-            },
-        }
-    )
+# pinned: nothing scales it, and it is still watched for idleness
+SPEC = {"replicas": {"min": 1, "max": 1}, "scaling": {"idleAfter": f"{IDLE_AFTER_S}s"}}
 
 
 @dataclass
@@ -61,21 +45,10 @@ class IdleModel:
 def idle_model(
     k8s_cluster: LocalCluster, prometheus_factory: Callable[..., Prometheus], tmp_path: Path
 ) -> Iterator[IdleModel]:
-    k8s_cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-    k8s_cluster.kubectl(
-        "wait", "--for=condition=Established", "crd/guardedmodels.guardedmodel.io", "--timeout=30s"
-    )
+    install_crd(k8s_cluster)
     namespace = f"idle-{uuid.uuid4().hex[:6]}"
     k8s_cluster.kubectl("create", "namespace", namespace)
-    sidecar = SidecarTraffic("classifier", ["1"]).start()
-    prometheus = prometheus_factory(
-        [
-            ScrapeJob(
-                namespace, [sidecar.target], labels={"namespace": namespace, "guardedmodel_io_name": NAME}
-            )
-        ]
-    )
-    prometheus.wait_for(f'guardedmodel_requests_total{{namespace="{namespace}"}}')
+    sidecar, prometheus = scraped_sidecar(prometheus_factory, namespace, NAME, ["1"])
     log_path = tmp_path / "operator.log"
     metrics_port = free_port()
     stop_operator = start_operator(
@@ -86,7 +59,7 @@ def idle_model(
         {"GUARDEDMODEL_ROLLOUT_MIN_WINDOW_S": "2", "GUARDEDMODEL_IDLE_INTERVAL_S": "0.5"},
         args=["--metrics-host", "127.0.0.1", "--metrics-port", str(metrics_port)],
     )
-    k8s_cluster.kubectl("apply", "-f", "-", input=manifest(namespace))
+    k8s_cluster.kubectl("apply", "-f", "-", input=model_manifest(namespace, NAME, SPEC))
     try:
         yield IdleModel(namespace, sidecar, log_path, f"http://127.0.0.1:{metrics_port}/metrics")
     finally:
@@ -111,13 +84,6 @@ class Traffic:
         self.stop_flag.set()
 
 
-def _tail(path: Path, lines: int = 40) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
 def model(cluster: LocalCluster, namespace: str) -> dict[str, Any]:
     return cluster.kubectl_json("get", "guardedmodel", NAME, "-n", namespace)
 
@@ -138,7 +104,7 @@ def wait_for_idle(cluster: LocalCluster, m: IdleModel, status: str, what: str) -
         time.sleep(0.3)
     pytest.fail(
         f"timed out waiting for {what}; status {json.dumps(obj.get('status'))}\n"
-        f"operator log tail:\n{_tail(m.log)}"
+        f"operator log tail:\n{log_tail(m.log)}"
     )
 
 
@@ -180,7 +146,7 @@ def test_a_model_without_requests_turns_idle_and_back_when_traffic_comes(
     before = model(k8s_cluster, m.namespace)
     time.sleep(3.0)
     after = model(k8s_cluster, m.namespace)
-    assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"], _tail(m.log)
+    assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"], log_tail(m.log)
     assert idle_gauge(m) == 1.0
 
     traffic = Traffic(m.sidecar)
@@ -214,4 +180,4 @@ def test_the_gauge_goes_when_the_model_does(k8s_cluster: LocalCluster, idle_mode
     deadline = time.monotonic() + 15
     while idle_gauge(m) is not None and time.monotonic() < deadline:
         time.sleep(0.3)
-    assert idle_gauge(m) is None, _tail(m.log)
+    assert idle_gauge(m) is None, log_tail(m.log)
