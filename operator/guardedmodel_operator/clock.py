@@ -1,8 +1,10 @@
-"""Time as the operator stores it: timezone-aware UTC datetimes in code, RFC 3339 seconds in the status."""
+"""Time as the operator stores it: timezone-aware UTC datetimes in code, RFC 3339 seconds in the status,
+and the CRD's durations (spec.rollout.interval, spec.scaling.idleAfter)."""
 
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 
 def utcnow() -> dt.datetime:
@@ -22,3 +24,16 @@ def parse_time(text: str | None) -> dt.datetime | None:
         return dt.datetime.fromisoformat(str(text).replace("Z", "+00:00"))
     except ValueError:
         return None
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> float:
+    """'30s', '5m', '1h30m', '500ms' → seconds (the CRD's duration format)."""
+    text = str(text).strip()
+    parts = _DURATION_PART.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"{text!r} is not a duration such as 30s, 5m or 1h30m")
+    return sum(float(n) * _UNIT_S[u] for n, u in parts)

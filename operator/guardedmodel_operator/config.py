@@ -81,6 +81,8 @@ class OperatorConfig:
     # and lets the replica count fall only after this long at the lower load.
     scale_interval_s: float = 30.0
     scale_down_window_s: float = 300.0
+    # Every model with spec.scaling.idleAfter above 0s is checked for traffic this often.
+    idle_interval_s: float = 60.0
 
     def __post_init__(self) -> None:
         if self.log_format not in ("text", "json"):
@@ -108,6 +110,8 @@ class OperatorConfig:
                 "the scale interval must be positive and the scale-down window not negative, not "
                 f"{self.scale_interval_s} and {self.scale_down_window_s}"
             )
+        if self.idle_interval_s <= 0:
+            raise ConfigError(f"the idle check interval must be positive, not {self.idle_interval_s}")
         if not self.triton_image or not self.sidecar_image:
             raise ConfigError("the Triton and sidecar images must not be empty")
 

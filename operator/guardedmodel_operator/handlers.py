@@ -35,6 +35,7 @@ from .model_tasks import Memo, slim
 from .prometheus import PrometheusSource
 from .reconcile import reconcile
 from .rollout import wiring as rollout_wiring
+from .scaling import idle_wiring
 from .scaling import wiring as scaling_wiring
 from .scaling.controller import ScaleController
 from .scheduler import ModelScheduler
@@ -91,6 +92,9 @@ class OperatorState:
     scalers: ModelScheduler | None = None
     scale_controller: ScaleController | None = None
     scale_bodies: dict[Key, dict[str, Any]] = field(default_factory=dict)
+    # The idle watch's per-model tasks (scaling.idle_wiring), for models with idleAfter above 0s.
+    idle_watch: ModelScheduler | None = None
+    idle_bodies: dict[Key, dict[str, Any]] = field(default_factory=dict)
 
     def forget(self, key: Key) -> None:
         self.locks.pop(key, None)
@@ -299,6 +303,7 @@ def register(registry: kopf.OperatorRegistry) -> None:
         _register_child(registry, group, version, plural, kind, managed)
     rollout_wiring.register(registry)
     scaling_wiring.register(registry)
+    idle_wiring.register(registry)
 
 
 def _register_child(

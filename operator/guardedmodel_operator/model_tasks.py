@@ -1,4 +1,4 @@
-"""What the per-model background controllers (rollout, scaling) share in their kopf wiring.
+"""What the per-model background controllers (rollout, scaling, idle watch) share in their kopf wiring.
 
 Each runs one task per GuardedModel that wakes up, takes the model's lock (the one the core's
 reconcile takes), works on the freshest copy of the object and writes only its own status fields.
@@ -40,6 +40,8 @@ class Memo(Protocol):
     scalers: ModelScheduler | None
     scale_controller: ScaleController | None
     scale_bodies: dict[Key, dict[str, Any]]
+    idle_watch: ModelScheduler | None
+    idle_bodies: dict[Key, dict[str, Any]]
 
     def freshest(self, kind: str, namespace: str, name: str, watched: Mapping[str, Any] | None) -> Any: ...
 

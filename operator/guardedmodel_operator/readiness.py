@@ -17,7 +17,7 @@ from typing import Any, TypedDict, Unpack
 
 from .labels import POD_HASH_ANNOTATION
 from .rollout.phase import overlay
-from .status import Condition, condition, conditions_by_type
+from .status import Condition, condition, conditions_by_type, merge_conditions
 
 
 @dataclass(frozen=True)
@@ -162,7 +162,8 @@ class Observed(TypedDict):
 def next_status(
     current: Mapping[str, Any] | None, dep: DeploymentState, **observed: Unpack[Observed]
 ) -> dict[str, Any]:
-    """The full status to store; fields owned by other writers (routing, metrics, scaling) are kept."""
+    """The full status to store; fields owned by other writers (routing, metrics, scaling, other
+    conditions) are kept."""
     generation, now = observed["generation"], observed["now"]
     status: dict[str, Any] = copy.deepcopy(dict(current or {}))
     stable = status.get("stableVersion")
@@ -172,11 +173,13 @@ def next_status(
     # The rollout's phase (canary, rollback, breached guard) counts once the pods are Ready.
     phase, progressing, degraded = overlay(verdict.phase, verdict.progressing, verdict.degraded, status)
     previous = conditions_by_type(status)
-    status["conditions"] = [
+    owned = [
         condition("Ready", verdict.ready, previous.get("Ready"), generation, now),
         condition("Progressing", progressing, previous.get("Progressing"), generation, now),
         condition("Degraded", degraded, previous.get("Degraded"), generation, now),
     ]
+    # Conditions of other writers (the idle watch's Idle) stay as they are.
+    status["conditions"] = merge_conditions(status.get("conditions") or [], owned)
     status["phase"] = phase
     status["observedGeneration"] = generation
     status["replicas"] = dep.replicas

@@ -40,6 +40,14 @@ class ModelScheduler:
         if task is None or task.done():
             self.tasks[key] = asyncio.create_task(self._loop(key), name=f"{self.label} {key[0]}/{key[1]}")
 
+    def ensure(self, key: Key) -> None:
+        """Start the model's task if none runs, without waking one that sleeps until its next
+        check: for controllers whose watch events are mostly status echoes, which must not cut
+        the interval short."""
+        task = self.tasks.get(key)
+        if task is None or task.done():
+            self.touch(key)
+
     def forget(self, key: Key) -> None:
         task = self.tasks.pop(key, None)
         self.wakers.pop(key, None)

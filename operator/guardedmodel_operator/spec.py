@@ -27,7 +27,7 @@ DEFAULTS: dict[str, Any] = {
         "resources": {"requests": {"cpu": "500m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
     },
     "replicas": {"min": 1, "max": 1},
-    "scaling": {"targetQueueTimeMs": 50},
+    "scaling": {"targetQueueTimeMs": 50, "idleAfter": "1h"},
     "gate": {"ood": {"method": "energy", "action": "reject"}, "batchPolicy": "perRow"},
     "confidence": {"reviewBelow": 0.5, "review": {"maxFraction": 0.1}},
     "audit": {"enabled": True, "sampleRate": 0.01, "retainFiles": 10},

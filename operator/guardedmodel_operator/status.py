@@ -4,8 +4,11 @@ Three writers share the status, each under the model's lock and each for its own
 - the core's reconcile (`readiness.next_status`): phase, conditions, observedGeneration, replica counts;
 - the rollout controller (`rollout.outcome`): routing (with lastGoodVersion and shadow), comparison,
   history, metrics, `rollout`;
-- the scaler (`scaling.policy`): `scaling`.
-Every writer sends `merge_patch` of its own fields, so none of them overwrites another's.
+- the scaler (`scaling.policy`): `scaling`;
+- the idle watch (`scaling.idle`): the `Idle` condition.
+Every writer sends `merge_patch` of its own fields, so none of them overwrites another's. The
+conditions list is shared: a merge patch replaces a list whole, so a writer of conditions sends the
+whole list, its own conditions replaced and everyone else's kept (`merge_conditions`).
 Pure: no I/O.
 """
 
@@ -31,6 +34,7 @@ ROLLOUT_FIELDS = (
 HISTORY_LIMIT = 20
 
 Condition = tuple[str, str, str]  # (status, reason, message)
+PROGRESSING = "Progressing"
 
 
 @dataclass(frozen=True)
@@ -112,6 +116,18 @@ def conditions_by_type(status: Mapping[str, Any]) -> dict[str, Mapping[str, Any]
     return {c.get("type"): c for c in status.get("conditions") or []}
 
 
+def merge_conditions(
+    current: Iterable[Mapping[str, Any]], owned: Iterable[Mapping[str, Any]], drop: Iterable[str] = ()
+) -> list[dict[str, Any]]:
+    """The conditions list after one writer's turn: its `owned` conditions replace those of the same
+    type where they stand (new ones go at the end), the types in `drop` go, and every other writer's
+    conditions stay as they were, so no writer erases another's."""
+    mine = {c["type"]: dict(c) for c in owned}
+    gone = set(drop) - set(mine)
+    merged = [mine.pop(c.get("type"), c) for c in current if c.get("type") not in gone]
+    return [dict(c) for c in merged] + list(mine.values())
+
+
 def invalid_spec_status(
     status: Mapping[str, Any], generation: int, message: str, now: str, reason: str = "InvalidSpec"
 ) -> dict[str, Any]:
@@ -127,7 +143,8 @@ def invalid_spec_status(
         **status,
         "phase": "Failed",
         "observedGeneration": generation,
-        "conditions": [dict(ready), degraded],
+        # Progressing goes: nothing progresses on a spec the operator cannot act on.
+        "conditions": merge_conditions(status.get("conditions") or [], [ready, degraded], drop=[PROGRESSING]),
     }
 
 

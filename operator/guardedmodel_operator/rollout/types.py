@@ -4,29 +4,16 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from ..clock import parse_time
+from ..clock import parse_duration, parse_time
 from ..spec import with_defaults
 from ..status import Routing
 from .comparison import ComparisonSpec
 
 DEFAULT_MIN_REQUESTS = 20
-
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
-_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def parse_duration(text: str) -> float:
-    """'30s', '5m', '1h30m', '500ms' → seconds (the CRD's interval format)."""
-    text = str(text).strip()
-    parts = _DURATION_PART.findall(text)
-    if not parts or "".join(n + u for n, u in parts) != text:
-        raise ValueError(f"{text!r} is not a duration such as 30s, 5m or 1h30m")
-    return sum(float(n) * _UNIT_S[u] for n, u in parts)
 
 
 @dataclass(frozen=True)

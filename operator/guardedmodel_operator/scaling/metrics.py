@@ -30,6 +30,14 @@ SATURATED = Gauge(
     registry=REGISTRY,
 )
 
+IDLE = Gauge(
+    "guardedmodel_operator_model_idle",
+    "1 while a GuardedModel has served no request for spec.scaling.idleAfter (its Idle condition is "
+    "True), else 0; absent for models with idleAfter 0s.",
+    ["namespace", "name"],
+    registry=REGISTRY,
+)
+
 
 def observe(namespace: str, name: str, verdict: ScaleVerdict) -> None:
     DESIRED.labels(namespace=namespace, name=name).set(verdict.replicas)
@@ -38,7 +46,19 @@ def observe(namespace: str, name: str, verdict: ScaleVerdict) -> None:
         SCALINGS.labels(direction="up" if verdict.reason == SCALED_UP else "down").inc()
 
 
+def observe_idle(namespace: str, name: str, idle: bool) -> None:
+    IDLE.labels(namespace=namespace, name=name).set(1.0 if idle else 0.0)
+
+
 def forget(namespace: str, name: str) -> None:
-    for gauge in (DESIRED, SATURATED):
+    _remove((DESIRED, SATURATED), namespace, name)
+
+
+def forget_idle(namespace: str, name: str) -> None:
+    _remove((IDLE,), namespace, name)
+
+
+def _remove(gauges: tuple[Gauge, ...], namespace: str, name: str) -> None:
+    for gauge in gauges:
         with contextlib.suppress(KeyError):
             gauge.remove(namespace, name)

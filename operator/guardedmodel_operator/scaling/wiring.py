@@ -56,8 +56,7 @@ def on_model_scaling(
             metrics.forget(*key)
         return
     memo.scale_bodies[key] = model_tasks.slim(body)
-    if key not in scalers.tasks or scalers.tasks[key].done():
-        scalers.touch(key)  # a status echo must not cut the interval short
+    scalers.ensure(key)
 
 
 def register(registry: kopf.OperatorRegistry) -> None:

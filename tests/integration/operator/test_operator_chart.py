@@ -58,6 +58,7 @@ def test_values_schema_refuses_bad_values(cluster: LocalCluster) -> None:
         ("replicaCount=0", "replicaCount"),
         ("workerLimit=0", "workerLimit"),
         ("scaling.intervalSeconds=0", "intervalSeconds"),
+        ("scaling.idleIntervalSeconds=0", "idleIntervalSeconds"),
     ]:
         result = cluster.helm("template", "gm", CHART, "--set", value, check=False)
         assert result.returncode != 0 and fragment in result.stderr, result.stderr

@@ -78,6 +78,13 @@ INVALID = [
     ),
     ("spec.spec.audit", {"retainFiles": -1}, ["spec.audit.retainFiles", "greater than or equal to 0"]),
     ("spec.spec.replicas", {"min": 3, "max": 2}, ["spec.replicas", "must not exceed spec.replicas.max"]),
+    (
+        "spec.spec.scaling",
+        {"idleAfter": "an hour"},
+        ["spec.scaling.idleAfter", "such as 30m, 1h", "0s to turn"],
+    ),
+    ("spec.spec.scaling", {"idleAfter": "-1h"}, ["spec.scaling.idleAfter", "0s to turn idle detection off"]),
+    ("spec.spec.scaling", {"idleAfter": "1d"}, ["spec.scaling.idleAfter", "such as 30m, 1h or 24h"]),
     ("spec.spec.replicas", {"min": 0, "max": 2}, ["spec.replicas.min", "greater than or equal to 1"]),
     (
         "spec.spec.confidence",
@@ -174,6 +181,9 @@ VALID = [
     ("spec.rollout", {"steps": [100]}),
     ("spec.rollout", {"steps": [0, 1, 99, 100], "interval": "1h30m"}),
     ("spec.replicas", {"min": 2, "max": 2}),
+    ("spec.scaling", {"idleAfter": "0s"}),  # idle detection off
+    ("spec.scaling", {"idleAfter": "24h"}),
+    ("spec.scaling", {"idleAfter": "1h30m", "targetQueueTimeMs": 20}),
     ("spec.confidence", {"reviewBelow": 0, "review": {"maxFraction": 1}}),
     ("spec.gate", {"ood": {"method": "none"}, "inputs": [{"name": "x", "datatype": "BYTES", "shape": [-1]}]}),
     ("spec.gate", {"ood": {"method": "mahalanobis", "alpha": 0.05}}),
@@ -206,6 +216,8 @@ def test_examples_are_accepted_and_defaulted(cluster: LocalCluster) -> None:
     assert minimal["spec"]["gate"]["ood"] == {"method": "energy", "action": "reject"}
     # the drift defaults: a 5 minute window, tested at a 0.001 false-alarm rate from 100 rows on
     assert minimal["spec"]["drift"] == {"window": "5m", "alpha": 0.001, "minSamples": 100}
+    # idle after an hour without requests
+    assert minimal["spec"]["scaling"] == {"targetQueueTimeMs": 50, "idleAfter": "1h"}
 
 
 def test_a_row_count_window_is_stored_as_given(cluster: LocalCluster) -> None:

@@ -18,32 +18,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from operator_run import start_operator
+from operator_run import install_crd, log_tail, model_manifest, scraped_sidecar, start_operator
 from sidecar_traffic import SidecarTraffic
 
 from guardedmodel_testground.cluster import LocalCluster
-from guardedmodel_testground.prometheus import Prometheus, ScrapeJob
+from guardedmodel_testground.prometheus import Prometheus
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[3]
-CRD = REPO / "crds" / "guardedmodel.io_guardedmodels.yaml"
 NAME = "scaled"
-
-
-def manifest(namespace: str) -> str:
-    return json.dumps(
-        {
-            "apiVersion": "guardedmodel.io/v1alpha1",
-            "kind": "GuardedModel",
-            "metadata": {"name": NAME, "namespace": namespace},
-            "spec": {
-                "model": {"name": "classifier", "repository": "file:///srv/models", "version": "1"},
-                "replicas": {"min": 1, "max": 3},
-                "scaling": {"targetQueueTimeMs": 50},
-            },
-        }
-    )
+SPEC = {"replicas": {"min": 1, "max": 3}, "scaling": {"targetQueueTimeMs": 50}}
 
 
 class Load:
@@ -66,21 +50,11 @@ class Load:
 def scaled_model(
     k8s_cluster: LocalCluster, prometheus_factory: Callable[..., Prometheus], tmp_path: Path
 ) -> Iterator[tuple[str, Load, Path]]:
-    k8s_cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-    k8s_cluster.kubectl(
-        "wait", "--for=condition=Established", "crd/guardedmodels.guardedmodel.io", "--timeout=30s"
-    )
+    install_crd(k8s_cluster)
     namespace = f"scaling-{uuid.uuid4().hex[:6]}"
     k8s_cluster.kubectl("create", "namespace", namespace)
-    sidecar = SidecarTraffic("classifier", ["1"]).start()
+    sidecar, prometheus = scraped_sidecar(prometheus_factory, namespace, NAME, ["1"])
     load = Load(sidecar, queue_ms=200.0)  # four times the target
-    prometheus = prometheus_factory(
-        [
-            ScrapeJob(
-                namespace, [sidecar.target], labels={"namespace": namespace, "guardedmodel_io_name": NAME}
-            )
-        ]
-    )
     prometheus.wait_for(f'guardedmodel_triton_requests_total{{namespace="{namespace}"}}')
     log_path = tmp_path / "operator.log"
     stop_operator = start_operator(
@@ -94,7 +68,7 @@ def scaled_model(
             "GUARDEDMODEL_SCALE_DOWN_WINDOW_S": "6",
         },
     )
-    k8s_cluster.kubectl("apply", "-f", "-", input=manifest(namespace))
+    k8s_cluster.kubectl("apply", "-f", "-", input=model_manifest(namespace, NAME, SPEC))
     try:
         yield namespace, load, log_path
     finally:
@@ -102,13 +76,6 @@ def scaled_model(
         stop_operator()
         sidecar.stop()
         k8s_cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
-
-
-def _tail(path: Path, lines: int = 40) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
 
 
 def wait_for_replicas(
@@ -127,7 +94,7 @@ def wait_for_replicas(
         time.sleep(0.5)
     pytest.fail(
         f"timed out waiting for {what}; Deployment replicas {replicas}; status.scaling "
-        f"{json.dumps(status.get('scaling'))}\noperator log tail:\n{_tail(log)}"
+        f"{json.dumps(status.get('scaling'))}\noperator log tail:\n{log_tail(log)}"
     )
 
 

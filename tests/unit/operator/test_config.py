@@ -48,6 +48,7 @@ def test_flags_override_env_only_when_given() -> None:
         ({"GUARDEDMODEL_WORKER_LIMIT": "0"}, "worker limit"),
         ({"GUARDEDMODEL_METRICS_PORT": "many"}, "GUARDEDMODEL_METRICS_PORT"),
         ({"GUARDEDMODEL_WATCH_CLIENT_TIMEOUT_S": "10"}, "client timeout must exceed"),
+        ({"GUARDEDMODEL_IDLE_INTERVAL_S": "0"}, "idle check interval must be positive"),
     ],
 )
 def test_bad_values_are_refused_with_a_reason(env: dict[str, str], message: str) -> None:

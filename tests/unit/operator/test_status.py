@@ -2,9 +2,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from guardedmodel_operator.readiness import DeploymentState, judge, next_status
 from guardedmodel_operator.reconcile import desired_status
-from guardedmodel_operator.status import ROLLOUT_FIELDS, merge_patch
+from guardedmodel_operator.status import ROLLOUT_FIELDS, invalid_spec_status, merge_conditions, merge_patch
 
 HASH = "abc"
 
@@ -162,3 +164,55 @@ def test_the_core_writes_no_rollout_field() -> None:
     ready = DeploymentState.observe(deployment(ready=1, updated=1, replicas=1))
     status = next_status({}, ready, generation=1, pod_hash=HASH, spec_version="1", now="T1")
     assert not set(status) & set(ROLLOUT_FIELDS)
+
+
+IDLE = {"type": "Idle", "status": "True", "reason": "NoTraffic", "message": "m", "lastTransitionTime": "T0"}
+
+
+def test_the_core_keeps_conditions_it_does_not_own_and_writes_nothing_for_them() -> None:
+    ready = deployment(ready=1, updated=1, replicas=1)
+    first = step(None, ready, now="T1")
+    with_idle = {**first, "conditions": [*first["conditions"], IDLE]}
+    again = step(with_idle, ready, now="T2")
+    assert merge_patch(with_idle, again) is None  # steady state: no write, Idle untouched
+    lost = step(with_idle, deployment(ready=0, updated=1, replicas=1), now="T3")
+    assert [c["type"] for c in lost["conditions"]] == ["Ready", "Progressing", "Degraded", "Idle"]
+    assert conditions(lost)["Ready"] == ("False", "NoReadyReplicas")
+    assert lost["conditions"][-1] == IDLE
+
+
+def test_the_core_adds_its_conditions_next_to_ones_written_before_it() -> None:
+    status = step({"conditions": [IDLE]}, deployment(ready=1, updated=1, replicas=1))
+    assert [c["type"] for c in status["conditions"]] == ["Idle", "Ready", "Progressing", "Degraded"]
+    assert status["conditions"][0] == IDLE
+
+
+def test_an_invalid_spec_keeps_other_writers_conditions() -> None:
+    first = step(None, deployment(ready=1, updated=1, replicas=1), now="T1")
+    before = {**first, "conditions": [*first["conditions"], IDLE]}
+    failed = invalid_spec_status(before, 6, "spec.model.version must be a positive integer", "T2")
+    assert [c["type"] for c in failed["conditions"]] == ["Ready", "Degraded", "Idle"]
+    assert failed["conditions"][-1] == IDLE and failed["phase"] == "Failed"
+
+
+@pytest.mark.parametrize(
+    ("current", "owned", "drop", "types"),
+    [
+        ([], ["A"], (), ["A"]),
+        (["A", "B"], ["B"], (), ["A", "B"]),  # replaced where it stands
+        (["A", "B"], ["C"], (), ["A", "B", "C"]),  # new ones at the end
+        (["A", "B", "C"], ["A"], ["B"], ["A", "C"]),  # dropped
+        (["A"], ["A"], ["A"], ["A"]),  # a condition being written is never dropped
+        (["A"], [], ["Z"], ["A"]),  # dropping an absent one changes nothing
+    ],
+)
+def test_merge_conditions_replaces_adds_and_drops_only_what_it_is_told(
+    current: list[str], owned: list[str], drop: list[str], types: list[str]
+) -> None:
+    merged = merge_conditions(
+        [{"type": t, "status": "False"} for t in current],
+        [{"type": t, "status": "True"} for t in owned],
+        drop,
+    )
+    assert [c["type"] for c in merged] == types
+    assert all(c["status"] == ("True" if c["type"] in owned else "False") for c in merged)

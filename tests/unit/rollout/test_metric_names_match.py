@@ -23,6 +23,7 @@ from guardedmodel_operator.rollout import metrics as rollout_metrics
 from guardedmodel_operator.rollout.metrics_source import queries as rollout_queries
 from guardedmodel_operator.scaling import metrics as scaling_metrics
 from guardedmodel_operator.scaling.controller import queries as scaling_queries
+from guardedmodel_operator.scaling.idle_controller import requests_query as idle_query
 from guardedmodel_sidecar.guard.artifact import DriftReference
 from guardedmodel_sidecar.guard.drift import DriftAccumulator
 from guardedmodel_sidecar.metrics import SidecarMetrics
@@ -196,6 +197,7 @@ def operator_promql() -> dict[str, str]:
     settings = PrometheusSettings(url="http://prometheus")
     found = {f"rollout {k}": q for k, q in rollout_queries(settings, "ml", "clf", 60.0).items()}
     found.update({f"scaling {k}": q for k, q in scaling_queries(settings, "ml", "clf", 60.0).items()})
+    found["idle requests"] = idle_query(settings, "ml", "clf", 60.0)
     for group in yaml.safe_load(ALERTS.read_text())["groups"]:
         for rule in group["rules"]:
             found[f"alert {rule.get('alert') or rule.get('record')}"] = str(rule["expr"])
