@@ -131,6 +131,7 @@ class SidecarApp:
             max_inflight=config.tuning.shadow_max_inflight,
             timeout_s=config.limits.request_timeout_s,
             next_id=self.pipeline.next_id,
+            is_ready=self._version_ready,
         )
         self.pipeline.shadow = self.shadow
         self.metrics.version_roles = self._version_roles
@@ -216,26 +217,25 @@ class SidecarApp:
             self.batcher.max_batch = min(self.batcher.max_batch, model_max)
         self.pipeline.install_guard(guard)
 
+    def _version_ready(self, version: str) -> bool:
+        """Loaded in Triton at the last check, and guarded (a guard outlives its version's unload)."""
+        return version in self._loaded and version in self.pipeline.guards
+
     def _servable(self, routing: Routing) -> bool:
         """Every version ``routing`` serves is loaded and guarded already: it can be adopted now."""
-        return self.pipeline.triton_ready and all(
-            v in self._loaded and v in self.pipeline.guards for v in routing.versions()
-        )
+        return self.pipeline.triton_ready and all(self._version_ready(v) for v in routing.versions())
 
     def _version_roles(self) -> list[tuple[str, str, bool]]:
-        return [
-            (version, role, version in self._loaded and version in self.pipeline.guards)
-            for version, role in self.router.roles()
-        ]
+        return [(version, role, self._version_ready(version)) for version, role in self.router.roles()]
 
     def _start_replay(self) -> None:
-        """Replay audit samples to the shadow candidate, once per candidate, when it is guarded."""
+        """Replay audit samples to the shadow candidate, once per candidate, when it is ready."""
         shadow = self.router.routing.shadow
         if (
             shadow is None
             or shadow.replay <= 0
             or shadow.version in self._replayed
-            or shadow.version not in self.pipeline.guards
+            or not self._version_ready(shadow.version)
         ):
             return
         self._replayed.add(shadow.version)

@@ -58,6 +58,7 @@ class ShadowComparer:
         max_inflight: int,
         timeout_s: float,
         next_id: Callable[[], str],
+        is_ready: Callable[[str], bool],
     ) -> None:
         self.model = model
         self.triton = triton
@@ -68,6 +69,7 @@ class ShadowComparer:
         self.max_inflight = max_inflight
         self.timeout_s = timeout_s
         self.next_id = next_id
+        self.is_ready = is_ready  # the version is loaded in Triton and guarded
         self._tasks: set[asyncio.Task[bool]] = set()
         self._logged_at: dict[tuple[str, str], float] = {}
 
@@ -103,7 +105,7 @@ class ShadowComparer:
     ) -> bool:
         """Send ``inputs`` to ``candidate``, compare its rows with ``baseline``; True when counted."""
         guard = self.guards.get(candidate)
-        if guard is None:
+        if guard is None or not self.is_ready(candidate):
             self.skip(candidate, source, NOT_LOADED, f"version {candidate} is not loaded and guarded yet")
             return False
         outputs = [guard.logits_output]
