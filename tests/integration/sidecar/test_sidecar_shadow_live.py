@@ -201,18 +201,25 @@ async def test_a_last_good_version_is_loaded_and_guarded_unserved_and_a_rollback
 # ----------------------------------------------------------------------------------- shadow
 
 
+def shadowing(
+    triton: TritonServer, repository: Path, workdir: Path, candidate: str, fraction: float, bound: int
+) -> dict[str, Any]:
+    """A sidecar serving version 1 that copies ``fraction`` of its requests to ``candidate``, at
+    most ``bound`` at a time."""
+    return sidecar_config(
+        triton,
+        repository,
+        workdir,
+        routing={"stableVersion": "1", "shadow": {"version": candidate, "fraction": fraction}},
+        tuning={"shadowMaxInflight": bound},
+    )
+
+
 async def test_shadow_mirrors_its_fraction_of_the_stables_http_and_grpc_requests_and_serves_none(
     tmp_path: Path, three_versions: Path, triton: TritonServer
 ) -> None:
-    document = sidecar_config(
-        triton,
-        three_versions,
-        tmp_path,
-        routing={"stableVersion": "1", "shadow": {"version": "2", "fraction": 0.25}},
-        tuning={"shadowMaxInflight": 64},
-    )
     data = toy_data()
-    async with running(document) as app:
+    async with running(shadowing(triton, three_versions, tmp_path, "2", 0.25, 64)) as app:
         assert value(await scrape(app), "guardedmodel_version_loaded", version="2", role="shadow") == 1.0
         sizes = [1 + i % 3 for i in range(40)]
         inputs = [data.sample(n, seed=200 + i)[0] for i, n in enumerate(sizes)]
@@ -254,15 +261,8 @@ async def test_shadow_mirrors_its_fraction_of_the_stables_http_and_grpc_requests
 async def test_a_shadow_that_cannot_load_keeps_the_pod_ready_and_copies_past_the_bound_are_counted(
     tmp_path: Path, three_versions: Path, triton: TritonServer
 ) -> None:
-    document = sidecar_config(
-        triton,
-        three_versions,
-        tmp_path,
-        routing={"stableVersion": "1", "shadow": {"version": "9", "fraction": 1.0}},
-        tuning={"shadowMaxInflight": 1},
-    )
     data = toy_data()
-    async with running(document) as app:
+    async with running(shadowing(triton, three_versions, tmp_path, "9", 1.0, 1)) as app:
         # version 9 is not in the repository: the pod serves, the gauge and the skips say why
         assert value(await scrape(app), "guardedmodel_version_loaded", version="9", role="shadow") == 0.0
         for i in range(5):
