@@ -86,13 +86,22 @@ class ShadowComparer:
             self.metrics.count_comparison_skipped(candidate, SHADOW, INFLIGHT_LIMIT)
             return
         inputs = [Tensor(t.name, t.datatype, t.shape, bytes(t.raw), None) for t in request.inputs]
-        baseline = rows_from_scores(scores, guard.policy.ood_threshold)
         task = asyncio.get_running_loop().create_task(
-            self.compare(candidate, guard.version, inputs, baseline, request_id, SHADOW),
-            name=f"shadow-{request_id}",
+            self._mirror(candidate, guard, inputs, scores, request_id), name=f"shadow-{request_id}"
         )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _mirror(
+        self, candidate: str, guard: VersionGuard, inputs: list[Tensor], scores: Scores, request_id: str
+    ) -> bool:
+        # the stable's side is reduced here, off the caller's path
+        try:
+            baseline = rows_from_scores(scores, guard.policy.ood_threshold)
+        except ValueError as exc:
+            self.skip(candidate, SHADOW, UNREADABLE, f"the stable's scores: {exc}")
+            return False
+        return await self.compare(candidate, guard.version, inputs, baseline, request_id, SHADOW)
 
     async def compare(
         self,

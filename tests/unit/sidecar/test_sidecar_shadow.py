@@ -23,7 +23,7 @@ from guardedmodel_sidecar.comparison import (
     rows_from_scores,
     worker_share,
 )
-from guardedmodel_sidecar.config import Routing, Shadow, parse_routing
+from guardedmodel_sidecar.config import Routing, Shadow, parse_config, parse_routing
 from guardedmodel_sidecar.config_values import ConfigError
 from guardedmodel_sidecar.decision import DecisionPolicy, decide
 from guardedmodel_sidecar.gate import InputGate
@@ -36,6 +36,7 @@ from guardedmodel_sidecar.routing import Router
 from guardedmodel_sidecar.status_watch import routing_from_status
 from guardedmodel_sidecar.version_guard import VersionGuard
 from guardedmodel_sidecar.version_metrics import VersionMetrics
+from guardedmodel_sidecar.workers import worker_config
 
 # ----------------------------------------------------------------------------------- routing
 
@@ -74,6 +75,18 @@ def test_parse_routing_reads_last_good_and_shadow() -> None:
 def test_parse_routing_refuses_a_shadow_it_cannot_honour(shadow: object, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         parse_routing({"stableVersion": "1", "shadow": shadow}, "1")
+
+
+def test_the_shadow_bounds_are_tuning_and_each_worker_knows_its_share() -> None:
+    base = {"spec": {"model": {"name": "m"}}, "routing": {"shadow": {"version": "2", "replay": 10}}}
+    config = parse_config(base)
+    assert (config.tuning.shadow_max_inflight, config.tuning.replay_concurrency) == (4, 2)
+    tuned = parse_config({**base, "tuning": {"shadowMaxInflight": 16, "replayConcurrency": 1, "workers": 3}})
+    assert (tuned.tuning.shadow_max_inflight, tuned.tuning.replay_concurrency) == (16, 1)
+    assert [worker_config(tuned, i).tuning.worker_index for i in range(3)] == [0, 1, 2]
+    for key in ("shadowMaxInflight", "replayConcurrency"):
+        with pytest.raises(ConfigError, match=f"tuning.{key}: 0 must be a whole number >= 1"):
+            parse_config({**base, "tuning": {key: 0}})
 
 
 def test_routing_from_status_reads_last_good_and_shadow_as_they_are() -> None:
