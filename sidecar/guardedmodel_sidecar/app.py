@@ -6,6 +6,12 @@ loads the versions routing needs, builds their guards and only then declares the
 Triton stops answering the sidecar turns not-ready at once (health 503, infer 503 / UNAVAILABLE);
 when Triton is back, the monitor reloads the routed versions (an explicit-mode Triton restarts empty)
 and the sidecar becomes ready again.
+
+Routing keeps more versions than it serves: the last good version and a shadow candidate are loaded
+and guarded too (docs/rollouts.md), so that a rollback, or a promotion of what was shadowed, is a
+routing flip: a new routing whose served versions are already loaded and guarded is adopted at once,
+without waiting for any load. Readiness depends on the served versions only: a kept version that
+cannot be loaded is logged, shown in ``guardedmodel_version_loaded`` and retried every minute.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from guardedmodel_sidecar.audit import AuditLog
+from guardedmodel_sidecar.comparison import worker_share
 from guardedmodel_sidecar.config import Routing, SidecarConfig
 from guardedmodel_sidecar.errors import Unavailable
 from guardedmodel_sidecar.fetch import FetchError
@@ -32,9 +39,11 @@ from guardedmodel_sidecar.metrics import SidecarMetrics
 from guardedmodel_sidecar.microbatch import MicroBatcher
 from guardedmodel_sidecar.model_loader import LoadError, ensure_loaded, local_model_config
 from guardedmodel_sidecar.pipeline import Pipeline
+from guardedmodel_sidecar.replay import replay
 from guardedmodel_sidecar.response_scoring import score_version
 from guardedmodel_sidecar.review import ReviewSink
 from guardedmodel_sidecar.routing import Router
+from guardedmodel_sidecar.shadow import ShadowComparer
 from guardedmodel_sidecar.status_watch import GuardedModelWatcher
 from guardedmodel_sidecar.triton_metrics import QueueCounters, follow_triton_queue
 from guardedmodel_sidecar.upstream import TritonHttp
@@ -44,6 +53,10 @@ from guardedmodel_sidecar.version_guard import VersionGuard, build_guard
 from guardedmodel_sidecar.version_metrics import drift_policy
 
 log = logging.getLogger(__name__)
+
+# A kept (not served) version Triton would not load is tried again after this long, not on every
+# health check: each try is a load of the model's other versions' configuration too.
+KEPT_RETRY_S = 60.0
 
 
 class SidecarApp:
@@ -110,6 +123,20 @@ class SidecarApp:
             upstream_call=upstream_call,
             guards=guards,
         )
+        self.shadow = ShadowComparer(
+            spec.model.name,
+            self.triton,
+            self.router,
+            guards,
+            self.metrics,
+            self.audit,
+            max_inflight=config.tuning.shadow_max_inflight,
+            timeout_s=config.limits.request_timeout_s,
+            next_id=self.pipeline.next_id,
+            is_ready=self._version_ready,
+        )
+        self.pipeline.shadow = self.shadow
+        self.metrics.version_roles = self._version_roles
         self.metrics.review_counts = self.review.counts
         self.metrics.spool_depth = self.review.spool_depth
         self.metrics.audit_records = lambda: self.audit.records_written
@@ -120,8 +147,11 @@ class SidecarApp:
         self._grpcio: grpc.aio.Server | None = None
         self._grpc_service: GrpcService | None = None
         self._metrics_runner: web.AppRunner | None = None
-        self._prepared: tuple[str, ...] = ()
         self._prepare_lock = asyncio.Lock()
+        self._loaded: set[str] = set()  # versions Triton served at the last check
+        self._kept_retry_at: dict[str, float] = {}  # kept versions that failed to load: next try
+        self._replayed: set[str] = set()  # shadow candidates replayed to (once per process)
+        self._background: set[asyncio.Task[Any]] = set()
         self.watcher: GuardedModelWatcher | None = None
         self._pending_routing: Routing | None = None  # routing the watcher asked for but not yet servable
         self.fetcher = (
@@ -138,39 +168,115 @@ class SidecarApp:
         )
 
     async def _prepare(self, routing: Routing) -> None:
-        """Load and guard every version ``routing`` needs; raises LoadError when Triton refuses."""
+        """Load and guard every version ``routing`` keeps (and those the current routing keeps, for
+        the switch); raises LoadError when a version it serves cannot be served."""
         async with self._prepare_lock:
             model = self.config.spec.model.name
-            versions = tuple(dict.fromkeys([*routing.versions(), *self.router.versions_to_load()]))
+            served = routing.versions()
+            now = asyncio.get_running_loop().time()
+            wanted = tuple(
+                v
+                for v in dict.fromkeys([*routing.kept_versions(), *self.router.versions_to_load()])
+                if v in served or self._kept_retry_at.get(v, 0.0) <= now
+            )
+            refused: LoadError | None = None
+            loadable = wanted
             if self.fetcher is not None:
                 try:
-                    await self.fetcher.ensure(versions)
+                    await self.fetcher.ensure(wanted)
                 except FetchError as exc:
-                    raise LoadError(str(exc)) from exc
+                    # Load what the pod's copy holds; what it lacks stays missing, with this reason.
+                    refused = LoadError(str(exc))
+                    absent = self.fetcher.missing(wanted)
+                    loadable = tuple(v for v in wanted if v not in absent)
             if self.config.tuning.load_versions:
                 try:
                     local = local_model_config(self.config.model_repository, model)
-                    await ensure_loaded(self.triton, model, versions, local)
+                    await ensure_loaded(self.triton, model, loadable, local)
                 except LoadError as exc:
-                    # A Triton without explicit model control cannot load: fine if the versions are there.
-                    if await self._missing(model, routing.versions()):
+                    refused = refused or exc  # a Triton without explicit model control cannot load
+            missing = await self._missing(model, wanted)
+            self._loaded = set(wanted) - set(missing)
+            if any(v in missing for v in served):
+                raise refused or LoadError(
+                    f"waiting for Triton to serve '{model}' versions {', '.join(v for v in served if v in missing)}"
+                )
+            if refused is not None and not missing:
+                log.info("versions already loaded; Triton did not accept a load: %s", refused)
+            if refused is not None and missing:
+                for version in missing:
+                    self._kept_retry_at[version] = now + KEPT_RETRY_S
+                log.error(
+                    "versions %s of '%s' (kept for a rollback or as a shadow candidate, not served) cannot be "
+                    "loaded: %s; serving goes on, they are tried again in %.0f s",
+                    ", ".join(missing),
+                    model,
+                    refused,
+                    KEPT_RETRY_S,
+                )
+            for version in wanted:
+                if version in self.pipeline.guards or version in missing:
+                    continue
+                try:
+                    await self._build_guard(model, version)
+                except Exception as exc:
+                    if version in served:
                         raise
-                    log.info("versions already loaded; Triton did not accept a load: %s", exc)
-            else:
-                missing = await self._missing(model, routing.versions())
-                if missing:
-                    raise LoadError(f"waiting for Triton to serve '{model}' versions {', '.join(missing)}")
-            for version in routing.versions():
-                if version not in self.pipeline.guards:
-                    status, triton_config = await self.triton.get_json(
-                        f"/v2/models/{model}/versions/{version}/config"
-                    )
-                    guard = build_guard(self.config, version, triton_config if status == 200 else None)
-                    model_max = int((triton_config or {}).get("max_batch_size", 0)) if status == 200 else 0
-                    if self.batcher is not None and model_max > 0:
-                        self.batcher.max_batch = min(self.batcher.max_batch, model_max)
-                    self.pipeline.install_guard(guard)
-            self._prepared = versions
+                    log.error("cannot guard version %s of '%s' (kept, not served): %s", version, model, exc)
+        self._start_replay()
+
+    async def _build_guard(self, model: str, version: str) -> None:
+        status, triton_config = await self.triton.get_json(f"/v2/models/{model}/versions/{version}/config")
+        guard = build_guard(self.config, version, triton_config if status == 200 else None)
+        model_max = int((triton_config or {}).get("max_batch_size", 0)) if status == 200 else 0
+        if self.batcher is not None and model_max > 0:
+            self.batcher.max_batch = min(self.batcher.max_batch, model_max)
+        self.pipeline.install_guard(guard)
+
+    def _version_ready(self, version: str) -> bool:
+        """Loaded in Triton at the last check, and guarded (a guard outlives its version's unload)."""
+        return version in self._loaded and version in self.pipeline.guards
+
+    def _servable(self, routing: Routing) -> bool:
+        """Every version ``routing`` serves is loaded and guarded already: it can be adopted now."""
+        return self.pipeline.triton_ready and all(self._version_ready(v) for v in routing.versions())
+
+    def _version_roles(self) -> list[tuple[str, str, bool]]:
+        return [(version, role, self._version_ready(version)) for version, role in self.router.roles()]
+
+    def _start_replay(self) -> None:
+        """Replay audit samples to the shadow candidate, once per candidate, when it is ready."""
+        shadow = self.router.routing.shadow
+        if (
+            shadow is None
+            or shadow.replay <= 0
+            or shadow.version in self._replayed
+            or not self._version_ready(shadow.version)
+        ):
+            return
+        self._replayed.add(shadow.version)
+        tuning = self.config.tuning
+        share = worker_share(shadow.replay, tuning.workers, tuning.worker_index)
+        if share:
+            replaying = replay(
+                self.shadow,
+                self.audit.directory,
+                shadow.version,
+                self.router.routing.stable_version,
+                share,
+                tuning.replay_concurrency,
+            )
+            self._in_background(replaying, f"replay-{shadow.version}")
+
+    def _in_background(self, work: Any, name: str) -> None:
+        task = asyncio.get_running_loop().create_task(work, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task[Any]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s failed: %s", task.get_name(), task.exception())
 
     async def _missing(self, model: str, versions: tuple[str, ...]) -> list[str]:
         missing = []
@@ -181,16 +287,33 @@ class SidecarApp:
         return missing
 
     async def apply_routing(self, routing: Routing) -> None:
-        """New routing from the GuardedModel: prepare its versions first, then switch traffic."""
+        """New routing from the GuardedModel: prepare its versions first, then switch traffic. When
+        the versions it serves are ready already (a rollback to the last good version), switch at
+        once and load what else it keeps in the background."""
+        if self._servable(routing):
+            self._adopt(routing)
+            self._in_background(self._prepare_kept(), "prepare-kept-versions")
+            return
         try:
             await self._prepare(routing)
         except Exception as exc:
             self._pending_routing = routing
             log.error("cannot adopt routing %s yet (keeping %s): %s", routing, self.router.routing, exc)
             return
+        self._adopt(routing)
+
+    def _adopt(self, routing: Routing) -> None:
         self._pending_routing = None
         if self.router.update(routing):
+            self.pipeline.register_served()
             log.info("routing is now %s", routing)
+        self._start_replay()
+
+    async def _prepare_kept(self) -> None:
+        try:
+            await self._prepare(self.router.routing)
+        except Exception as exc:
+            log.error("Triton is up but the routed versions are not servable: %s", exc)
 
     async def _monitor(self) -> None:
         """Readiness = Triton is live and serves every routed version (not Triton's server-wide
@@ -211,14 +334,13 @@ class SidecarApp:
                     versions = self.router.routing.versions()
                     missing = await self._missing(model, versions)
                     if missing or not self.pipeline.triton_ready or checks % 4 == 0:
-                        try:
-                            await self._prepare(self.router.routing)
-                        except Exception as exc:
-                            log.error("Triton is up but the routed versions are not servable: %s", exc)
+                        await self._prepare_kept()
                         missing = await self._missing(model, versions)
                     ready = not missing and all(v in self.pipeline.guards for v in versions)
             except Unavailable:
                 ready = False
+            if not ready:
+                self._loaded.clear()
             if self.pipeline.triton_ready and not ready:
                 log.warning(
                     "Triton at %s is not serving the routed versions; refusing requests until it is",
@@ -335,9 +457,10 @@ class SidecarApp:
             await asyncio.sleep(0.02)
         if grpc_stopped is not None:
             await grpc_stopped
-        for task in self._tasks:
+        await self.shadow.stop()
+        for task in [*self._tasks, *self._background]:
             task.cancel()
-        for task in self._tasks:
+        for task in [*self._tasks, *self._background]:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()

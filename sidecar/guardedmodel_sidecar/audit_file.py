@@ -166,15 +166,31 @@ def rotated_files(directory: Path, stem: str) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def iter_records(directory: Path, stem: str = "audit") -> Iterator[dict[str, Any]]:
-    """Every record in rotation order (oldest rotated file first, the current file last). A line torn
-    by a crash is skipped with a warning."""
+def iter_lines(directory: Path, stem: str = "audit") -> Iterator[tuple[Path, int, bytes]]:
+    """(file, line number, line) of every line in rotation order (oldest rotated file first, the
+    current file last)."""
     for path in [*(p for _, p in rotated_files(directory, stem)), directory / f"{stem}.jsonl"]:
-        if not path.exists():
-            continue
-        with path.open("rb") as fh:
+        try:
+            fh = path.open("rb")
+        except FileNotFoundError:
+            continue  # rotated away or removed by retention since the listing
+        with fh:
             for number, line in enumerate(fh, 1):
-                try:
-                    yield orjson.loads(line)
-                except orjson.JSONDecodeError:
-                    log.warning("%s:%d: not a JSON record (torn by a crash?); skipped", path, number)
+                yield path, number, line
+
+
+def iter_records(directory: Path, stem: str = "audit") -> Iterator[dict[str, Any]]:
+    """Every record in rotation order. A line torn by a crash is skipped with a warning."""
+    for path, number, line in iter_lines(directory, stem):
+        record = parse_line(path, number, line)
+        if record is not None:
+            yield record
+
+
+def parse_line(path: Path, number: int, line: bytes) -> dict[str, Any] | None:
+    try:
+        record: dict[str, Any] = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        log.warning("%s:%d: not a JSON record (torn by a crash?); skipped", path, number)
+        return None
+    return record

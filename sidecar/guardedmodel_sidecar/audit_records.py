@@ -2,6 +2,10 @@
 
 Records are plain dicts; the audit log serialises them. Inputs are kept as a digest (a reviewer's item
 also carries a capped preview of the inputs), so the audit log identifies payloads without storing them.
+
+A shadow candidate's answer to a copied or replayed request is a *comparison record*: it carries
+``shadow_of`` (the id of the request it copies) and ``candidate``/``baseline`` instead of ``version``,
+and no ``status``, so nothing that counts served requests by version or status can take it for one.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from guardedmodel_sidecar.audit import client_id
+from guardedmodel_sidecar.comparison import ComparisonCounts, RowScores
 from guardedmodel_sidecar.decision import REJECT, Decision
 from guardedmodel_sidecar.errors import GuardError, OutOfDistribution
 from guardedmodel_sidecar.protocol.model import InferRequest
@@ -56,7 +61,40 @@ def scored_record(
     }
     if scores.ood_p_value is not None:
         record["ood_p_value"] = scores.ood_p_value
+    if scores.ood is not None:
+        # per-row OOD is recoverable from the record alone: ood_score > ood_threshold (null: never)
+        record["ood_threshold"] = guard.policy.ood_threshold
     return record
+
+
+def comparison_record(
+    record_id: str,
+    shadow_of: str,
+    source: str,
+    model: str,
+    candidate: str,
+    baseline: str,
+    scores: Scores,
+    rows: RowScores,
+    counts: ComparisonCounts,
+) -> dict[str, Any]:
+    """A shadow candidate's answer to request ``shadow_of`` (copied live, or replayed from the audit
+    log: ``source``), per row, and how it compares with the ``baseline`` version's answer."""
+    return {
+        "id": record_id,
+        "shadow_of": shadow_of,
+        "source": source,
+        "ts": time.time(),
+        "model": model,
+        "candidate": candidate,
+        "baseline": baseline,
+        "batch": rows.rows,
+        "agreements": counts.agreements,
+        "confidence": scores.confidence,
+        "predicted": scores.predicted,
+        "ood_score": scores.ood,
+        "ood": rows.ood,
+    }
 
 
 def review_item(

@@ -12,7 +12,11 @@ it by hand. Keys (camelCase, as in the GuardedModel API)::
       confidence: {reviewBelow: 0.5, review: {webhook: http://..., maxFraction: 0.05}}
       audit: {enabled: true, sampleRate: 0.01}
       drift: {window: 60s}
-    routing: {stableVersion: "1", canaryVersion: null, canaryWeight: 0}   # initial / standalone routing
+    routing: {stableVersion: "1", canaryVersion: null, canaryWeight: 0,  # initial / standalone routing
+              lastGoodVersion: null,                 # kept loaded and guarded: a rollback is a flip
+              shadow: {version: "3", fraction: 0.1, replay: 200}}  # a candidate never served:
+                                             # mirrored a fraction of the stable's requests, and
+                                             # replayed the newest sampled ones (docs/rollouts.md)
     triton: {httpUrl: "127.0.0.1:8000", grpcUrl: "127.0.0.1:8001", metricsUrl: "127.0.0.1:8002"}
                                              # metricsUrl (optional): Triton's queue time is read
                                              # there and republished for the operator's scaler
@@ -39,6 +43,9 @@ it by hand. Keys (camelCase, as in the GuardedModel API)::
       reviewSpoolMaxBytes: 536870912
       logitsOutput: null                     # default: the artifact's (LOGITS)
       featuresOutput: null                   # default: the artifact's (FEATURES)
+      shadowMaxInflight: 4                   # mirrored calls to a shadow candidate at once; more
+                                             # are skipped and counted
+      replayConcurrency: 2                   # replayed calls to a shadow candidate at once
 
 Environment (overrides the file): GUARDEDMODEL_TRITON_HTTP_URL, GUARDEDMODEL_TRITON_GRPC_URL,
 GUARDEDMODEL_MODEL_REPOSITORY, GUARDEDMODEL_AUDIT_DIR, GUARDEDMODEL_SPOOL_DIR. Flags of
@@ -64,15 +71,33 @@ from guardedmodel_sidecar.limits import Limits, parse_limits
 
 
 @dataclass(frozen=True)
+class Shadow:
+    """A candidate version that is never served: it answers copies of live requests and replayed
+    audit samples, and its answers are only compared with the stable's."""
+
+    version: str
+    fraction: float = 0.0  # share of the stable's requests mirrored to the candidate
+    replay: int = 0  # sampled requests from the audit log replayed to it, once
+
+
+@dataclass(frozen=True)
 class Routing:
     stable_version: str
     canary_version: str | None = None
     canary_weight: int = 0  # percent of requests to the canary
+    last_good: str | None = None  # what a rollback of the stable goes back to
+    shadow: Shadow | None = None
 
     def versions(self) -> tuple[str, ...]:
+        """The versions that answer callers."""
         if self.canary_version and self.canary_version != self.stable_version:
             return (self.stable_version, self.canary_version)
         return (self.stable_version,)
+
+    def kept_versions(self) -> tuple[str, ...]:
+        """The versions kept loaded and guarded: the served ones, the last good, the shadow."""
+        kept = [*self.versions(), self.last_good, self.shadow.version if self.shadow else None]
+        return tuple(dict.fromkeys(v for v in kept if v))
 
 
 @dataclass(frozen=True)
@@ -102,6 +127,9 @@ class Tuning:
     logits_output: str | None = None
     features_output: str | None = None
     triton_metrics_interval_s: float = 5.0
+    shadow_max_inflight: int = 4
+    replay_concurrency: int = 2
+    worker_index: int = 0  # which of ``workers`` this process is (set by workers.worker_config)
 
 
 @dataclass(frozen=True)
@@ -143,7 +171,29 @@ def parse_routing(data: Mapping[str, Any], default_version: str) -> Routing:
     weight = data.get("canaryWeight") or 0
     if not isinstance(weight, int) or not 0 <= weight <= 100:
         raise ConfigError(f"routing.canaryWeight: {weight!r} must be an integer percentage 0-100")
-    return Routing(str(stable), None if canary is None else str(canary), weight if canary else 0)
+    last_good = data.get("lastGoodVersion") or None
+    return Routing(
+        str(stable),
+        None if canary is None else str(canary),
+        weight if canary else 0,
+        None if last_good is None else str(last_good),
+        parse_shadow(data.get("shadow"), "routing.shadow"),
+    )
+
+
+def parse_shadow(data: Any, where: str) -> Shadow | None:
+    """``{version, fraction, replay}`` (the GuardedModel's status.shadow); None or {} is no shadow."""
+    if not data:
+        return None
+    if not isinstance(data, Mapping) or not data.get("version"):
+        raise ConfigError(f"{where}: {data!r} needs at least a version: {{version, fraction, replay}}")
+    fraction = data.get("fraction") or 0.0
+    if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0.0 <= fraction <= 1.0:
+        raise ConfigError(f"{where}.fraction: {fraction!r} must be a number from 0 to 1")
+    replay = data.get("replay") or 0
+    if isinstance(replay, bool) or not isinstance(replay, int) or replay < 0:
+        raise ConfigError(f"{where}.replay: {replay!r} must be a whole number >= 0")
+    return Shadow(str(data["version"]), float(fraction), replay)
 
 
 def parse_config(data: Mapping[str, Any]) -> SidecarConfig:
@@ -208,6 +258,8 @@ def parse_config(data: Mapping[str, Any]) -> SidecarConfig:
                 tuning.get("tritonMetricsInterval", defaults.triton_metrics_interval_s),
                 "tuning.tritonMetricsInterval",
             ),
+            shadow_max_inflight=_whole(tuning, "shadowMaxInflight", defaults.shadow_max_inflight, 1),
+            replay_concurrency=_whole(tuning, "replayConcurrency", defaults.replay_concurrency, 1),
         ),
         limits=parse_limits(section(data, "limits", "")),
     )

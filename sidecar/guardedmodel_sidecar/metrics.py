@@ -42,6 +42,20 @@ Exported (labels ``model``, ``version`` unless noted):
   guardedmodel_audit_pending_bytes{stream}
   guardedmodel_audit_files_deleted_total{stream}   rotated audit files deleted by retention
   guardedmodel_triton_ready                        1 when Triton answers ready, else 0
+  guardedmodel_version_loaded{model,version,role}  1 when the version is loaded in Triton and guarded;
+                                                   role: stable, canary, lastGood, shadow (a version
+                                                   with two roles has two series)
+  A shadow candidate's answers, compared with the stable's (labels model, version: the candidate,
+  baseline: the stable it is compared with, source: shadow (live copies) or replay (audit samples));
+  they never count in the serving metrics above:
+  guardedmodel_comparison_rows_total               rows answered by both
+  guardedmodel_comparison_agreements_total         rows with the same top-1 class
+  guardedmodel_comparison_candidate_confidence_total  sums of calibrated confidence (divide by rows)
+  guardedmodel_comparison_baseline_confidence_total
+  guardedmodel_comparison_candidate_ood_total      rows each side's own guard calls OOD
+  guardedmodel_comparison_baseline_ood_total
+  guardedmodel_comparison_skipped_total{model,version,source,reason}  requests not compared:
+                                                   inflight_limit, upstream_error, not_loaded, unreadable
 """
 
 from __future__ import annotations
@@ -58,6 +72,17 @@ from guardedmodel_sidecar.version_metrics import VersionMetrics, new_stages
 
 if TYPE_CHECKING:
     from guardedmodel_sidecar.audit_stream import StreamStats
+    from guardedmodel_sidecar.comparison import ComparisonCounts
+
+# guardedmodel_comparison_<field of ComparisonCounts>_total, and its help
+_COMPARISON_FAMILIES = (
+    ("rows", "Rows answered by both a shadow candidate and the stable"),
+    ("agreements", "Rows where the candidate's top-1 class is the stable's"),
+    ("candidate_confidence", "Sum of the candidate's calibrated confidence"),
+    ("baseline_confidence", "Sum of the stable's calibrated confidence"),
+    ("candidate_ood", "Rows the candidate's guard calls out of distribution"),
+    ("baseline_ood", "Rows the stable's guard calls out of distribution"),
+)
 
 
 class SidecarMetrics(Collector):
@@ -79,6 +104,11 @@ class SidecarMetrics(Collector):
         self.spool_depth: Callable[[], int] = lambda: 0
         self.audit_records: Callable[[], int] = lambda: 0
         self.audit_stats: Callable[[], Mapping[str, StreamStats]] = dict
+        # (version, role, loaded and guarded) of every version routing keeps, read at scrape time.
+        self.version_roles: Callable[[], list[tuple[str, str, bool]]] = list
+        # (candidate, baseline, source) -> counts; (candidate, source, reason) -> requests
+        self.comparisons: dict[tuple[str, str, str], ComparisonCounts] = {}
+        self.comparison_skipped: dict[tuple[str, str, str], int] = {}
         self.registry.register(self)
 
     def version(self, version: str) -> VersionMetrics | None:
@@ -98,6 +128,15 @@ class SidecarMetrics(Collector):
         # Per version, so a canary's errors count against the canary and not the stable version.
         key = (version, code)
         self.upstream_errors[key] = self.upstream_errors.get(key, 0) + 1
+
+    def count_comparison(self, candidate: str, baseline: str, source: str, counts: ComparisonCounts) -> None:
+        key = (candidate, baseline, source)
+        old = self.comparisons.get(key)
+        self.comparisons[key] = counts if old is None else old + counts
+
+    def count_comparison_skipped(self, candidate: str, source: str, reason: str) -> None:
+        key = (candidate, source, reason)
+        self.comparison_skipped[key] = self.comparison_skipped.get(key, 0) + 1
 
     def close_windows(self) -> None:
         for vm in self.versions.values():
@@ -238,6 +277,34 @@ class SidecarMetrics(Collector):
             "1 when Triton answers ready",
             value=1.0 if self.triton_ready else 0.0,
         )
+        loaded = GaugeMetricFamily(
+            "guardedmodel_version_loaded",
+            "1 when the version is loaded in Triton and guarded, by its role in routing",
+            labels=["model", "version", "role"],
+        )
+        for version, role, ready in self.version_roles():
+            loaded.add_metric([self.model, version, role], 1.0 if ready else 0.0)
+        yield loaded
+        yield from self._comparison_families()
+
+    def _comparison_families(self) -> Iterator[CounterMetricFamily]:
+        labels = ["model", "version", "baseline", "source"]
+        families = [
+            (field, CounterMetricFamily(f"guardedmodel_comparison_{field}", text, labels=labels))
+            for field, text in _COMPARISON_FAMILIES
+        ]
+        for (candidate, baseline, source), counts in self.comparisons.items():
+            for field, family in families:
+                family.add_metric([self.model, candidate, baseline, source], getattr(counts, field))
+        yield from (family for _, family in families)
+        skipped = CounterMetricFamily(
+            "guardedmodel_comparison_skipped",
+            "Requests not compared with a shadow candidate, by reason",
+            labels=["model", "version", "source", "reason"],
+        )
+        for (candidate, source, reason), count in self.comparison_skipped.items():
+            skipped.add_metric([self.model, candidate, source, reason], count)
+        yield skipped
 
     def _audit_families(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         labels = ["model", "stream"]

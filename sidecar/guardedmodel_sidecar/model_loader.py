@@ -1,7 +1,7 @@
 """Keeping the versions routing needs loaded in Triton.
 
-``ensure_loaded`` makes Triton hold every version routing needs (stable, canary and the previous
-stable, so that a rollback is a routing flip, not a reload) by loading the model through the
+``ensure_loaded`` makes Triton hold every version routing keeps (stable, canary, the last good
+version and a shadow candidate, so that a rollback is a routing flip, not a reload) by loading the model through the
 repository API with a ``version_policy: specific`` override of its own configuration.
 """
 

@@ -7,6 +7,10 @@ plain Triton call, or the micro-batcher around it), so this module speaks no wir
 
 Each row of a batch is decided on its own (decision.py); what the caller then gets, row by row or a
 refusal of the whole request, is ``row_answers``.
+
+Guards exist for every version routing keeps (served, last good, shadow candidate), but only the
+served versions answer callers and have serving metrics; a request the stable answered may be
+copied to a shadow candidate afterwards (shadow.py), without delaying its answer.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from guardedmodel_sidecar.response_scoring import score_response
 from guardedmodel_sidecar.review import ReviewSink
 from guardedmodel_sidecar.routing import Router
 from guardedmodel_sidecar.row_answers import guarded_response, review_rows, summary
+from guardedmodel_sidecar.shadow import ShadowComparer
 from guardedmodel_sidecar.upstream import TritonHttp
 from guardedmodel_sidecar.upstream_call import TritonCall, UpstreamCall, UpstreamResult
 from guardedmodel_sidecar.version_guard import VersionGuard
@@ -93,17 +98,27 @@ class Pipeline:
         # GUARD_* output (a model output of that name wins over the guard's).
         self._model_outputs: dict[str, frozenset[str]] = {}
         self._warned_shadowed: set[tuple[str, str]] = set()
+        # Copies the stable's requests to a shadow candidate (set by the app).
+        self.shadow: ShadowComparer | None = None
 
     # ------------------------------------------------------------------------------------ set-up
 
     def install_guard(self, guard: VersionGuard) -> None:
         self.guards[guard.version] = guard
         self._model_outputs.pop(guard.version, None)
-        self.metrics.add_version(guard.metrics)
+        self.register_served()
+
+    def register_served(self) -> None:
+        """Serving metrics for the served versions (a kept, unserved version gets them when it is
+        first served: a last-good or shadow version's series stay out of the canary analysis)."""
+        for version in self.router.routing.versions():
+            guard = self.guards.get(version)
+            if guard is not None:
+                self.metrics.add_version(guard.metrics)
 
     # ------------------------------------------------------------------------------------ serving
 
-    def _next_id(self) -> str:
+    def next_id(self) -> str:
         self._seq += 1
         return f"{self._id_prefix}-{self._seq}"
 
@@ -112,14 +127,15 @@ class Pipeline:
             raise ModelNotFound(
                 f"model '{request.model_name}' is not served here; this sidecar guards '{self.model}'"
             )
+        served = self.router.routing.versions()
         version = request.model_version or self.router.choose()
+        if request.model_version and version not in served:
+            # a last-good or shadow version is loaded and guarded, but answers no caller
+            raise ModelNotFound(
+                f"version {version} of '{self.model}' is not served (routed versions: {', '.join(served)})"
+            )
         guard = self.guards.get(version)
         if guard is None:
-            if request.model_version:
-                raise ModelNotFound(
-                    f"version {version} of '{self.model}' is not served (routed versions: "
-                    f"{', '.join(self.router.versions_to_load())})"
-                )
             raise Unavailable(f"version {version} of '{self.model}' is being prepared; retry shortly")
         return guard
 
@@ -147,7 +163,7 @@ class Pipeline:
     async def _infer(self, request: InferRequest) -> GuardedResult:
         started = time.perf_counter()
         self.review.note_request()
-        request_id = self._next_id()  # the audit record's id; the client's own is kept as client_id
+        request_id = self.next_id()  # the audit record's id; the client's own is kept as client_id
         guard: VersionGuard | None = None
         stage = "gate"
         try:
@@ -241,6 +257,8 @@ class Pipeline:
         if self.audit.maybe_sample(request_id, request.inputs):
             record["sampled"] = True
         self.audit.record(record)
+        if self.shadow is not None and guard.version == self.router.routing.stable_version:
+            self.shadow.offer(request, request_id, guard, scores)
         return GuardedResult(response, guard.version, decision, parameters, headers, refusal)
 
     def _warn_shadowed(self, version: str, name: str) -> None:
@@ -258,7 +276,7 @@ class Pipeline:
         """Audit a request that never became an InferRequest (bad JSON, sizes that do not add up)."""
         self.review.note_request()
         self.metrics.gate_refusals += 1
-        self.audit.record(undecodable_record(self._next_id(), model, version, exc, body))
+        self.audit.record(undecodable_record(self.next_id(), model, version, exc, body))
 
     def _record_failure(
         self,

@@ -1,10 +1,10 @@
 """Following the GuardedModel's routing status through the Kubernetes API.
 
-``GuardedModelWatcher`` follows ``status.stableVersion / canaryVersion / canaryWeight`` of the
-GuardedModel through the Kubernetes API (in-cluster service account or a kubeconfig: ``kube_credentials``). It runs off the
+``GuardedModelWatcher`` follows ``status.stableVersion / canaryVersion / canaryWeight /
+lastGoodVersion / shadow`` of the GuardedModel through the Kubernetes API (in-cluster service account or a kubeconfig: ``kube_credentials``). It runs off the
 hot path and keeps the last routing whenever the API server is unreachable. The sidecar reads the
 status itself (``routing_from_status``) rather than importing the operator's reader: the two packages
-stay independent, and this copy reads only the three routing fields.
+stay independent, and this copy reads only the routing fields.
 """
 
 from __future__ import annotations
@@ -17,14 +17,16 @@ from typing import Any
 import aiohttp
 import orjson
 
-from guardedmodel_sidecar.config import Routing
+from guardedmodel_sidecar.config import Routing, Shadow, parse_shadow
+from guardedmodel_sidecar.config_values import ConfigError
 from guardedmodel_sidecar.kube_credentials import ApiServer
 
 log = logging.getLogger(__name__)
 
 
 def routing_from_status(status: Mapping[str, Any] | None, fallback: Routing) -> Routing:
-    """Routing from a GuardedModel status; fields it lacks keep their last value."""
+    """Routing from a GuardedModel status; the stable and the canary's weight it lacks keep their
+    last value. ``lastGoodVersion`` and ``shadow`` are read as they are: absent means none."""
     if not status:
         return fallback
     stable = status.get("stableVersion") or fallback.stable_version
@@ -38,7 +40,23 @@ def routing_from_status(status: Mapping[str, Any] | None, fallback: Routing) -> 
         weight = 0
     if not canary:
         weight = 0
-    return Routing(str(stable), None if canary is None else str(canary), weight)
+    last_good = status.get("lastGoodVersion") or None
+    return Routing(
+        str(stable),
+        None if canary is None else str(canary),
+        weight,
+        None if last_good is None else str(last_good),
+        _shadow(status.get("shadow"), fallback.shadow),
+    )
+
+
+def _shadow(value: Any, last: Shadow | None) -> Shadow | None:
+    """status.shadow; one the API server should have refused keeps the last shadow, with a warning."""
+    try:
+        return parse_shadow(value, "status.shadow")
+    except ConfigError as exc:
+        log.warning("%s; keeping shadow %s", exc, last)
+        return last
 
 
 class GuardedModelWatcher:

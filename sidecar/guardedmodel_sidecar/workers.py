@@ -59,6 +59,7 @@ def worker_config(config: SidecarConfig, index: int) -> SidecarConfig:
             config.tuning,
             load_versions=config.tuning.load_versions and index == 0,
             listen_when_ready=index > 0,
+            worker_index=index,
         ),
     )
 

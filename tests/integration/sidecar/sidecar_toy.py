@@ -3,7 +3,10 @@
 Small enough to load in a second, real enough to exercise the whole sidecar: input ``INPUT`` FP32
 [8] in [0, 1], outputs ``FEATURES`` FP32 [16] (a fixed random ReLU layer) and ``LOGITS`` FP32 [4]
 (nearest class centroid in feature space). Four well-separated input clusters are the four classes;
-anything far from them is out of distribution. Version 2 is the same network with a sharper head.
+anything far from them is out of distribution. Version 2 is the same network with a sharper head
+(the same top-1 class everywhere). Version 3, written only where a test asks for it, is a regressed
+retrain: its head has the centroids of classes 0 and 1 swapped, so it disagrees with version 1 on
+exactly the rows version 1 puts in class 0 or 1.
 """
 
 from __future__ import annotations
@@ -123,6 +126,8 @@ def _params(version: str) -> dict[str, np.ndarray]:
     b1 = rng.normal(0.0, 0.1, FEATURE_DIM).astype(np.float32)
     data = toy_data()
     centroids = np.maximum(data.centers.astype(np.float32) @ w1 + b1, 0.0).astype(np.float32)
+    if version == "3":
+        centroids = centroids[[1, 0, 2, 3]]
     sharpness = np.float32(2.0 if version == "1" else 4.0)
     return {"w1": w1, "b1": b1, "centroids": centroids, "sharpness": np.asarray(sharpness)}
 
