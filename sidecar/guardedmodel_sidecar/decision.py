@@ -96,9 +96,11 @@ def decide(
     else:
         lowest = float(confidence.min())
         highest_ood = float(ood_scores.max()) if ood_scores is not None and ood_scores.size else None
+    # Written so that NaN (a model answering NaN or inf logits) fails each test: a row the guard
+    # cannot score is never waved through as confident and in distribution.
     confident = policy.review_below is None or lowest >= policy.review_below
     in_distribution = (
-        highest_ood is None or policy.ood_threshold is None or not highest_ood > policy.ood_threshold
+        highest_ood is None or policy.ood_threshold is None or highest_ood <= policy.ood_threshold
     )
     if confident and in_distribution and not gate_flags:
         per_sample, codes = _all_accept(confidence.shape[0])
@@ -118,8 +120,8 @@ def _decide_in_detail(
     reasons: list[str] = list(gate_flags)
     if gate_flags:
         codes[:] = REVIEW_CODE
-    if policy.review_below is not None and lowest < policy.review_below:
-        low = confidence < policy.review_below
+    if policy.review_below is not None and not lowest >= policy.review_below:
+        low = ~(confidence >= policy.review_below)  # NaN confidence asks for review
         np.maximum(codes, low.astype(np.int8), out=codes)
         reasons.append(
             f"calibrated confidence {lowest:.4f} is below reviewBelow "
@@ -127,8 +129,8 @@ def _decide_in_detail(
         )
     ood_flagged = False
     threshold = policy.ood_threshold
-    if ood_scores is not None and ood_max is not None and threshold is not None and ood_max > threshold:
-        over = ood_scores > threshold
+    if ood_scores is not None and ood_max is not None and threshold is not None and not ood_max <= threshold:
+        over = ~(ood_scores <= threshold)  # a NaN score is out of distribution
         ood_flagged = True
         severity = {"reject": REJECT_CODE, "review": REVIEW_CODE}.get(policy.ood_action, ACCEPT_CODE)
         if severity:

@@ -40,3 +40,20 @@ def test_gate_flags_ask_for_review_of_the_whole_request() -> None:
 def test_no_threshold_means_scores_are_reported_not_acted_on() -> None:
     d = decide(np.array([0.99]), np.array([1e9]), [], DecisionPolicy(None, "knn", None, "reject"))
     assert d.decision == "accept" and d.ood_score == 1e9 and not d.ood_flagged
+
+
+def test_a_row_the_guard_cannot_score_is_never_accepted() -> None:
+    """NaN scores (a model answering NaN or inf logits) fail closed, whatever else the batch holds:
+    a NaN OOD score is out of distribution, a NaN confidence asks for review."""
+    nan = float("nan")
+    for batch in (1, 2, 33):
+        ood = np.ones(batch)
+        ood[-1] = nan
+        d = decide(np.full(batch, 0.99), ood, [], POLICY)
+        assert d.per_sample[-1] == "reject" and d.per_sample[:-1] == ("accept",) * (batch - 1)
+        confidence = np.full(batch, 0.99)
+        confidence[0] = nan
+        d = decide(confidence, np.ones(batch), [], POLICY)
+        assert d.per_sample[0] == "review" and d.per_sample[1:] == ("accept",) * (batch - 1)
+    all_nan = decide(np.array([nan, nan]), np.array([nan, nan]), [], POLICY)
+    assert all_nan.per_sample == ("reject", "reject") and all_nan.ood_flagged
