@@ -367,22 +367,28 @@ def test_a_version_published_later_starts_its_canary_in_the_same_pod(stage: Stag
     real_pods.publish(example.model_dir, stage.workdir)
     started = time.monotonic()
     patch_model(cluster, {"model": {"version": "2"}})
+    from guardedmodel_cli.demo_traffic import FreshRows, send
+
+    address = sidecar_address(cluster)
+    rows = FreshRows(np.asarray(example.dataset("validation").inputs, dtype=np.float32))
+    answered: dict[str, int] = {}
+
+    def canary_serving() -> dict:
+        # The example shadows and replays a new version first (examples/fashion-mnist.yaml): live
+        # traffic is mirrored to it while version 1 answers, then its canary serves its share.
+        for version, count in send(address, rows.next(40)).versions.items():
+            answered[version] = answered.get(version, 0) + count
+        status = gm_status(cluster)
+        return status if status.get("canaryVersion") == "2" and answered.get("2") else {}
+
     status = wait_for(
-        "the canary of version 2",
-        lambda: (s := gm_status(cluster)).get("canaryVersion") == "2" and s,
-        60,
-        lambda: explain_model(cluster),
+        "answers from the canary of version 2", canary_serving, 240, lambda: explain_model(cluster)
     )
     assert status["stableVersion"] == "1"
-    address = sidecar_address(cluster)
-    rows = np.asarray(example.dataset("validation").inputs[:40], dtype=np.float32)
-
-    def canary_answers() -> bool:
-        from guardedmodel_cli.demo_traffic import send
-
-        return send(address, rows).versions.get("2", 0) > 0
-
-    wait_for("answers from the canary", canary_answers, 120, lambda: explain_model(cluster))
+    comparison = status["comparison"]
+    assert comparison["decision"] == "passed" and comparison["shadowRows"] > 0, comparison
+    outcomes = [(h["version"], h["outcome"]) for h in status["history"]]
+    assert outcomes.index(("2", "ShadowStarted")) < outcomes.index(("2", "CanaryStarted")), outcomes
     timed("version change to the canary answering", started)
     after = cluster.kubectl_json("get", "deployment", MODEL, "-n", MODEL_NAMESPACE)["spec"]["template"]
     assert after == template

@@ -46,6 +46,10 @@ THRESHOLDS = {
 }
 
 
+#: The pod (uid) started after the promotion: the rollback must flip on it.
+NEW_POD: list[str] = []
+
+
 @dataclass
 class Stage:
     cluster: LocalCluster
@@ -155,12 +159,47 @@ def test_version_2_is_promoted_through_its_canary(stage: Stage) -> None:
     assert set(answered) == {"2"}, answered
 
 
+def test_a_pod_started_after_the_promotion_keeps_the_last_good_version_loaded(stage: Stage) -> None:
+    """The pod is deleted (a reschedule); the one that replaces it reads routing, lastGoodVersion
+    included, from its ConfigMap and the status, and loads and guards version 1 without serving it,
+    so that a rollback is a flip on it too."""
+    cluster = stage.cluster
+    (old,) = [p for p in model_pods(cluster) if ready(p)]
+    cluster.kubectl("delete", "pod", "-n", NAMESPACE, old["metadata"]["name"], "--wait=false")
+
+    def replaced() -> list[dict]:
+        return [p for p in model_pods(cluster) if ready(p) and p["metadata"]["uid"] != old["metadata"]["uid"]]
+
+    (pod,) = wait_for("a new pod Ready", replaced, 300, lambda: explain(cluster))
+    NEW_POD.append(pod["metadata"]["uid"])
+    metrics = real_pods.ready_endpoint(cluster, NAMESPACE, MODEL, "metrics")
+    assert metrics is not None
+
+    def last_good_loaded() -> bool:
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://{metrics}/metrics", timeout=5) as response:
+            text = response.read().decode()
+        return any(
+            line.startswith("guardedmodel_version_loaded{")
+            and 'role="lastGood"' in line
+            and 'version="1"' in line
+            and line.rstrip().endswith(" 1.0")
+            for line in text.splitlines()
+        )
+
+    wait_for("version 1 loaded as the last good one", last_good_loaded, 60, lambda: explain(cluster))
+    answered = send(stage.address(), stage.fresh(20)).versions
+    assert set(answered) == {"2"}, answered  # kept loaded, never served
+
+
 def test_drift_on_the_promoted_version_rolls_it_back_to_the_last_good_one(stage: Stage) -> None:
     """Grey-level shift on every request: the sidecar's drift test calls the windows drifted with a
-    PSI above maxDriftScore, the continuous guard rolls version 2 back to version 1, and the same
-    pod answers from version 1 (a routing flip, no restart)."""
+    PSI above maxDriftScore, the continuous guard rolls version 2 back to version 1, and the pod
+    started after the promotion answers from version 1 (a routing flip, no restart, no load)."""
     cluster = stage.cluster
     (pod,) = [p for p in model_pods(cluster) if ready(p)]
+    assert pod["metadata"]["uid"] == NEW_POD[0]
     onset = time.monotonic()
 
     def rolled_back() -> bool:
@@ -169,6 +208,10 @@ def test_drift_on_the_promoted_version_rolls_it_back_to_the_last_good_one(stage:
 
     wait_for("the promoted version rolled back", rolled_back, 300, lambda: explain(cluster))
     seconds = time.monotonic() - onset
+    seen = time.monotonic()
+    while set(send(stage.address(), stage.fresh(1)).versions) != {"1"}:
+        assert time.monotonic() - seen < 30, "the flip to version 1 did not reach the pod"
+    flip = time.monotonic() - seen
     current = status(cluster)
     assert current["stableVersion"] == "1" and current["lastGoodVersion"] == "1", current
     message = next(
@@ -180,7 +223,10 @@ def test_drift_on_the_promoted_version_rolls_it_back_to_the_last_good_one(stage:
     assert all(c["restartCount"] == 0 for c in after["status"]["containerStatuses"])
     answered = send(stage.address(), stage.fresh(20))
     assert set(answered.versions) == {"1"}, (answered.versions, answered.refusals)
-    print(f"\ndrift onset to rollback (with traffic): {seconds:.1f} s")
+    print(
+        f"\ndrift onset to rollback (with traffic): {seconds:.1f} s; rollback seen in the status to the "
+        f"first answer from version 1 on the pod started after the promotion: {flip * 1000:.0f} ms"
+    )
 
 
 def test_deleting_the_model_and_uninstalling_leave_nothing(stage: Stage) -> None:
