@@ -1,0 +1,810 @@
+"""Time from drift onset to traffic on the last good version, on the real local parts.
+
+    .venv/bin/python bench/rollback_time.py [--runs 5s=5,30s=3] [--cases canary,promoted]
+
+What runs, as in `guardedmodel demo`: the local control plane (kwok), the real operator process,
+Prometheus, a real Triton (CPU) with the worked example's versions 1 and 2, and the real sidecar
+process following the GuardedModel's status. Each run is a fresh GuardedModel (its own name, so no
+series of an earlier run is in its check window) with its own sidecar in front of the one Triton.
+
+Two cases, each at every interval asked for:
+- canary: version 1 stable, version 2 a canary at its first step; the inputs drift (a grey-level
+  shift of fresh validation rows); end = the moment after which no answer comes from version 2
+  (the status shows RolledBack);
+- promoted: version 2 promoted through its canary (lastGoodVersion 1); the inputs drift; end = the
+  first answer from version 1, after which every answer is from version 1.
+
+The onset falls at a uniform phase within the interval after the routing change that starts the
+operator's check schedule. The thresholds are set so that only drift can stop version 2 (the
+example's drift limits; the quality limits wide open, version 2 is a weaker model by design).
+
+Along the way it records, from outside, when the sidecar closed the first drifted window (its
+/metrics, polled), when Prometheus scraped it (the sample's timestamp), when the operator ran the
+failing check (its check counter, polled, and its log line), when the status said RolledBack (a
+watch) and when the sidecar switched (its log line and the answers). A Flagger-style analysis of
+the same knobs (rollback_model) is computed next to it.
+
+A benchmark, not a test: it writes bench/results/rollback.json and bench/results/rollback.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import math
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+from rollback_model import (
+    Answer,
+    FlaggerKnobs,
+    first_rise,
+    flagger_quantiles,
+    simulate_flagger,
+    summary,
+    traffic_on_good_version,
+)
+
+from guardedmodel_cli.demo_traffic import MODEL, FreshRows
+from guardedmodel_testground import stack as local_stack
+from guardedmodel_testground.cluster import LocalCluster
+from guardedmodel_testground.procs import ManagedProcess, free_port, log_tail
+from guardedmodel_testground.prometheus import FileDiscoveryJob, Prometheus
+from guardedmodel_testground.sidecar_config import localize_sidecar_config
+from guardedmodel_testground.triton import TritonServer
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+MANIFEST = ROOT / "examples" / "fashion-mnist.yaml"
+NAMESPACE = "bench"
+CASES = ("canary", "promoted")
+#: Only drift stops version 2: the quality limits wide open, the drift limits the example's.
+THRESHOLDS = {
+    "maxOodRate": 0.97,
+    "maxReviewRate": 1.0,
+    "minEstimatedAccuracy": 0.0,
+    "maxDriftScore": 0.5,
+    "maxErrorRate": 0.05,
+}
+
+
+#: The sidecar's log line when it routes everything to version 1 again (rollback of either case).
+ROUTED_BACK = r"routing is now Routing\(stable_version='1', canary_version=None"
+
+
+def grey_shift(rows: np.ndarray) -> np.ndarray:
+    """The drift: a grey-level shift, as in the demo."""
+    return np.clip(rows * 0.5 + 0.45, 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class Knobs:
+    interval_s: int
+    steps: tuple[int, ...]
+    failure_limit: int
+    drift_window_rows: int
+    drift_min_samples: int
+    rate: float  # requests per second, one row each
+    min_window_s: float  # the operator's GUARDEDMODEL_ROLLOUT_MIN_WINDOW_S
+    scrape_s: float  # Prometheus' scrape interval
+
+    @property
+    def check_window_s(self) -> float:
+        return max(float(self.interval_s), self.min_window_s)
+
+
+def manifest(name: str, version: str, knobs: Knobs, repository: Path) -> dict[str, Any]:
+    """The worked example's manifest with the bench's knobs."""
+    document: dict[str, Any] = yaml.safe_load(MANIFEST.read_text())
+    document["metadata"] = {"name": name, "namespace": NAMESPACE}
+    spec = document["spec"]
+    spec["model"]["repository"] = f"file://{repository}"
+    spec["model"]["version"] = version
+    # Flagged, not refused: every answer names the version that gave it.
+    spec["gate"]["ood"]["action"] = "flag"
+    spec["drift"] = {"window": knobs.drift_window_rows, "alpha": 0.001, "minSamples": knobs.drift_min_samples}
+    spec["rollout"].update(
+        steps=list(knobs.steps),
+        interval=f"{knobs.interval_s}s",
+        failureLimit=knobs.failure_limit,
+        thresholds=THRESHOLDS,
+    )
+    return document
+
+
+# -- what runs in the background while a run lasts ----------------------------------------------
+
+
+class Traffic:
+    """Single-row requests at a steady rate through the sidecar, each answer kept with its send
+    time; `drifting` turns the grey-level shift on for every request after it."""
+
+    def __init__(self, rows: FreshRows, rate: float) -> None:
+        self.rows, self.rate = rows, rate
+        self.address: str | None = None
+        self.answers: list[Answer] = []
+        self.errors: list[str] = []
+        self.drifting = threading.Event()
+        self.onset: float | None = None
+        self.lock = threading.Lock()
+        self.stop_flag = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> Traffic:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.stop_flag.set()
+        self.thread.join(timeout=10)
+
+    def retarget(self, address: str | None) -> None:
+        """A new sidecar (or none): the trace starts over."""
+        with self.lock:
+            self.address = address
+            self.answers, self.errors, self.onset = [], [], None
+            self.drifting.clear()
+
+    def _run(self) -> None:
+        import tritonclient.http as httpclient
+        from tritonclient.utils import InferenceServerException
+
+        client, client_address = None, None
+        next_at = time.monotonic()
+        while not self.stop_flag.is_set():
+            next_at += 1.0 / self.rate
+            time.sleep(max(0.0, next_at - time.monotonic()))
+            next_at = max(next_at, time.monotonic() - 1.0)  # a stall is not made up in a burst
+            with self.lock:
+                address, drifted = self.address, self.drifting.is_set()
+            if address is None:
+                continue
+            if client_address != address:
+                if client is not None:
+                    client.close()
+                client, client_address = httpclient.InferenceServerClient(address), address
+            row = self.rows.next(1)
+            if drifted:
+                row = grey_shift(row)
+            tensor = httpclient.InferInput("INPUT", list(row.shape), "FP32")
+            tensor.set_data_from_numpy(row.astype(np.float32), binary_data=True)
+            sent = time.time()
+            try:
+                result = client.infer(MODEL, [tensor])
+                version = str(result.get_response().get("parameters", {}).get("model_version"))
+                error = None
+            except (InferenceServerException, OSError) as exc:
+                version, error = None, f"{type(exc).__name__}: {exc}"
+            with self.lock:
+                if self.address != address:
+                    continue
+                if drifted and self.onset is None:
+                    self.onset = sent
+                self.answers.append(Answer(sent, version, drifted))
+                if error:
+                    self.errors.append(error)
+        if client is not None:
+            client.close()
+
+    def trace(self) -> list[Answer]:
+        with self.lock:
+            return list(self.answers)
+
+
+class StatusWatch:
+    """Every status of one GuardedModel as the API server sends it (kubectl get --watch), with the
+    time it arrived here."""
+
+    def __init__(self, cluster: LocalCluster, name: str) -> None:
+        assert cluster.binaries is not None
+        self.seen: list[tuple[float, dict[str, Any]]] = []
+        self.lock = threading.Lock()
+        self.process = subprocess.Popen(
+            [
+                str(cluster.binaries.kubectl),
+                f"--kubeconfig={cluster.kubeconfig}",
+                *("get", "guardedmodel", name, "-n", NAMESPACE, "--watch", "-o", "json"),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        decoder, buffer = json.JSONDecoder(), ""
+        for line in self.process.stdout:
+            buffer += line
+            while buffer.strip():
+                try:
+                    obj, end = decoder.raw_decode(buffer.lstrip())
+                except ValueError:
+                    break
+                buffer = buffer.lstrip()[end:]
+                with self.lock:
+                    self.seen.append((time.time(), obj.get("status") or {}))
+
+    def latest(self) -> dict[str, Any]:
+        with self.lock:
+            return self.seen[-1][1] if self.seen else {}
+
+    def first(self, predicate: Callable[[dict[str, Any]], bool], after: float = 0.0) -> float | None:
+        with self.lock:
+            return next((t for t, status in self.seen if t >= after and predicate(status)), None)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+class CounterPoll:
+    """Counters read from /metrics endpoints every `period_s`: the sidecar's drifted windows per
+    version and the operator's checks by result, each as a (time, value) series."""
+
+    def __init__(self, sources: dict[str, tuple[str, Callable[[Any], bool]]], period_s: float = 0.1) -> None:
+        self.sources = sources  # series name -> (URL, which samples of that endpoint to add up)
+        self.series: dict[str, list[tuple[float, float]]] = {name: [] for name in sources}
+        self.period_s = period_s
+        self.stop_flag = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> CounterPoll:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.stop_flag.set()
+        self.thread.join(timeout=5)
+
+    def _run(self) -> None:
+        pages: dict[str, str] = {}
+        while not self.stop_flag.wait(self.period_s):
+            now = time.time()
+            pages.clear()
+            for name, (url, wanted) in self.sources.items():
+                if url not in pages:
+                    try:
+                        with urllib.request.urlopen(url, timeout=2) as response:
+                            pages[url] = response.read().decode()
+                    except OSError:
+                        pages[url] = ""
+                total = sum(
+                    sample.value
+                    for family in text_string_to_metric_families(pages[url])
+                    for sample in family.samples
+                    if wanted(sample)
+                )
+                self.series[name].append((now, total))
+
+
+def counter_sample(name: str, **labels: str) -> Callable[[Any], bool]:
+    return lambda s: s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+
+
+# -- log lines with their times ------------------------------------------------------------------
+
+_STAMP = re.compile(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d[,.]\d{3})")
+
+
+def log_times(path: Path, pattern: str) -> list[float]:
+    """time.time() of every line of a log matching `pattern` (the logs stamp local time, ms)."""
+    found = []
+    with contextlib.suppress(OSError):
+        for line in path.read_text(errors="replace").splitlines():
+            if re.search(pattern, line) and (stamp := _STAMP.search(line)):
+                when = dt.datetime.strptime(stamp.group(1).replace(".", ","), "%Y-%m-%d %H:%M:%S,%f")
+                found.append(when.timestamp())
+    return found
+
+
+def first_after(times: list[float], after: float) -> float | None:
+    return next((t for t in sorted(times) if t >= after), None)
+
+
+def scraped_at(prometheus: Prometheus, name: str, version: str, after: float) -> float | None:
+    """The timestamp of the first scrape that carried a drifted window of `version` closed after
+    `after` (Prometheus stamps a sample with its scrape's start)."""
+    series = (
+        f'guardedmodel_drift_windows_total{{guardedmodel_io_name="{name}",version="{version}",'
+        f'decision="drifted"}}'
+    )
+    span = max(10, math.ceil(time.time() - after) + 10)
+    result = prometheus.query(f"{series}[{span}s]")
+    if not result:
+        return None
+    samples = [(float(t), float(v)) for t, v in result[0]["values"]]
+    return first_rise(samples, after)
+
+
+# -- the stack and the runs ----------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    case: str
+    interval_s: int
+    index: int
+    name: str
+    onset_phase: float | None = None  # share of the interval between the routing change and the onset
+    ok: bool = False
+    failure: str | None = None
+    times: dict[str, float | None] = field(default_factory=dict)  # seconds after the onset
+    onset_to_good_s: float | None = None
+    onset_to_status_s: float | None = None
+    weight_at_rollback: int | None = None
+    answers_after_onset: dict[str, int] = field(default_factory=dict)
+    rollback_reason: str | None = None
+
+
+class Bench:
+    def __init__(self, state_dir: Path, args: argparse.Namespace) -> None:
+        self.state_dir = state_dir
+        self.args = args
+        self.rng = np.random.default_rng(args.seed)
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.stack = contextlib.ExitStack()
+        self.targets = state_dir / "targets.json"
+
+    def __enter__(self) -> Bench:
+        from guardedmodel_fit.example import DEFAULT_OUT, build_example
+
+        self.build = build_example(DEFAULT_OUT, versions=("1", "2"), progress=True)
+        rows = np.asarray(self.build.dataset("validation").inputs, dtype=np.float32)
+        self._write_targets(None, None)
+        self.cluster = self.stack.enter_context(LocalCluster(self.state_dir / "cluster"))
+        monitoring = local_stack.start_monitoring(
+            self.stack, self.state_dir, [FileDiscoveryJob("guardedmodel-sidecar", self.targets)], []
+        )
+        self.prometheus = monitoring.prometheus
+        local_stack.install_crd(self.cluster, NAMESPACE)
+        self.operator_ports = local_stack.OperatorPorts.free()
+        self.operator = local_stack.start_operator(
+            self.stack,
+            self.cluster,
+            namespace=NAMESPACE,
+            prometheus_url=self.prometheus.url,
+            ports=self.operator_ports,
+            log_dir=self.state_dir / "logs",
+            extra_env={"GUARDEDMODEL_ROLLOUT_MIN_WINDOW_S": str(self.args.min_window)},
+        )
+        self.triton = self.stack.enter_context(
+            TritonServer(
+                self.build.repository, model_control_mode="explicit", log_dir=self.state_dir / "logs"
+            )
+        )
+        self.traffic = Traffic(FreshRows(rows), self.args.rate).start()
+        self.stack.callback(self.traffic.stop)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stack.close()
+
+    def _write_targets(self, target: str | None, name: str | None) -> None:
+        groups = (
+            []
+            if target is None
+            else [{"targets": [target], "labels": {"namespace": NAMESPACE, "guardedmodel_io_name": name}}]
+        )
+        tmp = self.targets.with_suffix(".tmp")
+        tmp.write_text(json.dumps(groups))
+        tmp.replace(self.targets)  # Prometheus must never read half a file
+
+    # -- one run ---------------------------------------------------------------------------------
+    def run(self, case: str, knobs: Knobs, index: int) -> Run:
+        name = f"{case}-{knobs.interval_s}s-{index}"
+        run = Run(case, knobs.interval_s, index, name)
+        with contextlib.ExitStack() as per_run:
+            self.cluster.kubectl(
+                "apply", "-f", "-", input=yaml.safe_dump(manifest(name, "1", knobs, self.build.repository))
+            )
+            watch = StatusWatch(self.cluster, name)
+            per_run.callback(watch.stop)
+            per_run.callback(self._delete, name)
+            self._wait(run, "version 1 Ready", lambda: watch.latest().get("phase") == "Ready", 120)
+            sidecar, metrics_url = self._start_sidecar(per_run, name, index)
+            poll = CounterPoll(
+                {
+                    "drifted_windows": (
+                        metrics_url,
+                        counter_sample("guardedmodel_drift_windows_total", version="2", decision="drifted"),
+                    ),
+                    "checks_failed": (
+                        self._operator_metrics,
+                        counter_sample("guardedmodel_operator_rollout_checks_total", result="failed"),
+                    ),
+                    "checks_passed": (
+                        self._operator_metrics,
+                        counter_sample("guardedmodel_operator_rollout_checks_total", result="passed"),
+                    ),
+                    "checks_no_data": (
+                        self._operator_metrics,
+                        counter_sample("guardedmodel_operator_rollout_checks_total", result="no_data"),
+                    ),
+                }
+            ).start()
+            per_run.callback(poll.stop)
+            self._wait(
+                run,
+                "Prometheus scraping the sidecar",
+                lambda: bool(
+                    self.prometheus.query(f'guardedmodel_requests_total{{guardedmodel_io_name="{name}"}}')
+                ),
+                30,
+            )
+            self._patch_version(name, "2")
+            if case == "canary":
+                started = self._wait_for(
+                    run,
+                    watch,
+                    "canary 2 at its first step",
+                    120,
+                    lambda s: s.get("canaryVersion") == "2" and s.get("canaryWeight") == knobs.steps[0],
+                )
+            else:
+                started = self._wait_for(
+                    run,
+                    watch,
+                    "version 2 promoted",
+                    120 + 4 * knobs.interval_s,
+                    lambda s: (
+                        s.get("stableVersion") == "2"
+                        and not s.get("canaryVersion")
+                        and s.get("lastGoodVersion") == "1"
+                    ),
+                )
+            if started is None:
+                return run
+            phase = float(self.rng.uniform())
+            run.onset_phase = phase
+            time.sleep(max(0.0, started + phase * knobs.interval_s - time.time()))
+            self.traffic.drifting.set()
+            deadline = time.time() + 3 * knobs.interval_s + 60
+            rolled_back = None
+            while time.time() < deadline and rolled_back is None:
+                time.sleep(0.2)
+                rolled_back = watch.first(_rolled_back, after=started)
+                self.operator.check_alive()
+                sidecar.check_alive()
+            time.sleep(2.0)  # answers after the status write: the sidecar's switch is in them
+            self.traffic.drifting.clear()
+            self._measure(run, knobs, watch, poll, sidecar, rolled_back)
+        return run
+
+    def _measure(
+        self,
+        run: Run,
+        knobs: Knobs,
+        watch: StatusWatch,
+        poll: CounterPoll,
+        sidecar: ManagedProcess,
+        rolled_back: float | None,
+    ) -> None:
+        answers = self.traffic.trace()
+        onset = self.traffic.onset
+        if onset is None:
+            run.failure = "no drifted request was answered"
+            return
+        after = [a for a in answers if a.sent >= onset]
+        run.answers_after_onset = {
+            str(v): sum(1 for a in after if a.version == v) for v in {a.version for a in after}
+        }
+        status = watch.latest()
+        entry = next(
+            (h for h in reversed(status.get("history") or []) if h.get("outcome") == "RolledBack"), None
+        )
+        run.rollback_reason = entry.get("reason") if entry else None
+        good = traffic_on_good_version(answers, "2", onset)
+        operator_log = self.operator.log_path
+        events = {
+            "drift_window_closed": first_rise(poll.series["drifted_windows"], onset),
+            "prometheus_scraped": scraped_at(self.prometheus, run.name, "2", onset),
+            "failed_check_counted": first_rise(poll.series["checks_failed"], onset),
+            "operator_log_rollback": first_after(log_times(operator_log, r"rolled back to"), onset),
+            "status_rolled_back": rolled_back,
+            "sidecar_log_switch": first_after(log_times(sidecar.log_path, ROUTED_BACK), onset),
+            "traffic_on_good_version": good,
+        }
+        run.times = {k: None if v is None else round(v - onset, 3) for k, v in events.items()}
+        before = [s for s in watch.seen if s[0] <= (rolled_back or time.time())]
+        weights = [s.get("canaryWeight") for t, s in before if s.get("canaryVersion") == "2"]
+        run.weight_at_rollback = int(weights[-1]) if weights and run.case == "canary" else None
+        if rolled_back is None:
+            run.failure = (
+                f"no rollback within {3 * knobs.interval_s + 60}s; status {json.dumps(status)[:400]}"
+            )
+        elif good is None:
+            run.failure = "the status shows the rollback but version 2 still answered the last request"
+        else:
+            run.ok = True
+            run.onset_to_good_s = run.times["traffic_on_good_version"]
+            run.onset_to_status_s = run.times["status_rolled_back"]
+
+    # -- helpers ---------------------------------------------------------------------------------
+    @property
+    def _operator_metrics(self) -> str:
+        return f"http://127.0.0.1:{self.operator_ports.metrics}/metrics"
+
+    def _start_sidecar(
+        self, per_run: contextlib.ExitStack, name: str, index: int
+    ) -> tuple[ManagedProcess, str]:
+        rendered = local_stack.rendered_sidecar_config(self.cluster, NAMESPACE)
+        if rendered is None:
+            raise RuntimeError("the operator rendered no ConfigMap with a sidecar.yaml")
+        listen = {"host": "127.0.0.1", "http": free_port(), "grpc": free_port(), "metrics": free_port()}
+        workdir = self.state_dir / name
+        config = localize_sidecar_config(
+            rendered,
+            triton={"httpUrl": self.triton.http_url, "grpcUrl": self.triton.grpc_url},
+            repository=self.build.repository,
+            listen=listen,
+            audit_dir=workdir / "audit",
+            spool_dir=workdir / "review-spool",
+        )
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "sidecar.yaml").write_text(yaml.safe_dump(config))
+        sidecar = local_stack.start_ready_process(
+            per_run,
+            f"sidecar-{name}",
+            local_stack.guardedmodel_command("sidecar", "--config", str(workdir / "sidecar.yaml")),
+            self.cluster.env,
+            log_dir=self.state_dir / "logs",
+            ready_url=f"http://127.0.0.1:{listen['http']}/v2/health/ready",
+            timeout=120,
+        )
+        self._write_targets(f"127.0.0.1:{listen['metrics']}", name)
+        self.traffic.retarget(f"127.0.0.1:{listen['http']}")
+        per_run.callback(self.traffic.retarget, None)
+        per_run.callback(self._write_targets, None, None)
+        return sidecar, f"http://127.0.0.1:{listen['metrics']}/metrics"
+
+    def _patch_version(self, name: str, version: str) -> None:
+        patch = json.dumps({"spec": {"model": {"version": version}}})
+        self.cluster.kubectl("patch", "gm", name, "-n", NAMESPACE, "--type=merge", "-p", patch)
+
+    def _delete(self, name: str) -> None:
+        # Foreground: the ConfigMap goes with it, so the next run reads its own.
+        self.cluster.kubectl(
+            "delete",
+            "gm",
+            name,
+            "-n",
+            NAMESPACE,
+            "--cascade=foreground",
+            "--wait=true",
+            "--timeout=60s",
+            check=False,
+        )
+
+    def _wait(self, run: Run, what: str, probe: Callable[[], bool], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.operator.check_alive()
+            if probe():
+                return
+            time.sleep(0.3)
+        raise RuntimeError(
+            f"{run.name}: timed out waiting for {what}\noperator log:\n{log_tail(self.operator.log_path)}"
+        )
+
+    def _wait_for(
+        self,
+        run: Run,
+        watch: StatusWatch,
+        what: str,
+        timeout: float,
+        predicate: Callable[[dict[str, Any]], bool],
+    ) -> float | None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.operator.check_alive()
+            when = watch.first(predicate)
+            if when is not None:
+                return when
+            if any(h.get("outcome") == "RolledBack" for h in watch.latest().get("history") or []):
+                break
+            time.sleep(0.2)
+        run.failure = f"never reached {what}; status {json.dumps(watch.latest())[:600]}"
+        return None
+
+
+def _rolled_back(status: dict[str, Any]) -> bool:
+    return any(
+        h.get("version") == "2" and h.get("outcome") == "RolledBack" for h in status.get("history") or []
+    )
+
+
+# -- the report ----------------------------------------------------------------------------------
+
+
+def scenario_summary(runs: list[Run], knobs: Knobs, crossing: float) -> dict[str, Any]:
+    ok = [r for r in runs if r.ok]
+    flagger = FlaggerKnobs(
+        knobs.interval_s, knobs.failure_limit, knobs.check_window_s, crossing, knobs.scrape_s
+    )
+    simulated = simulate_flagger(flagger, runs=20_000, seed=1)
+    stages = sorted({k for r in ok for k in r.times})
+    return {
+        "runs": len(runs),
+        "ok": len(ok),
+        "onset_to_good_version_s": summary([r.onset_to_good_s for r in ok if r.onset_to_good_s is not None]),
+        "onset_to_status_s": summary([r.onset_to_status_s for r in ok if r.onset_to_status_s is not None]),
+        "stages_median_s": {
+            k: float(np.median(v)) if (v := [r.times[k] for r in ok if r.times.get(k) is not None]) else None
+            for k in stages
+        },
+        "target_s": knobs.interval_s + 2.0,
+        "within_target": sum(
+            1 for r in ok if r.onset_to_good_s is not None and r.onset_to_good_s <= knobs.interval_s + 2.0
+        ),
+        "flagger_style": {
+            "knobs": asdict(flagger),
+            "analytic": flagger_quantiles(flagger),
+            "simulated": summary(list(simulated)),
+        },
+    }
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scenarios = list(results["scenarios"])
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    for i, key in enumerate(scenarios):
+        scenario = results["scenarios"][key]
+        ours = [
+            r["onset_to_good_s"]
+            for r in results["runs"]
+            if r["ok"] and f"{r['case']}-{r['interval_s']}s" == key
+        ]
+        ax.scatter(
+            [i - 0.12] * len(ours),
+            ours,
+            color="tab:blue",
+            label="guardedmodel (runs)" if i == 0 else None,
+            zorder=3,
+        )
+        q = scenario["flagger_style"]["analytic"]
+        ax.vlines(
+            i + 0.12,
+            q["min"],
+            q["max"],
+            color="tab:orange",
+            lw=6,
+            alpha=0.5,
+            label="Flagger-style (min-max)" if i == 0 else None,
+        )
+        ax.scatter([i + 0.12], [q["median"]], color="tab:orange", marker="_", s=300)
+        ax.hlines(
+            scenario["target_s"],
+            i - 0.3,
+            i + 0.3,
+            color="grey",
+            ls="--",
+            label="target: interval + 2 s" if i == 0 else None,
+        )
+    ax.set_xticks(range(len(scenarios)), scenarios)
+    ax.set_ylabel("drift onset → traffic on the last good version (s)")
+    ax.set_title("Rollback time on drift (real operator, sidecar, Prometheus, Triton CPU)")
+    ax.legend(loc="upper left", fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def parse_runs(text: str) -> dict[int, int]:
+    """'5s=5,30s=3' -> {5: 5, 30: 3}"""
+    out = {}
+    for part in text.split(","):
+        interval, _, count = part.partition("=")
+        out[int(interval.strip().removesuffix("s"))] = int(count)
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", default="5s=5,30s=3", help="interval=runs per case (default 5s=5,30s=3)")
+    parser.add_argument("--cases", default=",".join(CASES), help="canary,promoted")
+    parser.add_argument(
+        "--steps", default="50,100", help="spec.rollout.steps (the canary starts at the first)"
+    )
+    parser.add_argument("--failure-limit", type=int, default=1, help="spec.rollout.failureLimit")
+    parser.add_argument("--drift-window", type=int, default=100, help="spec.drift.window in rows")
+    parser.add_argument("--drift-min-samples", type=int, default=50, help="spec.drift.minSamples")
+    parser.add_argument("--rate", type=float, default=80.0, help="requests per second (one row each)")
+    parser.add_argument("--min-window", type=float, default=5.0, help="operator's minimum check window (s)")
+    parser.add_argument(
+        "--crossing", type=float, default=0.5, help="Flagger-style: share of the window to fail"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--state-dir", type=Path, default=None)
+    parser.add_argument("--out", type=Path, default=RESULTS / "rollback.json")
+    args = parser.parse_args()
+    cases = [c for c in args.cases.split(",") if c]
+    if unknown := set(cases) - set(CASES):
+        parser.error(f"unknown cases {sorted(unknown)}; choose from {CASES}")
+    plan = parse_runs(args.runs)
+    steps = tuple(int(s) for s in args.steps.split(","))
+    state_dir = args.state_dir or Path(tempfile.mkdtemp(prefix="bench-rollback-"))
+    knobs_of = {
+        interval: Knobs(
+            interval,
+            steps,
+            args.failure_limit,
+            args.drift_window,
+            args.drift_min_samples,
+            args.rate,
+            args.min_window,
+            1.0,
+        )
+        for interval in plan
+    }
+    runs: list[Run] = []
+    started = time.monotonic()
+    with Bench(state_dir, args) as bench:
+        for interval, count in plan.items():
+            for case in cases:
+                for index in range(count):
+                    run = bench.run(case, knobs_of[interval], index)
+                    runs.append(run)
+                    shown = f"{run.onset_to_good_s:.2f}s" if run.ok else f"FAILED: {run.failure}"
+                    print(
+                        f"{run.name}: phase {run.onset_phase or 0:.2f}  onset -> last good version {shown}  {run.times}",
+                        flush=True,
+                    )
+    scenarios = {
+        f"{case}-{interval}s": scenario_summary(
+            [r for r in runs if r.case == case and r.interval_s == interval],
+            knobs_of[interval],
+            args.crossing,
+        )
+        for interval in plan
+        for case in cases
+    }
+    results = {
+        "machine": {"platform": platform.platform(), "python": sys.version.split()[0]},
+        "knobs": {
+            "intervals_s": list(plan),
+            "steps": list(steps),
+            "failure_limit": args.failure_limit,
+            "drift_window_rows": args.drift_window,
+            "drift_min_samples": args.drift_min_samples,
+            "drift_alpha": 0.001,
+            "rate_rps": args.rate,
+            "operator_min_window_s": args.min_window,
+            "prometheus_scrape_s": 1.0,
+            "thresholds": THRESHOLDS,
+            "flagger_crossing": args.crossing,
+        },
+        "wall_s": round(time.monotonic() - started, 1),
+        "scenarios": scenarios,
+        "runs": [asdict(r) for r in runs],
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+    plot(results, args.out.with_suffix(".png"))
+    print(json.dumps(scenarios, indent=2))
+    print(f"wrote {args.out} and {args.out.with_suffix('.png')}; logs in {state_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
