@@ -21,9 +21,48 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
+
+
+@dataclass(frozen=True)
+class Knobs:
+    """What a scenario of the live bench sets (the spec's rollout and drift, the traffic, the
+    operator's and Prometheus' timing)."""
+
+    interval_s: int
+    steps: tuple[int, ...]
+    failure_limit: int
+    drift_window_rows: int
+    drift_min_samples: int
+    rate: float  # requests per second, one row each
+    min_window_s: float  # the operator's GUARDEDMODEL_ROLLOUT_MIN_WINDOW_S
+    scrape_s: float  # Prometheus' scrape interval
+
+    @property
+    def check_window_s(self) -> float:
+        return max(float(self.interval_s), self.min_window_s)
+
+
+@dataclass
+class Run:
+    """One live run: what it was, whether it reached the end, and the times it observed."""
+
+    case: str
+    interval_s: int
+    index: int
+    name: str
+    onset_phase: float | None = None  # share of the interval between the routing change and the onset
+    ok: bool = False
+    failure: str | None = None
+    times: dict[str, float | None] = field(default_factory=dict)  # seconds after the onset
+    onset_to_good_s: float | None = None
+    onset_to_status_s: float | None = None
+    weight_at_rollback: int | None = None
+    answers_after_onset: dict[str, int] = field(default_factory=dict)
+    rollback_reason: str | None = None
+
 
 QUANTILES = {"min": 0.0, "median": 0.5, "p90": 0.9, "max": 1.0}
 
@@ -107,17 +146,15 @@ class Answer:
 
 
 def traffic_on_good_version(answers: Sequence[Answer], bad: str, onset: float) -> float | None:
-    """The moment after which no answer comes from `bad`: the send time of the first request after
-    the last answer from it (None when `bad` still answered the last request, or never answered
-    after the onset). For a canary that is its last share of traffic; for a promoted version it is
-    the first answer of the last good one, after which every answer is from it."""
-    last_bad = None
-    for index, answer in enumerate(answers):
-        if answer.version == bad:
-            last_bad = index
-    if last_bad is None or last_bad + 1 >= len(answers) or answers[last_bad].sent < onset:
+    """The moment after which no answer comes from `bad`: the send time of the first answered
+    request after the last answer from it (None when `bad` still answered the last one, or did not
+    answer after the onset). For a canary that ends its share of traffic; for a promoted version it
+    is the first answer of the last good one, after which every answer is from it."""
+    last_bad = max((i for i, answer in enumerate(answers) if answer.version == bad), default=None)
+    if last_bad is None or answers[last_bad].sent < onset:
         return None
-    return answers[last_bad + 1].sent
+    later = (answer.sent for answer in answers[last_bad + 1 :] if answer.version is not None)
+    return next(later, None)
 
 
 def first_rise(samples: Sequence[tuple[float, float]], after: float) -> float | None:

@@ -31,40 +31,35 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as dt
 import json
-import math
 import platform
-import re
-import subprocess
 import sys
 import tempfile
-import threading
 import time
-import urllib.request
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
-from rollback_model import (
-    Answer,
-    FlaggerKnobs,
-    first_rise,
-    flagger_quantiles,
-    simulate_flagger,
-    summary,
-    traffic_on_good_version,
+from rollback_model import Knobs, Run, first_rise, traffic_on_good_version
+from rollback_observe import (
+    CounterPoll,
+    StatusWatch,
+    Traffic,
+    counter_sample,
+    first_after,
+    log_times,
+    scraped_at,
 )
+from rollback_report import plot, scenario_summary
 
-from guardedmodel_cli.demo_traffic import MODEL, FreshRows
+from guardedmodel_cli.demo_traffic import FreshRows
 from guardedmodel_testground import stack as local_stack
 from guardedmodel_testground.cluster import LocalCluster
 from guardedmodel_testground.procs import ManagedProcess, free_port, log_tail
-from guardedmodel_testground.prometheus import FileDiscoveryJob, Prometheus
+from guardedmodel_testground.prometheus import FileDiscoveryJob
 from guardedmodel_testground.sidecar_config import localize_sidecar_config
 from guardedmodel_testground.triton import TritonServer
 
@@ -87,27 +82,6 @@ THRESHOLDS = {
 ROUTED_BACK = r"routing is now Routing\(stable_version='1', canary_version=None"
 
 
-def grey_shift(rows: np.ndarray) -> np.ndarray:
-    """The drift: a grey-level shift, as in the demo."""
-    return np.clip(rows * 0.5 + 0.45, 0.0, 1.0)
-
-
-@dataclass(frozen=True)
-class Knobs:
-    interval_s: int
-    steps: tuple[int, ...]
-    failure_limit: int
-    drift_window_rows: int
-    drift_min_samples: int
-    rate: float  # requests per second, one row each
-    min_window_s: float  # the operator's GUARDEDMODEL_ROLLOUT_MIN_WINDOW_S
-    scrape_s: float  # Prometheus' scrape interval
-
-    @property
-    def check_window_s(self) -> float:
-        return max(float(self.interval_s), self.min_window_s)
-
-
 def manifest(name: str, version: str, knobs: Knobs, repository: Path) -> dict[str, Any]:
     """The worked example's manifest with the bench's knobs."""
     document: dict[str, Any] = yaml.safe_load(MANIFEST.read_text())
@@ -125,231 +99,6 @@ def manifest(name: str, version: str, knobs: Knobs, repository: Path) -> dict[st
         thresholds=THRESHOLDS,
     )
     return document
-
-
-# -- what runs in the background while a run lasts ----------------------------------------------
-
-
-class Traffic:
-    """Single-row requests at a steady rate through the sidecar, each answer kept with its send
-    time; `drifting` turns the grey-level shift on for every request after it."""
-
-    def __init__(self, rows: FreshRows, rate: float) -> None:
-        self.rows, self.rate = rows, rate
-        self.address: str | None = None
-        self.answers: list[Answer] = []
-        self.errors: list[str] = []
-        self.drifting = threading.Event()
-        self.onset: float | None = None
-        self.lock = threading.Lock()
-        self.stop_flag = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def start(self) -> Traffic:
-        self.thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.stop_flag.set()
-        self.thread.join(timeout=10)
-
-    def retarget(self, address: str | None) -> None:
-        """A new sidecar (or none): the trace starts over."""
-        with self.lock:
-            self.address = address
-            self.answers, self.errors, self.onset = [], [], None
-            self.drifting.clear()
-
-    def _run(self) -> None:
-        import tritonclient.http as httpclient
-        from tritonclient.utils import InferenceServerException
-
-        client, client_address = None, None
-        next_at = time.monotonic()
-        while not self.stop_flag.is_set():
-            next_at += 1.0 / self.rate
-            time.sleep(max(0.0, next_at - time.monotonic()))
-            next_at = max(next_at, time.monotonic() - 1.0)  # a stall is not made up in a burst
-            with self.lock:
-                address, drifted = self.address, self.drifting.is_set()
-            if address is None:
-                continue
-            if client_address != address:
-                if client is not None:
-                    client.close()
-                client, client_address = httpclient.InferenceServerClient(address), address
-            row = self.rows.next(1)
-            if drifted:
-                row = grey_shift(row)
-            tensor = httpclient.InferInput("INPUT", list(row.shape), "FP32")
-            tensor.set_data_from_numpy(row.astype(np.float32), binary_data=True)
-            sent = time.time()
-            try:
-                result = client.infer(MODEL, [tensor])
-                version = str(result.get_response().get("parameters", {}).get("model_version"))
-                error = None
-            except (InferenceServerException, OSError) as exc:
-                version, error = None, f"{type(exc).__name__}: {exc}"
-            with self.lock:
-                if self.address != address:
-                    continue
-                if drifted and self.onset is None:
-                    self.onset = sent
-                self.answers.append(Answer(sent, version, drifted))
-                if error:
-                    self.errors.append(error)
-        if client is not None:
-            client.close()
-
-    def trace(self) -> list[Answer]:
-        with self.lock:
-            return list(self.answers)
-
-
-class StatusWatch:
-    """Every status of one GuardedModel as the API server sends it (kubectl get --watch), with the
-    time it arrived here."""
-
-    def __init__(self, cluster: LocalCluster, name: str) -> None:
-        assert cluster.binaries is not None
-        self.seen: list[tuple[float, dict[str, Any]]] = []
-        self.lock = threading.Lock()
-        self.process = subprocess.Popen(
-            [
-                str(cluster.binaries.kubectl),
-                f"--kubeconfig={cluster.kubeconfig}",
-                *("get", "guardedmodel", name, "-n", NAMESPACE, "--watch", "-o", "json"),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        decoder, buffer = json.JSONDecoder(), ""
-        for line in self.process.stdout:
-            buffer += line
-            while buffer.strip():
-                try:
-                    obj, end = decoder.raw_decode(buffer.lstrip())
-                except ValueError:
-                    break
-                buffer = buffer.lstrip()[end:]
-                with self.lock:
-                    self.seen.append((time.time(), obj.get("status") or {}))
-
-    def latest(self) -> dict[str, Any]:
-        with self.lock:
-            return self.seen[-1][1] if self.seen else {}
-
-    def first(self, predicate: Callable[[dict[str, Any]], bool], after: float = 0.0) -> float | None:
-        with self.lock:
-            return next((t for t, status in self.seen if t >= after and predicate(status)), None)
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=10)
-
-
-class CounterPoll:
-    """Counters read from /metrics endpoints every `period_s`: the sidecar's drifted windows per
-    version and the operator's checks by result, each as a (time, value) series."""
-
-    def __init__(self, sources: dict[str, tuple[str, Callable[[Any], bool]]], period_s: float = 0.1) -> None:
-        self.sources = sources  # series name -> (URL, which samples of that endpoint to add up)
-        self.series: dict[str, list[tuple[float, float]]] = {name: [] for name in sources}
-        self.period_s = period_s
-        self.stop_flag = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def start(self) -> CounterPoll:
-        self.thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.stop_flag.set()
-        self.thread.join(timeout=5)
-
-    def _run(self) -> None:
-        pages: dict[str, str] = {}
-        while not self.stop_flag.wait(self.period_s):
-            now = time.time()
-            pages.clear()
-            for name, (url, wanted) in self.sources.items():
-                if url not in pages:
-                    try:
-                        with urllib.request.urlopen(url, timeout=2) as response:
-                            pages[url] = response.read().decode()
-                    except OSError:
-                        pages[url] = ""
-                total = sum(
-                    sample.value
-                    for family in text_string_to_metric_families(pages[url])
-                    for sample in family.samples
-                    if wanted(sample)
-                )
-                self.series[name].append((now, total))
-
-
-def counter_sample(name: str, **labels: str) -> Callable[[Any], bool]:
-    return lambda s: s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
-
-
-# -- log lines with their times ------------------------------------------------------------------
-
-_STAMP = re.compile(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d[,.]\d{3})")
-
-
-def log_times(path: Path, pattern: str) -> list[float]:
-    """time.time() of every line of a log matching `pattern` (the logs stamp local time, ms)."""
-    found = []
-    with contextlib.suppress(OSError):
-        for line in path.read_text(errors="replace").splitlines():
-            if re.search(pattern, line) and (stamp := _STAMP.search(line)):
-                when = dt.datetime.strptime(stamp.group(1).replace(".", ","), "%Y-%m-%d %H:%M:%S,%f")
-                found.append(when.timestamp())
-    return found
-
-
-def first_after(times: list[float], after: float) -> float | None:
-    return next((t for t in sorted(times) if t >= after), None)
-
-
-def scraped_at(prometheus: Prometheus, name: str, version: str, after: float) -> float | None:
-    """The timestamp of the first scrape that carried a drifted window of `version` closed after
-    `after` (Prometheus stamps a sample with its scrape's start)."""
-    series = (
-        f'guardedmodel_drift_windows_total{{guardedmodel_io_name="{name}",version="{version}",'
-        f'decision="drifted"}}'
-    )
-    span = max(10, math.ceil(time.time() - after) + 10)
-    result = prometheus.query(f"{series}[{span}s]")
-    if not result:
-        return None
-    samples = [(float(t), float(v)) for t, v in result[0]["values"]]
-    return first_rise(samples, after)
-
-
-# -- the stack and the runs ----------------------------------------------------------------------
-
-
-@dataclass
-class Run:
-    case: str
-    interval_s: int
-    index: int
-    name: str
-    onset_phase: float | None = None  # share of the interval between the routing change and the onset
-    ok: bool = False
-    failure: str | None = None
-    times: dict[str, float | None] = field(default_factory=dict)  # seconds after the onset
-    onset_to_good_s: float | None = None
-    onset_to_status_s: float | None = None
-    weight_at_rollback: int | None = None
-    answers_after_onset: dict[str, int] = field(default_factory=dict)
-    rollback_reason: str | None = None
 
 
 class Bench:
@@ -413,7 +162,7 @@ class Bench:
             self.cluster.kubectl(
                 "apply", "-f", "-", input=yaml.safe_dump(manifest(name, "1", knobs, self.build.repository))
             )
-            watch = StatusWatch(self.cluster, name)
+            watch = StatusWatch(self.cluster, NAMESPACE, name)
             per_run.callback(watch.stop)
             per_run.callback(self._delete, name)
             self._wait(run, "version 1 Ready", lambda: watch.latest().get("phase") == "Ready", 120)
@@ -627,87 +376,6 @@ def _rolled_back(status: dict[str, Any]) -> bool:
     return any(
         h.get("version") == "2" and h.get("outcome") == "RolledBack" for h in status.get("history") or []
     )
-
-
-# -- the report ----------------------------------------------------------------------------------
-
-
-def scenario_summary(runs: list[Run], knobs: Knobs, crossing: float) -> dict[str, Any]:
-    ok = [r for r in runs if r.ok]
-    flagger = FlaggerKnobs(
-        knobs.interval_s, knobs.failure_limit, knobs.check_window_s, crossing, knobs.scrape_s
-    )
-    simulated = simulate_flagger(flagger, runs=20_000, seed=1)
-    stages = sorted({k for r in ok for k in r.times})
-    return {
-        "runs": len(runs),
-        "ok": len(ok),
-        "onset_to_good_version_s": summary([r.onset_to_good_s for r in ok if r.onset_to_good_s is not None]),
-        "onset_to_status_s": summary([r.onset_to_status_s for r in ok if r.onset_to_status_s is not None]),
-        "stages_median_s": {
-            k: float(np.median(v)) if (v := [r.times[k] for r in ok if r.times.get(k) is not None]) else None
-            for k in stages
-        },
-        "target_s": knobs.interval_s + 2.0,
-        "within_target": sum(
-            1 for r in ok if r.onset_to_good_s is not None and r.onset_to_good_s <= knobs.interval_s + 2.0
-        ),
-        "flagger_style": {
-            "knobs": asdict(flagger),
-            "analytic": flagger_quantiles(flagger),
-            "simulated": summary(list(simulated)),
-        },
-    }
-
-
-def plot(results: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    scenarios = list(results["scenarios"])
-    fig, ax = plt.subplots(figsize=(9, 4.5))
-    for i, key in enumerate(scenarios):
-        scenario = results["scenarios"][key]
-        ours = [
-            r["onset_to_good_s"]
-            for r in results["runs"]
-            if r["ok"] and f"{r['case']}-{r['interval_s']}s" == key
-        ]
-        ax.scatter(
-            [i - 0.12] * len(ours),
-            ours,
-            color="tab:blue",
-            label="guardedmodel (runs)" if i == 0 else None,
-            zorder=3,
-        )
-        q = scenario["flagger_style"]["analytic"]
-        ax.vlines(
-            i + 0.12,
-            q["min"],
-            q["max"],
-            color="tab:orange",
-            lw=6,
-            alpha=0.5,
-            label="Flagger-style (min-max)" if i == 0 else None,
-        )
-        ax.scatter([i + 0.12], [q["median"]], color="tab:orange", marker="_", s=300)
-        ax.hlines(
-            scenario["target_s"],
-            i - 0.3,
-            i + 0.3,
-            color="grey",
-            ls="--",
-            label="target: interval + 2 s" if i == 0 else None,
-        )
-    ax.set_xticks(range(len(scenarios)), scenarios)
-    ax.set_ylabel("drift onset → traffic on the last good version (s)")
-    ax.set_title("Rollback time on drift (real operator, sidecar, Prometheus, Triton CPU)")
-    ax.legend(loc="upper left", fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
 
 
 def parse_runs(text: str) -> dict[int, int]:
