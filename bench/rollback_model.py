@@ -1,8 +1,8 @@
 """The pure side of `rollback_time.py`: what a run's trace says, and what a Flagger-style analysis
 would give for the same knobs.
 
-A Flagger-style analysis (https://docs.flagger.app/usage/deployment-strategies,
-https://docs.flagger.app/usage/metrics) runs its metric checks on a fixed schedule, one every
+A Flagger-style analysis (https://fluxcd.io/flagger/usage/deployment-strategies/,
+https://fluxcd.io/flagger/usage/metrics/) runs its metric checks on a fixed schedule, one every
 `analysis.interval`; each check queries a metric over its own window (`metrics[].interval`) and
 fails when the value leaves `thresholdRange`; after `analysis.threshold` failed checks the canary
 is rolled back (a passing check resets the count). Its time from onset to rollback is therefore
@@ -62,6 +62,9 @@ class Run:
     weight_at_rollback: int | None = None
     answers_after_onset: dict[str, int] = field(default_factory=dict)
     rollback_reason: str | None = None
+    checks: list[tuple[float, str]] = field(default_factory=list)  # operator checks (s after onset, result)
+    # version 2's drift windows as Prometheus scraped them: s after onset, the test's decision, the PSI
+    drift_windows: list[dict[str, float | None]] = field(default_factory=list)
 
 
 QUANTILES = {"min": 0.0, "median": 0.5, "p90": 0.9, "max": 1.0}
@@ -157,8 +160,20 @@ def traffic_on_good_version(answers: Sequence[Answer], bad: str, onset: float) -
     return next(later, None)
 
 
+def rises(samples: Sequence[tuple[float, float]], after: float) -> list[float]:
+    """The times a counter, sampled as (time, value), went up after `after` (a counter born after
+    it counts from zero)."""
+    before = [value for t, value in samples if t <= after]
+    level = before[-1] if before else 0.0
+    out = []
+    for t, value in samples:
+        if t > after and value > level:
+            out.append(t)
+        if t > after:
+            level = max(level, value)
+    return out
+
+
 def first_rise(samples: Sequence[tuple[float, float]], after: float) -> float | None:
     """When a counter, sampled as (time, value), first rose above the value it had at `after`."""
-    before = [value for t, value in samples if t <= after]
-    base = before[-1] if before else 0.0
-    return next((t for t, value in samples if t > after and value > base), None)
+    return next(iter(rises(samples, after)), None)

@@ -115,11 +115,13 @@ class StatusWatch:
         assert cluster.binaries is not None
         self.seen: list[tuple[float, dict[str, Any]]] = []
         self.lock = threading.Lock()
+        # One line per event: the status alone, as JSON (an object without one prints an empty line).
+        template = '{.status}{"\\n"}'
         self.process = subprocess.Popen(
             [
                 str(cluster.binaries.kubectl),
                 f"--kubeconfig={cluster.kubeconfig}",
-                *("get", "guardedmodel", name, "-n", namespace, "--watch", "-o", "json"),
+                *("get", "guardedmodel", name, "-n", namespace, "--watch", "-o", f"jsonpath={template}"),
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -129,17 +131,10 @@ class StatusWatch:
 
     def _read(self) -> None:
         assert self.process.stdout is not None
-        decoder, buffer = json.JSONDecoder(), ""
         for line in self.process.stdout:
-            buffer += line
-            while buffer.strip():
-                try:
-                    obj, end = decoder.raw_decode(buffer.lstrip())
-                except ValueError:
-                    break
-                buffer = buffer.lstrip()[end:]
-                with self.lock:
-                    self.seen.append((time.time(), obj.get("status") or {}))
+            status = json.loads(line) if line.strip() else {}
+            with self.lock:
+                self.seen.append((time.time(), status))
 
     def latest(self) -> dict[str, Any]:
         with self.lock:
@@ -216,16 +211,46 @@ def first_after(times: list[float], after: float) -> float | None:
     return next((t for t in sorted(times) if t >= after), None)
 
 
+def raw_samples(prometheus: Prometheus, series: str, since: float) -> dict[str, list[tuple[float, float]]]:
+    """Every sample Prometheus holds of `series` since `since`, per series (keyed by its labels)."""
+    span = max(10, math.ceil(time.time() - since) + 10)
+    return {
+        json.dumps(item["metric"], sort_keys=True): [(float(t), float(v)) for t, v in item["values"]]
+        for item in prometheus.query(f"{series}[{span}s]")
+    }
+
+
 def scraped_at(prometheus: Prometheus, name: str, version: str, after: float) -> float | None:
     """The timestamp of the first scrape that carried a drifted window of `version` closed after
     `after` (Prometheus stamps a sample with its scrape's start)."""
-    series = (
-        f'guardedmodel_drift_windows_total{{guardedmodel_io_name="{name}",version="{version}",'
-        f'decision="drifted"}}'
-    )
-    span = max(10, math.ceil(time.time() - after) + 10)
-    result = prometheus.query(f"{series}[{span}s]")
-    if not result:
-        return None
-    samples = [(float(t), float(v)) for t, v in result[0]["values"]]
-    return first_rise(samples, after)
+    selector = f'guardedmodel_io_name="{name}",version="{version}",decision="drifted"'
+    found = raw_samples(prometheus, f"guardedmodel_drift_windows_total{{{selector}}}", after)
+    return next((first_rise(samples, after) for samples in found.values()), None)
+
+
+def drift_windows(
+    prometheus: Prometheus, name: str, version: str, since: float
+) -> list[dict[str, float | None]]:
+    """The drift windows of `version` that Prometheus saw close after `since`: the scrape that first
+    carried each, the test's decision (1 drifted, 0 stable, None too few rows) and its PSI."""
+    selector = f'guardedmodel_io_name="{name}",version="{version}"'
+    closed: dict[float, float] = {}
+    for samples in raw_samples(prometheus, f"guardedmodel_drift_windows_total{{{selector}}}", since).values():
+        for t, value in samples:
+            closed[t] = closed.get(t, 0.0) + value
+    detected = _one(raw_samples(prometheus, f"guardedmodel_drift_detected{{{selector}}}", since))
+    psi = _one(raw_samples(prometheus, f'guardedmodel_drift_score{{{selector},statistic="score"}}', since))
+    out, level = [], None
+    for t in sorted(closed):
+        if level is not None and closed[t] > level and t > since:
+            out.append({"scraped": t, "drifted": _finite(detected.get(t)), "psi": _finite(psi.get(t))})
+        level = closed[t]
+    return out
+
+
+def _one(found: dict[str, list[tuple[float, float]]]) -> dict[float, float]:
+    return dict(next(iter(found.values()), []))
+
+
+def _finite(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else round(value, 3)

@@ -16,6 +16,7 @@ from rollback_model import (
     FlaggerKnobs,
     first_rise,
     flagger_quantiles,
+    rises,
     simulate_flagger,
     summary,
     traffic_on_good_version,
@@ -96,6 +97,12 @@ def test_first_rise_of_a_counter() -> None:
     assert first_rise(samples, after=3.5) == 4.0
     assert first_rise(samples, after=4.5) is None
     assert first_rise([(1.0, 1.0)], after=0.0) == 1.0  # born after the onset: counts from zero
+
+
+def test_every_rise_of_a_counter_is_found_once() -> None:
+    samples = [(0.0, 1.0), (1.0, 2.0), (2.0, 2.0), (3.0, 4.0), (4.0, 4.0), (5.0, 5.0)]
+    assert rises(samples, after=0.5) == [1.0, 3.0, 5.0]
+    assert rises(samples, after=5.0) == []
 
 
 def test_summary_of_a_sample_and_of_none() -> None:
