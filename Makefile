@@ -79,7 +79,7 @@ bench-operator: setup
 # Drift onset to traffic on the last good version (canary and promoted, interval 5s and 30s), next to
 # a Flagger-style analysis of the same knobs; about 15 minutes. Writes bench/results/rollback.json|png.
 bench-rollback: setup
-	$(BIN)/python bench/rollback_time.py --runs 5s=5,30s=3
+	$(BIN)/python bench/rollback_time.py --runs 5s=6,30s=4
 
 # Fuzz the live sidecar (real Triton behind it) over HTTP and gRPC: >= 100k cases, several minutes.
 # Writes bench/results/fuzz.json; failing cases go to bench/results/fuzz-failures.jsonl for --replay.

@@ -161,10 +161,13 @@ def traffic_on_good_version(answers: Sequence[Answer], bad: str, onset: float) -
 
 
 def rises(samples: Sequence[tuple[float, float]], after: float) -> list[float]:
-    """The times a counter, sampled as (time, value), went up after `after` (a counter born after
-    it counts from zero)."""
+    """The times a counter, sampled as (time, value), went up after `after`. Its level at `after` is
+    the last sample before it, or the first sample when sampling began later (the counter was
+    already there; one that is absent is sampled as 0)."""
+    if not samples:
+        return []
     before = [value for t, value in samples if t <= after]
-    level = before[-1] if before else 0.0
+    level = before[-1] if before else samples[0][1]
     out = []
     for t, value in samples:
         if t > after and value > level:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from rollback_model import FlaggerKnobs, Knobs, Run, flagger_quantiles, simulate_flagger, summary
+from rollback_model import QUANTILES, FlaggerKnobs, Knobs, Run, flagger_quantiles, simulate_flagger, summary
 
 #: Flagger's own default for a metric's query window (metrics[].interval: 1m in its docs' examples).
 FLAGGER_DEFAULT_WINDOW_S = 60.0
@@ -77,6 +77,16 @@ def plot(results: dict[str, Any], path: Path) -> None:
             label="guardedmodel (runs)" if i == 0 else None,
             zorder=3,
         )
+        bound = scenario["flagger_style"]["schedule_only"]["analytic"]
+        ax.vlines(
+            i + 0.2,
+            bound["min"],
+            bound["max"],
+            color="grey",
+            lw=3,
+            alpha=0.5,
+            label="any fixed schedule, no lag (min-max)" if i == 0 else None,
+        )
         q = scenario["flagger_style"]["same_window"]["analytic"]
         ax.vlines(
             i + 0.12,
@@ -104,3 +114,25 @@ def plot(results: dict[str, Any], path: Path) -> None:
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+
+
+def markdown_table(results: dict[str, Any]) -> str:
+    """Ours next to the Flagger-style analysis, per scenario, as the README and the doc show it."""
+
+    def cells(figures: dict[str, Any]) -> str:
+        return " / ".join("n/a" if figures.get(k) is None else f"{figures[k]:.1f}" for k in QUANTILES)
+
+    lines = [
+        "| scenario | runs | ours: onset → last good version (s) | ours: onset → RolledBack status (s) "
+        "| within interval + 2 s | Flagger-style, same window | schedule only | Flagger's 1m window |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, scenario in results["scenarios"].items():
+        flagger = scenario["flagger_style"]
+        lines.append(
+            f"| {name} | {scenario['ok']}/{scenario['runs']} | {cells(scenario['onset_to_good_version_s'])} "
+            f"| {cells(scenario['onset_to_status_s'])} | {scenario['within_target']}/{scenario['ok']} "
+            f"| {cells(flagger['same_window']['analytic'])} | {cells(flagger['schedule_only']['analytic'])} "
+            f"| {cells(flagger['default_1m_window']['analytic'])} |"
+        )
+    return "\n".join(lines) + "\n\nmin / median / p90 / max, seconds"

@@ -1,6 +1,6 @@
 """Time from drift onset to traffic on the last good version, on the real local parts.
 
-    .venv/bin/python bench/rollback_time.py [--runs 5s=5,30s=3] [--cases canary,promoted]
+    .venv/bin/python bench/rollback_time.py [--runs 5s=6,30s=4] [--cases canary,promoted]
 
 What runs, as in `guardedmodel demo`: the local control plane (kwok), the real operator process,
 Prometheus, a real Triton (CPU) with the worked example's versions 1 and 2, and the real sidecar
@@ -54,7 +54,7 @@ from rollback_observe import (
     log_times,
     scraped_at,
 )
-from rollback_report import plot, scenario_summary
+from rollback_report import markdown_table, plot, scenario_summary
 
 from guardedmodel_cli.demo_traffic import FreshRows
 from guardedmodel_testground import stack as local_stack
@@ -392,7 +392,7 @@ def _rolled_back(status: dict[str, Any]) -> bool:
 
 
 def parse_runs(text: str) -> dict[int, int]:
-    """'5s=5,30s=3' -> {5: 5, 30: 3}"""
+    """'5s=6,30s=4' -> {5: 6, 30: 4}"""
     out = {}
     for part in text.split(","):
         interval, _, count = part.partition("=")
@@ -402,7 +402,7 @@ def parse_runs(text: str) -> dict[int, int]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", default="5s=5,30s=3", help="interval=runs per case (default 5s=5,30s=3)")
+    parser.add_argument("--runs", default="5s=6,30s=4", help="interval=runs per case (default 5s=6,30s=4)")
     parser.add_argument("--cases", default=",".join(CASES), help="canary,promoted")
     parser.add_argument(
         "--steps", default="50,100", help="spec.rollout.steps (the canary starts at the first)"
@@ -482,7 +482,7 @@ def main() -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     plot(results, args.out.with_suffix(".png"))
-    print(json.dumps(scenarios, indent=2))
+    print(markdown_table(results))
     print(f"wrote {args.out} and {args.out.with_suffix('.png')}; logs in {state_dir}")
     return 0
 

@@ -96,7 +96,9 @@ def test_first_rise_of_a_counter() -> None:
     assert first_rise(samples, after=1.5) == 3.0
     assert first_rise(samples, after=3.5) == 4.0
     assert first_rise(samples, after=4.5) is None
-    assert first_rise([(1.0, 1.0)], after=0.0) == 1.0  # born after the onset: counts from zero
+    # sampling began after `after`: the first sample is the level, not a rise
+    assert first_rise([(1.0, 7.0), (2.0, 7.0), (3.0, 8.0)], after=0.0) == 3.0
+    assert first_rise([], after=0.0) is None
 
 
 def test_every_rise_of_a_counter_is_found_once() -> None:
