@@ -21,7 +21,7 @@ import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 from rollback_model import Answer, first_rise
 
-from guardedmodel_cli.demo_traffic import MODEL, FreshRows
+from guardedmodel_cli.demo_traffic import MODEL, FreshRows, connection_lost
 from guardedmodel_testground.cluster import LocalCluster
 from guardedmodel_testground.prometheus import Prometheus
 
@@ -84,12 +84,13 @@ class Traffic:
                 row = grey_shift(row)
             tensor = httpclient.InferInput("INPUT", list(row.shape), "FP32")
             tensor.set_data_from_numpy(row.astype(np.float32), binary_data=True)
+            assert client is not None
             sent = time.time()
             try:
                 result = client.infer(MODEL, [tensor])
                 version = str(result.get_response().get("parameters", {}).get("model_version"))
                 error = None
-            except (InferenceServerException, OSError) as exc:
+            except (InferenceServerException, *connection_lost()) as exc:
                 version, error = None, f"{type(exc).__name__}: {exc}"
             with self.lock:
                 if self.address != address:

@@ -39,7 +39,7 @@ def scenario_summary(runs: list[Run], knobs: Knobs, crossing: float) -> dict[str
         "onset_to_good_version_s": summary([r.onset_to_good_s for r in ok if r.onset_to_good_s is not None]),
         "onset_to_status_s": summary([r.onset_to_status_s for r in ok if r.onset_to_status_s is not None]),
         "stages_median_s": {
-            k: float(np.median(v)) if (v := [r.times[k] for r in ok if r.times.get(k) is not None]) else None
+            k: float(np.median(v)) if (v := [t for r in ok if (t := r.times.get(k)) is not None]) else None
             for k in stages
         },
         "target_s": target,
@@ -53,6 +53,13 @@ def scenario_summary(runs: list[Run], knobs: Knobs, crossing: float) -> dict[str
             for name, variant in flagger_variants(knobs, crossing).items()
         },
     }
+
+
+#: The Flagger-style ranges drawn next to our runs: variant, x offset, colour, line width, legend.
+RANGES = (
+    ("same_window", 0.12, "tab:orange", 6, "Flagger-style, same window (min-max)"),
+    ("schedule_only", 0.22, "grey", 3, "any fixed schedule, no lag (min-max)"),
+)
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
@@ -74,29 +81,21 @@ def plot(results: dict[str, Any], path: Path) -> None:
             [i - 0.12] * len(ours),
             ours,
             color="tab:blue",
-            label="guardedmodel (runs)" if i == 0 else None,
+            label="guardedmodel (runs)" if i == 0 else "_nolegend_",
             zorder=3,
         )
-        bound = scenario["flagger_style"]["schedule_only"]["analytic"]
-        ax.vlines(
-            i + 0.2,
-            bound["min"],
-            bound["max"],
-            color="grey",
-            lw=3,
-            alpha=0.5,
-            label="any fixed schedule, no lag (min-max)" if i == 0 else None,
-        )
+        for variant, x, color, width, label in RANGES:
+            q = scenario["flagger_style"][variant]["analytic"]
+            ax.vlines(
+                i + x,
+                q["min"],
+                q["max"],
+                color=color,
+                lw=width,
+                alpha=0.5,
+                label=label if i == 0 else "_nolegend_",
+            )
         q = scenario["flagger_style"]["same_window"]["analytic"]
-        ax.vlines(
-            i + 0.12,
-            q["min"],
-            q["max"],
-            color="tab:orange",
-            lw=6,
-            alpha=0.5,
-            label="Flagger-style (min-max)" if i == 0 else None,
-        )
         ax.scatter([i + 0.12], [q["median"]], color="tab:orange", marker="_", s=300)
         ax.hlines(
             scenario["target_s"],
@@ -104,7 +103,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
             i + 0.3,
             color="grey",
             ls="--",
-            label="target: interval + 2 s" if i == 0 else None,
+            label="target: interval + 2 s" if i == 0 else "_nolegend_",
         )
     ax.set_ylim(bottom=0)
     ax.set_xticks(range(len(scenarios)), scenarios)

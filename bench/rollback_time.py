@@ -284,8 +284,8 @@ class Bench:
             for window in drift_windows(self.prometheus, run.name, "2", since)
         ]
         before = [s for s in watch.seen if s[0] <= (rolled_back or time.time())]
-        weights = [s.get("canaryWeight") for t, s in before if s.get("canaryVersion") == "2"]
-        run.weight_at_rollback = int(weights[-1]) if weights and run.case == "canary" else None
+        weights = [int(s.get("canaryWeight") or 0) for _, s in before if s.get("canaryVersion") == "2"]
+        run.weight_at_rollback = weights[-1] if weights and run.case == "canary" else None
         if rolled_back is None:
             run.failure = (
                 f"no rollback within {3 * knobs.interval_s + 60}s; status {json.dumps(status)[:400]}"
