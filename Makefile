@@ -14,7 +14,7 @@ PYTEST_ARGS ?= -m "not slow"
 # as another user its tests are skipped with that reason.
 POD_TIER_DEPS := $(if $(filter 0,$(shell id -u)),pod-deps node-deps)
 
-.PHONY: setup system-deps python-deps cluster-binaries lint test test-all test-pods pod-deps node-deps demo demo-real-pods bench-sidecar bench-guard bench-operator fuzz crds-sync clean
+.PHONY: setup system-deps python-deps cluster-binaries lint test test-all test-pods pod-deps node-deps demo demo-real-pods bench-sidecar bench-guard bench-operator bench-rollback fuzz crds-sync clean
 
 setup: system-deps python-deps cluster-binaries
 
@@ -75,6 +75,11 @@ bench-guard: setup
 
 bench-operator: setup
 	$(BIN)/python bench/operator_scale.py --count 1000
+
+# Drift onset to traffic on the last good version (canary and promoted, interval 5s and 30s), next to
+# a Flagger-style analysis of the same knobs; about 15 minutes. Writes bench/results/rollback.json|png.
+bench-rollback: setup
+	$(BIN)/python bench/rollback_time.py --runs 5s=6,30s=4
 
 # Fuzz the live sidecar (real Triton behind it) over HTTP and gRPC: >= 100k cases, several minutes.
 # Writes bench/results/fuzz.json; failing cases go to bench/results/fuzz-failures.jsonl for --replay.
