@@ -93,6 +93,10 @@ def manifest(name: str, version: str, knobs: Knobs, repository: Path) -> dict[st
     # Flagged, not refused: every answer names the version that gave it.
     spec["gate"]["ood"]["action"] = "flag"
     spec["drift"] = {"window": knobs.drift_window_rows, "alpha": 0.001, "minSamples": knobs.drift_min_samples}
+    # Measured from the canary on: the example's shadow and replay phase comes before it and would
+    # only delay the canary's start.
+    for phase in ("shadow", "replay"):
+        spec["rollout"].pop(phase, None)
     spec["rollout"].update(
         steps=list(knobs.steps),
         interval=f"{knobs.interval_s}s",

@@ -16,6 +16,7 @@ Design choices, and why:
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import time
 from collections import Counter
@@ -88,6 +89,8 @@ class OperatorState:
     # The one Prometheus client, shared by rollout analysis and the scaler (model_tasks).
     prometheus: PrometheusSource | None = None
     rollout_bodies: dict[Key, dict[str, Any]] = field(default_factory=dict)
+    # When the rollout controller last checked each model (rollout.controller.RolloutController).
+    rollout_checks: dict[Key, dt.datetime] = field(default_factory=dict)
     # The scaler's per-model tasks (scaling.wiring), for models with replicas.max > min.
     scalers: ModelScheduler | None = None
     scale_controller: ScaleController | None = None

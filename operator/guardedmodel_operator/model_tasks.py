@@ -7,6 +7,7 @@ reconcile takes), works on the freshest copy of the object and writes only its o
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -37,6 +38,7 @@ class Memo(Protocol):
     prometheus: PrometheusSource | None
     rollouts: ModelScheduler | None
     rollout_bodies: dict[Key, dict[str, Any]]
+    rollout_checks: dict[Key, dt.datetime]
     scalers: ModelScheduler | None
     scale_controller: ScaleController | None
     scale_bodies: dict[Key, dict[str, Any]]

@@ -16,7 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..clock import utcnow
@@ -97,10 +97,11 @@ def plan_step(
     status: Mapping[str, Any] | None,
     samples: MetricSamples | ComparisonSamples | None,
     now: dt.datetime,
+    last_check: dt.datetime | None = None,
 ) -> StepResult:
     """One rollout step of one model, given the samples it asked for. Pure."""
     status = status or {}
-    state = RolloutState.from_status(status, spec.generation)
+    state = RolloutState.from_status(status, spec.generation).checked_at(last_check)
     verdict = decide(spec, state, samples, now)
     owned = apply_verdict(status, verdict, spec, now)
     patch = status_changes(status, owned)
@@ -113,8 +114,15 @@ def plan_step(
     return StepResult(verdict, patch, verdict_events(verdict, state), next_in)
 
 
-def needed(spec: RolloutSpec, status: Mapping[str, Any] | None, now: dt.datetime) -> Analysis | None:
-    return needed_analysis(spec, RolloutState.from_status(status, spec.generation), now)
+def needed(
+    spec: RolloutSpec,
+    status: Mapping[str, Any] | None,
+    now: dt.datetime,
+    last_check: dt.datetime | None = None,
+) -> Analysis | None:
+    return needed_analysis(
+        spec, RolloutState.from_status(status, spec.generation).checked_at(last_check), now
+    )
 
 
 @dataclass
@@ -125,6 +133,8 @@ class RolloutController:
     patch_status: PatchStatus
     emit: EmitEvent
     now: Callable[[], dt.datetime] = utcnow
+    # When each model was last checked against its metrics: at most one check per interval.
+    last_checks: dict[tuple[str, str], dt.datetime] = field(default_factory=dict)
 
     async def samples_for(self, body: Mapping[str, Any], spec: RolloutSpec, version: str) -> MetricSamples:
         if self.source is None:
@@ -161,16 +171,20 @@ class RolloutController:
         now = self.now()
         spec = RolloutSpec.from_body(body)  # parsed once per step
         status = body.get("status")
-        analysis = needed(spec, status, now)
+        meta = body["metadata"]
+        key = (meta["namespace"], meta["name"])
+        last_check = self.last_checks.get(key)
+        analysis = needed(spec, status, now, last_check)
         samples: MetricSamples | ComparisonSamples | None = None
         if analysis is not None and analysis.comparison:
             state = RolloutState.from_status(status, spec.generation)
             samples = await self.comparison_for(body, analysis.version, state, now)
         elif analysis is not None:
             samples = await self.samples_for(body, spec, analysis.version)
-        result = plan_step(spec, status, samples, now)
+        result = plan_step(spec, status, samples, now, last_check)
+        if analysis is not None:
+            self.last_checks[key] = now
         written = None
-        meta = body["metadata"]
         if result.patch is not None:
             written = await self.patch_status(meta["namespace"], meta["name"], result.patch)
         metrics.count(meta["namespace"], meta["name"], result.verdict)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from ..clock import parse_duration, parse_time
@@ -143,6 +143,14 @@ class RolloutState:
             ),
         )
 
+    def checked_at(self, at: dt.datetime | None) -> RolloutState:
+        """The analysis clock counts the last check this operator ran too. A passing check writes
+        nothing (a steady state costs no write), so only the controller's memory has its time;
+        without it a model woken by any event would be checked again at once."""
+        if at is None or (self.since is not None and self.since >= at):
+            return self
+        return replace(self, since=at)
+
     def blocks(self, version: str | None, generation: int) -> bool:
         return (
             version is not None and self.blocked_version == version and self.blocked_generation == generation
@@ -221,6 +229,10 @@ def breaches(spec: RolloutSpec, samples: MetricSamples) -> tuple[list[Breach], l
         if field_name == "max_drift_score":
             if samples.drift_decision is None:
                 missing.append(f"{spec_name} (no drift window with spec.drift.minSamples rows to test)")
+            elif samples.drift_decision == DRIFTED and samples.value("drifted_score") is None:
+                # The test's decision arrived, the PSI of that window not yet (it was scraped less than
+                # a subquery step ago): a check must not pass on half a figure.
+                missing.append(f"{spec_name} (a window was called drifted; its PSI is not in yet)")
             elif (breach := drift_breach(samples, limit)) is not None:
                 broken.append(breach)
             continue

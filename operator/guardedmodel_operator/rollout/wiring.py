@@ -26,7 +26,9 @@ def start_rollouts(memo: Memo) -> None:
     if source is None:
         log.warning("no prometheusUrl: canaries will hold for lack of metrics (strategy instant still works)")
 
-    controller = RolloutController(source, model_tasks.status_patcher(memo), model_tasks.post_event)
+    controller = RolloutController(
+        source, model_tasks.status_patcher(memo), model_tasks.post_event, last_checks=memo.rollout_checks
+    )
 
     async def run(key: Key) -> float | None:
         result = await model_tasks.locked_step(memo, key, memo.rollout_bodies.get(key), controller.step)
@@ -41,6 +43,7 @@ def on_model_rollout(
     if event["type"] == "DELETED":
         rollouts.forget(key)
         memo.rollout_bodies.pop(key, None)
+        memo.rollout_checks.pop(key, None)
         metrics.forget(*key)
         return
     memo.rollout_bodies[key] = model_tasks.slim(body)

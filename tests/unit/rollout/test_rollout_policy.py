@@ -127,6 +127,8 @@ def test_each_threshold_rolls_the_canary_back_with_the_measured_value(
             healthy(drift_score=0.9, drifted_score=0.1, drift_detected=1.0, drift_p_value=1e-6),
             Kind.PROMOTE_STEP,
         ),
+        # called drifted, but that window's PSI is not in Prometheus yet: no data, never a pass
+        (healthy(drift_score=0.05, drift_detected=1.0, drift_p_value=1e-6), Kind.HOLD),
     ],
 )
 def test_drift_fails_a_check_only_when_detected_and_above_the_psi_limit(
@@ -539,3 +541,23 @@ def _step(
     owned = apply_verdict(status, verdict, s, now)
     merged = {**status, **owned}
     return {k: v for k, v in merged.items() if v is not None}
+
+
+def test_a_passing_check_of_the_stable_version_waits_an_interval_before_the_next() -> None:
+    """A pass writes nothing, so the status's clock stays at the last routing change; the time of the
+    last check (the controller's memory) keeps any wake-up from checking again within the interval."""
+    from guardedmodel_operator.rollout.controller import needed, plan_step
+
+    s = spec(version="1")
+    status = _status(state(since=T0 - dt.timedelta(minutes=5)))
+    checked = T0
+    first = plan_step(s, status, healthy("1"), checked)
+    assert first.verdict.reason == CHECKS_PASSED
+    soon = checked + dt.timedelta(seconds=0.2)
+    assert needed(s, status, soon) is not None  # without the memory: checked again at once
+    assert needed(s, status, soon, last_check=checked) is None
+    held = plan_step(s, status, None, soon, last_check=checked)
+    assert held.verdict.reason == ANALYSING and held.patch is None
+    assert held.next_in_s == pytest.approx(29.8)
+    later = checked + dt.timedelta(seconds=30)
+    assert needed(s, status, later, last_check=checked) is not None
