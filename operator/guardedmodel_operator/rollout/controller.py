@@ -182,7 +182,8 @@ class RolloutController:
         elif analysis is not None:
             samples = await self.samples_for(body, spec, analysis.version)
         result = plan_step(spec, status, samples, now, last_check)
-        if analysis is not None:
+        if analysis is not None and result.verdict.recheck_after_s is None:
+            # (a check asking to look again soon, for a figure a scrape away, does not count)
             self.last_checks[key] = now
         written = None
         if result.patch is not None:

@@ -229,7 +229,7 @@ def breaches(spec: RolloutSpec, samples: MetricSamples) -> tuple[list[Breach], l
         if field_name == "max_drift_score":
             if samples.drift_decision is None:
                 missing.append(f"{spec_name} (no drift window with spec.drift.minSamples rows to test)")
-            elif samples.drift_decision == DRIFTED and samples.value("drifted_score") is None:
+            elif drift_psi_pending(samples):
                 # The test's decision arrived, the PSI of that window not yet (it was scraped less than
                 # a subquery step ago): a check must not pass on half a figure.
                 missing.append(f"{spec_name} (a window was called drifted; its PSI is not in yet)")
@@ -246,6 +246,12 @@ def breaches(spec: RolloutSpec, samples: MetricSamples) -> tuple[list[Breach], l
             text = f"{_camel(metric)}{scope} {fmt.format(measured)} {sign} {spec_name} {limit:g}"
             broken.append(Breach(spec_name, measured, limit, text))
     return broken, missing
+
+
+def drift_psi_pending(samples: MetricSamples) -> bool:
+    """The drift test called a window drifted, and the PSI of that window is not in Prometheus yet:
+    it is a scrape away, so the check is worth repeating within seconds, not an interval later."""
+    return samples.drift_decision == DRIFTED and samples.value("drifted_score") is None
 
 
 def drift_breach(samples: MetricSamples, limit: float) -> Breach | None:

@@ -39,7 +39,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from .comparison import ComparisonSamples, comparison_breaches
-from .types import Breach, MetricSamples, RolloutSpec, RolloutState, breaches
+from .types import Breach, MetricSamples, RolloutSpec, RolloutState, breaches, drift_psi_pending
 
 
 class Kind(enum.StrEnum):
@@ -65,6 +65,8 @@ CHECKS_PASSED = "ChecksPassed"
 HALTED = "Halted"
 IDLE = "Idle"
 ROLLBACK_ACKNOWLEDGED = "RollbackAcknowledged"
+# A check that found drift whose PSI is a scrape away looks again this soon (seconds).
+PENDING_RECHECK_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -351,6 +353,7 @@ def _analyse(
             f"({int(requests)} requests in the last {samples.window_s:g}s)",
             version=version,
             samples=samples,
+            recheck_after_s=min(spec.interval_s, PENDING_RECHECK_S) if drift_psi_pending(samples) else None,
         )
     if analysis.canary:
         upcoming = [s for s in spec.steps if s > state.weight]

@@ -561,3 +561,12 @@ def test_a_passing_check_of_the_stable_version_waits_an_interval_before_the_next
     assert held.next_in_s == pytest.approx(29.8)
     later = checked + dt.timedelta(seconds=30)
     assert needed(s, status, later, last_check=checked) is not None
+
+
+def test_drift_whose_psi_is_a_scrape_away_is_looked_at_again_within_seconds() -> None:
+    pending = healthy(drift_score=0.05, drift_detected=1.0, drift_p_value=1e-6)
+    verdict = decide(spec(), canary_state(), pending, T0)
+    assert verdict.kind is Kind.HOLD and verdict.reason == NO_DATA
+    assert verdict.recheck_after_s == 2.0 and "its PSI is not in yet" in verdict.message
+    # no PSI pending: an ordinary inconclusive check waits for the interval
+    assert decide(spec(), canary_state(), healthy(drift_detected=None), T0).recheck_after_s is None
