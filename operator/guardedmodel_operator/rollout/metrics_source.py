@@ -3,7 +3,7 @@
 The sidecars export per-version series (see the sidecar's metrics module for the
 names); `prometheus.selector` picks one GuardedModel's.
 
-One check = eleven instant queries over the check window, each grouped by version,
+One check = twelve instant queries over the check window, each grouped by version,
 so both versions of a canary come back together. Figures with no series, or too
 few scrapes in the window, come back as None (no data), never as 0 — except the
 error counter, which the sidecar only creates on the first error: no error series
@@ -30,6 +30,7 @@ DRIFT_DETECTED = "guardedmodel_drift_detected"
 DRIFT_P_VALUE = "guardedmodel_drift_p_value"
 UPSTREAM_ERRORS = "guardedmodel_upstream_errors_total"
 STAGE_SECONDS = "guardedmodel_stage_seconds"
+VERSION_LOADED = "guardedmodel_version_loaded"
 
 
 def queries(settings: PrometheusSettings, namespace: str, name: str, window_s: float) -> dict[str, str]:
@@ -64,6 +65,9 @@ def queries(settings: PrometheusSettings, namespace: str, name: str, window_s: f
             "histogram_quantile(0.99, sum by (version, le) "
             f'(rate({STAGE_SECONDS}_bucket{{{sel},stage="total"}}[{w}])))'
         ),
+        # 0 when any pod has the version routed but not loaded in Triton and guarded (now, not over
+        # the window): a canary that gets no traffic because no pod could load it says so.
+        "loaded": f"min by (version) ({VERSION_LOADED}{{{sel}}})",
     }
 
 
@@ -101,6 +105,7 @@ def samples_from_results(
     drift_detected = _by_version(results.get("drift_detected", [])).get(version)
     drift_p_value = _by_version(results.get("drift_p_value", [])).get(version)
     drifted_score = _by_version(results.get("drifted_score", [])).get(version)
+    loaded = _by_version(results.get("loaded", [])).get(version)
     model_wide: list[str] = []
 
     errors_by_version = _by_version(results.get("errors", []))
@@ -137,6 +142,7 @@ def samples_from_results(
         drifted_score=drifted_score,
         error_rate=error_rate,
         p99_latency_ms=None if p99 is None else p99 * 1000.0,
+        loaded=loaded,
         model_wide=tuple(model_wide),
     )
 

@@ -180,6 +180,9 @@ class MetricSamples:
     drifted_score: float | None = None  # largest PSI among the windows the test called drifted
     error_rate: float | None = None
     p99_latency_ms: float | None = None
+    # The sidecars' guardedmodel_version_loaded for this version, least over pods: 0 = a pod routes
+    # it but has not loaded it (Triton refused it, or it is still loading); None = not reported.
+    loaded: float | None = None
     # Error rate and latency come from model-wide series when the sidecar does
     # not split them by version; the verdict says so.
     model_wide: tuple[str, ...] = ()

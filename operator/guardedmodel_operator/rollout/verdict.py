@@ -65,6 +65,7 @@ CHECKS_PASSED = "ChecksPassed"
 HALTED = "Halted"
 IDLE = "Idle"
 ROLLBACK_ACKNOWLEDGED = "RollbackAcknowledged"
+VERSION_NOT_LOADED = "VersionNotLoaded"
 # A check that found drift whose PSI is a scrape away looks again this soon (seconds).
 PENDING_RECHECK_S = 2.0
 
@@ -288,6 +289,15 @@ def _analyse(
         why = samples.error if samples is not None and samples.error else "no metric samples"
         return _hold(NO_DATA, f"no data for {subject}: {why}", version=version)
     requests = samples.value("requests")
+    if (requests is None or requests < spec.min_requests) and samples.value("loaded") == 0.0:
+        return _hold(
+            VERSION_NOT_LOADED,
+            f"{subject} gets no traffic: a pod routes it but has not loaded it "
+            f"(guardedmodel_version_loaded 0); Triton refused it or is still loading it. Is version "
+            f"{version} in the model repository? The sidecar's log names Triton's reason",
+            version=version,
+            samples=samples,
+        )
     if requests is None or requests < spec.min_requests:
         seen = 0 if requests is None else int(requests)
         return _hold(

@@ -20,10 +20,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from guardedmodel_operator.metrics import REGISTRY as OPERATOR_REGISTRY
 from guardedmodel_operator.prometheus import PrometheusSettings
 from guardedmodel_operator.rollout import metrics as rollout_metrics
+from guardedmodel_operator.rollout.comparison_source import comparison_queries
 from guardedmodel_operator.rollout.metrics_source import queries as rollout_queries
 from guardedmodel_operator.scaling import metrics as scaling_metrics
 from guardedmodel_operator.scaling.controller import queries as scaling_queries
 from guardedmodel_operator.scaling.idle_controller import requests_query as idle_query
+from guardedmodel_sidecar.comparison import ComparisonCounts
 from guardedmodel_sidecar.guard.artifact import DriftReference
 from guardedmodel_sidecar.guard.drift import DriftAccumulator
 from guardedmodel_sidecar.metrics import SidecarMetrics
@@ -172,6 +174,8 @@ def sidecar_series() -> set[str]:
     metrics.add_version(version)
     version.decisions["accept"] += 1
     metrics.count_upstream_error("503", "1")
+    metrics.count_comparison("2", "1", "shadow", ComparisonCounts(rows=1, agreements=1))
+    metrics.version_roles = lambda: [("1", "stable", True), ("2", "shadow", True)]
     metrics.close_windows()
     return _series_names(generate_latest(metrics.registry).decode())
 
@@ -197,6 +201,9 @@ def operator_promql() -> dict[str, str]:
     settings = PrometheusSettings(url="http://prometheus")
     found = {f"rollout {k}": q for k, q in rollout_queries(settings, "ml", "clf", 60.0).items()}
     found.update({f"scaling {k}": q for k, q in scaling_queries(settings, "ml", "clf", 60.0).items()})
+    found.update(
+        {f"comparison {k}": q for k, q in comparison_queries(settings, "ml", "clf", "2", "1", 60.0).items()}
+    )
     found["idle requests"] = idle_query(settings, "ml", "clf", 60.0)
     for group in yaml.safe_load(ALERTS.read_text())["groups"]:
         for rule in group["rules"]:

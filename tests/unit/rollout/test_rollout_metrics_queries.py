@@ -20,6 +20,7 @@ def test_queries_are_scoped_to_the_model_and_grouped_by_version() -> None:
     assert 'statistic="score"' in q["drift"] and "max_over_time" in q["drift"]
     assert q["p99"].startswith("histogram_quantile(0.99, sum by (version, le)")
     assert all('gm="clf"' in text for text in q.values())
+    assert q["loaded"] == 'min by (version) (guardedmodel_version_loaded{namespace="n\\"s",gm="clf"})'
 
 
 def test_reading_results() -> None:
@@ -37,6 +38,7 @@ def test_reading_results() -> None:
         "drift": vec(({"version": "1"}, float("nan")), ({"version": "2"}, 0.4)),
         "errors": vec(({"version": "2"}, 20)),
         "p99": vec(({"version": ""}, 0.25)),
+        "loaded": vec(({"version": "1"}, 1), ({"version": "2"}, 0)),
     }
     one = samples_from_results(results, "1", 30)
     assert (one.requests, one.review_rate, one.ood_rate, one.estimated_accuracy) == (100, 0.1, 0.01, 0.9)
@@ -45,6 +47,7 @@ def test_reading_results() -> None:
     assert one.p99_latency_ms == 250.0 and one.model_wide == ("p99_latency_ms",)
     two = samples_from_results(results, "2", 30)
     assert (two.reject_rate, two.error_rate, two.drift_score) == (0.25, 0.5, 0.4)
+    assert (one.loaded, two.loaded, samples_from_results(results, "3", 30).loaded) == (1.0, 0.0, None)
     assert samples_from_results(results, "3", 30).requests is None
     assert samples_from_results(results, "3", 30).p99_latency_ms is None
 

@@ -570,3 +570,15 @@ def test_drift_whose_psi_is_a_scrape_away_is_looked_at_again_within_seconds() ->
     assert verdict.recheck_after_s == 2.0 and "its PSI is not in yet" in verdict.message
     # no PSI pending: an ordinary inconclusive check waits for the interval
     assert decide(spec(), canary_state(), healthy(drift_detected=None), T0).recheck_after_s is None
+
+
+def test_a_canary_no_pod_could_load_says_so_instead_of_waiting_for_requests() -> None:
+    unloaded = MetricSamples(version="2", window_s=30.0, requests=None, loaded=0.0)
+    verdict = decide(spec(), canary_state(), unloaded, T0)
+    assert verdict.kind is Kind.HOLD and verdict.reason == "VersionNotLoaded"
+    assert "Is version 2 in the model repository?" in verdict.message
+    # loaded everywhere but no requests yet: the ordinary no-data hold
+    idle = MetricSamples(version="2", window_s=30.0, requests=None, loaded=1.0)
+    assert decide(spec(), canary_state(), idle, T0).reason == NO_DATA
+    # traffic flows: the gauge does not matter (a pod that lost it is Triton's restart, not the canary's)
+    assert decide(spec(), canary_state(), healthy(loaded=0.0), T0).kind is Kind.PROMOTE_STEP
