@@ -46,19 +46,27 @@ def settings_from(config: OperatorConfig) -> PrometheusSettings | None:
     )
 
 
-def _quote(value: str) -> str:
+def quote(value: str) -> str:
+    """A label value as a PromQL string literal's contents."""
     return value.replace("\\", "\\\\").replace('"', '\\"')
 
 
 def selector(settings: PrometheusSettings, namespace: str, name: str) -> str:
     """The label matchers that pick one GuardedModel's series."""
-    return f'{settings.namespace_label}="{_quote(namespace)}",{settings.name_label}="{_quote(name)}"'
+    return f'{settings.namespace_label}="{quote(namespace)}",{settings.name_label}="{quote(name)}"'
 
 
 def model_range(settings: PrometheusSettings, namespace: str, name: str, window_s: float) -> tuple[str, str]:
     """One GuardedModel's label matchers and the range to look back over, in whole seconds rounded up
     (so the window is never shorter than asked), as every query of the controllers needs them."""
     return selector(settings, namespace, name), f"{math.ceil(window_s)}s"
+
+
+def increase_counting_new(metric: str, sel: str, window: str) -> str:
+    """How much a counter rose over `window`, per series. increase() cannot see a series' first
+    value, so a series born inside the window (a new pod, an error or a comparison counted for the
+    first time, a replay finished between two scrapes) counts whole."""
+    return f"({metric}{{{sel}}} unless {metric}{{{sel}}} offset {window}) or increase({metric}{{{sel}}}[{window}])"
 
 
 class PrometheusSource:

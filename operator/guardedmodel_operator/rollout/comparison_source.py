@@ -3,8 +3,8 @@
 The counters run per pod, per candidate (`version`), per stable version compared with (`baseline`)
 and per `source` (shadow, replay). The window reaches back to the start of the shadow phase, so the
 figures cover everything compared since. A replay can finish between two scrapes: its series is then
-first seen with every row already counted, which increase() cannot see; a series born inside the
-window therefore counts whole (the pattern of the error counter in metrics_source).
+first seen with every row already counted, so a series born inside the window counts whole
+(`prometheus.increase_counting_new`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,14 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from ..prometheus import MetricsUnavailable, PrometheusSettings, PrometheusSource, model_range
+from ..prometheus import (
+    MetricsUnavailable,
+    PrometheusSettings,
+    PrometheusSource,
+    increase_counting_new,
+    model_range,
+    quote,
+)
 from .comparison import ComparisonSamples
 
 # The sidecar's metric names (the operator must not import the sidecar package).
@@ -33,16 +40,11 @@ def comparison_queries(
 ) -> dict[str, str]:
     """PromQL per counter, grouped by source. Pure, so it is unit-tested as text."""
     sel, w = model_range(settings, namespace, name, window_s)
-    sel += f',version="{_quote(version)}",baseline="{_quote(baseline)}"'
+    sel += f',version="{quote(version)}",baseline="{quote(baseline)}"'
     return {
-        figure: f"sum by (source) (({metric}{{{sel}}} unless {metric}{{{sel}}} offset {w}) "
-        f"or increase({metric}{{{sel}}}[{w}]))"
+        figure: f"sum by (source) ({increase_counting_new(metric, sel, w)})"
         for figure, metric in COUNTERS.items()
     }
-
-
-def _quote(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"')
 
 
 def samples_from_results(
@@ -78,7 +80,7 @@ async def fetch_comparison(
     source: PrometheusSource, namespace: str, name: str, version: str, baseline: str, window_s: float
 ) -> ComparisonSamples:
     """The comparison since the shadow phase began (`window_s` ago); on failure, `error` says why."""
-    window = max(window_s, source.settings.min_window_s)
+    window = source.window_s(window_s)
     promql = comparison_queries(source.settings, namespace, name, version, baseline, window)
     try:
         answers = await asyncio.gather(*(source.query(q) for q in promql.values()))

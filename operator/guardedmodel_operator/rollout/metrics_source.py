@@ -17,7 +17,13 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from ..prometheus import MetricsUnavailable, PrometheusSettings, PrometheusSource, model_range
+from ..prometheus import (
+    MetricsUnavailable,
+    PrometheusSettings,
+    PrometheusSource,
+    increase_counting_new,
+    model_range,
+)
 from .types import MetricSamples
 
 # The sidecar's metric names (the operator must not import the sidecar package).
@@ -57,10 +63,7 @@ def queries(settings: PrometheusSettings, namespace: str, name: str, window_s: f
         # The sidecar creates an error series on the first error, and increase() cannot
         # see a series' first value: a series born inside the window counts whole.
         # Series without a version label group under version="" (model-wide).
-        "errors": (
-            f"sum by (version) (({UPSTREAM_ERRORS}{{{sel}}} unless {UPSTREAM_ERRORS}{{{sel}}} offset {w})"
-            f" or increase({UPSTREAM_ERRORS}{{{sel}}}[{w}]))"
-        ),
+        "errors": f"sum by (version) ({increase_counting_new(UPSTREAM_ERRORS, sel, w)})",
         "p99": (
             "histogram_quantile(0.99, sum by (version, le) "
             f'(rate({STAGE_SECONDS}_bucket{{{sel},stage="total"}}[{w}])))'

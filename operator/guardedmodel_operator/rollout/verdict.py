@@ -152,12 +152,7 @@ def plan(spec: RolloutSpec, state: RolloutState, now: dt.datetime) -> Verdict | 
                 return _start_shadow(spec, state)
             return _due(spec, state, now) or Analysis(target, False, 0, comparison=True)
         if spec.strategy == "instant":
-            return Verdict(
-                Kind.PROMOTE_FULL,
-                "Promoted",
-                f"version {target} promoted at once (strategy instant), replacing {state.stable}",
-                version=target,
-            )
+            return _promote_at_once(target, state)
         return _start(spec, superseded=None)
     if not spec.continuous_guard:
         return _hold(IDLE, f"version {state.stable} is stable; continuousGuard is off")
@@ -219,6 +214,20 @@ def _start(spec: RolloutSpec, superseded: str | None) -> Verdict:
     )
 
 
+def _promote_at_once(
+    version: str, state: RolloutState, after: str = "", comparison: ComparisonSamples | None = None
+) -> Verdict:
+    """strategy instant: all traffic to ``version`` in one step (``after``: what it passed first)."""
+    message = f"version {version} promoted at once (strategy instant), replacing {state.stable}"
+    return Verdict(
+        Kind.PROMOTE_FULL,
+        "Promoted",
+        f"{message}, {after}" if after else message,
+        version=version,
+        comparison=comparison,
+    )
+
+
 def _start_shadow(spec: RolloutSpec, state: RolloutState) -> Verdict:
     c = spec.comparison
     how = []
@@ -259,13 +268,7 @@ def _analyse_comparison(
         )
     passed = f"after shadow and replay ({samples.summary()})"
     if spec.strategy == "instant":
-        return Verdict(
-            Kind.PROMOTE_FULL,
-            "Promoted",
-            f"version {version} promoted at once (strategy instant), replacing {state.stable}, {passed}",
-            version=version,
-            comparison=samples,
-        )
+        return _promote_at_once(version, state, passed, samples)
     started = _start(spec, superseded=None)
     return replace(started, message=f"{started.message} {passed}", comparison=samples)
 

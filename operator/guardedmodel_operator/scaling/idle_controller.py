@@ -18,7 +18,13 @@ from ..clock import format_time, utcnow
 from ..events import EmitEvent, Event
 from ..keys import key_of
 from ..kube import PatchStatus
-from ..prometheus import MetricsUnavailable, PrometheusSettings, PrometheusSource, model_range
+from ..prometheus import (
+    MetricsUnavailable,
+    PrometheusSettings,
+    PrometheusSource,
+    increase_counting_new,
+    model_range,
+)
 from ..status import Condition
 from .idle import IdleSpec, TrafficSample, created_at, decide, idle_condition, idle_conditions, is_idle
 
@@ -33,7 +39,7 @@ def requests_query(settings: PrometheusSettings, namespace: str, name: str, wind
     new version) counts whole; the sidecar creates its request series at 0 when it loads a version.
     """
     sel, w = model_range(settings, namespace, name, window_s)
-    return f"sum(({REQUESTS}{{{sel}}} unless {REQUESTS}{{{sel}}} offset {w}) or increase({REQUESTS}{{{sel}}}[{w}]))"
+    return f"sum({increase_counting_new(REQUESTS, sel, w)})"
 
 
 def sample_from_result(result: list[dict[str, Any]]) -> TrafficSample:
