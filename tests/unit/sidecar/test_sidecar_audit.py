@@ -3,16 +3,20 @@ files, and a bounded buffer that counts every line it cannot keep when the disk 
 
 from __future__ import annotations
 
+import array
 import asyncio
 import base64
 import contextlib
 import errno
+import fcntl
+import json
 import os
 import stat
 import subprocess
+import termios
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +24,6 @@ import numpy as np
 import pytest
 from prometheus_client import generate_latest
 
-import guardedmodel_sidecar.audit_file as audit_file_module
 from guardedmodel_sidecar.audit import AuditLog, client_id
 from guardedmodel_sidecar.audit_file import iter_records, rotated_files
 from guardedmodel_sidecar.metrics import SidecarMetrics
@@ -38,19 +41,6 @@ def umask(value: int) -> Iterator[None]:
         yield
     finally:
         os.umask(old)
-
-
-class FlakyOs:
-    """The ``os`` module as audit_file.py sees it, with ``write`` replaced (the rest passes through)."""
-
-    def __init__(self, write: Callable[[int, Any], int]) -> None:
-        self._write = write
-
-    def write(self, fd: int, data: Any) -> int:
-        return self._write(fd, data)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(os, name)
 
 
 class SmallDisk:
@@ -249,36 +239,73 @@ def test_an_unencodable_record_is_counted_and_does_not_raise(tmp_path: Path) -> 
     assert [r["id"] for r in iter_records(tmp_path)] == ["good"]
 
 
-async def test_a_slow_disk_does_not_block_the_event_loop(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A write that takes 0.5 s runs in the writer thread, one at a time; the loop keeps ticking."""
-    writes_in_flight = []
-    active = threading.Semaphore(1)
+class SlowDevice:
+    """A real device that takes writes only as fast as something drains it: the audit file is a named
+    pipe, whose 64 KiB buffer fills and then blocks the writer in the kernel, as a lagging volume
+    does; ``drain`` starts a reader that empties it a little at a time."""
 
-    def slow_write(fd: int, data: Any) -> int:
-        assert active.acquire(blocking=False), "two writes in flight at once"
-        try:
-            writes_in_flight.append(len(data))
-            time.sleep(0.5)
-            return os.write(fd, data)
-        finally:
-            active.release()
+    def __init__(self, directory: Path) -> None:
+        directory.mkdir(mode=0o700, exist_ok=True)
+        self.path = directory / "audit.jsonl"
+        os.mkfifo(self.path, 0o600)
+        # O_RDWR: opening never waits for the writer; O_NONBLOCK: reading never waits for data.
+        self._fd = os.open(self.path, os.O_RDWR | os.O_NONBLOCK)
+        self._received = bytearray()
+        self._stop = threading.Event()
+        self._reader: threading.Thread | None = None
 
-    monkeypatch.setattr(audit_file_module, "os", FlakyOs(slow_write))
+    def full(self) -> bool:
+        """The pipe's buffer holds (nearly) all it can: a writer with more to write is blocked."""
+        waiting = array.array("i", [0])
+        fcntl.ioctl(self._fd, termios.FIONREAD, waiting)
+        return waiting[0] >= 60_000
+
+    def drain(self, chunk: int = 4096, pause_s: float = 0.02) -> None:
+        def read() -> None:
+            while not self._stop.is_set():
+                with contextlib.suppress(BlockingIOError):  # nothing to read yet
+                    self._received += os.read(self._fd, chunk)
+                time.sleep(pause_s)
+
+        self._reader = threading.Thread(target=read, daemon=True)
+        self._reader.start()
+
+    def records(self, count: int, timeout_s: float = 20.0) -> list[dict[str, Any]]:
+        """The first ``count`` records written through the pipe, once they all arrived."""
+        deadline = time.monotonic() + timeout_s
+        while (arrived := self._received.count(b"\n")) < count:
+            assert time.monotonic() < deadline, f"{arrived} of {count} records arrived"
+            time.sleep(0.02)
+        return [json.loads(line) for line in bytes(self._received).splitlines()[:count]]
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._reader is not None:
+            self._reader.join(timeout=5)
+        os.close(self._fd)
+
+
+PADDING = "x" * 2000  # 60 records are about twice the pipe's buffer
+
+
+async def test_a_slow_disk_does_not_block_the_event_loop(tmp_path: Path) -> None:
+    """Writes block in the kernel once the device is full; they wait in the writer thread, one at a
+    time, while the event loop keeps ticking; once the device drains every record arrives, in order."""
+    device = SlowDevice(tmp_path)
     log = AuditLog(tmp_path, flush_interval=0.01)
     flusher = asyncio.create_task(log.run_flusher())
     try:
         worst_lag = 0.0
         loop = asyncio.get_running_loop()
         for i in range(60):
-            log.record({"id": f"r{i}"})
+            log.record({"id": f"r{i}", "pad": PADDING})
             started = loop.time()
             await asyncio.sleep(0.02)
             worst_lag = max(worst_lag, loop.time() - started - 0.02)
-        assert worst_lag < 0.35, f"the event loop stalled {worst_lag:.2f} s (a write takes 0.5 s)"
-        assert writes_in_flight, "nothing reached the writer"
-        deadline = loop.time() + 10
+        assert worst_lag < 0.35, f"the event loop stalled {worst_lag:.2f} s (the device takes no writes)"
+        assert 0 < log.records_written < 60, "the writer should be blocked on the full device"
+        device.drain()
+        deadline = loop.time() + 20
         while log.records_written < 60:
             assert loop.time() < deadline, "records not written"
             await asyncio.sleep(0.05)
@@ -287,35 +314,32 @@ async def test_a_slow_disk_does_not_block_the_event_loop(
         with contextlib.suppress(asyncio.CancelledError):
             await flusher
         log.close()
-    assert [r["id"] for r in iter_records(tmp_path)] == [f"r{i}" for i in range(60)]
+        received = device.records(60)
+        device.close()
+    assert [r["id"] for r in received] == [f"r{i}" for i in range(60)]  # whole lines, none interleaved
 
 
-async def test_stopping_while_a_write_is_in_flight_loses_and_duplicates_nothing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    started = threading.Event()
-
-    def slow_write(fd: int, data: Any) -> int:
-        started.set()
-        time.sleep(0.3)
-        return os.write(fd, data)
-
-    monkeypatch.setattr(audit_file_module, "os", FlakyOs(slow_write))
+async def test_stopping_while_a_write_is_in_flight_loses_and_duplicates_nothing(tmp_path: Path) -> None:
+    device = SlowDevice(tmp_path)
     log = AuditLog(tmp_path, flush_interval=0.01)
     flusher = asyncio.create_task(log.run_flusher())
-    recorded(log, 5)
-    while not started.is_set():
+    for i in range(40):  # more than the device holds: the writer blocks with a write in flight
+        log.record({"id": f"r{i}", "pad": PADDING})
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while not device.full():
+        assert loop.time() < deadline, "the writer never blocked"
         await asyncio.sleep(0.01)
     recorded(log, 5, prefix="s")
     flusher.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await flusher
+    device.drain()
     log.close()  # waits for the write in flight, then writes the rest
-    assert [r["id"] for r in iter_records(tmp_path)] == [
-        *(f"r{i}" for i in range(5)),
-        *(f"s{i}" for i in range(5)),
-    ]
-    assert log.records_written == 10
+    received = device.records(45)
+    device.close()
+    assert [r["id"] for r in received] == [*(f"r{i}" for i in range(40)), *(f"s{i}" for i in range(5))]
+    assert log.records_written == 45
 
 
 # ----------------------------------------------------------------------------------- retention
