@@ -14,7 +14,7 @@ PYTEST_ARGS ?= -m "not slow"
 # as another user its tests are skipped with that reason.
 POD_TIER_DEPS := $(if $(filter 0,$(shell id -u)),pod-deps node-deps)
 
-.PHONY: setup system-deps python-deps cluster-binaries lint test test-all test-pods pod-deps node-deps demo demo-real-pods bench-sidecar bench-guard bench-operator bench-rollback fuzz crds-sync clean
+.PHONY: setup system-deps python-deps cluster-binaries lint test test-all test-pods test-reliability pod-deps node-deps demo demo-real-pods bench-sidecar bench-guard bench-operator bench-rollback fuzz crds-sync clean
 
 setup: system-deps python-deps cluster-binaries
 
@@ -45,6 +45,10 @@ test: setup lint $(POD_TIER_DEPS)
 
 test-all:
 	$(MAKE) test PYTEST_ARGS=''
+
+# The fault and load scenarios of docs/reliability.md, in the reduced form CI runs (slow ones included).
+test-reliability: setup
+	$(BIN)/pytest -m reliability
 
 # Real pods only: the image built from the Dockerfile, a real kubelet, the chart installed, and
 # the demo's story on them (root only).
