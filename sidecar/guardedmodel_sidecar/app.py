@@ -89,6 +89,8 @@ class SidecarApp:
             config.spool_dir,
             max_fraction=spec.review.max_fraction,
             retries=config.tuning.review_retries,
+            slow_retry_s=config.tuning.review_retry_interval_s,
+            timeout_s=config.tuning.review_timeout_s,
             max_spool_items=config.tuning.review_spool_max_items,
             max_spool_bytes=config.tuning.review_spool_max_bytes,
         )

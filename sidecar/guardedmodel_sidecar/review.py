@@ -4,7 +4,8 @@
 queued items to ``spool_dir`` (0600 files in a 0700 directory, fsync, atomic rename), and a sender
 POSTs spooled items as JSON, deleting each only after a 2xx. A spooled item survives a crash and an
 unreachable webhook: failed sends are retried with backoff (``retries`` quick attempts, then every
-``slow_retry_s``) and the item stays in the spool. Every file operation (write, list, read, delete)
+``slow_retry_s``, ``tuning.reviewRetryInterval``, however many new items arrive meanwhile) and the item
+stays in the spool. Every file operation (write, list, read, delete)
 runs on one writer thread, so neither fsync nor a slow disk blocks the event loop.
 
 Delivery is at least once, across restarts: an item leaves the spool only after a 2xx, so a webhook
@@ -202,11 +203,11 @@ class ReviewSink:
             async with aiohttp.ClientSession(timeout=timeout) as session:
                 while True:
                     self._wake.clear()  # before listing: an item spooled meanwhile wakes the next round
-                    delivered_all = await self._drain(session)
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(
-                            self._wake.wait(), None if delivered_all else self.slow_retry_s
-                        )
+                    if await self._drain(session):
+                        await self._wake.wait()
+                    else:
+                        # New items do not bring a failing webhook back: try it again only this late.
+                        await asyncio.sleep(self.slow_retry_s)
         finally:
             spooler.cancel()
             with contextlib.suppress(asyncio.CancelledError):

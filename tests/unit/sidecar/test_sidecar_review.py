@@ -14,6 +14,7 @@ import pytest
 from aiohttp import web
 from prometheus_client import generate_latest
 
+from guardedmodel_sidecar.config import ConfigError, parse_config
 from guardedmodel_sidecar.metrics import SidecarMetrics
 from guardedmodel_sidecar.review import ReviewSink
 from guardedmodel_testground.small_disk import SmallDisk
@@ -315,6 +316,38 @@ async def test_an_unreadable_spool_entry_is_counted_and_delivery_goes_on(tmp_pat
         (tmp_path / "00000000000000000000-1-00000000.json").rmdir()
         await wait_for(lambda: sink.sent == 1)
         assert [item["id"] for item in receiver.items] == ["next"]
+    finally:
+        await cancelled(sender)
+        await runner.cleanup()
+
+
+def test_the_retry_cadence_is_configurable_under_tuning_and_checked() -> None:
+    base = {"spec": {"model": {"name": "m"}}}
+    defaults = parse_config(base).tuning
+    assert (defaults.review_retries, defaults.review_retry_interval_s, defaults.review_timeout_s) == (
+        5,
+        30.0,
+        5.0,
+    )
+    tuning = {"reviewRetries": 2, "reviewRetryInterval": "500ms", "reviewTimeout": "2s"}
+    parsed = parse_config({**base, "tuning": tuning}).tuning
+    assert (parsed.review_retries, parsed.review_retry_interval_s, parsed.review_timeout_s) == (2, 0.5, 2.0)
+    for key, value in [("reviewRetries", 0), ("reviewRetryInterval", "0s"), ("reviewTimeout", "soon")]:
+        with pytest.raises(ConfigError, match=rf"tuning\.{key}"):
+            parse_config({**base, "tuning": {key: value}})
+
+
+async def test_a_failing_webhook_is_retried_at_the_interval_however_many_items_arrive(tmp_path: Path) -> None:
+    receiver = Receiver(fail_first=10**6)
+    runner, url = await serve(receiver)
+    sink = ReviewSink(url, tmp_path, max_fraction=1.0, retries=2, backoff_s=0.01, slow_retry_s=0.5)
+    sender = asyncio.create_task(sink.run_sender())
+    try:
+        for i in range(40):  # an item every 25 ms for a second: each would wake an eager sender
+            assert offer(sink, {"id": f"i{i}"}) == "spooled"
+            await asyncio.sleep(0.025)
+        # Rounds of 2 attempts, 0.5 s apart: at most 3 rounds in a second, not one per new item.
+        assert 2 <= receiver.attempts <= 6
     finally:
         await cancelled(sender)
         await runner.cleanup()
