@@ -17,14 +17,19 @@ from typing import Any
 import numpy as np
 import tritonclient.http as httpclient
 from aiohttp import web
+from conftest import SidecarProcess, WebhookReceiver, sidecar_config
 from prometheus_client.parser import text_string_to_metric_families
 from sidecar_toy import MODEL, toy_data
 from tritonclient.utils import InferenceServerException
 
 from guardedmodel_sidecar.audit_file import iter_records
-from guardedmodel_testground.procs import free_port
+from guardedmodel_testground.prometheus import Prometheus, ScrapeJob
+from guardedmodel_testground.triton import TritonServer
 
 MODES = ("ok", "error", "slow", "down")
+ALERTS = Path(__file__).resolve().parents[3] / "charts" / "guardedmodel" / "files" / "alerts.yaml"
+# The labels the chart's ServiceMonitor puts on a pod's series, which the alerts group by.
+LABELS = {"namespace": "ml", "guardedmodel_io_name": "toy"}
 
 
 @dataclass(frozen=True)
@@ -35,8 +40,8 @@ class Delivery:
 
 
 @dataclass
-class FlakyWebhook:
-    """A real review webhook on loopback whose mode the test switches: ``ok`` keeps and answers 204,
+class FlakyWebhook(WebhookReceiver):
+    """The real review webhook on loopback, whose mode the test switches: ``ok`` keeps and answers 204,
     ``error`` answers 500 and keeps nothing, ``slow`` keeps the item but answers after ``slow_s`` (past
     the sender's timeout, so it sends again), ``down`` closes the port (connection refused)."""
 
@@ -44,17 +49,9 @@ class FlakyWebhook:
     mode: str = "ok"
     deliveries: list[Delivery] = field(default_factory=list)
     refused: int = 0  # attempts answered 500
-    port: int = 0
-    _loop: asyncio.AbstractEventLoop | None = None
-    _runner: web.AppRunner | None = None
-    _site: web.TCPSite | None = None
-    _thread: threading.Thread | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/review"
 
     async def _handle(self, request: web.Request) -> web.Response:
+        self.attempts += 1
         mode = self.mode
         if mode == "down" and request.transport is not None:
             # A keep-alive connection opened before the port closed: cut it like a dead host would.
@@ -64,37 +61,11 @@ class FlakyWebhook:
             self.refused += 1
             return web.Response(status=500, text="review store unavailable")
         body = await request.json()
+        self.received.append(body)
         self.deliveries.append(Delivery(str(body.get("id")), request.headers.get("Idempotency-Key"), mode))
         if mode == "slow":
             await asyncio.sleep(self.slow_s)
         return web.Response(status=204)
-
-    def start(self) -> FlakyWebhook:
-        self.port = free_port()
-        ready = threading.Event()
-
-        def run() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            app = web.Application()
-            app.router.add_post("/review", self._handle)
-            self._runner = web.AppRunner(app, shutdown_timeout=0.5)
-            loop.run_until_complete(self._runner.setup())
-            loop.run_until_complete(self._open())
-            ready.set()
-            loop.run_forever()
-            loop.run_until_complete(self._runner.cleanup())
-            loop.close()
-
-        self._thread = threading.Thread(target=run, name="flaky-webhook", daemon=True)
-        self._thread.start()
-        assert ready.wait(10), "the webhook did not start"
-        return self
-
-    async def _open(self) -> None:
-        assert self._runner is not None
-        self._site = web.TCPSite(self._runner, "127.0.0.1", self.port)
-        await self._site.start()
 
     async def _close(self) -> None:
         if self._site is not None:
@@ -109,10 +80,9 @@ class FlakyWebhook:
         elif was_down:
             asyncio.run_coroutine_threadsafe(self._open(), self._loop).result(10)
 
-    def stop(self) -> None:
-        if self._loop is not None and self._thread is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
+    def start(self) -> FlakyWebhook:
+        super().start()
+        return self
 
     def kept(self) -> Counter[str]:
         """Deliveries the webhook kept, by item id (more than one: a duplicate)."""
@@ -253,3 +223,36 @@ class Sampler:
 
     def values(self, key: str) -> Iterator[Any]:
         return (sample[key] for _, sample in list(self.samples) if key in sample)
+
+
+def watching_prometheus(factory: Callable[..., Prometheus], sidecar: SidecarProcess) -> Prometheus:
+    """A real Prometheus scraping ``sidecar`` every second and evaluating the chart's alert rules."""
+    target = sidecar.metrics_url.removeprefix("http://").removesuffix("/metrics")
+    return factory([ScrapeJob("sidecar", [target], labels=LABELS)], rule_files=[ALERTS])
+
+
+def alert_states(prometheus: Prometheus, name: str, by: str = "") -> dict[str, str]:
+    """Active alerts ``name`` by their label ``by`` ("" for all in one) -> pending or firing."""
+    states: dict[str, str] = {}
+    for alert in prometheus.query(f'ALERTS{{alertname="{name}"}}'):
+        key = alert["metric"].get(by, "") if by else ""
+        if states.get(key) != "firing":
+            states[key] = alert["metric"]["alertstate"]
+    return states
+
+
+def review_sidecar_config(
+    triton: TritonServer, repository: Path, workdir: Path, webhook: str, tuning: dict[str, Any]
+) -> dict[str, Any]:
+    """The toy model's sidecar sending every low-confidence request to ``webhook`` (maxFraction 1),
+    auditing every decision without payload samples."""
+    return sidecar_config(
+        triton,
+        repository,
+        workdir,
+        spec={
+            "confidence": {"reviewBelow": 0.8, "review": {"webhook": webhook, "maxFraction": 1.0}},
+            "audit": {"enabled": True, "sampleRate": 0.0},
+        },
+        tuning=tuning,
+    )

@@ -21,31 +21,28 @@ from typing import Any
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
-from conftest import SidecarProcess, sidecar_config
-from review_harness import FlakyWebhook, Sampler, Traffic, metric
+from conftest import SidecarProcess
+from review_harness import (
+    FlakyWebhook,
+    Sampler,
+    Traffic,
+    alert_states,
+    metric,
+    review_sidecar_config,
+    watching_prometheus,
+)
 from sidecar_toy import MODEL, toy_data
 
 from guardedmodel_sidecar.audit_file import iter_records
-from guardedmodel_testground.prometheus import Prometheus, ScrapeJob
+from guardedmodel_testground.prometheus import Prometheus
 from guardedmodel_testground.sidecar_config import loopback_listen
 from guardedmodel_testground.small_disk import small_disk
 from guardedmodel_testground.triton import TritonServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 
-REPO = Path(__file__).resolve().parents[3]
-ALERTS = REPO / "charts" / "guardedmodel" / "files" / "alerts.yaml"
-LABELS = {"namespace": "ml", "guardedmodel_io_name": "toy"}
 AUDIT_BUFFER = 64 * 1024  # tuning.auditBufferBytes: a second or two of this traffic
 FULL_FOR_S = 8.0
-
-
-def alert_states(prometheus: Prometheus, name: str) -> dict[str, str]:
-    """Active alerts ``name`` by their ``volume`` or ``reason`` label -> pending/firing."""
-    return {
-        a["metric"].get("volume") or a["metric"].get("reason", ""): a["metric"]["alertstate"]
-        for a in prometheus.query(f'ALERTS{{alertname="{name}"}}')
-    }
 
 
 def one_request(url: str) -> str:
@@ -70,22 +67,13 @@ def test_full_audit_and_spool_volumes_degrade_then_recover_with_nothing_lost_sil
         spool_disk = stack.enter_context(small_disk(tmp_path / "spool-volume", "4m"))
         webhook = FlakyWebhook().start()
         stack.callback(webhook.stop)
-        config = sidecar_config(
-            toy_triton,
-            toy_repository,
-            tmp_path,
-            spec={
-                "confidence": {"reviewBelow": 0.8, "review": {"webhook": webhook.url, "maxFraction": 1.0}},
-                "audit": {"enabled": True, "sampleRate": 0.0},
-            },
-            tuning={"auditBufferBytes": AUDIT_BUFFER, "reviewRetryInterval": "0.5s"},
-        )
+        tuning = {"auditBufferBytes": AUDIT_BUFFER, "reviewRetryInterval": "0.5s"}
+        config = review_sidecar_config(toy_triton, toy_repository, tmp_path, webhook.url, tuning)
         config["auditDir"] = str(audit_disk.root / "audit")
         config["spoolDir"] = str(spool_disk.root / "spool")
         sidecar = sidecar_factory(config)
         pid = sidecar.popen.pid if sidecar.popen else 0
-        target = sidecar.metrics_url.removeprefix("http://").removesuffix("/metrics")
-        prometheus = prometheus_factory([ScrapeJob("sidecar", [target], labels=LABELS)], rule_files=[ALERTS])
+        prometheus = watching_prometheus(prometheus_factory, sidecar)
         traffic = Traffic(sidecar.http_url, review_rps=4.0).start()
         stack.callback(traffic.stop)
 
@@ -122,8 +110,8 @@ def test_full_audit_and_spool_volumes_degrade_then_recover_with_nothing_lost_sil
             assert one_request(second.http_url) == "accept"
             assert second.stop() == 0
             time.sleep(max(0.0, wait_until - time.monotonic()))
-            while_full = alert_states(prometheus, "GuardedModelVolumeFull")
-            dropping = alert_states(prometheus, "GuardedModelAuditDropping")
+            while_full = alert_states(prometheus, "GuardedModelVolumeFull", by="volume")
+            dropping = alert_states(prometheus, "GuardedModelAuditDropping", by="reason")
             during = probe()
 
             audit_disk.free()
@@ -144,7 +132,7 @@ def test_full_audit_and_spool_volumes_degrade_then_recover_with_nothing_lost_sil
                 assert time.monotonic() < deadline, f"lines or items still waiting: {now}"
                 time.sleep(0.1)
             time.sleep(2.5)  # scrape and evaluate once more: the full-volume alert resolves
-            after_free = alert_states(prometheus, "GuardedModelVolumeFull")
+            after_free = alert_states(prometheus, "GuardedModelVolumeFull", by="volume")
         traffic.stop()
 
         # Degraded, not down: every request answered, ready all along, the same process.

@@ -16,20 +16,26 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import SidecarProcess, sidecar_config
-from review_harness import FlakyWebhook, Sampler, Traffic, metric, review_outcomes
+from conftest import SidecarProcess
+from review_harness import (
+    FlakyWebhook,
+    Sampler,
+    Traffic,
+    alert_states,
+    metric,
+    review_outcomes,
+    review_sidecar_config,
+    watching_prometheus,
+)
 
-from guardedmodel_testground.prometheus import Prometheus, ScrapeJob
+from guardedmodel_testground.prometheus import Prometheus
 from guardedmodel_testground.triton import TritonServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 
-REPO = Path(__file__).resolve().parents[3]
-ALERTS = REPO / "charts" / "guardedmodel" / "files" / "alerts.yaml"
 BOUND = 120  # reviewSpoolMaxItems: the filling alert at 96, refusals from 120
 REVIEW_RPS = 6.0  # review items per second: the last 20% of the spool lasts 4 s
 TIMEOUT_S = 0.5  # reviewTimeout; the slow webhook answers after twice that
-LABELS = {"namespace": "ml", "guardedmodel_io_name": "toy"}
 
 
 def wait_until(what: str, predicate: Callable[[], bool], timeout: float) -> float:
@@ -41,8 +47,7 @@ def wait_until(what: str, predicate: Callable[[], bool], timeout: float) -> floa
 
 
 def alert_state(prometheus: Prometheus, name: str) -> str:
-    states = {a["metric"]["alertstate"] for a in prometheus.query(f'ALERTS{{alertname="{name}"}}')}
-    return "firing" if "firing" in states else "pending" if states else ""
+    return alert_states(prometheus, name).get("", "")
 
 
 def test_review_items_survive_an_outage_and_a_restart_and_arrive_by_id(
@@ -53,26 +58,15 @@ def test_review_items_survive_an_outage_and_a_restart_and_arrive_by_id(
     tmp_path: Path,
 ) -> None:
     webhook = FlakyWebhook(slow_s=2 * TIMEOUT_S).start()
-    config = sidecar_config(
-        toy_triton,
-        toy_repository,
-        tmp_path,
-        spec={
-            "confidence": {"reviewBelow": 0.8, "review": {"webhook": webhook.url, "maxFraction": 1.0}},
-            "audit": {"enabled": True, "sampleRate": 0.0},
-        },
-        tuning={
-            "reviewRetries": 2,
-            "reviewRetryInterval": "0.5s",
-            "reviewTimeout": f"{TIMEOUT_S}s",
-            "reviewSpoolMaxItems": BOUND,
-        },
-    )
+    tuning = {
+        "reviewRetries": 2,
+        "reviewRetryInterval": "0.5s",
+        "reviewTimeout": f"{TIMEOUT_S}s",
+        "reviewSpoolMaxItems": BOUND,
+    }
+    config = review_sidecar_config(toy_triton, toy_repository, tmp_path, webhook.url, tuning)
     sidecar = sidecar_factory(config)
-    metrics_target = sidecar.metrics_url.removeprefix("http://").removesuffix("/metrics")
-    prometheus = prometheus_factory(
-        [ScrapeJob("sidecar", [metrics_target], labels=LABELS)], rule_files=[ALERTS]
-    )
+    prometheus = watching_prometheus(prometheus_factory, sidecar)
     traffic = Traffic(sidecar.http_url, review_rps=REVIEW_RPS)
     spool = sidecar.spool_dir
     refused_before_restart = 0.0
