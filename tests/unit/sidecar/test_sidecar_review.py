@@ -14,9 +14,14 @@ import pytest
 from aiohttp import web
 from prometheus_client import generate_latest
 
+from guardedmodel_sidecar.audit import AuditLog
 from guardedmodel_sidecar.config import ConfigError, parse_config
 from guardedmodel_sidecar.metrics import SidecarMetrics
+from guardedmodel_sidecar.pipeline import Pipeline
 from guardedmodel_sidecar.review import ReviewSink
+from guardedmodel_sidecar.review_spool import item_key
+from guardedmodel_sidecar.routing import Router
+from guardedmodel_sidecar.upstream import TritonHttp
 from guardedmodel_testground.small_disk import SmallDisk
 
 
@@ -351,3 +356,24 @@ async def test_a_failing_webhook_is_retried_at_the_interval_however_many_items_a
     finally:
         await cancelled(sender)
         await runner.cleanup()
+
+
+def test_record_ids_differ_between_sidecars_started_alike_and_serve_as_keys(tmp_path: Path) -> None:
+    # Two pods (pid 1 each) started in the same second: the same process here stands for both.
+    config = parse_config({"spec": {"model": {"name": "m"}}, "auditDir": str(tmp_path / "audit")})
+
+    def ids_of_a_new_sidecar(n: int) -> list[str]:
+        pipeline = Pipeline(
+            config,
+            TritonHttp("127.0.0.1:9"),
+            Router(config.routing),
+            SidecarMetrics("m"),
+            AuditLog(config.audit_dir),
+            ReviewSink(None, tmp_path / "spool", max_fraction=0.1),
+        )
+        return [pipeline.next_id() for _ in range(n)]
+
+    first, second = ids_of_a_new_sidecar(1000), ids_of_a_new_sidecar(1000)
+    assert len(set(first)) == 1000 and not set(first) & set(second)
+    spool_name = tmp_path / "0-1-1.json"
+    assert all(item_key(orjson.dumps({"id": i}), spool_name) == i for i in first + second)
