@@ -288,19 +288,23 @@ class ReviewSink:
             )
 
     async def _drain(self, session: aiohttp.ClientSession) -> bool:
-        """Send the spool oldest first; False when an item could not be sent (or the disk failed)."""
+        """Send the spool oldest first; False when an item was left behind (unsent, unreadable or
+        undeletable): the next round comes after ``slow_retry_s``."""
         try:
             spool = await self._io_call(list_spool, self.spool_dir)
         except OSError as exc:
             return self._io_failed("list", self.spool_dir, exc)
         self._disk_items, self._disk_bytes = len(spool), sum(size for _, size in spool)
+        all_sent = True
         for path, size in spool:
             try:
                 body = await self._io_call(path.read_bytes)
             except FileNotFoundError:
                 continue
             except OSError as exc:
-                return self._io_failed("read", path, exc)
+                # One unreadable item must not hold back the others: it is tried again next round.
+                all_sent = self._io_failed("read", path, exc)
+                continue
             if not await self._send(session, body, item_key(body, path)):
                 return False
             try:
@@ -311,11 +315,11 @@ class ReviewSink:
             self.sent += 1
             self._disk_items -= 1
             self._disk_bytes -= size
-        return True
+        return all_sent
 
     def _io_failed(self, what: str, path: Path, exc: OSError) -> bool:
         self.io_failures += 1
-        log.error("cannot %s %s: %s; review delivery retries in %.0f s", what, path, exc, self.slow_retry_s)
+        log.error("cannot %s %s: %s; review delivery retries in %.1f s", what, path, exc, self.slow_retry_s)
         return False
 
     async def _send(self, session: aiohttp.ClientSession, body: bytes, key: str) -> bool:

@@ -308,19 +308,23 @@ async def test_a_full_spool_volume_is_flagged_items_wait_in_memory_and_land_when
         await cancelled(sender)
 
 
-async def test_an_unreadable_spool_entry_is_counted_and_delivery_goes_on(tmp_path: Path) -> None:
+async def test_an_unreadable_spool_entry_is_counted_and_holds_back_no_other(tmp_path: Path) -> None:
     receiver = Receiver()
     runner, url = await serve(receiver)
-    (tmp_path / "00000000000000000000-1-00000000.json").mkdir()  # sorts first; reading it fails (EISDIR)
+    unreadable = tmp_path / "00000000000000000000-1-00000000.json"
+    unreadable.mkdir()  # sorts first; reading it fails (EISDIR)
     sink = ReviewSink(url, tmp_path, max_fraction=1.0, backoff_s=0.01, slow_retry_s=0.1)
     sender = asyncio.create_task(sink.run_sender())
     try:
         assert offer(sink, {"id": "next"}) == "spooled"
-        await wait_for(lambda: sink.counts()["io_failed"] >= 2)
-        assert not sender.done()  # the sender retries; it does not die on a disk error
-        (tmp_path / "00000000000000000000-1-00000000.json").rmdir()
         await wait_for(lambda: sink.sent == 1)
         assert [item["id"] for item in receiver.items] == ["next"]
+        await wait_for(lambda: sink.counts()["io_failed"] >= 2)  # tried again each round
+        assert not sender.done()  # the sender does not die on a disk error
+        unreadable.rmdir()
+        (tmp_path / unreadable.name).write_bytes(b'{"id": "late"}')  # readable now
+        await wait_for(lambda: sink.sent == 2)
+        assert [item["id"] for item in receiver.items] == ["next", "late"]
     finally:
         await cancelled(sender)
         await runner.cleanup()
