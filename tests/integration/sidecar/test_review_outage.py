@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +34,20 @@ from guardedmodel_testground.triton import TritonServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 
-BOUND = 120  # reviewSpoolMaxItems: the filling alert at 96, refusals from 120
-REVIEW_RPS = 6.0  # review items per second: the last 20% of the spool lasts 4 s
+
+@dataclass(frozen=True)
+class Outage:
+    bound: int  # reviewSpoolMaxItems
+    review_rps: float  # review items per second
+    phase_s: float  # how long the webhook fails with 500s, then answers too slowly
+
+
+# Reduced (CI): the filling alert at 96 items, refusals from 120, 4 s apart. Full: minutes of outage,
+# the last fifth of the spool filling in 24 s.
+OUTAGES = [
+    pytest.param(Outage(bound=120, review_rps=6.0, phase_s=4.0), id="reduced"),
+    pytest.param(Outage(bound=1200, review_rps=10.0, phase_s=30.0), id="full", marks=pytest.mark.slow),
+]
 TIMEOUT_S = 0.5  # reviewTimeout; the slow webhook answers after twice that
 
 
@@ -50,7 +63,9 @@ def alert_state(prometheus: Prometheus, name: str) -> str:
     return alert_states(prometheus, name).get("", "")
 
 
+@pytest.mark.parametrize("outage", OUTAGES)
 def test_review_items_survive_an_outage_and_a_restart_and_arrive_by_id(
+    outage: Outage,
     toy_repository: Path,
     toy_triton: TritonServer,
     sidecar_factory: Callable[..., SidecarProcess],
@@ -62,12 +77,12 @@ def test_review_items_survive_an_outage_and_a_restart_and_arrive_by_id(
         "reviewRetries": 2,
         "reviewRetryInterval": "0.5s",
         "reviewTimeout": f"{TIMEOUT_S}s",
-        "reviewSpoolMaxItems": BOUND,
+        "reviewSpoolMaxItems": outage.bound,
     }
     config = review_sidecar_config(toy_triton, toy_repository, tmp_path, webhook.url, tuning)
     sidecar = sidecar_factory(config)
     prometheus = watching_prometheus(prometheus_factory, sidecar)
-    traffic = Traffic(sidecar.http_url, review_rps=REVIEW_RPS)
+    traffic = Traffic(sidecar.http_url, review_rps=outage.review_rps)
     spool = sidecar.spool_dir
     refused_before_restart = 0.0
 
@@ -88,9 +103,9 @@ def test_review_items_survive_an_outage_and_a_restart_and_arrive_by_id(
             time.sleep(2)  # the webhook takes items as they come
             assert webhook.kept(), "no review item reached the webhook while it was fine"
             webhook.set_mode("error")
-            time.sleep(4)
+            time.sleep(outage.phase_s)
             webhook.set_mode("slow")
-            time.sleep(4)
+            time.sleep(outage.phase_s)
             webhook.set_mode("down")
             time.sleep(1)
 
@@ -109,7 +124,7 @@ def test_review_items_survive_an_outage_and_a_restart_and_arrive_by_id(
             fill_time = wait_until(
                 "items refused at the bound",
                 lambda: sampler.first(lambda s: s["refused"] >= 6) is not None,
-                60,
+                outage.bound / outage.review_rps + 30,
             )
             time.sleep(1)
             webhook.set_mode("ok")
@@ -150,7 +165,7 @@ def test_review_items_survive_an_outage_and_a_restart_and_arrive_by_id(
         # The spool stayed within its bound, and the filling alert fired before the first refusal.
         peak_files = max(sampler.values("files"))
         peak_depth = max(sampler.values("depth"))
-        assert peak_files <= BOUND and peak_depth <= BOUND and peak_files >= BOUND - 2
+        assert peak_files <= outage.bound and peak_depth <= outage.bound and peak_files >= outage.bound - 2
         first_refusal = sampler.first(lambda s: s["refused"] > 0)
         crossed = sampler.first(lambda s: s["ratio"] >= 0.8)
         fired = sampler.first(lambda s: s["filling_alert"] == "firing")
@@ -165,7 +180,7 @@ def test_review_items_survive_an_outage_and_a_restart_and_arrive_by_id(
             f"\nreview outage: {len(spooled)} spooled, {len(refused)} refused at the bound (counted "
             f"{refused_counted:.0f}), {sum(kept.values())} deliveries kept, {len(duplicated)} ids "
             f"duplicated ({sum(kept.values()) - len(kept)} extra copies, all answered late); "
-            f"{spooled_at_restart} spooled across the restart; peak {peak_files} files / bound {BOUND}; "
+            f"{spooled_at_restart} spooled across the restart; peak {peak_files} files / bound {outage.bound}; "
             f"filling alert {first_refusal - fired:.1f} s before the first refusal (ratio >= 0.8 "
             f"{first_refusal - crossed:.1f} s before); bound reached {fill_time:.1f} s after the restart; "
             f"backlog drained {drained - back_at:.1f} s after the webhook returned, under traffic; "
