@@ -35,7 +35,7 @@ from guardedmodel_sidecar.config import Routing
 from guardedmodel_sidecar.kube_credentials import ApiServer, from_kubeconfig
 from guardedmodel_sidecar.status_watch import GuardedModelWatcher
 from guardedmodel_testground.cluster import LocalCluster
-from guardedmodel_testground.prometheus import Prometheus
+from guardedmodel_testground.prometheus import Prometheus, ScrapeJob
 
 # The canary scenario's traffic and scrape helpers live with the rollout tests.
 sys.path.insert(0, str(REPO / "tests" / "integration" / "rollout"))
@@ -44,6 +44,7 @@ from operator_run import model_manifest, scraped_sidecar
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 
 CHART = str(REPO / "charts" / "guardedmodel")
+OPERATOR_NAMESPACE = "guardedmodel-system"  # where a ServiceMonitor's target says the operator runs
 NAME = "clf"
 
 # What the operator may do in a namespace it watches, as `kubectl auth can-i --list` names it
@@ -242,6 +243,38 @@ def operator_requests(cluster: LocalCluster, username: str) -> Counter[tuple[str
     return done
 
 
+def scrape_of_the_operator(
+    cluster: LocalCluster, prometheus_factory: Callable[..., Prometheus], operator: OperatorProcess, ns: str
+) -> None:
+    """A real Prometheus scrapes the operator as the chart's ServiceMonitor has it scraped (the
+    target's `namespace` is the operator's): the per-model series keep the model's namespace and
+    name. A scrape without honorLabels, beside it, shows what they prevent."""
+    monitor = yaml.safe_load(
+        cluster.helm(
+            "template", "gm", CHART, "--set", "metrics.serviceMonitor.enabled=true",
+            "--show-only", "templates/servicemonitor.yaml",
+        ).stdout
+    )  # fmt: skip
+    (endpoint,) = monitor["spec"]["endpoints"]
+    target = operator.metrics_url.removeprefix("http://").removesuffix("/metrics")
+    labels = {"namespace": OPERATOR_NAMESPACE, "service": "gm-guardedmodel", "endpoint": "metrics"}
+    prometheus = prometheus_factory(
+        [
+            ScrapeJob("chart", [target], labels=labels, honor_labels=endpoint.get("honorLabels", False)),
+            ScrapeJob("unhonoured", [target], labels=labels),
+        ]
+    )
+    wanted = {"namespace": ns, "name": NAME}
+    for query in (
+        'guardedmodel_operator_rollbacks_total{job="chart",version="2"}',
+        'guardedmodel_operator_model_phase{job="chart",phase="RolledBack"}',
+    ):
+        (series,) = prometheus.wait_for(query)
+        assert {k: series["metric"].get(k) for k in wanted} == wanted, series
+    (plain,) = prometheus.wait_for('guardedmodel_operator_rollbacks_total{job="unhonoured"}')
+    assert (plain["metric"]["namespace"], plain["metric"]["exported_namespace"]) == (OPERATOR_NAMESPACE, ns)
+
+
 @pytest.fixture
 def release(namespace: Namespace) -> Iterator[Callable[..., str]]:
     """Install the chart into the test's namespace; uninstalled afterwards."""
@@ -365,6 +398,7 @@ def test_operator_and_sidecar_run_a_canary_and_its_rollback_with_no_request_refu
             30,
         )
         assert watch.watcher.errors == 0 and refusals(cluster, sidecar_user) == []
+        scrape_of_the_operator(cluster, prometheus_factory, operator, ns)
 
         forbidden = sidecar_forbidden(ns)
         answers = {f"{method} {path}": request(api, method, path, body) for method, path, body in forbidden}
