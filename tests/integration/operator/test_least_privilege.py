@@ -39,13 +39,13 @@ from guardedmodel_testground.prometheus import Prometheus, ScrapeJob
 
 # The canary scenario's traffic and scrape helpers live with the rollout tests.
 sys.path.insert(0, str(REPO / "tests" / "integration" / "rollout"))
-from operator_run import model_manifest, scraped_sidecar
+from operator_run import scraped_sidecar
+from test_rollout_cluster import NAME, manifest  # the canary with thresholds version 2 breaks
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 
 CHART = str(REPO / "charts" / "guardedmodel")
 OPERATOR_NAMESPACE = "guardedmodel-system"  # where a ServiceMonitor's target says the operator runs
-NAME = "clf"
 
 # What the operator may do in a namespace it watches, as `kubectl auth can-i --list` names it
 # (resource → verbs), beyond what every authenticated user may do.
@@ -73,17 +73,6 @@ CLUSTER_WIDE = {
 }
 PEERING = {"kopfpeerings.kopf.dev": {"list", "watch", "patch"}}
 CLUSTER_PEERING = {"clusterkopfpeerings.kopf.dev": {"list", "watch", "patch"}}
-
-
-def rollout_spec() -> dict[str, Any]:
-    return {
-        "strategy": "canary",
-        "steps": [10, 50, 100],
-        "interval": "3s",
-        "failureLimit": 1,
-        "minRequests": 20,
-        "thresholds": {"maxOodRate": 0.25, "maxErrorRate": 0.05},
-    }
 
 
 # -- identities --------------------------------------------------------------------------------
@@ -185,11 +174,6 @@ def request(api: ApiServer, method: str, path: str, body: Any = None) -> int:
 
 
 # -- the scenario ------------------------------------------------------------------------------
-
-
-def manifest(namespace: str, version: str) -> str:
-    model = {"name": "classifier", "repository": "file:///srv/models", "version": version}
-    return model_manifest(namespace, NAME, {"model": model, "rollout": rollout_spec()})
 
 
 def sidecar_forbidden(namespace: str) -> list[tuple[str, str, Any]]:
