@@ -41,6 +41,11 @@ class OperatorConfig:
     metrics_port: int = 9100
     # kopf's liveness endpoint (probe handlers answer there); empty disables it.
     health_endpoint: str = "http://0.0.0.0:8080/healthz"
+    # kopf follows namespaces and CRDs as they come and go, which needs list/watch on both
+    # cluster-wide. Off under a namespaced Role (the chart's rbac.scope=namespace), which grants
+    # neither: kopf then uses the namespaces it was given and the CRDs it found at start, and
+    # asks the API server for nothing it would refuse.
+    cluster_scanning: bool = True
     # With a peering name, several replicas elect one active operator (kopf
     # peering, which needs the KopfPeering CRDs the chart installs); without
     # one the operator runs standalone and must be the only replica.
@@ -215,3 +220,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--prometheus-namespace-label", "target label holding a model's namespace")
     add("--prometheus-name-label", "target label holding a GuardedModel's name")
     add("--rollout-min-window-s", "shortest metrics window of a rollout check, in seconds", type=float)
+    add(
+        "--cluster-scanning",
+        "follow namespaces and CRDs cluster-wide (needs list/watch on both); false under a namespaced Role",
+        type=lambda raw: _parse("cluster_scanning", raw, True),
+        metavar="BOOL",
+    )

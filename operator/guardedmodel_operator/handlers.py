@@ -272,6 +272,7 @@ def register(registry: kopf.OperatorRegistry) -> None:
         # kopf's own log lines must not become Kubernetes Events; the operator
         # posts its decisions explicitly.
         settings.posting.level = logging.ERROR
+        settings.scanning.disabled = not config.cluster_scanning
         settings.peering.standalone = not config.peering_name
         if config.peering_name:
             settings.peering.name = config.peering_name

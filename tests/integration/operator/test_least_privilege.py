@@ -72,6 +72,13 @@ CLUSTER_WIDE = {
     "customresourcedefinitions.apiextensions.k8s.io": {"list", "watch"},
 }
 PEERING = {"kopfpeerings.kopf.dev": {"list", "watch", "patch"}}
+
+
+def own_namespace(namespace: str) -> dict[str, set[str]]:
+    """Under the namespaced Role: a get of its own namespace (its Pod Security labels)."""
+    return {f"namespaces[{namespace}]": {"get"}}
+
+
 CLUSTER_PEERING = {"clusterkopfpeerings.kopf.dev": {"list", "watch", "patch"}}
 
 
@@ -304,7 +311,9 @@ def test_charts_service_account_may_do_exactly_the_expected_set(
 
     # watchNamespaces is empty: under the ClusterRole the peering is the cluster-wide one
     expected = (
-        {**NAMESPACED, **CLUSTER_WIDE, **CLUSTER_PEERING} if scope == "cluster" else {**NAMESPACED, **PEERING}
+        {**NAMESPACED, **CLUSTER_WIDE, **CLUSTER_PEERING}
+        if scope == "cluster"
+        else {**NAMESPACED, **PEERING, **own_namespace(ns)}
     )
     assert granted(ns) == expected
     # in another namespace: everything under the ClusterRole, nothing under the Role
@@ -316,29 +325,48 @@ def test_charts_service_account_may_do_exactly_the_expected_set(
         cluster.kubectl("delete", "namespace", other, "--wait=false")
 
 
+def chart_operator_flags(namespace: Namespace, release: str) -> list[str]:
+    """The flags that configure the operator as the installed chart's Deployment does."""
+    deployment = namespace.cluster.kubectl_json(
+        "get", "deployment", "-n", namespace.name, "-l", f"app.kubernetes.io/instance={release}"
+    )["items"][0]
+    env = {
+        e["name"]: e.get("value", "") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["GUARDEDMODEL_NAMESPACES"] == namespace.name  # as the test's operator watches
+    return [
+        f"--peering-name={env['GUARDEDMODEL_PEERING_NAME']}",
+        f"--cluster-scanning={env['GUARDEDMODEL_CLUSTER_SCANNING']}",
+    ]
+
+
+@pytest.mark.parametrize("scope", ["cluster", "namespace"])
 def test_operator_and_sidecar_run_a_canary_and_its_rollback_with_no_request_refused(
     namespace: Namespace,
     release: Callable[..., str],
     start_operator: Callable[..., OperatorProcess],
     prometheus_factory: Callable[..., Prometheus],
     tmp_path: Path,
+    scope: str,
 ) -> None:
     cluster, ns = namespace.cluster, namespace.name
-    # The operator watches this one namespace (so kopf follows namespaces) and peers (so it
-    # writes keep-alives), both under the ClusterRole.
-    account = chart_account(release(f"watchNamespaces={{{ns}}}", "peering.enabled=true"))
+    # The operator watches this one namespace (under the ClusterRole kopf then follows
+    # namespaces) and peers (so it writes keep-alives).
+    if scope == "cluster":
+        name = release(f"watchNamespaces={{{ns}}}", "peering.enabled=true")
+        expected = {**NAMESPACED, **CLUSTER_WIDE, **PEERING}
+    else:
+        name = release("rbac.scope=namespace", "peering.enabled=true")
+        expected = {**NAMESPACED, **PEERING, **own_namespace(ns)}
+    account = chart_account(name)
     kubeconfig = token_kubeconfig(cluster, ns, account, tmp_path / "operator-kubeconfig")
     baseline = can_i_list(cluster, nobody(cluster, ns, tmp_path), ns)
-    assert beyond_baseline(can_i_list(cluster, kubeconfig, ns), baseline) == {
-        **NAMESPACED,
-        **CLUSTER_WIDE,
-        **PEERING,
-    }
+    assert beyond_baseline(can_i_list(cluster, kubeconfig, ns), baseline) == expected
 
     sidecar_traffic, prometheus = scraped_sidecar(prometheus_factory, ns, NAME, ["1", "2"])
     operator = start_operator(
         ns,
-        "--peering-name=guardedmodel",
+        *chart_operator_flags(namespace, name),
         f"--prometheus-url={prometheus.url}",
         "--rollout-min-window-s=3",
         kubeconfig=kubeconfig,
@@ -415,8 +443,9 @@ def test_operator_and_sidecar_run_a_canary_and_its_rollback_with_no_request_refu
         ("create", "events"),
         ("patch", "kopfpeerings"),
         ("get", "namespaces"),
-        ("watch", "namespaces"),
         ("watch", "guardedmodels"),
+        # kopf's cluster scanning, under the ClusterRole only
+        *([("watch", "namespaces"), ("watch", "customresourcedefinitions")] if scope == "cluster" else []),
     ]:
         assert done[used], (used, done)
     assert not [request for request in done if request[0] in ("update", "delete")], done
