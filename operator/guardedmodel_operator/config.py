@@ -24,6 +24,9 @@ DEFAULT_TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:25.01-py3"
 DEFAULT_SIDECAR_IMAGE = "ghcr.io/guardedmodel/guardedmodel:0.1.0"
 
 
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
 class ConfigError(ValueError):
     """A configuration value that cannot work; the message says which and why."""
 
@@ -168,7 +171,10 @@ def _parse(name: str, raw: str, default: object) -> object:
             pairs = [p.split("=", 1) for p in raw.split(",") if p.strip()]
             return {k.strip(): v.strip() for k, v in pairs}
         if isinstance(default, bool):
-            return raw.strip().lower() in ("1", "true", "yes", "on")
+            word = raw.strip().lower()
+            if word not in _TRUE + _FALSE:
+                raise ValueError(f"say one of {', '.join(_TRUE + _FALSE)}")
+            return word in _TRUE
         if isinstance(default, int):
             return int(raw)
         if isinstance(default, float):
