@@ -72,14 +72,12 @@ CLUSTER_WIDE = {
     "customresourcedefinitions.apiextensions.k8s.io": {"list", "watch"},
 }
 PEERING = {"kopfpeerings.kopf.dev": {"list", "watch", "patch"}}
+CLUSTER_PEERING = {"clusterkopfpeerings.kopf.dev": {"list", "watch", "patch"}}
 
 
 def own_namespace(namespace: str) -> dict[str, set[str]]:
     """Under the namespaced Role: a get of its own namespace (its Pod Security labels)."""
     return {f"namespaces[{namespace}]": {"get"}}
-
-
-CLUSTER_PEERING = {"clusterkopfpeerings.kopf.dev": {"list", "watch", "patch"}}
 
 
 # -- identities --------------------------------------------------------------------------------
