@@ -105,6 +105,10 @@ class GuardedModelWatcher:
         self.errors = 0
         self.failures = 0  # failed attempts since the last successful read
 
+    def state(self) -> tuple[bool, int]:
+        """(following the GuardedModel now, failed attempts so far), for the sidecar's metrics."""
+        return self.connected, self.errors
+
     @property
     def _collection(self) -> str:
         return f"{self.api.host}{self.GROUP_PATH}/namespaces/{self.namespace}/guardedmodels"

@@ -210,6 +210,19 @@ class FirstTime:
         return self.at
 
 
+def back_after_down(up: Callable[[], bool]) -> Callable[[], bool]:
+    """A probe that holds once `up` has been false and is true again."""
+    was_down = False
+
+    def probe() -> bool:
+        nonlocal was_down
+        now_up = up()
+        was_down = was_down or not now_up
+        return was_down and now_up
+
+    return probe
+
+
 @dataclass
 class Stack:
     cluster: LocalCluster
@@ -253,6 +266,9 @@ class Stack:
             and 'trigger="guardedmodel"' in line
             and 'result="success"' in line
         )
+
+    def sidecar_follows_routing(self) -> bool:
+        return "guardedmodel_routing_watch_connected 1.0" in self.sidecar.metrics()
 
     def logs(self) -> str:
         return (
@@ -327,6 +343,7 @@ def test_a_control_plane_outage_mid_canary_keeps_serving_and_decides_nothing(sta
     assert canary["canaryWeight"] == 10, "the first check came before the outage could start"
 
     # The first outage, with the canary at 10 % and its first check due in the middle of it.
+    sidecar_back = FirstTime(back_after_down(s.sidecar_follows_routing)).start()
     first = outage(s.cluster, outage_s)
     # The operator reconnects on its own: its watch sees an edit of the GuardedModel again.
     reconciles_before = s.operator_reconciles()
@@ -350,6 +367,7 @@ def test_a_control_plane_outage_mid_canary_keeps_serving_and_decides_nothing(sta
     served_at = s.wait_served(50, after=first.up_at, timeout=60)
     routing_back_s = served_at - first.up_at
     operator_back_s = operator_back.wait(60) - first.up_at
+    sidecar_back_s = sidecar_back.wait(60) - first.up_at
 
     # A quick restart (a crash and an immediate start) at 50 %: the same again.
     quick = outage(s.cluster, 0.0, kill=True)
@@ -372,7 +390,7 @@ def test_a_control_plane_outage_mid_canary_keeps_serving_and_decides_nothing(sta
     print(
         f"outage {outage_s:.0f}s (API unanswered {first.up_at - first.down_at:.1f}s): "
         f"{len(during)} requests during it, 0 failed, {canary_answers} to the canary at 10 %; "
-        f"operator watch back {operator_back_s:.1f}s and next routing served {routing_back_s:.1f}s "
-        f"after the API returned; quick restart {quick.up_at - quick.down_at:.1f}s; "
+        f"sidecar watch back {sidecar_back_s:.1f}s, operator watch back {operator_back_s:.1f}s and "
+        f"next routing served {routing_back_s:.1f}s after the API returned; quick restart {quick.up_at - quick.down_at:.1f}s; "
         f"{len(every)} requests from the first outage on, 0 failed"
     )
