@@ -69,6 +69,12 @@ class OperatorConfig:
     list_chunk_size: int = 500
     connect_timeout_s: float = 10.0
     request_timeout_s: float = 30.0
+    # A failed API request (the API server restarting, etcd down) is retried with a backoff doubling
+    # from half a second up to this, for about api_retry_total_s. A lost watch starts such a series
+    # again as soon as one is spent, so this is also the longest the operator stays blind after the
+    # API server is back (kopf's own series ends with 13 s and 21 s waits).
+    api_retry_max_s: float = 5.0
+    api_retry_total_s: float = 60.0
     # Bounded concurrency: at most this many objects are processed at once,
     # so 1000 GuardedModels do not become 1000 simultaneous API writers.
     worker_limit: int = 20
@@ -118,6 +124,11 @@ class OperatorConfig:
                 "the scale interval must be positive and the scale-down window not negative, not "
                 f"{self.scale_interval_s} and {self.scale_down_window_s}"
             )
+        if not 0 < self.api_retry_max_s <= self.api_retry_total_s:
+            raise ConfigError(
+                "the API retry backoff must be positive and at most the total retry time, not "
+                f"{self.api_retry_max_s} and {self.api_retry_total_s}"
+            )
         if self.idle_interval_s <= 0:
             raise ConfigError(f"the idle check interval must be positive, not {self.idle_interval_s}")
         if not self.triton_image or not self.sidecar_image:
@@ -126,6 +137,17 @@ class OperatorConfig:
     @property
     def clusterwide(self) -> bool:
         return not self.namespaces
+
+    @property
+    def api_retry_backoffs_s(self) -> tuple[float, ...]:
+        """The waits between the attempts of one failed API request: 0.5 s doubling up to
+        api_retry_max_s, as many as fit in api_retry_total_s."""
+        waits: list[float] = []
+        wait = min(0.5, self.api_retry_max_s)
+        while sum(waits) + wait <= self.api_retry_total_s:
+            waits.append(wait)
+            wait = min(wait * 2, self.api_retry_max_s)
+        return tuple(waits)
 
     def with_priority_drawn(self, draw: Callable[[], int] | None = None) -> OperatorConfig:
         """This process's peering priority: the configured one, or a random one in
@@ -218,6 +240,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--watch-server-timeout-s", type=int)
     add("--watch-client-timeout-s", type=float)
     add("--watch-inactivity-timeout-s", type=float)
+    add("--api-retry-max-s", "longest wait between retries of a failed API request", type=float)
+    add("--api-retry-total-s", "how long a failed API request is retried", type=float)
     add(
         "--prometheus-url",
         "Prometheus the rollout controller queries, e.g. http://prometheus.monitoring:9090; '' = none "

@@ -259,6 +259,7 @@ def register(registry: kopf.OperatorRegistry) -> None:
         settings.watching.inactivity_timeout = config.watch_inactivity_timeout_s
         settings.watching.chunk_size = config.list_chunk_size
         settings.networking.request_timeout = config.request_timeout_s
+        settings.networking.error_backoffs = config.api_retry_backoffs_s
         # Unbounded on purpose (see OperatorState.slots); idle workers exit after idle_timeout.
         settings.queueing.worker_limit = None
         # Events are posted in the background; a bounded pool keeps a burst of

@@ -13,9 +13,9 @@ import json
 import os
 import ssl
 import tempfile
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import kopf
@@ -35,8 +35,16 @@ _PLURALS = {
 }
 
 
-# KubeClient.patch_status as the per-model controllers receive it, so tests can pass a fake.
-PatchStatus = Callable[[str, str, Mapping[str, Any]], Awaitable[dict[str, Any]]]
+class PatchStatus(Protocol):
+    """KubeClient.patch_status as the per-model controllers receive it, so tests can pass a fake."""
+
+    def __call__(
+        self, namespace: str, name: str, patch: Mapping[str, Any], *, resource_version: str | None = None
+    ) -> Awaitable[dict[str, Any]]: ...
+
+
+#: The HTTP status of a write whose resourceVersion precondition failed: the object changed since.
+CONFLICT = 409
 
 
 class ApiError(Exception):
@@ -178,8 +186,15 @@ class KubeClient:
             raise
         return dict(found.get("metadata", {}).get("labels") or {})
 
-    async def patch_status(self, namespace: str, name: str, patch: Mapping[str, Any]) -> dict[str, Any]:
+    async def patch_status(
+        self, namespace: str, name: str, patch: Mapping[str, Any], *, resource_version: str | None = None
+    ) -> dict[str, Any]:
+        """Merge `patch` into the status. With `resource_version` the API server applies it only to
+        that version of the object and answers 409 Conflict when the object has changed since."""
         path = object_path(f"{GROUP}/{VERSION}", "GuardedModel", namespace, name, "status")
+        body: dict[str, Any] = {"status": patch}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
         return await self._request(
-            "PATCH", path, {"status": patch}, "application/merge-patch+json", fieldManager=self.field_manager
+            "PATCH", path, body, "application/merge-patch+json", fieldManager=self.field_manager
         )

@@ -415,6 +415,7 @@ class SidecarApp:
                 self.watcher = GuardedModelWatcher(
                     api, namespace, name, self.apply_routing, lambda: self.router.routing
                 )
+                self.metrics.routing_watch = self.watcher.state
                 self._tasks.append(spawn(self.watcher.run(), name="routing-watcher"))
         if self.config.tuning.listen_when_ready:
             try:

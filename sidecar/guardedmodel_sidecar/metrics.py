@@ -112,6 +112,8 @@ class SidecarMetrics(Collector):
         self.audit_stats: Callable[[], Mapping[str, StreamStats]] = dict
         # (version, role, loaded and guarded) of every version routing keeps, read at scrape time.
         self.version_roles: Callable[[], list[tuple[str, str, bool]]] = list
+        # (following the GuardedModel now, failed API reads so far) of the routing watch; None without one.
+        self.routing_watch: Callable[[], tuple[bool, int] | None] = lambda: None
         # (candidate, baseline, source) -> counts; (candidate, source, reason) -> requests
         self.comparisons: dict[tuple[str, str, str], ComparisonCounts] = {}
         self.comparison_skipped: dict[tuple[str, str, str], int] = {}
@@ -304,6 +306,19 @@ class SidecarMetrics(Collector):
         for version, role, ready in self.version_roles():
             loaded.add_metric([self.model, version, role], 1.0 if ready else 0.0)
         yield loaded
+        watch = self.routing_watch()
+        if watch is not None:
+            yield GaugeMetricFamily(
+                "guardedmodel_routing_watch_connected",
+                "1 while the sidecar follows its GuardedModel's routing through the API server; 0 while "
+                "it cannot reach it and serves on the last routing it had",
+                value=1.0 if watch[0] else 0.0,
+            )
+            yield CounterMetricFamily(
+                "guardedmodel_routing_watch_failures",
+                "Failed reads or watches of the GuardedModel (API server unreachable or refusing)",
+                value=watch[1],
+            )
         yield from self._comparison_families()
 
     def _comparison_families(self) -> Iterator[CounterMetricFamily]:

@@ -28,6 +28,8 @@ Merge rules (per family, per label set):
                                                  (each worker's own view: guardedmodel_worker_ready)
   guardedmodel_version_loaded                    min: a version is ready for a flip when every
                                                  worker has it loaded and guarded
+  guardedmodel_routing_watch_connected           min: the pod follows its routing when every worker
+                                                 does (each worker watches on its own)
   guardedmodel_estimated_accuracy                mean weighted by each worker's window samples: the
                                                  mean confidence of the pooled windows, exact
   guardedmodel_drift_score                       mean weighted by window samples: an estimate (PSI/KS
@@ -88,6 +90,7 @@ GAUGE_RULES: dict[str, Rule] = {
     "guardedmodel_audit_pending_bytes": Rule("sum"),
     "guardedmodel_triton_ready": Rule("max"),
     "guardedmodel_version_loaded": Rule("min"),
+    "guardedmodel_routing_watch_connected": Rule("min"),
     "guardedmodel_estimated_accuracy": Rule("weighted_mean", WINDOW_SAMPLES),
     "guardedmodel_drift_score": Rule("weighted_mean", WINDOW_SAMPLES),
     "guardedmodel_drift_p_value": Rule("bonferroni"),

@@ -2,7 +2,12 @@
 
 ``GuardedModelWatcher`` follows ``status.stableVersion / canaryVersion / canaryWeight /
 lastGoodVersion / shadow`` of the GuardedModel through the Kubernetes API (in-cluster service account or a kubeconfig: ``kube_credentials``). It runs off the
-hot path and keeps the last routing whenever the API server is unreachable. The sidecar reads the
+hot path and keeps the last routing whenever the API server is unreachable (fail-static), retrying with
+a jittered, capped exponential backoff: every pod of every model lost the API server at the same moment,
+and they must not all come back at that same moment against an API server and etcd that are only just
+up again. A watch that ends (the server's timeout) or expires (``410 Gone``: the resourceVersion is older
+than what a restarted API server keeps) is re-established after the shortest pause: that is not a
+failure. The sidecar reads the
 status itself (``routing_from_status``) rather than importing the operator's reader: the two packages
 stay independent, and this copy reads only the routing fields.
 """
@@ -11,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -59,6 +65,19 @@ def _shadow(value: Any, last: Shadow | None) -> Shadow | None:
         return last
 
 
+def retry_delay(
+    failures: int, first_s: float, max_s: float, draw: Callable[[], float] = random.random
+) -> float:
+    """Seconds to wait after ``failures`` failed attempts in a row: ``first_s`` doubling up to ``max_s``,
+    each drawn from the upper half of that span, so that pods that failed together spread out."""
+    ceiling = min(max_s, first_s * 2 ** max(0, failures - 1))
+    return ceiling * (0.5 + 0.5 * draw())
+
+
+class WatchExpired(Exception):
+    """The API server no longer has the watched resourceVersion (410 Gone): read the object again."""
+
+
 class GuardedModelWatcher:
     """Follows one GuardedModel's routing status; calls ``on_routing`` with each new routing."""
 
@@ -72,16 +91,23 @@ class GuardedModelWatcher:
         on_routing: Callable[[Routing], Awaitable[None]],
         current: Callable[[], Routing],
         *,
-        retry_s: float = 2.0,
+        retry_first_s: float = 0.5,
+        retry_max_s: float = 5.0,
     ) -> None:
         self.api = api
         self.namespace = namespace
         self.name = name
         self.on_routing = on_routing
         self.current = current
-        self.retry_s = retry_s
+        self.retry_first_s = retry_first_s
+        self.retry_max_s = retry_max_s
         self.connected = False
         self.errors = 0
+        self.failures = 0  # failed attempts since the last successful read
+
+    def state(self) -> tuple[bool, int]:
+        """(following the GuardedModel now, failed attempts so far), for the sidecar's metrics."""
+        return self.connected, self.errors
 
     @property
     def _collection(self) -> str:
@@ -91,22 +117,31 @@ class GuardedModelWatcher:
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=330)
         async with aiohttp.ClientSession(timeout=timeout) as session:
             while True:
+                # Not zero even when nothing failed: a server that ends every watch at once must not
+                # turn this loop into a busy one.
+                delay = retry_delay(1, self.retry_first_s, self.retry_max_s)
                 try:
                     version = await self._get(session)
                     await self._watch(session, version)
                 except asyncio.CancelledError:
                     raise
+                except WatchExpired as exc:
+                    log.info("GuardedModel %s/%s: %s; reading it again", self.namespace, self.name, exc)
                 except Exception as exc:
                     self.connected = False
                     self.errors += 1
+                    self.failures += 1
+                    delay = retry_delay(self.failures, self.retry_first_s, self.retry_max_s)
                     log.warning(
-                        "GuardedModel %s/%s: API server unreachable or refused (%s); keeping routing %s",
+                        "GuardedModel %s/%s: API server unreachable or refused (%s); keeping routing %s, "
+                        "retrying in %.1fs",
                         self.namespace,
                         self.name,
                         exc,
                         self.current(),
+                        delay,
                     )
-                await asyncio.sleep(self.retry_s)
+                await asyncio.sleep(delay)
 
     async def _get(self, session: aiohttp.ClientSession) -> str:
         url = f"{self._collection}/{self.name}"
@@ -114,7 +149,14 @@ class GuardedModelWatcher:
             if resp.status != 200:
                 raise RuntimeError(f"GET GuardedModel: HTTP {resp.status}: {(await resp.text())[:200]}")
             obj = await resp.json(loads=orjson.loads)
-        self.connected = True
+        if self.failures:
+            log.info(
+                "GuardedModel %s/%s: API server reachable again after %d failed attempts",
+                self.namespace,
+                self.name,
+                self.failures,
+            )
+        self.connected, self.failures = True, 0
         await self._apply(obj)
         return str(obj.get("metadata", {}).get("resourceVersion", ""))
 
@@ -137,7 +179,10 @@ class GuardedModelWatcher:
                 event = orjson.loads(line)
                 kind = event.get("type")
                 if kind == "ERROR":
-                    raise RuntimeError(f"watch error: {event.get('object', {}).get('message')}")
+                    status = event.get("object") or {}
+                    if status.get("code") == 410:
+                        raise WatchExpired(f"watch expired: {status.get('message')}")
+                    raise RuntimeError(f"watch error: {status.get('message')}")
                 if kind in ("ADDED", "MODIFIED"):
                     await self._apply(event.get("object") or {})
 

@@ -75,6 +75,8 @@ class LocalCluster:
         self.processes: list[ManagedProcess] = []
         self.binaries: K8sBinaries | None = None
         self.apiserver_port = 0
+        self._token = ""
+        self._started_in_s = 0.0
 
     # -- paths -------------------------------------------------------------
     @property
@@ -162,10 +164,10 @@ class LocalCluster:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.logs_dir.mkdir(exist_ok=True)
         try:
-            token = write_credentials(self.state_dir / "pki")
+            self._token = write_credentials(self.state_dir / "pki")
             node_token = self._write_node_credentials()
             etcd_url = self._start_etcd(timeout)
-            self._start_apiserver(etcd_url, token, timeout)
+            self._start_apiserver(etcd_url, timeout)
             self._start_controllers()
             self._start_kwok()
             self._create_nodes(timeout)
@@ -174,8 +176,38 @@ class LocalCluster:
         except BaseException:
             self.down()
             raise
-        self._write_state(time.monotonic() - started)
+        self._started_in_s = time.monotonic() - started
+        self._write_state()
         return self
+
+    # -- outages -----------------------------------------------------------
+    def stop_control_plane(self, *, kill: bool = False) -> None:
+        """Take the API server and etcd down, leaving everything else running: every client
+        (controllers, kwok, the operator, sidecars) loses the API until `start_control_plane`.
+        `kill` sends SIGKILL (a crash: no graceful close of watches) instead of SIGTERM."""
+        for name in ("kube-apiserver", "etcd"):  # the API server first: it must not outlive its store
+            process = self._process(name)
+            if kill:
+                process.kill()
+            else:
+                process.stop()
+
+    def start_control_plane(self, timeout: float = 60) -> None:
+        """Start etcd and the API server again in place: same ports, data directory, certificates
+        and tokens, so every client's kubeconfig and resourceVersions stay valid. Returns once the
+        API server is ready."""
+        etcd, apiserver = self._process("etcd"), self._process("kube-apiserver")
+        if etcd.alive() or apiserver.alive():
+            raise StartError("the control plane is running: stop it first (stop_control_plane)")
+        self._wait_etcd(etcd.start(), timeout)
+        self._wait_apiserver(apiserver.start(), timeout)
+        self._write_state()
+
+    def _process(self, name: str) -> ManagedProcess:
+        found = next((p for p in self.processes if p.name == name), None)
+        if found is None:
+            raise StartError(f"{name} is not run by this LocalCluster (was up() called here?)")
+        return found
 
     def down(self) -> None:
         state = self.state_dir / "state.json"
@@ -232,10 +264,15 @@ class LocalCluster:
                 "--log-level=warn",
             ],
         )
-        wait_until("etcd to be healthy", lambda: http_ok(f"{client_url}/health"), timeout, process=process)
+        self._wait_etcd(process, timeout)
         return client_url
 
-    def _start_apiserver(self, etcd_url: str, token: str, timeout: float) -> None:
+    @staticmethod
+    def _wait_etcd(process: ManagedProcess, timeout: float) -> None:
+        client_url = next(a for a in process.argv if a.startswith("--listen-client-urls=")).split("=", 1)[1]
+        wait_until("etcd to be healthy", lambda: http_ok(f"{client_url}/health"), timeout, process=process)
+
+    def _start_apiserver(self, etcd_url: str, timeout: float) -> None:
         assert self.binaries is not None
         pki = self.state_dir / "pki"
         self.apiserver_port = free_port()
@@ -267,17 +304,20 @@ class LocalCluster:
                 *(apiserver_flags(pki) if self.real_node_spec is not None else []),
             ],
         )
+        self._wait_apiserver(process, timeout)
+        write_kubeconfig(self.kubeconfig, self.server_url, self._token, pki / "apiserver.crt")
+
+    def _wait_apiserver(self, process: ManagedProcess, timeout: float) -> None:
         context = ssl.create_default_context()
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
-        headers = {"Authorization": f"Bearer {token}"}
+        headers = {"Authorization": f"Bearer {self._token}"}
         wait_until(
             "kube-apiserver /readyz",
             lambda: http_ok(f"{self.server_url}/readyz", headers=headers, context=context),
             timeout,
             process=process,
         )
-        write_kubeconfig(self.kubeconfig, self.server_url, token, pki / "apiserver.crt")
 
     def _start_controllers(self) -> None:
         assert self.binaries is not None
@@ -381,14 +421,14 @@ class LocalCluster:
             spec=self.real_node_spec,
         ).start(timeout)
 
-    def _write_state(self, seconds: float) -> None:
+    def _write_state(self) -> None:
         state = {
             "server": self.server_url,
             "kubeconfig": str(self.kubeconfig),
             "bin_dir": str(self.binaries.bin_dir) if self.binaries else None,
             "pids": [p.pid for p in self.processes] + (self.real_node.pids if self.real_node else []),
             "real_node_dir": str(self.real_node.node_dir) if self.real_node else None,
-            "started_in_seconds": round(seconds, 2),
+            "started_in_seconds": round(self._started_in_s, 2),
         }
         (self.state_dir / "state.json").write_text(json.dumps(state, indent=2))
 

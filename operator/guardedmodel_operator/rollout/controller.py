@@ -16,12 +16,12 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..clock import utcnow
 from ..events import EmitEvent, Event
-from ..kube import PatchStatus
+from ..kube import CONFLICT, ApiError, PatchStatus
 from ..prometheus import PrometheusSource
 from . import metrics
 from .comparison import ComparisonSamples
@@ -187,10 +187,36 @@ class RolloutController:
             self.last_checks[key] = now
         written = None
         if result.patch is not None:
-            written = await self.patch_status(meta["namespace"], meta["name"], result.patch)
+            try:
+                # Only onto the copy it was decided on: a decision taken on a stale copy (its watch
+                # was down, or behind) is refused by the API server rather than written.
+                written = await self.patch_status(
+                    meta["namespace"],
+                    meta["name"],
+                    result.patch,
+                    resource_version=meta.get("resourceVersion"),
+                )
+            except ApiError as error:
+                if error.status != CONFLICT:
+                    raise
+                return self._stale(key, spec, result), None
         metrics.count(meta["namespace"], meta["name"], result.verdict)
         for event in result.events:
             self.emit(body, event)
         if result.verdict.kind is not Kind.HOLD or result.verdict.reason in (CHECK_FAILED, NO_DATA):
             log.info("%s/%s: %s", meta["namespace"], meta["name"], result.verdict.message)
         return result, written
+
+    def _stale(self, key: tuple[str, str], spec: RolloutSpec, result: StepResult) -> StepResult:
+        """The model changed since the copy this step decided on: drop the decision (no write, no
+        Event) and the check it counted, and decide again on the newer copy when the watch brings it
+        (at the latest an interval from now)."""
+        self.last_checks.pop(key, None)
+        metrics.STALE_DECISIONS.inc()
+        log.warning(
+            "%s/%s changed since the copy this step decided on (%s): not written; deciding again on "
+            "the newer copy",
+            *key,
+            result.verdict.message,
+        )
+        return replace(result, patch=None, events=[], next_in_s=spec.interval_s)

@@ -27,6 +27,12 @@ CHECKS = Counter(
     ["result"],
     registry=REGISTRY,
 )
+STALE_DECISIONS = Counter(
+    "guardedmodel_operator_rollout_stale_decisions_total",
+    "Rollout decisions not written because the GuardedModel had changed since the copy they were "
+    "taken on (the API server refused the write; the step is taken again on the newer copy).",
+    registry=REGISTRY,
+)
 CANARY_WEIGHT = Gauge(
     "guardedmodel_operator_canary_weight",
     "Share of traffic (percent) routed to the canary, per GuardedModel.",

@@ -8,10 +8,12 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sidecar_traffic import SidecarTraffic
 
 from guardedmodel_testground.cluster import LocalCluster
@@ -50,6 +52,28 @@ def scraped_sidecar(
     prometheus = prometheus_factory([ScrapeJob(namespace, [sidecar.target], labels=labels)])
     prometheus.wait_for(f'guardedmodel_requests_total{{namespace="{namespace}"}}')
     return sidecar, prometheus
+
+
+def wait_for_status(
+    cluster: LocalCluster,
+    namespace: str,
+    name: str,
+    what: str,
+    ok: Callable[[dict[str, Any]], bool],
+    *,
+    timeout: float = 60,
+    interval: float = 0.5,
+    context: Callable[[], str] = lambda: "",
+) -> dict[str, Any]:
+    """Poll the GuardedModel's status until `ok` holds; a timeout fails with the last status and `context()`."""
+    deadline = time.monotonic() + timeout
+    status: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        status = dict(cluster.kubectl_json("get", "guardedmodel", name, "-n", namespace).get("status") or {})
+        if ok(status):
+            return status
+        time.sleep(interval)
+    pytest.fail(f"timed out waiting for {what}; status: {json.dumps(status, indent=1)}\n{context()}")
 
 
 def log_tail(path: Path, lines: int = 40) -> str:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from operator_run import start_operator
+from operator_run import start_operator, wait_for_status
 from sidecar_traffic import SidecarTraffic
 
 from guardedmodel_testground.cluster import LocalCluster
@@ -149,16 +149,16 @@ class Scenario:
     def wait_status(
         self, what: str, ok: Callable[[dict[str, Any]], bool], timeout: float = 60
     ) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        status: dict[str, Any] = {}
-        while time.monotonic() < deadline:
-            status = self.gm().get("status") or {}
-            if ok(status):
-                return status
-            time.sleep(0.5)
-        pytest.fail(
-            f"timed out waiting for {what}; status: {json.dumps(status, indent=1)}\n"
-            f"routings seen: {self.watch.routings()}\noperator log tail:\n{_tail(self.operator_log)}"
+        return wait_for_status(
+            self.cluster,
+            self.namespace,
+            NAME,
+            what,
+            ok,
+            timeout=timeout,
+            context=lambda: (
+                f"routings seen: {self.watch.routings()}\noperator log tail:\n{_tail(self.operator_log)}"
+            ),
         )
 
     def pods(self) -> dict[str, tuple[str, int]]:

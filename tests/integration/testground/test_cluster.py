@@ -112,3 +112,39 @@ def test_gpu_capacity_is_enforced_by_the_scheduler(k8s_cluster: LocalCluster) ->
     )
     assert k8s_cluster.kubectl_json("get", "pod", "too-many-gpus")["status"]["phase"] == "Pending"
     k8s_cluster.kubectl("delete", "pod", "too-many-gpus", "--wait=true")
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("kill", [False, True], ids=["stopped", "killed"])
+def test_the_control_plane_restarts_in_place(k8s_cluster: LocalCluster, kill: bool) -> None:
+    """API server and etcd go down and come back on the same address with the same data and
+    credentials: a client's kubeconfig keeps working, objects and their resourceVersions survive,
+    and the controllers that stayed up act on new objects again."""
+    name = f"outage-{int(kill)}"
+    kubeconfig = k8s_cluster.kubeconfig.read_text()
+    k8s_cluster.kubectl("create", "configmap", name, "--from-literal=kept=yes")
+    before = k8s_cluster.kubectl_json("get", "configmap", name)
+    k8s_cluster.stop_control_plane(kill=kill)
+    try:
+        down = k8s_cluster.kubectl("get", "configmap", name, check=False, timeout=30)
+        assert down.returncode != 0 and "refused" in down.stderr, down
+    finally:
+        k8s_cluster.start_control_plane()
+    assert k8s_cluster.kubeconfig.read_text() == kubeconfig
+    after = k8s_cluster.kubectl_json("get", "configmap", name)
+    assert after["data"] == {"kept": "yes"}
+    assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+    # The controller manager and kwok reconnect on their own: a new Deployment gets a Running pod.
+    k8s_cluster.kubectl("create", "deployment", name, "--image=registry.local/after-outage:1")
+    wait_for(
+        "a Running pod of the Deployment made after the restart",
+        lambda: running_pods_of(k8s_cluster, name),
+        timeout=90,
+    )
+    k8s_cluster.kubectl("delete", "deployment", name, "--wait=false")
+    k8s_cluster.kubectl("delete", "configmap", name)
+
+
+def running_pods_of(cluster: LocalCluster, app: str) -> list[dict]:
+    pods = cluster.kubectl_json("get", "pods", "-l", f"app={app}")["items"]
+    return [pod for pod in pods if pod["status"].get("phase") == "Running"]

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 
 import pytest
 
@@ -67,6 +68,7 @@ def test_replicas_draw_their_own_peering_priority_unless_one_is_configured() -> 
     assert OperatorConfig.from_env({"GUARDEDMODEL_PRIORITY": "250"}).with_priority_drawn().priority == 250
 
 
+<<<<<<< HEAD
 @pytest.mark.parametrize(("raw", "scanning"), [("false", False), ("0", False), ("True", True), ("on", True)])
 def test_cluster_scanning_is_set_by_env_or_flag(raw: str, scanning: bool) -> None:
     assert OperatorConfig().cluster_scanning  # kopf follows namespaces and CRDs unless told not to
@@ -75,3 +77,22 @@ def test_cluster_scanning_is_set_by_env_or_flag(raw: str, scanning: bool) -> Non
     add_arguments(parser)
     flagged = OperatorConfig().with_args(parser.parse_args([f"--cluster-scanning={raw}"]))
     assert flagged.cluster_scanning is scanning
+=======
+@pytest.mark.parametrize(
+    ("max_s", "total_s"), [(5.0, 60.0), (0.2, 1.0), (30.0, 300.0), (2.0, 2.0), (7.0, 61.5)]
+)
+def test_api_retry_backoffs_double_to_the_cap_within_the_total(max_s: float, total_s: float) -> None:
+    waits = OperatorConfig(api_retry_max_s=max_s, api_retry_total_s=total_s).api_retry_backoffs_s
+    assert waits and waits[0] == min(0.5, max_s)
+    assert max(waits) <= max_s and sum(waits) <= total_s
+    assert sum(waits) + max_s > total_s  # as many as fit: one more wait would pass the total
+    for before, after in itertools.pairwise(waits):
+        assert after == min(before * 2, max_s)
+
+
+def test_api_retry_backoffs_are_checked() -> None:
+    with pytest.raises(ConfigError, match="API retry backoff"):
+        OperatorConfig(api_retry_max_s=0)
+    with pytest.raises(ConfigError, match="API retry backoff"):
+        OperatorConfig(api_retry_max_s=10, api_retry_total_s=5)
+>>>>>>> apiserver

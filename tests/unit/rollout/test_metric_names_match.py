@@ -166,7 +166,8 @@ def _reference() -> DriftReference:
 
 
 def sidecar_series() -> set[str]:
-    """What a sidecar serving one version exports, after a request and an upstream error."""
+    """What a sidecar serving one version exports, after a request and an upstream error, following
+    its GuardedModel's routing."""
     metrics = SidecarMetrics("m")
     version = VersionMetrics(
         "m", "1", "energy", 2.0, DriftAccumulator(_reference()), feature_dim=2, buffer_rows=8
@@ -176,6 +177,7 @@ def sidecar_series() -> set[str]:
     metrics.count_upstream_error("503", "1")
     metrics.count_comparison("2", "1", "shadow", ComparisonCounts(rows=1, agreements=1))
     metrics.version_roles = lambda: [("1", "stable", True), ("2", "shadow", True)]
+    metrics.routing_watch = lambda: (True, 0)
     metrics.close_windows()
     return _series_names(generate_latest(metrics.registry).decode())
 

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from collections.abc import Mapping
 from typing import Any
 
-from guardedmodel_operator.rollout.controller import StepResult, plan_step
+import pytest
+
+from guardedmodel_operator.kube import ApiError
+from guardedmodel_operator.rollout.controller import RolloutController, StepResult, plan_step
 from guardedmodel_operator.rollout.types import MetricSamples, RolloutSpec
 from guardedmodel_operator.scheduler import ModelScheduler
 
@@ -108,3 +112,41 @@ async def test_scheduler_survives_a_failing_step() -> None:
     await asyncio.wait_for(done.wait(), timeout=2)
     assert calls == 2
     await scheduler.close()
+
+
+class StatusWrites:
+    """A patch_status that records what it was asked and answers as the API server would: 409 when
+    the object changed since the version the write names."""
+
+    def __init__(self, current_version: str) -> None:
+        self.current_version = current_version
+        self.calls: list[tuple[dict[str, Any], str | None]] = []
+
+    async def __call__(
+        self, namespace: str, name: str, patch: Mapping[str, Any], *, resource_version: str | None = None
+    ) -> dict[str, Any]:
+        self.calls.append((dict(patch), resource_version))
+        if resource_version != self.current_version:
+            raise ApiError(409, "PATCH", f"/{namespace}/{name}/status", '{"message": "object modified"}')
+        return {"metadata": {"resourceVersion": str(int(resource_version) + 1)}, "status": dict(patch)}
+
+
+@pytest.mark.parametrize(("seen", "current"), [("7", "7"), ("7", "9")])
+async def test_a_decision_is_written_only_onto_the_copy_it_was_taken_on(seen: str, current: str) -> None:
+    """A version edit starts a canary; when the object changed since the operator's copy (a watch that
+    was down or behind), the API server refuses the write and nothing of the decision goes out."""
+    model = body("2", {"stableVersion": "1"})
+    model["metadata"]["resourceVersion"] = seen
+    writes, events = StatusWrites(current), []
+    controller = RolloutController(None, writes, lambda _body, event: events.append(event), now=lambda: T0)
+    controller.last_checks[("ml", "clf")] = T0 - dt.timedelta(seconds=5)
+    result, written = await controller.step(model)
+    assert writes.calls == [(writes.calls[0][0], seen)]
+    assert writes.calls[0][0]["canaryVersion"] == "2"
+    if seen == current:
+        assert written is not None and result.patch is not None
+        assert [e.reason for e in events] == ["CanaryStarted"]
+    else:
+        assert written is None and result.patch is None and events == []
+        assert result.next_in_s == 30.0  # the watch brings the newer copy sooner; this is the backstop
+        assert ("ml", "clf") not in controller.last_checks  # the next step decides afresh
