@@ -68,7 +68,6 @@ def test_replicas_draw_their_own_peering_priority_unless_one_is_configured() -> 
     assert OperatorConfig.from_env({"GUARDEDMODEL_PRIORITY": "250"}).with_priority_drawn().priority == 250
 
 
-<<<<<<< HEAD
 @pytest.mark.parametrize(("raw", "scanning"), [("false", False), ("0", False), ("True", True), ("on", True)])
 def test_cluster_scanning_is_set_by_env_or_flag(raw: str, scanning: bool) -> None:
     assert OperatorConfig().cluster_scanning  # kopf follows namespaces and CRDs unless told not to
@@ -77,7 +76,8 @@ def test_cluster_scanning_is_set_by_env_or_flag(raw: str, scanning: bool) -> Non
     add_arguments(parser)
     flagged = OperatorConfig().with_args(parser.parse_args([f"--cluster-scanning={raw}"]))
     assert flagged.cluster_scanning is scanning
-=======
+
+
 @pytest.mark.parametrize(
     ("max_s", "total_s"), [(5.0, 60.0), (0.2, 1.0), (30.0, 300.0), (2.0, 2.0), (7.0, 61.5)]
 )
@@ -95,4 +95,3 @@ def test_api_retry_backoffs_are_checked() -> None:
         OperatorConfig(api_retry_max_s=0)
     with pytest.raises(ConfigError, match="API retry backoff"):
         OperatorConfig(api_retry_max_s=10, api_retry_total_s=5)
->>>>>>> apiserver
