@@ -3,7 +3,8 @@
 Start-up order: metrics and the audit/review sinks first (so nothing is lost), then the HTTP and
 gRPC listeners (they answer not-ready until Triton is), then a health monitor that waits for Triton,
 loads the versions routing needs, builds their guards and only then declares the sidecar ready. When
-Triton stops answering the sidecar turns not-ready at once (health 503, infer 503 / UNAVAILABLE);
+Triton stops answering its liveness check (killed, or hung: triton_watch.py) the sidecar turns not-ready
+within a second or two (health 503, infer 503 / UNAVAILABLE, calls in flight to a hung Triton abandoned);
 when Triton is back, the monitor reloads the routed versions (an explicit-mode Triton restarts empty)
 and the sidecar becomes ready again.
 
@@ -46,6 +47,7 @@ from guardedmodel_sidecar.routing import Router
 from guardedmodel_sidecar.shadow import ShadowComparer
 from guardedmodel_sidecar.status_watch import GuardedModelWatcher
 from guardedmodel_sidecar.triton_metrics import QueueCounters, follow_triton_queue
+from guardedmodel_sidecar.triton_watch import TritonWatch
 from guardedmodel_sidecar.upstream import TritonHttp
 from guardedmodel_sidecar.upstream_call import TritonCall, UpstreamCall
 from guardedmodel_sidecar.version_fetch import VersionFetcher
@@ -98,6 +100,7 @@ class SidecarApp:
             max_connections=config.limits.max_triton_connections,
             restricted_header=config.triton_restricted_header,
         )
+        self.watch = TritonWatch(self.triton, self._triton_live, interval_s=health_interval_s)
         self.router = Router(config.routing)
         # The guards of the served versions: the pipeline's, and the micro-batcher's to score with.
         guards: dict[str, VersionGuard] = {}
@@ -330,7 +333,7 @@ class SidecarApp:
             checks += 1
             ready = False
             try:
-                if await self.triton.is_live():
+                if self.watch.live and self.triton.down is None:
                     versions = self.router.routing.versions()
                     missing = await self._missing(model, versions)
                     if missing or not self.pipeline.triton_ready or checks % 4 == 0:
@@ -339,6 +342,7 @@ class SidecarApp:
                     ready = not missing and all(v in self.pipeline.guards for v in versions)
             except Unavailable:
                 ready = False
+            ready = ready and self.triton.down is None  # the watch may have found it down meanwhile
             if not ready:
                 self._loaded.clear()
             if self.pipeline.triton_ready and not ready:
@@ -351,6 +355,13 @@ class SidecarApp:
             if self._pending_routing is not None and ready:
                 await self.apply_routing(self._pending_routing)
             await asyncio.sleep(self.health_interval_s)
+
+    def _triton_live(self, live: bool) -> None:
+        """The liveness watch's verdict flipped: not live refuses requests now, not at the next check;
+        live again is ready again once the monitor has seen the routed versions served."""
+        if not live:
+            self._loaded.clear()
+            self.pipeline.triton_ready = self.metrics.triton_ready = False
 
     def _publish_queue(self, counters: dict[str, QueueCounters]) -> None:
         self.metrics.triton_queue = {v: (c.queue_seconds, c.requests) for v, c in counters.items()}
@@ -381,6 +392,7 @@ class SidecarApp:
 
         spawn = asyncio.get_running_loop().create_task
         self._tasks += [
+            spawn(self.watch.run(), name="triton-liveness"),
             spawn(self._monitor(), name="triton-monitor"),
             spawn(self.audit.run_flusher(), name="audit-flusher"),
             spawn(self.review.run_sender(), name="review-sender"),
