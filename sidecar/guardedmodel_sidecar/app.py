@@ -100,7 +100,7 @@ class SidecarApp:
             max_connections=config.limits.max_triton_connections,
             restricted_header=config.triton_restricted_header,
         )
-        self.watch = TritonWatch(self.triton, self._triton_live, interval_s=health_interval_s)
+        self.watch = TritonWatch(self.triton, self._triton_live)
         self.router = Router(config.routing)
         # The guards of the served versions: the pipeline's, and the micro-batcher's to score with.
         guards: dict[str, VersionGuard] = {}
@@ -147,6 +147,8 @@ class SidecarApp:
         self.http_port = self.grpc_port = self.metrics_port = 0
         self._tasks: list[asyncio.Task[Any]] = []
         self._http: asyncio.Server | None = None
+        self._http_server: V2HttpServer | None = None
+        self._stopping = False
         self._grpcio: grpc.aio.Server | None = None
         self._grpc_service: GrpcService | None = None
         self._metrics_runner: web.AppRunner | None = None
@@ -166,8 +168,10 @@ class SidecarApp:
     # ------------------------------------------------------------------------------- readiness
 
     def is_ready(self) -> bool:
-        return self.pipeline.triton_ready and all(
-            v in self.pipeline.guards for v in self.router.routing.versions()
+        return (
+            not self._stopping
+            and self.pipeline.triton_ready
+            and all(v in self.pipeline.guards for v in self.router.routing.versions())
         )
 
     async def _prepare(self, routing: Routing) -> None:
@@ -428,6 +432,7 @@ class SidecarApp:
                 log.warning("%s; joining the ports anyway, answering 503 until ready", exc)
         reuse_port = self.config.tuning.workers > 1
         server = V2HttpServer(self.pipeline, self.triton, limits=self.config.limits, is_ready=self.is_ready)
+        self._http_server = server
         self._http = await server.start(listen.host, listen.http, reuse_port=reuse_port)
         self.http_port = self._http.sockets[0].getsockname()[1]
         self._grpc_service = GrpcService(
@@ -455,18 +460,26 @@ class SidecarApp:
             await asyncio.sleep(0.05)
 
     async def stop(self, grace_s: float = 10.0) -> None:
-        """Stop taking connections, let requests in flight on either protocol finish (up to
-        ``grace_s``; a pod's termination grace period is 30 s by default), then close the sinks, so a
-        graceful stop answers every request it accepted and writes every audit record."""
+        """Stop taking connections and requests (readiness fails; HTTP: no new connection, no new
+        request read on an open one; gRPC: new calls refused), answer what was taken on either protocol
+        (up to ``grace_s``; a pod's termination grace period is 30 s by default), then close the sinks:
+        a graceful stop answers every request it accepted, and every answer has its audit record on
+        disk. What is still open after ``grace_s`` is cut, unanswered, before the sinks close."""
+        self._stopping = True
         if self._http is not None:
             self._http.close()
+        http = self._http_server
+        if http is not None:
+            http.drain()
         grpc_stopped = (
             asyncio.ensure_future(self._grpcio.stop(grace=grace_s)) if self._grpcio is not None else None
         )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace_s
-        while self.pipeline.inflight and loop.time() < deadline:
+        while (self.pipeline.inflight or (http is not None and http.connections)) and loop.time() < deadline:
             await asyncio.sleep(0.02)
+        if http is not None:
+            http.abort()
         if grpc_stopped is not None:
             await grpc_stopped
         await self.shadow.stop()
