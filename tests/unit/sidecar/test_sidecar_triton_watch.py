@@ -27,15 +27,21 @@ class StandIn(asyncio.Protocol):
 
     answer = OK
     gate: asyncio.Event
+    connections = 0
+    held: set[int] = set()  # connections (by number, from 1) that never answer, as if their thread were busy
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
+        StandIn.connections += 1
+        self.number = StandIn.connections
 
     def data_received(self, data: bytes) -> None:
         asyncio.get_running_loop().create_task(self._reply())
 
     async def _reply(self) -> None:
         await StandIn.gate.wait()
+        if self.number in StandIn.held:
+            return
         if not self.transport.is_closing():
             self.transport.write(StandIn.answer)  # type: ignore[attr-defined]
 
@@ -43,6 +49,8 @@ class StandIn(asyncio.Protocol):
 @pytest.fixture
 async def url() -> AsyncIterator[str]:
     StandIn.answer = OK
+    StandIn.connections = 0
+    StandIn.held = set()
     StandIn.gate = asyncio.Event()
     StandIn.gate.set()
     server = await asyncio.get_running_loop().create_server(StandIn, "127.0.0.1", 0)
@@ -69,6 +77,7 @@ async def test_a_hung_triton_abandons_calls_in_flight_and_waiting_then_recovers(
     assert not any(c.done() for c in calls)  # 2 in flight, 2 waiting for a connection
     liveness = await check_liveness(health, 0.2)
     assert liveness.hung and "did not answer its liveness check within 0.2 s" in str(liveness.down)
+    assert StandIn.connections >= 3  # the check's second try was on a new connection
     watch.apply(liveness)
     assert changes == [True, False]
     results = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 1.0)
@@ -138,3 +147,12 @@ async def test_the_watch_loop_finds_a_hang_within_interval_plus_timeout(url: str
 async def _until(condition) -> None:  # type: ignore[no-untyped-def]
     while not condition():
         await asyncio.sleep(0.01)
+
+
+async def test_a_check_stuck_behind_a_busy_connection_is_asked_again_on_a_new_one(url: str) -> None:
+    """As during a model load: the load's thread holds the check's connection, a new one answers."""
+    health = TritonHttp(url, max_connections=1)
+    assert (await check_liveness(health, 0.4)).down is None  # connection 1
+    StandIn.held = {1}
+    liveness = await check_liveness(health, 0.4)
+    assert liveness.down is None and StandIn.connections == 2
