@@ -44,16 +44,20 @@ def review_input() -> np.ndarray:
     return np.concatenate([data.sample(1, seed=41)[0], data.ambiguous(1, seed=42)])
 
 
-def start_stack(
+@pytest.fixture
+def stack(
     toy_triton: TritonServer,
     toy_repository: Path,
     tmp_path: Path,
     sidecar_factory: Callable[..., SidecarProcess],
-    receiver: WebhookReceiver,
-) -> SidecarProcess:
+    webhook_receiver: Callable[..., WebhookReceiver],
+) -> tuple[TritonServer, SidecarProcess, WebhookReceiver, Callable[..., SidecarProcess]]:
+    """Triton, a sidecar whose review webhook is down (items stay spooled), the webhook, and the
+    factory to start the next sidecar with."""
+    receiver = webhook_receiver(fail_first=10**9)
     review = {"reviewBelow": 0.8, "review": {"webhook": receiver.url, "maxFraction": 1.0}}
     config = sidecar_config(toy_triton, toy_repository, tmp_path, spec={"confidence": review})
-    return sidecar_factory(config)
+    return toy_triton, sidecar_factory(config), receiver, sidecar_factory
 
 
 def under_load(
@@ -95,16 +99,9 @@ def count(outcomes: list[Outcome]) -> dict[str, int]:
     return counts
 
 
-def test_sigterm_under_load_answers_what_it_took_and_loses_no_record(
-    toy_triton: TritonServer,
-    toy_repository: Path,
-    tmp_path: Path,
-    sidecar_factory: Callable[..., SidecarProcess],
-    webhook_receiver: Callable[..., WebhookReceiver],
-) -> None:
-    receiver = webhook_receiver(fail_first=10**9)  # the webhook is down: review items stay spooled
-    sidecar = start_stack(toy_triton, toy_repository, tmp_path, sidecar_factory, receiver)
-    traffic, stopped_at, code = under_load(sidecar, signal.SIGTERM, "term", hold=toy_triton)
+def test_sigterm_under_load_answers_what_it_took_and_loses_no_record(stack) -> None:
+    triton, sidecar, receiver, sidecar_factory = stack
+    traffic, stopped_at, code = under_load(sidecar, signal.SIGTERM, "term", hold=triton)
     assert code == 0
 
     outcomes = traffic.snapshot()
@@ -145,15 +142,8 @@ def test_sigterm_under_load_answers_what_it_took_and_loses_no_record(
     )
 
 
-def test_sigkill_under_load_loses_at_most_the_last_flush_interval(
-    toy_triton: TritonServer,
-    toy_repository: Path,
-    tmp_path: Path,
-    sidecar_factory: Callable[..., SidecarProcess],
-    webhook_receiver: Callable[..., WebhookReceiver],
-) -> None:
-    receiver = webhook_receiver(fail_first=10**9)
-    sidecar = start_stack(toy_triton, toy_repository, tmp_path, sidecar_factory, receiver)
+def test_sigkill_under_load_loses_at_most_the_last_flush_interval(stack) -> None:
+    _, sidecar, _, _ = stack
     traffic, killed_at, code = under_load(sidecar, signal.SIGKILL, "kill")
     assert code == -signal.SIGKILL
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import SidecarProcess, launch_sidecar, sidecar_config
+from conftest import SidecarProcess, triton_and_sidecar
 from fault_traffic import Outcome, ProbePoller, Traffic, deployment_probes, first_after, summary
 from sidecar_toy import toy_data
 
@@ -41,18 +41,10 @@ CLEAN_GRPC = {"OK", "UNAVAILABLE", "DEADLINE_EXCEEDED"}
 def start_stack(
     tmp_path_factory: pytest.TempPathFactory, toy_repository: Path, tuning: dict[str, Any] | None = None
 ) -> Iterator[tuple[TritonServer, SidecarProcess]]:
-    work = tmp_path_factory.mktemp("faults")
-    triton = TritonServer(toy_repository, model_control_mode="explicit", log_dir=work / "logs")
-    triton.start()
     limits = {"requestTimeout": f"{HTTP_DEADLINE_S:g}s"}
-    config = sidecar_config(triton, toy_repository, work, limits=limits, tuning=tuning)
-    proc = launch_sidecar(config, work, "sidecar")
-    try:
-        proc.wait_ready()
-        yield triton, proc
-    finally:
-        proc.stop()
-        triton.stop()
+    work = tmp_path_factory.mktemp("faults")
+    with triton_and_sidecar(toy_repository, work, limits=limits, tuning=tuning) as stack:
+        yield stack
 
 
 @pytest.fixture(scope="module")
