@@ -24,6 +24,9 @@ DEFAULT_TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:25.01-py3"
 DEFAULT_SIDECAR_IMAGE = "ghcr.io/guardedmodel/guardedmodel:0.1.0"
 
 
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
 class ConfigError(ValueError):
     """A configuration value that cannot work; the message says which and why."""
 
@@ -41,6 +44,11 @@ class OperatorConfig:
     metrics_port: int = 9100
     # kopf's liveness endpoint (probe handlers answer there); empty disables it.
     health_endpoint: str = "http://0.0.0.0:8080/healthz"
+    # kopf follows namespaces and CRDs as they come and go, which needs list/watch on both
+    # cluster-wide. Off under a namespaced Role (the chart's rbac.scope=namespace), which grants
+    # neither: kopf then uses the namespaces it was given and the CRDs it found at start, and
+    # asks the API server for nothing it would refuse.
+    cluster_scanning: bool = True
     # With a peering name, several replicas elect one active operator (kopf
     # peering, which needs the KopfPeering CRDs the chart installs); without
     # one the operator runs standalone and must be the only replica.
@@ -163,7 +171,10 @@ def _parse(name: str, raw: str, default: object) -> object:
             pairs = [p.split("=", 1) for p in raw.split(",") if p.strip()]
             return {k.strip(): v.strip() for k, v in pairs}
         if isinstance(default, bool):
-            return raw.strip().lower() in ("1", "true", "yes", "on")
+            word = raw.strip().lower()
+            if word not in _TRUE + _FALSE:
+                raise ValueError(f"say one of {', '.join(_TRUE + _FALSE)}")
+            return word in _TRUE
         if isinstance(default, int):
             return int(raw)
         if isinstance(default, float):
@@ -215,3 +226,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--prometheus-namespace-label", "target label holding a model's namespace")
     add("--prometheus-name-label", "target label holding a GuardedModel's name")
     add("--rollout-min-window-s", "shortest metrics window of a rollout check, in seconds", type=float)
+    add(
+        "--cluster-scanning",
+        "follow namespaces and CRDs cluster-wide (needs list/watch on both); false under a namespaced Role",
+        type=lambda raw: _parse("cluster_scanning", raw, True),
+        metavar="BOOL",
+    )

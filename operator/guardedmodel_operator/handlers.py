@@ -101,8 +101,13 @@ class OperatorState:
 
     def forget(self, key: Key) -> None:
         self.locks.pop(key, None)
-        self.phases.pop(key, None)
+        metrics.publish_model_phase(*key, self.phases.pop(key, None), None)
         self.recent.pop(("GuardedModel", *key), None)
+        self.publish_phases()
+
+    def set_phase(self, key: Key, phase: str) -> None:
+        metrics.publish_model_phase(*key, self.phases.get(key), phase)
+        self.phases[key] = phase
         self.publish_phases()
 
     def remember(self, obj: Mapping[str, Any]) -> None:
@@ -231,8 +236,7 @@ async def _reconcile_latest(
         if outcome.status_written:
             metrics.WRITES.labels(kind="GuardedModel", action="status").inc()
         if outcome.phase:
-            state.phases[key] = outcome.phase
-            state.publish_phases()
+            state.set_phase(key, outcome.phase)
         return
 
 
@@ -268,6 +272,7 @@ def register(registry: kopf.OperatorRegistry) -> None:
         # kopf's own log lines must not become Kubernetes Events; the operator
         # posts its decisions explicitly.
         settings.posting.level = logging.ERROR
+        settings.scanning.disabled = not config.cluster_scanning
         settings.peering.standalone = not config.peering_name
         if config.peering_name:
             settings.peering.name = config.peering_name

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -41,6 +43,25 @@ MODELS = Gauge(
     ["phase"],
     registry=REGISTRY,
 )
+
+# Per model, so that an alert can name the model that is unhealthy (MODELS only counts them).
+MODEL_PHASE = Gauge(
+    "guardedmodel_operator_model_phase",
+    "1 for each GuardedModel's current phase: one series per model, labelled with its namespace and name.",
+    ["namespace", "name", "phase"],
+    registry=REGISTRY,
+)
+
+
+def publish_model_phase(namespace: str, name: str, old: str | None, new: str | None) -> None:
+    """Move a model's phase series from `old` to `new` (None: the model is gone)."""
+    if old == new:
+        return
+    if old is not None:
+        with contextlib.suppress(KeyError):
+            MODEL_PHASE.remove(namespace, name, old)
+    if new is not None:
+        MODEL_PHASE.labels(namespace=namespace, name=name, phase=new).set(1)
 
 
 def serve(host: str, port: int) -> None:

@@ -91,6 +91,8 @@ class SidecarApp:
             config.spool_dir,
             max_fraction=spec.review.max_fraction,
             retries=config.tuning.review_retries,
+            slow_retry_s=config.tuning.review_retry_interval_s,
+            timeout_s=config.tuning.review_timeout_s,
             max_spool_items=config.tuning.review_spool_max_items,
             max_spool_bytes=config.tuning.review_spool_max_bytes,
         )
@@ -142,6 +144,11 @@ class SidecarApp:
         self.metrics.version_roles = self._version_roles
         self.metrics.review_counts = self.review.counts
         self.metrics.spool_depth = self.review.spool_depth
+        self.metrics.spool_fill = self.review.fill_ratio
+        self.metrics.volumes_full = lambda: {
+            "audit": self.audit.no_space,
+            "review_spool": self.review.no_space,
+        }
         self.metrics.audit_records = lambda: self.audit.records_written
         self.metrics.audit_stats = self.audit.stats
         self.http_port = self.grpc_port = self.metrics_port = 0

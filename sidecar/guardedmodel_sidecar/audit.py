@@ -20,7 +20,10 @@ serving and nothing is dropped silently:
   pending in memory (``guardedmodel_audit_pending_lines`` / ``_bytes``), or dropped, with the reason:
   ``buffer_full`` (the disk did not keep up), ``shutdown`` (the final write at stop failed),
   ``closed`` (recorded after stop), ``unencodable`` (a value JSON cannot carry; a bug).
-- Failed writes count in ``guardedmodel_audit_write_errors_total{stream}``. Alerts:
+- Failed writes count in ``guardedmodel_audit_write_errors_total{stream}``; while the latest write
+  failed for lack of space (ENOSPC, EDQUOT), ``guardedmodel_volume_full{volume="audit"}`` is 1 and
+  GuardedModelVolumeFull fires after a minute. A write that succeeds again (space freed) clears it and
+  writes what was kept. Alerts:
   GuardedModelAuditWriteFailing (writes failing for 5 minutes) and GuardedModelAuditDropping (any
   drop); their descriptions say how to fix the disk.
 
@@ -114,6 +117,11 @@ class AuditLog:
     @property
     def write_errors(self) -> int:
         return sum(s.write_errors + s.io_errors for s in (self._records, self._samples))
+
+    @property
+    def no_space(self) -> bool:
+        """Whether the latest write of either stream failed because the volume is full."""
+        return self._records.no_space or self._samples.no_space
 
     def stats(self) -> dict[str, StreamStats]:
         return {"records": self._records.stats(), "samples": self._samples.stats()}

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from guardedmodel_sidecar.audit_file import RotatingJsonlFile
+from guardedmodel_sidecar.private_files import is_no_space
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,7 @@ class AuditStream:
         self._io = threading.Lock()
         self.written = 0
         self.write_errors = 0  # failed batches (loop thread)
+        self.no_space = False  # the latest write failed for lack of space (loop thread)
         self.dropped = dict.fromkeys(DROP_REASONS, 0)
         self._drop_logged_at = -math.inf
         self._drops_since_log = 0
@@ -149,6 +151,7 @@ class AuditStream:
         if self._inflight is not batch or not batch.done:
             return  # still being written (close() settles it), or settled already
         self._inflight = None
+        self.no_space = is_no_space(batch.error)
         if batch.error is None:
             self.written += len(batch.lines)
             self._pending_bytes -= batch.nbytes

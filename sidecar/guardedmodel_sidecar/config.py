@@ -38,7 +38,9 @@ it by hand. Keys (camelCase, as in the GuardedModel API)::
       auditRetainFiles: 10                   # rotated files kept per stream (0: no count limit)
       auditRetainBytes: 0                    # bytes of rotated files kept per stream (0: no limit)
       auditBufferBytes: 33554432             # audit lines held in memory while the disk lags
-      reviewRetries: 5
+      reviewRetries: 5                       # quick attempts per item (backoff 0.2 s doubling)
+      reviewRetryInterval: 30s               # then the webhook is tried again this often
+      reviewTimeout: 5s                      # one delivery attempt; a slower answer is retried
       reviewSpoolMaxItems: 10000             # review items on disk; more are counted spool_full
       reviewSpoolMaxBytes: 536870912
       logitsOutput: null                     # default: the artifact's (LOGITS)
@@ -118,6 +120,8 @@ class Tuning:
     audit_retain_bytes: int = 0
     audit_buffer_bytes: int = 32 * 1024 * 1024
     review_retries: int = 5
+    review_retry_interval_s: float = 30.0
+    review_timeout_s: float = 5.0
     review_spool_max_items: int = 10_000
     review_spool_max_bytes: int = 512 * 1024 * 1024
     workers: int = 1
@@ -248,7 +252,11 @@ def parse_config(data: Mapping[str, Any]) -> SidecarConfig:
             audit_retain_files=_whole(tuning, "auditRetainFiles", defaults.audit_retain_files, 0),
             audit_retain_bytes=_whole(tuning, "auditRetainBytes", defaults.audit_retain_bytes, 0),
             audit_buffer_bytes=_whole(tuning, "auditBufferBytes", defaults.audit_buffer_bytes, 1),
-            review_retries=int(tuning.get("reviewRetries", defaults.review_retries)),
+            review_retries=_whole(tuning, "reviewRetries", defaults.review_retries, 1),
+            review_retry_interval_s=_positive_duration(
+                tuning, "reviewRetryInterval", defaults.review_retry_interval_s
+            ),
+            review_timeout_s=_positive_duration(tuning, "reviewTimeout", defaults.review_timeout_s),
             review_spool_max_items=_whole(tuning, "reviewSpoolMaxItems", defaults.review_spool_max_items, 1),
             review_spool_max_bytes=_whole(tuning, "reviewSpoolMaxBytes", defaults.review_spool_max_bytes, 1),
             workers=max(1, int(tuning.get("workers", defaults.workers))),
@@ -270,6 +278,15 @@ def _whole(data: Mapping[str, Any], key: str, default: int, minimum: int) -> int
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigError(f"tuning.{key}: {value!r} must be a whole number >= {minimum}")
     return value
+
+
+def _positive_duration(data: Mapping[str, Any], key: str, default: float) -> float:
+    seconds = parse_duration(data.get(key, default), f"tuning.{key}")
+    if seconds <= 0:
+        raise ConfigError(
+            f"tuning.{key}: {data.get(key)!r} must be a duration above 0 (examples: 500ms, 30s)"
+        )
+    return seconds
 
 
 def _strip_scheme(url: str) -> str:

@@ -33,8 +33,12 @@ Exported (labels ``model``, ``version`` unless noted):
   guardedmodel_triton_queue_seconds_total          Triton's queue time and completed requests, read
   guardedmodel_triton_requests_total               from Triton (the operator scales on them)
   guardedmodel_review_items_total{outcome}         review items: spooled, capped, sent, send_failed,
-                                                   spool_full, queue_full, write_failed, lost
+                                                   spool_full, queue_full, write_failed, io_failed, lost
   guardedmodel_review_spool_items                  items waiting in the durable spool
+  guardedmodel_review_spool_fill_ratio             the spool's items or bytes over its bound, the
+                                                   nearer one (0..1; items are refused at 1)
+  guardedmodel_volume_full{model,volume}           1 while the latest write to the volume (audit,
+                                                   review_spool) failed for lack of space
   guardedmodel_audit_records_total                 audit records written
   guardedmodel_audit_records_dropped_total{stream,reason}  audit lines (records, samples) dropped
   guardedmodel_audit_write_errors_total{stream}    failed audit writes (the lines are kept and retried)
@@ -102,6 +106,8 @@ class SidecarMetrics(Collector):
         # Read at scrape time from the parts that own the numbers.
         self.review_counts: Callable[[], dict[str, int]] = dict
         self.spool_depth: Callable[[], int] = lambda: 0
+        self.spool_fill: Callable[[], float] = lambda: 0.0
+        self.volumes_full: Callable[[], Mapping[str, bool]] = dict
         self.audit_records: Callable[[], int] = lambda: 0
         self.audit_stats: Callable[[], Mapping[str, StreamStats]] = dict
         # (version, role, loaded and guarded) of every version routing keeps, read at scrape time.
@@ -253,6 +259,19 @@ class SidecarMetrics(Collector):
         yield GaugeMetricFamily(
             "guardedmodel_review_spool_items", "Review items waiting in the spool", value=self.spool_depth()
         )
+        yield GaugeMetricFamily(
+            "guardedmodel_review_spool_fill_ratio",
+            "Review spool items or bytes over their bound, the nearer one (items are refused at 1)",
+            value=self.spool_fill(),
+        )
+        full = GaugeMetricFamily(
+            "guardedmodel_volume_full",
+            "1 while the latest write to the volume failed for lack of space",
+            labels=["model", "volume"],
+        )
+        for volume, is_full in self.volumes_full().items():
+            full.add_metric([self.model, volume], 1.0 if is_full else 0.0)
+        yield full
         yield CounterMetricFamily(
             "guardedmodel_audit_records", "Audit records written", value=self.audit_records()
         )

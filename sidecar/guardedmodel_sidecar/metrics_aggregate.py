@@ -21,6 +21,8 @@ Merge rules (per family, per label set):
   guardedmodel_triton_requests_total             every worker, so the pod's value is Triton's, once
   guardedmodel_drift_window_samples              sum (each worker's window holds its share)
   guardedmodel_review_spool_items                sum (each worker spools into its own directory)
+  guardedmodel_review_spool_fill_ratio           max: the fullest worker's spool is refused first
+  guardedmodel_volume_full                       max: a full volume is full for every worker
   guardedmodel_audit_pending_lines, _bytes       sum (each worker's own queue)
   guardedmodel_triton_ready                      max: Triton answers ready if any worker saw it so
                                                  (each worker's own view: guardedmodel_worker_ready)
@@ -80,6 +82,8 @@ WINDOW_SAMPLES = "guardedmodel_drift_window_samples"
 GAUGE_RULES: dict[str, Rule] = {
     WINDOW_SAMPLES: Rule("sum"),
     "guardedmodel_review_spool_items": Rule("sum"),
+    "guardedmodel_review_spool_fill_ratio": Rule("max"),  # each worker's spool has its own bound
+    "guardedmodel_volume_full": Rule("max"),
     "guardedmodel_audit_pending_lines": Rule("sum"),
     "guardedmodel_audit_pending_bytes": Rule("sum"),
     "guardedmodel_triton_ready": Rule("max"),

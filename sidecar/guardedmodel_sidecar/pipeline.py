@@ -16,7 +16,7 @@ copied to a shadow candidate afterwards (shadow.py), without delaying its answer
 from __future__ import annotations
 
 import logging
-import os
+import secrets
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -90,7 +90,9 @@ class Pipeline:
         # What one request may make the adapters decode; checked before any tensor is decoded.
         self.decode_budget = budget_for(config.spec.inputs, config.tuning.max_batch, config.limits)
         self.triton_ready = False
-        self._id_prefix = f"{os.getpid():x}-{int(time.time()):x}"
+        # Record ids key review items at the webhook (Idempotency-Key): random bits keep them apart
+        # across replicas and restarts, where the pid (1 in a container) and start second may repeat.
+        self._id_prefix = f"{secrets.token_hex(4)}-{int(time.time()):x}"
         self._seq = 0
         self._inflight = 0
         self._max_inflight = config.limits.max_inflight_requests

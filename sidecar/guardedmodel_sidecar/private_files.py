@@ -19,6 +19,13 @@ log = logging.getLogger(__name__)
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700
+# A volume out of space or quota: the operator frees it; the sidecar keeps the data in memory meanwhile.
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def is_no_space(exc: OSError | None) -> bool:
+    """Whether a failed write failed because its volume is full (space or quota)."""
+    return exc is not None and exc.errno in _NO_SPACE
 
 
 def ensure_private_dir(path: Path) -> None:

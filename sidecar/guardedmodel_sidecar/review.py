@@ -4,8 +4,19 @@
 queued items to ``spool_dir`` (0600 files in a 0700 directory, fsync, atomic rename), and a sender
 POSTs spooled items as JSON, deleting each only after a 2xx. A spooled item survives a crash and an
 unreachable webhook: failed sends are retried with backoff (``retries`` quick attempts, then every
-``slow_retry_s``) and the item stays in the spool. Every file operation (write, list, read, delete)
+``slow_retry_s``, ``tuning.reviewRetryInterval``, however many new items arrive meanwhile) and the item
+stays in the spool. Every file operation (write, list, read, delete)
 runs on one writer thread, so neither fsync nor a slow disk blocks the event loop.
+
+Delivery is at least once, across restarts: an item leaves the spool only after a 2xx, so a webhook
+that took an item but answered late (a timeout), or a sidecar stopped between the 2xx and the delete,
+sends it again. Each item carries its audit record's ``id`` (unique across pods and restarts) in the
+body and as the ``Idempotency-Key`` header, the same on every attempt: the receiver de-duplicates on it.
+
+``guardedmodel_review_spool_fill_ratio`` is how full the spool is against the nearer of its two bounds
+(0..1); GuardedModelReviewSpoolFilling fires at 0.8, before items are refused. A spool volume out of
+space (ENOSPC, EDQUOT) keeps the items in memory (the queue bound below), retries, and shows as
+``guardedmodel_volume_full{volume="review_spool"}`` 1 until a write succeeds (GuardedModelVolumeFull).
 
 Bounds; hitting one is counted in ``guardedmodel_review_items_total{outcome}`` and logged, never
 silent, and the request's audit record says what became of its item (``review``: the outcome):
@@ -39,7 +50,8 @@ from typing import Any, TypeVar
 import aiohttp
 import orjson
 
-from guardedmodel_sidecar.review_spool import SpoolBatch, list_spool, write_items
+from guardedmodel_sidecar.private_files import is_no_space
+from guardedmodel_sidecar.review_spool import SpoolBatch, item_key, list_spool, write_items
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +112,8 @@ class ReviewSink:
         self.queue_full = 0
         self.write_failures = 0
         self.lost = 0
+        self.io_failures = 0  # spool reads, listings or deletes that failed (the item stays)
+        self.no_space = False  # the latest spool write failed for lack of space
 
     def note_request(self) -> None:
         """Called once per request: the cap is a fraction of all requests, not of reviews."""
@@ -155,8 +169,15 @@ class ReviewSink:
         queued = len(self._queue) + (len(self._inflight.items) if self._inflight is not None else 0)
         return self._disk_items + queued
 
+    def fill_ratio(self) -> float:
+        """How full the spool is (queued items included), against the nearer of its two bounds."""
+        return max(
+            self.spool_depth() / self.max_spool_items,
+            (self._disk_bytes + self._queued_bytes) / self.max_spool_bytes,
+        )
+
     def counts(self) -> dict[str, int]:
-        """guardedmodel_review_items_total by outcome (send_failed and write_failed count attempts)."""
+        """guardedmodel_review_items_total by outcome (send_failed, write_failed and io_failed count attempts)."""
         return {
             "spooled": self.spooled,
             "capped": self.capped,
@@ -165,6 +186,7 @@ class ReviewSink:
             "spool_full": self.spool_full,
             "queue_full": self.queue_full,
             "write_failed": self.write_failures,
+            "io_failed": self.io_failures,
             "lost": self.lost,
         }
 
@@ -181,11 +203,11 @@ class ReviewSink:
             async with aiohttp.ClientSession(timeout=timeout) as session:
                 while True:
                     self._wake.clear()  # before listing: an item spooled meanwhile wakes the next round
-                    delivered_all = await self._drain(session)
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(
-                            self._wake.wait(), None if delivered_all else self.slow_retry_s
-                        )
+                    if await self._drain(session):
+                        await self._wake.wait()
+                    else:
+                        # New items do not bring a failing webhook back: try it again only this late.
+                        await asyncio.sleep(self.slow_retry_s)
         finally:
             spooler.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -254,6 +276,7 @@ class ReviewSink:
         self._queued_bytes -= landed_bytes
         if landed:
             self._wake.set()
+        self.no_space = is_no_space(batch.error)
         if batch.error is not None:
             self.write_failures += 1
             self._queue[:0] = batch.items[batch.written :]
@@ -265,29 +288,47 @@ class ReviewSink:
             )
 
     async def _drain(self, session: aiohttp.ClientSession) -> bool:
-        spool = await self._io_call(list_spool, self.spool_dir)
+        """Send the spool oldest first; False when an item was left behind (unsent, unreadable or
+        undeletable): the next round comes after ``slow_retry_s``."""
+        try:
+            spool = await self._io_call(list_spool, self.spool_dir)
+        except OSError as exc:
+            return self._io_failed("list", self.spool_dir, exc)
         self._disk_items, self._disk_bytes = len(spool), sum(size for _, size in spool)
+        all_sent = True
         for path, size in spool:
             try:
                 body = await self._io_call(path.read_bytes)
             except FileNotFoundError:
                 continue
-            if not await self._send(session, body, path.name):
+            except OSError as exc:
+                # One unreadable item must not hold back the others: it is tried again next round.
+                all_sent = self._io_failed("read", path, exc)
+                continue
+            if not await self._send(session, body, item_key(body, path)):
                 return False
-            await self._io_call(path.unlink, True)
+            try:
+                await self._io_call(path.unlink, True)
+            except OSError as exc:
+                # Delivered but still on disk: the next round sends it again (at least once).
+                return self._io_failed("delete", path, exc)
             self.sent += 1
             self._disk_items -= 1
             self._disk_bytes -= size
-        return True
+        return all_sent
 
-    async def _send(self, session: aiohttp.ClientSession, body: bytes, name: str) -> bool:
+    def _io_failed(self, what: str, path: Path, exc: OSError) -> bool:
+        self.io_failures += 1
+        log.error("cannot %s %s: %s; review delivery retries in %.1f s", what, path, exc, self.slow_retry_s)
+        return False
+
+    async def _send(self, session: aiohttp.ClientSession, body: bytes, key: str) -> bool:
         assert self.webhook is not None
         delay = self.backoff_s
+        headers = {"Content-Type": "application/json", "Idempotency-Key": key}
         for attempt in range(1, self.retries + 1):
             try:
-                async with session.post(
-                    self.webhook, data=body, headers={"Content-Type": "application/json"}
-                ) as resp:
+                async with session.post(self.webhook, data=body, headers=headers) as resp:
                     if 200 <= resp.status < 300:
                         return True
                     reason = f"HTTP {resp.status}"
@@ -296,7 +337,7 @@ class ReviewSink:
             self.send_failures += 1
             log.warning(
                 "review item %s not delivered to %s (attempt %d/%d): %s",
-                name,
+                key,
                 self.webhook,
                 attempt,
                 self.retries,

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from pathlib import Path
+
+import orjson
 
 from guardedmodel_sidecar.private_files import ensure_private_dir, open_private
 
@@ -52,6 +55,20 @@ def write_items(spool_dir: Path, batch: SpoolBatch) -> None:
         batch.error = exc
     finally:
         batch.finished = True
+
+
+_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,199}")
+
+
+def item_key(body: bytes, path: Path) -> str:
+    """The item's idempotency key: its ``id`` (the audit record's), the same on every attempt and after
+    a restart; the spool file's name, itself stable, for an item without a usable id."""
+    try:
+        item = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return path.stem
+    value = item.get("id") if isinstance(item, dict) else None
+    return value if isinstance(value, str) and _KEY.fullmatch(value) else path.stem
 
 
 def list_spool(spool_dir: Path) -> list[tuple[Path, int]]:

@@ -10,6 +10,13 @@ them Running, without running a container.
 
 Authentication uses a static admin token in `system:masters`, which is the
 simplest credential the API server accepts and is fine on loopback.
+
+Every request made with a service account's token (the chart's operator, a model's sidecar)
+lands in an audit log with its response code: the least-privilege tests count the refusals
+there, where nothing can swallow them. The admin's and the controllers' requests are not
+logged (they are most of the traffic and never refused). OwnerReferencesPermissionEnforcement
+is on, as in clusters that enforce it: an owner reference with blockOwnerDeletion needs the
+right to update the owner's finalizers.
 """
 
 from __future__ import annotations
@@ -36,6 +43,14 @@ from .real_node import (
     sweep,
     write_kubelet_client_pki,
 )
+
+# Metadata (user, verb, resource, response code) of every request a service account makes.
+AUDIT_POLICY = {
+    "apiVersion": "audit.k8s.io/v1",
+    "kind": "Policy",
+    "omitStages": ["RequestReceived", "ResponseStarted"],
+    "rules": [{"level": "Metadata", "userGroups": ["system:serviceaccounts"]}, {"level": "None"}],
+}
 
 
 class LocalCluster:
@@ -69,6 +84,17 @@ class LocalCluster:
     @property
     def logs_dir(self) -> Path:
         return self.state_dir / "logs"
+
+    @property
+    def audit_log(self) -> Path:
+        return self.logs_dir / "audit.log"
+
+    def audit_events(self, username: str) -> list[dict]:
+        """The audit events of `username` (e.g. system:serviceaccount:NS:NAME), oldest first."""
+        if not self.audit_log.exists():
+            return []
+        events = (json.loads(line) for line in self.audit_log.read_text().splitlines() if line.strip())
+        return [e for e in events if e.get("user", {}).get("username") == username]
 
     @property
     def server_url(self) -> str:
@@ -213,6 +239,8 @@ class LocalCluster:
         assert self.binaries is not None
         pki = self.state_dir / "pki"
         self.apiserver_port = free_port()
+        audit_policy = self.state_dir / "audit-policy.yaml"
+        audit_policy.write_text(yaml.safe_dump(AUDIT_POLICY))
         process = self._run(
             "kube-apiserver",
             [
@@ -228,7 +256,11 @@ class LocalCluster:
                 f"--service-account-key-file={pki / 'sa.pub'}",
                 f"--service-account-signing-key-file={pki / 'sa.key'}",
                 "--service-cluster-ip-range=10.96.0.0/16",
-                "--enable-admission-plugins=NodeRestriction",
+                "--enable-admission-plugins=NodeRestriction,OwnerReferencesPermissionEnforcement",
+                f"--audit-policy-file={audit_policy}",
+                f"--audit-log-path={self.audit_log}",
+                "--audit-log-format=json",
+                "--audit-log-mode=blocking",
                 "--allow-privileged=true",
                 "--profiling=false",
                 "--v=1",

@@ -39,11 +39,15 @@ class ScrapeJob:
     targets: Sequence[str]  # "127.0.0.1:PORT"
     metrics_path: str = "/metrics"
     labels: dict[str, str] = field(default_factory=dict)
+    # True: a label the target exports wins over the same target label (a ServiceMonitor's
+    # honorLabels); False: the target's wins and the exported one becomes exported_<name>.
+    honor_labels: bool = False
 
     def scrape_config(self) -> dict[str, Any]:
         return {
             "job_name": self.name,
             "metrics_path": self.metrics_path,
+            "honor_labels": self.honor_labels,
             "static_configs": [{"targets": list(self.targets), "labels": self.labels}],
         }
 

@@ -57,41 +57,52 @@ true
 {{- end -}}
 {{- end -}}
 
-{{- /* What the operator does inside a namespace it watches: the same rules in a ClusterRole or a Role. */ -}}
+{{- /* What the operator does inside a namespace it watches: the same rules in a ClusterRole or a Role.
+Only the verbs it uses (tests/integration/operator/test_least_privilege.py runs it under exactly
+these): kopf lists and watches; the operator writes by server-side apply (patch, and create when
+the object is new) and merge-patches status; it never updates or deletes: the garbage collector
+deletes the children through their ownerReferences, and no handler needs a finalizer or kopf's
+progress annotations, so the GuardedModel itself is never written. */ -}}
 {{- define "guardedmodel.namespacedRules" -}}
-# The resource it reconciles, and its status.
+# The resource it reconciles. list/watch: kopf's watch. get: the API server lets the operator
+# grant each sidecar's Role (get/list/watch on its own GuardedModel) only what it holds itself.
 - apiGroups: [guardedmodel.io]
   resources: [guardedmodels]
-  verbs: [get, list, watch, patch]
+  verbs: [get, list, watch]
+# Its status: merge patches (reconcile, rollout, scaling); read back through the watch.
 - apiGroups: [guardedmodel.io]
   resources: [guardedmodels/status]
-  verbs: [get, patch, update]
-# Owner references with blockOwnerDeletion need this when the
-# OwnerReferencesPermissionEnforcement admission plugin is on.
+  verbs: [patch]
+# The children's ownerReferences set blockOwnerDeletion; the OwnerReferencesPermissionEnforcement
+# admission plugin admits that only from who may update the owner's finalizers.
 - apiGroups: [guardedmodel.io]
   resources: [guardedmodels/finalizers]
   verbs: [update]
-# The children of every GuardedModel.
+# The children of every GuardedModel. list/watch: kopf's watches of its managed children (drift
+# repair); create/patch: server-side apply (create when the child does not exist yet).
 - apiGroups: [""]
   resources: [configmaps, services, serviceaccounts]
-  verbs: [get, list, watch, create, patch, update, delete]
+  verbs: [list, watch, create, patch]
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [get, list, watch, create, patch, update, delete]
+  verbs: [list, watch, create, patch]
 - apiGroups: [networking.k8s.io]
   resources: [networkpolicies]
-  verbs: [get, list, watch, create, patch, update, delete]
-# Each sidecar's Role grants get/list/watch on its own GuardedModel; RBAC
-# lets the operator grant only what it holds itself (above).
+  verbs: [list, watch, create, patch]
+# Each sidecar's Role and RoleBinding. No bind or escalate: the API server checks that the
+# operator holds what the Role grants (see guardedmodels above).
 - apiGroups: [rbac.authorization.k8s.io]
   resources: [roles, rolebindings]
-  verbs: [get, list, watch, create, patch, update, delete]
-- apiGroups: ["", events.k8s.io]
+  verbs: [list, watch, create, patch]
+# kopf posts each decision as a core/v1 Event (a POST, never patched).
+- apiGroups: [""]
   resources: [events]
-  verbs: [create, patch]
-{{- if include "guardedmodel.peering" . }}
+  verbs: [create]
+{{- if and (include "guardedmodel.peering" .) (include "guardedmodel.watchNamespaces" .) }}
+# kopf's peering in each watched namespace: it watches the KopfPeering the chart creates
+# there and patches its own keep-alive into it.
 - apiGroups: [kopf.dev]
   resources: [kopfpeerings]
-  verbs: [get, list, watch, patch]
+  verbs: [list, watch, patch]
 {{- end }}
 {{- end -}}

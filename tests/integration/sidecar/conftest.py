@@ -200,9 +200,11 @@ class WebhookReceiver:
     received: list[dict[str, Any]] = field(default_factory=list)
     attempts: int = 0
     url: str = ""
+    port: int = 0
     _loop: asyncio.AbstractEventLoop | None = None
     _thread: threading.Thread | None = None
     _runner: web.AppRunner | None = None
+    _site: web.TCPSite | None = None
 
     async def _handle(self, request: web.Request) -> web.Response:
         self.attempts += 1
@@ -213,7 +215,7 @@ class WebhookReceiver:
         return web.Response(status=204)
 
     def start(self) -> WebhookReceiver:
-        port = free_port()
+        self.port = free_port()
         ready = threading.Event()
 
         def run() -> None:
@@ -223,7 +225,7 @@ class WebhookReceiver:
             app.router.add_post("/review", self._handle)
             self._runner = web.AppRunner(app)
             loop.run_until_complete(self._runner.setup())
-            loop.run_until_complete(web.TCPSite(self._runner, "127.0.0.1", port).start())
+            loop.run_until_complete(self._open())
             ready.set()
             loop.run_forever()
             loop.run_until_complete(self._runner.cleanup())
@@ -232,8 +234,13 @@ class WebhookReceiver:
         self._thread = threading.Thread(target=run, daemon=True)
         self._thread.start()
         ready.wait(10)
-        self.url = f"http://127.0.0.1:{port}/review"
+        self.url = f"http://127.0.0.1:{self.port}/review"
         return self
+
+    async def _open(self) -> None:
+        assert self._runner is not None
+        self._site = web.TCPSite(self._runner, "127.0.0.1", self.port)
+        await self._site.start()
 
     def stop(self) -> None:
         if self._loop is not None:

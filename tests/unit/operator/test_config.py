@@ -49,6 +49,7 @@ def test_flags_override_env_only_when_given() -> None:
         ({"GUARDEDMODEL_METRICS_PORT": "many"}, "GUARDEDMODEL_METRICS_PORT"),
         ({"GUARDEDMODEL_WATCH_CLIENT_TIMEOUT_S": "10"}, "client timeout must exceed"),
         ({"GUARDEDMODEL_IDLE_INTERVAL_S": "0"}, "idle check interval must be positive"),
+        ({"GUARDEDMODEL_CLUSTER_SCANNING": "flase"}, "GUARDEDMODEL_CLUSTER_SCANNING='flase' is not valid"),
     ],
 )
 def test_bad_values_are_refused_with_a_reason(env: dict[str, str], message: str) -> None:
@@ -64,3 +65,13 @@ def test_replicas_draw_their_own_peering_priority_unless_one_is_configured() -> 
     assert OperatorConfig(peering_name="p").with_priority_drawn(lambda: 7).priority == 7
     assert OperatorConfig.from_env({"GUARDEDMODEL_PRIORITY": "0"}).with_priority_drawn().priority == 0
     assert OperatorConfig.from_env({"GUARDEDMODEL_PRIORITY": "250"}).with_priority_drawn().priority == 250
+
+
+@pytest.mark.parametrize(("raw", "scanning"), [("false", False), ("0", False), ("True", True), ("on", True)])
+def test_cluster_scanning_is_set_by_env_or_flag(raw: str, scanning: bool) -> None:
+    assert OperatorConfig().cluster_scanning  # kopf follows namespaces and CRDs unless told not to
+    assert OperatorConfig.from_env({"GUARDEDMODEL_CLUSTER_SCANNING": raw}).cluster_scanning is scanning
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    flagged = OperatorConfig().with_args(parser.parse_args([f"--cluster-scanning={raw}"]))
+    assert flagged.cluster_scanning is scanning

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from guardedmodel_operator import metrics
 from guardedmodel_operator.config import OperatorConfig
 from guardedmodel_operator.handlers import OperatorState
 
@@ -51,3 +52,30 @@ def test_forgetting_a_model_drops_its_bookkeeping() -> None:
     s.remember(obj("3", kind="GuardedModel"))
     s.forget(("ns", "m"))
     assert s.locks == {} and s.phases == {} and s.recent == {}
+
+
+def phase_series() -> dict[tuple[str, str], list[str]]:
+    """(namespace, name) → the phases of its guardedmodel_operator_model_phase series (value 1)."""
+    found: dict[tuple[str, str], list[str]] = {}
+    for family in metrics.REGISTRY.collect():
+        if family.name == "guardedmodel_operator_model_phase":
+            for sample in family.samples:
+                assert sample.value == 1
+                key = (sample.labels["namespace"], sample.labels["name"])
+                found.setdefault(key, []).append(sample.labels["phase"])
+    return found
+
+
+def test_each_model_has_one_phase_series_that_follows_it_and_goes_with_it() -> None:
+    s = state()
+    s.set_phase(("ml", "clf"), "Progressing")
+    s.set_phase(("ml", "other"), "Ready")
+    s.set_phase(("ml", "clf"), "Degraded")
+    s.set_phase(("ml", "clf"), "Degraded")
+    assert phase_series().get(("ml", "clf")) == ["Degraded"]
+    assert phase_series().get(("ml", "other")) == ["Ready"]
+    s.forget(("ml", "clf"))
+    s.forget(("ml", "clf"))  # a second DELETED event changes nothing
+    assert ("ml", "clf") not in phase_series()
+    assert phase_series().get(("ml", "other")) == ["Ready"]
+    s.forget(("ml", "other"))

@@ -24,7 +24,7 @@ def test_rules_are_valid() -> None:
         [promtool(), "check", "rules", str(ALERTS)], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "9 rules found" in result.stdout
+    assert "11 rules found" in result.stdout
 
 
 def test_alerts_fire_and_resolve_as_specified(tmp_path: Path) -> None:
@@ -51,6 +51,8 @@ def test_every_alert_named_in_the_design_is_there() -> None:
         "GuardedModelAuditWriteFailing",
         "GuardedModelAuditDropping",
         "GuardedModelReviewItemsDropped",
+        "GuardedModelReviewSpoolFilling",
+        "GuardedModelVolumeFull",
     }
     tested = {t["alertname"] for t in yaml.safe_load(CASES.read_text())["tests"][0]["alert_rule_test"]}
     assert tested == {r["alert"] for r in rules}

@@ -7,12 +7,10 @@ import array
 import asyncio
 import base64
 import contextlib
-import errno
 import fcntl
 import json
 import os
 import stat
-import subprocess
 import termios
 import threading
 import time
@@ -28,6 +26,7 @@ from guardedmodel_sidecar.audit import AuditLog, client_id
 from guardedmodel_sidecar.audit_file import iter_records, rotated_files
 from guardedmodel_sidecar.metrics import SidecarMetrics
 from guardedmodel_sidecar.protocol.model import Tensor
+from guardedmodel_testground.small_disk import SmallDisk
 
 
 def mode(path: Path) -> int:
@@ -41,45 +40,6 @@ def umask(value: int) -> Iterator[None]:
         yield
     finally:
         os.umask(old)
-
-
-class SmallDisk:
-    """A real filesystem that runs out of space: a 256 KiB tmpfs, filled by a file that can be freed.
-
-    Writes to it fail with the kernel's own ENOSPC (a short write first when a page has room left),
-    as on a node whose volume is full."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.filler = root / "filler"
-
-    def fill(self) -> None:
-        fd = os.open(self.filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-        try:
-            while True:
-                os.write(fd, b"\0" * 4096)
-        except OSError as exc:
-            assert exc.errno == errno.ENOSPC
-        finally:
-            os.close(fd)
-
-    def free(self) -> None:
-        self.filler.unlink()
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[SmallDisk]:
-    root = tmp_path / "disk"
-    root.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(root)], capture_output=True
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
-        yield SmallDisk(root)
-    finally:
-        subprocess.run(["umount", "-l", str(root)], check=False)
 
 
 def recorded(log: AuditLog, n: int, prefix: str = "r") -> None:
@@ -416,6 +376,40 @@ def test_audit_numbers_are_exported(small_disk: SmallDisk) -> None:
     assert 'guardedmodel_audit_write_errors_total{model="m",stream="records"} 1.0' in text
     assert f'guardedmodel_audit_pending_lines{{model="m",stream="records"}} {10 - dropped}.0' in text
     assert 'guardedmodel_audit_files_deleted_total{model="m",stream="samples"} 0.0' in text
+
+
+def test_a_full_volume_is_flagged_until_a_write_succeeds_again(small_disk: SmallDisk) -> None:
+    log = AuditLog(small_disk.root / "audit")
+    metrics = SidecarMetrics("m")
+    metrics.volumes_full = lambda: {"audit": log.no_space}
+
+    def flagged() -> str:
+        text = generate_latest(metrics.registry).decode()
+        return next(line for line in text.splitlines() if line.startswith("guardedmodel_volume_full{"))
+
+    recorded(log, 3, prefix="ok-")
+    log.flush()
+    assert flagged() == 'guardedmodel_volume_full{model="m",volume="audit"} 0.0'
+    small_disk.fill()
+    recorded(log, 200, prefix="full-")  # more than the room left in the file's last page
+    log.flush()
+    assert flagged() == 'guardedmodel_volume_full{model="m",volume="audit"} 1.0'
+    small_disk.free()
+    log.flush()  # the kept lines land: the flag clears with the first write that succeeds
+    assert flagged() == 'guardedmodel_volume_full{model="m",volume="audit"} 0.0'
+    log.close()
+    assert [r["id"] for r in iter_records(small_disk.root / "audit")] == [
+        *(f"ok-{i}" for i in range(3)),
+        *(f"full-{i}" for i in range(200)),
+    ]
+
+
+def test_another_write_error_is_not_taken_for_a_full_volume(tmp_path: Path) -> None:
+    (tmp_path / "audit").write_text("a file where the audit directory should be")
+    log = AuditLog(tmp_path / "audit")
+    recorded(log, 1)
+    log.flush()
+    assert log.write_errors == 1 and not log.no_space
 
 
 def test_a_batch_handed_to_a_writer_that_never_ran_is_written_at_close(tmp_path: Path) -> None:
