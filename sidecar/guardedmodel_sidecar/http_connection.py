@@ -275,7 +275,7 @@ class HttpConnection(HttpRequestReader):
         self._stopped = True  # data_received discards from here on
         if self._timer is not None:
             self._timer.cancel()
-        if not transport.can_write_eof():
+        if self._eof or not transport.can_write_eof():  # the client has sent all it will send
             self._close()
             return
         transport.write_eof()

@@ -115,3 +115,19 @@ async def test_abort_cuts_what_the_grace_period_did_not_finish(sidecar) -> None:
     await asyncio.sleep(0.05)
     assert v2.connections == 0
     writer.close()
+
+
+async def test_a_client_that_sent_all_it_will_send_is_closed_at_once(sidecar) -> None:
+    port, v2, listener = sidecar
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(CONFIG)
+    writer.write_eof()  # half-closed: nothing more will come, no linger needed
+    await asyncio.sleep(0.05)
+    listener.close()
+    v2.drain()
+    HeldTriton.gate.set()
+    assert (await asyncio.wait_for(read_response(reader), 5))[0] == 200  # type: ignore[index]
+    assert await closed_by_server(reader)
+    await asyncio.sleep(0.05)
+    assert v2.connections == 0  # well before LINGER_S
+    writer.close()
