@@ -96,7 +96,8 @@ class TritonWatch:
         if live == self.live:
             return
         if live:
-            log.info("Triton at %s answers its liveness check again", self.pool.url)
+            again = "" if self.live is None else " again"
+            log.info("Triton at %s answers its liveness check%s", self.pool.url, again)
         elif self.live is not None:
             log.warning("%s; refusing requests until it answers again", liveness.down)
         self.live = live
