@@ -3,7 +3,8 @@
 Start-up order: metrics and the audit/review sinks first (so nothing is lost), then the HTTP and
 gRPC listeners (they answer not-ready until Triton is), then a health monitor that waits for Triton,
 loads the versions routing needs, builds their guards and only then declares the sidecar ready. When
-Triton stops answering the sidecar turns not-ready at once (health 503, infer 503 / UNAVAILABLE);
+Triton stops answering its liveness check (killed, or hung: triton_watch.py) the sidecar turns not-ready
+within a second or two (health 503, infer 503 / UNAVAILABLE, calls in flight to a hung Triton abandoned);
 when Triton is back, the monitor reloads the routed versions (an explicit-mode Triton restarts empty)
 and the sidecar becomes ready again.
 
@@ -46,6 +47,7 @@ from guardedmodel_sidecar.routing import Router
 from guardedmodel_sidecar.shadow import ShadowComparer
 from guardedmodel_sidecar.status_watch import GuardedModelWatcher
 from guardedmodel_sidecar.triton_metrics import QueueCounters, follow_triton_queue
+from guardedmodel_sidecar.triton_watch import TritonWatch
 from guardedmodel_sidecar.upstream import TritonHttp
 from guardedmodel_sidecar.upstream_call import TritonCall, UpstreamCall
 from guardedmodel_sidecar.version_fetch import VersionFetcher
@@ -100,6 +102,7 @@ class SidecarApp:
             max_connections=config.limits.max_triton_connections,
             restricted_header=config.triton_restricted_header,
         )
+        self.watch = TritonWatch(self.triton, self._triton_live)
         self.router = Router(config.routing)
         # The guards of the served versions: the pipeline's, and the micro-batcher's to score with.
         guards: dict[str, VersionGuard] = {}
@@ -151,6 +154,8 @@ class SidecarApp:
         self.http_port = self.grpc_port = self.metrics_port = 0
         self._tasks: list[asyncio.Task[Any]] = []
         self._http: asyncio.Server | None = None
+        self._http_server: V2HttpServer | None = None
+        self._stopping = False
         self._grpcio: grpc.aio.Server | None = None
         self._grpc_service: GrpcService | None = None
         self._metrics_runner: web.AppRunner | None = None
@@ -170,8 +175,10 @@ class SidecarApp:
     # ------------------------------------------------------------------------------- readiness
 
     def is_ready(self) -> bool:
-        return self.pipeline.triton_ready and all(
-            v in self.pipeline.guards for v in self.router.routing.versions()
+        return (
+            not self._stopping
+            and self.pipeline.triton_ready
+            and all(v in self.pipeline.guards for v in self.router.routing.versions())
         )
 
     async def _prepare(self, routing: Routing) -> None:
@@ -337,7 +344,7 @@ class SidecarApp:
             checks += 1
             ready = False
             try:
-                if await self.triton.is_live():
+                if self.watch.live and self.triton.down is None:
                     versions = self.router.routing.versions()
                     missing = await self._missing(model, versions)
                     if missing or not self.pipeline.triton_ready or checks % 4 == 0:
@@ -346,6 +353,7 @@ class SidecarApp:
                     ready = not missing and all(v in self.pipeline.guards for v in versions)
             except Unavailable:
                 ready = False
+            ready = ready and self.triton.down is None  # the watch may have found it down meanwhile
             if not ready:
                 self._loaded.clear()
             if self.pipeline.triton_ready and not ready:
@@ -358,6 +366,13 @@ class SidecarApp:
             if self._pending_routing is not None and ready:
                 await self.apply_routing(self._pending_routing)
             await asyncio.sleep(self.health_interval_s)
+
+    def _triton_live(self, live: bool) -> None:
+        """The liveness watch's verdict flipped: not live refuses requests now, not at the next check;
+        live again is ready again once the monitor has seen the routed versions served."""
+        if not live:
+            self._loaded.clear()
+            self.pipeline.triton_ready = self.metrics.triton_ready = False
 
     def _publish_queue(self, counters: dict[str, QueueCounters]) -> None:
         self.metrics.triton_queue = {v: (c.queue_seconds, c.requests) for v, c in counters.items()}
@@ -388,6 +403,7 @@ class SidecarApp:
 
         spawn = asyncio.get_running_loop().create_task
         self._tasks += [
+            spawn(self.watch.run(), name="triton-liveness"),
             spawn(self._monitor(), name="triton-monitor"),
             spawn(self.audit.run_flusher(), name="audit-flusher"),
             spawn(self.review.run_sender(), name="review-sender"),
@@ -424,6 +440,7 @@ class SidecarApp:
                 log.warning("%s; joining the ports anyway, answering 503 until ready", exc)
         reuse_port = self.config.tuning.workers > 1
         server = V2HttpServer(self.pipeline, self.triton, limits=self.config.limits, is_ready=self.is_ready)
+        self._http_server = server
         self._http = await server.start(listen.host, listen.http, reuse_port=reuse_port)
         self.http_port = self._http.sockets[0].getsockname()[1]
         self._grpc_service = GrpcService(
@@ -451,18 +468,26 @@ class SidecarApp:
             await asyncio.sleep(0.05)
 
     async def stop(self, grace_s: float = 10.0) -> None:
-        """Stop taking connections, let requests in flight on either protocol finish (up to
-        ``grace_s``; a pod's termination grace period is 30 s by default), then close the sinks, so a
-        graceful stop answers every request it accepted and writes every audit record."""
+        """Stop taking connections and requests (readiness fails; HTTP: no new connection, no new
+        request read on an open one; gRPC: new calls refused), answer what was taken on either protocol
+        (up to ``grace_s``; a pod's termination grace period is 30 s by default), then close the sinks:
+        a graceful stop answers every request it accepted, and every answer has its audit record on
+        disk. What is still open after ``grace_s`` is cut, unanswered, before the sinks close."""
+        self._stopping = True
         if self._http is not None:
             self._http.close()
+        http = self._http_server
+        if http is not None:
+            http.drain()
         grpc_stopped = (
             asyncio.ensure_future(self._grpcio.stop(grace=grace_s)) if self._grpcio is not None else None
         )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace_s
-        while self.pipeline.inflight and loop.time() < deadline:
+        while (self.pipeline.inflight or (http is not None and http.connections)) and loop.time() < deadline:
             await asyncio.sleep(0.02)
+        if http is not None:
+            http.abort()
         if grpc_stopped is not None:
             await grpc_stopped
         await self.shadow.stop()

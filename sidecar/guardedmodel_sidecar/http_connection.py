@@ -39,6 +39,9 @@ def _bug_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {client_text(exc)}\n{frames}"
 
 
+# How long a connection closed by a graceful stop reads (and drops) what its client still sends.
+LINGER_S = 1.0
+
 _STATUS_LINES: dict[int, str] = {}
 
 
@@ -91,7 +94,10 @@ class HttpConnection(HttpRequestReader):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]  # uvloop's transports are not subclasses
         server = self._server
-        server.connections += 1
+        server.open.add(self)
+        if server.draining:
+            transport.close()  # accepted just before the listening socket closed
+            return
         if server.connections > self._limits.max_connections:
             self._stopped = True
             message = f"the sidecar has {self._limits.max_connections} connections open; retry shortly"
@@ -102,7 +108,7 @@ class HttpConnection(HttpRequestReader):
         self._want(self._idle_since + self._limits.idle_timeout_s)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._server.connections -= 1
+        self._server.open.discard(self)
         self._transport = None
         self._stopped = True
         self._in_message = False
@@ -170,11 +176,13 @@ class HttpConnection(HttpRequestReader):
         """Write the answer to the first queued request; False once the connection is done."""
         self._queue.popleft()
         status, content_type, chunks, extra = reply
-        self._write(
-            status, content_type, chunks, extra, request.keep_alive, request.http10, request.head_only
-        )
-        if not request.keep_alive or (self._eof and not self._queue):
-            self._close()
+        keep_alive = request.keep_alive and not (self._server.draining and not self._queue)
+        self._write(status, content_type, chunks, extra, keep_alive, request.http10, request.head_only)
+        if not keep_alive or (self._eof and not self._queue):
+            if self._server.draining:
+                self._close_lingering()
+            else:
+                self._close()
             return False
         if self._queue_full and len(self._queue) < self._max_pipelined:
             self._queue_full = False
@@ -246,6 +254,38 @@ class HttpConnection(HttpRequestReader):
         self._continue_pending = False
         self._queue.append(Failure(status, client_text(message)))
         self._pump()
+
+    def drain(self) -> None:
+        """The server is stopping: read no more requests, answer those read, then close (a request
+        only partly read is dropped, unanswered, as when a client's connection breaks)."""
+        self._stop_reading()
+        self._in_message = False
+        self._continue_pending = False
+        if not self._queue and not self._busy:
+            self._close()
+
+    def _close_lingering(self) -> None:
+        """Close after the last answer of a graceful stop without resetting the connection: the client
+        may have sent another request meanwhile, and closing a socket with unread bytes sends a reset,
+        which can destroy answers the client has not read yet. So: FIN first, then read and discard
+        what still comes until the client closes, for at most LINGER_S (nginx's lingering close)."""
+        transport = self._transport
+        if transport is None:
+            return
+        self._stopped = True  # data_received discards from here on
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._eof or not transport.can_write_eof():  # the client has sent all it will send
+            self._close()
+            return
+        transport.write_eof()
+        transport.resume_reading()
+        self._timer = self._loop.call_later(LINGER_S, transport.close)
+
+    def abort(self) -> None:
+        self._stopped = True
+        if self._transport is not None:
+            self._transport.abort()
 
     def _stop_reading(self) -> None:
         self._stopped = True

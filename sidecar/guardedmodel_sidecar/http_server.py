@@ -44,7 +44,25 @@ class V2HttpServer:
         self.triton = triton
         self.limits = limits
         self.is_ready = is_ready
-        self.connections = 0
+        self.open: set[HttpConnection] = set()
+        # Stopping: no request is read any more, those read are answered, then connections close.
+        self.draining = False
+
+    @property
+    def connections(self) -> int:
+        return len(self.open)
+
+    def drain(self) -> None:
+        """Begin a graceful stop (the listening socket is closed by its owner): idle connections close
+        now, busy ones after answering the requests already read, the last answer with Connection: close."""
+        self.draining = True
+        for conn in list(self.open):
+            conn.drain()
+
+    def abort(self) -> None:
+        """The grace period is over: close what is still open, unanswered."""
+        for conn in list(self.open):
+            conn.abort()
 
     def protocol(self) -> HttpConnection:
         return HttpConnection(self)

@@ -170,7 +170,9 @@ class Pipeline:
         stage = "gate"
         try:
             if not self.triton_ready:
-                raise Unavailable("Triton is not ready; the sidecar refuses requests until it is")
+                raise Unavailable(
+                    self.upstream.down or "Triton is not ready; the sidecar refuses requests until it is"
+                )
             guard = self._resolve(request)
             flags = guard.gate.check(request)
             outputs = guard.upstream_outputs(request)

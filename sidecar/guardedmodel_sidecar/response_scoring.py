@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from guardedmodel_sidecar.errors import GuardError, Unavailable
+from guardedmodel_sidecar.errors import GuardError, Unavailable, UpstreamError
 from guardedmodel_sidecar.guard.scoring import ScorerError, calibrated_confidence
 from guardedmodel_sidecar.protocol.model import InferResponse
 from guardedmodel_sidecar.version_guard import VersionGuard
@@ -65,11 +65,20 @@ def score_response(guard: VersionGuard, response: InferResponse) -> Scores:
         if features_out is not None:
             features = features_out.as_numpy()
             features = features.reshape(features.shape[0], -1)
-    if logits.shape[0] == 1:
-        confidence, predicted = single_row_confidence(logits[0], guard.temperature)
-    else:
-        confidence, predicted = calibrated_confidence(logits, guard.temperature)
-    ood = guard.scorer.score(logits, features) if guard.scorer is not None else None
+    try:
+        if logits.shape[0] == 1:
+            confidence, predicted = single_row_confidence(logits[0], guard.temperature)
+        else:
+            confidence, predicted = calibrated_confidence(logits, guard.temperature)
+        ood = guard.scorer.score(logits, features) if guard.scorer is not None else None
+    except ScorerError as exc:
+        # Triton's answer, not the sidecar, is at fault (an output missing or of the wrong shape, as a
+        # backend that is crashing sends): a 502 that says so, not an internal error.
+        raise UpstreamError(
+            f"model '{guard.metrics.model}' version {guard.version} answered in a form the guard cannot "
+            f"score: {exc}",
+            502,
+        ) from None
     p_value = None
     conformal = guard.conformal
     if ood is not None and conformal is not None:

@@ -98,11 +98,11 @@ class TritonConnection(asyncio.Protocol):
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
-            self._fail(cause if isinstance(cause, GuardError) else malformed(exc))
+            self.fail(cause if isinstance(cause, GuardError) else malformed(exc))
         except httptools.HttpParserError as exc:
-            self._fail(malformed(exc))
+            self.fail(malformed(exc))
         except httptools.HttpParserUpgrade:
-            self._fail(
+            self.fail(
                 UpstreamError("Triton answered with a protocol switch the sidecar never asked for", 502)
             )
 
@@ -193,7 +193,8 @@ class TritonConnection(asyncio.Protocol):
     def usable(self) -> bool:
         return not self.closed and self.transport is not None and not self.transport.is_closing()
 
-    def _fail(self, exc: Exception) -> None:
+    def fail(self, exc: Exception) -> None:
+        """End the request in flight with ``exc`` and close for good."""
         waiter, self._waiter = self._waiter, None
         self.abort()
         if waiter is not None and not waiter.done():

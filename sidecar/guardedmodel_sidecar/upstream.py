@@ -73,6 +73,11 @@ class TritonHttp:
         self._idle: collections.deque[TritonConnection] = collections.deque()
         self._waiters: collections.deque[asyncio.Future[TritonConnection | None]] = collections.deque()
         self._open = 0
+        # Connections with a request in flight, so that a hung Triton's calls can be abandoned.
+        self._busy: set[TritonConnection] = set()
+        # Why Triton is taken for down (set by the liveness watch, triton_watch.py); while set, every
+        # call fails at once with this reason instead of waiting on a Triton that does not answer.
+        self.down: str | None = None
         self._host_header = f"Host: {url}\r\n"
         # Triton's restricted-API header, on the sidecar's model-repository calls (index, load, unload)
         # only: those are the restricted calls it makes itself or forwards, rebuilt, for a caller.
@@ -101,6 +106,8 @@ class TritonHttp:
     async def _acquire(self, deadline: float) -> TritonConnection:
         idle = self._idle
         while True:
+            if self.down is not None:
+                raise Unavailable(self.down)
             while idle:
                 conn = idle.pop()
                 if conn.usable():
@@ -194,8 +201,13 @@ class TritonHttp:
         # (safe: nothing of an answer came back, and the request never reached a live connection).
         for attempt in (1, 2):
             conn = await self._acquire(deadline)
+            if self.down is not None:  # taken for down while this call was connecting
+                self._release(conn)
+                raise Unavailable(self.down)
             waiter = conn.send(head, chunks)
             timer = loop.call_at(deadline, _expire, waiter)
+            busy = self._busy
+            busy.add(conn)
             try:
                 response = await waiter
             except ConnectionClosed as exc:
@@ -212,6 +224,7 @@ class TritonHttp:
                 raise UpstreamTimeout(f"Triton at {self.url} did not answer within {limit:g} s") from None
             finally:
                 timer.cancel()
+                busy.discard(conn)
             self._release(conn)
             return response
         raise AssertionError("unreachable")
@@ -269,19 +282,26 @@ class TritonHttp:
         except orjson.JSONDecodeError:
             return response.status, None
 
-    async def is_live(self) -> bool:
-        return await self._health("/v2/health/live")
+    # ------------------------------------------------------------------------------ Triton down
 
-    async def is_ready(self) -> bool:
-        return await self._health("/v2/health/ready")
+    def mark_down(self, reason: str, *, abandon: bool) -> None:
+        """Take Triton for down: calls fail at once with ``reason`` (503, UNAVAILABLE) until
+        ``mark_up``; callers waiting for a connection get it now. ``abandon``: Triton is hung (it
+        accepts connections and answers nothing), so the calls in flight get it too, instead of
+        waiting out their deadline on a Triton that may never answer; their connections are closed."""
+        self.down = reason
+        while self._idle:
+            self._idle.pop().abort()
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # _acquire sees ``down`` and refuses
+        if abandon:
+            for conn in list(self._busy):
+                conn.fail(Unavailable(f"{reason}; the call was abandoned"))
 
-    async def _health(self, path: str) -> bool:
-        """True when Triton answers the health ``path`` with 200; False when it does not or cannot."""
-        try:
-            response = await self.request("GET", path, timeout_s=2.0)
-        except Unavailable:
-            return False
-        return response.status == 200
+    def mark_up(self) -> None:
+        self.down = None
 
     def close(self) -> None:
         while self._idle:

@@ -86,9 +86,24 @@ class ManagedProcess:
     def stop(self, timeout: float = 10.0) -> None:
         if self.popen is None:
             return
+        self.resume()  # a stopped (paused) group would sit out SIGTERM until the SIGKILL
         terminate_group(self.popen.pid, timeout)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.popen.wait(timeout=1)
+
+    def pause(self) -> None:
+        """SIGSTOP the whole group: the server hangs (its sockets still accept, nothing answers), as a
+        process stuck in the kernel or a frozen cgroup does; ``resume`` lets it go on."""
+        self._signal_group(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self._signal_group(signal.SIGCONT)
+
+    def _signal_group(self, sig: signal.Signals) -> None:
+        if self.popen is None or self.popen.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.popen.pid, sig)
 
     def kill(self) -> None:
         """SIGKILL the whole group at once: for tests of what happens when a server dies."""

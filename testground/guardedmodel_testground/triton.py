@@ -150,3 +150,12 @@ class TritonServer(LocalServer):
     def kill(self) -> None:
         if self.process:
             self.process.kill()
+
+    def pause(self) -> None:
+        """Hang Triton (SIGSTOP to it and its backend stubs); ``resume`` (SIGCONT) lets it go on."""
+        if self.process:
+            self.process.pause()
+
+    def resume(self) -> None:
+        if self.process:
+            self.process.resume()

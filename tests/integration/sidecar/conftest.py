@@ -4,6 +4,7 @@ and a real webhook receiver on loopback."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -152,6 +153,25 @@ def launch_sidecar(
             env=env,
         )
     return proc
+
+
+@contextlib.contextmanager
+def triton_and_sidecar(
+    repository: Path, work: Path, **config: Any
+) -> Iterator[tuple[TritonServer, SidecarProcess]]:
+    """Triton (explicit model control) and a ready sidecar in front of it, both stopped on exit;
+    ``config``: the keyword arguments of ``sidecar_config``."""
+    triton = TritonServer(repository, model_control_mode="explicit", log_dir=work / "logs")
+    triton.start()
+    try:
+        proc = launch_sidecar(sidecar_config(triton, repository, work, **config), work, "sidecar")
+        try:
+            proc.wait_ready()
+            yield triton, proc
+        finally:
+            proc.stop()
+    finally:
+        triton.stop()
 
 
 @pytest.fixture

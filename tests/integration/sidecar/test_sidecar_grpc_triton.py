@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-from conftest import SidecarProcess, launch_sidecar, sidecar_config
+from conftest import SidecarProcess, triton_and_sidecar
 from sidecar_toy import MODEL, reference_outputs, toy_data, write_toy_repository
 from tritonclient.utils import InferenceServerException
 
@@ -41,16 +41,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TritonServ
     work = tmp_path_factory.mktemp("grpc-stack")
     repository = write_toy_repository(work, versions=("1",))
     make_slowable(repository / MODEL / "1" / "model.py")
-    triton = TritonServer(repository, model_control_mode="explicit", log_dir=work / "logs")
-    triton.start()
-    config = sidecar_config(triton, repository, work, tuning={"microBatching": {"enabled": True}})
-    proc = launch_sidecar(config, work, "sidecar")
-    try:
-        proc.wait_ready()
-        yield triton, proc
-    finally:
-        proc.stop()
-        triton.stop()
+    with triton_and_sidecar(repository, work, tuning={"microBatching": {"enabled": True}}) as stack:
+        yield stack
 
 
 def infer_input(x: np.ndarray) -> Any:
