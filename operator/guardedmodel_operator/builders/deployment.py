@@ -91,6 +91,20 @@ def _model_volume(ctx: BuildContext) -> tuple[dict[str, Any], dict[str, Any]]:
     return {"name": "models", "emptyDir": {}}, mount
 
 
+# A deleted pod stays in the Service's endpoints until kube-proxy and the clients' resolvers have seen
+# it go, a few seconds: the sidecar keeps taking requests that long (a preStop sleep) before its
+# SIGTERM, then answers what it accepted (the sidecar's stop grace, 10 s). Triton outlives both, so
+# no request the sidecar accepted meets a Triton that is shutting down.
+ENDPOINT_REMOVAL_S = 5
+SIDECAR_STOP_GRACE_S = 10
+TRITON_STOP_DELAY_S = ENDPOINT_REMOVAL_S + SIDECAR_STOP_GRACE_S + 1
+TERMINATION_GRACE_S = 30  # Triton's delay, then its own exit (unloading models)
+
+
+def _sleep_before_stop(seconds: int) -> dict[str, Any]:
+    return {"preStop": {"sleep": {"seconds": seconds}}}
+
+
 def _fetch_container(ctx: BuildContext) -> dict[str, Any]:
     spec = ctx.spec
     return {
@@ -127,6 +141,7 @@ def _triton_container(ctx: BuildContext, models_mount: dict[str, Any]) -> dict[s
             {"name": "triton-tmp", "mountPath": "/tmp"},
         ],
         "securityContext": _container_security(),
+        "lifecycle": _sleep_before_stop(TRITON_STOP_DELAY_S),
     }
 
 
@@ -169,6 +184,7 @@ def _sidecar_container(ctx: BuildContext, models_mount: dict[str, Any]) -> dict[
             {"name": "kube-api-access", "mountPath": SERVICE_ACCOUNT_DIR, "readOnly": True},
         ],
         "securityContext": _container_security(),
+        "lifecycle": _sleep_before_stop(ENDPOINT_REMOVAL_S),
     }
 
 
@@ -222,7 +238,7 @@ def build_deployment(ctx: BuildContext) -> dict[str, Any]:
         },
         "containers": [_triton_container(ctx, models_mount), _sidecar_container(ctx, models_mount)],
         "volumes": _volumes(ctx, models_volume),
-        "terminationGracePeriodSeconds": 30,
+        "terminationGracePeriodSeconds": TERMINATION_GRACE_S,
     }
     if spec.repository.is_remote:
         pod_spec["initContainers"] = [_fetch_container(ctx)]

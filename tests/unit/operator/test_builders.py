@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 from typing import Any
 
 import pytest
@@ -20,6 +21,7 @@ from guardedmodel_operator.builders.deployment import triton_args
 from guardedmodel_operator.config import OperatorConfig
 from guardedmodel_operator.labels import POD_HASH_ANNOTATION
 from guardedmodel_operator.spec import parse_spec
+from guardedmodel_sidecar.app import SidecarApp
 from guardedmodel_sidecar.config import parse_config
 from guardedmodel_sidecar.limits import Limits
 
@@ -396,3 +398,19 @@ def test_every_child_kind_has_a_write_stage(minimal_body: dict[str, Any]) -> Non
     stage_of = {kind: i for i, stage in enumerate(WRITE_STAGES) for kind in stage}
     assert set(kinds) == set(stage_of)
     assert stage_of["Role"] < stage_of["RoleBinding"] < stage_of["Deployment"]
+
+
+def test_a_stopping_pod_answers_what_it_accepted_and_triton_outlives_the_sidecar(
+    minimal_body: dict[str, Any],
+) -> None:
+    """The stop order of a deleted pod: the sidecar takes requests while endpoints drop it, then drains
+    them within its grace; Triton stays up through both, and all of it fits the grace period."""
+    deployment = build_deployment(context(minimal_body))
+    pod = deployment["spec"]["template"]["spec"]
+    sidecar, triton = containers(deployment)["sidecar"], containers(deployment)["triton"]
+    sidecar_delay = sidecar["lifecycle"]["preStop"]["sleep"]["seconds"]
+    triton_delay = triton["lifecycle"]["preStop"]["sleep"]["seconds"]
+    stop_grace = inspect.signature(SidecarApp.stop).parameters["grace_s"].default
+    assert sidecar_delay >= 3  # endpoints need seconds to forget a pod
+    assert triton_delay > sidecar_delay + stop_grace
+    assert pod["terminationGracePeriodSeconds"] > triton_delay
