@@ -27,7 +27,7 @@ from . import metrics
 from .comparison import ComparisonSamples
 from .comparison_source import fetch_comparison
 from .metrics_source import fetch_samples
-from .outcome import apply_verdict, status_changes
+from .outcome import apply_verdict, metrics_available, status_changes
 from .types import MetricSamples, RolloutSpec, RolloutState
 from .verdict import (
     ANALYSING,
@@ -35,7 +35,9 @@ from .verdict import (
     CHECKS_PASSED,
     HALTED,
     IDLE,
-    NO_DATA,
+    INCONCLUSIVE,
+    METRICS_UNAVAILABLE,
+    NO_DATA_HOLDS,
     WAITING_FOR_DEPLOYMENT,
     WAITING_FOR_FIRST_VERSION,
     Analysis,
@@ -69,16 +71,25 @@ def verdict_events(verdict: Verdict, state: RolloutState) -> list[Event]:
     """The Events a decision deserves. Pure.
 
     Every routing change gets one; a hold gets a "Held" Event only when its reason
-    differs from the one stored, so a model waiting for data does not flood them.
+    differs from the one stored, so a model waiting for data does not flood them. A stable version
+    unchecked past noDataTimeout gets a Warning (MetricsUnavailable), a canary or shadow given up
+    for lack of data another (Inconclusive), and the first check with data after such a hold a
+    Normal MetricsAvailable.
     """
     if verdict.kind is Kind.HOLD:
         if verdict.reason == CHECK_FAILED:
             return [Event("Warning", "CheckFailed", verdict.message)]
+        if verdict.checked and state.no_data_since is not None:
+            return [Event("Normal", "MetricsAvailable", f"checks have data again: {verdict.message}")]
         if verdict.reason in _QUIET or verdict.reason == state.reason:
             return []
+        if verdict.reason == METRICS_UNAVAILABLE:
+            return [Event("Warning", METRICS_UNAVAILABLE, verdict.message)]
         return [Event("Normal", "Held", f"{verdict.reason}: {verdict.message}")]
     if verdict.kind is Kind.DEGRADE and state.phase == "Degraded":
         return []  # still degraded: said already
+    if verdict.reason == INCONCLUSIVE:
+        return [Event("Warning", INCONCLUSIVE, verdict.message)]
     kind, reason = _EVENTS[verdict.kind]
     return [Event(kind, reason, verdict.message)]
 
@@ -105,6 +116,9 @@ def plan_step(
     verdict = decide(spec, state, samples, now)
     owned = apply_verdict(status, verdict, spec, now)
     patch = status_changes(status, owned)
+    conditions = metrics_available(status, verdict, owned["rollout"], spec.generation, now)
+    if conditions is not None:
+        patch = {**(patch or {}), "conditions": conditions}
     if patch is not None and verdict.kind is not Kind.HOLD:
         next_in: float | None = 0.0  # routing changed: look again at once, the next step may follow
     elif verdict.kind is Kind.HOLD and verdict.reason in _EVENT_DRIVEN:
@@ -191,6 +205,6 @@ class RolloutController:
         metrics.count(meta["namespace"], meta["name"], result.verdict)
         for event in result.events:
             self.emit(body, event)
-        if result.verdict.kind is not Kind.HOLD or result.verdict.reason in (CHECK_FAILED, NO_DATA):
+        if result.verdict.kind is not Kind.HOLD or result.verdict.reason in (CHECK_FAILED, *NO_DATA_HOLDS):
             log.info("%s/%s: %s", meta["namespace"], meta["name"], result.verdict.message)
         return result, written
