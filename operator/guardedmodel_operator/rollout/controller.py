@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..clock import utcnow
+from ..clock import format_time, utcnow
 from ..events import EmitEvent, Event
 from ..kube import PatchStatus
 from ..prometheus import PrometheusSource
@@ -73,14 +73,20 @@ def verdict_events(verdict: Verdict, state: RolloutState) -> list[Event]:
     Every routing change gets one; a hold gets a "Held" Event only when its reason
     differs from the one stored, so a model waiting for data does not flood them. A stable version
     unchecked past noDataTimeout gets a Warning (MetricsUnavailable), a canary or shadow given up
-    for lack of data another (Inconclusive), and the first check with data after such a hold a
-    Normal MetricsAvailable.
+    for lack of data another (Inconclusive), and the first check with data after a hold for lack of
+    data a Normal MetricsAvailable before what that check decided.
     """
+    events = _decision_events(verdict, state)
+    if verdict.checked and state.no_data_since is not None:
+        back = f"a check of version {verdict.version} had its figures again, the first since {format_time(state.no_data_since)}"
+        events.insert(0, Event("Normal", "MetricsAvailable", back))
+    return events
+
+
+def _decision_events(verdict: Verdict, state: RolloutState) -> list[Event]:
     if verdict.kind is Kind.HOLD:
         if verdict.reason == CHECK_FAILED:
             return [Event("Warning", "CheckFailed", verdict.message)]
-        if verdict.checked and state.no_data_since is not None:
-            return [Event("Normal", "MetricsAvailable", f"checks have data again: {verdict.message}")]
         if verdict.reason in _QUIET or verdict.reason == state.reason:
             return []
         if verdict.reason == METRICS_UNAVAILABLE:

@@ -31,6 +31,7 @@ from guardedmodel_operator.rollout.verdict import (
     NO_DATA_HOLDS,
     Kind,
 )
+from guardedmodel_operator.status import merge_patch
 
 T0 = dt.datetime(2025, 1, 1, 12, 0, 0, tzinfo=dt.UTC)
 INTERVAL_S, TIMEOUT_S = 30.0, 300.0
@@ -142,13 +143,27 @@ def simulate(
         if analysis is not None and result.verdict.recheck_after_s is None:
             last_check = now
         if result.patch is not None:
-            status = {k: v for k, v in {**status, **result.patch}.items() if v is not None}
+            status = apply_merge_patch(status, result.patch)
         step = Step(now, samples, result, status)
         run.steps.append(step)
         if stop(step) or result.next_in_s is None:
             break
         now += dt.timedelta(seconds=max(result.next_in_s, 0.001))
     return run
+
+
+def apply_merge_patch(target: Any, patch: Any) -> Any:
+    """What the API server does with a status merge patch (RFC 7386): objects merge key by key,
+    null deletes, anything else replaces."""
+    if not isinstance(patch, dict):
+        return patch
+    out = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = apply_merge_patch(out.get(key), value)
+    return out
 
 
 def condition(status: dict[str, Any], kind: str = METRICS_AVAILABLE) -> dict[str, Any] | None:
@@ -226,7 +241,10 @@ def test_data_returning_before_the_bound_lets_the_canary_go_on() -> None:
         "lastTransitionTime": format_time(back.at),
         "observedGeneration": 2,
     }
-    assert run.events()[:2] == [("Normal", "Held"), ("Normal", "Promoted")]
+    assert run.events()[:3] == [("Normal", "Held"), ("Normal", "MetricsAvailable"), ("Normal", "Promoted")]
+    assert back.result.events[0].message == (
+        f"a check of version 2 had its figures again, the first since {format_time(T0 + dt.timedelta(seconds=INTERVAL_S))}"
+    )
 
 
 def test_the_clock_restarts_after_a_check_with_data() -> None:
@@ -369,3 +387,31 @@ def test_no_data_timeout_from_the_spec() -> None:
 @pytest.mark.parametrize("seconds", [0.25, 1.0, 45.0, 90.0, 600.0, 3600.0, 5400.0, 3661.0, 2.5])
 def test_format_duration_reads_back(seconds: float) -> None:
     assert parse_duration(format_duration(seconds)) == seconds
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=3),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from("abcd"), inner, max_size=4),
+    max_leaves=12,
+)
+STATUS = st.dictionaries(st.sampled_from(["rollout", "metrics", "phase", "conditions"]), JSON, max_size=4)
+
+
+@settings(max_examples=300, deadline=None)
+@given(STATUS, STATUS)
+def test_a_status_patch_stored_by_the_api_server_gives_the_status_wanted(
+    current: dict[str, Any], desired: dict[str, Any]
+) -> None:
+    """merge_patch's patch, merged as the API server merges it, turns the stored status into the
+    wanted one, keys deleted inside an object (status.rollout.noDataSince) included."""
+    desired = {k: v for k, v in desired.items() if v is not None}
+    patch = merge_patch(current, desired)
+    stored = current if patch is None else apply_merge_patch(current, patch)
+    assert _without_nulls(stored) == _without_nulls(desired)
+
+
+def _without_nulls(value: Any) -> Any:
+    """A merge patch cannot store a null inside an object (null means delete): compare without them."""
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    return value
