@@ -145,6 +145,23 @@ def needed(
     )
 
 
+@dataclass(frozen=True)
+class Measured:
+    """Samples read for one analysis, before the step that uses them."""
+
+    analysis: Analysis
+    samples: MetricSamples | ComparisonSamples
+
+    def answers(self, analysis: Analysis) -> bool:
+        """They measured what `analysis` needs: the same version, in the same role."""
+        mine = self.analysis
+        return (mine.version, mine.canary, mine.comparison) == (
+            analysis.version,
+            analysis.canary,
+            analysis.comparison,
+        )
+
+
 @dataclass
 class RolloutController:
     """The I/O around `plan_step`: read samples, write the status, post Events, count."""
@@ -186,8 +203,34 @@ class RolloutController:
             self.source, meta["namespace"], meta["name"], version, baseline, since_s + 30.0
         )
 
-    async def step(self, body: Mapping[str, Any]) -> tuple[StepResult, dict[str, Any] | None]:
-        """One step; returns the result and the object the API server returned, if written."""
+    async def measure(self, body: Mapping[str, Any]) -> Measured | None:
+        """The samples the next step of this model will need, read now, or None when it needs none.
+
+        The wiring calls this before it takes the model's lock, so that a slow or hung Prometheus
+        (each query bounded by the operator's Prometheus timeout) delays no other work on the model."""
+        now = self.now()
+        spec = RolloutSpec.from_body(body)
+        meta = body["metadata"]
+        analysis = needed(
+            spec, body.get("status"), now, self.last_checks.get((meta["namespace"], meta["name"]))
+        )
+        if analysis is None:
+            return None
+        return Measured(analysis, await self._read(body, spec, analysis, now))
+
+    async def _read(
+        self, body: Mapping[str, Any], spec: RolloutSpec, analysis: Analysis, now: dt.datetime
+    ) -> MetricSamples | ComparisonSamples:
+        if analysis.comparison:
+            state = RolloutState.from_status(body.get("status"), spec.generation)
+            return await self.comparison_for(body, analysis.version, state, now)
+        return await self.samples_for(body, spec, analysis.version)
+
+    async def step(
+        self, body: Mapping[str, Any], measured: Measured | None = None
+    ) -> tuple[StepResult, dict[str, Any] | None]:
+        """One step; returns the result and the object the API server returned, if written.
+        `measured`: samples read before (`measure`), used when they answer what this step needs."""
         now = self.now()
         spec = RolloutSpec.from_body(body)  # parsed once per step
         status = body.get("status")
@@ -196,11 +239,10 @@ class RolloutController:
         last_check = self.last_checks.get(key)
         analysis = needed(spec, status, now, last_check)
         samples: MetricSamples | ComparisonSamples | None = None
-        if analysis is not None and analysis.comparison:
-            state = RolloutState.from_status(status, spec.generation)
-            samples = await self.comparison_for(body, analysis.version, state, now)
-        elif analysis is not None:
-            samples = await self.samples_for(body, spec, analysis.version)
+        if analysis is not None and measured is not None and measured.answers(analysis):
+            samples = measured.samples
+        elif analysis is not None:  # the model changed since (or nothing was read before)
+            samples = await self._read(body, spec, analysis, now)
         result = plan_step(spec, status, samples, now, last_check)
         if analysis is not None and result.verdict.recheck_after_s is None:
             # (a check asking to look again soon, for a figure a scrape away, does not count)

@@ -10,7 +10,6 @@ spec.rollout.noDataTimeout has passed; a Prometheus back before the bound lets i
 from __future__ import annotations
 
 import json
-import subprocess
 import threading
 import time
 import urllib.request
@@ -27,6 +26,7 @@ from sidecar_traffic import SidecarTraffic
 from guardedmodel_testground import faulty_http
 from guardedmodel_testground.cluster import LocalCluster
 from guardedmodel_testground.faulty_http import FaultyHTTP
+from guardedmodel_testground.object_watch import ObjectWatch, Seen
 from guardedmodel_testground.procs import free_port
 from guardedmodel_testground.prometheus import Prometheus
 
@@ -52,75 +52,9 @@ def spec(version: str, no_data_timeout_s: int) -> dict[str, Any]:
     }
 
 
-@dataclass
-class Seen:
-    at: float  # time.monotonic()
-    resource_version: str
-    status: dict[str, Any]
-
-
-class Watch:
-    """Every version of the object the API server sends (kubectl get -w), with when it came."""
-
-    def __init__(self, cluster: LocalCluster, namespace: str) -> None:
-        assert cluster.binaries is not None
-        self.seen: list[Seen] = []
-        self.lock = threading.Lock()
-        self.process = subprocess.Popen(
-            [
-                str(cluster.binaries.kubectl),
-                f"--kubeconfig={cluster.kubeconfig}",
-                "get",
-                "guardedmodel",
-                NAME,
-                "-n",
-                namespace,
-                "--watch",
-                "-o",
-                "json",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        decoder, buffer = json.JSONDecoder(), ""
-        for line in self.process.stdout:
-            buffer += line
-            while buffer.strip():
-                try:
-                    obj, end = decoder.raw_decode(buffer.lstrip())
-                except ValueError:
-                    break
-                buffer = buffer.lstrip()[end:]
-                with self.lock:
-                    self.seen.append(
-                        Seen(time.monotonic(), obj["metadata"]["resourceVersion"], obj.get("status") or {})
-                    )
-
-    def first(self, ok: Callable[[dict[str, Any]], bool], after: Seen | None = None) -> Seen | None:
-        with self.lock:
-            return next((s for s in self.seen if ok(s.status) and (after is None or s.at > after.at)), None)
-
-    def weights(self) -> list[int]:
-        with self.lock:
-            return sorted(
-                {s.status.get("canaryWeight") or 0 for s in self.seen if s.status.get("canaryVersion")}
-            )
-
-    def writes_between(self, start: Seen, end: Seen) -> int:
-        """Versions of the object stored after `start` and before `end`."""
-        with self.lock:
-            return len(
-                {s.resource_version for s in self.seen if start.at < s.at < end.at} - {start.resource_version}
-            )
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=10)
+def weights(watch: ObjectWatch) -> list[int]:
+    """The canary weights the status ever had."""
+    return sorted({st.get("canaryWeight") or 0 for st in watch.statuses() if st.get("canaryVersion")})
 
 
 @dataclass
@@ -132,17 +66,17 @@ class Outage:
     log: Path
     cleanups: list[Callable[[], None]]
     metrics_port: int
-    watch: Watch | None = None  # from the first apply on
+    watch: ObjectWatch | None = None  # from the first apply on
     stop_flag: threading.Event = field(default_factory=threading.Event)
 
     def apply(self, version: str, no_data_timeout_s: int) -> None:
         manifest = model_manifest(self.namespace, NAME, spec(version, no_data_timeout_s))
         self.cluster.kubectl("apply", "-f", "-", input=manifest)
         if self.watch is None:  # kubectl watches one object only once it exists
-            self.watch = Watch(self.cluster, self.namespace)
+            self.watch = ObjectWatch(self.cluster, "guardedmodel", NAME, self.namespace)
             self.cleanups.append(self.watch.stop)
 
-    def watched(self) -> Watch:
+    def watched(self) -> ObjectWatch:
         assert self.watch is not None, "nothing applied yet"
         return self.watch
 
@@ -262,7 +196,7 @@ def assert_held_then_rolled_back(o: Outage, bound_s: int, cause: str) -> dict[st
     degraded = next(c for c in o.status()["conditions"] if c["type"] == "Degraded")
     assert (degraded["status"], degraded["reason"]) == ("True", "Inconclusive"), degraded
     assert status["stableVersion"] == "1" and status["rollout"]["blockedReason"] == "Inconclusive"
-    assert o.watched().weights() == [10], "promoted on missing data"
+    assert weights(o.watched()) == [10], "promoted on missing data"
 
     # In the status's own whole-second times: never before the bound, and not much after.
     since = _seconds(held.status["rollout"]["noDataSince"])
@@ -328,7 +262,7 @@ def test_prometheus_back_before_the_bound_lets_the_canary_go_on(outage: Callable
     o.prometheus.start()  # same address, same data: Prometheus is back
 
     done = o.wait("version 2 promoted", stable("2"), timeout=90)
-    assert o.watched().weights() == [10, 50, 100]
+    assert weights(o.watched()) == [10, 50, 100]
     assert done.at - held.at < bound_s
     assert not [h for h in done.status["history"] if h["outcome"] == "RolledBack"]
     assert metrics_available(done.status)["status"] == "True"

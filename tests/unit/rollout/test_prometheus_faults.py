@@ -17,13 +17,16 @@ from typing import Any
 import pytest
 
 from guardedmodel_operator.clock import format_time
+from guardedmodel_operator.config import OperatorConfig
 from guardedmodel_operator.events import Event
+from guardedmodel_operator.handlers import OperatorState
 from guardedmodel_operator.prometheus import PrometheusSettings, PrometheusSource
 from guardedmodel_operator.rollout.comparison_source import fetch_comparison
 from guardedmodel_operator.rollout.controller import RolloutController
 from guardedmodel_operator.rollout.metrics_source import fetch_samples, queries
 from guardedmodel_operator.rollout.types import MetricSamples, RolloutSpec, RolloutState
 from guardedmodel_operator.rollout.verdict import INCONCLUSIVE, NO_DATA, Kind, decide
+from guardedmodel_operator.rollout.wiring import rollout_step
 from guardedmodel_testground import faulty_http
 from guardedmodel_testground.faulty_http import FaultyHTTP
 from guardedmodel_testground.procs import free_port
@@ -188,3 +191,60 @@ async def test_the_controller_step_over_a_hung_prometheus(server: FaultyHTTP) ->
     finally:
         await source.close()
     await asyncio.sleep(0)
+
+
+async def test_a_hung_prometheus_does_not_hold_the_model_lock(server: FaultyHTTP) -> None:
+    """The queries of a step run before it takes the model's lock: while they hang, the core's
+    reconcile of the model (the same lock) goes ahead; the step then decides on what they gave."""
+    server.set(faulty_http.HANG)
+    memo = OperatorState(config=OperatorConfig())
+    key = ("ml", "clf")
+    memo.rollout_bodies[key] = canary_body(None)
+    patches: list[dict[str, Any]] = []
+
+    async def patch_status(namespace: str, name: str, patch: Mapping[str, Any]) -> dict[str, Any]:
+        patches.append(dict(patch))  # what the API server answers: the object as stored
+        return {**canary_body(None), "kind": "GuardedModel", "status": dict(patch)}
+
+    source = PrometheusSource(PrometheusSettings(server.url, timeout_s=TIMEOUT_S, min_window_s=0))
+    controller = RolloutController(source, patch_status, lambda _b, _e: None, now=lambda: T0)
+    try:
+        stepping = asyncio.create_task(rollout_step(memo, controller, key))
+        while server.requests == 0:
+            await asyncio.sleep(0.01)
+        lock = memo.locks.setdefault(key, asyncio.Lock())
+        async with asyncio.timeout(TIMEOUT_S / 3):  # well before the queries give up
+            async with lock:
+                assert not stepping.done()  # the reconcile got the lock while the queries hang
+        assert await stepping == 30.0  # held for lack of data: the next check in one interval
+    finally:
+        await source.close()
+    [patch] = patches
+    assert patch["rollout"]["reason"] == NO_DATA and "TimeoutError" in patch["rollout"]["message"]
+
+
+async def test_samples_read_before_the_lock_are_used_only_for_what_they_measured(server: FaultyHTTP) -> None:
+    server.set(faulty_http.UNAVAILABLE_503)
+    source = PrometheusSource(PrometheusSettings(server.url, timeout_s=TIMEOUT_S, min_window_s=0))
+    controller = RolloutController(source, _no_write, lambda _b, _e: None, now=lambda: T0)
+    try:
+        measured = await controller.measure(canary_body(None))
+        assert measured is not None and measured.analysis.version == "2"
+        read = server.requests
+        result, _ = await controller.step(canary_body(None), measured)
+        assert server.requests == read  # no query under the lock
+        assert result.verdict.reason == NO_DATA and "HTTP 503" in result.verdict.message
+
+        # The model moved on meanwhile (the canary was aborted): those samples answer nothing now.
+        stable = canary_body(None)
+        stable["spec"]["model"]["version"] = "1"
+        stable["status"].update(canaryVersion=None, canaryWeight=0, rollout={"phase": "Ready"})
+        controller.last_checks.clear()
+        result, _ = await controller.step(stable, measured)
+        assert server.requests > read and result.verdict.version == "1"
+    finally:
+        await source.close()
+
+
+async def _no_write(namespace: str, name: str, patch: Mapping[str, Any]) -> dict[str, Any]:
+    return {}
