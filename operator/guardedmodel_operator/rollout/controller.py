@@ -77,8 +77,8 @@ def verdict_events(verdict: Verdict, state: RolloutState) -> list[Event]:
     data a Normal MetricsAvailable before what that check decided.
     """
     events = _decision_events(verdict, state)
-    if verdict.checked and state.no_data_since is not None:
-        back = f"a check of version {verdict.version} had its figures again, the first since {format_time(state.no_data_since)}"
+    if (verdict.checked or verdict.data_missing is False) and state.no_data_since is not None:
+        back = f"a check of version {verdict.version} had data again, the first since {format_time(state.no_data_since)}"
         events.insert(0, Event("Normal", "MetricsAvailable", back))
     return events
 

@@ -22,7 +22,7 @@ from ..status import (
     trimmed_history,
 )
 from .types import INSUFFICIENT_DATA, MetricSamples, RolloutSpec
-from .verdict import ANALYSING, CHECK_FAILED, NO_DATA_HOLDS, ROLLBACK_ACKNOWLEDGED, Kind, Verdict
+from .verdict import ANALYSING, CHECK_FAILED, ROLLBACK_ACKNOWLEDGED, Kind, Verdict
 
 # The rollout controller's own condition (the core keeps the conditions of other writers).
 METRICS_AVAILABLE = "MetricsAvailable"
@@ -131,9 +131,9 @@ def apply_verdict(
 
     # The noDataTimeout clock: it starts at the first check of a run without data and stops at any
     # check that had data or any change of routing.
-    if kind is Kind.HOLD and verdict.reason in NO_DATA_HOLDS:
+    if kind is Kind.HOLD and verdict.data_missing:
         rollout.setdefault("noDataSince", at)
-    elif kind is not Kind.HOLD or verdict.checked:
+    elif verdict.ends_no_data:
         rollout.pop("noDataSince", None)
 
     # A routing change or a failed check rewrites the message; a repeated hold or a
@@ -203,18 +203,18 @@ def metrics_available(
 ) -> list[dict[str, Any]] | None:
     """The conditions list with MetricsAvailable after the verdict, or None when it stays as it is.
 
-    False while a check holds for lack of data: its reason (NoData, VersionNotLoaded,
-    MetricsUnavailable) and message, and lastTransitionTime the first check without data
-    (status.rollout.noDataSince). True again once a check had data or routing moved on. A model that
-    never held for lack of data has no such condition. `rollout` is status.rollout after the verdict.
+    False while a check holds for lack of data (`Verdict.data_missing`): its reason (NoData,
+    VersionNotLoaded, MetricsUnavailable) and message, and lastTransitionTime the first check without
+    data (status.rollout.noDataSince). True again once a check had data or routing moved on. A model
+    that never held for lack of data has no such condition. `rollout` is status.rollout after the verdict.
     """
     status = status or {}
     previous = conditions_by_type(status).get(METRICS_AVAILABLE)
     rollout = rollout or {}
-    if verdict.kind is Kind.HOLD and verdict.reason in NO_DATA_HOLDS:
+    if verdict.kind is Kind.HOLD and verdict.data_missing:
         value = ("False", verdict.reason, str(rollout.get("message") or verdict.message))
         at = str(rollout.get("noDataSince") or format_time(now))
-    elif previous is not None and (verdict.kind is not Kind.HOLD or verdict.checked):
+    elif previous is not None and verdict.ends_no_data:
         value, at = ("True", "NotHolding", "no rollout step is holding for lack of metrics"), format_time(now)
     else:
         return None

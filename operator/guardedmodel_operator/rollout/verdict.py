@@ -96,10 +96,18 @@ class Verdict:
     breaches: tuple[Breach, ...] = ()
     # When to look again; None = when something changes (or the interval).
     recheck_after_s: float | None = None
+    # The check lacked the data it needed: True runs the noDataTimeout clock (status.rollout.noDataSince);
+    # False: Prometheus answered, there is nothing to wait for (a stable version too idle to check).
+    data_missing: bool | None = None
 
     @property
     def checked(self) -> bool:
         return self.failed_checks is not None
+
+    @property
+    def ends_no_data(self) -> bool:
+        """The noDataTimeout clock stops: a check had what it needed, or routing moved on."""
+        return self.data_missing is False or self.checked or self.kind is not Kind.HOLD
 
 
 @dataclass(frozen=True)
@@ -209,6 +217,10 @@ def _bounded(
     never holds forever. The stable version keeps serving: its hold turns MetricsUnavailable."""
     if verdict.kind is not Kind.HOLD or verdict.reason not in (NO_DATA, VERSION_NOT_LOADED):
         return verdict
+    if not (analysis.canary or analysis.comparison) and _idle(spec, verdict):
+        # Prometheus answered: too few requests to check a stable version is an idle model (its Idle
+        # condition says so), not an unmonitored one.
+        return replace(verdict, data_missing=False)
     since = state.no_data_since or now
     deadline = since + dt.timedelta(seconds=spec.no_data_timeout_s)
     bound = f"noDataTimeout {format_duration(spec.no_data_timeout_s)}"
@@ -225,7 +237,9 @@ def _bounded(
         recheck = verdict.recheck_after_s
         if remaining < spec.interval_s:  # the bound falls before the next check: look again at it
             recheck = remaining if recheck is None else min(recheck, remaining)
-        return replace(verdict, message=f"{verdict.message} ({note})", recheck_after_s=recheck)
+        return replace(
+            verdict, message=f"{verdict.message} ({note})", recheck_after_s=recheck, data_missing=True
+        )
     held = f"no check had its figures since {format_time(since)} ({bound}); the last said: {verdict.message}"
     if analysis.comparison:
         return Verdict(
@@ -259,7 +273,16 @@ def _bounded(
         "version is not rolled back for lack of data",
         version=version,
         samples=verdict.samples,
+        data_missing=True,
     )
+
+
+def _idle(spec: RolloutSpec, verdict: Verdict) -> bool:
+    """Prometheus answered, with fewer requests than a check needs."""
+    samples = verdict.samples
+    if verdict.reason != NO_DATA or samples is None or samples.error:
+        return False
+    return (samples.value("requests") or 0.0) < spec.min_requests
 
 
 def _hold(reason: str, message: str, **kw: Any) -> Verdict:

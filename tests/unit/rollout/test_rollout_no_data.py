@@ -243,7 +243,7 @@ def test_data_returning_before_the_bound_lets_the_canary_go_on() -> None:
     }
     assert run.events()[:3] == [("Normal", "Held"), ("Normal", "MetricsAvailable"), ("Normal", "Promoted")]
     assert back.result.events[0].message == (
-        f"a check of version 2 had its figures again, the first since {format_time(T0 + dt.timedelta(seconds=INTERVAL_S))}"
+        f"a check of version 2 had data again, the first since {format_time(T0 + dt.timedelta(seconds=INTERVAL_S))}"
     )
 
 
@@ -291,7 +291,10 @@ def test_a_shadow_without_figures_is_refused_as_inconclusive() -> None:
     assert not run.verdicts(Kind.START_CANARY, Kind.PROMOTE_FULL)
 
 
-@pytest.mark.parametrize("kind", ["unreachable", "http500", "empty", "partial"])
+UNMONITORED = [k for k in NO_DATA_KINDS if k not in ("empty", "few_requests")]
+
+
+@pytest.mark.parametrize("kind", UNMONITORED)
 def test_a_stable_version_is_never_rolled_back_for_lack_of_data(kind: str) -> None:
     body = stable_only()
     body["status"]["lastGoodVersion"] = "0"  # a rollback target exists: it must still not be used
@@ -299,7 +302,7 @@ def test_a_stable_version_is_never_rolled_back_for_lack_of_data(kind: str) -> No
 
     assert not run.verdicts(Kind.ROLLBACK, Kind.DEGRADE, Kind.RECOVER)
     first = run.verdicts(Kind.HOLD)[1]
-    assert first.result.verdict.reason == NO_DATA and first.s == INTERVAL_S
+    assert first.result.verdict.reason in (NO_DATA, "VersionNotLoaded") and first.s == INTERVAL_S
     unmonitored = [s for s in run.steps if s.result.verdict.reason == METRICS_UNAVAILABLE]
     assert unmonitored[0].s == first.s + TIMEOUT_S
     held = condition(run.steps[-1].status)
@@ -308,6 +311,27 @@ def test_a_stable_version_is_never_rolled_back_for_lack_of_data(kind: str) -> No
     assert "keeps serving" in held["message"] and run.steps[-1].status["stableVersion"] == "1"
     assert run.events() == [("Normal", "Held"), ("Warning", METRICS_UNAVAILABLE)]
     assert run.writes(after_s=first.s) == 1  # the bound; nothing per check
+
+
+@pytest.mark.parametrize("kind", ["empty", "few_requests"])
+def test_a_stable_version_too_idle_to_check_is_not_unmonitored(kind: str) -> None:
+    """Prometheus answered, with too few requests: the model is idle (its Idle condition says so),
+    nothing is missing. One Held Event, no MetricsAvailable condition, no bound, ever."""
+    run = simulate(stable_only(), lambda _s, v: SAMPLES[kind](v), 6 * TIMEOUT_S)
+    assert {s.result.verdict.reason for s in run.verdicts(Kind.HOLD)[1:]} == {NO_DATA}
+    assert run.events() == [("Normal", "Held")]
+    assert condition(run.steps[-1].status) is None and "noDataSince" not in run.steps[-1].status["rollout"]
+
+
+def test_an_idle_answer_ends_a_stable_version_s_outage() -> None:
+    run = simulate(
+        stable_only(),
+        lambda s, v: SAMPLES["unreachable"](v) if s < TIMEOUT_S else SAMPLES["empty"](v),
+        2 * TIMEOUT_S,
+    )
+    last = run.steps[-1].status
+    assert condition(last)["status"] == "True" and "noDataSince" not in last["rollout"]  # type: ignore[index]
+    assert run.events() == [("Normal", "Held"), ("Normal", "MetricsAvailable")]
 
 
 def test_a_stable_version_whose_data_returns_says_so() -> None:
