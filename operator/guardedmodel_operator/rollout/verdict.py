@@ -24,7 +24,8 @@ Fewer than minRequests requests, a set threshold whose figure is missing, or Pro
 answering (unreachable, an error, a malformed answer) is "no data": inconclusive, a hold that
 neither passes nor fails, and never a promotion. The hold is bounded by noDataTimeout (`_bounded`):
 then a canary is rolled back (halted with autoRollback off) and a shadow refused, as Inconclusive;
-the stable version keeps serving and its hold says MetricsUnavailable. maxDriftScore reads the sidecar's drift test
+the stable version keeps serving and its hold says MetricsUnavailable (a stable version with too
+few requests is idle, not unmonitored: no bound). maxDriftScore reads the sidecar's drift test
 (types.drift_breach): it breaks only when a drift window in the check window was called drifted
 (p <= spec.drift.alpha) and that window's PSI is above the limit; when no window had
 spec.drift.minSamples rows the figure is missing (insufficient data), like minRequests. A check fails when any set threshold
