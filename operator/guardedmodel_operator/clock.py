@@ -37,3 +37,16 @@ def parse_duration(text: str) -> float:
     if not parts or "".join(n + u for n, u in parts) != text:
         raise ValueError(f"{text!r} is not a duration such as 30s, 5m or 1h30m")
     return sum(float(n) * _UNIT_S[u] for n, u in parts)
+
+
+def format_duration(seconds: float) -> str:
+    """Seconds in the CRD's duration format, the largest units first: 600 → '10m', 90 → '1m30s'."""
+    if seconds < 1:
+        return f"{round(seconds * 1000)}ms"
+    if seconds != int(seconds):
+        return f"{seconds:g}s"
+    whole = int(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [f"{n}{unit}" for n, unit in ((hours, "h"), (minutes, "m"), (secs, "s")) if n]
+    return "".join(parts)

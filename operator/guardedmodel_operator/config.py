@@ -88,6 +88,9 @@ class OperatorConfig:
     # guardedmodel_io_name).
     prometheus_namespace_label: str = "namespace"
     prometheus_name_label: str = "guardedmodel_io_name"
+    # One Prometheus query, connection included. A check runs under the model's lock, so a hung
+    # Prometheus delays the model's other work by at most this much per check.
+    prometheus_timeout_s: float = 10.0
     # increase() needs two scrapes inside the window: keep it above twice the
     # scrape interval even when spec.rollout.interval is shorter.
     rollout_min_window_s: float = 60.0
@@ -117,6 +120,8 @@ class OperatorConfig:
             raise ConfigError(
                 f"prometheus URL must start with http:// or https://, not {self.prometheus_url!r}"
             )
+        if self.prometheus_timeout_s <= 0:
+            raise ConfigError(f"the Prometheus timeout must be positive, not {self.prometheus_timeout_s}")
         if self.rollout_min_window_s < 0:
             raise ConfigError(f"rollout min window must not be negative, not {self.rollout_min_window_s}")
         if self.scale_interval_s <= 0 or self.scale_down_window_s < 0:
@@ -249,6 +254,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add("--prometheus-namespace-label", "target label holding a model's namespace")
     add("--prometheus-name-label", "target label holding a GuardedModel's name")
+    add("--prometheus-timeout-s", "limit of one Prometheus query, in seconds", type=float)
     add("--rollout-min-window-s", "shortest metrics window of a rollout check, in seconds", type=float)
     add(
         "--cluster-scanning",

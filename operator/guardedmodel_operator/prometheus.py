@@ -9,7 +9,9 @@ relabelled to `namespace`; both label names are configurable.
 
 from __future__ import annotations
 
+import asyncio
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,7 +43,7 @@ def settings_from(config: OperatorConfig) -> PrometheusSettings | None:
         url=config.prometheus_url,
         namespace_label=config.prometheus_namespace_label,
         name_label=config.prometheus_name_label,
-        timeout_s=config.request_timeout_s,
+        timeout_s=config.prometheus_timeout_s,
         min_window_s=config.rollout_min_window_s,
     )
 
@@ -112,4 +114,43 @@ class PrometheusSource:
             raise MetricsUnavailable(
                 f"Prometheus at {self.settings.url} refused {promql!r} (HTTP {response.status}): {detail}"
             )
+        problem = vector_problem(body)
+        if problem is not None:
+            raise MetricsUnavailable(
+                f"Prometheus at {self.settings.url} answered {promql!r} with no readable vector "
+                f"(HTTP {response.status}): {problem}"
+            )
         return list(body["data"]["result"])
+
+    async def query_all(self, promql: Mapping[str, str]) -> dict[str, list[dict[str, Any]]]:
+        """Several queries at once, by name. One failure fails them all (a check must not decide on
+        part of its figures) and cancels the rest, so they do not hold connections until timed out."""
+        tasks = {name: asyncio.ensure_future(self.query(q)) for name, q in promql.items()}
+        try:
+            await asyncio.gather(*tasks.values())
+        except BaseException:
+            for task in tasks.values():
+                task.cancel()
+            await asyncio.gather(*tasks.values(), return_exceptions=True)
+            raise
+        return {name: task.result() for name, task in tasks.items()}
+
+
+def vector_problem(body: Mapping[str, Any]) -> str | None:
+    """What makes a successful answer unusable as an instant vector (each sample a label set and a
+    [time, "number"] pair), or None. A malformed answer must hold a check, not crash it."""
+    data = body.get("data")
+    result = data.get("result") if isinstance(data, Mapping) else None
+    if not isinstance(result, list):
+        return f"data.result is {type(result).__name__}, not a list"
+    for item in result:
+        if not isinstance(item, Mapping) or not isinstance(item.get("metric"), Mapping):
+            return f"a sample without labels: {str(item)[:100]}"
+        value = item.get("value")
+        if not isinstance(value, list) or len(value) != 2:
+            return f"a sample without a [time, value] pair: {str(item)[:100]}"
+        try:
+            float(value[1])
+        except (TypeError, ValueError):
+            return f"a sample whose value is not a number: {str(item)[:100]}"
+    return None

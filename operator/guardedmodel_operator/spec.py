@@ -37,6 +37,7 @@ DEFAULTS: dict[str, Any] = {
         "steps": [10, 50, 100],
         "interval": "30s",
         "failureLimit": 1,
+        "noDataTimeout": "10m",
         "minRequests": 20,
         "autoRollback": True,
         "continuousGuard": True,

@@ -155,13 +155,23 @@ def merge_patch(
 
     `fields` limits the patch to one writer's fields; without it `desired` is the whole status
     and keys it lacks are deleted. A field to delete gets an explicit null (how a merge patch
-    deletes); a null for a field that is already absent is left out.
+    deletes), inside an object too; a null for a field that is already absent is left out.
     """
     current = current or {}
     keys = list(fields) if fields is not None else [*desired, *(k for k in current if k not in desired)]
     patch = {
-        key: desired.get(key)
+        key: _nested_patch(current.get(key), desired.get(key))
         for key in keys
         if current.get(key) != desired.get(key) and not (desired.get(key) is None and key not in current)
     }
     return patch or None
+
+
+def _nested_patch(current: Any, desired: Any) -> Any:
+    """The value a merge patch sends for one field. The API server merges an object into the
+    stored one key by key, so a key that must go (status.rollout.noDataSince, blockedVersion) needs
+    its explicit null; a list or a plain value replaces the stored one whole."""
+    if not isinstance(current, Mapping) or not isinstance(desired, Mapping):
+        return desired
+    gone = {key: None for key in current if key not in desired}
+    return {**{key: _nested_patch(current.get(key), value) for key, value in desired.items()}, **gone}

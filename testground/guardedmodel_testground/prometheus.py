@@ -153,7 +153,8 @@ class Prometheus(LocalServer):
         self.state_dir.mkdir(parents=True, exist_ok=True)
         config_path = self.state_dir / "prometheus.yml"
         config_path.write_text(yaml.safe_dump(self.config()))
-        self.port = free_port()
+        # Started again after stop(), it keeps its address and its data: an outage, not a new server.
+        self.port = self.port or free_port()
         self.process = ManagedProcess(
             "prometheus",
             [

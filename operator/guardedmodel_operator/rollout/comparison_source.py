@@ -9,7 +9,6 @@ first seen with every row already counted, so a series born inside the window co
 
 from __future__ import annotations
 
-import asyncio
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -83,7 +82,7 @@ async def fetch_comparison(
     window = source.window_s(window_s)
     promql = comparison_queries(source.settings, namespace, name, version, baseline, window)
     try:
-        answers = await asyncio.gather(*(source.query(q) for q in promql.values()))
+        results = await source.query_all(promql)
     except MetricsUnavailable as error:
         return ComparisonSamples(version, baseline, error=str(error))
-    return samples_from_results(dict(zip(promql, answers, strict=True)), version, baseline)
+    return samples_from_results(results, version, baseline)

@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..clock import utcnow
+from ..clock import format_time, utcnow
 from ..events import EmitEvent, Event
 from ..kube import CONFLICT, ApiError, PatchStatus
 from ..prometheus import PrometheusSource
@@ -27,7 +27,7 @@ from . import metrics
 from .comparison import ComparisonSamples
 from .comparison_source import fetch_comparison
 from .metrics_source import fetch_samples
-from .outcome import apply_verdict, status_changes
+from .outcome import apply_verdict, metrics_available, status_changes
 from .types import MetricSamples, RolloutSpec, RolloutState
 from .verdict import (
     ANALYSING,
@@ -35,7 +35,9 @@ from .verdict import (
     CHECKS_PASSED,
     HALTED,
     IDLE,
-    NO_DATA,
+    INCONCLUSIVE,
+    METRICS_UNAVAILABLE,
+    NO_DATA_HOLDS,
     WAITING_FOR_DEPLOYMENT,
     WAITING_FOR_FIRST_VERSION,
     Analysis,
@@ -69,16 +71,31 @@ def verdict_events(verdict: Verdict, state: RolloutState) -> list[Event]:
     """The Events a decision deserves. Pure.
 
     Every routing change gets one; a hold gets a "Held" Event only when its reason
-    differs from the one stored, so a model waiting for data does not flood them.
+    differs from the one stored, so a model waiting for data does not flood them. A stable version
+    unchecked past noDataTimeout gets a Warning (MetricsUnavailable), a canary or shadow given up
+    for lack of data another (Inconclusive), and the first check with data after a hold for lack of
+    data a Normal MetricsAvailable before what that check decided.
     """
+    events = _decision_events(verdict, state)
+    if (verdict.checked or verdict.data_missing is False) and state.no_data_since is not None:
+        back = f"a check of version {verdict.version} had data again, the first since {format_time(state.no_data_since)}"
+        events.insert(0, Event("Normal", "MetricsAvailable", back))
+    return events
+
+
+def _decision_events(verdict: Verdict, state: RolloutState) -> list[Event]:
     if verdict.kind is Kind.HOLD:
         if verdict.reason == CHECK_FAILED:
             return [Event("Warning", "CheckFailed", verdict.message)]
         if verdict.reason in _QUIET or verdict.reason == state.reason:
             return []
+        if verdict.reason == METRICS_UNAVAILABLE:
+            return [Event("Warning", METRICS_UNAVAILABLE, verdict.message)]
         return [Event("Normal", "Held", f"{verdict.reason}: {verdict.message}")]
     if verdict.kind is Kind.DEGRADE and state.phase == "Degraded":
         return []  # still degraded: said already
+    if verdict.reason == INCONCLUSIVE:
+        return [Event("Warning", INCONCLUSIVE, verdict.message)]
     kind, reason = _EVENTS[verdict.kind]
     return [Event(kind, reason, verdict.message)]
 
@@ -105,6 +122,9 @@ def plan_step(
     verdict = decide(spec, state, samples, now)
     owned = apply_verdict(status, verdict, spec, now)
     patch = status_changes(status, owned)
+    conditions = metrics_available(status, verdict, owned["rollout"], spec.generation, now)
+    if conditions is not None:
+        patch = {**(patch or {}), "conditions": conditions}
     if patch is not None and verdict.kind is not Kind.HOLD:
         next_in: float | None = 0.0  # routing changed: look again at once, the next step may follow
     elif verdict.kind is Kind.HOLD and verdict.reason in _EVENT_DRIVEN:
@@ -123,6 +143,23 @@ def needed(
     return needed_analysis(
         spec, RolloutState.from_status(status, spec.generation).checked_at(last_check), now
     )
+
+
+@dataclass(frozen=True)
+class Measured:
+    """Samples read for one analysis, before the step that uses them."""
+
+    analysis: Analysis
+    samples: MetricSamples | ComparisonSamples
+
+    def answers(self, analysis: Analysis) -> bool:
+        """They measured what `analysis` needs: the same version, in the same role."""
+        mine = self.analysis
+        return (mine.version, mine.canary, mine.comparison) == (
+            analysis.version,
+            analysis.canary,
+            analysis.comparison,
+        )
 
 
 @dataclass
@@ -166,8 +203,34 @@ class RolloutController:
             self.source, meta["namespace"], meta["name"], version, baseline, since_s + 30.0
         )
 
-    async def step(self, body: Mapping[str, Any]) -> tuple[StepResult, dict[str, Any] | None]:
-        """One step; returns the result and the object the API server returned, if written."""
+    async def measure(self, body: Mapping[str, Any]) -> Measured | None:
+        """The samples the next step of this model will need, read now, or None when it needs none.
+
+        The wiring calls this before it takes the model's lock, so that a slow or hung Prometheus
+        (each query bounded by the operator's Prometheus timeout) delays no other work on the model."""
+        now = self.now()
+        spec = RolloutSpec.from_body(body)
+        meta = body["metadata"]
+        analysis = needed(
+            spec, body.get("status"), now, self.last_checks.get((meta["namespace"], meta["name"]))
+        )
+        if analysis is None:
+            return None
+        return Measured(analysis, await self._read(body, spec, analysis, now))
+
+    async def _read(
+        self, body: Mapping[str, Any], spec: RolloutSpec, analysis: Analysis, now: dt.datetime
+    ) -> MetricSamples | ComparisonSamples:
+        if analysis.comparison:
+            state = RolloutState.from_status(body.get("status"), spec.generation)
+            return await self.comparison_for(body, analysis.version, state, now)
+        return await self.samples_for(body, spec, analysis.version)
+
+    async def step(
+        self, body: Mapping[str, Any], measured: Measured | None = None
+    ) -> tuple[StepResult, dict[str, Any] | None]:
+        """One step; returns the result and the object the API server returned, if written.
+        `measured`: samples read before (`measure`), used when they answer what this step needs."""
         now = self.now()
         spec = RolloutSpec.from_body(body)  # parsed once per step
         status = body.get("status")
@@ -176,11 +239,10 @@ class RolloutController:
         last_check = self.last_checks.get(key)
         analysis = needed(spec, status, now, last_check)
         samples: MetricSamples | ComparisonSamples | None = None
-        if analysis is not None and analysis.comparison:
-            state = RolloutState.from_status(status, spec.generation)
-            samples = await self.comparison_for(body, analysis.version, state, now)
-        elif analysis is not None:
-            samples = await self.samples_for(body, spec, analysis.version)
+        if analysis is not None and measured is not None and measured.answers(analysis):
+            samples = measured.samples
+        elif analysis is not None:  # the model changed since (or nothing was read before)
+            samples = await self._read(body, spec, analysis, now)
         result = plan_step(spec, status, samples, now, last_check)
         if analysis is not None and result.verdict.recheck_after_s is None:
             # (a check asking to look again soon, for a figure a scrape away, does not count)
@@ -203,7 +265,7 @@ class RolloutController:
         metrics.count(meta["namespace"], meta["name"], result.verdict)
         for event in result.events:
             self.emit(body, event)
-        if result.verdict.kind is not Kind.HOLD or result.verdict.reason in (CHECK_FAILED, NO_DATA):
+        if result.verdict.kind is not Kind.HOLD or result.verdict.reason in (CHECK_FAILED, *NO_DATA_HOLDS):
             log.info("%s/%s: %s", meta["namespace"], meta["name"], result.verdict.message)
         return result, written
 

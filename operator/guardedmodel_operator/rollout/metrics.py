@@ -7,7 +7,7 @@ import contextlib
 from prometheus_client import Counter, Gauge
 
 from ..metrics import REGISTRY
-from .verdict import NO_DATA, Kind, Verdict
+from .verdict import INCONCLUSIVE, NO_DATA_HOLDS, Kind, Verdict
 
 ROLLOUTS = Counter(
     "guardedmodel_operator_rollouts_total",
@@ -62,7 +62,7 @@ def count(namespace: str, name: str, verdict: Verdict) -> None:
         CHECKS.labels(result="failed").inc()
     elif verdict.checked:
         CHECKS.labels(result="passed").inc()
-    elif verdict.reason == NO_DATA:
+    elif verdict.reason in NO_DATA_HOLDS or verdict.reason == INCONCLUSIVE:
         CHECKS.labels(result="no_data").inc()
     if verdict.kind in (Kind.START_CANARY, Kind.PROMOTE_STEP):
         CANARY_WEIGHT.labels(namespace=namespace, name=name).set(verdict.weight or 0)

@@ -12,7 +12,6 @@ next to live request series means no errors.
 
 from __future__ import annotations
 
-import asyncio
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -164,8 +163,7 @@ async def fetch_samples(
     window = source.window_s(interval_s)
     promql = queries(source.settings, namespace, name, window)
     try:
-        answers = await asyncio.gather(*(source.query(q) for q in promql.values()))
+        results = await source.query_all(promql)
     except MetricsUnavailable as error:
         return {v: MetricSamples(v, window, error=str(error)) for v in versions}
-    results = dict(zip(promql, answers, strict=True))
     return {v: samples_from_results(results, v, window) for v in versions}

@@ -12,9 +12,20 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..clock import format_time
-from ..status import ROLLOUT_FIELDS, history_entry, merge_patch, trimmed_history
+from ..status import (
+    ROLLOUT_FIELDS,
+    condition,
+    conditions_by_type,
+    history_entry,
+    merge_conditions,
+    merge_patch,
+    trimmed_history,
+)
 from .types import INSUFFICIENT_DATA, MetricSamples, RolloutSpec
 from .verdict import ANALYSING, CHECK_FAILED, ROLLBACK_ACKNOWLEDGED, Kind, Verdict
+
+# The rollout controller's own condition (the core keeps the conditions of other writers).
+METRICS_AVAILABLE = "MetricsAvailable"
 
 
 def apply_verdict(
@@ -54,7 +65,7 @@ def apply_verdict(
     elif kind is Kind.REJECT:
         record(verdict.version, "Rejected", verdict.message)
         rollout["phase"] = "RolledBack"
-        rollout["blockedVersion"], rollout["blockedGeneration"] = verdict.version, spec.generation
+        _block(rollout, verdict, spec)
         routing_changed()
     elif kind is Kind.START_CANARY:
         if verdict.superseded:
@@ -84,7 +95,7 @@ def apply_verdict(
             out["stableVersion"] = verdict.target
             out["lastGoodVersion"] = verdict.target
         rollout["phase"] = "RolledBack"
-        rollout["blockedVersion"], rollout["blockedGeneration"] = verdict.version, spec.generation
+        _block(rollout, verdict, spec)
         routing_changed()
     elif kind is Kind.ABORT:
         record(verdict.version, "Aborted", verdict.message)
@@ -101,7 +112,7 @@ def apply_verdict(
         rollout["phase"] = "Degraded"
         rollout["failedChecks"] = verdict.failed_checks
         if verdict.reason == "CanaryHalted":
-            rollout["blockedVersion"], rollout["blockedGeneration"] = verdict.version, spec.generation
+            _block(rollout, verdict, spec)
     elif kind is Kind.RECOVER and verdict.reason == ROLLBACK_ACKNOWLEDGED:
         _unblock(rollout)
         rollout["phase"] = "Ready"
@@ -117,6 +128,13 @@ def apply_verdict(
         rollout["failedChecks"] = verdict.failed_checks
         if verdict.failed_checks:
             rollout["since"] = at  # the next check is one interval after this failure
+
+    # The noDataTimeout clock: it starts at the first check of a run without data and stops at any
+    # check that had data or any change of routing.
+    if kind is Kind.HOLD and verdict.data_missing:
+        rollout.setdefault("noDataSince", at)
+    elif verdict.ends_no_data:
+        rollout.pop("noDataSince", None)
 
     # A routing change or a failed check rewrites the message; a repeated hold or a
     # repeated Degraded keeps the first message, so a steady state writes nothing.
@@ -138,9 +156,16 @@ def apply_verdict(
     return out
 
 
+def _block(rollout: dict[str, Any], verdict: Verdict, spec: RolloutSpec) -> None:
+    """The version is not retried until the spec changes; blockedReason says why (RolledBack,
+    ComparisonFailed, CanaryHalted, or Inconclusive: given up for lack of data)."""
+    rollout["blockedVersion"], rollout["blockedGeneration"] = verdict.version, spec.generation
+    rollout["blockedReason"] = verdict.reason
+
+
 def _unblock(rollout: dict[str, Any]) -> None:
-    rollout.pop("blockedVersion", None)
-    rollout.pop("blockedGeneration", None)
+    for key in ("blockedVersion", "blockedGeneration", "blockedReason"):
+        rollout.pop(key, None)
 
 
 def status_metrics(samples: MetricSamples) -> dict[str, Any]:
@@ -167,6 +192,39 @@ def drift_decision(samples: MetricSamples) -> str | None:
 
 def _round(value: float | None, digits: int) -> float | None:
     return None if value is None else round(value, digits)
+
+
+def metrics_available(
+    status: Mapping[str, Any] | None,
+    verdict: Verdict,
+    rollout: Mapping[str, Any] | None,
+    generation: int,
+    now: dt.datetime,
+) -> list[dict[str, Any]] | None:
+    """The conditions list with MetricsAvailable after the verdict, or None when it stays as it is.
+
+    False while a check holds for lack of data (`Verdict.data_missing`): its reason (NoData,
+    VersionNotLoaded, MetricsUnavailable) and message, and lastTransitionTime the first check without
+    data (status.rollout.noDataSince). True again once a check had data or routing moved on. A model
+    that never held for lack of data has no such condition. `rollout` is status.rollout after the verdict.
+    """
+    status = status or {}
+    previous = conditions_by_type(status).get(METRICS_AVAILABLE)
+    rollout = rollout or {}
+    if verdict.kind is Kind.HOLD and verdict.data_missing:
+        value = ("False", verdict.reason, str(rollout.get("message") or verdict.message))
+        at = str(rollout.get("noDataSince") or format_time(now))
+    elif previous is not None and verdict.ends_no_data:
+        value, at = ("True", "NotHolding", "no rollout step is holding for lack of metrics"), format_time(now)
+    else:
+        return None
+    if (
+        previous is not None
+        and (previous.get("status"), previous.get("reason"), previous.get("message")) == value
+    ):
+        return None
+    owned = condition(METRICS_AVAILABLE, value, previous, generation, at)
+    return merge_conditions(status.get("conditions") or [], [owned])
 
 
 def status_changes(status: Mapping[str, Any] | None, owned: Mapping[str, Any]) -> dict[str, Any] | None:

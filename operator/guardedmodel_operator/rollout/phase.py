@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+# The reason of a rollback for lack of data (verdict.INCONCLUSIVE; the core imports this module only).
+INCONCLUSIVE = "Inconclusive"
 # Rollout phases that override a Deployment that is simply Ready.
 _OVERRIDING = ("Progressing", "Degraded", "RolledBack")
 
@@ -39,13 +41,15 @@ def overlay(
         return "Progressing", ("True", "Canary", text), degraded
     if rollout_phase == "Degraded":
         return "Degraded", progressing, ("True", reason, message)
-    # RolledBack: serving the previous version on purpose; Degraded says why.
-    return "RolledBack", progressing, ("True", "RolledBack", _rolled_back_message(status, message))
+    # RolledBack: serving the previous version on purpose; Degraded says why (Inconclusive: a canary
+    # or shadow given up for lack of data, not for a breached threshold).
+    why = INCONCLUSIVE if rollout.get("blockedReason") == INCONCLUSIVE else "RolledBack"
+    return "RolledBack", progressing, ("True", why, _rolled_back_message(status, message))
 
 
 def _rolled_back_message(status: Mapping[str, Any], message: str) -> str:
     history = status.get("history") or []
-    last = next((h for h in reversed(history) if h.get("outcome") == "RolledBack"), None)
+    last = next((h for h in reversed(history) if h.get("outcome") in ("RolledBack", "Rejected")), None)
     if last is not None:
         return str(last.get("reason") or message)
     return message

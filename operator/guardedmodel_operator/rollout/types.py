@@ -14,6 +14,7 @@ from ..status import Routing
 from .comparison import ComparisonSpec
 
 DEFAULT_MIN_REQUESTS = 20
+DEFAULT_NO_DATA_TIMEOUT_S = 600.0
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,9 @@ class RolloutSpec:
     auto_rollback: bool = True
     continuous_guard: bool = True
     min_requests: int = DEFAULT_MIN_REQUESTS
+    # How long a rollout step may hold for lack of data (no conclusive check) before a canary or
+    # shadow is given up as inconclusive; the stable version is never rolled back for it.
+    no_data_timeout_s: float = DEFAULT_NO_DATA_TIMEOUT_S
     thresholds: Thresholds = Thresholds(max_ood_rate=0.25, max_error_rate=0.05)
     comparison: ComparisonSpec = field(default_factory=ComparisonSpec)
 
@@ -87,6 +91,7 @@ class RolloutSpec:
             auto_rollback=bool(rollout.get("autoRollback", True)),
             continuous_guard=bool(rollout.get("continuousGuard", True)),
             min_requests=int(rollout.get("minRequests", DEFAULT_MIN_REQUESTS)),
+            no_data_timeout_s=parse_duration(rollout.get("noDataTimeout", "10m")),
             thresholds=Thresholds.from_spec(rollout.get("thresholds")),
             comparison=ComparisonSpec.from_rollout(rollout),
         )
@@ -110,6 +115,8 @@ class RolloutState:
     reason: str | None = None
     failed_checks: int = 0
     since: dt.datetime | None = None  # last routing change or failed check
+    # The first check of the current run of checks without data (None: the last check had data).
+    no_data_since: dt.datetime | None = None
     blocked_version: str | None = None  # rolled back or halted; not retried until the spec changes
     blocked_generation: int | None = None
     # The core's view of the Deployment: the pods for this generation are rolled out.
@@ -134,6 +141,7 @@ class RolloutState:
             reason=rollout.get("reason"),
             failed_checks=int(rollout.get("failedChecks") or 0),
             since=parse_time(rollout.get("since")),
+            no_data_since=parse_time(rollout.get("noDataSince")),
             blocked_version=_str_or_none(rollout.get("blockedVersion")),
             blocked_generation=None if blocked_generation is None else int(blocked_generation),
             deployment_ready=(

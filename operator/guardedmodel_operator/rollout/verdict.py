@@ -20,8 +20,12 @@ Pure, no I/O; `outcome` turns a verdict into status fields. The rules, in the or
 4. Otherwise, with continuousGuard, analyse the stable version with the same thresholds.
 
 An analysis runs at most once per interval (since the last routing change or failed check).
-Fewer than minRequests requests, or a set threshold whose figure is missing, is "no data":
-inconclusive, a hold that neither passes nor fails. maxDriftScore reads the sidecar's drift test
+Fewer than minRequests requests, a set threshold whose figure is missing, or Prometheus not
+answering (unreachable, an error, a malformed answer) is "no data": inconclusive, a hold that
+neither passes nor fails, and never a promotion. The hold is bounded by noDataTimeout (`_bounded`):
+then a canary is rolled back (halted with autoRollback off) and a shadow refused, as Inconclusive;
+the stable version keeps serving and its hold says MetricsUnavailable (a stable version with too
+few requests is idle, not unmonitored: no bound). maxDriftScore reads the sidecar's drift test
 (types.drift_breach): it breaks only when a drift window in the check window was called drifted
 (p <= spec.drift.alpha) and that window's PSI is above the limit; when no window had
 spec.drift.minSamples rows the figure is missing (insufficient data), like minRequests. A check fails when any set threshold
@@ -38,6 +42,8 @@ import enum
 from dataclasses import dataclass, replace
 from typing import Any
 
+from ..clock import format_duration, format_time
+from . import phase
 from .comparison import ComparisonSamples, comparison_breaches
 from .types import Breach, MetricSamples, RolloutSpec, RolloutState, breaches, drift_psi_pending
 
@@ -66,6 +72,12 @@ HALTED = "Halted"
 IDLE = "Idle"
 ROLLBACK_ACKNOWLEDGED = "RollbackAcknowledged"
 VERSION_NOT_LOADED = "VersionNotLoaded"
+# The stable version's checks have had no data for longer than noDataTimeout (it keeps serving).
+METRICS_UNAVAILABLE = "MetricsUnavailable"
+# Holds for lack of data: they run the noDataTimeout clock (status.rollout.noDataSince).
+NO_DATA_HOLDS = (NO_DATA, VERSION_NOT_LOADED, METRICS_UNAVAILABLE)
+# A canary or shadow that held for lack of data for noDataTimeout, given up (rolled back or refused).
+INCONCLUSIVE = phase.INCONCLUSIVE
 # A check that found drift whose PSI is a scrape away looks again this soon (seconds).
 PENDING_RECHECK_S = 2.0
 
@@ -85,10 +97,18 @@ class Verdict:
     breaches: tuple[Breach, ...] = ()
     # When to look again; None = when something changes (or the interval).
     recheck_after_s: float | None = None
+    # The check lacked the data it needed: True runs the noDataTimeout clock (status.rollout.noDataSince);
+    # False: Prometheus answered, there is nothing to wait for (a stable version too idle to check).
+    data_missing: bool | None = None
 
     @property
     def checked(self) -> bool:
         return self.failed_checks is not None
+
+    @property
+    def ends_no_data(self) -> bool:
+        """The noDataTimeout clock stops: a check had what it needed, or routing moved on."""
+        return self.data_missing is False or self.checked or self.kind is not Kind.HOLD
 
 
 @dataclass(frozen=True)
@@ -181,10 +201,89 @@ def decide(
     if isinstance(step, Verdict):
         return step
     if step.comparison:
-        return _analyse_comparison(
+        verdict = _analyse_comparison(
             spec, state, step, samples if isinstance(samples, ComparisonSamples) else None
         )
-    return _analyse(spec, state, step, samples if isinstance(samples, MetricSamples) else None)
+    else:
+        verdict = _analyse(spec, state, step, samples if isinstance(samples, MetricSamples) else None)
+    return _bounded(spec, state, step, verdict, now)
+
+
+def _bounded(
+    spec: RolloutSpec, state: RolloutState, analysis: Analysis, verdict: Verdict, now: dt.datetime
+) -> Verdict:
+    """A hold for lack of data lasts at most spec.rollout.noDataTimeout, counted from the first check
+    of the run that had no data (status.rollout.noDataSince). Then a canary is rolled back (halted
+    with autoRollback off) and a shadow refused, as Inconclusive: missing data never promotes, and
+    never holds forever. The stable version keeps serving: its hold turns MetricsUnavailable."""
+    if verdict.kind is not Kind.HOLD or verdict.reason not in (NO_DATA, VERSION_NOT_LOADED):
+        return verdict
+    if not (analysis.canary or analysis.comparison) and _idle(spec, verdict):
+        # Prometheus answered: too few requests to check a stable version is an idle model (its Idle
+        # condition says so), not an unmonitored one.
+        return replace(verdict, data_missing=False)
+    since = state.no_data_since or now
+    deadline = since + dt.timedelta(seconds=spec.no_data_timeout_s)
+    bound = f"noDataTimeout {format_duration(spec.no_data_timeout_s)}"
+    version = str(verdict.version)
+    if now < deadline:
+        if analysis.comparison:
+            then = f"refused as inconclusive at {format_time(deadline)}"
+        elif analysis.canary:
+            then = f"{'rolled back' if spec.auto_rollback else 'halted'} as inconclusive at {format_time(deadline)}"
+        else:
+            then = f"said to be unmonitored at {format_time(deadline)}, never rolled back for it"
+        note = f"without data since {format_time(since)}; {then} ({bound}) unless a check gets its figures"
+        remaining = (deadline - now).total_seconds()
+        recheck = verdict.recheck_after_s
+        if remaining < spec.interval_s:  # the bound falls before the next check: look again at it
+            recheck = remaining if recheck is None else min(recheck, remaining)
+        return replace(
+            verdict, message=f"{verdict.message} ({note})", recheck_after_s=recheck, data_missing=True
+        )
+    held = f"no check had its figures since {format_time(since)} ({bound}); the last said: {verdict.message}"
+    if analysis.comparison:
+        return Verdict(
+            Kind.REJECT,
+            INCONCLUSIVE,
+            f"version {version} refused before serving anyone, as inconclusive: {held}",
+            version=version,
+            comparison=verdict.comparison,
+        )
+    if analysis.canary and spec.auto_rollback:
+        return Verdict(
+            Kind.ROLLBACK,
+            INCONCLUSIVE,
+            f"canary {version} rolled back to {state.stable} as inconclusive: {held}",
+            version=version,
+            target=state.stable,
+            samples=verdict.samples,
+        )
+    if analysis.canary:
+        return Verdict(
+            Kind.DEGRADE,
+            "CanaryHalted",
+            f"canary {version} halted at {state.weight}% as inconclusive, and autoRollback is off, so it "
+            f"stays: {held}",
+            version=version,
+            samples=verdict.samples,
+        )
+    return _hold(
+        METRICS_UNAVAILABLE,
+        f"continuousGuard cannot check stable version {version}: {held}. It keeps serving; a stable "
+        "version is not rolled back for lack of data",
+        version=version,
+        samples=verdict.samples,
+        data_missing=True,
+    )
+
+
+def _idle(spec: RolloutSpec, verdict: Verdict) -> bool:
+    """Prometheus answered, with fewer requests than a check needs."""
+    samples = verdict.samples
+    if verdict.reason != NO_DATA or samples is None or samples.error:
+        return False
+    return (samples.value("requests") or 0.0) < spec.min_requests
 
 
 def _hold(reason: str, message: str, **kw: Any) -> Verdict:

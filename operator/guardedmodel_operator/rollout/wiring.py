@@ -2,12 +2,14 @@
 
 Its own watch-event handler on GuardedModels wakes the model's rollout task; the
 step itself runs under the core's per-model lock and reads the freshest copy of
-the object, so the core's reconcile and a rollout step never interleave.
+the object, so the core's reconcile and a rollout step never interleave. Only the
+Prometheus queries run before the lock is taken (`rollout_step`).
 """
 
 from __future__ import annotations
 
 import logging
+from functools import partial
 
 import kopf
 
@@ -31,10 +33,20 @@ def start_rollouts(memo: Memo) -> None:
     )
 
     async def run(key: Key) -> float | None:
-        result = await model_tasks.locked_step(memo, key, memo.rollout_bodies.get(key), controller.step)
-        return None if result is None else result.next_in_s
+        return await rollout_step(memo, controller, key)
 
     memo.rollouts = ModelScheduler(run, label="rollout")
+
+
+async def rollout_step(memo: Memo, controller: RolloutController, key: Key) -> float | None:
+    """One step of one model: its metrics read first, without its lock (a hung Prometheus must not
+    hold up the core's reconcile of the model), then the decision and the write under the lock,
+    on the freshest copy. Returns when to step again (None: at the next watch event)."""
+    cached = memo.rollout_bodies.get(key)
+    body = memo.freshest("GuardedModel", key[0], key[1], cached)
+    measured = None if body is None else await controller.measure(body)
+    result = await model_tasks.locked_step(memo, key, cached, partial(controller.step, measured=measured))
+    return None if result is None else result.next_in_s
 
 
 def on_model_rollout(

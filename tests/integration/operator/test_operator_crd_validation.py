@@ -47,6 +47,8 @@ INVALID = [
     ("spec.spec.rollout", {"steps": [10, 10, 100]}, ["spec.rollout.steps", "Duplicate value"]),
     ("spec.spec.rollout", {"interval": "0s"}, ["spec.rollout.interval", "positive duration"]),
     ("spec.spec.rollout", {"interval": "soon"}, ["spec.rollout.interval", "positive duration"]),
+    ("spec.spec.rollout", {"noDataTimeout": "0s"}, ["spec.rollout.noDataTimeout", "positive duration"]),
+    ("spec.spec.rollout", {"noDataTimeout": "never"}, ["spec.rollout.noDataTimeout", "positive duration"]),
     ("spec.spec.rollout", {"failureLimit": -1}, ["spec.rollout.failureLimit", "greater than or equal to 0"]),
     ("spec.spec.rollout", {"strategy": "bluegreen"}, ["spec.rollout.strategy", "canary", "instant"]),
     ("spec.spec.rollout", {"thresholds": {"maxOodRate": 1.5}}, ["maxOodRate", "less than or equal to 1"]),
@@ -180,6 +182,8 @@ VALID = [
     ("spec.model.version", "12"),
     ("spec.rollout", {"steps": [100]}),
     ("spec.rollout", {"steps": [0, 1, 99, 100], "interval": "1h30m"}),
+    ("spec.rollout", {"noDataTimeout": "90s"}),
+    ("spec.rollout", {"interval": "5m", "noDataTimeout": "24h"}),
     ("spec.replicas", {"min": 2, "max": 2}),
     ("spec.scaling", {"idleAfter": "0s"}),  # idle detection off
     ("spec.scaling", {"idleAfter": "24h"}),

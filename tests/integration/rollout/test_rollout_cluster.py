@@ -11,7 +11,6 @@ step by step, or a rollback with its phase, history entry and Event.
 from __future__ import annotations
 
 import json
-import subprocess
 import threading
 import time
 import uuid
@@ -25,6 +24,7 @@ from operator_run import start_operator, wait_for_status
 from sidecar_traffic import SidecarTraffic
 
 from guardedmodel_testground.cluster import LocalCluster
+from guardedmodel_testground.object_watch import ObjectWatch
 from guardedmodel_testground.prometheus import Prometheus, ScrapeJob
 
 pytestmark = pytest.mark.integration
@@ -56,63 +56,14 @@ def manifest(namespace: str, version: str) -> str:
     )
 
 
-class StatusWatch:
-    """Every status the API server sends for one GuardedModel (kubectl get -w), in order."""
-
-    def __init__(self, cluster: LocalCluster, namespace: str) -> None:
-        self.seen: list[dict[str, Any]] = []
-        self.lock = threading.Lock()
-        assert cluster.binaries is not None
-        self.process = subprocess.Popen(
-            [
-                str(cluster.binaries.kubectl),
-                f"--kubeconfig={cluster.kubeconfig}",
-                "get",
-                "guardedmodel",
-                NAME,
-                "-n",
-                namespace,
-                "--watch",
-                "-o",
-                "json",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
-        self.thread = threading.Thread(target=self._read, daemon=True)
-        self.thread.start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        decoder, buffer = json.JSONDecoder(), ""
-        for line in self.process.stdout:
-            buffer += line
-            while buffer.strip():
-                try:
-                    obj, end = decoder.raw_decode(buffer.lstrip())
-                except ValueError:
-                    break
-                buffer = buffer.lstrip()[end:]
-                with self.lock:
-                    self.seen.append(obj.get("status") or {})
-
-    def routings(self) -> list[tuple[Any, Any, Any]]:
-        with self.lock:
-            out: list[tuple[Any, Any, Any]] = []
-            for status in self.seen:
-                routing = (
-                    status.get("stableVersion"),
-                    status.get("canaryVersion"),
-                    status.get("canaryWeight"),
-                )
-                if not out or out[-1] != routing:
-                    out.append(routing)
-            return out
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=10)
+def routings(watch: ObjectWatch) -> list[tuple[Any, Any, Any]]:
+    """(stable, canary, weight) as the status went through them, each change once."""
+    out: list[tuple[Any, Any, Any]] = []
+    for status in watch.statuses():
+        routing = (status.get("stableVersion"), status.get("canaryVersion"), status.get("canaryWeight"))
+        if not out or out[-1] != routing:
+            out.append(routing)
+    return out
 
 
 @dataclass
@@ -140,7 +91,7 @@ class Traffic:
 class Scenario:
     cluster: LocalCluster
     namespace: str
-    watch: StatusWatch
+    watch: ObjectWatch
     operator_log: Path
 
     def gm(self) -> dict[str, Any]:
@@ -157,7 +108,7 @@ class Scenario:
             ok,
             timeout=timeout,
             context=lambda: (
-                f"routings seen: {self.watch.routings()}\noperator log tail:\n{_tail(self.operator_log)}"
+                f"routings seen: {routings(self.watch)}\noperator log tail:\n{_tail(self.operator_log)}"
             ),
         )
 
@@ -240,7 +191,7 @@ def scenario(
         traffic = Traffic(sidecar, canary_ood_fraction).start()
         cleanups.append(traffic.stop)
         k8s_cluster.kubectl("apply", "-f", "-", input=manifest(namespace, "1"))
-        watch = StatusWatch(k8s_cluster, namespace)
+        watch = ObjectWatch(k8s_cluster, "guardedmodel", NAME, namespace)
         cleanups.append(watch.stop)
         return Scenario(k8s_cluster, namespace, watch, log_path), traffic
 
@@ -263,8 +214,8 @@ def test_canary_breaking_a_threshold_is_rolled_back(
         "the rollback",
         lambda st: st.get("phase") == "RolledBack" and not st.get("canaryVersion"),
     )
-    assert ("1", "2", 10) in s.watch.routings()  # the canary got 10 % first
-    assert ("1", "2", 50) not in s.watch.routings()  # and never more
+    assert ("1", "2", 10) in routings(s.watch)  # the canary got 10 % first
+    assert ("1", "2", 50) not in routings(s.watch)  # and never more
     assert status["stableVersion"] == "1" and status["canaryWeight"] == 0
     last = status["history"][-1]
     assert (last["version"], last["outcome"]) == ("2", "RolledBack")
@@ -303,9 +254,9 @@ def test_healthy_canary_is_promoted_step_by_step(
             st.get("stableVersion") == "2" and not st.get("canaryVersion") and st.get("phase") == "Ready"
         ),
     )
-    routings = s.watch.routings()
-    steps = [r for r in routings if r[1] == "2"]
-    assert [w for _, _, w in steps] == [10, 50, 100], routings
+    seen = routings(s.watch)
+    steps = [r for r in seen if r[1] == "2"]
+    assert [w for _, _, w in steps] == [10, 50, 100], seen
     assert status["lastGoodVersion"] == "1"
     assert [(h["version"], h["outcome"]) for h in status["history"][-2:]] == [
         ("2", "CanaryStarted"),
