@@ -37,6 +37,21 @@ from .real_node import (
     write_kubelet_client_pki,
 )
 
+# Writes only, once each: who, what, when and the answer's code, and for GuardedModels what was sent
+# (status patches are small). A test counts a component's writes by its user agent (e.g. no write
+# storm after an operator restart) and can say what each one changed.
+WRITE_VERBS = ["create", "update", "patch", "delete", "deletecollection"]
+AUDIT_POLICY = {
+    "apiVersion": "audit.k8s.io/v1",
+    "kind": "Policy",
+    "omitStages": ["RequestReceived"],
+    "rules": [
+        {"level": "Request", "verbs": WRITE_VERBS, "resources": [{"group": "guardedmodel.io"}]},
+        {"level": "Metadata", "verbs": WRITE_VERBS},
+        {"level": "None"},
+    ],
+}
+
 
 class LocalCluster:
     """Start/stop a control plane whose state lives in `state_dir`.
@@ -69,6 +84,11 @@ class LocalCluster:
     @property
     def logs_dir(self) -> Path:
         return self.state_dir / "logs"
+
+    @property
+    def audit_log(self) -> Path:
+        """Every write the API server accepted or refused, one JSON line each (`api_audit` reads it)."""
+        return self.logs_dir / "audit.log"
 
     @property
     def server_url(self) -> str:
@@ -213,6 +233,8 @@ class LocalCluster:
         assert self.binaries is not None
         pki = self.state_dir / "pki"
         self.apiserver_port = free_port()
+        policy = self.state_dir / "audit-policy.yaml"
+        policy.write_text(yaml.safe_dump(AUDIT_POLICY))
         process = self._run(
             "kube-apiserver",
             [
@@ -231,6 +253,10 @@ class LocalCluster:
                 "--enable-admission-plugins=NodeRestriction",
                 "--allow-privileged=true",
                 "--profiling=false",
+                f"--audit-policy-file={policy}",
+                f"--audit-log-path={self.audit_log}",
+                "--audit-log-maxsize=200",
+                "--audit-log-maxbackup=1",
                 "--v=1",
                 *(apiserver_flags(pki) if self.real_node_spec is not None else []),
             ],

@@ -16,6 +16,13 @@ from ..status import ROLLOUT_FIELDS, history_entry, merge_patch, trimmed_history
 from .types import INSUFFICIENT_DATA, MetricSamples, RolloutSpec
 from .verdict import ANALYSING, CHECK_FAILED, ROLLBACK_ACKNOWLEDGED, Kind, Verdict
 
+# status.metrics is for people (`kubectl get` shows two of its figures); the record is Prometheus's.
+# A figure is rewritten when it moved past what ordinary noise moves it between two checks, or when
+# the status is written anyway. So a steady model costs no status write per check, and an operator
+# restart, after which every model is checked at once, writes nothing for models that did not move.
+METRIC_NOISE = {"oodRate": 0.05, "reviewRate": 0.05, "estimatedAccuracy": 0.05, "driftScore": 0.05}
+RATE_NOISE = 0.25  # requestsPerSecond, relative to the stored rate (at least 1 request per second)
+
 
 def apply_verdict(
     status: Mapping[str, Any] | None, verdict: Verdict, spec: RolloutSpec, now: dt.datetime
@@ -128,13 +135,16 @@ def apply_verdict(
     if verdict.comparison is not None:
         decision = {Kind.REJECT: "failed", Kind.START_CANARY: "passed", Kind.PROMOTE_FULL: "passed"}
         out["comparison"] = verdict.comparison.as_status(decision.get(kind, "pending"))
-    if verdict.samples is not None and verdict.samples.version == (
-        out["canaryVersion"] or out["stableVersion"]
-    ):
-        out["metrics"] = status_metrics(verdict.samples)
     if history:
         out["history"] = trimmed_history(history)
     out["rollout"] = {k: v for k, v in rollout.items() if v is not None} or None
+    if verdict.samples is not None and verdict.samples.version == (
+        out["canaryVersion"] or out["stableVersion"]
+    ):
+        fresh = status_metrics(verdict.samples)
+        written_anyway = any(out[key] != status.get(key) for key in ROLLOUT_FIELDS if key != "metrics")
+        if written_anyway or metrics_moved(out["metrics"], fresh):
+            out["metrics"] = fresh
     return out
 
 
@@ -155,6 +165,24 @@ def status_metrics(samples: MetricSamples) -> dict[str, Any]:
         "requestsPerSecond": _round(samples.requests_per_second, 1),
     }
     return {k: v for k, v in figures.items() if v is not None}
+
+
+def metrics_moved(stored: Mapping[str, Any] | None, fresh: Mapping[str, Any]) -> bool:
+    """Does `fresh` say something `stored` does not: another version or decision, a figure that
+    appeared or went, or one that moved past the noise between two checks (METRIC_NOISE)?"""
+    if not stored or set(stored) != set(fresh):
+        return True
+    for key, value in fresh.items():
+        old = stored[key]
+        if key in METRIC_NOISE:
+            moved = abs(float(value) - float(old)) >= METRIC_NOISE[key]
+        elif key == "requestsPerSecond":
+            moved = abs(float(value) - float(old)) >= RATE_NOISE * max(abs(float(old)), 1.0)
+        else:
+            moved = value != old
+        if moved:
+            return True
+    return False
 
 
 def drift_decision(samples: MetricSamples) -> str | None:

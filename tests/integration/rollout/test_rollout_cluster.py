@@ -11,7 +11,6 @@ step by step, or a rollback with its phase, history entry and Event.
 from __future__ import annotations
 
 import json
-import subprocess
 import threading
 import time
 import uuid
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from operator_run import start_operator
+from operator_run import CANARY_ROLLOUT, KubectlWatch, start_operator
 from sidecar_traffic import SidecarTraffic
 
 from guardedmodel_testground.cluster import LocalCluster
@@ -43,14 +42,7 @@ def manifest(namespace: str, version: str) -> str:
             "metadata": {"name": NAME, "namespace": namespace},
             "spec": {
                 "model": {"name": MODEL, "repository": "file:///srv/models", "version": version},
-                "rollout": {
-                    "strategy": "canary",
-                    "steps": [10, 50, 100],
-                    "interval": "3s",
-                    "failureLimit": 1,
-                    "minRequests": 20,
-                    "thresholds": {"maxOodRate": 0.25, "maxErrorRate": 0.05},
-                },
+                "rollout": CANARY_ROLLOUT,
             },
         }
     )
@@ -62,40 +54,11 @@ class StatusWatch:
     def __init__(self, cluster: LocalCluster, namespace: str) -> None:
         self.seen: list[dict[str, Any]] = []
         self.lock = threading.Lock()
-        assert cluster.binaries is not None
-        self.process = subprocess.Popen(
-            [
-                str(cluster.binaries.kubectl),
-                f"--kubeconfig={cluster.kubeconfig}",
-                "get",
-                "guardedmodel",
-                NAME,
-                "-n",
-                namespace,
-                "--watch",
-                "-o",
-                "json",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
-        self.thread = threading.Thread(target=self._read, daemon=True)
-        self.thread.start()
+        self.watch = KubectlWatch(cluster, ["guardedmodel", NAME, "-n", namespace], self._add)
 
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        decoder, buffer = json.JSONDecoder(), ""
-        for line in self.process.stdout:
-            buffer += line
-            while buffer.strip():
-                try:
-                    obj, end = decoder.raw_decode(buffer.lstrip())
-                except ValueError:
-                    break
-                buffer = buffer.lstrip()[end:]
-                with self.lock:
-                    self.seen.append(obj.get("status") or {})
+    def _add(self, obj: dict[str, Any]) -> None:
+        with self.lock:
+            self.seen.append(obj.get("status") or {})
 
     def routings(self) -> list[tuple[Any, Any, Any]]:
         with self.lock:
@@ -111,8 +74,7 @@ class StatusWatch:
             return out
 
     def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=10)
+        self.watch.stop()
 
 
 @dataclass
