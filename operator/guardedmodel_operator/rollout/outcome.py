@@ -21,7 +21,10 @@ from .verdict import ANALYSING, CHECK_FAILED, ROLLBACK_ACKNOWLEDGED, Kind, Verdi
 # the status is written anyway. So a steady model costs no status write per check, and an operator
 # restart, after which every model is checked at once, writes nothing for models that did not move.
 METRIC_NOISE = {"oodRate": 0.05, "reviewRate": 0.05, "estimatedAccuracy": 0.05, "driftScore": 0.05}
-RATE_NOISE = 0.25  # requestsPerSecond, relative to the stored rate (at least 1 request per second)
+# requestsPerSecond: rewritten when one of the two rates is this many times the other (rates under
+# one request per second count as one). A short check window with a missed scrape reads a steady rate
+# a third low, so anything finer is noise.
+RATE_RATIO = 1.5
 
 
 def apply_verdict(
@@ -177,7 +180,8 @@ def metrics_moved(stored: Mapping[str, Any] | None, fresh: Mapping[str, Any]) ->
         if key in METRIC_NOISE:
             moved = abs(float(value) - float(old)) >= METRIC_NOISE[key]
         elif key == "requestsPerSecond":
-            moved = abs(float(value) - float(old)) >= RATE_NOISE * max(abs(float(old)), 1.0)
+            low, high = sorted((max(float(value), 1.0), max(float(old), 1.0)))
+            moved = high >= RATE_RATIO * low
         else:
             moved = value != old
         if moved:

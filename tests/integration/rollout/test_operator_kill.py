@@ -68,7 +68,7 @@ OPERATOR_ENV = {
 # The operator's two clients: its writes, and kopf's (Events; watches only read).
 OPERATOR_AGENTS = ("guardedmodel-operator", "kopf/")
 PHASE_TIMEOUT_S = 90.0
-STEADY_WINDOW_S = 8.0  # more than two rollout intervals and eight scaler intervals
+STEADY_WINDOW_S = 6.0  # two rollout intervals and six scaler intervals
 
 
 class Traffic:
