@@ -13,9 +13,9 @@ import json
 import os
 import ssl
 import tempfile
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import kopf
@@ -35,8 +35,16 @@ _PLURALS = {
 }
 
 
-# KubeClient.patch_status as the per-model controllers receive it, so tests can pass a fake.
-PatchStatus = Callable[[str, str, Mapping[str, Any]], Awaitable[dict[str, Any]]]
+# The API server's answer to a write whose precondition (a resourceVersion) no longer holds.
+CONFLICT = 409
+
+
+class PatchStatus(Protocol):
+    """KubeClient.patch_status as the per-model controllers receive it, so tests can pass a fake."""
+
+    def __call__(
+        self, namespace: str, name: str, patch: Mapping[str, Any], resource_version: str | None = None
+    ) -> Awaitable[dict[str, Any]]: ...
 
 
 class ApiError(Exception):
@@ -178,8 +186,17 @@ class KubeClient:
             raise
         return dict(found.get("metadata", {}).get("labels") or {})
 
-    async def patch_status(self, namespace: str, name: str, patch: Mapping[str, Any]) -> dict[str, Any]:
+    async def patch_status(
+        self, namespace: str, name: str, patch: Mapping[str, Any], resource_version: str | None = None
+    ) -> dict[str, Any]:
+        """A merge patch of the status. With `resource_version`, that of the copy the patch was computed
+        from, the server refuses it (ApiError, status CONFLICT) when the object has changed since: a
+        merge patch replaces a list (history, conditions) whole, so one computed from an old copy would
+        drop what was written in between (e.g. by an operator process that was replaced)."""
         path = object_path(f"{GROUP}/{VERSION}", "GuardedModel", namespace, name, "status")
+        body: dict[str, Any] = {"status": patch}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
         return await self._request(
-            "PATCH", path, {"status": patch}, "application/merge-patch+json", fieldManager=self.field_manager
+            "PATCH", path, body, "application/merge-patch+json", fieldManager=self.field_manager
         )

@@ -70,9 +70,11 @@ def post_event(body: Mapping[str, Any], event: Event) -> None:
 
 
 def status_patcher(memo: Memo) -> PatchStatus:
-    async def patch_status(namespace: str, name: str, patch: Mapping[str, Any]) -> dict[str, Any]:
+    async def patch_status(
+        namespace: str, name: str, patch: Mapping[str, Any], resource_version: str | None = None
+    ) -> dict[str, Any]:
         assert memo.client is not None, "the core's startup handler creates the client"
-        written: dict[str, Any] = await memo.client.patch_status(namespace, name, patch)
+        written: dict[str, Any] = await memo.client.patch_status(namespace, name, patch, resource_version)
         return written
 
     return patch_status

@@ -16,12 +16,12 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..clock import utcnow
 from ..events import EmitEvent, Event
-from ..kube import PatchStatus
+from ..kube import CONFLICT, ApiError, PatchStatus
 from ..prometheus import PrometheusSource
 from . import metrics
 from .comparison import ComparisonSamples
@@ -182,12 +182,24 @@ class RolloutController:
         elif analysis is not None:
             samples = await self.samples_for(body, spec, analysis.version)
         result = plan_step(spec, status, samples, now, last_check)
+        written = None
+        if result.patch is not None:
+            try:
+                # Only onto the copy decided on: the patch carries the whole history.
+                written = await self.patch_status(
+                    meta["namespace"], meta["name"], result.patch, meta.get("resourceVersion")
+                )
+            except ApiError as error:
+                if error.status != CONFLICT:
+                    raise
+                # The model changed since this copy was read (a user's edit, or the write of an
+                # operator process that was replaced): the decision is void, nothing was written.
+                # The watch event of the newer copy wakes the next step, which decides on it.
+                log.info("%s/%s changed while deciding; deciding again on the newer copy", *key)
+                return replace(result, patch=None, events=[], next_in_s=None), None
         if analysis is not None and result.verdict.recheck_after_s is None:
             # (a check asking to look again soon, for a figure a scrape away, does not count)
             self.last_checks[key] = now
-        written = None
-        if result.patch is not None:
-            written = await self.patch_status(meta["namespace"], meta["name"], result.patch)
         metrics.count(meta["namespace"], meta["name"], result.verdict)
         for event in result.events:
             self.emit(body, event)
