@@ -17,8 +17,10 @@ from typing import Any
 import pytest
 from operator_run import CANARY_ROLLOUT, install_crd, model_manifest
 
+from guardedmodel_operator.config import OperatorConfig
 from guardedmodel_operator.events import Event
 from guardedmodel_operator.kube import CONFLICT, ApiError, KubeClient, login
+from guardedmodel_operator.reconcile import reconcile
 from guardedmodel_operator.rollout.controller import RolloutController
 from guardedmodel_testground.cluster import LocalCluster
 
@@ -129,3 +131,21 @@ async def test_the_api_server_refuses_a_status_patch_on_an_old_resource_version(
     assert (await client.patch_status(namespace, NAME, {"phase": "Ready"}, current))["status"][
         "phase"
     ] == "Ready"
+
+
+async def test_the_cores_status_write_on_an_old_copy_is_refused_too(
+    k8s_cluster: LocalCluster, model: tuple[str, KubeClient]
+) -> None:
+    namespace, client = model
+    old = k8s_cluster.kubectl_json("get", "guardedmodel", NAME, "-n", namespace)
+    written_between = entry("1", "Recovered", 1)
+    patch_status(k8s_cluster, namespace, {"history": [entry("1", "Promoted", 0), written_between]})
+
+    with pytest.raises(ApiError) as refused:
+        # No children yet: the reconcile creates them (server-side apply is idempotent) and
+        # computes a status from the old copy, whose write the server refuses.
+        await reconcile(old, lambda kind, ns, name: None, client, OperatorConfig(), lambda event: None)
+    assert refused.value.status == CONFLICT
+    assert k8s_cluster.kubectl_json("get", "guardedmodel", NAME, "-n", namespace)["status"]["history"][
+        -1
+    ] == (written_between)
