@@ -26,9 +26,11 @@ import itertools
 import json
 import os
 import random
+import re
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -359,6 +361,14 @@ def campaign(
         k8s_cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
 
 
+def events_per_version(c: Campaign, model: str, reason: str, decided: str) -> Counter[str]:
+    """How many `reason` Events of `model` announce each version's decision (`decided` finds the version)."""
+    events = c.cluster.kubectl_json(
+        "get", "events", "-n", c.namespace, "--field-selector", f"involvedObject.name={model},reason={reason}"
+    )["items"]
+    return Counter(m.group(1) for e in events if (m := re.match(decided, e.get("message", ""))))
+
+
 def run_campaign(c: Campaign, kills: int) -> None:
     rng = random.Random(c.log.seed)
     print(f"operator kill campaign: seed {c.log.seed}, {kills} kills")
@@ -405,6 +415,16 @@ def test_operator_killed_mid_rollout_rollback_and_scale_up_converges_without_los
     assert all(per_phase.get(p, 0) > 0 for p in ("canary rollout", "rollback", "scale-up")), c.log.summary()
     for name in SPECS:
         assert not c.watch.ledger(name).problems, c.watch.ledger(name).problems
+    # Events go out after the status write, in the background: a kill in between loses one (Events
+    # are best effort in Kubernetes), but no decision is ever announced twice.
+    for model, reason, decided in (
+        (ROLLED_BACK, "RolledBack", r"canary (\S+) rolled back"),
+        (PROMOTED, "Promoted", r"canary (\S+) passed every step"),
+    ):
+        posted = events_per_version(c, model, reason, decided)
+        made = sum(1 for *_, why in c.watch.ledger(model).entries if re.match(decided, why))
+        print(f"{reason} Events: {sum(posted.values())} for {made} decisions (kills lost the rest)")
+        assert all(n == 1 for n in posted.values()), f"{reason} announced more than once: {posted}"
 
     # The steady state: one more kill, and the new process has nothing to write.
     time.sleep(STEADY_WINDOW_S / 2)
