@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,11 +35,24 @@ CANARY_ROLLOUT = {
 }
 
 
-def install_crd(cluster: LocalCluster) -> None:
+def install_crd(cluster: LocalCluster, timeout_s: float = 60) -> None:
+    """The CRD, applied and Established. Just after the control plane started, `kubectl wait` can
+    fail at once (before the server's discovery lists every resource), so it is asked again."""
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-    cluster.kubectl(
-        "wait", "--for=condition=Established", "crd/guardedmodels.guardedmodel.io", "--timeout=30s"
-    )
+    deadline = time.monotonic() + timeout_s
+    while True:
+        wait = cluster.kubectl(
+            "wait",
+            "--for=condition=Established",
+            "customresourcedefinition.apiextensions.k8s.io/guardedmodels.guardedmodel.io",
+            "--timeout=10s",
+            check=False,
+        )
+        if wait.returncode == 0:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the GuardedModel CRD is not Established: {wait.stderr.strip()}")
+        time.sleep(0.5)
 
 
 def model_manifest(namespace: str, name: str, spec: Mapping[str, Any], version: str = "1") -> str:

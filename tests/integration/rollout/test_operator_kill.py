@@ -11,8 +11,8 @@ one namespace, each going through its phases one after another while one operato
   of it (back down to 1).
 
 The operator is killed with SIGKILL at seeded random points (logged: GUARDEDMODEL_KILL_SEED picks
-another seed) and started again at once; half of the kills land just after one of its writes
-reached the API server, where the next step's decide → write is under way. After every phase:
+another seed) and started again at once; half of the kills land within 50 ms of a write to a model
+(the operator's, or a spec edit), where the operator's next decide → write is under way. After every phase:
 the state the spec and metrics call for; the routing went through each step once, in order
 (no double rollback, no step repeated or skipped); status.history gained exactly the phase's
 entries (none lost, none twice: `HistoryLedger` checks every version of the history the watch
@@ -55,13 +55,13 @@ from guardedmodel_testground.prometheus import Prometheus, ScrapeJob
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 
 PROMOTED, ROLLED_BACK, SCALED = "promoted", "rolledback", "scaled"
+TARGET_QUEUE_MS, HIGH_QUEUE_MS, LOW_QUEUE_MS = 50.0, 200.0, 5.0
 SPECS: dict[str, dict[str, Any]] = {
     PROMOTED: {"rollout": CANARY_ROLLOUT},
     ROLLED_BACK: {"rollout": CANARY_ROLLOUT},
-    SCALED: {"replicas": {"min": 1, "max": 3}, "scaling": {"targetQueueTimeMs": 50}},
+    SCALED: {"replicas": {"min": 1, "max": 3}, "scaling": {"targetQueueTimeMs": TARGET_QUEUE_MS}},
 }
 VERSIONS = [str(v) for v in range(1, 31)]
-TARGET_QUEUE_MS, HIGH_QUEUE_MS, LOW_QUEUE_MS = 50.0, 200.0, 5.0
 OPERATOR_ENV = {
     "GUARDEDMODEL_ROLLOUT_MIN_WINDOW_S": "3",
     "GUARDEDMODEL_SCALE_INTERVAL_S": "1",

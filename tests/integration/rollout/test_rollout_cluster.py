@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from operator_run import CANARY_ROLLOUT, KubectlWatch, start_operator
+from operator_run import CANARY_ROLLOUT, KubectlWatch, install_crd, start_operator
 from sidecar_traffic import SidecarTraffic
 
 from guardedmodel_testground.cluster import LocalCluster
@@ -28,8 +28,6 @@ from guardedmodel_testground.prometheus import Prometheus, ScrapeJob
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[3]
-CRD = REPO / "crds" / "guardedmodel.io_guardedmodels.yaml"
 MODEL = "classifier"
 NAME = "clf"
 
@@ -171,10 +169,7 @@ def _tail(path: Path, lines: int = 40) -> str:
 def scenario(
     k8s_cluster: LocalCluster, prometheus_factory: Callable[..., Prometheus], tmp_path: Path
 ) -> Iterator[Callable[[float], tuple[Scenario, Traffic]]]:
-    k8s_cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-    k8s_cluster.kubectl(
-        "wait", "--for=condition=Established", "crd/guardedmodels.guardedmodel.io", "--timeout=30s"
-    )
+    install_crd(k8s_cluster)
     cleanups: list[Callable[[], None]] = []
 
     def start(canary_ood_fraction: float) -> tuple[Scenario, Traffic]:
