@@ -30,7 +30,7 @@ from . import metrics
 from .config import OperatorConfig
 from .events import Event, failure_event
 from .keys import Key, key_of
-from .kube import ApiError, KubeClient, in_cluster_login, login
+from .kube import CONFLICT, ApiError, KubeClient, in_cluster_login, login
 from .labels import GROUP, MANAGED_BY, MANAGED_BY_LABEL, OWNER_NAME_LABEL, PLURAL, VERSION
 from .model_tasks import Memo, slim
 from .prometheus import PrometheusSource
@@ -217,6 +217,15 @@ async def _reconcile_latest(
                 body, _index_lookup(state, indices), state.client, state.config, emit, written=state.remember
             )
         except (TimeoutError, ApiError, OSError) as error:
+            if isinstance(error, ApiError) and error.status == CONFLICT:
+                # The model changed since the copy this reconcile read (a user's edit, or the write
+                # of an operator process that was replaced), so its status was not written. The
+                # watch event of the newer copy queues the next reconcile, which reads that copy.
+                metrics.RECONCILES.labels(trigger=trigger, result="conflict").inc()
+                logger.info(
+                    f"the model changed while reconciling; reconciling again on the newer copy ({error})"
+                )
+                return
             metrics.RECONCILES.labels(trigger=trigger, result="error").inc()
             metrics.RECONCILE_ERRORS.labels(error=type(error).__name__).inc()
             if delay is None or (isinstance(error, ApiError) and error.status in (400, 403, 404, 422)):

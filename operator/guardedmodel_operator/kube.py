@@ -35,16 +35,16 @@ _PLURALS = {
 }
 
 
+# The API server's answer to a write whose precondition (a resourceVersion) no longer holds.
+CONFLICT = 409
+
+
 class PatchStatus(Protocol):
     """KubeClient.patch_status as the per-model controllers receive it, so tests can pass a fake."""
 
     def __call__(
         self, namespace: str, name: str, patch: Mapping[str, Any], *, resource_version: str | None = None
     ) -> Awaitable[dict[str, Any]]: ...
-
-
-#: The HTTP status of a write whose resourceVersion precondition failed: the object changed since.
-CONFLICT = 409
 
 
 class ApiError(Exception):
@@ -189,8 +189,10 @@ class KubeClient:
     async def patch_status(
         self, namespace: str, name: str, patch: Mapping[str, Any], *, resource_version: str | None = None
     ) -> dict[str, Any]:
-        """Merge `patch` into the status. With `resource_version` the API server applies it only to
-        that version of the object and answers 409 Conflict when the object has changed since."""
+        """A merge patch of the status. With `resource_version`, that of the copy the patch was computed
+        from, the server refuses it (ApiError, status CONFLICT) when the object has changed since: a
+        merge patch replaces a list (history, conditions) whole, so one computed from an old copy would
+        drop what was written in between (e.g. by an operator process that was replaced)."""
         path = object_path(f"{GROUP}/{VERSION}", "GuardedModel", namespace, name, "status")
         body: dict[str, Any] = {"status": patch}
         if resource_version:

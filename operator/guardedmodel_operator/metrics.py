@@ -10,7 +10,8 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 
 RECONCILES = Counter(
     "guardedmodel_operator_reconciles_total",
-    "Reconciles of a GuardedModel, by what triggered it and the result.",
+    "Reconciles of a GuardedModel, by what triggered it and the result (success, error, or conflict: the "
+    "model changed while reconciling, so the next reconcile reads the newer copy).",
     ["trigger", "result"],
     registry=REGISTRY,
 )

@@ -81,7 +81,16 @@ async def reconcile(
         spec = parse_spec(body.get("spec") or {})
     except SpecError as error:
         await _write_invalid_spec(
-            client, namespace, name, status, generation, str(error), emit, format_time(now()), outcome
+            client,
+            namespace,
+            name,
+            status,
+            generation,
+            str(error),
+            emit,
+            format_time(now()),
+            outcome,
+            resource_version=meta.get("resourceVersion"),
         )
         return outcome
     refusal = await _pod_security_refusal(client, namespace, spec)
@@ -97,6 +106,7 @@ async def reconcile(
             format_time(now()),
             outcome,
             "PodSecurity",
+            meta.get("resourceVersion"),
         )
         return outcome
 
@@ -144,7 +154,9 @@ async def reconcile(
     )
     patch = merge_patch(status, new_status)
     if patch is not None:
-        model = await client.patch_status(namespace, name, patch)
+        model = await client.patch_status(
+            namespace, name, patch, resource_version=meta.get("resourceVersion")
+        )
         written(model)
         outcome.written.append(model)
         outcome.status_written = True
@@ -173,13 +185,16 @@ async def _write_invalid_spec(
     now: str,
     outcome: Outcome,
     reason: str = "InvalidSpec",
+    resource_version: str | None = None,
 ) -> None:
     # Leave the children as they are: a spec the operator cannot parse must
     # not tear down a model that is serving.
     new_status = invalid_spec_status(status, generation, message, now, reason)
     patch = merge_patch(status, new_status)
     if patch is not None:
-        outcome.written.append(await client.patch_status(namespace, name, patch))
+        outcome.written.append(
+            await client.patch_status(namespace, name, patch, resource_version=resource_version)
+        )
         outcome.status_written = True
         emit(Event("Warning", reason, message))
     outcome.phase = "Failed"

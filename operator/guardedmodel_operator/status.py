@@ -8,7 +8,10 @@ Three writers share the status, each under the model's lock and each for its own
 - the idle watch (`scaling.idle`): the `Idle` condition.
 Every writer sends `merge_patch` of its own fields, so none of them overwrites another's. The
 conditions list is shared: a merge patch replaces a list whole, so a writer of conditions sends the
-whole list, its own conditions replaced and everyone else's kept (`merge_conditions`).
+whole list, its own conditions replaced and everyone else's kept (`merge_conditions`). For the same
+reason the core and the rollout controller (the writers of history) send the resourceVersion of the
+copy they decided on: a patch computed from an old copy, e.g. after an operator process was killed
+and its last write landed late, is refused instead of dropping the entries written since.
 Pure: no I/O.
 """
 

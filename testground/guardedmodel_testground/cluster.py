@@ -44,12 +44,21 @@ from .real_node import (
     write_kubelet_client_pki,
 )
 
-# Metadata (user, verb, resource, response code) of every request a service account makes.
+# Every write, once each: who, what, when and the answer's code, and for GuardedModels what was sent
+# (status patches are small): a test counts a component's writes by its user agent (e.g. no write
+# storm after an operator restart) and can say what each one changed. And every request a service
+# account makes, reads included, with its response code: a least-privilege test finds each refusal.
+WRITE_VERBS = ["create", "update", "patch", "delete", "deletecollection"]
 AUDIT_POLICY = {
     "apiVersion": "audit.k8s.io/v1",
     "kind": "Policy",
     "omitStages": ["RequestReceived", "ResponseStarted"],
-    "rules": [{"level": "Metadata", "userGroups": ["system:serviceaccounts"]}, {"level": "None"}],
+    "rules": [
+        {"level": "Request", "verbs": WRITE_VERBS, "resources": [{"group": "guardedmodel.io"}]},
+        {"level": "Metadata", "verbs": WRITE_VERBS},
+        {"level": "Metadata", "userGroups": ["system:serviceaccounts"]},
+        {"level": "None"},
+    ],
 }
 
 
@@ -89,6 +98,7 @@ class LocalCluster:
 
     @property
     def audit_log(self) -> Path:
+        """Every write, and every service-account request, one JSON line each (`api_audit` reads it)."""
         return self.logs_dir / "audit.log"
 
     def audit_events(self, username: str) -> list[dict]:
@@ -298,6 +308,8 @@ class LocalCluster:
                 f"--audit-log-path={self.audit_log}",
                 "--audit-log-format=json",
                 "--audit-log-mode=blocking",
+                "--audit-log-maxsize=200",
+                "--audit-log-maxbackup=1",
                 "--allow-privileged=true",
                 "--profiling=false",
                 "--v=1",

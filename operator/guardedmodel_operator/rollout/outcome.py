@@ -26,6 +26,15 @@ from .verdict import ANALYSING, CHECK_FAILED, ROLLBACK_ACKNOWLEDGED, Kind, Verdi
 
 # The rollout controller's own condition (the core keeps the conditions of other writers).
 METRICS_AVAILABLE = "MetricsAvailable"
+# status.metrics is for people (`kubectl get` shows two of its figures); the record is Prometheus's.
+# A figure is rewritten when it moved past what ordinary noise moves it between two checks, or when
+# the status is written anyway. So a steady model costs no status write per check, and an operator
+# restart, after which every model is checked at once, writes nothing for models that did not move.
+METRIC_NOISE = {"oodRate": 0.05, "reviewRate": 0.05, "estimatedAccuracy": 0.05, "driftScore": 0.05}
+# requestsPerSecond: rewritten when one of the two rates is this many times the other (rates under
+# one request per second count as one). A short check window with a missed scrape reads a steady rate
+# a third low, so anything finer is noise.
+RATE_RATIO = 1.5
 
 
 def apply_verdict(
@@ -146,13 +155,16 @@ def apply_verdict(
     if verdict.comparison is not None:
         decision = {Kind.REJECT: "failed", Kind.START_CANARY: "passed", Kind.PROMOTE_FULL: "passed"}
         out["comparison"] = verdict.comparison.as_status(decision.get(kind, "pending"))
-    if verdict.samples is not None and verdict.samples.version == (
-        out["canaryVersion"] or out["stableVersion"]
-    ):
-        out["metrics"] = status_metrics(verdict.samples)
     if history:
         out["history"] = trimmed_history(history)
     out["rollout"] = {k: v for k, v in rollout.items() if v is not None} or None
+    if verdict.samples is not None and verdict.samples.version == (
+        out["canaryVersion"] or out["stableVersion"]
+    ):
+        fresh = status_metrics(verdict.samples)
+        written_anyway = any(out[key] != status.get(key) for key in ROLLOUT_FIELDS if key != "metrics")
+        if written_anyway or metrics_moved(out["metrics"], fresh):
+            out["metrics"] = fresh
     return out
 
 
@@ -180,6 +192,25 @@ def status_metrics(samples: MetricSamples) -> dict[str, Any]:
         "requestsPerSecond": _round(samples.requests_per_second, 1),
     }
     return {k: v for k, v in figures.items() if v is not None}
+
+
+def metrics_moved(stored: Mapping[str, Any] | None, fresh: Mapping[str, Any]) -> bool:
+    """Does `fresh` say something `stored` does not: another version or decision, a figure that
+    appeared or went, or one that moved past the noise between two checks (METRIC_NOISE)?"""
+    if not stored or set(stored) != set(fresh):
+        return True
+    for key, value in fresh.items():
+        old = stored[key]
+        if key in METRIC_NOISE:
+            moved = abs(float(value) - float(old)) >= METRIC_NOISE[key]
+        elif key == "requestsPerSecond":
+            low, high = sorted((max(float(value), 1.0), max(float(old), 1.0)))
+            moved = high >= RATE_RATIO * low
+        else:
+            moved = value != old
+        if moved:
+            return True
+    return False
 
 
 def drift_decision(samples: MetricSamples) -> str | None:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from operator_run import start_operator, wait_for_status
+from operator_run import CANARY_ROLLOUT, install_crd, start_operator, wait_for_status
 from sidecar_traffic import SidecarTraffic
 
 from guardedmodel_testground.cluster import LocalCluster
@@ -29,8 +29,6 @@ from guardedmodel_testground.prometheus import Prometheus, ScrapeJob
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[3]
-CRD = REPO / "crds" / "guardedmodel.io_guardedmodels.yaml"
 MODEL = "classifier"
 NAME = "clf"
 
@@ -43,14 +41,7 @@ def manifest(namespace: str, version: str) -> str:
             "metadata": {"name": NAME, "namespace": namespace},
             "spec": {
                 "model": {"name": MODEL, "repository": "file:///srv/models", "version": version},
-                "rollout": {
-                    "strategy": "canary",
-                    "steps": [10, 50, 100],
-                    "interval": "3s",
-                    "failureLimit": 1,
-                    "minRequests": 20,
-                    "thresholds": {"maxOodRate": 0.25, "maxErrorRate": 0.05},
-                },
+                "rollout": CANARY_ROLLOUT,
             },
         }
     )
@@ -160,10 +151,7 @@ def _tail(path: Path, lines: int = 40) -> str:
 def scenario(
     k8s_cluster: LocalCluster, prometheus_factory: Callable[..., Prometheus], tmp_path: Path
 ) -> Iterator[Callable[[float], tuple[Scenario, Traffic]]]:
-    k8s_cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-    k8s_cluster.kubectl(
-        "wait", "--for=condition=Established", "crd/guardedmodels.guardedmodel.io", "--timeout=30s"
-    )
+    install_crd(k8s_cluster)
     cleanups: list[Callable[[], None]] = []
 
     def start(canary_ood_fraction: float) -> tuple[Scenario, Traffic]:

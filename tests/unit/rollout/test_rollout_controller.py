@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from guardedmodel_operator.kube import ApiError
 from guardedmodel_operator.rollout.controller import RolloutController, StepResult, plan_step
@@ -150,3 +152,78 @@ async def test_a_decision_is_written_only_onto_the_copy_it_was_taken_on(seen: st
         assert written is None and result.patch is None and events == []
         assert result.next_in_s == 30.0  # the watch brings the newer copy sooner; this is the backstop
         assert ("ml", "clf") not in controller.last_checks  # the next step decides afresh
+
+
+# -- status.metrics: rewritten when a figure moves past noise or the status is written anyway --
+
+STABLE = {
+    "stableVersion": "1",
+    "rollout": {"phase": "Ready", "reason": "ChecksPassed", "since": "2025-01-01T11:00:00Z"},
+}
+FIGURES = ("ood_rate", "review_rate", "estimated_accuracy", "drift_score")
+
+
+def stable_samples(version: str = "1", requests: float = 1200.0, **figures: float) -> MetricSamples:
+    base = {"ood_rate": 0.02, "review_rate": 0.05, "estimated_accuracy": 0.9, "drift_score": 0.05}
+    return MetricSamples(version, 30, requests=requests, error_rate=0.0, **{**base, **figures})
+
+
+def checked_once(samples: MetricSamples) -> dict[str, Any]:
+    """The status after one passing check of the stable version."""
+    first = step(body("1", STABLE), samples, T0)
+    assert first.patch is not None and first.patch["metrics"]["version"] == "1"
+    return {**STABLE, **first.patch}
+
+
+@given(
+    figure=st.sampled_from(FIGURES),
+    noise=st.floats(-0.04, 0.04),
+    rate=st.floats(0.7, 1.4),
+)
+def test_a_steady_model_whose_figures_only_wobble_writes_nothing(
+    figure: str, noise: float, rate: float
+) -> None:
+    status = checked_once(stable_samples())
+    wobbled = stable_samples(requests=1200.0 * rate, **{figure: getattr(stable_samples(), figure) + noise})
+    later = step(body("1", status), wobbled, T0 + dt.timedelta(minutes=5))
+    assert later.verdict.reason == "ChecksPassed" and later.patch is None
+
+
+@given(figure=st.sampled_from(FIGURES), move=st.sampled_from([-0.06, 0.06, 0.1]))
+def test_a_figure_that_moves_past_the_noise_is_written(figure: str, move: float) -> None:
+    status = checked_once(stable_samples())
+    value = getattr(stable_samples(), figure) + move
+    moved = stable_samples(**{figure: value})
+    later = step(body("1", status), moved, T0 + dt.timedelta(minutes=5))
+    assert later.patch is not None and later.patch["metrics"]["version"] == "1"
+    written = {k: later.patch["metrics"][k] for k in later.patch["metrics"] if k != "version"}
+    assert round(value, 2) in written.values()
+
+
+@pytest.mark.parametrize(("rate", "written"), [(1.5, 60.0), (0.66, 26.4)])
+def test_the_request_rate_is_written_when_it_grows_or_falls_by_half(rate: float, written: float) -> None:
+    status = checked_once(stable_samples())
+    later = step(body("1", status), stable_samples(requests=1200.0 * rate), T0 + dt.timedelta(minutes=5))
+    assert later.patch is not None and later.patch["metrics"]["requestsPerSecond"] == written
+
+
+def test_a_write_for_another_reason_carries_the_fresh_figures() -> None:
+    # A canary's step moves routing: the status is written, so its figures are the check's own,
+    # however little they moved.
+    canary = {
+        "stableVersion": "1",
+        "canaryVersion": "2",
+        "canaryWeight": 10,
+        "metrics": {
+            "version": "2",
+            "oodRate": 0.02,
+            "reviewRate": 0.05,
+            "estimatedAccuracy": 0.9,
+            "driftScore": 0.05,
+            "requestsPerSecond": 40.0,
+        },
+        "rollout": {"phase": "Progressing", "since": "2025-01-01T11:00:00Z"},
+    }
+    result = step(body("2", canary), stable_samples("2", estimated_accuracy=0.91), T0)
+    assert result.patch is not None and result.patch["canaryWeight"] == 50
+    assert result.patch["metrics"]["estimatedAccuracy"] == 0.91
