@@ -158,7 +158,9 @@ async def test_the_controller_step_over_a_hung_prometheus(server: FaultyHTTP) ->
     patches: list[dict[str, Any]] = []
     events: list[Event] = []
 
-    async def patch_status(namespace: str, name: str, patch: Mapping[str, Any]) -> dict[str, Any]:
+    async def patch_status(
+        namespace: str, name: str, patch: Mapping[str, Any], *, resource_version: str | None = None
+    ) -> dict[str, Any]:
         patches.append(dict(patch))
         return {}
 
@@ -202,7 +204,9 @@ async def test_a_hung_prometheus_does_not_hold_the_model_lock(server: FaultyHTTP
     memo.rollout_bodies[key] = canary_body(None)
     patches: list[dict[str, Any]] = []
 
-    async def patch_status(namespace: str, name: str, patch: Mapping[str, Any]) -> dict[str, Any]:
+    async def patch_status(
+        namespace: str, name: str, patch: Mapping[str, Any], *, resource_version: str | None = None
+    ) -> dict[str, Any]:
         patches.append(dict(patch))  # what the API server answers: the object as stored
         return {**canary_body(None), "kind": "GuardedModel", "status": dict(patch)}
 
@@ -246,5 +250,7 @@ async def test_samples_read_before_the_lock_are_used_only_for_what_they_measured
         await source.close()
 
 
-async def _no_write(namespace: str, name: str, patch: Mapping[str, Any]) -> dict[str, Any]:
+async def _no_write(
+    namespace: str, name: str, patch: Mapping[str, Any], *, resource_version: str | None = None
+) -> dict[str, Any]:
     return {}
