@@ -132,7 +132,7 @@ class SidecarWatch:
         self.routings: list[Routing] = []
         self.lock = threading.Lock()
         self.loop = asyncio.new_event_loop()
-        self.watcher = GuardedModelWatcher(api, namespace, NAME, self._record, self.current, retry_s=0.5)
+        self.watcher = GuardedModelWatcher(api, namespace, NAME, self._record, self.current, retry_max_s=0.5)
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.task: asyncio.Task[None] | None = None
 

@@ -95,7 +95,7 @@ def idle_condition(obj: dict[str, Any]) -> dict[str, Any]:
 
 def wait_for_idle(cluster: LocalCluster, m: IdleModel, status: str, what: str) -> dict[str, Any]:
     """Until the Idle condition has `status` (and the phase is Ready); returns the model."""
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60  # the kwok pods' readiness included, on a loaded machine
     obj: dict[str, Any] = {}
     while time.monotonic() < deadline:
         obj = model(cluster, m.namespace)

@@ -98,7 +98,8 @@ async def test_a_decision_on_an_old_copy_writes_nothing_and_the_next_one_keeps_e
     result, written = await controller.step(old)
     assert result.verdict.reason == "CanaryStarted"  # what the old copy called for ...
     assert written is None and result.patch is None and not events  # ... but nothing landed
-    assert result.next_in_s is None  # the watch event of the newer copy wakes the next step
+    # The watch event of the newer copy wakes the next step; one interval is the backstop.
+    assert result.next_in_s == 3.0
     now = k8s_cluster.kubectl_json("get", "guardedmodel", NAME, "-n", namespace)
     assert now["status"]["history"][-1] == written_between and "canaryVersion" not in now["status"]
 
@@ -118,7 +119,7 @@ async def test_the_api_server_refuses_a_status_patch_on_an_old_resource_version(
     ]
     patch_status(k8s_cluster, namespace, {"phase": "Progressing"})
     with pytest.raises(ApiError) as refused:
-        await client.patch_status(namespace, NAME, {"phase": "Degraded"}, old)
+        await client.patch_status(namespace, NAME, {"phase": "Degraded"}, resource_version=old)
     assert refused.value.status == CONFLICT
     assert (
         k8s_cluster.kubectl_json("get", "guardedmodel", NAME, "-n", namespace)["status"]["phase"]
@@ -128,7 +129,7 @@ async def test_the_api_server_refuses_a_status_patch_on_an_old_resource_version(
     current = k8s_cluster.kubectl_json("get", "guardedmodel", NAME, "-n", namespace)["metadata"][
         "resourceVersion"
     ]
-    assert (await client.patch_status(namespace, NAME, {"phase": "Ready"}, current))["status"][
+    assert (await client.patch_status(namespace, NAME, {"phase": "Ready"}, resource_version=current))["status"][
         "phase"
     ] == "Ready"
 
