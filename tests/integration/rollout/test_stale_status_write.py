@@ -129,9 +129,9 @@ async def test_the_api_server_refuses_a_status_patch_on_an_old_resource_version(
     current = k8s_cluster.kubectl_json("get", "guardedmodel", NAME, "-n", namespace)["metadata"][
         "resourceVersion"
     ]
-    assert (await client.patch_status(namespace, NAME, {"phase": "Ready"}, resource_version=current))["status"][
-        "phase"
-    ] == "Ready"
+    assert (await client.patch_status(namespace, NAME, {"phase": "Ready"}, resource_version=current))[
+        "status"
+    ]["phase"] == "Ready"
 
 
 async def test_the_cores_status_write_on_an_old_copy_is_refused_too(
