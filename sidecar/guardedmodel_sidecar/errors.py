@@ -133,7 +133,8 @@ class Forbidden(GuardError):
 
 
 class UpstreamError(GuardError):
-    """Triton answered with an error; its status and message are passed on unchanged."""
+    """Triton answered with an error: its message is passed on, its status too except that Triton's own
+    failures (5xx) are a 502, a bad gateway, never the sidecar's 500."""
 
     def __init__(self, message: str, http_status: int) -> None:
         super().__init__(message)

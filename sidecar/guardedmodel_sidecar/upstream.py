@@ -324,4 +324,7 @@ def _error_from(response: UpstreamResponse, model: str, version: str) -> Excepti
         return ModelNotFound(f"model {where} is not available in Triton: {message}")
     if "not ready" in lowered or response.status == 503:
         return Unavailable(f"Triton cannot serve '{model}' version {version or 'default'}: {message}")
-    return UpstreamError(f"Triton: {message}", response.status)
+    # Triton's own failure (a crashed or wedged backend) is a bad gateway to the caller, apart from a
+    # fault of the sidecar's (500): alerts and clients tell the two apart. Its 4xx pass unchanged.
+    status = 502 if response.status >= 500 and response.status != 504 else response.status
+    return UpstreamError(f"Triton: {message}", status)

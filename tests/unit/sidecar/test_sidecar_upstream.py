@@ -231,7 +231,17 @@ async def test_infer_errors_are_mapped(triton) -> None:
     )
     with pytest.raises(UpstreamError) as failed:
         await client.infer("m", "", b"{}", [])
-    assert failed.value.http_status == 500 and "\x1b" not in failed.value.message
+    # Triton's own failure is a bad gateway, never the sidecar's 500; a refusal of Triton's passes on.
+    assert failed.value.http_status == 502 and "\x1b" not in failed.value.message
+    error = b'{"error":"unexpected shape for input \'x\'"}'
+    _StandIn.reply = staticmethod(
+        lambda n: b"HTTP/1.1 400 Bad Request\r\nContent-Length: %d\r\n\r\n%s" % (len(error), error)
+    )
+    with pytest.raises(UpstreamError) as refused:
+        await client.infer("m", "", b"{}", [])
+    assert (
+        refused.value.http_status == 400 and refused.value.message == "Triton: unexpected shape for input 'x'"
+    )
 
 
 async def test_the_restricted_api_key_goes_on_repository_calls_only(triton) -> None:
