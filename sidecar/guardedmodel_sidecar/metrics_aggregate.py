@@ -22,6 +22,7 @@ Merge rules (per family, per label set):
   guardedmodel_drift_window_samples              sum (each worker's window holds its share)
   guardedmodel_review_spool_items                sum (each worker spools into its own directory)
   guardedmodel_audit_pending_lines, _bytes       sum (each worker's own queue)
+  guardedmodel_sidecar_asyncio_tasks             sum (each worker's own event loop)
   guardedmodel_triton_ready                      max: Triton answers ready if any worker saw it so
                                                  (each worker's own view: guardedmodel_worker_ready)
   guardedmodel_version_loaded                    min: a version is ready for a flip when every
@@ -82,6 +83,7 @@ GAUGE_RULES: dict[str, Rule] = {
     "guardedmodel_review_spool_items": Rule("sum"),
     "guardedmodel_audit_pending_lines": Rule("sum"),
     "guardedmodel_audit_pending_bytes": Rule("sum"),
+    "guardedmodel_sidecar_asyncio_tasks": Rule("sum"),
     "guardedmodel_triton_ready": Rule("max"),
     "guardedmodel_version_loaded": Rule("min"),
     "guardedmodel_estimated_accuracy": Rule("weighted_mean", WINDOW_SAMPLES),
