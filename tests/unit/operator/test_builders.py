@@ -374,12 +374,15 @@ def _false_omitempty_fields(value: Any, path: str = "") -> list[str]:
             )
         ]
     if isinstance(value, list):
-        return [found for i, item in enumerate(value) for found in _false_omitempty_fields(item, f"{path}[{i}]")]
+        return [
+            found for i, item in enumerate(value) for found in _false_omitempty_fields(item, f"{path}[{i}]")
+        ]
     return []
 
 
 @pytest.mark.parametrize(
-    "repository", ["pvc://models/toy", "s3://bucket/models", "gs://bucket/models", "https://models.example.com/r"]
+    "repository",
+    ["pvc://models/toy", "s3://bucket/models", "gs://bucket/models", "https://models.example.com/r"],
 )
 def test_no_child_sets_a_false_the_api_server_drops(minimal_body: dict[str, Any], repository: str) -> None:
     """A false that the API server leaves out would differ from the live object on every reconcile,
