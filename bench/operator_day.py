@@ -47,7 +47,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from operator_scale import NAMESPACE, PODS_PER_NODE, manifest, phases, scrape, total
+from operator_scale import NAMESPACE, PODS_PER_NODE, manifest, phases, scrape, start_operator, total
 from proc_stats import open_fds, rss_mb, slope_per_hour
 
 from guardedmodel_testground import stack as local_stack
@@ -55,7 +55,6 @@ from guardedmodel_testground.cluster import LocalCluster
 from guardedmodel_testground.kwok_nodes import FakeNode
 from guardedmodel_testground.procs import ManagedProcess
 from guardedmodel_testground.prometheus import Prometheus
-from guardedmodel_testground.stack import OperatorPorts
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -203,13 +202,13 @@ def _epoch(timestamp: str) -> float:
 def _start_operator(
     cleanup: contextlib.ExitStack, cluster: LocalCluster, prometheus: Prometheus, logs: Path, s: DaySettings
 ) -> tuple[ManagedProcess, str]:
-    ports = OperatorPorts.free()
-    process = local_stack.start_operator(
+    """The operator with every timer at ``s.interval_s`` and its watches renewed every ``s.watch_timeout_s``."""
+    return start_operator(
         cleanup,
         cluster,
-        namespace=NAMESPACE,
-        ports=ports,
-        log_dir=logs,
+        logs,
+        "operator",
+        s.worker_limit,
         prometheus_url=prometheus.url,
         extra_env={
             "GUARDEDMODEL_SCALE_INTERVAL_S": str(s.interval_s),
@@ -219,9 +218,7 @@ def _start_operator(
             "GUARDEDMODEL_WATCH_SERVER_TIMEOUT_S": str(s.watch_timeout_s),
             "GUARDEDMODEL_WATCH_CLIENT_TIMEOUT_S": str(s.watch_timeout_s + 30),
         },
-        extra_args=("--log-level=warning", f"--worker-limit={s.worker_limit}"),
     )
-    return process, f"http://127.0.0.1:{ports.metrics}/metrics"
 
 
 def run_day(s: DaySettings, state: Path) -> DayResult:
