@@ -80,10 +80,10 @@ bench-guard: setup
 bench-operator: setup
 	$(BIN)/python bench/operator_scale.py --count 1000
 
-# 1,000 GuardedModels with every operator timer firing every 10 s for 15 minutes of steady state: writes
+# 1,000 GuardedModels with every operator timer firing every 10 s for 10 minutes of steady state: writes
 # per minute (from the API server's audit log; must be 0) and memory. Writes bench/results/operator_day.json|png.
 bench-operator-day: setup
-	$(BIN)/python bench/operator_day.py --count 1000 --minutes 15 --interval 10
+	$(BIN)/python bench/operator_day.py --count 1000 --minutes 10 --interval 10
 
 # The sidecar under 30 minutes of a sustained good/OOD/malformed mix over HTTP and gRPC: RSS, open fds,
 # asyncio tasks and p99 per interval with their slopes per hour. Writes bench/results/soak.json|png.

@@ -1,6 +1,6 @@
 """The operator over a time-compressed day: many GuardedModels, fast timers, and whether it stays quiet.
 
-    .venv/bin/python bench/operator_day.py [--count 1000] [--minutes 15] [--interval 10]
+    .venv/bin/python bench/operator_day.py [--count 1000] [--minutes 10] [--interval 10]
 
 Starts a local cluster (real kube-apiserver with an audit log of every write, etcd, controllers,
 kwok GPU nodes), a real Prometheus (it holds no sidecar series: kwok pods serve no metrics, so every
@@ -72,7 +72,7 @@ AUDIT_POLICY = {
 @dataclass(frozen=True)
 class DaySettings:
     count: int = 1000
-    minutes: float = 15.0  # steady state, after every model is Ready and Idle
+    minutes: float = 10.0  # steady state, after every model is Ready and Idle
     interval_s: float = 10.0  # rollout, scaling and idle timers
     idle_after_s: float = 20.0
     watch_timeout_s: int = 60
@@ -382,7 +382,7 @@ def plot(result: DayResult, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=1000)
-    parser.add_argument("--minutes", type=float, default=15.0, help="steady state to watch")
+    parser.add_argument("--minutes", type=float, default=10.0, help="steady state to watch")
     parser.add_argument("--interval", type=float, default=10.0, help="seconds between timer firings")
     parser.add_argument("--idle-after", type=float, default=20.0, help="the models' idleAfter, seconds")
     parser.add_argument("--watch-timeout", type=int, default=60, help="seconds before a watch is renewed")

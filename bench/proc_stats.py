@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -43,9 +43,9 @@ def _sockets() -> dict[str, tuple[int, int, str]]:
     return sockets
 
 
-def fd_census(pid: int, served_ports: Collection[int], upstream_ports: Collection[int]) -> Counter[str]:
+def fd_census(pid: int, served_ports: Collection[int], peers: Mapping[int, str]) -> Counter[str]:
     """The process's open descriptors by kind: ``listening`` sockets, ``clients`` (connections to
-    one of ``served_ports``), ``upstream`` (connections to one of ``upstream_ports``), ``tcp_other``,
+    one of ``served_ports``), connections to a port of ``peers`` under that port's name, ``tcp_other``,
     ``socket_other`` (unix, netlink), ``file``, ``pipe``, ``anon`` (epoll, eventfd, timerfd)."""
     tcp = _sockets()
     census: Counter[str] = Counter()
@@ -63,8 +63,8 @@ def fd_census(pid: int, served_ports: Collection[int], upstream_ports: Collectio
                 census["listening"] += 1
             elif entry[0] in served_ports:
                 census["clients"] += 1
-            elif entry[1] in upstream_ports:
-                census["upstream"] += 1
+            elif entry[1] in peers:
+                census[peers[entry[1]]] += 1
             else:
                 census["tcp_other"] += 1
         elif target.startswith("pipe:"):

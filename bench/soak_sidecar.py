@@ -13,7 +13,8 @@ Starts a real CPU Triton with the toy model and one real sidecar process in fron
    latency of the answers of that interval; every answer is checked against its class;
 3. stops, lets it go quiet again and takes the same census: client connections must be gone, every
    other descriptor and the task count back to the baseline (Triton connections the pool keeps are
-   counted apart and bounded by ``limits.maxTritonConnections``).
+   counted apart and bounded by ``limits.maxTritonConnections``; the one connection following
+   Triton's metrics is part of the baseline).
 
 Fits a least-squares slope per hour to RSS, descriptors, tasks and p99 after ``--warmup`` seconds.
 Writes bench/results/soak.json and soak.png. tests/integration/sidecar/test_soak.py runs the same
@@ -156,8 +157,13 @@ class Soak:
         self.settings = settings
         listen = sidecar.config["listen"]
         self.served_ports = {listen["http"], listen["grpc"], listen["metrics"]}
-        self.triton_ports = {int(u.rsplit(":", 1)[1]) for u in (triton.http_url, triton.grpc_url)}
-        self.triton_ports.add(triton.metrics_port)
+        # The sidecar's Triton pool (HTTP), bounded by maxTritonConnections, and the one connection
+        # that follows Triton's queue metrics.
+        self.triton_peers = {
+            int(triton.http_url.rsplit(":", 1)[1]): "upstream",
+            int(triton.grpc_url.rsplit(":", 1)[1]): "upstream_grpc",
+            triton.metrics_port: "triton_metrics",
+        }
         self.answers: list[Answer] = []
         self.by_case: dict[str, Counter[str]] = {}
         self.first_mismatches: list[str] = []
@@ -193,7 +199,7 @@ class Soak:
     async def census(self) -> Census:
         tasks = await self.tasks()
         await asyncio.sleep(0.2)  # the scrape's connection is closed on both sides
-        return Census(dict(fd_census(self.pid, self.served_ports, self.triton_ports)), tasks)
+        return Census(dict(fd_census(self.pid, self.served_ports, self.triton_peers)), tasks)
 
     async def settled_census(self, baseline: Census | None = None) -> tuple[Census, float]:
         """Poll until the census is back at ``baseline`` (without one: until no client connection is

@@ -8,7 +8,8 @@ and gRPC against the real sidecar and a real CPU Triton, below saturation. Asser
 - the sidecar counted what was sent: accepted requests = good ones, gate refusals = malformed ones,
   one audit record per request, nothing dropped, no upstream error;
 - after the traffic stops, its descriptors come back to the baseline exactly (no client connection
-  left; Triton connections kept by the pool within its cap) and so does its asyncio task count;
+  left, the connection following Triton's metrics still the one; Triton connections kept by the
+  pool within its cap) and so does its asyncio task count;
 - resident memory does not grow with the requests: at most 2 MiB between the first and the last
   third of the steady state (a leak of ~300 bytes per request would exceed it), and its slope per hour
   is reported.
