@@ -11,7 +11,9 @@ compressed: the rollout controller's continuous guard (spec.rollout.interval), t
 ``--watch-timeout`` seconds instead of every 5 minutes.
 
 Creates ``--count`` GuardedModels (replicas 1..2, idleAfter ``--idle-after``), waits until every one
-is Ready and has turned Idle (the one write a quiet day owes: the Idle condition), then for
+is Ready and has turned Idle (the one write a quiet day owes: the Idle condition) and the Events
+of those transitions have been posted (the operator wrote nothing for two timer rounds; after 5
+minutes the steady state starts anyway, so a writer that never stops is counted), then for
 ``--minutes`` samples every ``--sample`` seconds:
 
 - the operator's writes to the API server, counted from the API server's audit log (every create,
@@ -48,7 +50,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from operator_scale import NAMESPACE, PODS_PER_NODE, manifest, phases, scrape, start_operator, total
-from proc_stats import open_fds, rss_mb, slope_per_hour
+from proc_stats import fd_census, open_fds, rss_mb, slope_per_hour
 
 from guardedmodel_testground import stack as local_stack
 from guardedmodel_testground.cluster import LocalCluster
@@ -79,7 +81,12 @@ class DaySettings:
     sample_s: float = 10.0
     worker_limit: int = 20
     ready_timeout_s: float = 900.0
+    drain_timeout_s: float = 300.0  # longest wait for the transitions' writes to stop
     batch: int = 100
+
+    @property
+    def quiet_s(self) -> float:
+        return max(2 * self.interval_s, 10.0)
 
 
 @dataclass
@@ -87,6 +94,9 @@ class DaySample:
     t: float  # seconds since the steady state began
     rss_mb: float
     fds: int
+    # The descriptors by kind: "prometheus" and "apiserver" connections come from pools (aiohttp's
+    # default of 100 to Prometheus; the API client's 50 and kopf's watches), the rest must not move.
+    fd_kinds: dict[str, int]
     operator_writes: int  # audit-logged writes by the operator in this sample's interval
     other_writes: int  # by everyone else (controllers, kwok): context, not asserted
     prometheus_queries: float  # in this interval
@@ -99,6 +109,7 @@ class DayResult:
     settings: DaySettings
     ready_seconds: float
     settle_seconds: float  # from all Ready until every model was Idle
+    drain_seconds: float  # from all Idle until the operator had written nothing for quiet_s
     writes_until_steady: dict[str, int]  # by "agent verb resource[/subresource]"
     steady_writes: dict[str, int]  # the same, in steady state: must be empty
     steady_writes_per_minute: list[float]
@@ -252,11 +263,12 @@ def run_day(s: DaySettings, state: Path) -> DayResult:
             operator, started, s.ready_timeout_s, "Ready", lambda: phases(cluster).get("Ready", 0), s.count
         )
         idle_s = _wait(operator, started, s.ready_timeout_s, "Idle", lambda: _idle_models(cluster), s.count)
-        # One more round of every timer, so no step that began before the last flip is still writing.
-        time.sleep(2 * s.interval_s)
-        until_steady = audit.read()
+        drain_started = time.monotonic()
+        until_steady = _drained(audit, operator, s)
+        drain_s = time.monotonic() - drain_started
         audit.examples.clear()
 
+        peers = {int(prometheus.port): "prometheus", cluster.apiserver_port: "apiserver"}
         steady_started = time.monotonic()
         steady_writes: Counter[str] = Counter()
         samples: list[DaySample] = []
@@ -273,6 +285,7 @@ def run_day(s: DaySettings, state: Path) -> DayResult:
                     t=round(time.monotonic() - steady_started, 2),
                     rss_mb=round(rss_mb(operator.pid), 2),
                     fds=open_fds(operator.pid),
+                    fd_kinds=dict(fd_census(operator.pid, (), peers)),
                     operator_writes=_operator_total(writes),
                     other_writes=sum(writes.values()) - _operator_total(writes),
                     prometheus_queries=queries - last_queries,
@@ -289,6 +302,7 @@ def run_day(s: DaySettings, state: Path) -> DayResult:
         settings=s,
         ready_seconds=round(ready_s, 1),
         settle_seconds=round(idle_s - ready_s, 1),
+        drain_seconds=round(drain_s, 1),
         writes_until_steady=dict(sorted(until_steady.items())),
         steady_writes={k: n for k, n in sorted(steady_writes.items()) if not k.startswith("other ")},
         steady_writes_per_minute=_per_minute(samples, s.sample_s),
@@ -318,6 +332,24 @@ def _wait(
         if elapsed > timeout:
             raise TimeoutError(f"only {have} of {want} GuardedModels were {what} after {timeout:.0f}s")
         time.sleep(3)
+
+
+def _drained(audit: AuditTail, operator: ManagedProcess, s: DaySettings) -> Counter[str]:
+    """The writes until the transitions have drained: kopf posts Events from a bounded background
+    queue, so the Events of 1,000 models' last transitions trail them by a while. Done when the
+    operator has written nothing for ``quiet_s`` (at least two rounds of every timer), or after
+    ``drain_timeout_s`` whatever it writes: a writer that never stops is then counted as steady."""
+    written: Counter[str] = Counter()
+    quiet_since = time.monotonic()
+    deadline = quiet_since + s.drain_timeout_s
+    while time.monotonic() - quiet_since < s.quiet_s and time.monotonic() < deadline:
+        time.sleep(1.0)
+        operator.check_alive()
+        fresh = audit.read()
+        written.update(fresh)
+        if _operator_total(fresh):
+            quiet_since = time.monotonic()
+    return written
 
 
 def _rise(before: dict[str, float], after: dict[str, float], prefix: str) -> float:
