@@ -14,7 +14,7 @@ PYTEST_ARGS ?= -m "not slow"
 # as another user its tests are skipped with that reason.
 POD_TIER_DEPS := $(if $(filter 0,$(shell id -u)),pod-deps node-deps)
 
-.PHONY: setup system-deps python-deps cluster-binaries lint test test-all test-pods test-reliability pod-deps node-deps demo demo-real-pods bench-sidecar bench-guard bench-operator bench-rollback fuzz crds-sync clean
+.PHONY: setup system-deps python-deps cluster-binaries lint test test-all test-pods test-reliability pod-deps node-deps demo demo-real-pods bench-sidecar bench-guard bench-operator bench-operator-day bench-soak bench-rollback fuzz crds-sync clean
 
 setup: system-deps python-deps cluster-binaries
 
@@ -79,6 +79,16 @@ bench-guard: setup
 
 bench-operator: setup
 	$(BIN)/python bench/operator_scale.py --count 1000
+
+# 1,000 GuardedModels with every operator timer firing every 10 s for 10 minutes of steady state: writes
+# per minute (from the API server's audit log; must be 0) and memory. Writes bench/results/operator_day.json|png.
+bench-operator-day: setup
+	$(BIN)/python bench/operator_day.py --count 1000 --minutes 10 --interval 10
+
+# The sidecar under 30 minutes of a sustained good/OOD/malformed mix over HTTP and gRPC: RSS, open fds,
+# asyncio tasks and p99 per interval with their slopes per hour. Writes bench/results/soak.json|png.
+bench-soak: setup
+	$(BIN)/python bench/soak_sidecar.py --minutes 30
 
 # Drift onset to traffic on the last good version (canary and promoted, interval 5s and 30s), next to
 # a Flagger-style analysis of the same knobs; about 15 minutes. Writes bench/results/rollback.json|png.

@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -97,7 +98,14 @@ def quantile(samples: dict[str, float], q: float) -> float | None:
 
 
 def start_operator(
-    cleanup: contextlib.ExitStack, cluster: LocalCluster, logs: Path, name: str, worker_limit: int
+    cleanup: contextlib.ExitStack,
+    cluster: LocalCluster,
+    logs: Path,
+    name: str,
+    worker_limit: int,
+    *,
+    prometheus_url: str | None = None,
+    extra_env: Mapping[str, str] | None = None,
 ) -> tuple[ManagedProcess, str]:
     """The operator as the test ground starts it, stopped by `cleanup`; returns it and its metrics URL."""
     ports = OperatorPorts.free()
@@ -108,6 +116,8 @@ def start_operator(
         ports=ports,
         log_dir=logs,
         name=name,
+        prometheus_url=prometheus_url,
+        extra_env=extra_env,
         extra_args=("--log-level=warning", f"--worker-limit={worker_limit}"),
     )
     return process, f"http://127.0.0.1:{ports.metrics}/metrics"

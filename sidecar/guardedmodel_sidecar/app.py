@@ -151,6 +151,8 @@ class SidecarApp:
         }
         self.metrics.audit_records = lambda: self.audit.records_written
         self.metrics.audit_stats = self.audit.stats
+        # Scraped by the metrics handler, which runs in this loop (the count includes its own task).
+        self.metrics.asyncio_tasks = lambda: len(asyncio.all_tasks())
         self.http_port = self.grpc_port = self.metrics_port = 0
         self._tasks: list[asyncio.Task[Any]] = []
         self._http: asyncio.Server | None = None

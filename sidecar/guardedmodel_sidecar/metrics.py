@@ -46,6 +46,8 @@ Exported (labels ``model``, ``version`` unless noted):
   guardedmodel_audit_pending_bytes{stream}
   guardedmodel_audit_files_deleted_total{stream}   rotated audit files deleted by retention
   guardedmodel_triton_ready                        1 when Triton answers ready, else 0
+  guardedmodel_sidecar_asyncio_tasks{model}        asyncio tasks alive in the process's event loop (a
+                                                   connection or request that leaks its task shows here)
   guardedmodel_version_loaded{model,version,role}  1 when the version is loaded in Triton and guarded;
                                                    role: stable, canary, lastGood, shadow (a version
                                                    with two roles has two series)
@@ -110,6 +112,7 @@ class SidecarMetrics(Collector):
         self.volumes_full: Callable[[], Mapping[str, bool]] = dict
         self.audit_records: Callable[[], int] = lambda: 0
         self.audit_stats: Callable[[], Mapping[str, StreamStats]] = dict
+        self.asyncio_tasks: Callable[[], int] = lambda: 0
         # (version, role, loaded and guarded) of every version routing keeps, read at scrape time.
         self.version_roles: Callable[[], list[tuple[str, str, bool]]] = list
         # (following the GuardedModel now, failed API reads so far) of the routing watch; None without one.
@@ -298,6 +301,13 @@ class SidecarMetrics(Collector):
             "1 when Triton answers ready",
             value=1.0 if self.triton_ready else 0.0,
         )
+        tasks = GaugeMetricFamily(
+            "guardedmodel_sidecar_asyncio_tasks",
+            "asyncio tasks alive in the sidecar's event loop",
+            labels=["model"],
+        )
+        tasks.add_metric([self.model], self.asyncio_tasks())
+        yield tasks
         loaded = GaugeMetricFamily(
             "guardedmodel_version_loaded",
             "1 when the version is loaded in Triton and guarded, by its role in routing",

@@ -24,6 +24,7 @@ Merge rules (per family, per label set):
   guardedmodel_review_spool_fill_ratio           max: the fullest worker's spool is refused first
   guardedmodel_volume_full                       max: a full volume is full for every worker
   guardedmodel_audit_pending_lines, _bytes       sum (each worker's own queue)
+  guardedmodel_sidecar_asyncio_tasks             sum (each worker's own event loop)
   guardedmodel_triton_ready                      max: Triton answers ready if any worker saw it so
                                                  (each worker's own view: guardedmodel_worker_ready)
   guardedmodel_version_loaded                    min: a version is ready for a flip when every
@@ -88,6 +89,7 @@ GAUGE_RULES: dict[str, Rule] = {
     "guardedmodel_volume_full": Rule("max"),
     "guardedmodel_audit_pending_lines": Rule("sum"),
     "guardedmodel_audit_pending_bytes": Rule("sum"),
+    "guardedmodel_sidecar_asyncio_tasks": Rule("sum"),
     "guardedmodel_triton_ready": Rule("max"),
     "guardedmodel_version_loaded": Rule("min"),
     "guardedmodel_routing_watch_connected": Rule("min"),

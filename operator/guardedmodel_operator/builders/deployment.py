@@ -177,8 +177,10 @@ def _sidecar_container(ctx: BuildContext, models_mount: dict[str, Any]) -> dict[
         "volumeMounts": [
             {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
             # A fetched copy is writable for the sidecar only: it adds versions published after the
-            # pod started (guardedmodel_sidecar.version_fetch); Triton reads it read-only.
-            {**models_mount, "readOnly": False} if ctx.spec.repository.is_remote else models_mount,
+            # pod started (guardedmodel_sidecar.version_fetch); Triton reads it read-only. Writable is
+            # readOnly left out, not false: the API server drops a false readOnly, so a false one
+            # would differ from the live Deployment on every reconcile and be written again each time.
+            _writable(models_mount) if ctx.spec.repository.is_remote else models_mount,
             {"name": "state", "mountPath": STATE_DIR},
             {"name": "sidecar-tmp", "mountPath": "/tmp"},
             {"name": "kube-api-access", "mountPath": SERVICE_ACCOUNT_DIR, "readOnly": True},
@@ -186,6 +188,10 @@ def _sidecar_container(ctx: BuildContext, models_mount: dict[str, Any]) -> dict[
         "securityContext": _container_security(),
         "lifecycle": _sleep_before_stop(ENDPOINT_REMOVAL_S),
     }
+
+
+def _writable(mount: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in mount.items() if key != "readOnly"}
 
 
 def _volumes(ctx: BuildContext, models_volume: dict[str, Any]) -> list[dict[str, Any]]:

@@ -355,9 +355,43 @@ def test_a_remote_repository_is_the_model_source_and_the_sidecar_may_add_version
     pod = build_deployment(context(minimal_body))["spec"]["template"]["spec"]
     mounts = {c["name"]: {m["name"]: m for m in c["volumeMounts"]} for c in pod["containers"]}
     assert mounts["triton"]["models"]["readOnly"] is True
-    assert mounts["sidecar"]["models"]["readOnly"] is False
+    assert "readOnly" not in mounts["sidecar"]["models"]  # writable (a false readOnly is dropped)
     local_mounts = {c["name"]: {m["name"]: m for m in c["volumeMounts"]} for c in local["containers"]}
     assert local_mounts["sidecar"]["models"]["readOnly"] is True  # a claim's files are never written
+
+
+# Plain (not pointer) booleans of the pod API with omitempty: the API server stores false as absent.
+OMITTED_WHEN_FALSE = {"readOnly", "hostNetwork", "hostPID", "hostIPC", "stdin", "stdinOnce", "tty"}
+
+
+def _false_omitempty_fields(value: Any, path: str = "") -> list[str]:
+    if isinstance(value, dict):
+        return [
+            found
+            for key, item in value.items()
+            for found in (
+                [f"{path}.{key}"]
+                if key in OMITTED_WHEN_FALSE and item is False
+                else _false_omitempty_fields(item, f"{path}.{key}")
+            )
+        ]
+    if isinstance(value, list):
+        return [
+            found for i, item in enumerate(value) for found in _false_omitempty_fields(item, f"{path}[{i}]")
+        ]
+    return []
+
+
+@pytest.mark.parametrize(
+    "repository",
+    ["pvc://models/toy", "s3://bucket/models", "gs://bucket/models", "https://models.example.com/r"],
+)
+def test_no_child_sets_a_false_the_api_server_drops(minimal_body: dict[str, Any], repository: str) -> None:
+    """A false that the API server leaves out would differ from the live object on every reconcile,
+    so the operator would write the child again each time (and post a Restored event)."""
+    minimal_body["spec"]["model"]["repository"] = repository
+    for child in build_children(context(minimal_body)):
+        assert _false_omitempty_fields(child) == [], child["kind"]
 
 
 def test_service_exposes_only_sidecar_ports(minimal_body: dict[str, Any]) -> None:
