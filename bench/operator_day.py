@@ -53,22 +53,15 @@ from operator_scale import NAMESPACE, PODS_PER_NODE, manifest, phases, scrape, s
 from proc_stats import fd_census, open_fds, rss_mb, slope_per_hour
 
 from guardedmodel_testground import stack as local_stack
-from guardedmodel_testground.cluster import LocalCluster
+from guardedmodel_testground.cluster import WRITE_VERBS, LocalCluster
 from guardedmodel_testground.kwok_nodes import FakeNode
 from guardedmodel_testground.procs import ManagedProcess
 from guardedmodel_testground.prometheus import Prometheus
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-WRITE_VERBS = ("create", "update", "patch", "delete", "deletecollection")
 # The operator's two clients: its own (kube.py) and kopf's (watches; it would write for peering).
 OPERATOR_AGENTS = ("guardedmodel-operator", "kopf")
-AUDIT_POLICY = {
-    "apiVersion": "audit.k8s.io/v1",
-    "kind": "Policy",
-    "omitStages": ["RequestReceived"],
-    "rules": [{"level": "Metadata", "verbs": list(WRITE_VERBS)}, {"level": "None"}],
-}
 
 
 @dataclass(frozen=True)
@@ -237,20 +230,10 @@ def run_day(s: DaySettings, state: Path) -> DayResult:
         FakeNode(f"gpu-node-{i:02d}", gpus=PODS_PER_NODE, cpu="128", memory="1024Gi")
         for i in range(math.ceil(s.count / PODS_PER_NODE) + 1)
     ]
-    policy = state / "audit-policy.yaml"
     state.mkdir(parents=True, exist_ok=True)
-    policy.write_text(yaml.safe_dump(AUDIT_POLICY))
-    audit = AuditTail(state / "audit.log")
-    cluster = LocalCluster(
-        state / "cluster",
-        nodes=nodes,
-        apiserver_args=(
-            f"--audit-policy-file={policy}",
-            f"--audit-log-path={audit.path}",
-            "--audit-log-format=json",
-            "--audit-log-maxsize=0",  # one file, never rotated under the reader
-        ),
-    )
+    # The local API server logs every write (LocalCluster's audit policy).
+    cluster = LocalCluster(state / "cluster", nodes=nodes)
+    audit = AuditTail(cluster.audit_log)
     with cluster, contextlib.ExitStack() as cleanup, Prometheus(state / "prometheus") as prometheus:
         local_stack.install_crd(cluster, NAMESPACE)
         operator, metrics_url = _start_operator(cleanup, cluster, prometheus, state, s)

@@ -75,13 +75,10 @@ class LocalCluster:
         *,
         nodes: Sequence[FakeNode] = DEFAULT_NODES,
         real_node: RealNodeSpec | None = None,
-        apiserver_args: Sequence[str] = (),
     ) -> None:
-        """`real_node` (opt-in, root only) adds a real kubelet on containerd beside the kwok nodes;
-        `apiserver_args` are added to kube-apiserver's flags (e.g. an audit policy and log)."""
+        """`real_node` (opt-in, root only) adds a real kubelet on containerd beside the kwok nodes."""
         self.state_dir = Path(state_dir).resolve()
         self.nodes = tuple(nodes)
-        self.apiserver_args = tuple(apiserver_args)
         self.real_node_spec = real_node
         self.real_node: RealNode | None = None
         self.processes: list[ManagedProcess] = []
@@ -317,7 +314,6 @@ class LocalCluster:
                 "--profiling=false",
                 "--v=1",
                 *(apiserver_flags(pki) if self.real_node_spec is not None else []),
-                *self.apiserver_args,
             ],
         )
         self._wait_apiserver(process, timeout)
