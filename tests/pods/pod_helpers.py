@@ -26,8 +26,11 @@ def pods(cluster: LocalCluster, namespace: str, selector: str) -> list[dict]:
 
 
 def ready(pod: dict) -> bool:
+    """Running, Ready and not terminating: a pod being deleted keeps its Ready condition through its
+    preStop delay, but its endpoint no longer takes new traffic."""
     conditions = {c["type"]: c["status"] for c in pod["status"].get("conditions", [])}
-    return pod["status"].get("phase") == "Running" and conditions.get("Ready") == "True"
+    terminating = bool(pod["metadata"].get("deletionTimestamp"))
+    return pod["status"].get("phase") == "Running" and conditions.get("Ready") == "True" and not terminating
 
 
 def crash_looping(pod: dict) -> str:
