@@ -9,7 +9,6 @@ import datetime as dt
 import json
 import math
 import re
-import subprocess
 import threading
 import time
 import urllib.request
@@ -23,6 +22,7 @@ from rollback_model import Answer, first_rise
 
 from guardedmodel_cli.demo_traffic import MODEL, FreshRows, connection_lost
 from guardedmodel_testground.cluster import LocalCluster
+from guardedmodel_testground.object_watch import ObjectWatch
 from guardedmodel_testground.prometheus import Prometheus
 
 
@@ -108,46 +108,17 @@ class Traffic:
             return list(self.answers)
 
 
-class StatusWatch:
-    """Every status of one GuardedModel as the API server sends it (kubectl get --watch), with the
-    time it arrived here."""
+class StatusWatch(ObjectWatch):
+    """Every status of one GuardedModel as the API server sends it, stamped with the wall clock (the
+    bench lines it up with the traffic's send times)."""
 
     def __init__(self, cluster: LocalCluster, namespace: str, name: str) -> None:
-        assert cluster.binaries is not None
-        self.seen: list[tuple[float, dict[str, Any]]] = []
-        self.lock = threading.Lock()
-        # One line per event: the status alone, as JSON (an object without one prints an empty line).
-        template = '{.status}{"\\n"}'
-        self.process = subprocess.Popen(
-            [
-                str(cluster.binaries.kubectl),
-                f"--kubeconfig={cluster.kubeconfig}",
-                *("get", "guardedmodel", name, "-n", namespace, "--watch", "-o", f"jsonpath={template}"),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
-        threading.Thread(target=self._read, daemon=True).start()
+        super().__init__(cluster, "guardedmodel", name, namespace, clock=time.time)
 
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            status = json.loads(line) if line.strip() else {}
-            with self.lock:
-                self.seen.append((time.time(), status))
-
-    def latest(self) -> dict[str, Any]:
+    def first_at(self, predicate: Callable[[dict[str, Any]], bool], after: float = 0.0) -> float | None:
+        """When the first status at or after `after` that satisfies `predicate` arrived, or None yet."""
         with self.lock:
-            return self.seen[-1][1] if self.seen else {}
-
-    def first(self, predicate: Callable[[dict[str, Any]], bool], after: float = 0.0) -> float | None:
-        with self.lock:
-            return next((t for t, status in self.seen if t >= after and predicate(status)), None)
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=10)
+            return next((s.at for s in self.seen if s.at >= after and predicate(s.status)), None)
 
 
 class CounterPoll:

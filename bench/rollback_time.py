@@ -232,7 +232,7 @@ class Bench:
             rolled_back = None
             while time.time() < deadline and rolled_back is None:
                 time.sleep(0.2)
-                rolled_back = watch.first(_rolled_back, after=started)
+                rolled_back = watch.first_at(_rolled_back, after=started)
                 self.operator.check_alive()
                 sidecar.check_alive()
             time.sleep(2.0)  # answers after the status write: the sidecar's switch is in them
@@ -287,8 +287,8 @@ class Bench:
             {**window, "scraped": round(float(window["scraped"] or 0) - onset, 3)}
             for window in drift_windows(self.prometheus, run.name, "2", since)
         ]
-        before = [s for s in watch.seen if s[0] <= (rolled_back or time.time())]
-        weights = [int(s.get("canaryWeight") or 0) for _, s in before if s.get("canaryVersion") == "2"]
+        before = [s.status for s in watch.seen if s.at <= (rolled_back or time.time())]
+        weights = [int(s.get("canaryWeight") or 0) for s in before if s.get("canaryVersion") == "2"]
         run.weight_at_rollback = weights[-1] if weights and run.case == "canary" else None
         if rolled_back is None:
             run.failure = (
@@ -379,7 +379,7 @@ class Bench:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self.operator.check_alive()
-            when = watch.first(predicate)
+            when = watch.first_at(predicate)
             if when is not None:
                 return when
             if any(h.get("outcome") == "RolledBack" for h in watch.latest().get("history") or []):

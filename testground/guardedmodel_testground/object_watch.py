@@ -20,7 +20,7 @@ from .cluster import LocalCluster
 
 @dataclass(frozen=True)
 class Seen:
-    at: float  # time.monotonic() when it arrived
+    at: float  # when it arrived, on the watch's clock (time.monotonic unless told)
     resource_version: str
     status: dict[str, Any]
 
@@ -28,8 +28,16 @@ class Seen:
 class ObjectWatch:
     """Started once the object exists (kubectl watches one named object only then); stop() ends it."""
 
-    def __init__(self, cluster: LocalCluster, resource: str, name: str, namespace: str) -> None:
+    def __init__(
+        self,
+        cluster: LocalCluster,
+        resource: str,
+        name: str,
+        namespace: str,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         assert cluster.binaries is not None
+        self.clock = clock
         self.seen: list[Seen] = []
         self.lock = threading.Lock()
         # One line per event: the resourceVersion, a space, the status as JSON (empty without one).
@@ -50,13 +58,17 @@ class ObjectWatch:
         assert self.process.stdout is not None
         for line in self.process.stdout:
             version, _, status = line.strip().partition(" ")
-            seen = Seen(time.monotonic(), version, json.loads(status) if status else {})
+            seen = Seen(self.clock(), version, json.loads(status) if status else {})
             with self.lock:
                 self.seen.append(seen)
 
     def statuses(self) -> list[dict[str, Any]]:
         with self.lock:
             return [s.status for s in self.seen]
+
+    def latest(self) -> dict[str, Any]:
+        with self.lock:
+            return self.seen[-1].status if self.seen else {}
 
     def first(self, ok: Callable[[dict[str, Any]], bool], after: Seen | None = None) -> Seen | None:
         """The first version whose status is `ok` (after `after`, when given), or None yet."""
