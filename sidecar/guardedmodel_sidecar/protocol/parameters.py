@@ -3,8 +3,9 @@
 Requests always go upstream as JSON, so a parameter must survive that trip and mean to Triton what the
 caller meant: names are non-empty text without control characters (Triton reads names as C strings, so
 a NUL would cut one short), string values carry no NUL, numbers are finite (JSON has no NaN), and the
-parameters Triton itself interprets have the types it parses them as. Triton answers a wrongly typed
-``priority`` with a 500; here it is the caller's 400 / INVALID_ARGUMENT, naming the parameter.
+parameters Triton itself interprets have the types and bounds it parses them with. Triton answers a
+wrongly typed ``priority``, or a string ``sequence_id`` over 128 bytes, with a 500; here it is the
+caller's 400 / INVALID_ARGUMENT, naming the parameter.
 """
 
 from __future__ import annotations
@@ -17,12 +18,15 @@ from guardedmodel_sidecar.errors import InvalidRequest, client_repr
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
+# Triton refuses a longer string correlation ID, counted in bytes, with a 500.
+MAX_SEQUENCE_ID_BYTES = 128
+
 # Request-level parameters Triton parses itself, and the types it accepts for each.
 _UINT64 = "a non-negative integer"
 _RESERVED: dict[str, str] = {
     "priority": _UINT64,
     "timeout": _UINT64,
-    "sequence_id": f"{_UINT64} or a string",
+    "sequence_id": f"{_UINT64} or a string of at most 128 bytes (UTF-8)",
     "sequence_start": "a boolean",
     "sequence_end": "a boolean",
 }
@@ -34,7 +38,11 @@ def _fits(name: str, value: Any) -> bool:
         return kind is bool
     if kind is int and 0 <= value < 2**64:
         return True
-    return name == "sequence_id" and kind is str
+    return (
+        name == "sequence_id"
+        and kind is str
+        and len(value.encode("utf-8", "surrogatepass")) <= MAX_SEQUENCE_ID_BYTES
+    )
 
 
 def check_parameter(name: str, value: Any, what: object, *, request_level: bool) -> None:

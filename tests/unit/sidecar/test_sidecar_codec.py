@@ -513,6 +513,12 @@ def _json_with_parameters(request: dict, inp: dict | None = None) -> bytes:
         ({"priority": "high"}, None, "'priority' must be a non-negative integer"),
         ({"timeout": 1.5}, None, "'timeout' must be a non-negative integer"),
         ({"sequence_id": True}, None, "'sequence_id' must be a non-negative integer or a string"),
+        ({"sequence_id": "s" * 129}, None, "'sequence_id' must be .* at most 128 bytes"),
+        (
+            {"sequence_id": "\u00e9" * 65},
+            None,
+            "'sequence_id' must be .* at most 128 bytes",
+        ),  # 65 chars, 130 bytes
         ({"sequence_start": 1}, None, "'sequence_start' must be a boolean"),
         ({"a\u0000b": 1}, None, "without control characters"),
         ({"": 1}, None, "must be non-empty"),
@@ -542,6 +548,7 @@ def test_parameters_triton_would_misread_are_400s_on_both_protocols(
         request_from_proto(msg)
 
 
-def test_parameters_triton_reads_pass_when_well_typed() -> None:
-    params = {"priority": 2, "timeout": 10_000, "sequence_id": "s-1", "sequence_start": True, "x": -3}
+@pytest.mark.parametrize("sequence_id", ["s-1", "s" * 128, "\u00e9" * 64, 2**64 - 1])
+def test_parameters_triton_reads_pass_when_well_typed(sequence_id: str | int) -> None:
+    params = {"priority": 2, "timeout": 10_000, "sequence_id": sequence_id, "sequence_start": True, "x": -3}
     assert decode_infer_request(_json_with_parameters(params), None, "m", "").parameters == params
