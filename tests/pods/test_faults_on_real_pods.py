@@ -31,14 +31,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
-from pod_helpers import crash_looping, describe, pods, ready, wait_for
+from pod_helpers import crash_looping, describe, example_manifest, pods, ready, serve_on_real_node, wait_for
 
 from guardedmodel_cli.demo_traffic import MODEL as TRITON_MODEL
 from guardedmodel_cli.demo_traffic import FreshRows, connection_lost
 from guardedmodel_testground import real_pods
 from guardedmodel_testground.cluster import LocalCluster
-from guardedmodel_testground.paths import repo_root
 from guardedmodel_testground.real_node import RealNodeSpec
 
 pytestmark = [pytest.mark.pods, pytest.mark.integration, pytest.mark.reliability]
@@ -70,19 +68,10 @@ def stage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stage]:
         LocalCluster(workdir / "cluster", real_node=RealNodeSpec()) as cluster,
         contextlib.ExitStack() as stack,
     ):
-        assert cluster.real_node is not None
-        real_pods.import_images(cluster.real_node, built)
-        url, _ = stack.enter_context(real_pods.serve_model(example.model_dir, workdir))
-        values = [real_pods.CHART / "ci" / "minimal-values.yaml", real_pods.operator_values(workdir, None)]
-        install = real_pods.helm_release(cluster, "install", "gm", real_pods.OPERATOR_NAMESPACE, values)
-        assert "STATUS: deployed" in install.stdout, install.stdout + install.stderr
-        cluster.kubectl("create", "namespace", NAMESPACE)
-        manifest: dict = yaml.safe_load((repo_root() / "examples" / "fashion-mnist.yaml").read_text())
-        manifest["metadata"] = {"name": MODEL, "namespace": NAMESPACE}
+        manifest = example_manifest(MODEL, NAMESPACE)
         manifest["spec"]["replicas"] = {"min": 1, "max": 1}
         manifest["spec"]["rollout"]["continuousGuard"] = False  # no Prometheus here
-        manifest = real_pods.real_node_manifest(manifest, repository=url, built=built)
-        cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(manifest))
+        serve_on_real_node(cluster, stack, workdir, built, example.model_dir, manifest, None)
         validation = np.asarray(example.dataset("validation").inputs, dtype=np.float32)
         yield Stage(cluster, FreshRows(validation))
         stack.close()
