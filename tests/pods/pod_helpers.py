@@ -50,14 +50,17 @@ def serve_on_real_node(
     cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(placed))
 
 
-def wait_for(what: str, probe: Callable[[], Any], timeout: float, explain: Callable[[], str]) -> Any:
-    """Poll `probe` until it returns something true and return that; fail with `explain()`."""
+def wait_for(
+    what: str, probe: Callable[[], Any], timeout: float, explain: Callable[[], str], interval: float = 1
+) -> Any:
+    """Poll `probe` every `interval` seconds until it returns something true and return that; fail
+    with `explain()`."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = probe()
         if value:
             return value
-        time.sleep(1)
+        time.sleep(interval)
     raise AssertionError(f"{what}: not within {timeout:.0f}s\n{explain()}")
 
 

@@ -273,10 +273,10 @@ def test_triton_killed_in_its_pod_is_restarted_by_the_kubelet_and_the_pod_recove
         killed = time.monotonic()
         os.kill(pid, signal.SIGKILL)
         wait_for("the pod's endpoint not ready", lambda: endpoint_ready(cluster, ip) is False, 60,
-                 lambda: explain(cluster))  # fmt: skip
+                 lambda: explain(cluster), interval=0.1)  # fmt: skip
         not_ready = time.monotonic() - killed
         wait_for("the pod's endpoint ready again", lambda: endpoint_ready(cluster, ip) is True, 180,
-                 lambda: explain(cluster))  # fmt: skip
+                 lambda: explain(cluster), interval=0.1)  # fmt: skip
         ready_again = time.monotonic() - killed
         recovered = time.monotonic()
         traffic.wait_answered(5, recovered, 60)
