@@ -111,7 +111,7 @@ def endpoint_ready(cluster: LocalCluster, address: str) -> bool | None:
 
 @dataclass
 class Sent:
-    at: float  # monotonic, when the request was sent (or found no endpoint)
+    at: float  # monotonic: when the request was sent, or found no ready endpoint to go to
     kind: str  # ANSWERED, NOT_SENT, or the failure's kind
     address: str = ""
     seconds: float = 0.0
@@ -153,9 +153,9 @@ class Traffic:
                 self.sent.append(Sent(at, NOT_SENT))
                 time.sleep(0.2)
                 continue
-            self.sent.append(self._one(address, at))
+            self.sent.append(self._one(address))
 
-    def _one(self, address: str, at: float) -> Sent:
+    def _one(self, address: str) -> Sent:
         import tritonclient.http as httpclient
         from tritonclient.utils import InferenceServerException
 
@@ -181,7 +181,7 @@ class Traffic:
             kind, detail = type(error).__name__, repr(error)
         finally:
             client.close()
-        return Sent(at, kind, address, time.monotonic() - started, detail)
+        return Sent(started, kind, address, time.monotonic() - started, detail)
 
     def wait_answered(self, count: int, since: float, timeout: float) -> None:
         wait_for(
