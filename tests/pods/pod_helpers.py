@@ -1,22 +1,66 @@
-"""What the real-pod tests share: waiting with an explanation, and reading pods' state."""
+"""What the real-pod tests share: a guarded model served by a real pod, waiting with an explanation,
+and reading pods' state."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import yaml
+
+from guardedmodel_testground import real_pods
 from guardedmodel_testground.cluster import LocalCluster
+from guardedmodel_testground.paths import repo_root
 
 
-def wait_for(what: str, probe: Callable[[], Any], timeout: float, explain: Callable[[], str]) -> Any:
-    """Poll `probe` until it returns something true and return that; fail with `explain()`."""
+def example_manifest(name: str, namespace: str) -> dict[str, Any]:
+    """The worked example's GuardedModel (examples/fashion-mnist.yaml) as `namespace/name`."""
+    manifest: dict[str, Any] = yaml.safe_load((repo_root() / "examples" / "fashion-mnist.yaml").read_text())
+    manifest["metadata"] = {"name": name, "namespace": namespace}
+    return manifest
+
+
+def serve_on_real_node(
+    cluster: LocalCluster,
+    stack: contextlib.ExitStack,
+    workdir: Path,
+    built: real_pods.Images,
+    model_dir: Path,
+    manifest: dict[str, Any],
+    prometheus_url: str | None,
+) -> None:
+    """The images imported into the real node, the model repository served from the host (until
+    `stack` closes), the operator installed from the chart's minimal ci values (pointed at
+    `prometheus_url`, when given) and `manifest` applied, made to run on the CPU node, in a new
+    namespace of its own."""
+    assert cluster.real_node is not None
+    real_pods.import_images(cluster.real_node, built)
+    url, _ = stack.enter_context(real_pods.serve_model(model_dir, workdir))
+    values = [
+        real_pods.CHART / "ci" / "minimal-values.yaml",
+        real_pods.operator_values(workdir, prometheus_url),
+    ]
+    install = real_pods.helm_release(cluster, "install", "gm", real_pods.OPERATOR_NAMESPACE, values)
+    assert "STATUS: deployed" in install.stdout, install.stdout + install.stderr
+    cluster.kubectl("create", "namespace", manifest["metadata"]["namespace"])
+    placed = real_pods.real_node_manifest(manifest, repository=url, built=built)
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(placed))
+
+
+def wait_for(
+    what: str, probe: Callable[[], Any], timeout: float, explain: Callable[[], str], interval: float = 1
+) -> Any:
+    """Poll `probe` every `interval` seconds until it returns something true and return that; fail
+    with `explain()`."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = probe()
         if value:
             return value
-        time.sleep(1)
+        time.sleep(interval)
     raise AssertionError(f"{what}: not within {timeout:.0f}s\n{explain()}")
 
 

@@ -22,14 +22,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-import yaml
-from pod_helpers import crash_looping, describe, pods, ready, wait_for
+from pod_helpers import crash_looping, describe, example_manifest, pods, ready, serve_on_real_node, wait_for
 
 from guardedmodel_cli.demo_traffic import FreshRows, send
 from guardedmodel_testground import real_pods
 from guardedmodel_testground.chart_release import release_leftovers
 from guardedmodel_testground.cluster import LocalCluster
-from guardedmodel_testground.paths import repo_root
 from guardedmodel_testground.real_node import RealNodeSpec
 
 pytestmark = pytest.mark.pods
@@ -71,25 +69,11 @@ def stage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stage]:
         LocalCluster(workdir / "cluster", real_node=RealNodeSpec()) as cluster,
         contextlib.ExitStack() as stack,
     ):
-        assert cluster.real_node is not None
-        real_pods.import_images(cluster.real_node, built)
         monitoring = real_pods.start_pod_monitoring(stack, workdir / "monitoring", cluster, [NAMESPACE])
-        url, _ = stack.enter_context(real_pods.serve_model(example.model_dir, workdir))
-        values = [
-            real_pods.CHART / "ci" / "minimal-values.yaml",
-            real_pods.operator_values(workdir, monitoring.prometheus.url),
-        ]
-        install = real_pods.helm_release(cluster, "install", "gm", real_pods.OPERATOR_NAMESPACE, values)
-        assert "STATUS: deployed" in install.stdout, install.stdout + install.stderr
-        cluster.kubectl("create", "namespace", NAMESPACE)
-        manifest: dict = yaml.safe_load((repo_root() / "examples" / "fashion-mnist.yaml").read_text())
-        manifest["metadata"] = {"name": MODEL, "namespace": NAMESPACE}
+        manifest = example_manifest(MODEL, NAMESPACE)
         manifest["spec"]["rollout"]["thresholds"] = THRESHOLDS
-        cluster.kubectl(
-            "apply",
-            "-f",
-            "-",
-            input=yaml.safe_dump(real_pods.real_node_manifest(manifest, repository=url, built=built)),
+        serve_on_real_node(
+            cluster, stack, workdir, built, example.model_dir, manifest, monitoring.prometheus.url
         )
 
         def address() -> str:

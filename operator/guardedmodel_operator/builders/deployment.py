@@ -168,8 +168,11 @@ def _sidecar_container(ctx: BuildContext, models_mount: dict[str, Any]) -> dict[
             {"name": "GUARDEDMODEL_LOG_LEVEL", "value": ctx.spec.sidecar_log_level},
         ],
         # Readiness is the sidecar's /v2/health/ready, which is false while
-        # Triton is not ready: the pod takes traffic only when both are.
-        "readinessProbe": probe("/v2/health/ready", 5, 3),
+        # Triton is not ready: the pod takes traffic only when both are. One failure takes the
+        # endpoint out: a killed Triton is restarted by the kubelet within a second and is back,
+        # empty, long before three failures in a row, while the sidecar loads the routed versions
+        # into it again and refuses meanwhile; a readiness failure only withdraws the endpoint.
+        "readinessProbe": probe("/v2/health/ready", 2, 1),
         "livenessProbe": probe("/v2/health/live", 10, 3),
         # Loading a large model can take minutes; liveness must not kill it meanwhile.
         "startupProbe": probe("/v2/health/live", 5, 60),
