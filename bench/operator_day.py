@@ -53,7 +53,8 @@ from operator_scale import NAMESPACE, PODS_PER_NODE, manifest, phases, scrape, s
 from proc_stats import fd_census, open_fds, rss_mb, slope_per_hour
 
 from guardedmodel_testground import stack as local_stack
-from guardedmodel_testground.cluster import WRITE_VERBS, LocalCluster
+from guardedmodel_testground.api_audit import parse_writes
+from guardedmodel_testground.cluster import LocalCluster
 from guardedmodel_testground.kwok_nodes import FakeNode
 from guardedmodel_testground.procs import ManagedProcess
 from guardedmodel_testground.prometheus import Prometheus
@@ -146,17 +147,12 @@ class AuditTail:
             data = f.read()
         end = data.rfind(b"\n") + 1  # a line still being written is read next time
         self.offset += end
-        for line in data[:end].splitlines():
-            event = json.loads(line)
-            if event.get("stage") != "ResponseComplete" or event.get("verb") not in WRITE_VERBS:
-                continue
-            ref = event.get("objectRef") or {}
-            resource = ref.get("resource", "?") + (f"/{ref['subresource']}" if ref.get("subresource") else "")
-            agent = event.get("userAgent", "")
-            who = next((a for a in OPERATOR_AGENTS if agent.startswith(a)), "other")
-            counts[f"{who} {event['verb']} {resource}"] += 1
+        for write in parse_writes(data[:end].decode(errors="replace").splitlines()):
+            resource = (write.resource or "?") + (f"/{write.subresource}" if write.subresource else "")
+            who = next((a for a in OPERATOR_AGENTS if write.user_agent.startswith(a)), "other")
+            counts[f"{who} {write.verb} {resource}"] += 1
             if who != "other" and len(self.examples) < 20:
-                self.examples.append(f"{event['verb']} {event.get('requestURI', '')}")
+                self.examples.append(write.describe())
         return counts
 
 
