@@ -90,4 +90,12 @@ def crash_looping(pod: dict) -> str:
 def describe(cluster: LocalCluster, namespace: str, *what: str) -> str:
     out = cluster.kubectl("describe", *what, "-n", namespace, check=False)
     events = cluster.kubectl("get", "events", "-n", namespace, "--sort-by=.lastTimestamp", check=False)
-    return f"{out.stdout}{out.stderr}\n{events.stdout}"
+    models = cluster.kubectl("get", "guardedmodels", "-n", namespace, "-o", "yaml", check=False)
+    operator = cluster.kubectl(
+        "logs", "-n", real_pods.OPERATOR_NAMESPACE, "-l", "app.kubernetes.io/component=operator",
+        "--tail=150", "--timestamps", check=False,
+    )  # fmt: skip
+    return (
+        f"{out.stdout}{out.stderr}\n{events.stdout}\n{models.stdout}\n"
+        f"operator log (last lines):\n{operator.stdout}{operator.stderr}"
+    )

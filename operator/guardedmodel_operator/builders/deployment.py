@@ -15,6 +15,7 @@ from ..labels import POD_HASH_ANNOTATION, selector_labels, standard_labels
 from .common import (
     CONFIG_DIR,
     CONFIG_FILE,
+    HTTP_PORT,
     METRICS_PORT,
     MODEL_REPOSITORY_PATH,
     RUN_AS_USER,
@@ -126,8 +127,12 @@ def _fetch_container(ctx: BuildContext) -> dict[str, Any]:
 
 
 def _triton_container(ctx: BuildContext, models_mount: dict[str, Any]) -> dict[str, Any]:
-    # No probes on Triton itself: it listens on loopback, which the kubelet
-    # cannot reach. The sidecar's readiness reflects Triton's readiness.
+    # Triton listens on loopback, which the kubelet cannot reach, so its readiness is the sidecar's
+    # (on the sidecar's port), which is true only while Triton serves every routed version. Without
+    # a probe of its own, a Triton container the kubelet has just restarted would count as ready at
+    # once, and the pod would be Ready again on the sidecar's last result, taken before the crash, up
+    # to a probe period before the sidecar has loaded the empty Triton: traffic would come back to a
+    # pod that refuses it. With one, the restarted container is not ready until a probe passes.
     return {
         "name": "triton",
         "image": ctx.triton_image,
@@ -140,19 +145,24 @@ def _triton_container(ctx: BuildContext, models_mount: dict[str, Any]) -> dict[s
             {"name": "dshm", "mountPath": "/dev/shm"},
             {"name": "triton-tmp", "mountPath": "/tmp"},
         ],
+        "readinessProbe": _probe("/v2/health/ready", HTTP_PORT, period=2, failures=1),
         "securityContext": _container_security(),
         "lifecycle": _sleep_before_stop(TRITON_STOP_DELAY_S),
     }
 
 
+def _probe(path: str, port: int | str, *, period: int, failures: int) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": path, "port": port},
+        "periodSeconds": period,
+        "timeoutSeconds": 2,
+        "failureThreshold": failures,
+    }
+
+
 def _sidecar_container(ctx: BuildContext, models_mount: dict[str, Any]) -> dict[str, Any]:
     def probe(path: str, period: int, failures: int) -> dict[str, Any]:
-        return {
-            "httpGet": {"path": path, "port": "http"},
-            "periodSeconds": period,
-            "timeoutSeconds": 2,
-            "failureThreshold": failures,
-        }
+        return _probe(path, "http", period=period, failures=failures)
 
     return {
         "name": "sidecar",

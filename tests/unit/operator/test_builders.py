@@ -130,6 +130,27 @@ def test_sidecar_ports_probes_and_api_token(minimal_body: dict[str, Any]) -> Non
     assert all(m["name"] != "kube-api-access" for m in triton["volumeMounts"])
 
 
+def test_a_restarted_triton_container_is_not_ready_until_the_sidecar_serves_again(
+    minimal_body: dict[str, Any],
+) -> None:
+    """Triton's readiness is the sidecar's: a container without a probe counts as ready the moment the
+    kubelet restarts it, and the pod would rejoin the Service on the sidecar's stale result."""
+    containers = {
+        c["name"]: c
+        for c in build_deployment(context(minimal_body))["spec"]["template"]["spec"]["containers"]
+    }
+    sidecar_port = {p["name"]: p["containerPort"] for p in containers["sidecar"]["ports"]}["http"]
+    triton_probe = containers["triton"]["readinessProbe"]
+    assert triton_probe["httpGet"] == {"path": "/v2/health/ready", "port": sidecar_port}
+    # no slower to notice, nor more forgiving, than the sidecar's own readiness
+    sidecar_probe = containers["sidecar"]["readinessProbe"]
+    assert triton_probe["periodSeconds"] <= sidecar_probe["periodSeconds"]
+    assert triton_probe["failureThreshold"] == 1
+    assert (
+        "livenessProbe" not in containers["triton"]
+    )  # a hung Triton is the sidecar's to report, not to kill
+
+
 @pytest.mark.parametrize(
     ("repository", "volume_key", "init_containers"),
     [
