@@ -183,13 +183,14 @@ ROWS: tuple[Row, ...] = (
             ),
             Panel(
                 "Drift score",
-                "PSI and KS of the last drift window against the reference (how far), and the p-value "
-                "of its test (whether: drifted at or below spec.drift.alpha). GuardedModelDriftHigh "
-                "fires when the test says drifted and the PSI is above 0.2.",
+                "PSI of the last drift window against the reference (how far; the per-feature and "
+                "confidence statistics are the other values of guardedmodel_drift_score's statistic "
+                "label), and the p-value of its test (whether: drifted at or below spec.drift.alpha). "
+                "GuardedModelDriftHigh fires when the test says drifted and the PSI is above 0.2.",
                 (
                     Target(
-                        f"max by (version, statistic) (guardedmodel_drift_score{{{POD}}})",
-                        "v{{version}} {{statistic}}",
+                        f'max by (version) (guardedmodel_drift_score{{{POD}, statistic="score"}})',
+                        "v{{version}} PSI",
                     ),
                     Target(f"min by (version) (guardedmodel_drift_p_value{{{POD}}})", "v{{version}} p-value"),
                 ),

@@ -39,6 +39,7 @@ def test_chart_lints_and_renders_one_resource_per_template(cluster: LocalCluster
     assert kinds == [
         "ClusterRole",
         "ClusterRoleBinding",
+        "ConfigMap",
         "Deployment",
         "NetworkPolicy",
         "PrometheusRule",
