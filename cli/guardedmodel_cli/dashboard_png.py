@@ -19,11 +19,11 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import PercentFormatter  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.ticker import PercentFormatter
 
-from guardedmodel_cli import dashboard  # noqa: E402
-from guardedmodel_cli.dashboard import Variables  # noqa: E402
+from guardedmodel_cli import dashboard
+from guardedmodel_cli.dashboard import Variables
 
 COLUMNS = 3
 POINTS = 240  # per series; the step follows from the range
@@ -38,7 +38,9 @@ class Series:
 
 def range_query(url: str, expr: str, start: float, end: float, step: float) -> list[dict[str, Any]]:
     params = {"query": expr, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": f"{step:.3f}"}
-    with urllib.request.urlopen(f"{url}/api/v1/query_range?" + urllib.parse.urlencode(params), timeout=30) as r:
+    with urllib.request.urlopen(
+        f"{url}/api/v1/query_range?" + urllib.parse.urlencode(params), timeout=30
+    ) as r:
         body = json.load(r)
     if body.get("status") != "success":
         raise RuntimeError(f"PromQL {expr!r} failed: {body}")

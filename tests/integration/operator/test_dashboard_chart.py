@@ -31,7 +31,9 @@ def configmaps(*sets: str) -> list[dict[str, Any]]:
     result = helm_template(*sets)
     assert result.returncode == 0, result.stderr
     docs = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
-    return [doc for doc in docs if doc["kind"] == "ConfigMap" and doc["metadata"]["name"].endswith("-dashboard")]
+    return [
+        doc for doc in docs if doc["kind"] == "ConfigMap" and doc["metadata"]["name"].endswith("-dashboard")
+    ]
 
 
 def test_the_configmap_carries_the_shipped_dashboard_under_grafanas_label() -> None:
@@ -64,7 +66,12 @@ def test_disabled_renders_no_dashboard() -> None:
 
 @pytest.mark.parametrize(
     "value",
-    ["dashboard.labelValue=two words", "dashboard.labelKey=-bad", "dashboard.namespace=Upper", "dashboard.colour=red"],
+    [
+        "dashboard.labelValue=two words",
+        "dashboard.labelKey=-bad",
+        "dashboard.namespace=Upper",
+        "dashboard.colour=red",
+    ],
 )
 def test_the_schema_refuses_values_kubernetes_would(value: str) -> None:
     result = helm_template(value)

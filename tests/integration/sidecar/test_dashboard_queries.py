@@ -97,7 +97,9 @@ class MixedTraffic:
             seed += 1
             for body in self._bodies(1 / 3 <= elapsed % 1 < 2 / 3, seed):
                 try:
-                    conn.request("POST", f"/v2/models/{MODEL}/infer", body, {"Content-Type": "application/json"})
+                    conn.request(
+                        "POST", f"/v2/models/{MODEL}/infer", body, {"Content-Type": "application/json"}
+                    )
                     response = conn.getresponse()
                     response.read()
                     self.statuses[response.status] = self.statuses.get(response.status, 0) + 1
@@ -123,11 +125,15 @@ class OperatorMetrics:
     port: int
 
     def start_canary(self) -> None:
-        rollout_metrics.count(NAMESPACE, MODEL, Verdict(Kind.START_CANARY, "CanaryStarted", "", "2", weight=20))
+        rollout_metrics.count(
+            NAMESPACE, MODEL, Verdict(Kind.START_CANARY, "CanaryStarted", "", "2", weight=20)
+        )
         scaling_metrics.observe(NAMESPACE, MODEL, ScaleVerdict(1, 1, "Steady", "", ()))
 
     def step(self) -> None:
-        rollout_metrics.count(NAMESPACE, MODEL, Verdict(Kind.PROMOTE_STEP, "CanaryStepped", "", "2", weight=50))
+        rollout_metrics.count(
+            NAMESPACE, MODEL, Verdict(Kind.PROMOTE_STEP, "CanaryStepped", "", "2", weight=50)
+        )
         scaling_metrics.observe(NAMESPACE, MODEL, ScaleVerdict(2, 1, SCALED_UP, "", ()))
 
     def roll_back(self) -> None:
@@ -165,7 +171,9 @@ def series_counts(prometheus: Prometheus, start: float, end: float) -> dict[Quer
             continue
         expr = VARIABLES.substitute(query.expr)
         if query.annotation:
-            found = prometheus_api(prometheus, "query_range", query=expr, start=str(start), end=str(end), step="1")
+            found = prometheus_api(
+                prometheus, "query_range", query=expr, start=str(start), end=str(end), step="1"
+            )
         else:
             found = prometheus_api(prometheus, "query", query=expr, time=str(end))
         counts[query] = len(found)
