@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from guardedmodel_testground.paths import repo_root
+
 UID = "guardedmodel"
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 # Selectors of one model's series: the sidecar's (pod scrape labels) and the operator's (its own).
@@ -520,14 +522,6 @@ def queries(document: Mapping[str, Any]) -> Iterator[Query]:
     for annotation in document["annotations"]["list"]:
         if "expr" in annotation:
             yield Query(annotation["name"], annotation["titleFormat"], annotation["expr"], annotation=True)
-
-
-def repo_root() -> Path:
-    here = Path(__file__).resolve()
-    for parent in here.parents:
-        if (parent / "charts" / "guardedmodel").is_dir():
-            return parent
-    raise RuntimeError(f"no charts/guardedmodel/ above {here}; run from a source checkout")
 
 
 def shipped_path() -> Path:

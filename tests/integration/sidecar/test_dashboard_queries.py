@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import pytest
 from conftest import SidecarProcess, WebhookReceiver, sidecar_config
+from fault_traffic import http_body
 from prometheus_client import start_http_server
 from sidecar_toy import MODEL, toy_data
 
@@ -66,6 +67,7 @@ class MixedTraffic:
     address: str
     seconds: float
     statuses: dict[int, int] = field(default_factory=dict)
+    error: BaseException | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -78,17 +80,26 @@ class MixedTraffic:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(30)
+        if self.error is not None:
+            raise AssertionError("the traffic thread failed") from self.error
 
     def _bodies(self, drifting: bool, seed: int) -> Iterator[bytes]:
         data = toy_data()
         good, _ = data.sample(4, seed)
-        yield from (infer_body(good) for _ in range(6 if not drifting else 2))
-        yield infer_body(data.ambiguous(2 if not drifting else 4, seed))
-        yield infer_body(data.far_ood(1 if not drifting else 4, seed))
-        yield infer_body(np.full((1, 8), 2.0, dtype=np.float32))  # above the gate's max: refused
+        yield from (http_body(good, f"accept-{seed}-{i}") for i in range(6 if not drifting else 2))
+        yield http_body(data.ambiguous(2 if not drifting else 4, seed), f"review-{seed}")
+        yield http_body(data.far_ood(1 if not drifting else 4, seed), f"ood-{seed}")
+        # Above the gate's max: refused.
+        yield http_body(np.full((1, 8), 2.0, dtype=np.float32), f"out-of-range-{seed}")
         yield b'{"inputs": [{"name": "INPUT"'  # malformed
 
     def _run(self) -> None:
+        try:
+            self._send_until_stopped()
+        except BaseException as exc:
+            self.error = exc
+
+    def _send_until_stopped(self) -> None:
         host, _, port = self.address.rpartition(":")
         conn = http.client.HTTPConnection(host, int(port), timeout=30)
         started, seed = time.monotonic(), 0
@@ -110,11 +121,6 @@ class MixedTraffic:
                     self.statuses[0] = self.statuses.get(0, 0) + 1
             time.sleep(0.02)
         conn.close()
-
-
-def infer_body(x: np.ndarray) -> bytes:
-    inputs = [{"name": "INPUT", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}]
-    return json.dumps({"inputs": inputs}).encode()
 
 
 @dataclass
@@ -231,6 +237,15 @@ def test_every_dashboard_query_returns_series(
         traffic.stop()
     assert traffic.statuses.get(200, 0) > 0 and traffic.statuses.get(400, 0) > 0, traffic.statuses
     assert not traffic.statuses.get(0), f"connections failed: {traffic.statuses}"
+    # Zero rates are series too: the traffic itself must show, every decision of the mix.
+    requests = prometheus_api(
+        prometheus,
+        "query",
+        query=f'sum by (decision) (increase(guardedmodel_requests_total{{namespace="{NAMESPACE}"}}[1h]))',
+        time=str(end),
+    )
+    counted = {r["metric"]["decision"]: float(r["value"][1]) for r in requests}
+    assert all(counted.get(decision, 0) > 0 for decision in ("accept", "review", "reject")), counted
     print("\n".join(f"{count} series: {query.panel} / {query.legend}" for query, count in counts.items()))
     empty = [query for query, count in counts.items() if not count]
     assert not empty, "queries without series:\n" + "\n".join(
