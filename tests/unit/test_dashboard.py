@@ -99,3 +99,13 @@ def test_the_document_is_json_grafana_loads() -> None:
     text = dashboard.render()
     assert json.loads(text) == DOCUMENT
     assert DOCUMENT["uid"] == "guardedmodel" and DOCUMENT["schemaVersion"] >= 36
+
+
+def test_the_png_legends_fill_grafanas_placeholders() -> None:
+    from guardedmodel_cli.dashboard_png import legend
+
+    assert legend("v{{version}} {{ decision }}", {"version": "2", "decision": "review"}) == "v2 review"
+    assert legend("{{outcome}} /s", {}) == " /s"  # a label the series lacks is empty, as in Grafana
+    for panel in PANELS:
+        for target in panel["targets"]:
+            assert "{{" not in legend(target["legendFormat"], {}), target["legendFormat"]
