@@ -52,6 +52,7 @@ POD_LABELS = {"namespace": NAMESPACE, "guardedmodel_io_name": MODEL}
 VARIABLES = Variables(namespace=NAMESPACE, model=MODEL, rate_interval="10s")
 # Panels whose series the sidecar does not export yet: the cost metrics
 # (guardedmodel_cost_total, guardedmodel_cost_price, guardedmodel_triton_compute_seconds_total).
+# With them, the sidecar below also needs a spec.cost (the two cost series exist only with it).
 AWAITING_COST_METRICS = frozenset(
     {"Cost per 1,000 predictions", "GPU-seconds per prediction", "Configured prices"}
 )
