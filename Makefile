@@ -14,7 +14,7 @@ PYTEST_ARGS ?= -m "not slow"
 # as another user its tests are skipped with that reason.
 POD_TIER_DEPS := $(if $(filter 0,$(shell id -u)),pod-deps node-deps)
 
-.PHONY: setup system-deps python-deps cluster-binaries lint test test-all test-pods test-reliability pod-deps node-deps demo demo-real-pods bench-sidecar bench-guard bench-operator bench-operator-day bench-soak bench-rollback fuzz crds-sync clean
+.PHONY: setup system-deps python-deps cluster-binaries lint test test-all test-pods test-reliability pod-deps node-deps demo demo-real-pods bench-sidecar bench-guard bench-operator bench-operator-day bench-soak bench-rollback fuzz crds-sync dashboard-sync dashboard-png clean
 
 setup: system-deps python-deps cluster-binaries
 
@@ -39,6 +39,7 @@ lint: python-deps
 	MYPYPATH=operator:sidecar:cli:testground $(BIN)/mypy $(PACKAGES)
 	$(BIN)/lint-imports
 	$(BIN)/python -m guardedmodel_operator.crdsync --check
+	$(BIN)/python -m guardedmodel_cli.dashboard --check
 
 test: setup lint $(POD_TIER_DEPS)
 	$(BIN)/pytest $(PYTEST_ARGS)
@@ -103,6 +104,17 @@ fuzz: setup
 # The chart carries a copy of the CRD; crds/ is the one source.
 crds-sync: python-deps
 	$(BIN)/python -m guardedmodel_operator.crdsync
+
+# The chart's Grafana dashboard (charts/guardedmodel/files/dashboard.json) is generated; the
+# builder in cli/guardedmodel_cli/dashboard.py is the one source.
+dashboard-sync: python-deps
+	$(BIN)/python -m guardedmodel_cli.dashboard
+
+# The dashboard's panels, drawn from its own queries against a real Prometheus over 45 s of
+# mixed traffic to the sidecar before a real Triton: docs/images/dashboard.png.
+dashboard-png: setup
+	GUARDEDMODEL_DASHBOARD_PNG=$(CURDIR)/docs/images/dashboard.png GUARDEDMODEL_DASHBOARD_SECONDS=45 \
+		$(BIN)/pytest tests/integration/sidecar/test_dashboard_queries.py -q
 
 clean:
 	rm -rf .state .pytest_cache .mypy_cache .ruff_cache

@@ -15,7 +15,7 @@ from .cluster import LocalCluster
 #: Namespaced kinds the chart can create, and its cluster-scoped ones; each carries the release's
 #: instance label.
 NAMESPACED_KINDS = (
-    "deployments,replicasets,pods,services,serviceaccounts,roles,rolebindings,networkpolicies,"
+    "deployments,replicasets,pods,services,serviceaccounts,configmaps,roles,rolebindings,networkpolicies,"
     "servicemonitors.monitoring.coreos.com,prometheusrules.monitoring.coreos.com"
 )
 CLUSTER_KINDS = "clusterroles,clusterrolebindings"

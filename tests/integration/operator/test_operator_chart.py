@@ -39,6 +39,7 @@ def test_chart_lints_and_renders_one_resource_per_template(cluster: LocalCluster
     assert kinds == [
         "ClusterRole",
         "ClusterRoleBinding",
+        "ConfigMap",
         "Deployment",
         "NetworkPolicy",
         "PrometheusRule",
@@ -163,7 +164,7 @@ def test_ci_scenario_lints_and_renders_with_the_local_image(cluster: LocalCluste
     else:
         assert {"ClusterRole", "ClusterRoleBinding"} <= kinds and not kinds & {"Role", "RoleBinding"}
     if scenario == "all-features-values.yaml":
-        assert {"ServiceMonitor", "PrometheusRule", "KopfPeering", "NetworkPolicy"} <= kinds
+        assert {"ServiceMonitor", "PrometheusRule", "KopfPeering", "NetworkPolicy", "ConfigMap"} <= kinds
 
 
 def test_single_namespace_scope_refuses_other_watched_namespaces(cluster: LocalCluster) -> None:
