@@ -1,0 +1,184 @@
+"""The chart's monitoring objects against prometheus-operator's own CRD schemas.
+
+The ServiceMonitor, PodMonitor and PrometheusRule, rendered by the real helm for each way the
+chart can be set up, must be accepted by an API server serving prometheus-operator's released
+CRDs (`kubectl apply --dry-run=server`: the full OpenAPI validation, nothing stored); a broken
+object must be refused, so that the check can fail. The PodMonitor must also select exactly the
+pods the operator builds and label their series as the operator's queries expect.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import pytest
+import yaml
+from gm_operator_helpers import REPO, Namespace
+
+from guardedmodel_operator.builders.common import SIDECAR_PORTS
+from guardedmodel_operator.labels import OWNER_NAME_LABEL, standard_labels
+from guardedmodel_operator.prometheus import PrometheusSettings
+from guardedmodel_testground.chart_release import install_prometheus_operator_crds
+from guardedmodel_testground.cluster import LocalCluster
+from guardedmodel_testground.pod_discovery import label_name
+
+pytestmark = pytest.mark.integration
+
+CHART = str(REPO / "charts" / "guardedmodel")
+MONITORING = "monitoring.coreos.com/v1"
+ON = ("metrics.serviceMonitor.enabled=true", "metrics.prometheusRule.enabled=true")
+
+#: Value sets -> the monitoring kinds they render and the PodMonitor's namespaceSelector.
+SETUPS: dict[str, tuple[tuple[str, ...], list[str], dict[str, Any] | None]] = {
+    "cluster scope, all namespaces": (ON, ["PodMonitor", "PrometheusRule", "ServiceMonitor"], {"any": True}),
+    "cluster scope, watched namespaces": (
+        (*ON, "watchNamespaces={team-a,team-b}"),
+        ["PodMonitor", "PrometheusRule", "ServiceMonitor"],
+        {"matchNames": ["team-a", "team-b"]},
+    ),
+    "namespace scope": (
+        (*ON, "rbac.scope=namespace"),
+        ["PodMonitor", "PrometheusRule", "ServiceMonitor"],
+        {"matchNames": ["@release"]},
+    ),
+    "podMonitor off": (
+        (*ON, "metrics.podMonitor.enabled=false"),
+        ["PrometheusRule", "ServiceMonitor"],
+        None,
+    ),
+    "monitoring off": ((), [], None),
+    "rules only": (("metrics.prometheusRule.enabled=true",), ["PrometheusRule"], None),
+}
+
+
+@pytest.fixture(scope="module")
+def monitoring_cluster(cluster: LocalCluster) -> LocalCluster:
+    install_prometheus_operator_crds(cluster)
+    return cluster
+
+
+def render(cluster: LocalCluster, namespace: str, *sets: str) -> list[dict[str, Any]]:
+    args = ["template", "gm", CHART, "--namespace", namespace]
+    for value in sets:
+        args += ["--set", value]
+    return [d for d in yaml.safe_load_all(cluster.helm(*args).stdout) if d]
+
+
+def monitoring_objects(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted((d for d in docs if d["apiVersion"] == MONITORING), key=lambda d: d["kind"])
+
+
+def dry_run(namespace: Namespace, objects: list[dict[str, Any]]) -> Any:
+    return namespace.cluster.kubectl(
+        "apply", "--dry-run=server", "-n", namespace.name, "-o", "json", "-f", "-",
+        input=yaml.safe_dump_all(objects), check=False,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("setup", sorted(SETUPS))
+def test_every_monitoring_object_is_accepted_by_prometheus_operators_crds(
+    monitoring_cluster: LocalCluster, namespace: Namespace, setup: str
+) -> None:
+    sets, kinds, selector = SETUPS[setup]
+    objects = monitoring_objects(render(monitoring_cluster, namespace.name, *sets))
+    assert [o["kind"] for o in objects] == kinds
+    if not objects:
+        return
+    result = dry_run(namespace, objects)
+    assert result.returncode == 0, result.stderr
+    accepted = json.loads(result.stdout)
+    items = accepted.get("items", [accepted])
+    assert sorted(i["kind"] for i in items) == kinds
+    # The server kept every field: a field the schema does not know would be pruned silently.
+    for sent, stored in zip(objects, sorted(items, key=lambda i: i["kind"]), strict=True):
+        assert stored["spec"] == sent["spec"], f"{sent['kind']}: the API server pruned or changed its spec"
+    if selector is not None:
+        (podmonitor,) = (o for o in objects if o["kind"] == "PodMonitor")
+        expected = json.loads(json.dumps(selector).replace("@release", namespace.name))
+        assert podmonitor["spec"]["namespaceSelector"] == expected
+
+
+def test_all_features_ci_scenario_is_accepted(monitoring_cluster: LocalCluster, namespace: Namespace) -> None:
+    values = f"{CHART}/ci/all-features-values.yaml"
+    out = monitoring_cluster.helm("template", "gm", CHART, "-n", namespace.name, "-f", values).stdout
+    objects = monitoring_objects([d for d in yaml.safe_load_all(out) if d])
+    assert [o["kind"] for o in objects] == ["PodMonitor", "PrometheusRule", "ServiceMonitor"]
+    result = dry_run(namespace, objects)
+    assert result.returncode == 0, result.stderr
+
+
+def _break(
+    objects: list[dict[str, Any]], kind: str, path: list[str | int], value: Any
+) -> list[dict[str, Any]]:
+    broken = copy.deepcopy(next(o for o in objects if o["kind"] == kind))
+    node: Any = broken
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    return [broken]
+
+
+@pytest.mark.parametrize(
+    ("kind", "path", "value", "field"),
+    [
+        (
+            "PodMonitor",
+            ["spec", "podMetricsEndpoints", 0, "interval"],
+            "30 seconds",
+            "spec.podMetricsEndpoints[0].interval",
+        ),
+        (
+            "PodMonitor",
+            ["spec", "podMetricsEndpoints", 0, "honorLabels"],
+            "yes",
+            "spec.podMetricsEndpoints[0].honorLabels",
+        ),
+        ("PodMonitor", ["spec", "namespaceSelector", "any"], "all", "spec.namespaceSelector.any"),
+        ("ServiceMonitor", ["spec", "endpoints", 0, "scheme"], "ftp", "spec.endpoints[0].scheme"),
+        (
+            "PrometheusRule",
+            ["spec", "groups", 0, "rules", 0, "for"],
+            "ten minutes",
+            "spec.groups[0].rules[0].for",
+        ),
+    ],
+)
+def test_a_broken_monitoring_object_is_refused(
+    monitoring_cluster: LocalCluster,
+    namespace: Namespace,
+    kind: str,
+    path: list[str | int],
+    value: Any,
+    field: str,
+) -> None:
+    objects = monitoring_objects(render(monitoring_cluster, namespace.name, *ON))
+    result = dry_run(namespace, _break(objects, kind, path, value))
+    assert result.returncode != 0, f"a {kind} with {field}={value!r} was accepted"
+    assert f'{kind} "' in result.stderr and "is invalid" in result.stderr, result.stderr
+    assert field in result.stderr, result.stderr
+
+
+def test_podmonitor_selects_the_model_pods_and_labels_them_as_the_operator_queries(
+    monitoring_cluster: LocalCluster,
+) -> None:
+    docs = render(monitoring_cluster, "ops", *ON)
+    (podmonitor,) = (d for d in docs if d["kind"] == "PodMonitor")
+    spec = podmonitor["spec"]
+    wanted = spec["selector"]["matchLabels"]
+    model_pod = standard_labels("classifier", "inference")
+    assert wanted.items() <= model_pod.items()
+    # ... and never the operator's own pod
+    operator = next(d for d in docs if d["kind"] == "Deployment")
+    assert not wanted.items() <= operator["spec"]["template"]["metadata"]["labels"].items()
+    (endpoint,) = spec["podMetricsEndpoints"]
+    assert endpoint["port"] == "metrics" and "metrics" in {name for name, _, _ in SIDECAR_PORTS}
+    # The target labels the operator's queries and the chart's alerts select a model by.
+    defaults = yaml.safe_load((REPO / "charts" / "guardedmodel" / "values.yaml").read_text())["rollout"]
+    (target_label,) = spec["podTargetLabels"]
+    assert target_label == OWNER_NAME_LABEL
+    assert label_name(target_label) == defaults["nameLabel"] == PrometheusSettings(url="").name_label
+    assert defaults["namespaceLabel"] == PrometheusSettings(url="").namespace_label == "namespace"
+    # The target's own labels win over none of the sidecar's (model, version): nothing collides.
+    assert endpoint["honorLabels"] is False
