@@ -182,3 +182,59 @@ def test_podmonitor_selects_the_model_pods_and_labels_them_as_the_operator_queri
     assert defaults["namespaceLabel"] == PrometheusSettings(url="").namespace_label == "namespace"
     # The target's own labels win over none of the sidecar's (model, version): nothing collides.
     assert endpoint["honorLabels"] is False
+
+
+def notes(cluster: LocalCluster, *sets: str) -> str:
+    args = ["install", "gm", CHART, "--namespace", "ops", "--dry-run"]
+    for value in sets:
+        args += ["--set", value]
+    out = cluster.helm(*args).stdout
+    assert "\nNOTES:\n" in out, out[-2000:]
+    return out.split("\nNOTES:\n", 1)[1]
+
+
+def test_notes_say_what_to_do_next_and_where_the_metrics_are(monitoring_cluster: LocalCluster) -> None:
+    on = notes(monitoring_cluster, *ON, "rollout.prometheusUrl=http://prometheus-operated.monitoring:9090")
+    crd = yaml.safe_load((REPO / "crds" / "guardedmodel.io_guardedmodels.yaml").read_text())
+    (short,) = crd["spec"]["names"]["shortNames"]
+    columns = [
+        c["name"] for c in crd["spec"]["versions"][0]["additionalPrinterColumns"] if c["name"] != "Age"
+    ]
+    metrics_port = next(port for name, port, _ in SIDECAR_PORTS if name == "metrics")
+    for text in [
+        "kubectl apply -n default -f examples/guardedmodel-minimal.yaml",
+        f"kubectl get {short} -A",
+        ", ".join(columns),
+        "kubectl guardedmodel status classifier -n default",
+        "Service gm-guardedmodel, port 9100 (metrics), path /metrics",
+        f"container port {metrics_port} (metrics)",
+        "ServiceMonitor gm-guardedmodel scrapes the operator",
+        "PodMonitor gm-guardedmodel-models scrapes the model pods in every namespace",
+        "`namespace` and `guardedmodel_io_name`",
+        "PrometheusRule gm-guardedmodel",
+        "https://github.com/guardedmodel/guardedmodel/blob/main/docs/runbooks",
+        "Prometheus at http://prometheus-operated.monitoring:9090",
+        "ConfigMap `gm-guardedmodel-dashboard`",
+        "grafana_dashboard=1",
+    ]:
+        assert text in on, f"{text!r} not in NOTES:\n{on}"
+    for example in ("guardedmodel-minimal.yaml", "guardedmodel-full.yaml"):
+        assert (REPO / "examples" / example).is_file()
+
+    off = notes(monitoring_cluster, "rbac.scope=namespace")
+    for text in [
+        "serves GuardedModels in the namespace(s) ops",
+        "kubectl apply -n ops -f examples/guardedmodel-minimal.yaml",
+        "ServiceMonitor: off",
+        "PodMonitor: off",
+        "`namespace`\n     and `guardedmodel_io_name`",
+        "Alerts: off",
+        "rollout.prometheusUrl is empty",
+    ]:
+        assert text in off, f"{text!r} not in NOTES:\n{off}"
+    assert "PodMonitor gm-guardedmodel-models" not in off and "PrometheusRule gm" not in off
+
+    watched = notes(monitoring_cluster, *ON, "watchNamespaces={team-a,team-b}")
+    assert "the namespace(s) team-a, team-b" in watched
+    assert "kubectl apply -n team-a -f" in watched
+    assert "scrapes the model pods in team-a, team-b" in watched
