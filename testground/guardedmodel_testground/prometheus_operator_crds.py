@@ -50,9 +50,7 @@ def _module_dir(version: str) -> Path:
         info = {}
     if result.returncode != 0 or info.get("Error") or not info.get("Dir"):
         reason = info.get("Error") or result.stderr.strip() or result.stdout.strip()
-        raise RuntimeError(
-            f"cannot download {MODULE}@{version} from the Go module proxy (GOPROXY): {reason}"
-        )
+        raise RuntimeError(f"cannot download {MODULE}@{version} from the Go module proxy (GOPROXY): {reason}")
     return Path(info["Dir"])
 
 
