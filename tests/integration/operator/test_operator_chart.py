@@ -41,6 +41,7 @@ def test_chart_lints_and_renders_one_resource_per_template(cluster: LocalCluster
         "ClusterRoleBinding",
         "Deployment",
         "NetworkPolicy",
+        "PodMonitor",
         "PrometheusRule",
         "Service",
         "ServiceAccount",
@@ -163,7 +164,7 @@ def test_ci_scenario_lints_and_renders_with_the_local_image(cluster: LocalCluste
     else:
         assert {"ClusterRole", "ClusterRoleBinding"} <= kinds and not kinds & {"Role", "RoleBinding"}
     if scenario == "all-features-values.yaml":
-        assert {"ServiceMonitor", "PrometheusRule", "KopfPeering", "NetworkPolicy"} <= kinds
+        assert {"ServiceMonitor", "PodMonitor", "PrometheusRule", "KopfPeering", "NetworkPolicy"} <= kinds
 
 
 def test_single_namespace_scope_refuses_other_watched_namespaces(cluster: LocalCluster) -> None:
