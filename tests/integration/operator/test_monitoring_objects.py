@@ -17,9 +17,11 @@ import pytest
 import yaml
 from gm_operator_helpers import REPO, Namespace
 
+from guardedmodel_operator.builders import build_children, build_context
 from guardedmodel_operator.builders.common import SIDECAR_PORTS
-from guardedmodel_operator.labels import OWNER_NAME_LABEL, standard_labels
+from guardedmodel_operator.config import OperatorConfig
 from guardedmodel_operator.prometheus import PrometheusSettings
+from guardedmodel_operator.spec import parse_spec
 from guardedmodel_testground.chart_release import install_prometheus_operator_crds
 from guardedmodel_testground.cluster import LocalCluster
 from guardedmodel_testground.pod_discovery import label_name
@@ -160,27 +162,44 @@ def test_a_broken_monitoring_object_is_refused(
     assert field in result.stderr, result.stderr
 
 
+@pytest.mark.parametrize("example", ["guardedmodel-minimal.yaml", "guardedmodel-full.yaml"])
 def test_podmonitor_selects_the_model_pods_and_labels_them_as_the_operator_queries(
-    monitoring_cluster: LocalCluster,
+    monitoring_cluster: LocalCluster, example: str
 ) -> None:
+    """Against the children the operator's own builders make for the examples: the PodMonitor
+    selects the model pods (and never the operator's), scrapes the port the pods' prometheus.io
+    annotations name, which the model's NetworkPolicy admits, and labels the series as the
+    operator's queries and the chart's alerts select them."""
     docs = render(monitoring_cluster, "ops", *ON)
     (podmonitor,) = (d for d in docs if d["kind"] == "PodMonitor")
     spec = podmonitor["spec"]
+    body = yaml.safe_load((REPO / "examples" / example).read_text())
+    body["metadata"] |= {"namespace": "ml", "uid": "0000-1111", "generation": 1}
+    config = OperatorConfig(triton_image="triton:test", sidecar_image="sidecar:test")
+    children = {c["kind"]: c for c in build_children(build_context(body, parse_spec(body["spec"]), config))}
+    template = children["Deployment"]["spec"]["template"]
     wanted = spec["selector"]["matchLabels"]
-    model_pod = standard_labels("classifier", "inference")
-    assert wanted.items() <= model_pod.items()
-    # ... and never the operator's own pod
+    assert wanted.items() <= template["metadata"]["labels"].items()
     operator = next(d for d in docs if d["kind"] == "Deployment")
     assert not wanted.items() <= operator["spec"]["template"]["metadata"]["labels"].items()
     (endpoint,) = spec["podMetricsEndpoints"]
-    assert endpoint["port"] == "metrics" and "metrics" in {name for name, _, _ in SIDECAR_PORTS}
-    # The target labels the operator's queries and the chart's alerts select a model by.
+    ports = {
+        p["name"]: p["containerPort"] for c in template["spec"]["containers"] for p in c.get("ports", [])
+    }
+    annotations = template["metadata"]["annotations"]
+    assert ports[endpoint["port"]] == int(annotations["prometheus.io/port"])
+    assert endpoint["path"] == annotations["prometheus.io/path"]
+    (rule,) = children["NetworkPolicy"]["spec"]["ingress"]
+    assert "from" not in rule and {"protocol": "TCP", "port": ports[endpoint["port"]]} in rule["ports"]
+    # The target labels the operator's queries and the chart's alerts select a model by: the pod
+    # label named in podTargetLabels, sanitised as Prometheus does, carries the GuardedModel's name.
     defaults = yaml.safe_load((REPO / "charts" / "guardedmodel" / "values.yaml").read_text())["rollout"]
+    settings = PrometheusSettings(url="")
     (target_label,) = spec["podTargetLabels"]
-    assert target_label == OWNER_NAME_LABEL
-    assert label_name(target_label) == defaults["nameLabel"] == PrometheusSettings(url="").name_label
-    assert defaults["namespaceLabel"] == PrometheusSettings(url="").namespace_label == "namespace"
-    # The target's own labels win over none of the sidecar's (model, version): nothing collides.
+    assert template["metadata"]["labels"][target_label] == body["metadata"]["name"]
+    assert label_name(target_label) == defaults["nameLabel"] == settings.name_label
+    assert defaults["namespaceLabel"] == settings.namespace_label == "namespace"
+    # The target's labels are never overridden by the sidecar's own (model, version): none collide.
     assert endpoint["honorLabels"] is False
 
 
