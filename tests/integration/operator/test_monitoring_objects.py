@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -109,6 +110,17 @@ def test_all_features_ci_scenario_is_accepted(monitoring_cluster: LocalCluster, 
     assert [o["kind"] for o in objects] == ["PodMonitor", "PrometheusRule", "ServiceMonitor"]
     result = dry_run(namespace, objects)
     assert result.returncode == 0, result.stderr
+    podmonitor, rule, _ = objects
+    scenario = yaml.safe_load(Path(values).read_text())
+    assert podmonitor["metadata"]["labels"]["release"] == "prometheus"
+    assert podmonitor["spec"]["namespaceSelector"] == {"matchNames": scenario["watchNamespaces"]}
+    assert (
+        podmonitor["spec"]["podMetricsEndpoints"][0]["interval"]
+        == scenario["metrics"]["podMonitor"]["interval"]
+    )
+    base = scenario["metrics"]["prometheusRule"]["runbookBaseUrl"]
+    urls = [r["annotations"]["runbook_url"] for g in rule["spec"]["groups"] for r in g["rules"]]
+    assert urls and all(url == f"{base}/{url.rsplit('/', 1)[1]}" for url in urls)
 
 
 def _break(
