@@ -269,3 +269,19 @@ def test_notes_say_what_to_do_next_and_where_the_metrics_are(monitoring_cluster:
     assert "the namespace(s) team-a, team-b" in watched
     assert "kubectl apply -n team-a -f" in watched
     assert "scrapes the model pods in team-a, team-b" in watched
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        ("metrics.podMonitor.interval=soon", "interval"),
+        ("metrics.podMonitor.enabled=maybe", "enabled"),
+        ("metrics.podMonitor.port=9090", "port"),
+        ("metrics.prometheusRule.runbookBaseUrl=docs/runbooks", "runbookBaseUrl"),
+    ],
+)
+def test_values_schema_refuses_bad_monitoring_values(
+    cluster: LocalCluster, value: str, fragment: str
+) -> None:
+    result = cluster.helm("template", "gm", CHART, "--set", value, check=False)
+    assert result.returncode != 0 and fragment in result.stderr, result.stderr
