@@ -6,17 +6,17 @@ Shared by the chart tests on simulated pods and on the real node: after `helm un
 
 from __future__ import annotations
 
-from typing import Any
-
 import yaml
 
 from .cluster import LocalCluster
+from .prometheus_operator_crds import crd_paths
 
 #: Namespaced kinds the chart can create, and its cluster-scoped ones; each carries the release's
 #: instance label.
 NAMESPACED_KINDS = (
     "deployments,replicasets,pods,services,serviceaccounts,configmaps,roles,rolebindings,networkpolicies,"
-    "servicemonitors.monitoring.coreos.com,prometheusrules.monitoring.coreos.com"
+    "servicemonitors.monitoring.coreos.com,podmonitors.monitoring.coreos.com,"
+    "prometheusrules.monitoring.coreos.com"
 )
 CLUSTER_KINDS = "clusterroles,clusterrolebindings"
 
@@ -39,39 +39,12 @@ def release_leftovers(cluster: LocalCluster, release: str, namespaces: list[str]
     return found
 
 
-def prometheus_operator_crds() -> list[dict[str, Any]]:
-    """The two Prometheus-operator kinds the chart can create, as a cluster with that operator
-    serves them (schema-less here: the chart's objects are checked by helm's own schema)."""
-
-    def crd(kind: str, plural: str) -> dict[str, Any]:
-        return {
-            "apiVersion": "apiextensions.k8s.io/v1",
-            "kind": "CustomResourceDefinition",
-            "metadata": {"name": f"{plural}.monitoring.coreos.com"},
-            "spec": {
-                "group": "monitoring.coreos.com",
-                "scope": "Namespaced",
-                "names": {"kind": kind, "plural": plural},
-                "versions": [
-                    {
-                        "name": "v1",
-                        "served": True,
-                        "storage": True,
-                        "schema": {
-                            "openAPIV3Schema": {
-                                "type": "object",
-                                "x-kubernetes-preserve-unknown-fields": True,
-                            }
-                        },
-                    }
-                ],
-            },
-        }
-
-    return [crd("ServiceMonitor", "servicemonitors"), crd("PrometheusRule", "prometheusrules")]
-
-
 def install_prometheus_operator_crds(cluster: LocalCluster) -> None:
-    cluster.kubectl("apply", "--server-side", "-f", "-", input=yaml.safe_dump_all(prometheus_operator_crds()))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/servicemonitors.monitoring.coreos.com",
-                    "crd/prometheusrules.monitoring.coreos.com")  # fmt: skip
+    """prometheus-operator's ServiceMonitor, PodMonitor and PrometheusRule CRDs, with the schemas its
+    release ships, so that the API server validates the chart's monitoring objects as a cluster
+    running prometheus-operator would."""
+    paths = crd_paths()
+    # server-side: the CRDs are too large for the last-applied annotation of a client-side apply
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", *(f"--filename={p}" for p in paths))
+    names = [f"crd/{yaml.safe_load(p.read_text())['metadata']['name']}" for p in paths]
+    cluster.kubectl("wait", "--for=condition=Established", *names)

@@ -16,6 +16,7 @@ from pathlib import Path
 from .cluster import LocalCluster, read_state
 from .k8s_binaries import ensure_k8s_binaries
 from .paths import default_state_dir
+from .prometheus_operator_crds import ensure_prometheus_operator_crds
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,6 +35,8 @@ def run(args: argparse.Namespace) -> int:
         started = time.monotonic()
         binaries = ensure_k8s_binaries()
         print(f"binaries in {binaries.bin_dir} ({time.monotonic() - started:.1f}s)")
+        # the chart's monitoring objects are checked against these
+        print(f"prometheus-operator CRDs in {ensure_prometheus_operator_crds()}")
         return 0
     if args.action == "up":
         if (state_dir / "state.json").exists():

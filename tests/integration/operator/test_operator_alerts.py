@@ -28,6 +28,8 @@ CHART = REPO / "charts" / "guardedmodel"
 OPERATOR_NAMESPACE = "guardedmodel-system"
 # What a ServiceMonitor scrape of the operator's Service adds to every series (prometheus-operator's
 # target labels); `namespace` only where the series has none of its own (honorLabels).
+# The chart's default metrics.prometheusRule.runbookBaseUrl.
+RUNBOOKS = yaml.safe_load((CHART / "values.yaml").read_text())["metrics"]["prometheusRule"]["runbookBaseUrl"]
 TARGET = {
     "job": "gm-guardedmodel",
     "instance": "10.244.0.7:9100",
@@ -116,6 +118,7 @@ def test_not_healthy_names_each_unhealthy_model(tmp_path: Path) -> None:
                     f"It has been {state} for 10 minutes. `kubectl describe gm -n {namespace} {name}` "
                     "shows its Degraded condition and the events that say why."
                 ),
+                "runbook_url": f"{RUNBOOKS}/GuardedModelNotHealthy.md",
             },
         }
 

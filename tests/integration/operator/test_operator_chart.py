@@ -42,6 +42,7 @@ def test_chart_lints_and_renders_one_resource_per_template(cluster: LocalCluster
         "ConfigMap",
         "Deployment",
         "NetworkPolicy",
+        "PodMonitor",
         "PrometheusRule",
         "Service",
         "ServiceAccount",
@@ -164,7 +165,14 @@ def test_ci_scenario_lints_and_renders_with_the_local_image(cluster: LocalCluste
     else:
         assert {"ClusterRole", "ClusterRoleBinding"} <= kinds and not kinds & {"Role", "RoleBinding"}
     if scenario == "all-features-values.yaml":
-        assert {"ServiceMonitor", "PrometheusRule", "KopfPeering", "NetworkPolicy", "ConfigMap"} <= kinds
+        assert {
+            "ServiceMonitor",
+            "PodMonitor",
+            "PrometheusRule",
+            "KopfPeering",
+            "NetworkPolicy",
+            "ConfigMap",
+        } <= kinds
 
 
 def test_single_namespace_scope_refuses_other_watched_namespaces(cluster: LocalCluster) -> None:
