@@ -95,7 +95,10 @@ def describe(cluster: LocalCluster, namespace: str, *what: str) -> str:
         "logs", "-n", real_pods.OPERATOR_NAMESPACE, "-l", "app.kubernetes.io/component=operator",
         "--tail=150", "--timestamps", check=False,
     )  # fmt: skip
+    operator_pods = cluster.kubectl(
+        "get", "pods", "-n", real_pods.OPERATOR_NAMESPACE, "-o", "wide", check=False
+    )
     return (
-        f"{out.stdout}{out.stderr}\n{events.stdout}\n{models.stdout}\n"
+        f"{out.stdout}{out.stderr}\n{events.stdout}\n{models.stdout}\n{operator_pods.stdout}\n"
         f"operator log (last lines):\n{operator.stdout}{operator.stderr}"
     )
