@@ -23,6 +23,8 @@ JUDGED_BY = {
     "driftScore": "maxDriftScore",
 }
 EVENTS_SHOWN = 8
+# Event reasons of the reconcile's bookkeeping (a child object written): left out of `status`.
+HOUSEKEEPING = ("Updated", "Created")
 
 
 def summary(body: Mapping[str, Any], events: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
@@ -95,7 +97,9 @@ def _orders(body: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def _recent(events: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    return sorted(events, key=_event_time)[-EVENTS_SHOWN:]
+    """The newest Events that say what happened to the model, not which child object was re-applied."""
+    said = [e for e in events if e.get("reason") not in HOUSEKEEPING]
+    return sorted(said, key=_event_time)[-EVENTS_SHOWN:]
 
 
 def _event_time(event: Mapping[str, Any]) -> str:
