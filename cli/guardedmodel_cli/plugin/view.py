@@ -23,6 +23,7 @@ JUDGED_BY = {
     "driftScore": "maxDriftScore",
 }
 EVENTS_SHOWN = 8
+FIELD_WIDTH = 18  # the width of "Name:" before each value of `status`
 # Event reasons of the reconcile's bookkeeping (a child object written): left out of `status`.
 HOUSEKEEPING = ("Updated", "Created")
 
@@ -118,7 +119,7 @@ def _event(event: Mapping[str, Any]) -> dict[str, Any]:
 
 def render_status(body: Mapping[str, Any], events: Sequence[Mapping[str, Any]] = (), width: int = 110) -> str:
     s = summary(body, events)
-    lines = [
+    fields = [
         _field("Name", f"{s['namespace']}/{s['name']}"),
         _field("Phase", s["phase"] or "(not reconciled yet)"),
         _field(
@@ -132,10 +133,10 @@ def render_status(body: Mapping[str, Any], events: Sequence[Mapping[str, Any]] =
         ),
     ]
     if s["canaryVersion"]:
-        lines.append(_field("Canary step", _step(s)))
-    lines.append(_field("Last good", s["lastGoodVersion"] or "-"))
+        fields.append(_field("Canary step", _step(s)))
+    fields.append(_field("Last good", s["lastGoodVersion"] or "-"))
     if s["shadow"]:
-        lines.append(_field("Shadow", _shadow(s)))
+        fields.append(_field("Shadow", _shadow(s)))
     rollout = s["rollout"]
     if rollout:
         head = f"{rollout.get('phase', '-')}, {rollout.get('reason', '-')} since {rollout.get('since', '-')}"
@@ -143,13 +144,14 @@ def render_status(body: Mapping[str, Any], events: Sequence[Mapping[str, Any]] =
             head += f", {rollout['failedChecks']} failed check(s)"
         if rollout.get("blockedVersion"):
             head += f"; version {rollout['blockedVersion']} blocked ({rollout.get('blockedReason')}) until the spec changes"
-        lines.append(_field("Rollout", head))
-        lines += _wrapped(str(rollout.get("message") or ""), width, indent=18)
+        fields.append(_field("Rollout", head))
+        fields.append(_field("", str(rollout.get("message") or "")))
     if s["metrics"]:
-        lines.append(_field(f"Metrics (v{s['metrics'].get('version', '?')})", _metrics(s)))
-    lines.append(_field("Replicas", _replicas(s["replicas"])))
+        fields.append(_field(f"Metrics (v{s['metrics'].get('version', '?')})", _metrics(s)))
+    fields.append(_field("Replicas", _replicas(s["replicas"])))
     for order in s["orders"]:
-        lines.append(_field("Order", f"{order['annotation']}: {order['value'] or ''} ({order['state']})"))
+        fields.append(_field("Order", f"{order['annotation']}: {order['value'] or ''} ({order['state']})"))
+    lines = [line for name, value in fields for line in _wrapped(name, value, width)]
     lines += ["", "Conditions:"]
     rows = [
         (
@@ -188,12 +190,17 @@ def history_lines(history: Sequence[Mapping[str, Any]], width: int, indent: str 
     return _table(("AT", "VERSION", "OUTCOME", "REASON"), rows, width, indent)
 
 
-def _field(name: str, value: str) -> str:
-    return f"{name + ':':<18}{value}"
+def _field(name: str, value: str) -> tuple[str, str]:
+    return (f"{name}:" if name else "", value)
 
 
-def _wrapped(text: str, width: int, indent: int) -> list[str]:
-    return [" " * indent + line for line in textwrap.wrap(text, width=max(40, width - indent))]
+def _wrapped(name: str, value: str, width: int) -> list[str]:
+    """`Name:    value`, the value wrapped at `width` under itself."""
+    indent = " " * FIELD_WIDTH
+    lines = textwrap.wrap(
+        value, width=width, initial_indent=name.ljust(FIELD_WIDTH), subsequent_indent=indent
+    )
+    return lines or [name]
 
 
 def _strategy(s: Mapping[str, Any]) -> str:
