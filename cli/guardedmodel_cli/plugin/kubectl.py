@@ -30,6 +30,7 @@ class Kubectl:
     namespace: str | None = None
     context: str | None = None
     kubeconfig: str | None = None
+    impersonate: str | None = None  # kubectl --as: act as this user (the cluster checks it may)
     # GUARDEDMODEL_KUBECTL names another binary; run as `kubectl guardedmodel`, kubectl's own is on PATH.
     program: str = os.environ.get("GUARDEDMODEL_KUBECTL", "kubectl")
     timeout_s: float = 30.0
@@ -38,6 +39,7 @@ class Kubectl:
         flags = [f"--kubeconfig={self.kubeconfig}"] if self.kubeconfig else []
         flags += [f"--context={self.context}"] if self.context else []
         flags += [f"--namespace={self.namespace}"] if self.namespace else []
+        flags += [f"--as={self.impersonate}"] if self.impersonate else []
         try:
             done = subprocess.run(
                 [self.program, *flags, *args], capture_output=True, text=True, timeout=self.timeout_s

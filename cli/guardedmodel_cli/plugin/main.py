@@ -30,6 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-n", "--namespace", help="the GuardedModel's namespace (default: the context's)")
     parser.add_argument("--context", help="the kubeconfig context to use")
     parser.add_argument("--kubeconfig", help="the kubeconfig file to use")
+    parser.add_argument("--as", dest="impersonate", metavar="USER", help="act as USER (kubectl --as)")
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     status = sub.add_parser("status", help="the rollout: phase, versions, step, metrics judged, history")
     status.add_argument("name")
@@ -61,7 +62,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    kubectl = Kubectl(namespace=args.namespace, context=args.context, kubeconfig=args.kubeconfig)
+    kubectl = Kubectl(
+        namespace=args.namespace,
+        context=args.context,
+        kubeconfig=args.kubeconfig,
+        impersonate=args.impersonate,
+    )
     try:
         if args.action == "status":
             return _status(kubectl, args)

@@ -169,10 +169,10 @@ def render_status(body: Mapping[str, Any], events: Sequence[Mapping[str, Any]] =
     if s["events"]:
         lines += ["", f"Events (last {EVENTS_SHOWN}):"]
         event_rows = [
-            (e["at"], e["type"], e["reason"], f"x{e['count']}" if e["count"] > 1 else "", e["message"])
+            (e["at"], e["type"], e["reason"] + (f" (x{e['count']})" if e["count"] > 1 else ""), e["message"])
             for e in s["events"]
         ]
-        lines += _table(("AT", "TYPE", "REASON", "", "MESSAGE"), event_rows, width)
+        lines += _table(("LAST SEEN", "TYPE", "REASON", "MESSAGE"), event_rows, width)
     return "\n".join(lines)
 
 

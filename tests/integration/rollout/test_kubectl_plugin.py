@@ -28,6 +28,7 @@ from guardedmodel_testground.prometheus import Prometheus, ScrapeJob
 
 pytestmark = pytest.mark.integration
 
+RBAC = Path(__file__).resolve().parents[3] / "examples" / "kubectl-guardedmodel-rbac.yaml"
 MODELS = ("promoted", "aborted", "shown", "refused")
 VERSIONS = ("1", "2", "3")
 # No check comes due while a test runs: only the orders move a canary.
@@ -41,11 +42,12 @@ class Plugin:
     env: dict[str, str]
     operator_log: Path
 
-    def __call__(self, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
-        """`kubectl guardedmodel -n NS ARGS`, as a person types it."""
+    def __call__(self, *args: str, ok: bool = True, user: str = "sre") -> subprocess.CompletedProcess[str]:
+        """`kubectl guardedmodel -n NS ARGS`, as a person types it, with the rights of `user`:
+        bound to a Role of examples/kubectl-guardedmodel-rbac.yaml."""
         assert self.cluster.binaries is not None
         done = subprocess.run(
-            [str(self.cluster.binaries.kubectl), "guardedmodel", "-n", self.namespace, *args],
+            [str(self.cluster.binaries.kubectl), "guardedmodel", "-n", self.namespace, "--as", user, *args],
             capture_output=True,
             text=True,
             env=self.env,
@@ -77,8 +79,7 @@ class Plugin:
         )
 
     def canary_at(self, name: str, version: str) -> dict[str, Any]:
-        """`name` serving 1, then a canary of `version` at 10 %."""
-        self.apply(name, "1")
+        """`name` serving 1 (the fixture created it), then a canary of `version` at 10 %."""
         self.wait(
             name, "version 1 stable", lambda st: st.get("stableVersion") == "1" and st.get("phase") == "Ready"
         )
@@ -103,6 +104,12 @@ def plugin(k8s_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) 
     install_crd(k8s_cluster)
     namespace = f"plugin-{uuid.uuid4().hex[:6]}"
     k8s_cluster.kubectl("create", "namespace", namespace)
+    # The rights the docs list, and no more: sre may steer rollouts, viewer may only look.
+    k8s_cluster.kubectl("apply", "-n", namespace, "-f", str(RBAC))
+    for user, role in (("sre", "guardedmodel-rollout-operator"), ("viewer", "guardedmodel-rollout-viewer")):
+        k8s_cluster.kubectl(
+            "create", "rolebinding", user, "-n", namespace, f"--role={role}", f"--user={user}"
+        )
     sidecar = SidecarTraffic("classifier", VERSIONS).start()
     jobs = [
         ScrapeJob(
@@ -137,8 +144,11 @@ def plugin(k8s_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) 
         "GUARDEDMODEL_KUBECTL": str(k8s_cluster.binaries.kubectl),
         "COLUMNS": "160",
     }
+    plugin = Plugin(k8s_cluster, namespace, env, log)
+    for name in MODELS:  # all at version 1 at once: their first rollouts overlap
+        plugin.apply(name, "1")
     try:
-        yield Plugin(k8s_cluster, namespace, env, log)
+        yield plugin
     finally:
         stop.set()
         stop_operator()
@@ -151,6 +161,7 @@ def test_promote_takes_one_step_then_promote_full_makes_the_canary_stable(plugin
     plugin.canary_at("promoted", "2")
 
     step = plugin("promote", "promoted")
+    print(step.stdout)
     assert "promote canary 2 from 10% to 50%" in step.stdout
     assert "PromotedStep: canary 2 promoted from 10% to 50%" in step.stdout  # the operator's history entry
     gm = plugin.gm("promoted")
@@ -158,6 +169,7 @@ def test_promote_takes_one_step_then_promote_full_makes_the_canary_stable(plugin
     assert "guardedmodel.io/promote" not in (gm["metadata"].get("annotations") or {})  # taken off again
 
     full = plugin("promote", "promoted", "--full")
+    print(full.stdout)
     assert (
         "promote canary 2 from 50% to stable" in full.stdout
         and "Promoted: canary 2 promoted at 50%" in full.stdout
@@ -189,8 +201,15 @@ def test_promote_takes_one_step_then_promote_full_makes_the_canary_stable(plugin
 
 def test_abort_rolls_the_canary_back_and_undo_acknowledges_then_goes_back(plugin: Plugin) -> None:
     plugin.canary_at("aborted", "2")
+    forbidden = plugin("abort", "aborted", ok=False, user="viewer")
+    assert forbidden.returncode == 1 and "forbidden" in forbidden.stderr, forbidden.stderr
+    assert (
+        "Serving:          stable 1 (90%), canary 2 (10%)"
+        in plugin("status", "aborted", user="viewer").stdout
+    )
 
     aborted = plugin("abort", "aborted")
+    print(aborted.stdout)
     assert (
         "abort canary 2 at 10%: all traffic back to 1" in aborted.stdout
         and "Aborted: canary 2 aborted" in aborted.stdout
@@ -204,6 +223,7 @@ def test_abort_rolls_the_canary_back_and_undo_acknowledges_then_goes_back(plugin
     assert not plugin.gm("aborted")["status"].get("canaryVersion")
 
     undone = plugin("undo", "aborted")
+    print(undone.stdout)
     assert "spec.model.version 2 → 1: the rollback to 1 is acknowledged" in undone.stdout
     plugin.wait("aborted", "the rollback acknowledged", lambda st: st.get("phase") == "Ready")
 
@@ -276,7 +296,7 @@ def test_an_order_for_a_canary_that_moved_on_is_refused_by_the_api_server(plugin
         "annotate", "guardedmodel", "refused", "-n", plugin.namespace,
         f"guardedmodel.io/abort=version=2,generation={old['metadata']['generation']}",
     )  # fmt: skip
-    time.sleep(3)
+    time.sleep(2)
     status = plugin.gm("refused")["status"]
     assert (status["canaryVersion"], status["canaryWeight"]) == ("3", 10) and status["phase"] == "Progressing"
     assert "stale: never acts" in plugin("status", "refused").stdout
