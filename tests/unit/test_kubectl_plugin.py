@@ -238,6 +238,12 @@ def test_events_shown_are_the_newest_that_say_what_happened() -> None:
     ] + [{"reason": "Updated", "message": "updated ConfigMap", "lastTimestamp": "2026-01-01T00:01:00Z"}]
     shown = view.summary(model(), events)["events"]
     assert [e["reason"] for e in shown] == [f"R{i}" for i in range(4, 12)]
+    # within one second, in the order the API server stored them
+    same_second = [
+        {"reason": r, "lastTimestamp": "2026-01-01T00:00:00Z", "metadata": {"resourceVersion": v}}
+        for r, v in (("Third", "120"), ("First", "99"), ("Second", "100"))
+    ]
+    assert [e["reason"] for e in view.summary(model(), same_second)["events"]] == ["First", "Second", "Third"]
 
 
 def test_history_is_a_table_whose_reasons_wrap_under_their_column() -> None:

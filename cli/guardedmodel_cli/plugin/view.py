@@ -98,9 +98,15 @@ def _orders(body: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def _recent(events: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    """The newest Events that say what happened to the model, not which child object was re-applied."""
+    """The newest Events that say what happened to the model, not which child object was re-applied;
+    in the order they were last seen (within a second: the order the API server stored them)."""
     said = [e for e in events if e.get("reason") not in HOUSEKEEPING]
-    return sorted(said, key=_event_time)[-EVENTS_SHOWN:]
+    return sorted(said, key=lambda e: (_event_time(e), _stored_order(e)))[-EVENTS_SHOWN:]
+
+
+def _stored_order(event: Mapping[str, Any]) -> int:
+    version = str((event.get("metadata") or {}).get("resourceVersion") or "0")
+    return int(version) if version.isdigit() else 0
 
 
 def _event_time(event: Mapping[str, Any]) -> str:
@@ -147,7 +153,7 @@ def render_status(body: Mapping[str, Any], events: Sequence[Mapping[str, Any]] =
         fields.append(_field("Rollout", head))
         fields.append(_field("", str(rollout.get("message") or "")))
     if s["metrics"]:
-        fields.append(_field(f"Metrics (v{s['metrics'].get('version', '?')})", _metrics(s)))
+        fields.append(_field(f"Last check (v{s['metrics'].get('version', '?')})", _metrics(s)))
     fields.append(_field("Replicas", _replicas(s["replicas"])))
     for order in s["orders"]:
         fields.append(_field("Order", f"{order['annotation']}: {order['value'] or ''} ({order['state']})"))

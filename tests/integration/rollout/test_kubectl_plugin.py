@@ -254,7 +254,7 @@ def test_status_and_history_show_the_rollout(plugin: Plugin) -> None:
     ):
         assert expected in text, text
     # the figures of the last check, next to the threshold each was judged by
-    assert "Metrics (v1):" in text and "oodRate 0 (maxOodRate 0.25)" in text, text
+    assert "Last check (v1):" in text and "oodRate 0 (maxOodRate 0.25)" in text, text
 
     summary = json.loads(plugin("status", "shown", "-o", "json").stdout)
     assert (summary["canaryVersion"], summary["canaryWeight"], summary["step"]) == ("2", 50, 2)
