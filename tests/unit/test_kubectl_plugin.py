@@ -135,7 +135,11 @@ def test_an_order_overtaken_by_the_canary_moving_on_is_said_to_be() -> None:
     moved = model(weight=50)  # the canary's own check took the step first
     moved["status"]["history"].append({"version": "2", "outcome": "X", "at": "t", "reason": "checks"})
     state = actions.carried_out(change.order, moved)
-    assert state is not None and state[0] is False and "moved on" in state[1]
+    assert state is not None and state[0] is False and "canary 2 at 50%, generation 5" in state[1]
+    edited = model(weight=10)  # the spec was edited meanwhile: a new generation
+    edited["metadata"]["generation"] = 6
+    state = actions.carried_out(change.order, edited)
+    assert state is not None and state[0] is False and "will never act" in state[1]
 
 
 def test_the_cleanup_removes_only_the_order_written() -> None:

@@ -142,13 +142,17 @@ def carried_out(order: Order, body: Mapping[str, Any]) -> tuple[bool, str] | Non
         if order.words in str(entry.get("reason", "")):
             return True, f"{entry.get('at')} {entry.get('outcome')}: {entry.get('reason')}"
     meta = body.get("metadata") or {}
-    if not order.acts_on(
-        status.get("canaryVersion"), int(status.get("canaryWeight") or 0), int(meta.get("generation") or 0)
-    ):
+    canary, weight = status.get("canaryVersion"), int(status.get("canaryWeight") or 0)
+    generation = int(meta.get("generation") or 0)
+    if not order.acts_on(canary, weight, generation):
+        now = (
+            f"canary {canary} at {weight}%" if canary else f"no canary, {status.get('stableVersion')} stable"
+        )
         last = (status.get("history") or [{}])[-1]
         return False, (
-            f"the canary moved on before the operator took the order; last in the history: "
-            f"{last.get('at')} {last.get('outcome')} {last.get('version')}: {last.get('reason')}"
+            f"{order.words} no longer names the rollout as it is ({now}, generation {generation}), so it "
+            f"will never act; last in the history: {last.get('at')} {last.get('outcome')} "
+            f"{last.get('version')}: {last.get('reason')}"
         )
     return None
 
