@@ -223,6 +223,22 @@ def test_status_shows_versions_step_figures_judged_and_orders() -> None:
     assert max(len(line) for line in text.splitlines()) <= 100
 
 
+def test_status_of_a_rolled_back_model_says_what_is_blocked_and_why() -> None:
+    body = model(version="2", canary=None)
+    body["status"]["rollout"] = {
+        "phase": "RolledBack",
+        "reason": "Aborted",
+        "since": "2026-01-01T11:59:00Z",
+        "blockedVersion": "2",
+        "blockedReason": "Aborted",
+    }
+    lines = view.render_status(body, width=120).splitlines()
+    assert "Serving:          stable 1 (100%)" in lines
+    rollout = next(i for i, line in enumerate(lines) if line.startswith("Rollout:"))
+    assert "version 2 blocked (Aborted) until the spec changes" in lines[rollout]
+    assert lines[rollout + 1].startswith("Replicas:")  # no message: no empty line
+
+
 def test_status_of_a_model_with_nothing_yet() -> None:
     body = {"metadata": {"name": "new", "namespace": "ml"}, "spec": {"model": {"version": "1"}}}
     text = view.render_status(body)

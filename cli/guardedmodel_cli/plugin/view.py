@@ -151,7 +151,8 @@ def render_status(body: Mapping[str, Any], events: Sequence[Mapping[str, Any]] =
         if rollout.get("blockedVersion"):
             head += f"; version {rollout['blockedVersion']} blocked ({rollout.get('blockedReason')}) until the spec changes"
         fields.append(_field("Rollout", head))
-        fields.append(_field("", str(rollout.get("message") or "")))
+        if rollout.get("message"):
+            fields.append(_field("", str(rollout["message"])))
     if s["metrics"]:
         fields.append(_field(f"Last check (v{s['metrics'].get('version', '?')})", _metrics(s)))
     fields.append(_field("Replicas", _replicas(s["replicas"])))
