@@ -9,7 +9,9 @@ from typing import Any
 
 import pytest
 
+from guardedmodel_cli.main import main as guardedmodel_main
 from guardedmodel_cli.plugin import actions, view
+from guardedmodel_cli.plugin.main import main as plugin_main
 from guardedmodel_operator.rollout.commands import ABORT, PROMOTE
 from guardedmodel_operator.rollout.outcome import apply_verdict
 from guardedmodel_operator.rollout.types import RolloutSpec, RolloutState
@@ -277,3 +279,25 @@ def test_history_is_a_table_whose_reasons_wrap_under_their_column() -> None:
     assert lines[1][column:] == "ready" and lines[2][column:].startswith("word word")
     assert all(line[:column].strip() == "" for line in lines[3:]) and len(lines) > 3
     assert all(len(line) <= 80 for line in lines)
+
+
+# ---------------------------------------------------------------- the command line
+
+
+def test_the_plugin_is_also_guardedmodel_rollout(capsys: pytest.CaptureFixture[str]) -> None:
+    for run in (
+        lambda: plugin_main(["promote", "--help"]),
+        lambda: guardedmodel_main(["rollout", "promote", "--help"]),
+    ):
+        with pytest.raises(SystemExit) as exit_:
+            run()
+        assert exit_.value.code == 0 and "--full" in capsys.readouterr().out
+
+
+def test_without_kubectl_the_error_says_what_to_do(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("GUARDEDMODEL_KUBECTL", str(tmp_path / "no-kubectl"))
+    assert plugin_main(["-n", "ml", "status", "clf"]) == 1
+    err = capsys.readouterr().err
+    assert "not found: install kubectl or set GUARDEDMODEL_KUBECTL" in err and "Traceback" not in err

@@ -10,7 +10,7 @@ import json
 import os
 import subprocess
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 RESOURCE = "guardedmodels.guardedmodel.io"
@@ -32,7 +32,7 @@ class Kubectl:
     kubeconfig: str | None = None
     impersonate: str | None = None  # kubectl --as: act as this user (the cluster checks it may)
     # GUARDEDMODEL_KUBECTL names another binary; run as `kubectl guardedmodel`, kubectl's own is on PATH.
-    program: str = os.environ.get("GUARDEDMODEL_KUBECTL", "kubectl")
+    program: str = field(default_factory=lambda: os.environ.get("GUARDEDMODEL_KUBECTL", "kubectl"))
     timeout_s: float = 30.0
 
     def _run(self, args: Sequence[str]) -> str:
