@@ -215,7 +215,6 @@ def _ordered(spec: RolloutSpec, state: RolloutState, canary: str) -> Verdict | N
             f"canary {canary} promoted at {state.weight}% by {promote.words}: version {canary} is "
             f"stable, replacing {state.stable}",
             version=canary,
-            failed_checks=0,
         )
     return Verdict(
         Kind.PROMOTE_STEP,
@@ -224,7 +223,6 @@ def _ordered(spec: RolloutSpec, state: RolloutState, canary: str) -> Verdict | N
         "without waiting for its check",
         version=canary,
         weight=upcoming[0],
-        failed_checks=0,
     )
 
 

@@ -266,3 +266,30 @@ def test_orders_come_from_the_annotations_of_the_object() -> None:
     parsed = RolloutSpec.from_body(body)
     assert parsed.orders.promote == promote(weight=None)
     assert parsed.orders.abort is None and parsed.orders.unreadable[0][0] == ABORT
+
+
+def test_orders_are_counted_as_what_they_are_not_as_checks_or_guard_rollbacks() -> None:
+    """An abort is no rollback the guard decided (GuardedModelRolledBack alerts on those) and a
+    promotion by hand is no passed check."""
+    from guardedmodel_operator.metrics import REGISTRY
+    from guardedmodel_operator.rollout import metrics
+
+    def value(metric: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(metric, labels) or 0.0
+
+    before = {
+        "aborted": value("guardedmodel_operator_rollouts_total", outcome="aborted"),
+        "rollbacks": value(
+            "guardedmodel_operator_rollbacks_total", namespace="ml", name="orders", version="2"
+        ),
+        "passed": value("guardedmodel_operator_rollout_checks_total", result="passed"),
+        "stepped": value("guardedmodel_operator_rollouts_total", outcome="stepped"),
+    }
+    for order in (abort(), promote()):
+        s = spec(order)
+        metrics.count("ml", "orders", decide(s, RolloutState.from_status(status(), GENERATION), None, T0))
+    assert value("guardedmodel_operator_rollouts_total", outcome="aborted") == before["aborted"] + 1
+    assert value("guardedmodel_operator_rollouts_total", outcome="stepped") == before["stepped"] + 1
+    rollbacks = value("guardedmodel_operator_rollbacks_total", namespace="ml", name="orders", version="2")
+    assert rollbacks == before["rollbacks"]
+    assert value("guardedmodel_operator_rollout_checks_total", result="passed") == before["passed"]
