@@ -301,3 +301,15 @@ def test_without_kubectl_the_error_says_what_to_do(
     assert plugin_main(["-n", "ml", "status", "clf"]) == 1
     err = capsys.readouterr().err
     assert "not found: install kubectl or set GUARDEDMODEL_KUBECTL" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(("steps", "summary"), [(None, "from 10% to 50%"), ([100, 20], "from 10% to 20%")])
+def test_promote_says_the_next_step_of_the_spec_or_of_the_defaults(
+    steps: list[int] | None, summary: str
+) -> None:
+    body = model(weight=10)
+    if steps is None:
+        del body["spec"]["rollout"]["steps"]
+    else:
+        body["spec"]["rollout"]["steps"] = steps
+    assert summary in actions.promote(body, full=False).summary

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from guardedmodel_operator.rollout.commands import ABORT, PROMOTE, Order
+from guardedmodel_operator.spec import with_defaults
 
 
 class Refused(Exception):
@@ -76,9 +77,7 @@ def promote(body: Mapping[str, Any], full: bool) -> Change:
             body, order, f"promote canary {canary} from {weight}% to stable, skipping the steps left"
         )
     order = Order(PROMOTE, canary, generation, weight=weight)
-    steps = sorted(
-        int(s) for s in ((body.get("spec") or {}).get("rollout") or {}).get("steps") or (10, 50, 100)
-    )
+    steps = sorted(int(s) for s in with_defaults(body.get("spec") or {})["rollout"]["steps"])
     upcoming = [s for s in steps if s > weight]
     to = (
         f"{upcoming[0]}%"

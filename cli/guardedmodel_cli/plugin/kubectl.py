@@ -22,7 +22,6 @@ class KubectlError(Exception):
     def __init__(self, args: Sequence[str], stderr: str) -> None:
         super().__init__(f"kubectl {' '.join(args)}: {stderr.strip()}")
         self.conflict = "the object has been modified" in stderr or "Conflict" in stderr
-        self.test_failed = "testing value" in stderr or "test operation" in stderr
 
 
 @dataclass(frozen=True)
