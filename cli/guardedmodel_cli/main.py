@@ -23,6 +23,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "fit": ("guardedmodel_fit.cli", "fit a guard artifact (input gate + calibration) from data"),
     "cluster": ("guardedmodel_testground.cluster_cli", "start/stop the local Kubernetes test cluster"),
     "demo": ("guardedmodel_cli.demo", "run the local end-to-end demo"),
+    "rollout": (
+        "guardedmodel_cli.plugin.main",
+        "a GuardedModel's rollout: status, history, promote, abort, undo (also `kubectl guardedmodel`)",
+    ),
 }
 
 #: What to install when a subcommand's optional part is missing (the image carries only the runtime:

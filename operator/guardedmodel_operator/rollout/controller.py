@@ -30,6 +30,7 @@ from .metrics_source import fetch_samples
 from .outcome import apply_verdict, metrics_available, status_changes
 from .types import MetricSamples, RolloutSpec, RolloutState
 from .verdict import (
+    ABORTED,
     ANALYSING,
     CHECK_FAILED,
     CHECKS_PASSED,
@@ -38,6 +39,7 @@ from .verdict import (
     INCONCLUSIVE,
     METRICS_UNAVAILABLE,
     NO_DATA_HOLDS,
+    PROMOTED_BY_HAND,
     WAITING_FOR_DEPLOYMENT,
     WAITING_FOR_FIRST_VERSION,
     Analysis,
@@ -96,6 +98,8 @@ def _decision_events(verdict: Verdict, state: RolloutState) -> list[Event]:
         return []  # still degraded: said already
     if verdict.reason == INCONCLUSIVE:
         return [Event("Warning", INCONCLUSIVE, verdict.message)]
+    if verdict.reason in (ABORTED, PROMOTED_BY_HAND):  # a person's order, carried out
+        return [Event("Normal", verdict.reason, verdict.message)]
     kind, reason = _EVENTS[verdict.kind]
     return [Event(kind, reason, verdict.message)]
 

@@ -7,7 +7,7 @@ import contextlib
 from prometheus_client import Counter, Gauge
 
 from ..metrics import REGISTRY
-from .verdict import INCONCLUSIVE, NO_DATA_HOLDS, Kind, Verdict
+from .verdict import ABORTED, INCONCLUSIVE, NO_DATA_HOLDS, Kind, Verdict
 
 ROLLOUTS = Counter(
     "guardedmodel_operator_rollouts_total",
@@ -54,9 +54,11 @@ _OUTCOMES = {
 
 
 def count(namespace: str, name: str, verdict: Verdict) -> None:
+    # A person's abort is not a rollback the guard decided (GuardedModelRolledBack alerts on those).
+    aborted = verdict.reason == ABORTED
     if verdict.kind in _OUTCOMES:
-        ROLLOUTS.labels(outcome=_OUTCOMES[verdict.kind]).inc()
-    if verdict.kind is Kind.ROLLBACK:
+        ROLLOUTS.labels(outcome="aborted" if aborted else _OUTCOMES[verdict.kind]).inc()
+    if verdict.kind is Kind.ROLLBACK and not aborted:
         ROLLBACKS.labels(namespace=namespace, name=name, version=str(verdict.version)).inc()
     if verdict.breaches:
         CHECKS.labels(result="failed").inc()

@@ -22,7 +22,7 @@ from ..status import (
     trimmed_history,
 )
 from .types import INSUFFICIENT_DATA, MetricSamples, RolloutSpec
-from .verdict import ANALYSING, CHECK_FAILED, ROLLBACK_ACKNOWLEDGED, Kind, Verdict
+from .verdict import ABORTED, ANALYSING, CHECK_FAILED, PROMOTED_BY_HAND, ROLLBACK_ACKNOWLEDGED, Kind, Verdict
 
 # The rollout controller's own condition (the core keeps the conditions of other writers).
 METRICS_AVAILABLE = "MetricsAvailable"
@@ -85,8 +85,11 @@ def apply_verdict(
         _unblock(rollout)
         routing_changed()
     elif kind is Kind.PROMOTE_STEP:
+        if verdict.reason == PROMOTED_BY_HAND:  # a step the checks did not take: the history says who
+            record(verdict.version, "PromotedStep", verdict.message)
         out["canaryWeight"] = verdict.weight
         rollout["phase"] = "Progressing"
+        _unblock(rollout)  # a halted canary promoted by hand is analysed again from its new step
         routing_changed()
     elif kind is Kind.PROMOTE_FULL:
         record(verdict.version, "Promoted", verdict.message)
@@ -97,7 +100,7 @@ def apply_verdict(
         _unblock(rollout)
         routing_changed()
     elif kind is Kind.ROLLBACK:
-        record(verdict.version, "RolledBack", verdict.message)
+        record(verdict.version, "Aborted" if verdict.reason == ABORTED else "RolledBack", verdict.message)
         if verdict.version == out["canaryVersion"]:
             out["canaryVersion"], out["canaryWeight"] = None, 0
         else:  # the stable version itself: traffic returns to the last good one

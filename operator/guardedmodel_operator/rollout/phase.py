@@ -13,6 +13,8 @@ from typing import Any
 
 # The reason of a rollback for lack of data (verdict.INCONCLUSIVE; the core imports this module only).
 INCONCLUSIVE = "Inconclusive"
+# The reason of a rollback a person ordered (verdict.ABORTED).
+ABORTED = "Aborted"
 # Rollout phases that override a Deployment that is simply Ready.
 _OVERRIDING = ("Progressing", "Degraded", "RolledBack")
 
@@ -42,14 +44,17 @@ def overlay(
     if rollout_phase == "Degraded":
         return "Degraded", progressing, ("True", reason, message)
     # RolledBack: serving the previous version on purpose; Degraded says why (Inconclusive: a canary
-    # or shadow given up for lack of data, not for a breached threshold).
-    why = INCONCLUSIVE if rollout.get("blockedReason") == INCONCLUSIVE else "RolledBack"
+    # or shadow given up for lack of data, not for a breached threshold; Aborted: by a person).
+    blocked = rollout.get("blockedReason")
+    why = blocked if blocked in (INCONCLUSIVE, ABORTED) else "RolledBack"
     return "RolledBack", progressing, ("True", why, _rolled_back_message(status, message))
 
 
 def _rolled_back_message(status: Mapping[str, Any], message: str) -> str:
     history = status.get("history") or []
-    last = next((h for h in reversed(history) if h.get("outcome") in ("RolledBack", "Rejected")), None)
+    last = next(
+        (h for h in reversed(history) if h.get("outcome") in ("RolledBack", "Rejected", "Aborted")), None
+    )
     if last is not None:
         return str(last.get("reason") or message)
     return message

@@ -11,6 +11,7 @@ from typing import Any
 from ..clock import parse_duration, parse_time
 from ..spec import with_defaults
 from ..status import Routing
+from .commands import Orders
 from .comparison import ComparisonSpec
 
 DEFAULT_MIN_REQUESTS = 20
@@ -56,8 +57,8 @@ THRESHOLD_METRICS: tuple[tuple[str, str, str, str], ...] = (
 
 @dataclass(frozen=True)
 class RolloutSpec:
-    """spec.rollout plus the two facts of the object the policy needs: the
-    version the user asks for and the generation of that request."""
+    """spec.rollout plus the facts of the object the policy needs: the version the user asks for,
+    the generation of that request, and the orders a person gave the canary (annotations)."""
 
     version: str
     generation: int = 0
@@ -73,6 +74,7 @@ class RolloutSpec:
     no_data_timeout_s: float = DEFAULT_NO_DATA_TIMEOUT_S
     thresholds: Thresholds = Thresholds(max_ood_rate=0.25, max_error_rate=0.05)
     comparison: ComparisonSpec = field(default_factory=ComparisonSpec)
+    orders: Orders = field(default_factory=Orders)
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> RolloutSpec:
@@ -94,6 +96,7 @@ class RolloutSpec:
             no_data_timeout_s=parse_duration(rollout.get("noDataTimeout", "10m")),
             thresholds=Thresholds.from_spec(rollout.get("thresholds")),
             comparison=ComparisonSpec.from_rollout(rollout),
+            orders=Orders.from_annotations((body.get("metadata") or {}).get("annotations")),
         )
 
     @property

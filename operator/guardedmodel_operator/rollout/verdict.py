@@ -6,6 +6,8 @@ Pure, no I/O; `outcome` turns a verdict into status fields. The rules, in the or
 2. A canary is in flight:
    - spec.model.version is back at the stable version → abort the canary;
    - spec.model.version names a third version → it supersedes the canary (new canary at steps[0]);
+   - a person's order names this canary (`commands`): abort → roll it back now (reason Aborted);
+     promote → the next step, or every step left with full, without waiting for a check;
    - the canary was halted (failed with autoRollback off) and the spec has not changed → hold;
    - otherwise analyse the canary (below).
 3. A candidate is under shadow / replay and spec.model.version no longer names it → withdraw it.
@@ -78,6 +80,9 @@ METRICS_UNAVAILABLE = "MetricsUnavailable"
 NO_DATA_HOLDS = (NO_DATA, VERSION_NOT_LOADED, METRICS_UNAVAILABLE)
 # A canary or shadow that held for lack of data for noDataTimeout, given up (rolled back or refused).
 INCONCLUSIVE = phase.INCONCLUSIVE
+# A canary a person rolled back (guardedmodel.io/abort), and one a person promoted (guardedmodel.io/promote).
+ABORTED = phase.ABORTED
+PROMOTED_BY_HAND = "PromotedByHand"
 # A check that found drift whose PSI is a scrape away looks again this soon (seconds).
 PENDING_RECHECK_S = 2.0
 
@@ -140,6 +145,9 @@ def plan(spec: RolloutSpec, state: RolloutState, now: dt.datetime) -> Verdict | 
             if not state.deployment_ready:
                 return _waiting_for_deployment(target)
             return _start(spec, superseded=canary)
+        ordered = _ordered(spec, state, canary)
+        if ordered is not None:
+            return ordered
         if state.blocks(canary, spec.generation):
             return _hold(
                 HALTED,
@@ -177,6 +185,45 @@ def plan(spec: RolloutSpec, state: RolloutState, now: dt.datetime) -> Verdict | 
     if not spec.continuous_guard:
         return _hold(IDLE, f"version {state.stable} is stable; continuousGuard is off")
     return _due(spec, state, now) or Analysis(state.stable, False, state.failed_checks)
+
+
+def _ordered(spec: RolloutSpec, state: RolloutState, canary: str) -> Verdict | None:
+    """What a person's order for this canary does (`commands`), or None: no order names it.
+
+    An abort goes first and acts at once, halted canary or not: a rollback like a failed check,
+    reason Aborted. A promotion overrides the checks, and a halt, but still waits for the
+    Deployment of this generation, as any routing change does."""
+    orders = spec.orders
+    abort, promote = orders.abort, orders.promote
+    if abort is not None and abort.acts_on(canary, state.weight, spec.generation):
+        return Verdict(
+            Kind.ROLLBACK,
+            ABORTED,
+            f"canary {canary} aborted at {state.weight}% by {abort.words}: rolled back to {state.stable}",
+            version=canary,
+            target=state.stable,
+        )
+    if promote is None or not promote.acts_on(canary, state.weight, spec.generation):
+        return None
+    if not state.deployment_ready:
+        return _waiting_for_deployment(canary)
+    upcoming = [s for s in spec.steps if s > state.weight]
+    if promote.full or not upcoming:
+        return Verdict(
+            Kind.PROMOTE_FULL,
+            PROMOTED_BY_HAND,
+            f"canary {canary} promoted at {state.weight}% by {promote.words}: version {canary} is "
+            f"stable, replacing {state.stable}",
+            version=canary,
+        )
+    return Verdict(
+        Kind.PROMOTE_STEP,
+        PROMOTED_BY_HAND,
+        f"canary {canary} promoted from {state.weight}% to {upcoming[0]}% by {promote.words}, "
+        "without waiting for its check",
+        version=canary,
+        weight=upcoming[0],
+    )
 
 
 def needed_analysis(spec: RolloutSpec, state: RolloutState, now: dt.datetime) -> Analysis | None:

@@ -1,0 +1,1 @@
+"""`kubectl guardedmodel`: read and steer a GuardedModel's rollout (status, history, promote, abort, undo)."""
