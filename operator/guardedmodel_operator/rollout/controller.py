@@ -26,6 +26,7 @@ from ..prometheus import PrometheusSource
 from . import metrics
 from .comparison import ComparisonSamples
 from .comparison_source import fetch_comparison
+from .cost import cost_patch, fetch_cost, prices_of
 from .metrics_source import fetch_samples
 from .outcome import apply_verdict, metrics_available, status_changes
 from .types import MetricSamples, RolloutSpec, RolloutState
@@ -244,6 +245,8 @@ class RolloutController:
         elif analysis is not None:  # the model changed since (or nothing was read before)
             samples = await self._read(body, spec, analysis, now)
         result = plan_step(spec, status, samples, now, last_check)
+        if analysis is not None:
+            result = await self._with_cost(body, spec, result)
         if analysis is not None and result.verdict.recheck_after_s is None:
             # (a check asking to look again soon, for a figure a scrape away, does not count)
             self.last_checks[key] = now
@@ -268,6 +271,18 @@ class RolloutController:
         if result.verdict.kind is not Kind.HOLD or result.verdict.reason in (CHECK_FAILED, *NO_DATA_HOLDS):
             log.info("%s/%s: %s", meta["namespace"], meta["name"], result.verdict.message)
         return result, written
+
+    async def _with_cost(self, body: Mapping[str, Any], spec: RolloutSpec, result: StepResult) -> StepResult:
+        """status.cost read at the same checks as the metrics, added to the step's write when it moved."""
+        prices = prices_of(body.get("spec") or {})
+        fresh = None
+        if prices is not None and self.source is not None:
+            meta = body["metadata"]
+            fresh = await fetch_cost(self.source, meta["namespace"], meta["name"], prices, spec.interval_s)
+        patch = cost_patch(body.get("status"), prices, fresh)
+        if patch is None:
+            return result
+        return replace(result, patch={**(result.patch or {}), **patch})
 
     def _stale(self, key: tuple[str, str], spec: RolloutSpec, result: StepResult) -> StepResult:
         """The model changed since the copy this step decided on: drop the decision (no write, no
