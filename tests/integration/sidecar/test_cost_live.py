@@ -4,6 +4,7 @@ webhook and a real Prometheus scraping the sidecar, read by the operator's statu
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import time
 from collections.abc import Callable
@@ -13,12 +14,14 @@ from typing import Any
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
+import yaml
 from conftest import SidecarProcess, WebhookReceiver, sidecar_config
 from prometheus_client.parser import text_string_to_metric_families
 from sidecar_toy import MODEL, toy_data
 
 from guardedmodel_operator.prometheus import PrometheusSettings, PrometheusSource
 from guardedmodel_operator.rollout.cost import fetch_cost, prices_of
+from guardedmodel_testground.procs import free_port
 from guardedmodel_testground.prometheus import Prometheus, ScrapeJob
 from guardedmodel_testground.triton import TritonServer
 
@@ -173,3 +176,67 @@ def _fetch_status(url: str) -> dict[str, Any] | None:
             await source.close()
 
     return asyncio.run(go())
+
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def test_a_price_edit_reaches_the_running_sidecar_and_a_negative_price_is_refused(
+    tmp_path: Path,
+    k8s_cluster: Any,
+    toy_repository: Path,
+    toy_triton: TritonServer,
+    sidecar_factory: Callable[..., SidecarProcess],
+) -> None:
+    k8s_cluster.kubectl("apply", "-f", str(ROOT / "crds" / "guardedmodel.io_guardedmodels.yaml"))
+    k8s_cluster.kubectl(
+        "wait", "--for=condition=Established", "crd/guardedmodels.guardedmodel.io", "--timeout=30s"
+    )
+    name = f"priced-{free_port()}"
+    manifest = {
+        "apiVersion": "guardedmodel.io/v1alpha1",
+        "kind": "GuardedModel",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {
+            "model": {"name": MODEL, "repository": f"file://{toy_repository}", "version": "1"},
+            "cost": {"gpuHourPrice": 2.5},
+        },
+    }
+    k8s_cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(manifest))
+    try:
+        stored = k8s_cluster.kubectl_json("get", "guardedmodel", name, "-n", "default")["spec"]["cost"]
+        assert stored == {"currency": "USD", "gpuHourPrice": 2.5}  # the CRD's default currency
+        config = sidecar_config(toy_triton, toy_repository, tmp_path, spec={"cost": stored})
+        config["guardedModel"] = {"namespace": "default", "name": name}
+        sidecar = sidecar_factory(config, extra_args=("--kubeconfig", str(k8s_cluster.kubeconfig)))
+        pid = sidecar.popen.pid if sidecar.popen else None
+
+        def price(source: str) -> float | None:
+            return _series(sidecar.metrics()).get(("guardedmodel_cost_price", (("source", source),)))
+
+        assert price("gpu_hour") == 2.5
+        patch = {"spec": {"cost": {"gpuHourPrice": 4.0, "reviewPrice": 0.08}}}
+        k8s_cluster.kubectl(
+            "patch", "guardedmodel", name, "-n", "default", "--type=merge", "-p", json.dumps(patch)
+        )
+        _wait(
+            "the sidecar to follow the new prices",
+            lambda: price("gpu_hour") == 4.0 and price("review") == 0.08,
+        )
+        assert sidecar.popen is not None and sidecar.popen.pid == pid and sidecar.popen.poll() is None
+
+        refused = k8s_cluster.kubectl(
+            "patch",
+            "guardedmodel",
+            name,
+            "-n",
+            "default",
+            "--type=merge",
+            "-p",
+            json.dumps({"spec": {"cost": {"reviewPrice": -1}}}),
+            check=False,
+        )
+        assert refused.returncode != 0 and "spec.cost.reviewPrice" in refused.stderr
+        assert price("review") == 0.08
+    finally:
+        k8s_cluster.kubectl("delete", "guardedmodel", name, "-n", "default", "--wait=false", check=False)
