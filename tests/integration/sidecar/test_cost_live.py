@@ -23,6 +23,7 @@ from guardedmodel_operator.prometheus import PrometheusSettings, PrometheusSourc
 from guardedmodel_operator.rollout.cost import fetch_cost, prices_of
 from guardedmodel_testground.procs import free_port
 from guardedmodel_testground.prometheus import Prometheus, ScrapeJob
+from guardedmodel_testground.stack import install_crd
 from guardedmodel_testground.triton import TritonServer
 
 pytestmark = pytest.mark.integration
@@ -178,9 +179,6 @@ def _fetch_status(url: str) -> dict[str, Any] | None:
     return asyncio.run(go())
 
 
-ROOT = Path(__file__).resolve().parents[3]
-
-
 def test_a_price_edit_reaches_the_running_sidecar_and_a_negative_price_is_refused(
     tmp_path: Path,
     k8s_cluster: Any,
@@ -188,15 +186,13 @@ def test_a_price_edit_reaches_the_running_sidecar_and_a_negative_price_is_refuse
     toy_triton: TritonServer,
     sidecar_factory: Callable[..., SidecarProcess],
 ) -> None:
-    k8s_cluster.kubectl("apply", "-f", str(ROOT / "crds" / "guardedmodel.io_guardedmodels.yaml"))
-    k8s_cluster.kubectl(
-        "wait", "--for=condition=Established", "crd/guardedmodels.guardedmodel.io", "--timeout=30s"
-    )
-    name = f"priced-{free_port()}"
+    namespace = f"cost-{free_port()}"
+    install_crd(k8s_cluster, namespace)
+    name = "priced"
     manifest = {
         "apiVersion": "guardedmodel.io/v1alpha1",
         "kind": "GuardedModel",
-        "metadata": {"name": name, "namespace": "default"},
+        "metadata": {"name": name, "namespace": namespace},
         "spec": {
             "model": {"name": MODEL, "repository": f"file://{toy_repository}", "version": "1"},
             "cost": {"gpuHourPrice": 2.5},
@@ -204,10 +200,10 @@ def test_a_price_edit_reaches_the_running_sidecar_and_a_negative_price_is_refuse
     }
     k8s_cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(manifest))
     try:
-        stored = k8s_cluster.kubectl_json("get", "guardedmodel", name, "-n", "default")["spec"]["cost"]
+        stored = k8s_cluster.kubectl_json("get", "guardedmodel", name, "-n", namespace)["spec"]["cost"]
         assert stored == {"currency": "USD", "gpuHourPrice": 2.5}  # the CRD's default currency
         config = sidecar_config(toy_triton, toy_repository, tmp_path, spec={"cost": stored})
-        config["guardedModel"] = {"namespace": "default", "name": name}
+        config["guardedModel"] = {"namespace": namespace, "name": name}
         sidecar = sidecar_factory(config, extra_args=("--kubeconfig", str(k8s_cluster.kubeconfig)))
         pid = sidecar.popen.pid if sidecar.popen else None
 
@@ -217,7 +213,7 @@ def test_a_price_edit_reaches_the_running_sidecar_and_a_negative_price_is_refuse
         assert price("gpu_hour") == 2.5
         patch = {"spec": {"cost": {"gpuHourPrice": 4.0, "reviewPrice": 0.08}}}
         k8s_cluster.kubectl(
-            "patch", "guardedmodel", name, "-n", "default", "--type=merge", "-p", json.dumps(patch)
+            "patch", "guardedmodel", name, "-n", namespace, "--type=merge", "-p", json.dumps(patch)
         )
         _wait(
             "the sidecar to follow the new prices",
@@ -230,7 +226,7 @@ def test_a_price_edit_reaches_the_running_sidecar_and_a_negative_price_is_refuse
             "guardedmodel",
             name,
             "-n",
-            "default",
+            namespace,
             "--type=merge",
             "-p",
             json.dumps({"spec": {"cost": {"reviewPrice": -1}}}),
@@ -239,4 +235,4 @@ def test_a_price_edit_reaches_the_running_sidecar_and_a_negative_price_is_refuse
         assert refused.returncode != 0 and "spec.cost.reviewPrice" in refused.stderr
         assert price("review") == 0.08
     finally:
-        k8s_cluster.kubectl("delete", "guardedmodel", name, "-n", "default", "--wait=false", check=False)
+        k8s_cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
