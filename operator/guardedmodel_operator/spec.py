@@ -32,6 +32,7 @@ DEFAULTS: dict[str, Any] = {
     "confidence": {"reviewBelow": 0.5, "review": {"maxFraction": 0.1}},
     "audit": {"enabled": True, "sampleRate": 0.01, "retainFiles": 10},
     "drift": {"window": "5m", "alpha": 0.001, "minSamples": 100},
+    "cost": {"currency": "USD"},
     "rollout": {
         "strategy": "canary",
         "steps": [10, 50, 100],
@@ -55,6 +56,9 @@ DEFAULTS: dict[str, Any] = {
 # a value the user gives replaces them entirely, so `triton.resources: {requests: {cpu: "1"}}`
 # means no GPU, exactly as the API server stores it.
 WHOLE_VALUE_DEFAULTS = frozenset({("triton", "resources"), ("sidecar", "resources")})
+# Optional objects: absent stays absent (the CRD gives them no default of their own), and a given
+# one gets its properties' defaults.
+GIVEN_ONLY_DEFAULTS = frozenset({("cost",)})
 
 REPOSITORY_SCHEMES = ("s3", "gs", "pvc", "http", "https", "file")
 _REPOSITORY = re.compile(r"^(?P<scheme>[a-z0-9]+)://(?P<rest>\S+)$")
@@ -77,7 +81,8 @@ def with_defaults(spec: Mapping[str, Any]) -> dict[str, Any]:
 def _merge(defaults: dict[str, Any], given: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any]:
     for key, default in defaults.items():
         if key not in given:
-            given[key] = default
+            if (*path, key) not in GIVEN_ONLY_DEFAULTS:
+                given[key] = default
         elif (
             isinstance(default, dict)
             and isinstance(given[key], dict)

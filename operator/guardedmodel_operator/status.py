@@ -3,7 +3,7 @@
 Three writers share the status, each under the model's lock and each for its own fields:
 - the core's reconcile (`readiness.next_status`): phase, conditions, observedGeneration, replica counts;
 - the rollout controller (`rollout.outcome`): routing (with lastGoodVersion and shadow), comparison,
-  history, metrics, `rollout`;
+  history, metrics, `rollout`; and `cost` (`rollout.cost`), at the same checks;
 - the scaler (`scaling.policy`): `scaling`;
 - the idle watch (`scaling.idle`): the `Idle` condition.
 Every writer sends `merge_patch` of its own fields, so none of them overwrites another's. The

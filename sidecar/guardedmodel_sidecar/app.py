@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from guardedmodel_sidecar.audit import AuditLog
 from guardedmodel_sidecar.comparison import worker_share
 from guardedmodel_sidecar.config import Routing, SidecarConfig
+from guardedmodel_sidecar.config_values import ConfigError
+from guardedmodel_sidecar.cost import parse_cost
 from guardedmodel_sidecar.errors import Unavailable
 from guardedmodel_sidecar.fetch import FetchError
 from guardedmodel_sidecar.grpc_server import GrpcService, start_grpc_server
@@ -46,7 +49,7 @@ from guardedmodel_sidecar.review import ReviewSink
 from guardedmodel_sidecar.routing import Router
 from guardedmodel_sidecar.shadow import ShadowComparer
 from guardedmodel_sidecar.status_watch import GuardedModelWatcher
-from guardedmodel_sidecar.triton_metrics import QueueCounters, follow_triton_queue
+from guardedmodel_sidecar.triton_metrics import TritonCounters, follow_triton_counters
 from guardedmodel_sidecar.triton_watch import TritonWatch
 from guardedmodel_sidecar.upstream import TritonHttp
 from guardedmodel_sidecar.upstream_call import TritonCall, UpstreamCall
@@ -77,6 +80,7 @@ class SidecarApp:
         self.health_interval_s = health_interval_s
         spec = config.spec
         self.metrics = SidecarMetrics(spec.model.name, drift_policy(spec.drift, config.tuning.workers))
+        self.metrics.cost.set_prices(spec.cost)
         self.audit = AuditLog(
             config.audit_dir,
             enabled=spec.audit_enabled,
@@ -376,8 +380,21 @@ class SidecarApp:
             self._loaded.clear()
             self.pipeline.triton_ready = self.metrics.triton_ready = False
 
-    def _publish_queue(self, counters: dict[str, QueueCounters]) -> None:
+    def _publish_triton(self, counters: dict[str, TritonCounters]) -> None:
         self.metrics.triton_queue = {v: (c.queue_seconds, c.requests) for v, c in counters.items()}
+        self.metrics.triton_compute = {v: (c.compute_seconds, c.executions) for v, c in counters.items()}
+        self.metrics.cost.observe_compute({v: c.compute_seconds for v, c in counters.items()})
+
+    def _follow_spec(self, spec: Mapping[str, Any]) -> None:
+        """The GuardedModel's spec as the routing watch last read it: prices apply from now on."""
+        try:
+            prices = parse_cost(spec.get("cost"))
+        except ConfigError as exc:
+            log.warning("%s; keeping the prices %s", exc, self.metrics.cost.prices)
+            return
+        if prices != self.metrics.cost.prices:
+            log.info("spec.cost is now %s", prices)
+            self.metrics.cost.set_prices(prices)
 
     async def _drift_windows(self) -> None:
         """Close time windows on a timer; row-count windows close themselves (version_metrics)."""
@@ -414,13 +431,13 @@ class SidecarApp:
         if self.config.triton_metrics_url:
             self._tasks.append(
                 spawn(
-                    follow_triton_queue(
+                    follow_triton_counters(
                         self.config.triton_metrics_url,
                         self.config.spec.model.name,
                         self.config.tuning.triton_metrics_interval_s,
-                        self._publish_queue,
+                        self._publish_triton,
                     ),
-                    name="triton-queue",
+                    name="triton-metrics",
                 )
             )
         if self.config.guarded_model is not None:
@@ -431,7 +448,12 @@ class SidecarApp:
                 log.warning("no Kubernetes API access (%s); routing stays %s", exc, self.router.routing)
             else:
                 self.watcher = GuardedModelWatcher(
-                    api, namespace, name, self.apply_routing, lambda: self.router.routing
+                    api,
+                    namespace,
+                    name,
+                    self.apply_routing,
+                    lambda: self.router.routing,
+                    on_spec=self._follow_spec,
                 )
                 self.metrics.routing_watch = self.watcher.state
                 self._tasks.append(spawn(self.watcher.run(), name="routing-watcher"))

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from guardedmodel_sidecar.config_values import ConfigError, fraction, optional_float, parse_duration, section
+from guardedmodel_sidecar.cost import Prices, parse_cost
 from guardedmodel_sidecar.protocol.datatypes import KNOWN_DATATYPES
 
 OOD_METHODS = ("mahalanobis", "energy", "knn", "msp", "vim", "fused", "auto", "none")
@@ -66,6 +67,7 @@ class GuardSpec:
     sample_rate: float = 0.0
     batch_policy: str = "perRow"
     drift: DriftSpec = field(default_factory=DriftSpec)
+    cost: Prices | None = None  # spec.cost; the sidecar then follows it live (status_watch)
 
 
 def parse_input(entry: Any, index: int) -> InputSpec:
@@ -134,6 +136,7 @@ def parse_spec(spec: Mapping[str, Any]) -> GuardSpec:
         sample_rate=fraction(audit.get("sampleRate", 0.0), "spec.audit.sampleRate"),
         batch_policy=batch_policy,
         drift=parse_drift(drift),
+        cost=parse_cost(spec.get("cost")),
     )
 
 

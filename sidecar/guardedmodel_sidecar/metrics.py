@@ -32,6 +32,13 @@ Exported (labels ``model``, ``version`` unless noted):
                                                    version "" for requests refused before routing
   guardedmodel_triton_queue_seconds_total          Triton's queue time and completed requests, read
   guardedmodel_triton_requests_total               from Triton (the operator scales on them)
+  guardedmodel_triton_compute_seconds_total        Triton's compute time (input + infer + output) and
+  guardedmodel_triton_executions_total             model executions, read from Triton (triton_metrics.py
+                                                   says what the compute time measures exactly)
+  guardedmodel_reviews_total                       review items sent to people (spooled for the webhook)
+  guardedmodel_cost_price{model,source}            with spec.cost: the prices, source gpu_hour | review
+  guardedmodel_cost_total{source}                  with spec.cost: money spent in spec.cost.currency,
+                                                   source compute | review (cost.py)
   guardedmodel_review_items_total{outcome}         review items: spooled, capped, sent, send_failed,
                                                    spool_full, queue_full, write_failed, io_failed, lost
   guardedmodel_review_spool_items                  items waiting in the durable spool
@@ -73,6 +80,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from guardedmodel_sidecar.cost import CostLedger
 from guardedmodel_sidecar.guard.drift_decision import DriftPolicy
 from guardedmodel_sidecar.version_metrics import VersionMetrics, new_stages
 
@@ -105,6 +113,9 @@ class SidecarMetrics(Collector):
         self.triton_ready = False
         # version -> (queue seconds, requests) since Triton started, as Triton last reported them.
         self.triton_queue: dict[str, tuple[float, float]] = {}
+        # version -> (compute seconds, executions) since Triton started, as Triton last reported them.
+        self.triton_compute: dict[str, tuple[float, float]] = {}
+        self.cost = CostLedger()
         # Read at scrape time from the parts that own the numbers.
         self.review_counts: Callable[[], dict[str, int]] = dict
         self.spool_depth: Callable[[], int] = lambda: 0
@@ -296,6 +307,7 @@ class SidecarMetrics(Collector):
             served.add_metric([self.model, version], completed)
         yield queue
         yield served
+        yield from self._cost_families()
         yield GaugeMetricFamily(
             "guardedmodel_triton_ready",
             "1 when Triton answers ready",
@@ -330,6 +342,45 @@ class SidecarMetrics(Collector):
                 value=watch[1],
             )
         yield from self._comparison_families()
+
+    def _cost_families(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        labels = ["model", "version"]
+        compute = CounterMetricFamily(
+            "guardedmodel_triton_compute_seconds",
+            "Triton's compute time (input + infer + output) of the requests it completed, as Triton "
+            "reports it (with dynamic batching each request counts its whole execution)",
+            labels=labels,
+        )
+        executions = CounterMetricFamily(
+            "guardedmodel_triton_executions", "Model executions, as Triton reports them", labels=labels
+        )
+        for version, (seconds, runs) in self.triton_compute.items():
+            compute.add_metric([self.model, version], seconds)
+            executions.add_metric([self.model, version], runs)
+        reviews = CounterMetricFamily(
+            "guardedmodel_reviews", "Review items sent to people (spooled for the webhook)", labels=labels
+        )
+        for version, count in self.cost.reviews.items():
+            reviews.add_metric([self.model, version], count)
+        yield from (compute, executions, reviews)
+        prices = self.cost.prices
+        if prices is None:
+            return
+        price = GaugeMetricFamily(
+            "guardedmodel_cost_price",
+            f"spec.cost prices in {prices.currency}: per GPU hour of compute, per review item",
+            labels=["model", "source"],
+        )
+        price.add_metric([self.model, "gpu_hour"], prices.gpu_hour)
+        price.add_metric([self.model, "review"], prices.review)
+        money = CounterMetricFamily(
+            "guardedmodel_cost",
+            f"Money spent in {prices.currency}, at the price in force when the work was done",
+            labels=[*labels, "source"],
+        )
+        for (version, source), amount in self.cost.money.items():
+            money.add_metric([self.model, version, source], amount)
+        yield from (price, money)
 
     def _comparison_families(self) -> Iterator[CounterMetricFamily]:
         labels = ["model", "version", "baseline", "source"]

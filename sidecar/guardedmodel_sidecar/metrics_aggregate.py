@@ -19,6 +19,11 @@ Merge rules (per family, per label set):
   counters, histograms (buckets, _sum, _count)   summed over workers
   guardedmodel_triton_queue_seconds_total        max: Triton's own counters, read and republished by
   guardedmodel_triton_requests_total             every worker, so the pod's value is Triton's, once
+  guardedmodel_triton_compute_seconds_total      (likewise)
+  guardedmodel_triton_executions_total           (likewise)
+  guardedmodel_cost_total{source="compute"}      max: every worker charges the same Triton counter
+  guardedmodel_cost_total{source="review"}       sum (each worker's own review items)
+  guardedmodel_cost_price                        max: every worker has the same spec.cost
   guardedmodel_drift_window_samples              sum (each worker's window holds its share)
   guardedmodel_review_spool_items                sum (each worker spools into its own directory)
   guardedmodel_review_spool_fill_ratio           max: the fullest worker's spool is refused first
@@ -79,6 +84,17 @@ How = Literal["sum", "max", "min", "weighted_mean", "bonferroni"]
 class Rule:
     how: How
     weight: str = ""  # weighted_mean: the gauge family holding each worker's weight
+    # (label, ((value, how), ...)): samples whose label has one of these values merge by that rule
+    by_label: tuple[str, tuple[tuple[str, How], ...]] | None = None
+
+    def how_for(self, labels: Labels) -> How:
+        if self.by_label is not None:
+            name, rules = self.by_label
+            value = dict(labels).get(name)
+            for wanted, how in rules:
+                if value == wanted:
+                    return how
+        return self.how
 
 
 WINDOW_SAMPLES = "guardedmodel_drift_window_samples"
@@ -97,11 +113,15 @@ GAUGE_RULES: dict[str, Rule] = {
     "guardedmodel_drift_score": Rule("weighted_mean", WINDOW_SAMPLES),
     "guardedmodel_drift_p_value": Rule("bonferroni"),
     "guardedmodel_drift_detected": Rule("max"),
+    "guardedmodel_cost_price": Rule("max"),
 }
 # Counters that are not the workers' own: every worker republishes the same Triton counter.
 COUNTER_RULES: dict[str, Rule] = {
     "guardedmodel_triton_queue_seconds": Rule("max"),
     "guardedmodel_triton_requests": Rule("max"),
+    "guardedmodel_triton_compute_seconds": Rule("max"),
+    "guardedmodel_triton_executions": Rule("max"),
+    "guardedmodel_cost": Rule("sum", by_label=("source", (("compute", "max"),))),
 }
 _SUM = Rule("sum")
 _MONOTONIC_TYPES = ("counter", "histogram", "summary")
@@ -160,7 +180,7 @@ def merge(expositions: Sequence[Exposition], workers: int | None = None) -> Expo
                 if target.type == "summary" and any(k == "quantile" for k, _ in key[1]):
                     continue  # quantiles do not add up (the sidecar exports no summaries)
                 old = target.samples.get(key)
-                target.samples[key] = value if old is None else _combine(rule.how, old, value)
+                target.samples[key] = value if old is None else _combine(rule.how_for(key[1]), old, value)
     return merged
 
 
@@ -206,12 +226,17 @@ def _bonferroni(parts: Sequence[Family], workers: int) -> dict[SampleKey, float]
 
 
 def monotonic_part(exposition: Exposition) -> Exposition:
-    """The families a worker's successor carries on: its own counters and histograms."""
-    return {
-        name: family
-        for name, family in exposition.items()
-        if family.type in _MONOTONIC_TYPES and rule_for(family).how == "sum"
-    }
+    """The families a worker's successor carries on: its own counters and histograms (not the
+    samples that republish Triton's counters: the successor reads those again)."""
+    out: Exposition = {}
+    for name, family in exposition.items():
+        if family.type not in _MONOTONIC_TYPES:
+            continue
+        rule = rule_for(family)
+        own = {key: value for key, value in family.samples.items() if rule.how_for(key[1]) == "sum"}
+        if own:
+            out[name] = Family(family.name, family.type, family.documentation, own)
+    return out
 
 
 class _Families(Collector):

@@ -39,7 +39,7 @@ from guardedmodel_sidecar.protocol.budget import budget_for
 from guardedmodel_sidecar.protocol.guard_outputs import GUARD_OOD_P_VALUE, GUARD_OOD_SCORE, GUARD_OUTPUT_NAMES
 from guardedmodel_sidecar.protocol.model import InferRequest, InferResponse
 from guardedmodel_sidecar.response_scoring import score_response
-from guardedmodel_sidecar.review import ReviewSink
+from guardedmodel_sidecar.review import SPOOLED, ReviewSink
 from guardedmodel_sidecar.routing import Router
 from guardedmodel_sidecar.row_answers import guarded_response, review_rows, summary
 from guardedmodel_sidecar.shadow import ShadowComparer
@@ -258,6 +258,8 @@ class Pipeline:
         if refusal is None and decision.rows_review:
             rows = None if decision.rows_review == decision.rows else review_rows(decision)
             record["review"] = self.review.offer(review_item(record, request, rows))
+            if record["review"] == SPOOLED:
+                self.metrics.cost.count_review(guard.version)
         if self.audit.maybe_sample(request_id, request.inputs):
             record["sampled"] = True
         self.audit.record(record)

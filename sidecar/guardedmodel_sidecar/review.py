@@ -60,7 +60,8 @@ DEFAULT_MAX_SPOOL_ITEMS = 10_000
 DEFAULT_MAX_SPOOL_BYTES = 512 * MIB
 DEFAULT_MAX_QUEUE_BYTES = 16 * MIB
 # What ``offer`` answers; the audit record's ``review`` field.
-OUTCOMES = ("spooled", "capped", "spool_full", "queue_full", "no_webhook")
+SPOOLED = "spooled"  # the item goes to people
+OUTCOMES = (SPOOLED, "capped", "spool_full", "queue_full", "no_webhook")
 _WARN_INTERVAL_S = 10.0
 _T = TypeVar("_T")
 
@@ -146,7 +147,7 @@ class ReviewSink:
         self._queue.append((f"{time.time_ns():020d}-{os.getpid()}-{self._seq:08d}.json", body))
         self._queued_bytes += len(body)
         self._spool_wake.set()
-        return "spooled"
+        return SPOOLED
 
     def _warn(self, why: str, outcome: str) -> None:
         now = time.monotonic()

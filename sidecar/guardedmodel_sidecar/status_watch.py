@@ -1,4 +1,4 @@
-"""Following the GuardedModel's routing status through the Kubernetes API.
+"""Following the GuardedModel's routing status (and its live spec fields) through the Kubernetes API.
 
 ``GuardedModelWatcher`` follows ``status.stableVersion / canaryVersion / canaryWeight /
 lastGoodVersion / shadow`` of the GuardedModel through the Kubernetes API (in-cluster service account or a kubeconfig: ``kube_credentials``). It runs off the
@@ -79,7 +79,8 @@ class WatchExpired(Exception):
 
 
 class GuardedModelWatcher:
-    """Follows one GuardedModel's routing status; calls ``on_routing`` with each new routing."""
+    """Follows one GuardedModel's routing status; calls ``on_routing`` with each new routing, and
+    ``on_spec`` with the spec of every version of the object it reads."""
 
     GROUP_PATH = "/apis/guardedmodel.io/v1alpha1"
 
@@ -91,6 +92,7 @@ class GuardedModelWatcher:
         on_routing: Callable[[Routing], Awaitable[None]],
         current: Callable[[], Routing],
         *,
+        on_spec: Callable[[Mapping[str, Any]], None] | None = None,
         retry_first_s: float = 0.5,
         retry_max_s: float = 5.0,
     ) -> None:
@@ -99,6 +101,8 @@ class GuardedModelWatcher:
         self.name = name
         self.on_routing = on_routing
         self.current = current
+        # Spec fields the pod follows live (spec.cost): editing them rolls no pod.
+        self.on_spec = on_spec
         self.retry_first_s = retry_first_s
         self.retry_max_s = retry_max_s
         self.connected = False
@@ -187,6 +191,8 @@ class GuardedModelWatcher:
                     await self._apply(event.get("object") or {})
 
     async def _apply(self, obj: Mapping[str, Any]) -> None:
+        if self.on_spec is not None:
+            self.on_spec(obj.get("spec") or {})
         routing = routing_from_status(obj.get("status"), self.current())
         if routing != self.current():
             await self.on_routing(routing)

@@ -184,7 +184,12 @@ def start_data_plane(
     )
     config = localize_sidecar_config(
         rendered,
-        triton={"httpUrl": triton.http_url, "grpcUrl": triton.grpc_url},
+        # metricsUrl: the sidecar republishes Triton's queue and compute time, as in the pod.
+        triton={
+            "httpUrl": triton.http_url,
+            "grpcUrl": triton.grpc_url,
+            "metricsUrl": f"127.0.0.1:{triton.metrics_port}",
+        },
         repository=repository,
         listen=listen,
         audit_dir=state_dir / "audit",

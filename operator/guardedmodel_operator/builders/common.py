@@ -142,8 +142,10 @@ def build_context(
 # Parts of the spec that no container reads, so editing them must not restart a pod:
 # - model.version: versions move through routing (status → sidecar → Triton's repository API);
 #   a canary start, a promotion or a rollback loads or flips versions in the running pods;
-# - rollout, replicas, scaling: the operator's own policy (the replica count is the Deployment's).
-POD_INDEPENDENT_SPEC = (("model", "version"), ("rollout",), ("replicas",), ("scaling",))
+# - rollout, replicas, scaling: the operator's own policy (the replica count is the Deployment's);
+# - cost: the sidecar follows spec.cost live through its watch of the GuardedModel (a new price
+#   applies to the work after it), and the operator reads it for status.cost.
+POD_INDEPENDENT_SPEC = (("model", "version"), ("rollout",), ("replicas",), ("scaling",), ("cost",))
 
 
 def compute_spec_hash(spec: GuardedModelSpec, config: OperatorConfig) -> str:

@@ -26,6 +26,7 @@ from ..prometheus import PrometheusSource
 from . import metrics
 from .comparison import ComparisonSamples
 from .comparison_source import fetch_comparison
+from .cost import cost_patch, fetch_cost, prices_of
 from .metrics_source import fetch_samples
 from .outcome import apply_verdict, metrics_available, status_changes
 from .types import MetricSamples, RolloutSpec, RolloutState
@@ -155,6 +156,9 @@ class Measured:
 
     analysis: Analysis
     samples: MetricSamples | ComparisonSamples
+    # status.cost read with them, and the spec.cost prices it was computed at
+    cost: Mapping[str, Any] | None = None
+    prices: Mapping[str, Any] | None = None
 
     def answers(self, analysis: Analysis) -> bool:
         """They measured what `analysis` needs: the same version, in the same role."""
@@ -220,7 +224,9 @@ class RolloutController:
         )
         if analysis is None:
             return None
-        return Measured(analysis, await self._read(body, spec, analysis, now))
+        samples = await self._read(body, spec, analysis, now)
+        prices = prices_of(body.get("spec") or {})
+        return Measured(analysis, samples, await self._cost(body, spec, prices), prices)
 
     async def _read(
         self, body: Mapping[str, Any], spec: RolloutSpec, analysis: Analysis, now: dt.datetime
@@ -247,7 +253,10 @@ class RolloutController:
             samples = measured.samples
         elif analysis is not None:  # the model changed since (or nothing was read before)
             samples = await self._read(body, spec, analysis, now)
+            measured = None
         result = plan_step(spec, status, samples, now, last_check)
+        if analysis is not None:
+            result = await self._with_cost(body, spec, result, measured)
         if analysis is not None and result.verdict.recheck_after_s is None:
             # (a check asking to look again soon, for a figure a scrape away, does not count)
             self.last_checks[key] = now
@@ -272,6 +281,30 @@ class RolloutController:
         if result.verdict.kind is not Kind.HOLD or result.verdict.reason in (CHECK_FAILED, *NO_DATA_HOLDS):
             log.info("%s/%s: %s", meta["namespace"], meta["name"], result.verdict.message)
         return result, written
+
+    async def _cost(
+        self, body: Mapping[str, Any], spec: RolloutSpec, prices: Mapping[str, Any] | None
+    ) -> Mapping[str, Any] | None:
+        """status.cost as Prometheus has it now, at `prices`; None without prices or figures."""
+        if prices is None or self.source is None:
+            return None
+        meta = body["metadata"]
+        return await fetch_cost(self.source, meta["namespace"], meta["name"], prices, spec.interval_s)
+
+    async def _with_cost(
+        self, body: Mapping[str, Any], spec: RolloutSpec, result: StepResult, measured: Measured | None
+    ) -> StepResult:
+        """status.cost read at the same checks as the metrics (with them, before the lock, when the
+        prices did not change since), added to the step's write when it moved."""
+        prices = prices_of(body.get("spec") or {})
+        if measured is not None and measured.prices == prices:
+            fresh = measured.cost
+        else:
+            fresh = await self._cost(body, spec, prices)
+        patch = cost_patch(body.get("status"), prices, fresh)
+        if patch is None:
+            return result
+        return replace(result, patch={**(result.patch or {}), **patch})
 
     def _stale(self, key: tuple[str, str], spec: RolloutSpec, result: StepResult) -> StepResult:
         """The model changed since the copy this step decided on: drop the decision (no write, no

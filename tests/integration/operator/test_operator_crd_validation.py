@@ -146,6 +146,10 @@ INVALID = [
     ),
     ("spec.spec.gate", {"inputs": [{"name": "x", "datatype": "FLOAT", "shape": [4]}]}, ["datatype", "FP32"]),
     ("spec.spec.scaling", {"targetQueueTimeMs": 0}, ["targetQueueTimeMs", "greater than 0"]),
+    ("spec.spec.cost", {"gpuHourPrice": -2.5}, ["spec.cost.gpuHourPrice", "greater than or equal to 0"]),
+    ("spec.spec.cost", {"reviewPrice": -0.01}, ["spec.cost.reviewPrice", "greater than or equal to 0"]),
+    ("spec.spec.cost", {"gpuHourPrice": "cheap"}, ["spec.cost.gpuHourPrice", "number"]),
+    ("spec.spec.cost", {"currency": ""}, ["spec.cost.currency"]),
     ("spec.spec.triton", {"shmSize": "lots"}, ["spec.triton.shmSize", "positive quantity"]),
     ("spec.metadata.name", "Has_Upper", []),  # the API server's own name rule
     ("spec.metadata.name", "x" * 60, ["metadata.name", "at most 52 characters"]),
@@ -187,6 +191,8 @@ VALID = [
     ("spec.replicas", {"min": 2, "max": 2}),
     ("spec.scaling", {"idleAfter": "0s"}),  # idle detection off
     ("spec.scaling", {"idleAfter": "24h"}),
+    ("spec.cost", {}),  # prices default to none; currency to USD
+    ("spec.cost", {"currency": "EUR", "gpuHourPrice": 0, "reviewPrice": 0.08}),
     ("spec.scaling", {"idleAfter": "1h30m", "targetQueueTimeMs": 20}),
     ("spec.confidence", {"reviewBelow": 0, "review": {"maxFraction": 1}}),
     ("spec.gate", {"ood": {"method": "none"}, "inputs": [{"name": "x", "datatype": "BYTES", "shape": [-1]}]}),
@@ -222,6 +228,11 @@ def test_examples_are_accepted_and_defaulted(cluster: LocalCluster) -> None:
     assert minimal["spec"]["drift"] == {"window": "5m", "alpha": 0.001, "minSamples": 100}
     # idle after an hour without requests
     assert minimal["spec"]["scaling"] == {"targetQueueTimeMs": 50, "idleAfter": "1h"}
+    # no prices unless given; given ones keep their currency, USD by default
+    assert "cost" not in minimal["spec"]
+    assert stored_as(cluster, yaml.safe_dump(with_change("spec.cost", {})))["spec"]["cost"] == {
+        "currency": "USD"
+    }
 
 
 def test_a_row_count_window_is_stored_as_given(cluster: LocalCluster) -> None:

@@ -124,6 +124,8 @@ class SidecarTraffic:
                     conf = confidence if confidence is not None else self._healthy_confidence()
                 vm.observe(np.array([conf]), np.array([i % 2]), np.array([ood]), None)
                 vm.decisions[decision] += 1
+                if decision == REVIEW:  # its review item goes to people
+                    self.metrics.cost.count_review(version)
                 vm.stages["total"].observe(latency_s)
 
     def triton_queue(self, version: str, requests: int, queue_ms: float) -> None:
@@ -132,6 +134,14 @@ class SidecarTraffic:
         with self.lock:
             seconds, served = self.metrics.triton_queue.get(version, (0.0, 0.0))
             self.metrics.triton_queue[version] = (seconds + requests * queue_ms / 1000.0, served + requests)
+
+    def triton_compute(self, version: str, requests: int, seconds_each: float) -> None:
+        """`requests` more requests through Triton, each computed for `seconds_each` (what the sidecar
+        republishes from Triton's counters, and charges at spec.cost's price)."""
+        with self.lock:
+            seconds, runs = self.metrics.triton_compute.get(version, (0.0, 0.0))
+            self.metrics.triton_compute[version] = (seconds + requests * seconds_each, runs + requests)
+            self.metrics.cost.observe_compute({v: c for v, (c, _) in self.metrics.triton_compute.items()})
 
     def upstream_errors(self, count: int, code: str = "503", version: str = "") -> None:
         with self.lock:

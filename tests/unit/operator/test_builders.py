@@ -206,6 +206,8 @@ POD_INDEPENDENT_EDITS = [
     ),
     ("replica range", lambda s: s.__setitem__("replicas", {"min": 1, "max": 3})),
     ("scaling target", lambda s: s.__setitem__("scaling", {"targetQueueTimeMs": 20})),
+    ("prices set", lambda s: s.__setitem__("cost", {"gpuHourPrice": 2.5, "reviewPrice": 0.08})),
+    ("currency", lambda s: s.__setitem__("cost", {"currency": "EUR"})),
 ]
 # Edits a container reads at start: the template must change so that the pods roll.
 POD_EDITS = [
@@ -469,3 +471,12 @@ def test_a_stopping_pod_answers_what_it_accepted_and_triton_outlives_the_sidecar
     assert sidecar_delay >= 3  # endpoints need seconds to forget a pod
     assert triton_delay > sidecar_delay + stop_grace
     assert pod["terminationGracePeriodSeconds"] > triton_delay
+
+
+def test_the_sidecar_config_carries_spec_cost_with_its_default_currency(minimal_body: dict[str, Any]) -> None:
+    priced = copy.deepcopy(minimal_body)
+    priced["spec"]["cost"] = {"gpuHourPrice": 2.5}
+    rendered = yaml.safe_load(build_configmap(context(priced))["data"]["sidecar.yaml"])
+    assert rendered["spec"]["cost"] == {"currency": "USD", "gpuHourPrice": 2.5}
+    plain = yaml.safe_load(build_configmap(context(minimal_body))["data"]["sidecar.yaml"])
+    assert "cost" not in plain["spec"]  # no prices: the sidecar exports no cost

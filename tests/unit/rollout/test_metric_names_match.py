@@ -18,14 +18,16 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from guardedmodel_operator.metrics import REGISTRY as OPERATOR_REGISTRY
-from guardedmodel_operator.prometheus import PrometheusSettings
+from guardedmodel_operator.prometheus import PrometheusSettings, model_range
 from guardedmodel_operator.rollout import metrics as rollout_metrics
 from guardedmodel_operator.rollout.comparison_source import comparison_queries
+from guardedmodel_operator.rollout.cost import cost_queries
 from guardedmodel_operator.rollout.metrics_source import queries as rollout_queries
 from guardedmodel_operator.scaling import metrics as scaling_metrics
 from guardedmodel_operator.scaling.controller import queries as scaling_queries
 from guardedmodel_operator.scaling.idle_controller import requests_query as idle_query
 from guardedmodel_sidecar.comparison import ComparisonCounts
+from guardedmodel_sidecar.cost import Prices
 from guardedmodel_sidecar.guard.artifact import DriftReference
 from guardedmodel_sidecar.guard.drift import DriftAccumulator
 from guardedmodel_sidecar.metrics import SidecarMetrics
@@ -33,6 +35,7 @@ from guardedmodel_sidecar.version_metrics import VersionMetrics
 
 REPO = Path(__file__).resolve().parents[3]
 ALERTS = REPO / "charts" / "guardedmodel" / "files" / "alerts.yaml"
+COST_RULES = REPO / "charts" / "guardedmodel" / "files" / "cost-rules.yaml"
 # Importing these registers the controllers' metrics on the operator's registry.
 OPERATOR_METRIC_MODULES = (rollout_metrics, scaling_metrics)
 # Triton's own metrics (nv_inference_*, nv_gpu_*) are exported by Triton, not by this project.
@@ -178,6 +181,10 @@ def sidecar_series() -> set[str]:
     metrics.count_comparison("2", "1", "shadow", ComparisonCounts(rows=1, agreements=1))
     metrics.version_roles = lambda: [("1", "stable", True), ("2", "shadow", True)]
     metrics.routing_watch = lambda: (True, 0)
+    metrics.triton_compute = {"1": (0.5, 10.0)}
+    metrics.cost.set_prices(Prices(gpu_hour=2.5, review=0.1))
+    metrics.cost.observe_compute({"1": 0.5})
+    metrics.cost.count_review("1")
     metrics.close_windows()
     return _series_names(generate_latest(metrics.registry).decode())
 
@@ -207,9 +214,11 @@ def operator_promql() -> dict[str, str]:
         {f"comparison {k}": q for k, q in comparison_queries(settings, "ml", "clf", "2", "1", 60.0).items()}
     )
     found["idle requests"] = idle_query(settings, "ml", "clf", 60.0)
-    for group in yaml.safe_load(ALERTS.read_text())["groups"]:
-        for rule in group["rules"]:
-            found[f"alert {rule.get('alert') or rule.get('record')}"] = str(rule["expr"])
+    found.update({f"cost {k}": q for k, q in cost_queries(*model_range(settings, "ml", "clf", 60.0)).items()})
+    for rules in (ALERTS, COST_RULES):
+        for group in yaml.safe_load(rules.read_text())["groups"]:
+            for rule in group["rules"]:
+                found[f"alert {rule.get('alert') or rule.get('record')}"] = str(rule["expr"])
     return found
 
 

@@ -127,6 +127,7 @@ def _traffic(seed: int, into: list[SidecarMetrics]) -> None:
 
 
 def test_merged_workers_export_what_one_process_would_have() -> None:
+    from guardedmodel_sidecar.cost import Prices
     from guardedmodel_sidecar.metrics_aggregate import merge, parse, render
 
     workers = [SidecarMetrics("m"), SidecarMetrics("m")]
@@ -141,6 +142,11 @@ def test_merged_workers_export_what_one_process_would_have() -> None:
         metrics.review_counts = functools.partial(dict, sent)
         # Triton's own counters: every worker republishes the same numbers.
         metrics.triton_queue = {"1": (1.5, 40.0)}
+        metrics.triton_compute = {"1": (7.2, 30.0)}
+        metrics.cost.set_prices(Prices("EUR", gpu_hour=2.5, review=0.25))
+        metrics.cost.observe_compute({"1": 7.2})
+        for _ in range(5 if metrics is single else (2, 3)[index]):  # review items are each worker's own
+            metrics.cost.count_review("1")
         metrics.triton_ready = True
         metrics.close_windows()
 
