@@ -280,8 +280,15 @@ ROWS: tuple[Row, ...] = (
             ),
             Panel(
                 "Reviews per 1,000 predictions",
-                "Rows the guard sent to human review per 1,000 rows scored (a prediction is one row).",
+                "Review items sent to people per 1,000 rows scored (a prediction is one row): what "
+                "spec.cost charges and status.cost reports. One item carries every row of its request "
+                "that scored below the threshold; those rows are the second line.",
                 (
+                    Target(
+                        "1000 * "
+                        + _ratio("guardedmodel_reviews_total", "guardedmodel_samples_total", "version"),
+                        "v{{version}} items",
+                    ),
                     Target(
                         "1000 * "
                         + _ratio(
@@ -290,7 +297,7 @@ ROWS: tuple[Row, ...] = (
                             "version",
                             numerator_selector=POD + ', decision="review"',
                         ),
-                        "v{{version}}",
+                        "v{{version}} rows below the threshold",
                     ),
                 ),
                 min=0,

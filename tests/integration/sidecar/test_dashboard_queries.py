@@ -5,7 +5,7 @@ out-of-distribution and malformed requests; a real Prometheus scrapes it every s
 labels a pod scrape gives a GuardedModel's pods, and scrapes the operator's own metrics registry
 (honorLabels, as the chart's ServiceMonitor), on which the operator's rollout and scaling metric
 code records a canary start, a step, a rollback and a scale-up. Then each panel's query, with the
-template variables filled in, must return at least one series, and each annotation's query must
+template variables filled in (the cost panels with a spec.cost set), must return at least one series, and each annotation's query must
 return one over the run.
 
 Set GUARDEDMODEL_DASHBOARD_PNG to a path to also draw the panels over the run into it
@@ -50,12 +50,8 @@ NAMESPACE = "ml"
 # The pod scrape's labels (what files/alerts.yaml groups by); the GuardedModel is named as its model.
 POD_LABELS = {"namespace": NAMESPACE, "guardedmodel_io_name": MODEL}
 VARIABLES = Variables(namespace=NAMESPACE, model=MODEL, rate_interval="10s")
-# Panels whose series the sidecar does not export yet: the cost metrics
-# (guardedmodel_cost_total, guardedmodel_cost_price, guardedmodel_triton_compute_seconds_total).
-# With them, the sidecar below also needs a spec.cost (the two cost series exist only with it).
-AWAITING_COST_METRICS = frozenset(
-    {"Cost per 1,000 predictions", "GPU-seconds per prediction", "Configured prices"}
-)
+# The cost series exist only for a model with spec.cost.
+COST = {"currency": "USD", "gpuHourPrice": 2.5, "reviewPrice": 0.08}
 PNG = os.environ.get("GUARDEDMODEL_DASHBOARD_PNG", "")
 TRAFFIC_S = float(os.environ.get("GUARDEDMODEL_DASHBOARD_SECONDS", "16"))
 
@@ -171,11 +167,9 @@ def prometheus_api(prometheus: Prometheus, path: str, **params: str) -> list[dic
 
 def series_counts(prometheus: Prometheus, start: float, end: float) -> dict[Query, int]:
     """How many series each of the dashboard's queries returns (panels at `end`, annotations over
-    the run), the panels awaiting the cost metrics left out."""
+    the run)."""
     counts = {}
     for query in dashboard.queries(json.loads(dashboard.shipped_path().read_text())):
-        if query.panel in AWAITING_COST_METRICS:
-            continue
         expr = VARIABLES.substitute(query.expr)
         if query.annotation:
             found = prometheus_api(
@@ -196,10 +190,6 @@ def test_every_dashboard_query_returns_series(
     operator_registry: OperatorMetrics,
     tmp_path: Path,
 ) -> None:
-    titles = {query.panel for query in dashboard.queries(dashboard.dashboard())}
-    assert titles >= AWAITING_COST_METRICS, "a panel awaiting the cost metrics is gone: update the set"
-    print(f"not queried until the sidecar exports the cost metrics: {sorted(AWAITING_COST_METRICS)}")
-
     webhook = webhook_receiver()
     sidecar = sidecar_factory(
         sidecar_config(
@@ -209,6 +199,7 @@ def test_every_dashboard_query_returns_series(
             spec={
                 "confidence": {"reviewBelow": 0.8, "review": {"webhook": webhook.url, "maxFraction": 1.0}},
                 "drift": {"window": "2s", "minSamples": 20},
+                "cost": COST,
             },
         )
     )
@@ -255,4 +246,4 @@ def test_every_dashboard_query_returns_series(
     if PNG:
         from guardedmodel_cli.dashboard_png import draw
 
-        draw(prometheus.url, VARIABLES, start, end, Path(PNG), skip=AWAITING_COST_METRICS)
+        draw(prometheus.url, VARIABLES, start, end, Path(PNG))
