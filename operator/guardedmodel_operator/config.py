@@ -65,6 +65,9 @@ class OperatorConfig:
     # A watch stream that delivers nothing (not even a bookmark) for this long
     # is considered dead; the API server sends bookmarks every minute.
     watch_inactivity_timeout_s: float = 70.0
+    # Every this often the operator lists its models and reconciles those whose spec generation
+    # stayed unreconciled since the last listing (a lost watch event; see resync.py); 0 turns it off.
+    resync_interval_s: float = 60.0
     # The initial listing is paged so 1000s of objects are not one huge response.
     list_chunk_size: int = 500
     connect_timeout_s: float = 10.0
@@ -122,6 +125,10 @@ class OperatorConfig:
             )
         if self.prometheus_timeout_s <= 0:
             raise ConfigError(f"the Prometheus timeout must be positive, not {self.prometheus_timeout_s}")
+        if self.resync_interval_s < 0:
+            raise ConfigError(
+                f"the resync interval must not be negative (0 = off), not {self.resync_interval_s}"
+            )
         if self.rollout_min_window_s < 0:
             raise ConfigError(f"rollout min window must not be negative, not {self.rollout_min_window_s}")
         if self.scale_interval_s <= 0 or self.scale_down_window_s < 0:
@@ -245,6 +252,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--watch-server-timeout-s", type=int)
     add("--watch-client-timeout-s", type=float)
     add("--watch-inactivity-timeout-s", type=float)
+    add("--resync-interval-s", "list the models this often to heal lost watch events; 0 = off", type=float)
     add("--api-retry-max-s", "longest wait between retries of a failed API request", type=float)
     add("--api-retry-total-s", "how long a failed API request is retried", type=float)
     add(

@@ -35,11 +35,14 @@ from .labels import GROUP, MANAGED_BY, MANAGED_BY_LABEL, OWNER_NAME_LABEL, PLURA
 from .model_tasks import Memo, slim
 from .prometheus import PrometheusSource
 from .reconcile import reconcile
+from .resync import WATCH_BEHIND, models_behind
 from .rollout import wiring as rollout_wiring
 from .scaling import idle_wiring
 from .scaling import wiring as scaling_wiring
 from .scaling.controller import ScaleController
 from .scheduler import ModelScheduler
+
+log = logging.getLogger(__name__)
 
 # (group, version, plural, kind) of every child kind the operator writes.
 CHILD_RESOURCES = (
@@ -51,6 +54,7 @@ CHILD_RESOURCES = (
     ("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding"),
     ("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy"),
 )
+INDEX_SUFFIX = "_index"  # every kopf index here is named <what>_index
 MODEL_INDEX = "guardedmodels_index"
 RETRY_DELAYS_S = (0.5, 2.0, 5.0)
 
@@ -98,6 +102,12 @@ class OperatorState:
     # The idle watch's per-model tasks (scaling.idle_wiring), for models with idleAfter above 0s.
     idle_watch: ModelScheduler | None = None
     idle_bodies: dict[Key, dict[str, Any]] = field(default_factory=dict)
+    # kopf's indices (live views, the same objects at every call), kept from the first model event
+    # so that the resync can reconcile outside a handler; empty until the watch has started. Filled
+    # in place: kopf hands each object a shallow copy of the memo, so an assignment would stay there.
+    indices: dict[str, Any] = field(default_factory=dict)
+    # The resync's task (resync.py), started with the first model event (in place, as above).
+    background: list[asyncio.Task[None]] = field(default_factory=list)
 
     def forget(self, key: Key) -> None:
         self.locks.pop(key, None)
@@ -249,6 +259,60 @@ async def _reconcile_latest(
         return
 
 
+def _start_resync(state: OperatorState) -> None:
+    """Started from a handler, not at start-up: the task inherits the handler's context, which kopf's
+    Event posting needs (its queue lives in a context variable kopf sets for its handlers)."""
+    if not state.config.resync_interval_s:
+        return
+    if state.config.peering_name:
+        # A replica kopf has paused gets no events but would go on listing and reconciling.
+        log.info("resync off: with peering, only watch events reconcile")
+        return
+    state.background.append(asyncio.create_task(_resync_forever(state), name="resync"))
+
+
+async def _resync_forever(state: OperatorState) -> None:
+    behind: dict[Key, int] = {}
+    while True:
+        await asyncio.sleep(state.config.resync_interval_s)
+        try:
+            behind = await resync_once(state, behind)
+        except (TimeoutError, ApiError, OSError) as error:
+            log.warning(f"resync: listing the models failed ({error}); trying again in the next interval")
+        except Exception:  # a bug here must not end every later resync
+            log.exception("resync failed; trying again in the next interval")
+
+
+async def resync_once(state: OperatorState, behind_before: dict[Key, int]) -> dict[Key, int]:
+    """List the models, reconcile those whose generation stayed unreconciled since the last listing
+    (resync.py), and return the generations behind now."""
+    if not state.indices or state.client is None:
+        log.debug("resync: no watch event yet")
+        return {}
+    listed = await state.client.list_models(state.config.namespaces)
+    models = state.indices[MODEL_INDEX]
+    watched: dict[Key, int] = {}
+    for body in listed:
+        key = key_of(body)
+        found = models.get(key)
+        copy = next(iter(found), None) if found is not None else None
+        if copy is not None:
+            watched[key] = int(copy["metadata"].get("generation") or 0)
+    act, behind_now = models_behind(listed, watched, behind_before)
+    log.debug(f"resync: {len(listed)} models listed, {len(behind_now)} behind, {len(act)} to reconcile")
+    for model in act:
+        metrics.RESYNCS.labels(reason=model.reason).inc()
+        log.warning(
+            f"resync: {model.key[0]}/{model.key[1]} generation {model.generation} is still unreconciled "
+            f"({model.reason}); reconciling it from a fresh read"
+        )
+        slimmed = slim(model.body)
+        if model.reason == WATCH_BEHIND:
+            state.remember(slimmed)  # newer than the index's copy: the reconcile reads this one
+        await reconcile_model(state, slimmed, "resync", state.indices, log)
+    return behind_now
+
+
 def register(registry: kopf.OperatorRegistry) -> None:
     """Attach every handler to `registry` (not kopf's global one), so that
     importing this module has no side effects."""
@@ -296,6 +360,8 @@ def register(registry: kopf.OperatorRegistry) -> None:
 
     @kopf.on.cleanup(registry=registry)
     async def close(memo: OperatorState, **_: Any) -> None:
+        for task in memo.background:
+            task.cancel()
         if memo.client is not None:
             await memo.client.close()
 
@@ -315,6 +381,9 @@ def register(registry: kopf.OperatorRegistry) -> None:
             memo.forget(key_of(body))
             return
         memo.seen("GuardedModel", body)
+        if not memo.indices:
+            memo.indices.update((name, index) for name, index in kw.items() if name.endswith(INDEX_SUFFIX))
+            _start_resync(memo)
         await reconcile_model(memo, slim(body), "guardedmodel", kw, logger)
 
     for group, version, plural, kind in CHILD_RESOURCES:

@@ -186,6 +186,24 @@ class KubeClient:
             raise
         return dict(found.get("metadata", {}).get("labels") or {})
 
+    async def list_models(self, namespaces: tuple[str, ...] = (), page: int = 500) -> list[dict[str, Any]]:
+        """Every GuardedModel in `namespaces` (all when empty), read from etcd (a consistent list, not
+        the API server's watch cache), in pages of `page`; each item carries its kind."""
+        prefix = f"/apis/{GROUP}/{VERSION}"
+        paths = [f"{prefix}/namespaces/{ns}/{PLURAL}" for ns in namespaces] or [f"{prefix}/{PLURAL}"]
+        items: list[dict[str, Any]] = []
+        for path in paths:
+            token = ""
+            while True:
+                params = {"limit": str(page), **({"continue": token} if token else {})}
+                found = await self._request("GET", path, None, "application/json", **params)
+                items.extend({"apiVersion": f"{GROUP}/{VERSION}", "kind": "GuardedModel", **item}
+                             for item in found.get("items") or [])  # fmt: skip
+                token = (found.get("metadata") or {}).get("continue") or ""
+                if not token:
+                    break
+        return items
+
     async def patch_status(
         self, namespace: str, name: str, patch: Mapping[str, Any], *, resource_version: str | None = None
     ) -> dict[str, Any]:

@@ -38,6 +38,14 @@ COALESCED = Counter(
     "Triggers dropped because a reconcile of the same model was already queued (it covers them).",
     registry=REGISTRY,
 )
+RESYNCS = Counter(
+    "guardedmodel_operator_resyncs_total",
+    "GuardedModels reconciled by the periodic resync because their spec generation stayed unreconciled "
+    "across two listings: watch_behind (the watch never delivered it: a lost watch event) or "
+    "not_converged (reconciles since have failed).",
+    ["reason"],
+    registry=REGISTRY,
+)
 MODELS = Gauge(
     "guardedmodel_operator_models",
     "GuardedModels the operator currently tracks, by phase.",
