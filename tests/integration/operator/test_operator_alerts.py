@@ -176,7 +176,12 @@ def test_reconcile_errors_and_slow_reconciles_fire_only_when_sustained(tmp_path:
             total += slow[le] if 10 <= minute < 40 else fast[le]
         return " ".join(values)
 
-    rules = {r["alert"]: r for g in rendered("prometheusrule.yaml")["spec"]["groups"] for r in g["rules"]}
+    rules = {
+        r["alert"]: r
+        for g in rendered("prometheusrule.yaml")["spec"]["groups"]
+        for r in g["rules"]
+        if "alert" in r
+    }
 
     def fired(alert: str) -> list[dict[str, Any]]:
         # no labels but the severity: both sum over the operator's series (no model to name)
