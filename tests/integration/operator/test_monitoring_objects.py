@@ -272,6 +272,10 @@ def test_notes_say_what_to_do_next_and_where_the_metrics_are(monitoring_cluster:
     assert "kubectl apply -n team-a -f" in watched
     assert "scrapes the model pods in team-a, team-b" in watched
 
+    elsewhere = notes(monitoring_cluster, "dashboard.namespace=grafana", "dashboard.labelKey=dashboards")
+    assert "in namespace\n   grafana (label dashboards=1)" in elsewhere
+    assert "Dashboard: off" in notes(monitoring_cluster, "dashboard.enabled=false")
+
 
 @pytest.mark.parametrize(
     ("value", "fragment"),
