@@ -73,6 +73,9 @@ PHASE_TIMEOUT_S = 90.0
 STEADY_WINDOW_S = 6.0  # two rollout intervals and six scaler intervals
 
 
+REQUESTS_PER_SECOND = 40  # to each version a model routes
+
+
 class Traffic:
     """Requests keep reaching every version a model routes; the scaled model's wait `queue_ms`
     in Triton's queue. The versions and the queue time change as the phases go."""
@@ -87,15 +90,23 @@ class Traffic:
         threading.Thread(target=self._run, daemon=True).start()
 
     def _run(self) -> None:
+        # Paced by the clock, not by the loop: on a loaded machine the loop runs late, and a request
+        # rate that followed it would move enough for the operator to rewrite status.metrics, which
+        # is a true reading, not the steady state the last kill checks.
+        last, owed = time.monotonic(), 0.0
         while not self.stop_flag.wait(0.25):
+            now = time.monotonic()
+            owed += (now - last) * REQUESTS_PER_SECOND
+            last, count = now, int(owed)
+            owed -= count
             with self.lock:
                 live = {name: sorted(versions) for name, versions in self.live.items()}
                 bad, queue_ms = set(self.bad), self.queue_ms
             for name, versions in live.items():
                 for version in versions:
                     ood = 0.5 if name == ROLLED_BACK and version in bad else 0.0
-                    self.sidecars[name].serve(version, 10, ood_fraction=ood)
-            self.sidecars[SCALED].triton_queue("1", 20, queue_ms)
+                    self.sidecars[name].serve(version, count, ood_fraction=ood)
+            self.sidecars[SCALED].triton_queue("1", 2 * count, queue_ms)
 
     def route(self, name: str, versions: set[str]) -> None:
         with self.lock:
