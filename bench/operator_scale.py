@@ -3,12 +3,21 @@
     .venv/bin/python bench/operator_scale.py [--count 1000] [--worker-limit 20] [--timeout 900]
 
 Starts a local cluster (real kube-apiserver, etcd, controller-manager,
-scheduler; kwok GPU nodes sized for --count single-GPU pods), installs the
-CRD, runs the operator as a subprocess watching one namespace, creates
---count GuardedModels with kubectl in batches, and measures:
+scheduler; kwok GPU nodes sized for --count single-GPU pods) and installs the
+CRD. First the floor (bench/operator_floor.py, skipped with --no-floor): the
+same --count GuardedModels created with kubectl in batches, and the children
+the operator would write for each applied by its own write client with no
+operator, --worker-limit models at a time, until every Deployment has rolled
+out; that namespace is then deleted. Then the operator, as a subprocess
+watching another namespace, and the same creates. Measures:
 
 - time from the first create until every GuardedModel reports phase Ready
-  (its Deployment rolled out, its pod Running on a GPU node);
+  (its Deployment rolled out, its pod Running on a GPU node), and its ratio
+  to the floor's time;
+- per model, in each run: the writer's writes as the API server's audit log
+  counts them (Events and status patches among them), the writer's CPU
+  seconds (the operator's process; the floor's writer thread) and the
+  control plane's (kube-apiserver, etcd, controllers, kwok);
 - reconciles per second and the reconcile duration histogram, from the
   operator's own /metrics;
 - the operator's peak memory (VmHWM of its process) and memory over time;
@@ -163,6 +172,7 @@ class Phase:
     other_writes: int  # by the controllers, the scheduler, kwok and kubectl: context
     writer_cpu_s: float
     control_plane_cpu_s: dict[str, float]
+    progress: list[tuple[float, int]]  # (seconds since the first create, models Ready)
 
     def per_model(self, count: int) -> dict[str, float]:
         def share(n: float) -> float:
@@ -235,6 +245,7 @@ def measure_floor(cluster: LocalCluster, count: int, concurrency: int, timeout: 
     cpu = CpuMeter(cluster).start()
     started = time.monotonic()
     seconds = None
+    progress: list[tuple[float, int]] = []
     with FloorWriter(str(cluster.kubeconfig), concurrency) as writer:
         for first in range(0, count, batch):
             for model in create_models(cluster, FLOOR_NAMESPACE, first, min(count, first + batch)):
@@ -243,6 +254,7 @@ def measure_floor(cluster: LocalCluster, count: int, concurrency: int, timeout: 
             if failures := writer.failures():
                 raise RuntimeError(f"the floor's writes failed ({len(failures)}), first: {failures[0]}")
             ready = rolled_out_count(cluster, FLOOR_NAMESPACE)
+            progress.append((round(time.monotonic() - started, 2), ready))
             print(f"floor t={time.monotonic() - started:7.1f}s rolled out={ready}/{count}", flush=True)
             if ready == count:
                 seconds = time.monotonic() - started
@@ -259,6 +271,7 @@ def measure_floor(cluster: LocalCluster, count: int, concurrency: int, timeout: 
         other_writes=others,
         writer_cpu_s=round(writer.cpu_s, 2),
         control_plane_cpu_s=control_plane,
+        progress=progress,
     )
 
 
@@ -331,6 +344,7 @@ def run(count: int, worker_limit: int, timeout: float, batch: int, floor: bool =
                 other_writes=others,
                 writer_cpu_s=round(operator_cpu_s, 2),
                 control_plane_cpu_s=control_plane,
+                progress=[(p["t"], p["ready"]) for p in timeline if p["ready"] is not None],
             )
             # Quiet period: nothing changes, so nothing may be written.
             audit.mark()
@@ -436,14 +450,25 @@ def plot(result: dict[str, Any], path: Path) -> None:
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 7), sharex=True)
     ready = [(p["t"], p["ready"]) for p in timeline if p["ready"] is not None]
     top.plot([x for x, _ in ready], [y for _, y in ready], label="GuardedModels Ready", color="tab:green")
+    if result.get("floor"):
+        floor = result["floor"]["progress"]
+        top.plot(
+            [x for x, _ in floor],
+            [y for _, y in floor],
+            label="floor: the same children, no operator",
+            color="tab:green",
+            linestyle="--",
+        )
     top.plot(t, [p["reconciles"] / 10 for p in timeline], label="reconciles / 10", color="tab:blue")
     top.plot(t, [p["writes"] / 10 for p in timeline], label="API writes / 10", color="tab:orange")
     top.axhline(result["count"], color="grey", linestyle=":", linewidth=1)
     top.set_ylabel("count")
     top.legend(loc="lower right")
     top.set_title(
-        f"{result['count']} GuardedModels: all Ready in {result['all_ready_seconds']} s, "
-        f"{result['reconciles_per_second']} reconciles/s, peak RSS {result['operator_peak_rss_mb']} MB"
+        f"{result['count']} GuardedModels: all Ready in {result['all_ready_seconds']} s "
+        f"(floor {result['floor_seconds']} s, {result['operator_over_floor']} times), "
+        f"peak RSS {result['operator_peak_rss_mb']} MB",
+        fontsize=10,
     )
     bottom.plot(t, [p["rss_mb"] for p in timeline], color="tab:red")
     bottom.set_ylabel("operator RSS (MB)")
