@@ -229,11 +229,12 @@ def create_models(cluster: LocalCluster, namespace: str, first: int, last: int) 
     docs = [manifest(i, namespace) for i in range(first, last)]
     out = cluster.kubectl("create", "-f", "-", "-o", "json", input=yaml.safe_dump_all(docs), timeout=300)
     # One JSON document per object, one after the other.
-    decoder, text, at, created = json.JSONDecoder(), out.stdout, 0, []
-    while text[at:].strip():
-        obj, end = decoder.raw_decode(text, at + len(text[at:]) - len(text[at:].lstrip()))
+    decoder, text, at = json.JSONDecoder(), out.stdout.strip(), 0
+    created: list[dict[str, Any]] = []
+    while at < len(text):
+        obj, at = decoder.raw_decode(text, at)
         created.extend(obj["items"] if obj.get("kind") == "List" else [obj])
-        at = end
+        at += len(text[at:]) - len(text[at:].lstrip())  # the blank between two documents
     return created
 
 
