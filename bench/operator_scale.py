@@ -224,6 +224,21 @@ def audited(audit: AuditTail, namespace: str, writers: tuple[str, ...]) -> tuple
     return dict(mine.most_common()), others
 
 
+def drain(
+    tail: AuditTail, namespace: str, writers: tuple[str, ...], quiet_s: float = 10, limit_s: float = 180
+) -> float:
+    """Seconds until `writers` wrote nothing in `namespace` for `quiet_s` (at most `limit_s`)."""
+    started = quiet_since = time.monotonic()
+    while time.monotonic() - started < limit_s:
+        time.sleep(2)
+        if tail.since_mark(namespace, writers):
+            quiet_since = time.monotonic()
+        elif time.monotonic() - quiet_since >= quiet_s:
+            break
+        tail.mark()
+    return time.monotonic() - started
+
+
 def create_models(cluster: LocalCluster, namespace: str, first: int, last: int) -> list[dict[str, Any]]:
     """GuardedModels first..last-1 created with one `kubectl create`; the objects as created."""
     docs = [manifest(i, namespace) for i in range(first, last)]
@@ -336,8 +351,9 @@ def run(count: int, worker_limit: int, timeout: float, batch: int, floor: bool =
             reconciles = total(loaded, "guardedmodel_operator_reconciles_total")
             elapsed = all_ready_s or (time.monotonic() - started)
             writes_at_ready = total(loaded, "guardedmodel_operator_writes_total")
-            # Events are posted in the background: let the last ones land before counting.
-            time.sleep(5)
+            # Events are posted in the background, and the rollout controller's first checks follow
+            # Ready: what a model costs is counted once the operator has stopped writing.
+            drain_s = drain(AuditTail(cluster.audit_log).mark(), NAMESPACE, OPERATOR_AGENTS)
             writes, others = audited(audit, NAMESPACE, OPERATOR_AGENTS)
             operator_phase = Phase(
                 seconds=None if all_ready_s is None else round(all_ready_s, 2),
@@ -349,11 +365,12 @@ def run(count: int, worker_limit: int, timeout: float, batch: int, floor: bool =
             )
             # Quiet period: nothing changes, so nothing may be written.
             audit.mark()
+            writes_before_quiet = total(scrape(metrics_url), "guardedmodel_operator_writes_total")
             time.sleep(15)
             sample(count if all_ready_s else None)
             quiet = scrape(metrics_url)
-            writes_quiet = total(quiet, "guardedmodel_operator_writes_total") - writes_at_ready
-            audited_quiet = sum(audited(audit, NAMESPACE, OPERATOR_AGENTS)[0].values())
+            writes_quiet = total(quiet, "guardedmodel_operator_writes_total") - writes_before_quiet
+            audited_quiet = audited(audit, NAMESPACE, OPERATOR_AGENTS)[0]
             peak_kb = memory_kb(operator.pid)["VmHWM"]
             operator.stop()
 
@@ -374,7 +391,7 @@ def run(count: int, worker_limit: int, timeout: float, batch: int, floor: bool =
             after_restart = scrape(second_url)
             restart_peak_kb = memory_kb(second.pid)["VmHWM"]
             second.stop()
-            audited_restart = sum(audited(audit, NAMESPACE, OPERATOR_AGENTS)[0].values())
+            audited_restart = audited(audit, NAMESPACE, OPERATOR_AGENTS)[0]
 
     writes_by = {
         k.removeprefix("guardedmodel_operator_writes_total"): v
@@ -421,6 +438,7 @@ def run(count: int, worker_limit: int, timeout: float, batch: int, floor: bool =
         "reconcile_p99_le_s": quantile(loaded, 0.99),
         "writes_until_ready": writes_at_ready,
         "writes_by_kind_action": writes_by,
+        "drain_seconds_after_ready": round(drain_s, 1),
         "writes_in_quiet_15s": writes_quiet,
         "audited_writes_in_quiet_15s": audited_quiet,
         "operator_peak_rss_mb": round(peak_kb / 1024, 1),
