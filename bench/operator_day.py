@@ -49,7 +49,16 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from operator_scale import NAMESPACE, PODS_PER_NODE, manifest, phases, scrape, start_operator, total
+from operator_scale import (
+    NAMESPACE,
+    OPERATOR_AGENTS,
+    PODS_PER_NODE,
+    manifest,
+    phases,
+    scrape,
+    start_operator,
+    total,
+)
 from proc_stats import fd_census, open_fds, rss_mb, slope_per_hour
 
 from guardedmodel_testground import stack as local_stack
@@ -61,8 +70,6 @@ from guardedmodel_testground.prometheus import Prometheus
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-# The operator's two clients: its own (kube.py) and kopf's (watches; it would write for peering).
-OPERATOR_AGENTS = ("guardedmodel-operator", "kopf")
 
 
 @dataclass(frozen=True)

@@ -82,3 +82,11 @@ def slope_per_hour(t_seconds: Sequence[float], values: Sequence[float]) -> float
         return 0.0
     slope, _ = np.polyfit(np.asarray(t_seconds, float), np.asarray(values, float), 1)
     return float(slope) * 3600.0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU the process has used so far (/proc/PID/stat), in seconds."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "; comm may hold spaces
+    utime, stime = int(fields[11]), int(fields[12])
+    return (utime + stime) / os.sysconf("SC_CLK_TCK")

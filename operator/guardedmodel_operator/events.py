@@ -28,14 +28,22 @@ _WRITE_REASONS = {Action.CREATE: "Created", Action.UPDATE: "Updated", Action.RES
 
 
 def write_events(writes: Iterable[Write]) -> list[Event]:
-    events = []
+    """One Event per kind of write in a reconcile, naming every child it wrote: a model's creation
+    is one "Created" Event, not one per child (each Event is a write the API server pays for)."""
+    by_action: dict[Action, list[str]] = {}
     for write in writes:
-        if write.action is Action.RESTORE:
-            message = f"{write.kind} {write.name} was deleted or edited by hand; restored it to the spec"
+        by_action.setdefault(write.action, []).append(f"{write.kind} {write.name}")
+    events = []
+    for action, children in by_action.items():
+        named = ", ".join(children)
+        if action is Action.RESTORE:
+            were = "was" if len(children) == 1 else "were"
+            message = f"{named} {were} deleted or edited by hand; restored to the spec"
             events.append(Event("Warning", "Restored", message))
         else:
-            verb = _WRITE_REASONS[write.action].lower()
-            events.append(Event("Normal", _WRITE_REASONS[write.action], f"{verb} {write.kind} {write.name}"))
+            events.append(
+                Event("Normal", _WRITE_REASONS[action], f"{_WRITE_REASONS[action].lower()} {named}")
+            )
     return events
 
 

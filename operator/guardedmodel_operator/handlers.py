@@ -28,6 +28,7 @@ import kopf
 
 from . import metrics
 from .config import OperatorConfig
+from .diffbase import SlimDiffBaseStorage
 from .events import Event, failure_event
 from .keys import Key, key_of
 from .kube import CONFLICT, ApiError, KubeClient, in_cluster_login, login
@@ -88,6 +89,10 @@ class OperatorState:
     # reconcile triggered right after a write would see the pre-write copy in
     # the index and write (and report) the same change twice.
     recent: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
+    # The resourceVersion of each model's last status write by the core reconcile that left its
+    # children as built (Outcome.settled_version): the watch event of that very version is the
+    # echo of a decision already taken, with nothing for a reconcile to do.
+    settled: dict[Key, str] = field(default_factory=dict)
     # The rollout controller's per-model tasks and what they need (rollout.wiring).
     rollouts: ModelScheduler | None = None
     # The one Prometheus client, shared by rollout analysis and the scaler (model_tasks).
@@ -113,6 +118,7 @@ class OperatorState:
         self.locks.pop(key, None)
         metrics.publish_model_phase(*key, self.phases.pop(key, None), None)
         self.recent.pop(("GuardedModel", *key), None)
+        self.settled.pop(key, None)
         self.publish_phases()
 
     def set_phase(self, key: Key, phase: str) -> None:
@@ -250,6 +256,8 @@ async def _reconcile_latest(
         finally:
             metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
         metrics.RECONCILES.labels(trigger=trigger, result="success").inc()
+        if outcome.settled_version:
+            state.settled[key] = outcome.settled_version
         for write in outcome.writes:
             metrics.WRITES.labels(kind=write.kind, action=write.action.value).inc()
         if outcome.status_written:
@@ -341,7 +349,7 @@ def register(registry: kopf.OperatorRegistry) -> None:
         # Nothing here uses kopf's progress or diff-base storage; if a future
         # handler does, it writes annotations under our own prefix, never status.
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
+        settings.persistence.diffbase_storage = SlimDiffBaseStorage(prefix=GROUP)
         settings.persistence.finalizer = f"{GROUP}/operator"
         # kopf's own log lines must not become Kubernetes Events; the operator
         # posts its decisions explicitly.
@@ -380,10 +388,15 @@ def register(registry: kopf.OperatorRegistry) -> None:
         if event["type"] == "DELETED":
             memo.forget(key_of(body))
             return
-        memo.seen("GuardedModel", body)
+        key = key_of(body)
+        echo = memo.seen("GuardedModel", body)
         if not memo.indices:
             memo.indices.update((name, index) for name, index in kw.items() if name.endswith(INDEX_SUFFIX))
             _start_resync(memo)
+        if echo and memo.settled.pop(key, None) == body["metadata"].get("resourceVersion"):
+            # The echo of the core's own status write, which changed nothing the children are
+            # built from: the reconcile that wrote it already made everything match.
+            return
         await reconcile_model(memo, slim(body), "guardedmodel", kw, logger)
 
     for group, version, plural, kind in CHILD_RESOURCES:

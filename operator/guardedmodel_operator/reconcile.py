@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Unpack
 
 from .apply import Write, plan_write
-from .builders import build_children, build_context, child_names
+from .builders import build_children, build_context, child_names, status_inputs
 from .clock import format_time, utcnow
 from .config import OperatorConfig
 from .events import Event, status_events, write_events
@@ -59,6 +59,9 @@ class Outcome:
     # copy until the watch event for it arrives.
     written: list[dict[str, Any]] = field(default_factory=list)
     status_written: bool = False
+    # The resourceVersion of a status this reconcile wrote that leaves the children as built: its
+    # watch event (the echo) has nothing for another reconcile to do.
+    settled_version: str | None = None
     phase: str | None = None
 
 
@@ -134,6 +137,7 @@ async def reconcile(
         written(obj)
         return obj
 
+    deployment_written = False
     for stage in WRITE_STAGES:
         batch = [w for w in writes if w.kind in stage]
         results = await asyncio.gather(*(apply(w.manifest) for w in batch))
@@ -143,10 +147,20 @@ async def reconcile(
             if write.kind == "Deployment":
                 # The object the server returned is newer than the index's copy.
                 live_deployment = obj
+                deployment_written = True
+
+    for event in write_events(outcome.writes):
+        emit(event)
+    deployment = DeploymentState.observe(live_deployment)
+    if deployment_written and deployment.observed_generation < deployment.generation:
+        # What its controller has not seen yet, it has not acted on: a status judged from it now
+        # is stale at once. The controller's status update is a watch event that queues the
+        # reconcile which reports it (one status write instead of two).
+        return outcome
 
     new_status = desired_status(
         status,
-        DeploymentState.observe(live_deployment),
+        deployment,
         generation=generation,
         pod_hash=ctx.pod_hash,
         spec_version=spec.model_version,
@@ -160,8 +174,10 @@ async def reconcile(
         written(model)
         outcome.written.append(model)
         outcome.status_written = True
+        if status_inputs(new_status, spec) == (ctx.routing, ctx.scaled_replicas):
+            outcome.settled_version = model["metadata"].get("resourceVersion")
     outcome.phase = new_status.get("phase")
-    for event in write_events(outcome.writes) + status_events(status, new_status):
+    for event in status_events(status, new_status):
         emit(event)
     return outcome
 

@@ -7,7 +7,7 @@ each child object can be checked in a unit test field by field.
 from __future__ import annotations
 
 from ..status import Routing
-from .common import BuildContext, Owner, build_context, child_names
+from .common import BuildContext, Owner, build_context, child_names, status_inputs
 from .configmap import build_configmap, render_sidecar_config
 from .deployment import build_deployment
 from .networkpolicy import build_networkpolicy
@@ -44,4 +44,5 @@ __all__ = [
     "build_serviceaccount",
     "child_names",
     "render_sidecar_config",
+    "status_inputs",
 ]

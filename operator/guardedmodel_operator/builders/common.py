@@ -132,11 +132,17 @@ def build_context(
 ) -> BuildContext:
     meta = body["metadata"]
     owner = Owner(namespace=meta["namespace"], name=meta["name"], uid=meta["uid"])
-    routing = Routing.from_status(body.get("status")).or_stable(spec.model_version)
-    scaled = ((body.get("status") or {}).get("scaling") or {}).get("desiredReplicas")
-    return BuildContext(
-        owner, spec, config, routing, current_replicas, scaled if isinstance(scaled, int) else None
-    )
+    routing, scaled = status_inputs(body.get("status"), spec)
+    return BuildContext(owner, spec, config, routing, current_replicas, scaled)
+
+
+def status_inputs(status: Mapping[str, Any] | None, spec: GuardedModelSpec) -> tuple[Routing, int | None]:
+    """What of a GuardedModel's status its children are built from: the routing (the sidecar's
+    starting point) and the replica count the scaler asked for. A status write that leaves these as
+    they were leaves every child as it was. Pure."""
+    routing = Routing.from_status(status).or_stable(spec.model_version)
+    scaled = ((status or {}).get("scaling") or {}).get("desiredReplicas")
+    return routing, scaled if isinstance(scaled, int) else None
 
 
 # Parts of the spec that no container reads, so editing them must not restart a pod:

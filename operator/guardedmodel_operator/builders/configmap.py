@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from typing import Any
@@ -61,8 +62,15 @@ def render_sidecar_config(ctx: BuildContext) -> dict[str, Any]:
     return config
 
 
+@functools.lru_cache(maxsize=4096)
+def _yaml_document(config_json: str) -> str:
+    # Every reconcile builds the ConfigMap, and YAML is slow to write: the same config (as JSON, key
+    # order kept, which is what YAML keeps too) is rendered once.
+    return yaml.safe_dump(json.loads(config_json), sort_keys=False, default_flow_style=False)
+
+
 def build_configmap(ctx: BuildContext) -> dict[str, Any]:
-    document = yaml.safe_dump(render_sidecar_config(ctx), sort_keys=False, default_flow_style=False)
+    document = _yaml_document(json.dumps(render_sidecar_config(ctx)))
     metadata = ctx.metadata(ctx.names.configmap, "sidecar-config")
     # Unlike the pod, the ConfigMap does carry the routing, so its hash covers it too: a routing
     # change is an update the operator makes, not a hand edit it has to restore.

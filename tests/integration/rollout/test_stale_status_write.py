@@ -142,10 +142,22 @@ async def test_the_cores_status_write_on_an_old_copy_is_refused_too(
     written_between = entry("1", "Recovered", 1)
     patch_status(k8s_cluster, namespace, {"history": [entry("1", "Promoted", 0), written_between]})
 
+    # No children yet: the reconcile creates them and writes no status until the Deployment's
+    # controller has seen it (a status judged from an unseen Deployment is stale at once).
+    outcome = await reconcile(old, lambda kind, ns, name: None, client, OperatorConfig(), lambda event: None)
+    assert outcome.writes and not outcome.status_written
+    k8s_cluster.kubectl(
+        "wait", "deployment", NAME, "-n", namespace, "--for=jsonpath={.status.observedGeneration}=1"
+    )
+    deployment = k8s_cluster.kubectl_json("get", "deployment", NAME, "-n", namespace)
+
+    def seen(kind: str, ns: str, name: str) -> dict[str, Any] | None:
+        return deployment if kind == "Deployment" else None
+
     with pytest.raises(ApiError) as refused:
-        # No children yet: the reconcile creates them (server-side apply is idempotent) and
-        # computes a status from the old copy, whose write the server refuses.
-        await reconcile(old, lambda kind, ns, name: None, client, OperatorConfig(), lambda event: None)
+        # The Deployment as its controller reports it: the status computed from the old copy of
+        # the model is written, and the server refuses it.
+        await reconcile(old, seen, client, OperatorConfig(), lambda event: None)
     assert refused.value.status == CONFLICT
     assert k8s_cluster.kubectl_json("get", "guardedmodel", NAME, "-n", namespace)["status"]["history"][
         -1

@@ -16,6 +16,8 @@ from guardedmodel_operator.builders import (
     build_role,
     build_rolebinding,
     build_service,
+    render_sidecar_config,
+    status_inputs,
 )
 from guardedmodel_operator.builders.deployment import triton_args
 from guardedmodel_operator.config import OperatorConfig
@@ -480,3 +482,55 @@ def test_the_sidecar_config_carries_spec_cost_with_its_default_currency(minimal_
     assert rendered["spec"]["cost"] == {"currency": "USD", "gpuHourPrice": 2.5}
     plain = yaml.safe_load(build_configmap(context(minimal_body))["data"]["sidecar.yaml"])
     assert "cost" not in plain["spec"]  # no prices: the sidecar exports no cost
+
+
+def test_a_status_write_that_leaves_the_status_inputs_alone_leaves_every_child_alone(
+    minimal_body: dict[str, Any],
+) -> None:
+    """status_inputs is what the children read of the status: statuses that agree on it build the
+    same children, whatever else differs (phase, conditions, counts, messages, history)."""
+    body = minimal_body
+    spec = parse_spec(body["spec"])
+    version = spec.model_version
+    first = {"phase": "Pending", "observedGeneration": 1}
+    variants = [
+        {"phase": "Ready", "conditions": [{"type": "Ready", "status": "True"}], "readyReplicas": 1},
+        {"phase": "Progressing", "replicas": 3, "rollout": {"message": "waiting"}},
+        {"stableVersion": version, "history": [{"version": version, "outcome": "Promoted"}]},
+    ]
+    children = build_children(context({**body, "status": first}))
+    for other in variants:
+        assert status_inputs(other, spec) == status_inputs(first, spec)
+        assert build_children(context({**body, "status": other})) == children
+    # Routing and the scaler's count are read: a write that changes either is not taken as settled.
+    for changed in (
+        {"stableVersion": "9"},
+        {"canaryVersion": "9", "canaryWeight": 10},
+        {"lastGoodVersion": "0"},
+        {"shadow": {"version": "9", "fraction": 0.1}},
+        {"scaling": {"desiredReplicas": 4}},
+    ):
+        assert status_inputs(changed, spec) != status_inputs(first, spec)
+
+
+def test_the_sidecar_document_is_the_yaml_of_its_config_whatever_was_rendered_before(
+    minimal_body: dict[str, Any],
+) -> None:
+    """build_configmap renders each distinct config once; the document is always the config's."""
+    bodies = [minimal_body]
+    for status in ({"stableVersion": "3"}, {"stableVersion": "1", "canaryVersion": "2", "canaryWeight": 10}):
+        bodies.append({**minimal_body, "status": status})
+    renamed = copy.deepcopy(minimal_body)
+    renamed["metadata"] = {**renamed["metadata"], "name": "other", "uid": "2222"}
+    bodies.append(renamed)
+    documents = set()
+    for _ in range(2):  # the second round is served from what the first rendered
+        for body in bodies:
+            ctx = context(body)
+            document = build_configmap(ctx)["data"]["sidecar.yaml"]
+            assert document == yaml.safe_dump(
+                render_sidecar_config(ctx), sort_keys=False, default_flow_style=False
+            )
+            assert yaml.safe_load(document) == render_sidecar_config(ctx)
+            documents.add(document)
+    assert len(documents) == len(bodies)

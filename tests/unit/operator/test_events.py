@@ -4,18 +4,41 @@ from guardedmodel_operator.apply import Action, Write
 from guardedmodel_operator.events import status_events, write_events
 
 
-def write(action: Action) -> Write:
-    return Write(action, {"kind": "Service", "metadata": {"name": "m"}})
+def write(action: Action, kind: str = "Service", name: str = "m") -> Write:
+    return Write(action, {"kind": kind, "metadata": {"name": name}})
 
 
-def test_each_write_is_an_event_and_restores_are_warnings() -> None:
+def test_each_kind_of_write_is_one_event_and_restores_are_warnings() -> None:
     events = write_events([write(Action.CREATE), write(Action.UPDATE), write(Action.RESTORE)])
     assert [(e.type, e.reason) for e in events] == [
         ("Normal", "Created"),
         ("Normal", "Updated"),
         ("Warning", "Restored"),
     ]
-    assert "Service m" in events[2].message
+    assert events[2].message == "Service m was deleted or edited by hand; restored to the spec"
+
+
+def test_the_writes_of_one_reconcile_share_an_event_that_names_every_child() -> None:
+    children = [("ServiceAccount", "m-sidecar"), ("Role", "m-sidecar"), ("Deployment", "m")]
+    for action, reason in (
+        (Action.CREATE, "Created"),
+        (Action.UPDATE, "Updated"),
+        (Action.RESTORE, "Restored"),
+    ):
+        writes = [write(action, kind, name) for kind, name in children]
+        (event,) = write_events(writes)
+        assert event.reason == reason
+        assert all(f"{kind} {name}" in event.message for kind, name in children)
+    mixed = write_events(
+        [
+            write(Action.RESTORE, "Role", "r"),
+            write(Action.CREATE, "Service", "s"),
+            write(Action.RESTORE, "Service", "t"),
+        ]
+    )
+    assert [e.reason for e in mixed] == ["Restored", "Created"]
+    assert mixed[0].message.startswith("Role r, Service t were deleted")
+    assert write_events([]) == []
 
 
 def test_phase_and_promotion_events() -> None:

@@ -50,8 +50,9 @@ def test_forgetting_a_model_drops_its_bookkeeping() -> None:
     s.locks[("ns", "m")] = None  # type: ignore[assignment]
     s.phases[("ns", "m")] = "Ready"
     s.remember(obj("3", kind="GuardedModel"))
+    s.settled[("ns", "m")] = "3"
     s.forget(("ns", "m"))
-    assert s.locks == {} and s.phases == {} and s.recent == {}
+    assert s.locks == {} and s.phases == {} and s.recent == {} and s.settled == {}
 
 
 def phase_series() -> dict[tuple[str, str], list[str]]:
