@@ -80,7 +80,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from guardedmodel_sidecar.cost import CostLedger
+from guardedmodel_sidecar.cost import COMPUTE, REVIEW, CostLedger
 from guardedmodel_sidecar.guard.drift_decision import DriftPolicy
 from guardedmodel_sidecar.version_metrics import VersionMetrics, new_stages
 
@@ -354,14 +354,21 @@ class SidecarMetrics(Collector):
         executions = CounterMetricFamily(
             "guardedmodel_triton_executions", "Model executions, as Triton reports them", labels=labels
         )
-        for version, (seconds, runs) in self.triton_compute.items():
+        # From 0 for every guarded version, like the reviews below, so that compute, reviews and
+        # predictions (guardedmodel_samples_total, also there from the start) are all read over the
+        # same window the same way: one series born later is extrapolated differently by increase().
+        read = {**{version: (0.0, 0.0) for version in self.versions}, **self.triton_compute}
+        for version, (seconds, runs) in read.items():
             compute.add_metric([self.model, version], seconds)
             executions.add_metric([self.model, version], runs)
         reviews = CounterMetricFamily(
             "guardedmodel_reviews", "Review items sent to people (spooled for the webhook)", labels=labels
         )
-        for version, count in self.cost.reviews.items():
-            reviews.add_metric([self.model, version], count)
+        # Every guarded version from its start, at 0 until its first item: rate() takes a series'
+        # first sample as its baseline, so a series born at the first review would lose that review,
+        # and reviews per prediction read low (by a third over a short window) until it ages out.
+        for version in dict.fromkeys([*self.versions, *self.cost.reviews]):
+            reviews.add_metric([self.model, version], self.cost.reviews.get(version, 0))
         yield from (compute, executions, reviews)
         prices = self.cost.prices
         if prices is None:
@@ -378,7 +385,11 @@ class SidecarMetrics(Collector):
             f"Money spent in {prices.currency}, at the price in force when the work was done",
             labels=[*labels, "source"],
         )
-        for (version, source), amount in self.cost.money.items():
+        spent = {
+            **{(v, source): 0.0 for v in self.versions for source in (COMPUTE, REVIEW)},
+            **self.cost.money,
+        }
+        for (version, source), amount in spent.items():  # from 0, as the reviews above
             money.add_metric([self.model, version, source], amount)
         yield from (price, money)
 

@@ -9,7 +9,7 @@ Per version, over the check window (the canary analysis' window, read at the sam
   costPerThousand          1,000 x (gpuSecondsPerPrediction / 3600 x gpuHourPrice
                                     + reviewsPerThousand / 1,000 x reviewPrice), at today's prices
 
-A version with no prediction in the window has no figures (a shadow candidate computes but serves
+A version with no prediction in the window, or no compute series yet, has no figures (a shadow candidate computes but serves
 nobody: its compute shows in guardedmodel_cost_total, not here). Like status.metrics, status.cost is
 for people and Prometheus keeps the record: it is rewritten only when a figure moved by COST_RATIO
 or more, a version came or went, or the prices changed, so a steady model costs no status write.
@@ -22,7 +22,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from ..prometheus import MetricsUnavailable, PrometheusSource, increase_counting_new, model_range
+from ..prometheus import MetricsUnavailable, PrometheusSource, model_range
 from ..status import merge_patch
 
 # The sidecar's metric names (the operator must not import the sidecar package).
@@ -52,9 +52,11 @@ def prices_of(spec: Mapping[str, Any]) -> dict[str, Any] | None:
 def cost_queries(sel: str, window: str) -> dict[str, str]:
     """PromQL per figure, grouped by version. Pure."""
     return {
+        # One form for all three: the sidecar exports the three series of a version together, from
+        # 0, when it starts guarding it, so increase() stretches them alike to the window's edges.
+        # (A young series counted whole beside ones read by increase() put the ratio a third off.)
         "compute": f"sum by (version) (increase({COMPUTE_SECONDS}{{{sel}}}[{window}]))",
-        # The sidecar creates a version's review series at its first review item.
-        "reviews": f"sum by (version) ({increase_counting_new(REVIEWS, sel, window)})",
+        "reviews": f"sum by (version) (increase({REVIEWS}{{{sel}}}[{window}]))",
         "predictions": f"sum by (version) (increase({SAMPLES}{{{sel}}}[{window}]))",
     }
 
@@ -80,8 +82,10 @@ def cost_status(
     reviews = _by_version(results.get("reviews", []))
     predictions = _by_version(results.get("predictions", []))
     versions = []
-    for version in sorted(v for v, n in predictions.items() if n > 0 and v):
-        per_prediction = compute.get(version, 0.0) / predictions[version]
+    # No compute series yet (the sidecar has not read Triton's counters since the version's first
+    # prediction) is not zero compute: such a version waits for a later check.
+    for version in sorted(v for v, n in predictions.items() if n > 0 and v and v in compute):
+        per_prediction = compute[version] / predictions[version]
         per_thousand = 1000.0 * reviews.get(version, 0.0) / predictions[version]
         money = (
             1000.0 * per_prediction / 3600.0 * prices["gpuHourPrice"] + per_thousand * prices["reviewPrice"]

@@ -65,9 +65,13 @@ def priced_model(
     sidecar, prometheus = scraped_sidecar(prometheus_factory, namespace, NAME, ["1"])
     load = Load(sidecar)
     log_path = tmp_path / "operator.log"
-    # Prometheus scrapes every second here; a 3 s window holds enough scrapes.
+    # A window longer than the traffic so far, as the default one (60 s) is at a model's start:
+    # increase() then extrapolates a young series by half a scrape interval only. A window of a few
+    # scrapes read compute per prediction up to a third low here (its counters start at different
+    # levels, and increase() stops extrapolating each at its own zero), which would stand until
+    # a move of 1.5x.
     stop_operator = start_operator(
-        k8s_cluster, namespace, prometheus.url, log_path, {"GUARDEDMODEL_ROLLOUT_MIN_WINDOW_S": "3"}
+        k8s_cluster, namespace, prometheus.url, log_path, {"GUARDEDMODEL_ROLLOUT_MIN_WINDOW_S": "60"}
     )
     spec = {"rollout": CANARY_ROLLOUT, "cost": COST}
     k8s_cluster.kubectl("apply", "-f", "-", input=model_manifest(namespace, NAME, spec))

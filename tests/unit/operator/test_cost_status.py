@@ -24,7 +24,11 @@ def _vector(values: dict[str, float]) -> list[dict[str, Any]]:
 def _results(
     compute: dict[str, float], reviews: dict[str, float], predictions: dict[str, float]
 ) -> dict[str, Any]:
-    return {"compute": _vector(compute), "reviews": _vector(reviews), "predictions": _vector(predictions)}
+    return {
+        "compute": _vector(compute),
+        "reviews": _vector(reviews),
+        "predictions": _vector(predictions),
+    }
 
 
 def test_prices_default_the_currency_and_absent_cost_means_none() -> None:
@@ -43,8 +47,11 @@ def test_queries_pick_the_model_and_group_by_version() -> None:
         'sum by (version) (increase(guardedmodel_triton_compute_seconds_total{namespace="ml",'
         'guardedmodel_io_name="fashion"}[60s]))'
     )
-    assert "guardedmodel_reviews_total" in promql["reviews"] and "unless" in promql["reviews"]
-    assert promql["predictions"].startswith("sum by (version) (increase(guardedmodel_samples_total{")
+    for figure, metric in (
+        ("reviews", "guardedmodel_reviews_total"),
+        ("predictions", "guardedmodel_samples_total"),
+    ):
+        assert promql[figure].startswith(f"sum by (version) (increase({metric}{{")
 
 
 def test_cost_per_thousand_is_compute_at_the_hourly_price_plus_reviews_at_the_item_price() -> None:
@@ -118,3 +125,11 @@ def test_a_price_edit_is_written_at_the_next_check_even_when_figures_are_steady(
     dollars = {**PRICES, "currency": "USD"}
     fresh = cost_status(_results({"1": 2.0}, {"1": 30.0}, {"1": 1000.0}), dollars, 60.0)
     assert cost_patch({"cost": stored}, dollars, fresh) == {"cost": fresh}
+
+
+def test_a_version_without_compute_series_waits_instead_of_reading_zero() -> None:
+    """Predictions counted before the sidecar's first read of Triton's counters: no figures yet for
+    that version (a written zero would stand until a 1.5x move), the others are reported."""
+    status = cost_status(_results({"1": 2.0}, {}, {"1": 1000.0, "2": 100.0}), PRICES, 60.0)
+    assert status is not None and [v["version"] for v in status["versions"]] == ["1"]
+    assert cost_status(_results({}, {"1": 3.0}, {"1": 1000.0}), PRICES, 60.0) is None
