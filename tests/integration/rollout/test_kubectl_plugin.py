@@ -126,7 +126,10 @@ def plugin(k8s_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) 
                 sidecar.serve(version, 10)
 
     threading.Thread(target=traffic, daemon=True).start()
-    prometheus.wait_for(f'guardedmodel_requests_total{{namespace="{namespace}"}}')
+    # The checks run once an hour here: the first one must find the 3 s window full of traffic, or
+    # its figures stay empty for the rest of the module (no data is what it would rightly say).
+    prometheus.wait_for(f'increase(guardedmodel_samples_total{{namespace="{namespace}"}}[3s]) > 0')
+    time.sleep(3)
     log = tmp / "operator.log"
     stop_operator = start_operator(
         k8s_cluster, namespace, prometheus.url, log, {"GUARDEDMODEL_ROLLOUT_MIN_WINDOW_S": "3"}
