@@ -63,7 +63,9 @@ SPECS: dict[str, dict[str, Any]] = {
 }
 VERSIONS = [str(v) for v in range(1, 31)]
 OPERATOR_ENV = {
-    "GUARDEDMODEL_ROLLOUT_MIN_WINDOW_S": "3",
+    # Windows of 10 s: in 3 s a request rate read from a loaded box's bursts moved 1.5x now and then,
+    # a true rewrite of status.metrics, which the steady-state restart at the end would count.
+    "GUARDEDMODEL_ROLLOUT_MIN_WINDOW_S": "10",
     "GUARDEDMODEL_SCALE_INTERVAL_S": "1",
     "GUARDEDMODEL_SCALE_DOWN_WINDOW_S": "2",
 }
@@ -71,6 +73,7 @@ OPERATOR_ENV = {
 OPERATOR_AGENTS = ("guardedmodel-operator", "kopf/")
 PHASE_TIMEOUT_S = 90.0
 STEADY_WINDOW_S = 6.0  # two rollout intervals and six scaler intervals
+STEADY_TRIES = 5
 
 
 REQUESTS_PER_SECOND = 40  # to each version a model routes
@@ -438,10 +441,17 @@ def test_operator_killed_mid_rollout_rollback_and_scale_up_converges_without_los
         assert all(n == 1 for n in posted.values()), f"{reason} announced more than once: {posted}"
 
     # The steady state: one more kill, and the new process has nothing to write.
-    time.sleep(STEADY_WINDOW_S / 2)
-    audit = AuditTail(c.cluster.audit_log).mark()
-    time.sleep(STEADY_WINDOW_S)
-    before = audit.since_mark(c.namespace, OPERATOR_AGENTS)
+    # Steady first: a whole window with no operator write (a figure that moved past its noise
+    # threshold in a 3 s window is a true write, and one of the last kill's process would be
+    # counted against the restart).
+    audit = AuditTail(c.cluster.audit_log)
+    for _ in range(STEADY_TRIES):
+        audit.mark()
+        time.sleep(STEADY_WINDOW_S)
+        before = audit.since_mark(c.namespace, OPERATOR_AGENTS)
+        if not before:
+            break
+    assert not before, "never steady:\n" + "\n".join(w.describe() for w in before)
     c.kill("steady")
     audit.mark()
     time.sleep(STEADY_WINDOW_S)
