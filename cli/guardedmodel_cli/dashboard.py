@@ -538,8 +538,9 @@ def shipped_path() -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="only report whether the file is current")
+    parser.add_argument("--path", type=Path, help="the file to write or check (default: the chart's copy)")
     args = parser.parse_args(argv)
-    path = shipped_path()
+    path = args.path or shipped_path()
     wanted = render()
     if args.check:
         if not path.exists() or path.read_text() != wanted:
