@@ -22,6 +22,7 @@ import sys
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self, TextIO
@@ -227,10 +228,15 @@ class FakeGcsServer(LocalServer):
 
 
 def publish_model(
-    server: MinioServer | FakeGcsServer, bucket: str, prefix: str, model_dir: Path, work: Path
+    server: MinioServer | FakeGcsServer,
+    bucket: str,
+    prefix: str,
+    model_dir: Path,
+    work: Path,
+    versions: Collection[str] | None = None,
 ) -> None:
-    """Pack ``model_dir`` (``pack_model``) and upload the archive and its ``.sha256`` under ``prefix``
-    of ``bucket``."""
-    archive = pack_model(model_dir, work)
+    """Pack ``model_dir`` (``pack_model``, with only ``versions`` if given) and upload the archive and
+    its ``.sha256`` under ``prefix`` of ``bucket``, replacing what was there."""
+    archive = pack_model(model_dir, work, versions)
     for path in (archive, archive.with_name(archive.name + ".sha256")):
         server.upload(bucket, f"{prefix.strip('/')}/{path.name}".lstrip("/"), path.read_bytes())
