@@ -31,7 +31,7 @@ class StorageAccess:
 def storage_access(spec: GuardedModelSpec) -> StorageAccess:
     storage, scheme = spec.storage, spec.repository.scheme
     if scheme == "s3":
-        env = [
+        env: list[dict[str, Any]] = [
             {"name": name, "value": value}
             for name, value in (
                 ("AWS_ENDPOINT_URL", storage.endpoint),

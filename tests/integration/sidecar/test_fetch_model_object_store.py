@@ -31,19 +31,22 @@ def example() -> ExampleBuild:
     return build_example(DEFAULT_OUT, versions=("1", "2"), progress=False)
 
 
+def with_example(server: MinioServer | FakeGcsServer, example: ExampleBuild) -> None:
+    server.create_bucket(BUCKET)
+    publish_model(server, BUCKET, PREFIX, example.model_dir, server.state_dir / "public")
+
+
 @pytest.fixture(scope="module")
 def minio(tmp_path_factory: pytest.TempPathFactory, example: ExampleBuild) -> Iterator[MinioServer]:
     with MinioServer(tmp_path_factory.mktemp("minio")) as server:
-        server.create_bucket(BUCKET)
-        publish_model(server, BUCKET, PREFIX, example.model_dir, server.state_dir / "public")
+        with_example(server, example)
         yield server
 
 
 @pytest.fixture(scope="module")
 def gcs(tmp_path_factory: pytest.TempPathFactory, example: ExampleBuild) -> Iterator[FakeGcsServer]:
     with FakeGcsServer(tmp_path_factory.mktemp("gcs")) as server:
-        server.create_bucket(BUCKET)
-        publish_model(server, BUCKET, PREFIX, example.model_dir, server.state_dir / "public")
+        with_example(server, example)
         yield server
 
 
