@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterator, Mapping
 from datetime import timedelta
 from pathlib import Path
@@ -104,7 +105,7 @@ class BucketReader:
         return f"{self.prefix}/{name}" if self.prefix else name
 
     def _error(self, name: str, error: Exception) -> ObjectStoreError:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        first_line = _summary(error)
         if isinstance(error, (PermissionDeniedError, UnauthenticatedError)) or _looks_denied(str(error)):
             return ObjectStoreError(
                 f"{self.url(name)}: access denied by endpoint {self.endpoint} ({first_line}); "
@@ -126,6 +127,17 @@ def _key_file_endpoint(environ: Mapping[str, str]) -> str | None:
             "spec.model.storage.secretName names must hold the JSON key under key.json"
         ) from error
     return str(value) if value else None
+
+
+def _summary(error: Exception) -> str:
+    """The server's own error code (S3's <Code>SignatureDoesNotMatch</Code>) and the status, not the
+    client's whole retry trace."""
+    text = str(error).strip()
+    code = re.search(r"<Code>([^<]+)</Code>", text)
+    status = re.search(r"status code: (\d{3}[^:]*)", text)
+    if code or status:
+        return ", ".join(part for part in (status and f"HTTP {status[1]}", code and code[1]) if part)
+    return text.splitlines()[0][:300] if text else type(error).__name__
 
 
 def _looks_denied(text: str) -> bool:

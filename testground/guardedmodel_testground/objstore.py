@@ -24,6 +24,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Collection
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Self, TextIO
 
@@ -138,7 +139,7 @@ class MinioServer(LocalServer):
     def create_bucket(self, bucket: str) -> None:
         # S3's CreateBucket is a signed PUT of the bucket's own URL; obstore signs it as the
         # bucket's root, so no second S3 client is needed.
-        url = obstore.sign(self.store(bucket), "PUT", "", 60)  # type: ignore[call-overload]
+        url = obstore.sign(self.store(bucket), "PUT", "", timedelta(seconds=60))
         request = urllib.request.Request(str(url), method="PUT", data=b"")
         with urllib.request.urlopen(request, timeout=10) as response:
             if response.status != 200:

@@ -107,6 +107,7 @@ def test_wrong_keys_name_the_bucket_the_endpoint_and_the_secret_to_fix(
     for fragment in (
         f"s3://{BUCKET}/{PREFIX}/{example.model_dir.name}.tar.gz",
         "access denied",
+        "HTTP 403 Forbidden, SignatureDoesNotMatch",  # the server's own reason, not a retry trace
         f"endpoint {minio.endpoint}",
         "AWS_SECRET_ACCESS_KEY",
         "spec.model.storage.secretName",
