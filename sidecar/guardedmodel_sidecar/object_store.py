@@ -142,5 +142,6 @@ def _summary(error: Exception) -> str:
 
 def _looks_denied(text: str) -> bool:
     # object_store reports some refusals (an S3 "InvalidAccessKeyId" 403 on a GET) as generic errors.
-    markers = ("403", "401", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "Unauthorized")
+    # The status is matched as the client words it: a bare "403" also occurs in ports and paths.
+    markers = ("status code: 403", "status code: 401", "<Code>AccessDenied<", "<Code>InvalidAccessKeyId<")
     return any(marker in text for marker in markers)

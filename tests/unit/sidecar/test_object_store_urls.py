@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from guardedmodel_sidecar.fetch import FetchError, fetch_model
-from guardedmodel_sidecar.object_store import BucketReader, ObjectStoreError
+from guardedmodel_sidecar.object_store import BucketReader, ObjectStoreError, _looks_denied
 
 
 @pytest.mark.parametrize(
@@ -56,3 +56,17 @@ def test_an_unreadable_gcs_key_file_says_which_secret_to_fix(
         FetchError, match=r"key file .*absent\.json.*spec\.model\.storage\.secretName.*key\.json"
     ):
         fetch_model("gs://models/prod", "classifier", tmp_path / "models")
+
+
+@pytest.mark.parametrize(
+    ("text", "denied"),
+    [
+        ("Server returned non-2xx status code: 403 Forbidden: <Code>SignatureDoesNotMatch</Code>", True),
+        ("Server returned non-2xx status code: 401 Unauthorized", True),
+        ("<Error><Code>InvalidAccessKeyId</Code></Error>", True),
+        ("error sending request for url (http://127.0.0.1:44031/models/x): Connection refused", False),
+        ("Server returned non-2xx status code: 500 Internal Server Error: /bucket/4030/401", False),
+    ],
+)
+def test_only_the_servers_refusal_counts_as_access_denied(text: str, denied: bool) -> None:
+    assert _looks_denied(text) is denied
