@@ -186,6 +186,20 @@ class KubeClient:
             raise
         return dict(found.get("metadata", {}).get("labels") or {})
 
+    async def list_pods(self, namespace: str, selector: Mapping[str, str]) -> list[dict[str, Any]] | None:
+        """The pods matching `selector`, or None when this identity may not list pods (a chart
+        from before the ModelFetched condition): the caller then goes without them."""
+        params = {"labelSelector": ",".join(f"{k}={v}" for k, v in sorted(selector.items()))}
+        try:
+            found = await self._request(
+                "GET", f"/api/v1/namespaces/{namespace}/pods", None, "application/json", **params
+            )
+        except ApiError as error:
+            if error.status == 403:
+                return None
+            raise
+        return list(found.get("items") or [])
+
     async def list_models(self, namespaces: tuple[str, ...] = (), page: int = 500) -> list[dict[str, Any]]:
         """Every GuardedModel in `namespaces` (all when empty), read from etcd (a consistent list, not
         the API server's watch cache), in pages of `page`; each item carries its kind."""

@@ -19,12 +19,14 @@ from .builders import build_children, build_context, child_names, status_inputs
 from .clock import format_time, utcnow
 from .config import OperatorConfig
 from .events import Event, status_events, write_events
+from .fetch_failure import MODEL_FETCHED, fetch_failure, fetched_condition
 from .kube import KubeClient
+from .labels import selector_labels
 from .pod_security import hostpath_refusal
 from .readiness import DeploymentState, Observed, first_version_ready, next_status
 from .rollout.outcome import first_promotion
 from .spec import GuardedModelSpec, SpecError, parse_spec
-from .status import invalid_spec_status, merge_patch
+from .status import condition, conditions_by_type, invalid_spec_status, merge_conditions, merge_patch
 
 ChildLookup = Callable[[str, str, str], Mapping[str, Any] | None]  # (kind, namespace, name) → live object
 EventSink = Callable[[Event], None]
@@ -166,6 +168,10 @@ async def reconcile(
         spec_version=spec.model_version,
         now=format_time(now()),
     )
+    if spec.repository.is_remote:
+        new_status = await _with_fetch_condition(
+            client, new_status, live_deployment, ctx.pod_hash, namespace, name, format_time(now())
+        )
     patch = merge_patch(status, new_status)
     if patch is not None:
         model = await client.patch_status(
@@ -180,6 +186,30 @@ async def reconcile(
     for event in status_events(status, new_status):
         emit(event)
     return outcome
+
+
+async def _with_fetch_condition(
+    client: KubeClient,
+    status: dict[str, Any],
+    live_deployment: Mapping[str, Any] | None,
+    pod_hash: str,
+    namespace: str,
+    name: str,
+    now: str,
+) -> dict[str, Any]:
+    """ModelFetched from the pods' fetch-model init containers; the pods are read only while the
+    Deployment is not rolled out (a rolled-out pod got past its fetch)."""
+    failure = None
+    if live_deployment is not None and not DeploymentState.observe(live_deployment).rolled_out(pod_hash):
+        pods = await client.list_pods(namespace, selector_labels(name))
+        if pods is None:
+            return status
+        failure = fetch_failure(pods)
+    previous = conditions_by_type(status).get(MODEL_FETCHED)
+    fetched = condition(
+        MODEL_FETCHED, fetched_condition(failure), previous, status["observedGeneration"], now
+    )
+    return {**status, "conditions": merge_conditions(status.get("conditions") or [], [fetched])}
 
 
 async def _pod_security_refusal(client: KubeClient, namespace: str, spec: GuardedModelSpec) -> str | None:

@@ -127,6 +127,47 @@ def parse_repository(url: str) -> Repository:
 
 
 @dataclass(frozen=True)
+class Storage:
+    """spec.model.storage: how the pod reaches an s3:// or gs:// repository (the operator never
+    reads the Secret; the pod's containers do)."""
+
+    secret_name: str | None = None
+    endpoint: str | None = None  # s3:// only: an S3-compatible server
+    region: str | None = None  # s3:// only
+    virtual_hosted_style: bool | None = None  # s3:// only
+
+
+_S3_ONLY = ("endpoint", "region", "virtualHostedStyle")
+
+
+def parse_storage(given: Mapping[str, Any] | None, repository: Repository) -> Storage:
+    if given is None:
+        return Storage()
+    if repository.scheme not in ("s3", "gs"):
+        raise SpecError(
+            "spec.model.storage applies to s3:// and gs:// repositories only; remove it, or point "
+            "spec.model.repository at a bucket (e.g. s3://models/prod)"
+        )
+    if repository.scheme != "s3" and any(key in given for key in _S3_ONLY):
+        raise SpecError(
+            "spec.model.storage.endpoint, region and virtualHostedStyle are for s3:// repositories; a gs:// "
+            "repository needs only secretName (a Secret with key.json) or workload identity"
+        )
+    endpoint = given.get("endpoint")
+    if endpoint is not None and not re.match(r"^https?://[^\s/]+(/.*)?$", str(endpoint)):
+        raise SpecError(
+            f"spec.model.storage.endpoint {endpoint!r} must be an http(s) URL such as https://minio.storage.svc:9000"
+        )
+    hosted = given.get("virtualHostedStyle")
+    return Storage(
+        secret_name=str(given["secretName"]) if given.get("secretName") else None,
+        endpoint=str(endpoint) if endpoint else None,
+        region=str(given["region"]) if given.get("region") else None,
+        virtual_hosted_style=None if hosted is None else bool(hosted),
+    )
+
+
+@dataclass(frozen=True)
 class GuardedModelSpec:
     """The parts of the spec the operator's builders use, typed.
 
@@ -138,6 +179,7 @@ class GuardedModelSpec:
     model_version: str
     repository: Repository
     platform: str | None
+    storage: Storage
     triton_image: str | None
     triton_resources: dict[str, Any]
     triton_node_selector: dict[str, str]
@@ -167,11 +209,13 @@ def parse_spec(spec: Mapping[str, Any]) -> GuardedModelSpec:
         raise SpecError(
             f"spec.replicas.min ({replicas['min']}) must not exceed spec.replicas.max ({replicas['max']})"
         )
+    repository = parse_repository(str(model["repository"]))
     return GuardedModelSpec(
         model_name=str(model["name"]),
         model_version=version,
-        repository=parse_repository(str(model["repository"])),
+        repository=repository,
         platform=model.get("platform"),
+        storage=parse_storage(model.get("storage"), repository),
         triton_image=triton.get("image") or None,
         triton_resources=triton["resources"],
         triton_node_selector=dict(triton.get("nodeSelector") or {}),

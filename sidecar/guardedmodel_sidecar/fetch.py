@@ -8,9 +8,10 @@ model rolls back its guard).
 An http(s) repository is a folder served over HTTP that holds one archive per
 model, made with ``tar czf <model>.tar.gz -C <repository> <model>``; when a
 ``<model>.tar.gz.sha256`` file sits next to it, the archive must match it.
+An s3:// or gs:// repository is a bucket prefix with the same layout
+(``s3://bucket/prefix/<model>.tar.gz`` and its ``.sha256``), read with the credentials
+of the pod's environment (see ``object_store``); both kinds go through one checker.
 A file:// repository is a local folder (tests, single-node clusters).
-s3:// and gs:// need their cloud SDKs, which this image does not carry: those
-repositories are refused with a message that says so, rather than half-handled.
 
 A version published after the pod started is fetched later by the sidecar (``add_versions``):
 routing to it must not need a new pod, so the sidecar adds the missing version folders to the pod's
@@ -28,7 +29,9 @@ import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
+from typing import Protocol
 
 
 class FetchError(RuntimeError):
@@ -36,7 +39,9 @@ class FetchError(RuntimeError):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--repository", required=True, help="http(s):// or file:// repository URL")
+    parser.add_argument(
+        "--repository", required=True, help="s3://, gs://, http(s):// or file:// repository URL"
+    )
     parser.add_argument("--model", required=True, help="model name (a folder of the repository)")
     parser.add_argument("--dest", type=Path, required=True, help="local repository to copy the model into")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per HTTP request")
@@ -62,13 +67,18 @@ def fetch_model(repository: str, model: str, dest: Path, *, timeout: float = 300
     if url.scheme == "file":
         return _copy_local(Path(url.path) / model, dest / model)
     if url.scheme in ("http", "https"):
-        return _fetch_archive(repository.rstrip("/") + f"/{model}.tar.gz", model, dest, timeout)
+        return _fetch_archive(_HttpReader(repository.rstrip("/"), timeout), model, dest)
     if url.scheme in ("s3", "gs"):
-        raise FetchError(
-            f"{url.scheme}:// repositories need the cloud SDK, which this image does not include; "
-            "serve the model archive over https:// or mount it with pvc:// instead"
-        )
-    raise FetchError(f"unsupported repository scheme in {repository!r} (use https://, http:// or file://)")
+        # Imported here: the sidecar's serving path never needs the object store client.
+        from guardedmodel_sidecar.object_store import BucketReader, ObjectStoreError
+
+        try:
+            return _fetch_archive(BucketReader(repository, timeout=timeout), model, dest)
+        except ObjectStoreError as error:
+            raise FetchError(str(error)) from error
+    raise FetchError(
+        f"unsupported repository scheme in {repository!r} (use s3://, gs://, https://, http:// or file://)"
+    )
 
 
 def add_versions(
@@ -119,17 +129,53 @@ def _copy_local(source: Path, target: Path) -> Path:
     return target
 
 
-def _fetch_archive(archive_url: str, model: str, dest: Path, timeout: float) -> Path:
-    expected = _expected_digest(archive_url + ".sha256", timeout)
+class ArchiveReader(Protocol):
+    """Where archives are read from: names are relative to the repository URL."""
+
+    def url(self, name: str) -> str: ...
+
+    def read_small(self, name: str, limit: int = 4096) -> bytes | None: ...
+
+    def chunks(self, name: str) -> Iterator[bytes]: ...
+
+
+class _HttpReader:
+    def __init__(self, base: str, timeout: float) -> None:
+        self.base, self.timeout = base, timeout
+
+    def url(self, name: str) -> str:
+        return f"{self.base}/{name}"
+
+    def read_small(self, name: str, limit: int = 4096) -> bytes | None:
+        try:
+            with urllib.request.urlopen(self.url(name), timeout=self.timeout) as response:
+                data: bytes = response.read(limit)
+                return data
+        except urllib.error.HTTPError as error:
+            if error.code == 404:
+                return None
+            raise FetchError(f"cannot read {self.url(name)}: {error}") from error
+        except (urllib.error.URLError, OSError) as error:
+            raise FetchError(f"cannot read {self.url(name)}: {error}") from error
+
+    def chunks(self, name: str) -> Iterator[bytes]:
+        try:
+            with urllib.request.urlopen(self.url(name), timeout=self.timeout) as response:
+                while chunk := response.read(1 << 20):
+                    yield chunk
+        except (urllib.error.URLError, OSError) as error:
+            raise FetchError(f"cannot download {self.url(name)}: {error}") from error
+
+
+def _fetch_archive(reader: ArchiveReader, model: str, dest: Path) -> Path:
+    name = f"{model}.tar.gz"
+    archive_url = reader.url(name)
+    expected = _expected_digest(reader, name + ".sha256")
     with tempfile.NamedTemporaryFile(dir=dest, prefix=f".{model}-", suffix=".tar.gz") as download:
         digest = hashlib.sha256()
-        try:
-            with urllib.request.urlopen(archive_url, timeout=timeout) as response:
-                while chunk := response.read(1 << 20):
-                    digest.update(chunk)
-                    download.write(chunk)
-        except (urllib.error.URLError, OSError) as error:
-            raise FetchError(f"cannot download {archive_url}: {error}") from error
+        for chunk in reader.chunks(name):
+            digest.update(chunk)
+            download.write(chunk)
         download.flush()
         if expected is not None and digest.hexdigest() != expected:
             raise FetchError(
@@ -187,19 +233,14 @@ def extract_archive(archive: tarfile.TarFile, staging: Path, source: str) -> Non
         target.chmod(0o755 if member.mode & 0o111 else 0o644)
 
 
-def _expected_digest(url: str, timeout: float) -> str | None:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            text = response.read(4096).decode("ascii", errors="replace")
-    except urllib.error.HTTPError as error:
-        if error.code == 404:
-            return None
-        raise FetchError(f"cannot read {url}: {error}") from error
-    except (urllib.error.URLError, OSError) as error:
-        raise FetchError(f"cannot read {url}: {error}") from error
+def _expected_digest(reader: ArchiveReader, name: str) -> str | None:
+    data = reader.read_small(name)
+    if data is None:
+        return None
+    text = data.decode("ascii", errors="replace")
     digest = text.split()[0].lower() if text.split() else ""
     if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
-        raise FetchError(f"{url} does not hold a sha256 digest")
+        raise FetchError(f"{reader.url(name)} does not hold a sha256 digest")
     return digest
 
 

@@ -1,6 +1,6 @@
 """Versions published after the pod started: fetched into the pod's copy of a remote repository.
 
-A remote repository (http(s)://) is copied into the pod by the ``fetch-model`` init container, so
+A remote repository (s3://, gs://, http(s)://) is copied into the pod by the ``fetch-model`` init container, so
 the copy holds the versions that existed then. Routing may later name a newer one (a canary, a
 shadow candidate); rather than a new pod, the sidecar adds that version folder to the copy before it
 asks Triton to load it. A failed fetch is retried at most every ``retry_s``: the health monitor asks

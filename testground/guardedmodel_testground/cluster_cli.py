@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .cluster import LocalCluster, read_state
 from .k8s_binaries import ensure_k8s_binaries
+from .objstore import FAKE_GCS_MODULE, FAKE_GCS_VERSION, MINIO_MODULE, MINIO_VERSION, ensure_go_binary
 from .paths import default_state_dir
 from .prometheus_operator_crds import ensure_prometheus_operator_crds
 
@@ -37,6 +38,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"binaries in {binaries.bin_dir} ({time.monotonic() - started:.1f}s)")
         # the chart's monitoring objects are checked against these
         print(f"prometheus-operator CRDs in {ensure_prometheus_operator_crds()}")
+        # fetch-model's s3:// and gs:// tests read from these
+        for module, version in ((MINIO_MODULE, MINIO_VERSION), (FAKE_GCS_MODULE, FAKE_GCS_VERSION)):
+            print(f"object store server {ensure_go_binary(module, version)}")
         return 0
     if args.action == "up":
         if (state_dir / "state.json").exists():

@@ -89,6 +89,11 @@ progress annotations, so the GuardedModel itself is never written. */ -}}
 - apiGroups: [networking.k8s.io]
   resources: [networkpolicies]
   verbs: [list, watch, create, patch]
+# The pods of a model whose repository is fetched (s3, gs, http(s)) and that is not rolled out: a
+# failing fetch-model init container's message goes into the ModelFetched condition. A list only.
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list]
 # Each sidecar's Role and RoleBinding. No bind or escalate: the API server checks that the
 # operator holds what the Role grants (see guardedmodels above).
 - apiGroups: [rbac.authorization.k8s.io]

@@ -28,6 +28,7 @@ from .common import (
     TRITON_RESTRICTED_HEADER,
     BuildContext,
 )
+from .storage import storage_access
 
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 # A rollout that makes no progress for this long is reported as Degraded.
@@ -108,6 +109,7 @@ def _sleep_before_stop(seconds: int) -> dict[str, Any]:
 
 def _fetch_container(ctx: BuildContext) -> dict[str, Any]:
     spec = ctx.spec
+    access = storage_access(spec)
     return {
         "name": "fetch-model",
         "image": ctx.sidecar_image,
@@ -117,9 +119,14 @@ def _fetch_container(ctx: BuildContext) -> dict[str, Any]:
             f"--model={spec.model_name}",
             f"--dest={MODEL_REPOSITORY_PATH}",
         ],
+        **({"env": access.env} if access.env else {}),
+        # Its last output (the reason a fetch failed: bucket, endpoint, what to fix) becomes the
+        # terminated state's message in the pod's status, where `kubectl describe pod` shows it.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": [
             {"name": "models", "mountPath": MODEL_REPOSITORY_PATH},
             {"name": "sidecar-tmp", "mountPath": "/tmp"},
+            *access.mounts,
         ],
         "securityContext": _container_security(),
         "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
@@ -176,6 +183,8 @@ def _sidecar_container(ctx: BuildContext, models_mount: dict[str, Any]) -> dict[
             {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
             {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
             {"name": "GUARDEDMODEL_LOG_LEVEL", "value": ctx.spec.sidecar_log_level},
+            # The sidecar fetches versions published after the pod started from the same bucket.
+            *storage_access(ctx.spec).env,
         ],
         # Readiness is the sidecar's /v2/health/ready, which is false while
         # Triton is not ready: the pod takes traffic only when both are. One failure takes the
@@ -197,6 +206,7 @@ def _sidecar_container(ctx: BuildContext, models_mount: dict[str, Any]) -> dict[
             {"name": "state", "mountPath": STATE_DIR},
             {"name": "sidecar-tmp", "mountPath": "/tmp"},
             {"name": "kube-api-access", "mountPath": SERVICE_ACCOUNT_DIR, "readOnly": True},
+            *storage_access(ctx.spec).mounts,
         ],
         "securityContext": _container_security(),
         "lifecycle": _sleep_before_stop(ENDPOINT_REMOVAL_S),
@@ -209,6 +219,7 @@ def _writable(mount: dict[str, Any]) -> dict[str, Any]:
 
 def _volumes(ctx: BuildContext, models_volume: dict[str, Any]) -> list[dict[str, Any]]:
     return [
+        *storage_access(ctx.spec).volumes,
         {"name": "config", "configMap": {"name": ctx.names.configmap}},
         models_volume,
         {"name": "state", "emptyDir": {}},

@@ -66,6 +66,7 @@ NAMESPACED = {
         )
     },
     "events": {"create"},
+    "pods": {"list"},  # a failing fetch-model's message, for the ModelFetched condition
 }
 CLUSTER_WIDE = {
     "namespaces": {"get", "list", "watch"},

@@ -33,7 +33,37 @@ def submit(cluster: LocalCluster, manifest: dict[str, Any]) -> tuple[int, str]:
     return result.returncode, result.stdout + result.stderr
 
 
+def bucket_model(repository: str, storage: dict[str, Any]) -> dict[str, Any]:
+    """The minimal example's spec.model, reading from `repository` with `storage`."""
+    return {**minimal_example()["spec"]["model"], "repository": repository, "storage": storage}
+
+
 INVALID = [
+    (
+        "spec.spec.model",
+        bucket_model("pvc://models", {"secretName": "keys"}),
+        ["spec.model.storage applies to s3:// and gs:// repositories only", "s3://models/prod"],
+    ),
+    (
+        "spec.spec.model",
+        bucket_model("gs://models/prod", {"endpoint": "http://minio:9000"}),
+        ["spec.model.storage.endpoint, region and virtualHostedStyle are for s3://", "key.json"],
+    ),
+    (
+        "spec.spec.model",
+        bucket_model("gs://models/prod", {"virtualHostedStyle": True}),
+        ["are for s3:// repositories"],
+    ),
+    (
+        "spec.spec.model",
+        bucket_model("s3://models/prod", {"secretName": "Models_Keys"}),
+        ["spec.model.storage.secretName", "models-s3-credentials"],
+    ),
+    (
+        "spec.spec.model",
+        bucket_model("s3://models/prod", {"endpoint": "minio:9000"}),
+        ["spec.model.storage.endpoint", "https://minio.storage.svc:9000"],
+    ),
     ("spec.spec.model.version", "v1", ["spec.model.version", 'e.g. version: "3"']),
     ("spec.spec.model.version", "0", ["spec.model.version", "positive integer"]),
     ("spec.spec.model.repository", "ftp://host/models", ["spec.model.repository", "s3://, gs://, pvc://"]),
@@ -178,6 +208,20 @@ def test_missing_required_fields_are_named(cluster: LocalCluster) -> None:
 
 
 VALID = [
+    (
+        "spec.model",
+        bucket_model(
+            "s3://models/prod",
+            {
+                "secretName": "models-s3",
+                "endpoint": "http://minio.storage:9000",
+                "region": "eu-west-1",
+                "virtualHostedStyle": False,
+            },
+        ),
+    ),
+    ("spec.model", bucket_model("gs://models/prod", {"secretName": "models-gcs"})),
+    ("spec.model", bucket_model("s3://models/prod", {})),  # workload identity: the default chain
     ("spec.model.repository", "s3://bucket/models"),
     ("spec.model.repository", "gs://bucket/models"),
     ("spec.model.repository", "https://models.example.com/repo"),

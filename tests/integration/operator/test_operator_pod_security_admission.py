@@ -168,3 +168,29 @@ def test_the_charts_operator_pod_is_admitted_under_restricted(restricted: Namesp
     del lax["securityContext"]["seccompProfile"]
     refused = submit_pod(restricted, lax, "operator-lax")
     assert refused.returncode != 0 and "seccompProfile" in refused.stderr, refused.stderr
+
+
+@pytest.mark.parametrize(
+    ("repository", "storage"),
+    [
+        (
+            "s3://models/prod",
+            {"secretName": "models-s3", "endpoint": "http://minio.storage:9000", "region": "eu-west-1"},
+        ),
+        ("gs://models/prod", {"secretName": "models-gcs"}),
+    ],
+)
+def test_a_bucket_pod_with_its_credentials_is_admitted_under_restricted(
+    restricted: Namespace, repository: str, storage: dict[str, Any]
+) -> None:
+    def from_bucket(spec: dict[str, Any]) -> None:
+        served_over_http_on_a_cpu_node(spec)
+        spec["model"].update(repository=repository, storage=storage)
+
+    model = stored_model(restricted, from_bucket)
+    assert model["spec"]["model"]["storage"] == storage  # kept as given, nothing pruned
+    pod = operator_pod(model)
+    restricted.kubectl("create", "serviceaccount", pod["serviceAccountName"], check=False)
+    admitted = submit_pod(restricted, pod, f"classifier-{repository[:2]}")
+    assert admitted.returncode == 0, admitted.stderr
+    assert "violate" not in admitted.stderr
