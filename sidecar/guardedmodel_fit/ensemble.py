@@ -1,54 +1,23 @@
-"""Reading a Triton ensemble's config (as ``parse_pbtxt`` gives it): its steps, and which ensemble
-output publishes a step's tensor.
+"""Which output of a Triton ensemble (its config as ``parse_pbtxt`` gives it) publishes a step's
+tensor.
 
 The guard reads its features from the model's response, so an ensemble's features must be one of
 the ensemble's outputs: a step's output reaches the client only through the ensemble's
 ``output_map`` and ``output`` list. ``resolve_features_output`` turns a name the user knows (the
 step's own output, e.g. the classifier's ``FEATURES``) into the ensemble output that carries it,
-or says how to publish it.
+or says how to publish it. The steps themselves are read by ``guardedmodel_sidecar.ensemble``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
+
+from guardedmodel_sidecar.ensemble import ensemble_steps
 
 
 class EnsembleConfigError(ValueError):
     """The ensemble config cannot give what was asked; the message says what to change."""
-
-
-@dataclass(frozen=True)
-class EnsembleStep:
-    model: str
-    version: int  # -1: the newest loaded version
-    inputs: dict[str, str]  # the step model's input name -> ensemble tensor
-    outputs: dict[str, str]  # the step model's output name -> ensemble tensor
-
-
-def is_ensemble(config: Mapping[str, Any]) -> bool:
-    return config.get("platform") == "ensemble"
-
-
-def _pairs(value: Any) -> dict[str, str]:
-    items = value if isinstance(value, list) else [value] if value else []
-    return {str(item["key"]): str(item["value"]) for item in items}
-
-
-def ensemble_steps(config: Mapping[str, Any]) -> list[EnsembleStep]:
-    steps = (config.get("ensemble_scheduling") or {}).get("step") or []
-    if isinstance(steps, dict):
-        steps = [steps]
-    return [
-        EnsembleStep(
-            model=str(step["model_name"]),
-            version=int(step.get("model_version", -1)),
-            inputs=_pairs(step.get("input_map")),
-            outputs=_pairs(step.get("output_map")),
-        )
-        for step in steps
-    ]
 
 
 def output_names(config: Mapping[str, Any]) -> list[str]:

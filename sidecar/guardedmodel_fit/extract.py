@@ -22,8 +22,10 @@ from typing import Any, Protocol
 import numpy as np
 from tqdm.auto import tqdm
 
+from guardedmodel_sidecar.ensemble import is_ensemble
+
 from .data import DataError, Dataset
-from .ensemble import EnsembleConfigError, is_ensemble, resolve_features_output
+from .ensemble import EnsembleConfigError, resolve_features_output
 
 TORCHSCRIPT_SUFFIXES = {".pt", ".pth", ".ts", ".torchscript"}
 

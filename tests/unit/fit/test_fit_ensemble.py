@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from guardedmodel_fit.ensemble import EnsembleStep, ensemble_steps, is_ensemble, resolve_features_output
+from guardedmodel_fit.ensemble import resolve_features_output
 from guardedmodel_fit.example_ensemble import (
     ENSEMBLE_FEATURES,
     ENSEMBLE_INPUT,
@@ -18,6 +18,8 @@ from guardedmodel_fit.example_ensemble import (
 )
 from guardedmodel_fit.example_network import MODEL_NAME, config_pbtxt
 from guardedmodel_fit.extract import ModelError, open_model, parse_pbtxt
+from guardedmodel_sidecar.ensemble import EnsembleStep, ensemble_steps, is_ensemble
+from guardedmodel_sidecar.model_loader import local_model_config
 
 CHAIN = parse_pbtxt(ensemble_config_pbtxt())
 
@@ -89,3 +91,14 @@ def test_open_model_on_an_ensemble_needs_triton_and_checks_the_features(tmp_path
     )
     with pytest.raises(ModelError, match="does not publish it"):
         open_model(chain, features_output="FEATURES")
+
+
+def test_triton_json_and_the_fit_parser_read_the_same_steps(tmp_path: Path) -> None:
+    (tmp_path / "chain").mkdir()
+    (tmp_path / "chain" / "config.pbtxt").write_text(ensemble_config_pbtxt(classifier_version=2))
+    as_triton_json = local_model_config(tmp_path, "chain")
+    assert as_triton_json is not None and is_ensemble(as_triton_json)
+    assert ensemble_steps(as_triton_json) == ensemble_steps(
+        parse_pbtxt(ensemble_config_pbtxt(classifier_version=2))
+    )
+    assert [step.version for step in ensemble_steps(as_triton_json)] == [-1, 2]
