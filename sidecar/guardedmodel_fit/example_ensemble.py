@@ -17,10 +17,16 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .example_data import NUM_CLASSES
+if TYPE_CHECKING:
+    from .cli import FitOutcome
+    from .example import ExampleBuild
+
+import numpy as np
+
+from .example_data import FAR_OOD_SETS, NEAR_OOD_SET, NUM_CLASSES
 from .example_network import (
-    _TEMPLATE_DIR,
     FEATURE_DIM,
     FEATURES_OUTPUT,
     INPUT_NAME,
@@ -29,6 +35,7 @@ from .example_network import (
     MODEL_NAME,
 )
 
+_STEP_TEMPLATE_DIR = Path(__file__).parent / "ensemble_template"
 ENSEMBLE_NAME = "fashion-mnist-chain"
 STEP_NAME = "fashion-mnist-unflatten"
 ENSEMBLE_INPUT = "IMAGE"
@@ -118,9 +125,34 @@ def write_ensemble_repository(
     step = repository / STEP_NAME
     (step / "1").mkdir(parents=True, exist_ok=True)
     (step / "config.pbtxt").write_text(step_config_pbtxt())
-    shutil.copy(_TEMPLATE_DIR / "unflatten.py", step / "1" / "model.py")
+    shutil.copy(_STEP_TEMPLATE_DIR / "unflatten.py", step / "1" / "model.py")
     ensemble_dir = repository / ENSEMBLE_NAME
     for version in versions:
         (ensemble_dir / version).mkdir(parents=True, exist_ok=True)
     (ensemble_dir / "config.pbtxt").write_text(ensemble_config_pbtxt())
     return EnsembleLayout(repository, ensemble_dir, tuple(versions))
+
+
+def fit_ensemble_guard(
+    build: ExampleBuild, layout: EnsembleLayout, triton_url: str, *, version: str = "1", rows: int = 2000
+) -> FitOutcome:
+    """Fit the chain's guard through the Triton at ``triton_url`` (the chain loaded there), on the
+    first ``rows`` of the example's data sets, naming the classifier step's own features output."""
+    from .cli import fit_to_directory
+    from .example import example_fit_config
+    from .extract import open_model
+
+    extractor = open_model(
+        layout.ensemble_dir, version=version, triton_url=triton_url, features_output=FEATURES_OUTPUT
+    )
+    pick = np.random.default_rng(0).permutation(rows)
+    few = np.arange(min(rows, 1000) // 5)
+    return fit_to_directory(
+        extractor,
+        build.dataset("validation").subset(pick[: rows * 3 // 4]),
+        layout.ensemble_dir / version / "guard",
+        fit_set=build.dataset("fit").subset(pick),
+        ood_sets=[build.dataset(NEAR_OOD_SET).subset(pick[: rows // 4])]
+        + [build.dataset(name).subset(few) for name in FAR_OOD_SETS[:2]],
+        config=example_fit_config(progress=False),
+    )

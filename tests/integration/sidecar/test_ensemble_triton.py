@@ -21,18 +21,17 @@ from conftest import SidecarProcess, launch_sidecar
 from test_sidecar_per_row_triton import within_gate_statistics
 from tritonclient.utils import InferenceServerException
 
-from guardedmodel_fit.cli import fit_to_directory
-from guardedmodel_fit.example import DEFAULT_OUT, ExampleBuild, build_example, example_fit_config
-from guardedmodel_fit.example_data import FAR_OOD_SETS, NEAR_OOD_SET
+from guardedmodel_fit.example import DEFAULT_OUT, ExampleBuild, build_example
+from guardedmodel_fit.example_data import FAR_OOD_SETS
 from guardedmodel_fit.example_ensemble import (
     ENSEMBLE_FEATURES,
     ENSEMBLE_INPUT,
     ENSEMBLE_NAME,
     STEP_NAME,
+    fit_ensemble_guard,
     write_ensemble_repository,
 )
-from guardedmodel_fit.example_network import FEATURES_OUTPUT, MODEL_NAME
-from guardedmodel_fit.extract import open_model
+from guardedmodel_fit.example_network import MODEL_NAME
 from guardedmodel_sidecar.guard.artifact import load_artifact
 from guardedmodel_sidecar.guard.scoring import calibrated_confidence, make_ood_scorer
 from guardedmodel_testground.sidecar_config import sidecar_config
@@ -83,20 +82,7 @@ def chain(example: ExampleBuild, tmp_path_factory: pytest.TempPathFactory) -> It
         client = httpclient.InferenceServerClient(triton.http_url)
         client.load_model(ENSEMBLE_NAME)
         # the fit names the classifier step's own output; it is read as the ensemble's EMBEDDING
-        extractor = open_model(
-            layout.ensemble_dir, version="1", triton_url=triton.http_url, features_output=FEATURES_OUTPUT
-        )
-        assert extractor.spec.features_output == ENSEMBLE_FEATURES
-        rows = np.random.default_rng(0).permutation(2000)
-        fit_to_directory(
-            extractor,
-            example.dataset("validation").subset(rows[:1500]),
-            layout.ensemble_dir / "1" / "guard",
-            fit_set=example.dataset("fit").subset(rows),
-            ood_sets=[example.dataset(NEAR_OOD_SET).subset(rows[:500])]
-            + [example.dataset(name).subset(np.arange(200)) for name in FAR_OOD_SETS[:2]],
-            config=example_fit_config(progress=False),
-        )
+        fit_ensemble_guard(example, layout, triton.http_url)
         # the sidecar's own loader brings the chain back, steps included
         client.unload_model(ENSEMBLE_NAME, unload_dependents=True)
         assert not client.is_model_ready(MODEL_NAME)
