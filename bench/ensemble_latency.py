@@ -18,27 +18,15 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import yaml
+from sidecar_vs_triton import _wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-
-
-def wait_ready(proc: subprocess.Popen[bytes], url: str, log: Path, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError(f"sidecar not ready at {url}; see {log}") from None
-            time.sleep(0.2)
 
 
 def start_sidecar(
@@ -62,7 +50,7 @@ def start_sidecar(
             sidecar_command(path, "--log-level", "WARNING"), stdout=out, stderr=subprocess.STDOUT
         )
     url = f"127.0.0.1:{config['listen']['http']}"
-    wait_ready(proc, f"http://{url}/v2/health/ready", log)
+    _wait_ready(proc, f"http://{url}/v2/health/ready", log)
     return proc, url
 
 

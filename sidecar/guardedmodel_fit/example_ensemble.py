@@ -51,37 +51,43 @@ class EnsembleLayout:
     versions: tuple[str, ...]
 
 
-def step_config_pbtxt(name: str = STEP_NAME) -> str:
-    shape = ", ".join(map(str, INPUT_SHAPE))
+def _head(name: str, kind: str, outputs: Sequence[tuple[str, Sequence[int]]]) -> str:
+    """Name, backend/platform, batching, the chain's input and ``outputs`` (name, dims), all FP32."""
+    listed = ",\n".join(
+        f'  {{ name: "{n}" data_type: TYPE_FP32 dims: [ {", ".join(map(str, dims))} ] }}'
+        for n, dims in outputs
+    )
     return f"""name: "{name}"
-backend: "python"
+{kind}
 max_batch_size: 64
 input [
   {{ name: "{ENSEMBLE_INPUT}" data_type: TYPE_FP32 dims: [ {ENSEMBLE_INPUT_SHAPE[0]} ] }}
 ]
 output [
-  {{ name: "{STEP_OUTPUT}" data_type: TYPE_FP32 dims: [ {shape} ] }}
-]
-instance_group [
-  {{ kind: KIND_CPU count: 1 }}
+{listed}
 ]
 """
+
+
+def step_config_pbtxt(name: str = STEP_NAME) -> str:
+    return (
+        _head(name, 'backend: "python"', [(STEP_OUTPUT, INPUT_SHAPE)])
+        + """\
+instance_group [
+  { kind: KIND_CPU count: 1 }
+]
+"""
+    )
 
 
 def ensemble_config_pbtxt(
     name: str = ENSEMBLE_NAME, *, classifier: str = MODEL_NAME, classifier_version: int = -1
 ) -> str:
     """The chain: ``classifier_version`` -1 runs the classifier's newest loaded version."""
-    return f"""name: "{name}"
-platform: "ensemble"
-max_batch_size: 64
-input [
-  {{ name: "{ENSEMBLE_INPUT}" data_type: TYPE_FP32 dims: [ {ENSEMBLE_INPUT_SHAPE[0]} ] }}
-]
-output [
-  {{ name: "{LOGITS_OUTPUT}" data_type: TYPE_FP32 dims: [ {NUM_CLASSES} ] }},
-  {{ name: "{ENSEMBLE_FEATURES}" data_type: TYPE_FP32 dims: [ {FEATURE_DIM} ] }}
-]
+    outputs = [(LOGITS_OUTPUT, (NUM_CLASSES,)), (ENSEMBLE_FEATURES, (FEATURE_DIM,))]
+    return (
+        _head(name, 'platform: "ensemble"', outputs)
+        + f"""\
 ensemble_scheduling {{
   step [
     {{
@@ -100,6 +106,7 @@ ensemble_scheduling {{
   ]
 }}
 """
+    )
 
 
 def write_ensemble_repository(
