@@ -14,7 +14,7 @@ PYTEST_ARGS ?= -m "not slow"
 # as another user its tests are skipped with that reason.
 POD_TIER_DEPS := $(if $(filter 0,$(shell id -u)),pod-deps node-deps)
 
-.PHONY: setup system-deps python-deps cluster-binaries lint test test-all test-pods test-reliability pod-deps node-deps demo demo-real-pods bench-sidecar bench-guard bench-operator bench-operator-day bench-soak bench-rollback bench-cost fuzz crds-sync dashboard-sync dashboard-png clean
+.PHONY: setup system-deps python-deps cluster-binaries lint test test-all test-pods test-reliability pod-deps node-deps demo demo-real-pods bench-sidecar bench-guard bench-operator bench-operator-day bench-soak bench-rollback bench-cost bench-ensemble fuzz crds-sync dashboard-sync dashboard-png clean
 
 setup: system-deps python-deps cluster-binaries
 
@@ -77,6 +77,11 @@ bench-sidecar: setup
 
 bench-guard: setup
 	$(BIN)/python bench/guard_quality.py
+
+# The example as a Triton ensemble vs. the classifier alone, direct and through the sidecar.
+# Writes bench/results/ensemble_latency.json.
+bench-ensemble: setup
+	$(BIN)/python bench/ensemble_latency.py
 
 # Cost per prediction of the worked example (CPU-seconds, reviews per 1,000 in the demo mix).
 # Writes bench/results/cost.json.

@@ -4,7 +4,8 @@
 - a TorchScript file whose forward returns ``(logits, features)``, a dict with those outputs,
   or logits alone (then only logit-based methods can be fitted);
 - a Triton model directory (``config.pbtxt`` + numbered versions). Its version is run by a live
-  Triton server when ``triton_url`` is given (any backend), otherwise in-process from
+  Triton server when ``triton_url`` is given (any backend, ensembles too: a step's output named as
+  the features is read from the ensemble output it is published as), otherwise in-process from
   ``<version>/model.pt`` (TorchScript) or ``<version>/network.py`` (a numpy forward exposing
   ``load(version_dir)`` that returns ``forward(batch) -> (logits, features)``, as the examples do).
 """
@@ -21,7 +22,10 @@ from typing import Any, Protocol
 import numpy as np
 from tqdm.auto import tqdm
 
+from guardedmodel_sidecar.ensemble import is_ensemble
+
 from .data import DataError, Dataset
+from .ensemble import EnsembleConfigError, resolve_features_output
 
 TORCHSCRIPT_SUFFIXES = {".pt", ".pth", ".ts", ".torchscript"}
 
@@ -200,6 +204,11 @@ def open_model(
     output_names = [o.get("name") for o in config.get("output", [])]
     if logits_output not in output_names:
         raise ModelError(f"{config_path}: no output named {logits_output!r} (outputs: {output_names})")
+    if features_output and is_ensemble(config):
+        try:
+            features_output = resolve_features_output(config, features_output)
+        except EnsembleConfigError as exc:
+            raise ModelError(str(exc)) from exc
     if features_output not in output_names:
         features_output = None
     dims = inputs[0].get("dims")
@@ -213,6 +222,11 @@ def open_model(
     )
     if triton_url:
         return TritonClientExtractor(triton_url, spec)
+    if is_ensemble(config):
+        raise ModelError(
+            f"{model}: a Triton ensemble runs its steps only in Triton: start Triton with this repository "
+            "(tritonserver --model-repository=...) and pass --triton-url"
+        )
     if (version_dir / "model.pt").is_file():
         return TorchScriptExtractor(version_dir / "model.pt", spec)
     if (version_dir / "network.py").is_file():

@@ -13,6 +13,10 @@ An s3:// or gs:// repository is a bucket prefix with the same layout
 of the pod's environment (see ``object_store``); both kinds go through one checker.
 A file:// repository is a local folder (tests, single-node clusters).
 
+An ensemble's steps run other models of the repository: when the fetched model is an ensemble,
+the models its steps name are fetched beside it (and theirs, for an ensemble inside an ensemble),
+so that Triton finds them when it loads the ensemble.
+
 A version published after the pod started is fetched later by the sidecar (``add_versions``):
 routing to it must not need a new pod, so the sidecar adds the missing version folders to the pod's
 copy, each with one rename, and never touches a version Triton may have loaded.
@@ -49,12 +53,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        target = fetch_model(args.repository, args.model, args.dest, timeout=args.timeout)
+        targets = fetch_with_steps(args.repository, args.model, args.dest, timeout=args.timeout)
     except FetchError as error:
         print(f"fetch-model: {error}", file=sys.stderr)
         return 1
-    print(f"fetched {args.model} into {target}")
+    for target in targets:
+        print(f"fetched {target.name} into {target}")
     return 0
+
+
+def fetch_with_steps(repository: str, model: str, dest: Path, *, timeout: float = 300.0) -> list[Path]:
+    """Fetch ``model`` and, when it is an ensemble, every model its steps run (nested too)."""
+    from guardedmodel_sidecar.ensemble import ensemble_steps
+    from guardedmodel_sidecar.model_loader import local_model_config
+
+    fetched = [fetch_model(repository, model, dest, timeout=timeout)]
+    pending, seen = [model], {model}
+    while pending:
+        config = local_model_config(Path(dest), pending.pop()) or {}
+        for step in ensemble_steps(config):
+            if step.model not in seen:
+                seen.add(step.model)
+                try:
+                    fetched.append(fetch_model(repository, step.model, dest, timeout=timeout))
+                except FetchError as error:
+                    raise FetchError(
+                        f"{model} is an ensemble whose step runs {step.model}: {error}"
+                    ) from error
+                pending.append(step.model)
+    return fetched
 
 
 def fetch_model(repository: str, model: str, dest: Path, *, timeout: float = 300.0) -> Path:

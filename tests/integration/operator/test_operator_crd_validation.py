@@ -259,7 +259,12 @@ def test_valid_variants_are_accepted(cluster: LocalCluster, path: str, value: An
 
 
 def test_examples_are_accepted_and_defaulted(cluster: LocalCluster) -> None:
-    for example in ("guardedmodel-minimal.yaml", "guardedmodel-full.yaml", "fashion-mnist.yaml"):
+    for example in (
+        "guardedmodel-minimal.yaml",
+        "guardedmodel-full.yaml",
+        "fashion-mnist.yaml",
+        "fashion-mnist-ensemble.yaml",
+    ):
         stored = stored_as(cluster, (EXAMPLES / example).read_text())
         # defaults applied by the API server, not by the operator
         assert stored["spec"]["rollout"]["interval"]

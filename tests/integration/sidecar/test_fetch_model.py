@@ -6,6 +6,7 @@ import asyncio
 import functools
 import hashlib
 import http.server
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -15,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from guardedmodel_sidecar.fetch import FetchError, add_versions, fetch_model
+from guardedmodel_fit.example_ensemble import ENSEMBLE_NAME, STEP_NAME, write_ensemble_repository
+from guardedmodel_fit.example_network import MODEL_NAME
+from guardedmodel_sidecar.fetch import FetchError, add_versions, fetch_model, fetch_with_steps
 from guardedmodel_sidecar.version_fetch import VersionFetcher
 
 pytestmark = pytest.mark.integration
@@ -158,3 +161,18 @@ def test_a_tampered_archive_adds_no_version(served: tuple[str, Path], tmp_path: 
     with pytest.raises(FetchError, match="sha256"):
         add_versions(url, "classifier", dest, ("2",))
     assert sorted(p.name for p in (dest / "classifier").iterdir()) == ["1", "config.pbtxt"]
+
+
+def test_an_ensemble_brings_the_models_its_steps_run(tmp_path: Path) -> None:
+    repository = tmp_path / "repository"
+    write_ensemble_repository(make_model(tmp_path / "classifier-source"), repository, classifier_versions=())
+    (repository / "unused").mkdir()
+    dest = tmp_path / "models"
+    fetched = fetch_with_steps(f"file://{repository}", ENSEMBLE_NAME, dest)
+    assert [p.name for p in fetched] == [ENSEMBLE_NAME, STEP_NAME, MODEL_NAME]
+    assert sorted(p.name for p in dest.iterdir()) == sorted([ENSEMBLE_NAME, STEP_NAME, MODEL_NAME])
+    assert (dest / STEP_NAME / "1" / "model.py").is_file()
+
+    shutil.rmtree(repository / STEP_NAME)
+    with pytest.raises(FetchError, match=f"{ENSEMBLE_NAME} is an ensemble whose step runs {STEP_NAME}"):
+        fetch_with_steps(f"file://{repository}", ENSEMBLE_NAME, tmp_path / "again")
