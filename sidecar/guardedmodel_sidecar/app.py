@@ -30,6 +30,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from guardedmodel_sidecar.audit import AuditLog
+from guardedmodel_sidecar.audit_export import exporter_for
 from guardedmodel_sidecar.comparison import worker_share
 from guardedmodel_sidecar.config import Routing, SidecarConfig
 from guardedmodel_sidecar.config_values import ConfigError
@@ -62,6 +63,8 @@ log = logging.getLogger(__name__)
 # A kept (not served) version Triton would not load is tried again after this long, not on every
 # health check: each try is a load of the model's other versions' configuration too.
 KEPT_RETRY_S = 60.0
+# The final audit export at stop: after the preStop sleep and the request grace, within the pod's 30 s.
+EXPORT_DRAIN_S = 10.0
 
 
 class SidecarApp:
@@ -155,6 +158,10 @@ class SidecarApp:
         }
         self.metrics.audit_records = lambda: self.audit.records_written
         self.metrics.audit_stats = self.audit.stats
+        self.exporter = exporter_for(config)
+        if self.exporter is not None:
+            exporter = self.exporter
+            self.metrics.audit_export = lambda: (exporter.stats, exporter.last_success)
         # Scraped by the metrics handler, which runs in this loop (the count includes its own task).
         self.metrics.asyncio_tasks = lambda: len(asyncio.all_tasks())
         self.http_port = self.grpc_port = self.metrics_port = 0
@@ -428,6 +435,8 @@ class SidecarApp:
             spawn(self.review.run_sender(), name="review-sender"),
             spawn(self._drift_windows(), name="drift-windows"),
         ]
+        if self.exporter is not None:
+            self._tasks.append(spawn(self.exporter.run(), name="audit-export"))
         if self.config.triton_metrics_url:
             self._tasks.append(
                 spawn(
@@ -527,6 +536,9 @@ class SidecarApp:
             await self._metrics_runner.cleanup()
         self.metrics.close_windows()
         self.audit.close()
+        if self.exporter is not None:
+            # What the audit log wrote last goes to the bucket too, within the pod's grace period.
+            await loop.run_in_executor(None, self.exporter.drain, EXPORT_DRAIN_S)
         self.triton.close()
 
     async def _metrics_handler(self, request: web.Request) -> web.Response:

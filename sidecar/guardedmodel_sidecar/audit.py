@@ -137,8 +137,16 @@ class AuditLog:
             return
         self._records.append(line)
 
-    def maybe_sample(self, request_id: str, inputs: Sequence[Tensor]) -> bool:
-        """Keep this request's payload (``request_id`` is its audit record's ``id``) at sample_rate."""
+    def maybe_sample(
+        self,
+        request_id: str,
+        inputs: Sequence[Tensor],
+        *,
+        model: str | None = None,
+        version: str | None = None,
+    ) -> bool:
+        """Keep this request's payload (``request_id`` is its audit record's ``id``) at sample_rate.
+        ``model`` and ``version`` (the version that answered) place the sample in its export partition."""
         if not self.enabled or self.sample_rate <= 0.0:
             return False
         self._sample_credit += self.sample_rate
@@ -148,6 +156,8 @@ class AuditLog:
         entry = {
             "id": request_id,
             "ts": time.time(),
+            "model": model,
+            "version": version,
             "inputs": [
                 {
                     "name": t.name,

@@ -10,7 +10,9 @@ it by hand. Keys (camelCase, as in the GuardedModel API)::
         inputs: [{name: INPUT, datatype: FP32, shape: [784], min: 0.0, max: 1.0}]  # shape w/o batch dim
         ood: {method: mahalanobis|energy|knn|msp|vim|none, threshold: null, action: reject|review|flag}
       confidence: {reviewBelow: 0.5, review: {webhook: http://..., maxFraction: 0.05}}
-      audit: {enabled: true, sampleRate: 0.01}
+      audit: {enabled: true, sampleRate: 0.01,
+              export: {url: s3://bucket/prefix, intervalSeconds: 60,   # Parquet to a bucket
+                       storage: {endpoint: ..., region: ..., virtualHostedStyle: false}}}
       drift: {window: 60s}
     routing: {stableVersion: "1", canaryVersion: null, canaryWeight: 0,  # initial / standalone routing
               lastGoodVersion: null,                 # kept loaded and guarded: a rollback is a flip
@@ -23,6 +25,8 @@ it by hand. Keys (camelCase, as in the GuardedModel API)::
     modelRepository: /models                 # local path where <model>/<version>/guard/ is readable
     listen: {host: 0.0.0.0, http: 8080, grpc: 8081, metrics: 9090}
     auditDir: /var/lib/guardedmodel/audit
+    auditExportCredentialsDir: /var/run/secrets/guardedmodel/audit-export   # the mounted Secret of
+                                             # spec.audit.export.storage (absent: the default chain)
     spoolDir: /var/lib/guardedmodel/review-spool
     limits: {maxBodyBytes: 67108864, ...}     # optional: see guardedmodel_sidecar.limits (from
                                              # spec.sidecar.limits); every network input is bounded
@@ -160,6 +164,7 @@ class SidecarConfig:
     model_source: str | None = None
     listen: Listen = field(default_factory=Listen)
     audit_dir: Path = Path("/var/lib/guardedmodel/audit")
+    audit_export_credentials: Path | None = None  # a mounted Secret for spec.audit.export's bucket
     spool_dir: Path = Path("/var/lib/guardedmodel/review-spool")
     guarded_model: tuple[str, str] | None = None  # (namespace, name)
     tuning: Tuning = field(default_factory=Tuning)
@@ -238,6 +243,9 @@ def parse_config(data: Mapping[str, Any]) -> SidecarConfig:
             metrics=int(listen.get("metrics", 9090)),
         ),
         audit_dir=Path(data.get("auditDir", "/var/lib/guardedmodel/audit")),
+        audit_export_credentials=(
+            Path(data["auditExportCredentialsDir"]) if data.get("auditExportCredentialsDir") else None
+        ),
         spool_dir=Path(data.get("spoolDir", "/var/lib/guardedmodel/review-spool")),
         guarded_model=guarded_model,
         tuning=Tuning(

@@ -57,6 +57,18 @@ class DriftSpec:
 
 
 @dataclass(frozen=True)
+class ExportSpec:
+    """spec.audit.export: where the audit files go as Parquet (audit_export.py), and with which
+    settings; the credentials are a Secret the operator mounts (sidecar.yaml auditExportCredentialsDir)."""
+
+    url: str  # s3://<bucket>/<prefix> or gs://<bucket>/<prefix>
+    interval_s: float = 60.0
+    endpoint: str | None = None  # s3:// only, as spec.model.storage
+    region: str | None = None
+    virtual_hosted_style: bool | None = None
+
+
+@dataclass(frozen=True)
 class GuardSpec:
     model: ModelSpec
     inputs: tuple[InputSpec, ...] = ()
@@ -68,6 +80,7 @@ class GuardSpec:
     batch_policy: str = "perRow"
     drift: DriftSpec = field(default_factory=DriftSpec)
     cost: Prices | None = None  # spec.cost; the sidecar then follows it live (status_watch)
+    export: ExportSpec | None = None  # spec.audit.export
 
 
 def parse_input(entry: Any, index: int) -> InputSpec:
@@ -137,6 +150,31 @@ def parse_spec(spec: Mapping[str, Any]) -> GuardSpec:
         batch_policy=batch_policy,
         drift=parse_drift(drift),
         cost=parse_cost(spec.get("cost")),
+        export=parse_export(audit.get("export")),
+    )
+
+
+def parse_export(export: Any) -> ExportSpec | None:
+    if not export:
+        return None
+    where = "spec.audit.export"
+    if not isinstance(export, Mapping):
+        raise ConfigError(f"{where}: must be a mapping {{url, storage, intervalSeconds}}")
+    url = str(export.get("url") or "")
+    scheme, _, rest = url.partition("://")
+    if scheme not in ("s3", "gs") or not rest.split("/", 1)[0]:
+        raise ConfigError(f"{where}.url: {url!r} must be s3://<bucket>/<prefix> or gs://<bucket>/<prefix>")
+    interval = export.get("intervalSeconds", 60)
+    if isinstance(interval, bool) or not isinstance(interval, int | float) or interval <= 0:
+        raise ConfigError(f"{where}.intervalSeconds: {interval!r} must be a number of seconds above 0")
+    storage = section(export, "storage", f"{where}.")
+    hosted = storage.get("virtualHostedStyle")
+    return ExportSpec(
+        url=url,
+        interval_s=float(interval),
+        endpoint=str(storage["endpoint"]) if storage.get("endpoint") else None,
+        region=str(storage["region"]) if storage.get("region") else None,
+        virtual_hosted_style=None if hosted is None else bool(hosted),
     )
 
 

@@ -52,6 +52,13 @@ Exported (labels ``model``, ``version`` unless noted):
   guardedmodel_audit_pending_lines{stream}         audit lines in memory, not yet written
   guardedmodel_audit_pending_bytes{stream}
   guardedmodel_audit_files_deleted_total{stream}   rotated audit files deleted by retention
+  guardedmodel_audit_export_rows_total{stream}     with spec.audit.export: rows stored as Parquet
+  guardedmodel_audit_export_objects_total{stream}  Parquet objects stored
+  guardedmodel_audit_export_errors_total{stream}   failed object writes (retried with backoff)
+  guardedmodel_audit_export_lost_lines_total{stream}  lines never exported: deleted by retention first,
+                                                   or not a record (torn by a crash)
+  guardedmodel_audit_export_pending_bytes{stream}  bytes of audit files not yet exported
+  guardedmodel_audit_export_last_success_timestamp_seconds  when the latest export stored everything
   guardedmodel_triton_ready                        1 when Triton answers ready, else 0
   guardedmodel_sidecar_asyncio_tasks{model}        asyncio tasks alive in the process's event loop (a
                                                    connection or request that leaks its task shows here)
@@ -85,6 +92,7 @@ from guardedmodel_sidecar.guard.drift_decision import DriftPolicy
 from guardedmodel_sidecar.version_metrics import VersionMetrics, new_stages
 
 if TYPE_CHECKING:
+    from guardedmodel_sidecar.audit_export import ExportStats
     from guardedmodel_sidecar.audit_stream import StreamStats
     from guardedmodel_sidecar.comparison import ComparisonCounts
 
@@ -123,6 +131,8 @@ class SidecarMetrics(Collector):
         self.volumes_full: Callable[[], Mapping[str, bool]] = dict
         self.audit_records: Callable[[], int] = lambda: 0
         self.audit_stats: Callable[[], Mapping[str, StreamStats]] = dict
+        # (per-stream export numbers, time of the latest complete export); None without spec.audit.export.
+        self.audit_export: Callable[[], tuple[Mapping[str, ExportStats], float | None] | None] = lambda: None
         self.asyncio_tasks: Callable[[], int] = lambda: 0
         # (version, role, loaded and guarded) of every version routing keeps, read at scrape time.
         self.version_roles: Callable[[], list[tuple[str, str, bool]]] = list
@@ -442,3 +452,46 @@ class SidecarMetrics(Collector):
             pending.add_metric(lv, stats.pending_bytes)
             deleted.add_metric(lv, stats.files_deleted)
         yield from (dropped, errors, lines, pending, deleted)
+        yield from self._export_families()
+
+    def _export_families(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        export = self.audit_export()
+        if export is None:
+            return
+        stats, last_success = export
+        labels = ["model", "stream"]
+        families: dict[str, CounterMetricFamily | GaugeMetricFamily] = {
+            "rows": CounterMetricFamily(
+                "guardedmodel_audit_export_rows", "Audit rows stored in the bucket as Parquet", labels=labels
+            ),
+            "objects": CounterMetricFamily(
+                "guardedmodel_audit_export_objects", "Parquet objects stored in the bucket", labels=labels
+            ),
+            "errors": CounterMetricFamily(
+                "guardedmodel_audit_export_errors",
+                "Failed object writes of the audit export (retried with backoff)",
+                labels=labels,
+            ),
+            "lost_lines": CounterMetricFamily(
+                "guardedmodel_audit_export_lost_lines",
+                "Audit lines never exported (deleted by retention first, or torn)",
+                labels=labels,
+            ),
+            "pending_bytes": GaugeMetricFamily(
+                "guardedmodel_audit_export_pending_bytes",
+                "Bytes of audit files not yet exported",
+                labels=labels,
+            ),
+        }
+        for stream, numbers in stats.items():
+            for name, family in families.items():
+                family.add_metric([self.model, stream], getattr(numbers, name))
+        yield from families.values()
+        if last_success is not None:
+            last = GaugeMetricFamily(
+                "guardedmodel_audit_export_last_success_timestamp_seconds",
+                "Unix time of the latest audit export that stored everything waiting",
+                labels=["model"],
+            )
+            last.add_metric([self.model], last_success)
+            yield last

@@ -29,6 +29,9 @@ Merge rules (per family, per label set):
   guardedmodel_review_spool_fill_ratio           max: the fullest worker's spool is refused first
   guardedmodel_volume_full                       max: a full volume is full for every worker
   guardedmodel_audit_pending_lines, _bytes       sum (each worker's own queue)
+  guardedmodel_audit_export_pending_bytes        sum (each worker exports its own directory)
+  guardedmodel_audit_export_last_success_timestamp_seconds  min: the pod's export is complete up to
+                                                 its least recent worker's
   guardedmodel_sidecar_asyncio_tasks             sum (each worker's own event loop)
   guardedmodel_triton_ready                      max: Triton answers ready if any worker saw it so
                                                  (each worker's own view: guardedmodel_worker_ready)
@@ -105,6 +108,9 @@ GAUGE_RULES: dict[str, Rule] = {
     "guardedmodel_volume_full": Rule("max"),
     "guardedmodel_audit_pending_lines": Rule("sum"),
     "guardedmodel_audit_pending_bytes": Rule("sum"),
+    "guardedmodel_audit_export_pending_bytes": Rule("sum"),
+    # The oldest worker's: the pod's export is complete up to the least recent of them.
+    "guardedmodel_audit_export_last_success_timestamp_seconds": Rule("min"),
     "guardedmodel_sidecar_asyncio_tasks": Rule("sum"),
     "guardedmodel_triton_ready": Rule("max"),
     "guardedmodel_version_loaded": Rule("min"),

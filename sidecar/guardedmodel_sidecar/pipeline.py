@@ -260,7 +260,7 @@ class Pipeline:
             record["review"] = self.review.offer(review_item(record, request, rows))
             if record["review"] == SPOOLED:
                 self.metrics.cost.count_review(guard.version)
-        if self.audit.maybe_sample(request_id, request.inputs):
+        if self.audit.maybe_sample(request_id, request.inputs, model=self.model, version=guard.version):
             record["sampled"] = True
         self.audit.record(record)
         if self.shadow is not None and guard.version == self.router.routing.stable_version:
