@@ -93,7 +93,9 @@ class MinioServer(LocalServer):
 
     def start(self) -> Self:
         binary = ensure_go_binary(MINIO_MODULE, MINIO_VERSION)
-        self.port = free_port()
+        # Started again after a stop, it comes back on its port with its data: a bucket outage and
+        # its end, as the clients see them.
+        self.port = self.port or free_port()
         data = self.state_dir / "minio-data"
         data.mkdir(parents=True, exist_ok=True)
         self.process = ManagedProcess(
