@@ -30,7 +30,7 @@ DEFAULTS: dict[str, Any] = {
     "scaling": {"targetQueueTimeMs": 50, "idleAfter": "1h"},
     "gate": {"ood": {"method": "energy", "action": "reject"}, "batchPolicy": "perRow"},
     "confidence": {"reviewBelow": 0.5, "review": {"maxFraction": 0.1}},
-    "audit": {"enabled": True, "sampleRate": 0.01, "retainFiles": 10},
+    "audit": {"enabled": True, "sampleRate": 0.01, "retainFiles": 10, "export": {"intervalSeconds": 60}},
     "drift": {"window": "5m", "alpha": 0.001, "minSamples": 100},
     "cost": {"currency": "USD"},
     "rollout": {
@@ -58,7 +58,7 @@ DEFAULTS: dict[str, Any] = {
 WHOLE_VALUE_DEFAULTS = frozenset({("triton", "resources"), ("sidecar", "resources")})
 # Optional objects: absent stays absent (the CRD gives them no default of their own), and a given
 # one gets its properties' defaults.
-GIVEN_ONLY_DEFAULTS = frozenset({("cost",)})
+GIVEN_ONLY_DEFAULTS = frozenset({("cost",), ("audit", "export")})
 
 REPOSITORY_SCHEMES = ("s3", "gs", "pvc", "http", "https", "file")
 _REPOSITORY = re.compile(r"^(?P<scheme>[a-z0-9]+)://(?P<rest>\S+)$")
@@ -81,7 +81,13 @@ def with_defaults(spec: Mapping[str, Any]) -> dict[str, Any]:
 def _merge(defaults: dict[str, Any], given: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any]:
     for key, default in defaults.items():
         if key not in given:
-            if (*path, key) not in GIVEN_ONLY_DEFAULTS:
+            if (*path, key) in GIVEN_ONLY_DEFAULTS:
+                continue
+            if isinstance(default, dict) and (*path, key) not in WHOLE_VALUE_DEFAULTS:
+                # An absent object defaults to {} and then to its properties' own defaults, so an
+                # optional object inside it (spec.audit.export) stays absent.
+                given[key] = _merge(default, {}, (*path, key))
+            else:
                 given[key] = default
         elif (
             isinstance(default, dict)

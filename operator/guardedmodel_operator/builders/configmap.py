@@ -23,6 +23,7 @@ from .common import (
     TRITON_RESTRICTED_HEADER,
     BuildContext,
 )
+from .storage import AUDIT_EXPORT_CREDENTIALS_DIR, audit_export_secret
 
 
 def render_sidecar_config(ctx: BuildContext) -> dict[str, Any]:
@@ -55,6 +56,8 @@ def render_sidecar_config(ctx: BuildContext) -> dict[str, Any]:
         # Only the limits the user set: the sidecar owns the defaults (guardedmodel_sidecar.limits).
         "limits": dict(ctx.spec.raw["sidecar"].get("limits") or {}),
     }
+    if audit_export_secret(ctx.spec) is not None:
+        config["auditExportCredentialsDir"] = AUDIT_EXPORT_CREDENTIALS_DIR
     if ctx.spec.repository.is_remote:
         # The pod holds a copy fetched at start; a version published later is fetched from here
         # when routing names it, so that a version change never needs a new pod.

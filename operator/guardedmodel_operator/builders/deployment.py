@@ -28,7 +28,7 @@ from .common import (
     TRITON_RESTRICTED_HEADER,
     BuildContext,
 )
-from .storage import storage_access
+from .storage import audit_export_access, storage_access
 
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 # A rollout that makes no progress for this long is reported as Degraded.
@@ -207,6 +207,7 @@ def _sidecar_container(ctx: BuildContext, models_mount: dict[str, Any]) -> dict[
             {"name": "sidecar-tmp", "mountPath": "/tmp"},
             {"name": "kube-api-access", "mountPath": SERVICE_ACCOUNT_DIR, "readOnly": True},
             *storage_access(ctx.spec).mounts,
+            *audit_export_access(ctx.spec).mounts,
         ],
         "securityContext": _container_security(),
         "lifecycle": _sleep_before_stop(ENDPOINT_REMOVAL_S),
@@ -220,6 +221,7 @@ def _writable(mount: dict[str, Any]) -> dict[str, Any]:
 def _volumes(ctx: BuildContext, models_volume: dict[str, Any]) -> list[dict[str, Any]]:
     return [
         *storage_access(ctx.spec).volumes,
+        *audit_export_access(ctx.spec).volumes,
         {"name": "config", "configMap": {"name": ctx.names.configmap}},
         models_volume,
         {"name": "state", "emptyDir": {}},

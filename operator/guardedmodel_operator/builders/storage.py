@@ -77,3 +77,28 @@ def storage_access(spec: GuardedModelSpec) -> StorageAccess:
             ],
         )
     return StorageAccess()
+
+
+#: Where spec.audit.export.storage's Secret is mounted, in the sidecar only.
+AUDIT_EXPORT_CREDENTIALS_DIR = "/var/run/secrets/guardedmodel/audit-export"
+AUDIT_EXPORT_VOLUME = "audit-export-credentials"
+
+
+def audit_export_secret(spec: GuardedModelSpec) -> str | None:
+    """The Secret spec.audit.export.storage names, if any (the export's own credentials)."""
+    export = spec.raw.get("audit", {}).get("export") or {}
+    name = (export.get("storage") or {}).get("secretName")
+    return str(name) if name else None
+
+
+def audit_export_access(spec: GuardedModelSpec) -> StorageAccess:
+    """The export bucket's Secret as files in the SIDECAR (never Triton, never fetch-model), which
+    builds that bucket's client from them explicitly: the environment already holds the model's keys.
+    The whole Secret is mounted (no items), so an absent optional AWS_SESSION_TOKEN is no error."""
+    secret = audit_export_secret(spec)
+    if secret is None:
+        return StorageAccess()
+    return StorageAccess(
+        mounts=[{"name": AUDIT_EXPORT_VOLUME, "mountPath": AUDIT_EXPORT_CREDENTIALS_DIR, "readOnly": True}],
+        volumes=[{"name": AUDIT_EXPORT_VOLUME, "secret": {"secretName": secret}}],
+    )

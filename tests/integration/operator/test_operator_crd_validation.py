@@ -64,6 +64,34 @@ INVALID = [
         bucket_model("s3://models/prod", {"endpoint": "minio:9000"}),
         ["spec.model.storage.endpoint", "https://minio.storage.svc:9000"],
     ),
+    (
+        "spec.spec.audit",
+        {"export": {"url": "https://audit.example.com/x"}},
+        ["spec.audit.export.url", "s3://"],
+    ),
+    ("spec.spec.audit", {"export": {"url": "s3://"}}, ["spec.audit.export.url", "<bucket>"]),
+    ("spec.spec.audit", {"export": {}}, ["spec.audit.export.url: Required value"]),
+    (
+        "spec.spec.audit",
+        {"enabled": False, "export": {"url": "s3://audit/prod"}},
+        ["spec.audit.export copies the audit log", "remove spec.audit.export"],
+    ),
+    (
+        "spec.spec.audit",
+        {"export": {"url": "gs://audit/prod", "storage": {"region": "eu-west-1"}}},
+        ["spec.audit.export.storage.endpoint, region and virtualHostedStyle are for s3://", "key.json"],
+    ),
+    (
+        "spec.spec.audit",
+        {"export": {"url": "s3://audit/prod", "storage": {"endpoint": "minio:9000"}}},
+        ["spec.audit.export.storage.endpoint", "https://minio.storage.svc:9000"],
+    ),
+    (
+        "spec.spec.audit",
+        {"export": {"url": "s3://audit/prod", "storage": {"secretName": "Audit_Keys"}}},
+        ["spec.audit.export.storage.secretName", "audit-writer"],
+    ),
+    ("spec.spec.audit", {"export": {"url": "s3://audit/p", "intervalSeconds": 0}}, ["intervalSeconds"]),
     ("spec.spec.model.version", "v1", ["spec.model.version", 'e.g. version: "3"']),
     ("spec.spec.model.version", "0", ["spec.model.version", "positive integer"]),
     ("spec.spec.model.repository", "ftp://host/models", ["spec.model.repository", "s3://, gs://, pvc://"]),
@@ -223,6 +251,23 @@ VALID = [
     ("spec.model", bucket_model("gs://models/prod", {"secretName": "models-gcs"})),
     ("spec.model", bucket_model("s3://models/prod", {})),  # workload identity: the default chain
     ("spec.model.repository", "s3://bucket/models"),
+    ("spec.audit", {"export": {"url": "s3://ml-audit/guardedmodel/prod"}}),  # the default chain
+    ("spec.audit", {"export": {"url": "gs://ml-audit", "storage": {"secretName": "audit-writer"}}}),
+    (
+        "spec.audit",
+        {
+            "sampleRate": 0.1,
+            "export": {
+                "url": "s3://ml-audit/prod",
+                "intervalSeconds": 30,
+                "storage": {
+                    "secretName": "audit-writer",
+                    "endpoint": "http://minio:9000",
+                    "region": "eu-west-1",
+                },
+            },
+        },
+    ),
     ("spec.model.repository", "gs://bucket/models"),
     ("spec.model.repository", "https://models.example.com/repo"),
     ("spec.model.repository", "file:///srv/models"),

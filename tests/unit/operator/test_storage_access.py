@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from guardedmodel_operator.builders import build_context, build_deployment
-from guardedmodel_operator.builders.storage import STORAGE_CREDENTIALS_DIR
+from guardedmodel_operator.builders.configmap import render_sidecar_config
+from guardedmodel_operator.builders.storage import (
+    AUDIT_EXPORT_CREDENTIALS_DIR,
+    AUDIT_EXPORT_VOLUME,
+    STORAGE_CREDENTIALS_DIR,
+)
 from guardedmodel_operator.config import OperatorConfig
 from guardedmodel_operator.spec import SpecError, Storage, parse_spec
+from guardedmodel_sidecar.config import parse_config
 
 CONFIG = OperatorConfig(triton_image="triton:test", sidecar_image="sidecar:test")
 
@@ -106,3 +113,59 @@ def test_storage_that_cannot_apply_is_refused_with_what_to_write(
     with pytest.raises(SpecError, match=r"spec\.model\.storage") as error:
         parse_spec(with_storage(minimal_body, repository, storage)["spec"])
     assert message in str(error.value)
+
+
+def with_export(body: dict[str, Any], export: dict[str, Any]) -> dict[str, Any]:
+    body = copy.deepcopy(body)
+    body["spec"]["audit"] = {"export": export}
+    return body
+
+
+@pytest.mark.parametrize("url", ["s3://ml-audit/prod", "gs://ml-audit/prod"])
+def test_the_export_secret_is_mounted_into_the_sidecar_only(minimal_body: dict[str, Any], url: str) -> None:
+    body = with_export(
+        with_storage(minimal_body, "s3://models/prod", {"secretName": "model-keys"}),
+        {"url": url, "storage": {"secretName": "audit-writer"}},
+    )
+    containers, pod_spec = pod(body)
+    volumes = {v["name"]: v for v in pod_spec["volumes"]}
+    assert volumes[AUDIT_EXPORT_VOLUME] == {
+        "name": AUDIT_EXPORT_VOLUME,
+        "secret": {"secretName": "audit-writer"},
+    }
+    for name, container in containers.items():
+        mounts = {m["name"]: m for m in container.get("volumeMounts", [])}
+        if name == "sidecar":
+            assert mounts[AUDIT_EXPORT_VOLUME] == {
+                "name": AUDIT_EXPORT_VOLUME,
+                "mountPath": AUDIT_EXPORT_CREDENTIALS_DIR,
+                "readOnly": True,
+            }
+        else:
+            assert AUDIT_EXPORT_VOLUME not in mounts, f"{name} must not see the export's credentials"
+        # The export's Secret never becomes environment: that holds the model's keys.
+        assert "audit-writer" not in str(container.get("env", []))
+    ctx = build_context(body, parse_spec(body["spec"]), CONFIG, None)
+    config = render_sidecar_config(ctx)
+    assert config["auditExportCredentialsDir"] == AUDIT_EXPORT_CREDENTIALS_DIR
+    assert config["spec"]["audit"]["export"] == {
+        "url": url,
+        "storage": {"secretName": "audit-writer"},
+        "intervalSeconds": 60,
+    }
+    sidecar_config = parse_config(config)
+    assert sidecar_config.spec.export is not None and sidecar_config.spec.export.url == url
+    assert sidecar_config.audit_export_credentials == Path(AUDIT_EXPORT_CREDENTIALS_DIR)
+
+
+@pytest.mark.parametrize("export", [None, {"url": "s3://ml-audit/prod"}])
+def test_without_an_export_secret_nothing_is_mounted(
+    minimal_body: dict[str, Any], export: dict[str, Any] | None
+) -> None:
+    body = minimal_body if export is None else with_export(minimal_body, export)
+    containers, pod_spec = pod(body)
+    assert AUDIT_EXPORT_VOLUME not in {v["name"] for v in pod_spec["volumes"]}
+    assert all(AUDIT_EXPORT_CREDENTIALS_DIR not in str(c.get("volumeMounts")) for c in containers.values())
+    config = render_sidecar_config(build_context(body, parse_spec(body["spec"]), CONFIG, None))
+    assert "auditExportCredentialsDir" not in config
+    assert ("export" in config["spec"]["audit"]) == (export is not None)
