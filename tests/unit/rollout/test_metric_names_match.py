@@ -26,6 +26,7 @@ from guardedmodel_operator.rollout.metrics_source import queries as rollout_quer
 from guardedmodel_operator.scaling import metrics as scaling_metrics
 from guardedmodel_operator.scaling.controller import queries as scaling_queries
 from guardedmodel_operator.scaling.idle_controller import requests_query as idle_query
+from guardedmodel_sidecar.audit_export import ExportStats
 from guardedmodel_sidecar.comparison import ComparisonCounts
 from guardedmodel_sidecar.cost import Prices
 from guardedmodel_sidecar.guard.artifact import DriftReference
@@ -181,6 +182,7 @@ def sidecar_series() -> set[str]:
     metrics.count_comparison("2", "1", "shadow", ComparisonCounts(rows=1, agreements=1))
     metrics.version_roles = lambda: [("1", "stable", True), ("2", "shadow", True)]
     metrics.routing_watch = lambda: (True, 0)
+    metrics.audit_export = lambda: ({"records": ExportStats(), "samples": ExportStats()}, 1.0)
     metrics.triton_compute = {"1": (0.5, 10.0)}
     metrics.cost.set_prices(Prices(gpu_hour=2.5, review=0.1))
     metrics.cost.observe_compute({"1": 0.5})

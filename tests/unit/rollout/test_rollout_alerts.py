@@ -13,7 +13,7 @@ CASES = Path(__file__).with_name("alerts_test.yaml")
 
 
 def test_rules_are_valid() -> None:
-    assert "12 rules found" in check_rules(ALERTS)
+    assert "13 rules found" in check_rules(ALERTS)
 
 
 def test_alerts_fire_and_resolve_as_specified(tmp_path: Path) -> None:
@@ -31,6 +31,7 @@ def test_every_alert_named_in_the_design_is_there() -> None:
         "GuardedModelIdle",
         "GuardedModelAuditWriteFailing",
         "GuardedModelAuditDropping",
+        "GuardedModelAuditExportFailing",
         "GuardedModelReviewItemsDropped",
         "GuardedModelReviewSpoolFilling",
         "GuardedModelVolumeFull",
