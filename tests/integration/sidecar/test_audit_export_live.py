@@ -9,6 +9,7 @@ and back: requests are served all along, errors are counted, and afterwards noth
 
 from __future__ import annotations
 
+import io
 import re
 import statistics
 import time
@@ -21,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 import pytest
 import tritonclient.http as httpclient
 from conftest import SidecarProcess, sidecar_config
@@ -28,7 +30,8 @@ from review_harness import metric
 from sidecar_toy import MODEL, toy_data
 
 from guardedmodel_sidecar.audit_file import iter_records
-from guardedmodel_testground.objstore import MinioServer
+from guardedmodel_sidecar.object_store import BucketWriter, StoreSettings
+from guardedmodel_testground.objstore import FakeGcsServer, MinioServer
 from guardedmodel_testground.triton import TritonServer
 
 pytestmark = pytest.mark.integration
@@ -41,6 +44,13 @@ DOCS = Path(__file__).parents[3] / "docs" / "audit-export.md"
 @pytest.fixture(scope="module")
 def minio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MinioServer]:
     with MinioServer(tmp_path_factory.mktemp("minio")) as server:
+        server.create_bucket(BUCKET)
+        yield server
+
+
+@pytest.fixture(scope="module")
+def gcs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeGcsServer]:
+    with FakeGcsServer(tmp_path_factory.mktemp("gcs"), xml_uploads=True) as server:
         server.create_bucket(BUCKET)
         yield server
 
@@ -110,8 +120,21 @@ def s3_filesystem(minio: MinioServer) -> pafs.S3FileSystem:
     )
 
 
-def read_table(minio: MinioServer, prefix: str, stream: str) -> list[dict[str, Any]]:
-    fs = s3_filesystem(minio)
+def read_table(store: MinioServer | FakeGcsServer, prefix: str, stream: str) -> list[dict[str, Any]]:
+    """Rows of a stream's objects with their partition columns: from MinIO as a pyarrow dataset with
+    Hive partitioning; from the GCS emulator object by object, the partitions read off the names."""
+    if isinstance(store, FakeGcsServer):
+        bucket = BucketWriter(
+            f"gs://{BUCKET}/{prefix}", settings=StoreSettings(credentials_dir=gcs_key_dir(store))
+        )
+        rows = []
+        for name, _ in bucket.list(f"{stream}/"):
+            data = bucket.read_small(name, limit=1 << 30)
+            assert data is not None
+            parts = dict(part.split("=", 1) for part in name.split("/")[1:4])
+            rows += [{**row, **parts} for row in pq.read_table(io.BytesIO(data)).to_pylist()]
+        return rows
+    fs = s3_filesystem(store)
     where = f"{BUCKET}/{prefix}/{stream}"
     if fs.get_file_info(where).type == pafs.FileType.NotFound:
         return []
@@ -123,11 +146,19 @@ def read_table(minio: MinioServer, prefix: str, stream: str) -> list[dict[str, A
     )
 
 
+def gcs_key_dir(gcs: FakeGcsServer) -> Path:
+    """The mounted Secret of a gs:// export: key.json."""
+    directory = gcs.state_dir / "secret"
+    directory.mkdir(exist_ok=True)
+    (directory / "key.json").write_text(gcs.key_file.read_text())
+    return directory
+
+
 def audit_ids(audit_dir: Path, stem: str = "audit") -> list[str]:
     return [r["id"] for r in iter_records(audit_dir, stem)]
 
 
-def wait_exported(minio: MinioServer, prefix: str, audit_dir: Path, timeout: float) -> float:
+def wait_exported(minio: MinioServer | FakeGcsServer, prefix: str, audit_dir: Path, timeout: float) -> float:
     """Seconds until every record id of the audit files is in the bucket."""
     started = time.monotonic()
     while True:
@@ -139,7 +170,9 @@ def wait_exported(minio: MinioServer, prefix: str, audit_dir: Path, timeout: flo
         time.sleep(0.2)
 
 
-def check_complete(minio: MinioServer, prefix: str, audit_dir: Path, sent: dict[str, bytes]) -> None:
+def check_complete(
+    minio: MinioServer | FakeGcsServer, prefix: str, audit_dir: Path, sent: dict[str, bytes]
+) -> None:
     records = read_table(minio, prefix, "records")
     ids = [r["id"] for r in records]
     want = audit_ids(audit_dir)
@@ -257,3 +290,28 @@ def test_wrong_credentials_a_kill_and_a_bucket_outage_lose_nothing_and_never_blo
     assert second.stop() == 0  # a graceful stop drains the rest (samples included)
     check_complete(minio, prefix, second.audit_dir, client.sent)
     print(f"p50 latency: healthy {healthy_p50 * 1000:.1f} ms, bucket down {outage_p50 * 1000:.1f} ms")
+
+
+def test_traffic_arrives_in_a_gcs_bucket_with_a_mounted_key(
+    gcs: FakeGcsServer,
+    toy_repository: Path,
+    toy_triton: TritonServer,
+    sidecar_factory: Callable[..., SidecarProcess],
+    tmp_path: Path,
+) -> None:
+    prefix = f"{PREFIX}/gcs"
+    spec = {
+        "audit": {
+            "enabled": True,
+            "sampleRate": 0.5,
+            "export": {"url": f"gs://{BUCKET}/{prefix}", "intervalSeconds": 1},
+        }
+    }
+    config = sidecar_config(toy_triton, toy_repository, tmp_path, spec=spec)
+    config["auditExportCredentialsDir"] = str(gcs_key_dir(gcs))
+    sidecar = sidecar_factory(config)
+    client = Client(sidecar.http_url)
+    client.send(30)
+    wait_exported(gcs, prefix, sidecar.audit_dir, timeout=30)
+    assert sidecar.stop() == 0
+    check_complete(gcs, prefix, sidecar.audit_dir, client.sent)
