@@ -155,7 +155,7 @@ def parse_spec(spec: Mapping[str, Any]) -> GuardSpec:
 
 
 def parse_export(export: Any) -> ExportSpec | None:
-    if not export:
+    if export is None:
         return None
     where = "spec.audit.export"
     if not isinstance(export, Mapping):

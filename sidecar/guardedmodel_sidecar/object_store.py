@@ -206,7 +206,7 @@ def _s3_config(settings: StoreSettings) -> Any:  # obstore's S3Config, a TypedDi
                 if key != "token":
                     raise ObjectStoreError(
                         f"{path} is missing: the Secret that {settings.secret_field} names must hold "
-                        f"{file_name} (and AWS_SECRET_ACCESS_KEY / AWS_ACCESS_KEY_ID with it)"
+                        "both AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (AWS_SESSION_TOKEN optional)"
                     ) from None
             except OSError as error:
                 raise ObjectStoreError(f"cannot read {path}: {error}") from error

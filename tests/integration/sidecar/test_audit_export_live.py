@@ -315,3 +315,25 @@ def test_traffic_arrives_in_a_gcs_bucket_with_a_mounted_key(
     wait_exported(gcs, prefix, sidecar.audit_dir, timeout=30)
     assert sidecar.stop() == 0
     check_complete(gcs, prefix, sidecar.audit_dir, client.sent)
+
+
+@pytest.mark.slow
+def test_at_the_default_interval_a_request_reaches_the_bucket_within_a_minute(
+    minio: MinioServer,
+    toy_repository: Path,
+    toy_triton: TritonServer,
+    sidecar_factory: Callable[..., SidecarProcess],
+    tmp_path: Path,
+) -> None:
+    prefix = f"{PREFIX}/default-interval"
+    config = export_config(
+        toy_triton, toy_repository, tmp_path, minio, prefix, credentials(tmp_path / "s", minio)
+    )
+    del config["spec"]["audit"]["export"]["intervalSeconds"]  # 60 s
+    sidecar = sidecar_factory(config)
+    client = Client(sidecar.http_url)
+    time.sleep(5)  # the request comes some time into the exporter's first interval
+    client.send(1)
+    lag = wait_exported(minio, prefix, sidecar.audit_dir, timeout=90)
+    print(f"request to object at the default interval: {lag:.1f} s")
+    assert lag <= 60 + 5

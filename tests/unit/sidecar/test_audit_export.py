@@ -4,14 +4,24 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
 from guardedmodel_sidecar.audit import AuditLog
-from guardedmodel_sidecar.audit_export import CHECKPOINT, AuditExporter, backoff_delay
-from guardedmodel_sidecar.object_store import ObjectStoreError
+from guardedmodel_sidecar.audit_export import (
+    CHECKPOINT,
+    AuditExporter,
+    backoff_delay,
+    exporter_for,
+    writer_name,
+)
+from guardedmodel_sidecar.config import parse_config
+from guardedmodel_sidecar.config_spec import parse_spec
+from guardedmodel_sidecar.config_values import ConfigError
+from guardedmodel_sidecar.object_store import BucketWriter, ObjectStoreError
 
 
 class DirectorySink:
@@ -185,3 +195,55 @@ def test_many_waiting_bytes_export_before_the_interval(audit: AuditLog, tmp_path
 def test_backoff_schedule_doubles_from_one_second_to_five_minutes() -> None:
     assert [backoff_delay(n) for n in range(0, 12)] == [0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300]
     assert backoff_delay(10_000) == 300
+
+
+BASE_SPEC = {"model": {"name": "m"}}
+
+
+@pytest.mark.parametrize(
+    ("export", "message"),
+    [
+        ({"url": "https://bucket/x"}, "must be s3://<bucket>/<prefix>"),
+        ({"url": "s3://"}, "must be s3://<bucket>/<prefix>"),
+        ({}, "must be s3://<bucket>/<prefix>"),
+        ({"url": "s3://b/p", "intervalSeconds": 0}, "intervalSeconds"),
+        ({"url": "s3://b/p", "intervalSeconds": True}, "intervalSeconds"),
+        ("s3://b/p", "must be a mapping"),
+    ],
+)
+def test_a_bad_export_section_is_refused_with_what_to_write(export: object, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_spec({**BASE_SPEC, "audit": {"export": export}})
+
+
+def test_the_export_section_reaches_the_exporter(tmp_path: Path) -> None:
+    creds = tmp_path / "secret"
+    creds.mkdir()
+    (creds / "AWS_ACCESS_KEY_ID").write_text("id\n")
+    (creds / "AWS_SECRET_ACCESS_KEY").write_text("secret")
+    export = {"url": "s3://audit/p", "intervalSeconds": 5, "storage": {"endpoint": "http://127.0.0.1:9"}}
+    config = parse_config(
+        {"spec": {**BASE_SPEC, "audit": {"export": export}}, "auditDir": str(tmp_path / "a")}
+    )
+    config = config.with_overrides(audit_export_credentials=creds)
+    made = exporter_for(config)
+    assert made is not None and made.interval_s == 5.0
+    assert isinstance(made.bucket, BucketWriter) and made.bucket.endpoint == "http://127.0.0.1:9"
+    off = parse_config({"spec": {**BASE_SPEC, "audit": {"enabled": False, "export": export}}})
+    assert exporter_for(off) is None
+    assert exporter_for(parse_config({"spec": BASE_SPEC})) is None
+
+
+def test_a_secret_without_its_key_file_names_the_file_and_the_field(tmp_path: Path) -> None:
+    export = {"url": "s3://audit/p"}
+    config = parse_config({"spec": {**BASE_SPEC, "audit": {"export": export}}})
+    with pytest.raises(
+        ConfigError, match=r"AWS_ACCESS_KEY_ID is missing.*spec\.audit\.export\.storage\.secretName"
+    ):
+        exporter_for(config.with_overrides(audit_export_credentials=tmp_path))
+
+
+def test_the_writer_is_the_pod_and_the_worker() -> None:
+    assert writer_name({"POD_NAME": "clf-7d9-x"}, 0, 1) == "clf-7d9-x"
+    assert writer_name({"POD_NAME": "clf-7d9-x"}, 2, 4) == "clf-7d9-x-w2"
+    assert writer_name({}, 0, 1)  # the host name
