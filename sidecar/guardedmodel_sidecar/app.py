@@ -538,7 +538,8 @@ class SidecarApp:
         self.audit.close()
         if self.exporter is not None:
             # What the audit log wrote last goes to the bucket too, within the pod's grace period.
-            await loop.run_in_executor(None, self.exporter.drain, EXPORT_DRAIN_S)
+            drained = self.exporter.drain_bounded(EXPORT_DRAIN_S)
+            await loop.run_in_executor(None, drained.wait, EXPORT_DRAIN_S + 2)
         self.triton.close()
 
     async def _metrics_handler(self, request: web.Request) -> web.Response:

@@ -33,7 +33,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -238,7 +237,6 @@ class AuditExporter:
         self.failures = 0  # failed cycles in a row
         self._next_at = clock() + interval_s
         self._lock = threading.Lock()
-        self._executor: ThreadPoolExecutor | None = None
 
     # ------------------------------------------------------------------ what waits
 
@@ -302,14 +300,23 @@ class AuditExporter:
         """Export everything that waits now (until ``deadline`` on ``clock``). True when all was stored;
         a failure is counted, logged and scheduled for a retry with backoff."""
         with self._lock:
+            stream = STREAMS[0]
             try:
                 for stream in STREAMS:
                     self._export_stream(stream, deadline)
-            except ObjectStoreError as exc:
+            except Exception as exc:
                 self.failures += 1
                 delay = backoff_delay(self.failures)
                 self._next_at = self.clock() + delay
-                log.error("audit export failed (%s); next try in %.0f s, the lines wait on disk", exc, delay)
+                if isinstance(exc, ObjectStoreError):
+                    log.error(
+                        "audit export failed (%s); next try in %.0f s, the lines wait on disk", exc, delay
+                    )
+                else:  # not the bucket: a file that cannot be read, a line Arrow refuses (a bug)
+                    self.stats[stream].errors += 1
+                    log.exception(
+                        "audit export of %s failed; next try in %.0f s, the lines wait on disk", stream, delay
+                    )
                 return False
             self.failures = 0
             self._next_at = self.clock() + self.interval_s
@@ -378,21 +385,42 @@ class AuditExporter:
         return done
 
     async def run(self) -> None:
-        """Every second: count what waits; export when the interval is up or enough waits."""
-        loop = asyncio.get_running_loop()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-export")
+        """Export on a daemon thread until cancelled: a bucket that hangs a write never holds up the
+        event loop, nor the process's exit (a pool thread would be joined at exit)."""
+        stop = threading.Event()
+        thread = threading.Thread(target=self._loop, args=(stop,), name="audit-export", daemon=True)
+        thread.start()
         try:
-            while True:
-                await loop.run_in_executor(self._executor, self._tick)
-                await asyncio.sleep(TICK_S)
+            await asyncio.Event().wait()
         finally:
-            self._executor.shutdown(wait=False)
+            stop.set()
 
-    def _tick(self) -> None:
-        with self._lock:
-            self.scan()
-        if self.due():
-            self.cycle()
+    def _loop(self, stop: threading.Event) -> None:
+        """Every second: count what waits; export when the interval is up or enough waits."""
+        while not stop.wait(TICK_S):
+            try:
+                with self._lock:
+                    self.scan()
+                if self.due():
+                    self.cycle()
+            except Exception:  # a file that cannot be read now; the next tick tries again
+                log.exception("audit export: cannot read the audit files in %s", self.directory)
+
+    def drain_bounded(self, timeout_s: float) -> threading.Event:
+        """``drain`` on a daemon thread; the event is set when it ends (the caller waits at most
+        ``timeout_s`` plus a little: a write hung in the client may outlast the deadline)."""
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                self.drain(timeout_s)
+            except Exception:
+                log.exception("audit export: the final export at stop failed")
+            finally:
+                done.set()
+
+        threading.Thread(target=run, name="audit-export-drain", daemon=True).start()
+        return done
 
 
 def exporter_for(config: SidecarConfig) -> AuditExporter | None:

@@ -247,3 +247,27 @@ def test_the_writer_is_the_pod_and_the_worker() -> None:
     assert writer_name({"POD_NAME": "clf-7d9-x"}, 0, 1) == "clf-7d9-x"
     assert writer_name({"POD_NAME": "clf-7d9-x"}, 2, 4) == "clf-7d9-x-w2"
     assert writer_name({}, 0, 1)  # the host name
+
+
+def test_an_unexpected_error_backs_off_like_a_bucket_error_and_is_counted(
+    audit: AuditLog, tmp_path: Path
+) -> None:
+    class BrokenSink(DirectorySink):
+        def put(self, name: str, data: bytes) -> None:
+            raise RuntimeError("a bug in the writer")
+
+    clock = Clock()
+    ex = exporter(audit, BrokenSink(tmp_path / "bucket"), clock)
+    write(audit, 0, 3)
+    assert not ex.cycle() and not ex.cycle()
+    assert ex.stats["records"].errors == 2 and ex._next_at - clock.now == 2.0
+    ex.bucket = DirectorySink(tmp_path / "bucket")
+    assert ex.cycle() and ex.stats["records"].rows == 3
+
+
+def test_the_bounded_drain_exports_what_was_written_last(audit: AuditLog, tmp_path: Path) -> None:
+    sink = DirectorySink(tmp_path / "bucket")
+    ex = exporter(audit, sink)
+    sent = write(audit, 0, 5)
+    assert ex.drain_bounded(5.0).wait(10.0)
+    assert sorted(sink.ids()) == sorted(sent)
