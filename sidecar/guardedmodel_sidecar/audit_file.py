@@ -8,8 +8,10 @@ the directory) if they must be kept longer.
 
 Files in ``directory`` (0700; files 0600, whatever the umask): ``audit.jsonl`` (current),
 ``audit-<UTC time>-<n>.jsonl`` (rotated; ``n`` continues across restarts, so it orders the files),
-``samples.jsonl`` / ``samples-<UTC time>-<n>.jsonl`` (sampled payloads: the record's id, and each
-input's name, datatype, shape and base64 of its v2 binary form).
+``samples.jsonl`` / ``samples-<UTC time>-<n>.jsonl`` (sampled payloads: the record's id, the model and
+the version that answered, and each input's name, datatype, shape and base64 of its v2 binary form).
+With spec.audit.export the files are also copied to a bucket as Parquet (``audit_export.py``), from
+``export-checkpoint.json`` in the same directory.
 """
 
 from __future__ import annotations

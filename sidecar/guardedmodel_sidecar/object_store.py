@@ -152,6 +152,15 @@ class BucketReader(Bucket):
         except (BaseError, OSError, ValueError) as error:
             raise self._error(name, error) from error
 
+    def read(self, name: str) -> bytes:
+        """A whole object (a Parquet file of the audit export, a data set)."""
+        try:
+            return bytes(obstore.get(self._store, self._key(name)).bytes())
+        except FileNotFoundError as error:
+            raise ObjectStoreError(f"{self.url(name)} does not exist (endpoint {self.endpoint})") from error
+        except (BaseError, OSError, ValueError) as error:
+            raise self._error(name, error) from error
+
     def chunks(self, name: str) -> Iterator[bytes]:
         try:
             result = obstore.get(self._store, self._key(name))

@@ -30,7 +30,7 @@ from review_harness import metric
 from sidecar_toy import MODEL, toy_data
 
 from guardedmodel_sidecar.audit_file import iter_records
-from guardedmodel_sidecar.object_store import BucketWriter, StoreSettings
+from guardedmodel_sidecar.object_store import BucketWriter, ObjectStoreError, StoreSettings
 from guardedmodel_testground.objstore import FakeGcsServer, MinioServer
 from guardedmodel_testground.triton import TritonServer
 
@@ -129,8 +129,7 @@ def read_table(store: MinioServer | FakeGcsServer, prefix: str, stream: str) -> 
         )
         rows = []
         for name, _ in bucket.list(f"{stream}/"):
-            data = bucket.read_small(name, limit=1 << 30)
-            assert data is not None
+            data = bucket.read(name)
             parts = dict(part.split("=", 1) for part in name.split("/")[1:4])
             rows += [{**row, **parts} for row in pq.read_table(io.BytesIO(data)).to_pylist()]
         return rows
@@ -337,3 +336,27 @@ def test_at_the_default_interval_a_request_reaches_the_bucket_within_a_minute(
     lag = wait_exported(minio, prefix, sidecar.audit_dir, timeout=90)
     print(f"request to object at the default interval: {lag:.1f} s")
     assert lag <= 60 + 5
+
+
+@pytest.mark.parametrize("scheme", ["s3", "gs"])
+@pytest.mark.parametrize("prefix", ["", "deep/er"])
+def test_bucket_writer_puts_overwrites_lists_and_reads(
+    scheme: str, prefix: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    if scheme == "s3":
+        minio: MinioServer = request.getfixturevalue("minio")
+        settings = StoreSettings(
+            endpoint=minio.endpoint, region=minio.region, credentials_dir=credentials(tmp_path, minio)
+        )
+    else:
+        settings = StoreSettings(credentials_dir=gcs_key_dir(request.getfixturevalue("gcs")))
+    root = f"{scheme}://{BUCKET}/writer-{prefix.replace('/', '-') or 'root'}"
+    bucket = BucketWriter(f"{root}/{prefix}".rstrip("/"), settings=settings)
+    bucket.put("a/x=1/one.parquet", b"first")
+    bucket.put("a/x=1/one.parquet", b"second")  # overwritten, not added
+    bucket.put("b/two.parquet", b"2")
+    assert bucket.list("a/") == [("a/x=1/one.parquet", 6)]
+    assert bucket.list() == [("a/x=1/one.parquet", 6), ("b/two.parquet", 1)]
+    assert bucket.read("a/x=1/one.parquet") == b"second"
+    with pytest.raises(ObjectStoreError, match="does not exist"):
+        bucket.read("a/none.parquet")
