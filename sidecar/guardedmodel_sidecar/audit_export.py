@@ -397,7 +397,9 @@ class AuditExporter:
 
     def _loop(self, stop: threading.Event) -> None:
         """Every second: count what waits; export when the interval is up or enough waits."""
-        while not stop.wait(TICK_S):
+        # The first count comes at once: lines are only known lost if they were counted before
+        # retention deleted their file.
+        while True:
             try:
                 with self._lock:
                     self.scan()
@@ -405,6 +407,8 @@ class AuditExporter:
                     self.cycle()
             except Exception:  # a file that cannot be read now; the next tick tries again
                 log.exception("audit export: cannot read the audit files in %s", self.directory)
+            if stop.wait(TICK_S):
+                return
 
     def drain_bounded(self, timeout_s: float) -> threading.Event:
         """``drain`` on a daemon thread; the event is set when it ends (the caller waits at most
