@@ -168,6 +168,11 @@ def parse_export(export: Any) -> ExportSpec | None:
     if isinstance(interval, bool) or not isinstance(interval, int | float) or interval <= 0:
         raise ConfigError(f"{where}.intervalSeconds: {interval!r} must be a number of seconds above 0")
     storage = section(export, "storage", f"{where}.")
+    if scheme == "gs" and any(key in storage for key in ("endpoint", "region", "virtualHostedStyle")):
+        raise ConfigError(
+            f"{where}.storage.endpoint, region and virtualHostedStyle are for s3:// URLs; a gs:// bucket "
+            "needs only secretName (a Secret with key.json) or workload identity"
+        )
     hosted = storage.get("virtualHostedStyle")
     return ExportSpec(
         url=url,

@@ -209,6 +209,7 @@ BASE_SPEC = {"model": {"name": "m"}}
         ({"url": "s3://b/p", "intervalSeconds": 0}, "intervalSeconds"),
         ({"url": "s3://b/p", "intervalSeconds": True}, "intervalSeconds"),
         ("s3://b/p", "must be a mapping"),
+        ({"url": "gs://b/p", "storage": {"region": "eu-west-1"}}, "are for s3:// URLs"),
     ],
 )
 def test_a_bad_export_section_is_refused_with_what_to_write(export: object, message: str) -> None:
