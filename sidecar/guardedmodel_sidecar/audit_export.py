@@ -338,7 +338,11 @@ class AuditExporter:
             if not lines:
                 if start == len(files) - 1 or current.path.name == f"{STEMS[stream]}.jsonl":
                     return  # the newest file, all exported
-                # A rotated file exported to its end: the next file starts at 0.
+                # A rotated file exported to its end: the next file starts at 0. Bytes after its last
+                # newline are a line torn by a crash, never to be completed.
+                if current.size > position.offset:
+                    stats.lost_lines += 1
+                    log.warning("audit export %s: %s ends in a torn line; skipped", stream, current.path.name)
                 state.seen.pop(current.file_id, None)
                 state.position = Position(files[start + 1].file_id)
                 self._save()

@@ -272,3 +272,17 @@ def test_the_bounded_drain_exports_what_was_written_last(audit: AuditLog, tmp_pa
     sent = write(audit, 0, 5)
     assert ex.drain_bounded(5.0).wait(10.0)
     assert sorted(sink.ids()) == sorted(sent)
+
+
+def test_a_rotated_file_ending_in_a_torn_line_is_passed_with_the_line_counted(
+    audit: AuditLog, tmp_path: Path
+) -> None:
+    write(audit, 0, 2)
+    current = audit.directory / "audit.jsonl"
+    current.write_bytes(current.read_bytes() + b'{"id":"torn"')
+    current.rename(audit.directory / "audit-20261202T000000Z-1.jsonl")  # as rotation names it
+    write(AuditLog(audit.directory), 2, 2)  # a new process, a new current file
+    sink = DirectorySink(tmp_path / "bucket")
+    ex = exporter(audit, sink)
+    assert ex.cycle()
+    assert sorted(sink.ids()) == ["r0", "r1", "r2", "r3"] and ex.stats["records"].lost_lines == 1
