@@ -31,6 +31,8 @@ from obstore.exceptions import BaseError, PermissionDeniedError, Unauthenticated
 from obstore.store import GCSStore, S3Store
 
 SCHEMES = ("s3", "gs")
+#: Where a command-line tool's credentials come from (for the access-denied hint): its shell's variables.
+ENVIRONMENT_CREDENTIALS = "the environment (AWS_* / GOOGLE_SERVICE_ACCOUNT_PATH variables)"
 
 
 class ObjectStoreError(RuntimeError):
