@@ -212,5 +212,5 @@ def test_sample_objects_are_found_by_partition_and_filtered_by_version_and_date(
     assert [o.day.day for o in selected(objects, ("2",))] == [2, 3]
     assert [o.day.day for o in selected(objects, since=date(2026, 3, 2), until=date(2026, 3, 2))] == [2]
     assert [o.day.day for o in selected(objects, ("1", "2"), since=date(2026, 3, 1))] == [1, 2, 3]
-    with pytest.raises(LayoutError, match="samples/model=m/x.parquet"):
+    with pytest.raises(LayoutError, match=r"samples/model=m/x\.parquet"):
         sample_objects(["samples/model=m/x.parquet"], "m")
