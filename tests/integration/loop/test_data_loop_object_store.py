@@ -77,6 +77,14 @@ def guardedmodel(
     )
 
 
+def put_labels(
+    url: str, source: str, env: dict[str, str], stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    return guardedmodel(
+        "labels", "put", "--export-url", url, "--model", MODEL_NAME, source, env=env, stdin=stdin
+    )
+
+
 def requests_of(ids: str, data: Dataset, first: int) -> list[ExportedRequest]:
     """Requests ``<ids[k]>`` of ROWS consecutive rows of ``data`` from row ``first`` on."""
     out = []
@@ -131,28 +139,16 @@ def test_labels_dataset_and_fit_close_the_loop_through_the_bucket(
     export_samples(server, prefix, example)
     jsonl, csv_text = review_labels(example)
 
-    put = guardedmodel("labels", "put", "--export-url", url, "--model", MODEL_NAME, "-", env=env, stdin=jsonl)
+    put = put_labels(url, "-", env, jsonl)
     assert put.returncode == 0, put.stderr
     assert (
         "130 label(s) (98 with a class, 32 ood) written to " + f"{url}/labels/model={MODEL_NAME}/"
         in put.stdout
     )
     (tmp_path / "relabel.csv").write_text(csv_text)
-    put = guardedmodel(
-        "labels", "put", "--export-url", url, "--model", MODEL_NAME, str(tmp_path / "relabel.csv"), env=env
-    )
+    put = put_labels(url, str(tmp_path / "relabel.csv"), env)
     assert put.returncode == 0, put.stderr
-    bad = guardedmodel(
-        "labels",
-        "put",
-        "--export-url",
-        url,
-        "--model",
-        MODEL_NAME,
-        "-",
-        env=env,
-        stdin='{"id": "v0", "row": -2, "label": 1}\n',
-    )
+    bad = put_labels(url, "-", env, '{"id": "v0", "row": -2, "label": 1}\n')
     assert bad.returncode == 2 and "line 1, field 'row'" in bad.stderr, bad.stderr
 
     out = f"{scheme}://{BUCKET}/{prefix}/sets/reviewed.parquet"
@@ -232,17 +228,7 @@ def test_wrong_keys_name_the_bucket_and_the_variables_to_fix(
 ) -> None:
     url = f"s3://{BUCKET}/{PREFIX}/denied"
     env = minio.env(secret_key="not-the-key")
-    put = guardedmodel(
-        "labels",
-        "put",
-        "--export-url",
-        url,
-        "--model",
-        MODEL_NAME,
-        "-",
-        env=env,
-        stdin='{"id": "a", "row": 0, "label": 1}\n',
-    )
+    put = put_labels(url, "-", env, '{"id": "a", "row": 0, "label": 1}\n')
     made = guardedmodel(
         "dataset", "--export-url", url, "--model", MODEL_NAME, "--out", str(tmp_path / "x.parquet"), env=env
     )
