@@ -96,10 +96,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--version", action="append", default=[], help="only samples of this version (repeatable)"
     )
-    parser.add_argument(
-        "--since", type=date.fromisoformat, help="only samples of this UTC date or later (YYYY-MM-DD)"
-    )
-    parser.add_argument("--until", type=date.fromisoformat, help="only samples of this UTC date or earlier")
+    parser.add_argument("--since", type=_day, help="only samples of this UTC date or later (YYYY-MM-DD)")
+    parser.add_argument("--until", type=_day, help="only samples of this UTC date or earlier (YYYY-MM-DD)")
     parser.add_argument(
         "--input", help="the model input to take rows of (needed when requests carry several)"
     )
