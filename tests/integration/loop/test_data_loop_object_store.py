@@ -198,6 +198,18 @@ def test_labels_dataset_and_fit_close_the_loop_through_the_bucket(
         np.frombuffer(by_key[("n1", 5)]["input"], "<f4").reshape(1, 28, 28), near.inputs[ROWS + 5]
     )
 
+    local = tmp_path / "sets" / "reviewed.parquet"
+    again = guardedmodel(
+        "dataset", "--export-url", url, "--model", MODEL_NAME, "--version", "1", "--out", str(local), env=env
+    )
+    assert again.returncode == 0, again.stderr
+    assert pq.read_table(local).equals(table)  # the same rows, in the same order, locally
+    none = guardedmodel(
+        "dataset", "--export-url", url, "--model", "absent", "--out", str(tmp_path / "none.parquet"), env=env
+    )
+    assert none.returncode == 2 and "no labelled rows to write for model 'absent'" in none.stderr, none.stderr
+    assert not (tmp_path / "none.parquet").exists()
+
     model = tmp_path / "models" / MODEL_NAME
     shutil.copytree(example.model_dir, model, ignore=shutil.ignore_patterns("guard", "2"))
     fitted = guardedmodel(
