@@ -197,7 +197,9 @@ def fit_to_directory(
     # A TorchScript module's input has no name to compare with the one the requests were sent as.
     input_name = None if isinstance(extractor, TorchScriptExtractor) else extractor.spec.input_name
     for ds in [val, *([fit_set] if fit_set else []), *ood_sets]:
-        check_compatible(ds, sample_shape=shape, input_name=input_name)
+        check_compatible(
+            ds, sample_shape=shape, input_name=input_name, input_datatype=extractor.spec.input_datatype
+        )
 
     def run_model(ds: Dataset) -> Extracted:
         return extract(extractor, ds, batch_size=batch_size, progress=config.progress)

@@ -40,6 +40,7 @@ class Dataset:
     inputs: np.ndarray  # (n, *sample_shape) float32
     labels: np.ndarray | None  # (n,) int64
     input_name: str | None = None  # the model input the rows were sent as, when the set says so
+    input_datatype: str | None = None  # and its v2 datatype (before the conversion to float32)
 
     def __len__(self) -> int:
         return int(self.inputs.shape[0])
@@ -50,7 +51,7 @@ class Dataset:
 
     def subset(self, index: np.ndarray, name: str | None = None) -> Dataset:
         labels = None if self.labels is None else self.labels[index]
-        return Dataset(name or self.name, self.inputs[index], labels, self.input_name)
+        return Dataset(name or self.name, self.inputs[index], labels, self.input_name, self.input_datatype)
 
 
 def load_dataset(
@@ -134,7 +135,13 @@ def _to_array(value: Any, label: str, what: str) -> np.ndarray:
         raise DataError(f"{label}: {what} cannot be turned into an array: {exc}") from exc
 
 
-def validated(label: str, x: np.ndarray, y: np.ndarray | None, input_name: str | None = None) -> Dataset:
+def validated(
+    label: str,
+    x: np.ndarray,
+    y: np.ndarray | None,
+    input_name: str | None = None,
+    input_datatype: str | None = None,
+) -> Dataset:
     """A Dataset of ``x`` (as float32) and ``y`` (as int64 class indices), refusing what cannot be fitted."""
     if x.ndim < 2:
         raise DataError(f"{label}: inputs must be (samples, ...), got shape {x.shape}")
@@ -163,7 +170,7 @@ def validated(label: str, x: np.ndarray, y: np.ndarray | None, input_name: str |
         labels = y.astype(np.int64)
         if labels.min() < 0:
             raise DataError(f"{label}: labels must be >= 0, found {int(labels.min())}")
-    return Dataset(label, x, labels, input_name)
+    return Dataset(label, x, labels, input_name, input_datatype)
 
 
 def _from_image_folder(folder: Path, label: str, class_names: Sequence[str] | None) -> Dataset:
@@ -232,7 +239,11 @@ def concatenate(sets: Sequence[Dataset], name: str) -> Dataset:
         None if first.labels is None else np.concatenate([s.labels for s in sets if s.labels is not None])
     )
     input_name = next((s.input_name for s in sets if s.input_name), None)
-    return Dataset(name, np.concatenate([s.inputs for s in sets]), labels, input_name)
+    datatypes = {s.input_datatype for s in sets if s.input_datatype}
+    if len(datatypes) > 1:
+        raise DataError(f"{name}: the sets hold inputs of datatypes {', '.join(sorted(datatypes))}; give one")
+    inputs = np.concatenate([s.inputs for s in sets])
+    return Dataset(name, inputs, labels, input_name, next(iter(datatypes), None))
 
 
 def check_compatible(
@@ -241,12 +252,20 @@ def check_compatible(
     sample_shape: Sequence[int] | None,
     num_classes: int | None = None,
     input_name: str | None = None,
+    input_datatype: str | None = None,
 ) -> None:
-    """Raise DataError when ``dataset`` does not fit the model's input (name, shape) or class count."""
+    """Raise DataError when ``dataset`` does not fit the model's input (name, datatype, shape) or class
+    count; a name or datatype is compared only when both the set and the model declare it."""
     if input_name is not None and dataset.input_name is not None and dataset.input_name != input_name:
         raise DataError(
             f"{dataset.name}: the rows were sent as input {dataset.input_name!r} but the model's input is "
             f"{input_name!r}; pick the input with `guardedmodel dataset --input`"
+        )
+    if input_datatype is not None and dataset.input_datatype not in (None, input_datatype):
+        # Converting, say, UINT8 pixels to the FP32 a model takes would change their scale unseen.
+        raise DataError(
+            f"{dataset.name}: the rows are {dataset.input_datatype} but the model's input is "
+            f"{input_datatype}; give requests that were sent to this model"
         )
     if sample_shape is not None:
         want = tuple(int(s) for s in sample_shape)

@@ -125,7 +125,7 @@ def dataset_from_table(table: pa.Table, *, name: str, ood_rows: bool = False) ->
         if label_column.null_count:
             raise DataError(f"{name}: {label_column.null_count} labelled row(s) have no label")
         labels = np.asarray(label_column.to_numpy(), dtype=np.int64)
-    return validated(name, inputs, labels, input_name=spec.name)
+    return validated(name, inputs, labels, input_name=spec.name, input_datatype=spec.datatype)
 
 
 def input_spec(table: pa.Table, name: str) -> InputSpec:

@@ -18,6 +18,7 @@ from guardedmodel_fit.dataset_file import (
     dataset_table,
     is_dataset_file,
 )
+from guardedmodel_fit.extract import _v2_datatype
 
 
 def write_set(path: Path, spec: InputSpec, rows: list[DatasetRow]) -> Path:
@@ -44,7 +45,7 @@ def test_labelled_and_ood_rows_are_read_apart_as_float32(tmp_path: Path, datatyp
     assert labelled.inputs.dtype == np.float32 and labelled.sample_shape == (2, 3)
     assert np.array_equal(labelled.inputs, x[[0, 2, 4]].astype(np.float32))
     assert labelled.labels is not None and labelled.labels.tolist() == [1, 0, 2]
-    assert labelled.input_name == "INPUT"
+    assert labelled.input_name == "INPUT" and labelled.input_datatype == datatype
     ood = load_dataset(str(path), name="reviewed-ood", ood_rows=True)
     assert np.array_equal(ood.inputs, x[[1, 3]].astype(np.float32)) and ood.labels is None
 
@@ -137,3 +138,30 @@ def test_the_input_name_must_be_the_models() -> None:
     )  # unnamed set
     with pytest.raises(DataError, match="sent as input 'IMAGE' but the model's input is 'INPUT'"):
         check_compatible(ds, sample_shape=(3,), input_name="INPUT")
+
+
+def test_the_datatype_must_be_the_models_and_one_across_sets() -> None:
+    pixels = Dataset("reviewed", np.zeros((1, 3), np.float32), np.array([0]), "INPUT", "UINT8")
+    check_compatible(pixels, sample_shape=(3,), input_name="INPUT", input_datatype="UINT8")
+    check_compatible(pixels, sample_shape=(3,), input_name="INPUT")  # a model that does not declare it
+    with pytest.raises(DataError, match="the rows are UINT8 but the model's input is FP32"):
+        check_compatible(pixels, sample_shape=(3,), input_name="INPUT", input_datatype="FP32")
+    floats = Dataset("other", np.zeros((1, 3), np.float32), np.array([0]), "INPUT", "FP32")
+    with pytest.raises(DataError, match="datatypes FP32, UINT8; give one"):
+        concatenate([pixels, floats], "validation")
+
+
+@pytest.mark.parametrize(
+    ("config_type", "v2"),
+    [
+        ("TYPE_FP32", "FP32"),
+        ("TYPE_UINT8", "UINT8"),
+        ("TYPE_INT64", "INT64"),
+        ("TYPE_STRING", "BYTES"),
+        (None, None),
+    ],
+)
+def test_a_triton_config_type_is_named_as_the_protocol_names_it(
+    config_type: str | None, v2: str | None
+) -> None:
+    assert _v2_datatype(config_type) == v2
