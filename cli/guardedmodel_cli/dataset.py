@@ -59,7 +59,9 @@ def build_dataset(
     location = open_location(export_url)
     objects = selected(sample_objects(location.names(samples_folder(model)), model), versions, since, until)
     samples = [
-        s for _, table in read_tables(location, [o.name for o in objects]) for s in samples_from_table(table)
+        sample
+        for name, table in read_tables(location, [o.name for o in objects])
+        for sample in samples_from_table(table, name)
     ]
     label_names = [n for n in location.names(labels_folder(model)) if n.endswith(".parquet")]
     labels = [

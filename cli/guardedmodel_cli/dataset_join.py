@@ -83,8 +83,11 @@ class JoinCounts:
         ]
 
 
-def samples_from_table(table: pa.Table) -> list[Sample]:
+def samples_from_table(table: pa.Table, source: str = "samples") -> list[Sample]:
     """The samples table's rows (id, inputs list<struct<name, datatype, shape, data>>)."""
+    missing = [name for name in ("id", "inputs") if name not in table.column_names]
+    if missing:
+        raise JoinError(f"samples object {source} lacks column(s) {', '.join(missing)}")
     return [
         Sample(
             str(record_id),

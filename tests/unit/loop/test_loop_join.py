@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from loop_exports import ExportedRequest, at, bytes_tensor, labels_table, samples_table, tensor
 
@@ -214,3 +215,10 @@ def test_sample_objects_are_found_by_partition_and_filtered_by_version_and_date(
     assert [o.day.day for o in selected(objects, ("1", "2"), since=date(2026, 3, 1))] == [1, 2, 3]
     with pytest.raises(LayoutError, match=r"samples/model=m/x\.parquet"):
         sample_objects(["samples/model=m/x.parquet"], "m")
+
+
+def test_a_table_without_the_contract_columns_is_named() -> None:
+    with pytest.raises(JoinError, match=r"samples object s/x\.parquet lacks column\(s\) inputs"):
+        samples_from_table(pa.table({"id": ["a"]}), "s/x.parquet")
+    with pytest.raises(JoinError, match=r"labels object l/y\.parquet lacks column\(s\) row, label"):
+        labels_from_table(pa.table({"id": ["a"], "ood": [True]}), "l/y.parquet")
