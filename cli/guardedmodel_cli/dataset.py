@@ -24,6 +24,7 @@ from guardedmodel_cli.dataset_join import JoinCounts, JoinError, join, labels_fr
 from guardedmodel_cli.loop_layout import (
     LayoutError,
     labels_folder,
+    object_names,
     open_location,
     parquet_bytes,
     read_tables,
@@ -32,7 +33,7 @@ from guardedmodel_cli.loop_layout import (
     selected,
 )
 from guardedmodel_fit.dataset_file import BUCKET_SCHEMES, dataset_table
-from guardedmodel_sidecar.object_store import ENVIRONMENT_CREDENTIALS, ObjectStoreError, object_at
+from guardedmodel_sidecar.object_store import ObjectStoreError, object_at
 
 
 @dataclass(frozen=True)
@@ -57,13 +58,15 @@ def build_dataset(
     input_name: str | None = None,
 ) -> DatasetOutcome:
     location = open_location(export_url)
-    objects = selected(sample_objects(location.names(samples_folder(model)), model), versions, since, until)
+    objects = selected(
+        sample_objects(object_names(location, samples_folder(model)), model), versions, since, until
+    )
     samples = [
         sample
         for name, table in read_tables(location, [o.name for o in objects])
         for sample in samples_from_table(table, name)
     ]
-    label_names = [n for n in location.names(labels_folder(model)) if n.endswith(".parquet")]
+    label_names = [n for n in object_names(location, labels_folder(model)) if n.endswith(".parquet")]
     labels = [
         label
         for name, table in read_tables(location, label_names)
@@ -82,8 +85,9 @@ def build_dataset(
 
 def write_output(out: str, data: bytes) -> str:
     if urlparse(out).scheme in BUCKET_SCHEMES:
-        reader, name = object_at(out, credentials_from=ENVIRONMENT_CREDENTIALS)
-        return reader.write(name, data)
+        bucket, name = object_at(out)
+        bucket.put(name, data)
+        return bucket.url(name)
     path = Path(out).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)

@@ -242,9 +242,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         labels = parse_labels(text, csv_format=args.csv or looks_like_csv(text, args.file))
         now = datetime.now(UTC)
-        url = open_location(args.export_url).write(
-            object_name(args.model, now), parquet_bytes(labels_table(labels, now))
-        )
+        location, name = open_location(args.export_url), object_name(args.model, now)
+        location.put(name, parquet_bytes(labels_table(labels, now)))
+        url = location.url(name)
     except LabelError as error:
         print(f"guardedmodel labels put: error in {args.file}: {error}", file=sys.stderr)
         return 2

@@ -16,7 +16,7 @@ from datetime import date
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from guardedmodel_sidecar.object_store import ENVIRONMENT_CREDENTIALS, BucketReader
+from guardedmodel_sidecar.object_store import BucketReader, BucketWriter, environment_bucket, read_object
 
 
 class LayoutError(ValueError):
@@ -72,8 +72,13 @@ def selected(
     ]
 
 
-def open_location(url: str) -> BucketReader:
-    return BucketReader(url, credentials_from=ENVIRONMENT_CREDENTIALS)
+def open_location(url: str) -> BucketWriter:
+    return environment_bucket(url)
+
+
+def object_names(bucket: BucketWriter, folder: str) -> list[str]:
+    """The names of the objects in ``folder`` (and below it), relative to the export location."""
+    return [name for name, _ in bucket.list(folder)]
 
 
 def parquet_bytes(table: pa.Table) -> bytes:
@@ -85,7 +90,7 @@ def parquet_bytes(table: pa.Table) -> bytes:
 def read_tables(reader: BucketReader, names: Sequence[str]) -> Iterator[tuple[str, pa.Table]]:
     """Each named Parquet object as a table; one that is not Parquet is an error that names it."""
     for name in names:
-        data = reader.read(name)
+        data = read_object(reader, name)
         try:
             yield name, pq.read_table(io.BytesIO(data))
         except (pa.ArrowException, OSError) as error:

@@ -146,10 +146,9 @@ def input_spec(table: pa.Table, name: str) -> InputSpec:
 
 def _download(url: str) -> bytes:
     # Imported here: only a data set in a bucket needs the object store client.
-    from guardedmodel_sidecar.object_store import ENVIRONMENT_CREDENTIALS, ObjectStoreError, object_at
+    from guardedmodel_sidecar.object_store import ObjectStoreError, object_at, read_object
 
     try:
-        reader, object_name = object_at(url, credentials_from=ENVIRONMENT_CREDENTIALS)
-        return reader.read(object_name)
+        return read_object(*object_at(url))
     except ObjectStoreError as error:
         raise DataError(str(error)) from error

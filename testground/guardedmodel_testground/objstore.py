@@ -7,7 +7,6 @@ Both are built once per machine from the Go module proxy and cached like the clu
 - fake-gcs-server is the GCS emulator the Rust ``object_store`` crate (under obstore) runs its own
   tests against. Google's storage-testbench is a Python package installed from GitHub only, which
   this machine cannot reach; the emulator does not check credentials, so refusals are MinIO's part.
-  Clients reach it through ``GcsPutProxy``, which adds the XML API's object PUT the emulator lacks.
 
 A model is published to either the way a model team would: ``pack_model``'s archive and its
 ``.sha256`` under a prefix of a bucket.
@@ -16,11 +15,14 @@ A model is published to either the way a model team would: ``pack_model``'s arch
 from __future__ import annotations
 
 import fcntl
+import http.server
 import json
 import os
 import subprocess
 import sys
+import threading
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Collection
@@ -32,7 +34,6 @@ from typing import Any, Self, TextIO
 import obstore
 from obstore.store import S3Store
 
-from .gcs_put_proxy import GcsPutProxy
 from .model_server import pack_model
 from .paths import cache_dir, go_command
 from .procs import LocalServer, ManagedProcess, free_port, http_ok, wait_until
@@ -95,7 +96,9 @@ class MinioServer(LocalServer):
 
     def start(self) -> Self:
         binary = ensure_go_binary(MINIO_MODULE, MINIO_VERSION)
-        self.port = free_port()
+        # Started again after a stop, it comes back on its port with its data: a bucket outage and
+        # its end, as the clients see them.
+        self.port = self.port or free_port()
         data = self.state_dir / "minio-data"
         data.mkdir(parents=True, exist_ok=True)
         self.process = ManagedProcess(
@@ -148,22 +151,102 @@ class MinioServer(LocalServer):
                 raise RuntimeError(f"MinIO did not create bucket {bucket!r}: HTTP {response.status}")
 
 
+class XmlUploadProxy:
+    """fake-gcs-server serves GCS's JSON API, but not the XML API's plain object PUT with which
+    object_store (under obstore) writes an object, as real GCS takes it. This loopback proxy turns such
+    a PUT into the emulator's JSON media upload, answering with the object's ETag as GCS does, and
+    passes every other request through unchanged."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_PUT(self) -> None:
+                path, _, query = self.path.partition("?")
+                bucket, _, name = path.lstrip("/").partition("/")
+                if not name or "uploadType" in query:
+                    proxy.forward(self)
+                    return
+                url = f"{proxy.upstream}/upload/storage/v1/b/{bucket}/o?" + urllib.parse.urlencode(
+                    {"uploadType": "media", "name": urllib.parse.unquote(name)}
+                )
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                request = urllib.request.Request(url, data=body, method="POST")
+                request.add_header(
+                    "Content-Type", self.headers.get("Content-Type") or "application/octet-stream"
+                )
+                try:
+                    with urllib.request.urlopen(request, timeout=30) as response:
+                        meta = json.loads(response.read() or b"{}")
+                    self.send_response(200)
+                    self.send_header("ETag", f'"{meta.get("etag") or meta.get("md5Hash") or "x"}"')
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                except urllib.error.HTTPError as error:
+                    proxy.answer(self, error.code, dict(error.headers), error.read())
+
+            def do_GET(self) -> None:
+                proxy.forward(self)
+
+            do_POST = do_DELETE = do_HEAD = do_PATCH = do_GET
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, name="gcs-xml-proxy", daemon=True)
+
+    def start(self) -> XmlUploadProxy:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def forward(self, handler: http.server.BaseHTTPRequestHandler) -> None:
+        length = int(handler.headers.get("Content-Length") or 0)
+        body = handler.rfile.read(length) if length else None
+        request = urllib.request.Request(self.upstream + handler.path, data=body, method=handler.command)
+        for key, value in handler.headers.items():
+            if key.lower() not in ("host", "content-length", "connection"):
+                request.add_header(key, value)
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                self.answer(handler, response.status, dict(response.headers), response.read())
+        except urllib.error.HTTPError as error:
+            self.answer(handler, error.code, dict(error.headers), error.read())
+
+    @staticmethod
+    def answer(
+        handler: http.server.BaseHTTPRequestHandler, status: int, headers: dict[str, str], body: bytes
+    ) -> None:
+        handler.send_response(status)
+        for key, value in headers.items():
+            if key.lower() not in ("content-length", "transfer-encoding", "connection", "date", "server"):
+                handler.send_header(key, value)
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        if handler.command != "HEAD":
+            handler.wfile.write(body)
+
+
 @dataclass
 class FakeGcsServer(LocalServer):
     """fake-gcs-server on 127.0.0.1; ``key_file`` is the service-account file a pod's Secret holds,
-    pointing the client at this server (through its PUT proxy, ``endpoint``)."""
+    pointing the client at this server. ``xml_uploads``: the key file points at an ``XmlUploadProxy``
+    in front of it instead, so clients can write objects as they write to GCS."""
 
     state_dir: Path
+    xml_uploads: bool = False
     port: int = field(default=0, init=False)
-    proxy: GcsPutProxy | None = field(default=None, init=False)
-
-    @property
-    def emulator_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    proxy: XmlUploadProxy | None = field(default=None, init=False)
 
     @property
     def endpoint(self) -> str:
-        return self.proxy.endpoint if self.proxy else self.emulator_url
+        return f"http://127.0.0.1:{self.port}"
 
     @property
     def key_file(self) -> Path:
@@ -191,19 +274,20 @@ class FakeGcsServer(LocalServer):
                 "-public-host",
                 f"127.0.0.1:{self.port}",
                 "-external-url",
-                self.emulator_url,
+                self.endpoint,
                 "-log-level",
                 "warn",
             ],
             self.state_dir / "fake-gcs-server.log",
         ).start()
         wait_until(
-            "fake-gcs-server", lambda: http_ok(f"{self.emulator_url}/storage/v1/b"), 60, process=self.process
+            "fake-gcs-server", lambda: http_ok(f"{self.endpoint}/storage/v1/b"), 60, process=self.process
         )
-        self.proxy = GcsPutProxy(self.emulator_url).start()
         # The emulator takes no OAuth token; object_store's key files say so with disable_oauth.
+        if self.xml_uploads:
+            self.proxy = XmlUploadProxy(self.endpoint).start()
         key: dict[str, Any] = {
-            "gcs_base_url": self.endpoint,
+            "gcs_base_url": self.proxy.url if self.proxy else self.endpoint,
             "disable_oauth": True,
             "client_email": "",
             "private_key": "",
@@ -213,15 +297,16 @@ class FakeGcsServer(LocalServer):
         return self
 
     def stop(self) -> None:
-        if self.proxy:
+        if self.proxy is not None:
             self.proxy.stop()
+            self.proxy = None
         super().stop()
 
     def upload(self, bucket: str, key: str, data: bytes) -> None:
         # The emulator's XML-API upload (object_store's put) does not take a "/" in the name; its
         # JSON-API media upload does.
         request = urllib.request.Request(
-            f"{self.emulator_url}/upload/storage/v1/b/{bucket}/o?"
+            f"{self.endpoint}/upload/storage/v1/b/{bucket}/o?"
             + urllib.parse.urlencode({"uploadType": "media", "name": key}),
             method="POST",
             data=data,
@@ -232,7 +317,7 @@ class FakeGcsServer(LocalServer):
 
     def create_bucket(self, bucket: str) -> None:
         request = urllib.request.Request(
-            f"{self.emulator_url}/storage/v1/b",
+            f"{self.endpoint}/storage/v1/b",
             method="POST",
             data=json.dumps({"name": bucket}).encode(),
             headers={"Content-Type": "application/json"},

@@ -28,7 +28,7 @@ from guardedmodel_fit.example import DEFAULT_OUT, ExampleBuild, build_example
 from guardedmodel_fit.example_data import NEAR_OOD_SET
 from guardedmodel_fit.example_network import INPUT_NAME, MODEL_NAME
 from guardedmodel_sidecar.guard.artifact import load_artifact
-from guardedmodel_sidecar.object_store import BucketReader
+from guardedmodel_sidecar.object_store import environment_bucket, read_object
 from guardedmodel_testground.objstore import FakeGcsServer, MinioServer
 
 pytestmark = pytest.mark.integration
@@ -53,7 +53,7 @@ def minio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MinioServer]:
 
 @pytest.fixture(scope="module")
 def gcs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeGcsServer]:
-    with FakeGcsServer(tmp_path_factory.mktemp("gcs")) as server:
+    with FakeGcsServer(tmp_path_factory.mktemp("gcs"), xml_uploads=True) as server:
         server.create_bucket(BUCKET)
         yield server
 
@@ -172,7 +172,7 @@ def test_labels_dataset_and_fit_close_the_loop_through_the_bucket(
 
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    table = pq.read_table(io.BytesIO(BucketReader(url).read("sets/reviewed.parquet")))
+    table = pq.read_table(io.BytesIO(read_object(environment_bucket(url), "sets/reviewed.parquet")))
     assert json.loads(table.schema.metadata[INPUT_METADATA_KEY]) == {
         "name": INPUT_NAME,
         "datatype": "FP32",
