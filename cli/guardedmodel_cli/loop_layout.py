@@ -3,7 +3,8 @@
     <url>/samples/model=<model>/version=<version>/date=<YYYY-MM-DD>/<writer>-<fileid>-<offset>.parquet
     <url>/labels/model=<model>/<name>.parquet
 
-Partition values come from the path (Hive style), never from inside the files.
+Partition values come from the path (Hive style, escaped as Hive escapes them), never from inside
+the files.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import io
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date
+from urllib.parse import quote, unquote
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -23,12 +25,17 @@ class LayoutError(ValueError):
     """An object under the export location does not fit the layout or cannot be read as a table."""
 
 
+def partition_value(value: str) -> str:
+    """A partition value as the exporter writes it in a path (Hive's escaping of '/', '=', '%'...)."""
+    return quote(value, safe="-_.~+@:,")
+
+
 def samples_folder(model: str) -> str:
-    return f"samples/model={model}"
+    return f"samples/model={partition_value(model)}"
 
 
 def labels_folder(model: str) -> str:
-    return f"labels/model={model}"
+    return f"labels/model={partition_value(model)}"
 
 
 @dataclass(frozen=True)
@@ -48,7 +55,7 @@ def sample_objects(names: Sequence[str], model: str) -> list[SampleObject]:
             continue
         parts = dict(p.split("=", 1) for p in name[len(root) :].split("/")[:-1] if "=" in p)
         try:
-            found.append(SampleObject(name, parts["version"], date.fromisoformat(parts["date"])))
+            found.append(SampleObject(name, unquote(parts["version"]), date.fromisoformat(parts["date"])))
         except (KeyError, ValueError) as error:
             raise LayoutError(
                 f"{name}: not under samples/model=<m>/version=<v>/date=<YYYY-MM-DD>/ ({error})"

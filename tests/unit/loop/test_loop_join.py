@@ -21,7 +21,7 @@ from guardedmodel_cli.dataset_join import (
     samples_from_table,
     unique_samples,
 )
-from guardedmodel_cli.loop_layout import LayoutError, sample_objects, selected
+from guardedmodel_cli.loop_layout import LayoutError, labels_folder, sample_objects, samples_folder, selected
 from guardedmodel_fit.dataset_file import InputSpec
 from guardedmodel_sidecar.protocol.datatypes import deserialize_bytes_elements
 
@@ -222,3 +222,10 @@ def test_a_table_without_the_contract_columns_is_named() -> None:
         samples_from_table(pa.table({"id": ["a"]}), "s/x.parquet")
     with pytest.raises(JoinError, match=r"labels object l/y\.parquet lacks column\(s\) row, label"):
         labels_from_table(pa.table({"id": ["a"], "ood": [True]}), "l/y.parquet")
+
+
+def test_partition_values_are_escaped_as_the_exporter_escapes_them() -> None:
+    assert samples_folder("fashion-mnist") == "samples/model=fashion-mnist"
+    assert labels_folder("a/b=c%") == "labels/model=a%2Fb%3Dc%25"
+    names = ["samples/model=a%2Fb/version=v%3D1/date=2026-03-01/w-f-0.parquet"]
+    assert [o.version for o in sample_objects(names, "a/b")] == ["v=1"]
