@@ -250,8 +250,8 @@ def _looks_denied(text: str) -> bool:
 # credentials of the environment they run in, and read whole objects.
 
 _ENVIRONMENT_HINTS = {
-    "s3": "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or AWS_PROFILE, the machine's role) in this "
-    "command's environment, and that they may use bucket {bucket!r}",
+    "s3": "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY in this command's environment (or the "
+    "machine's role), and that they may use bucket {bucket!r}",
     "gs": "check the key file GOOGLE_SERVICE_ACCOUNT_PATH names in this command's environment (or the "
     "machine's default credentials), and that it may use bucket {bucket!r}",
 }
