@@ -21,6 +21,11 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "copy a model from a remote repository (the pod's init step)",
     ),
     "fit": ("guardedmodel_fit.cli", "fit a guard artifact (input gate + calibration) from data"),
+    "labels": ("guardedmodel_cli.labels", "store reviewers' labels beside the exported samples (labels put)"),
+    "dataset": (
+        "guardedmodel_cli.dataset",
+        "join exported samples with their labels into a data set file for `fit --data`",
+    ),
     "cluster": ("guardedmodel_testground.cluster_cli", "start/stop the local Kubernetes test cluster"),
     "demo": ("guardedmodel_cli.demo", "run the local end-to-end demo"),
     "rollout": (

@@ -2,6 +2,8 @@
 
     guardedmodel fit --model models/fashion-mnist --version 1 --data val.npz \\
         --ood near=heldout.npz --ood noise=noise.npz
+    guardedmodel fit --model models/fashion-mnist --data val.npz --data s3://loop/sets/reviewed.parquet \\
+        --ood reviewed=s3://loop/sets/reviewed.parquet
 
 writes ``<model>/<version>/guard/`` (guard.json + guard.npz) and a report in ``guard/report/``
 (report.json, report.png, report.html).
@@ -17,8 +19,8 @@ from pathlib import Path
 
 from guardedmodel_sidecar.guard.artifact import COMBINATIONS, ArtifactError, save_artifact
 
-from .data import DataError, Dataset, check_compatible, load_dataset
-from .extract import Extracted, Extractor, ModelError, extract, open_model
+from .data import DataError, Dataset, check_compatible, concatenate, load_dataset
+from .extract import Extracted, Extractor, ModelError, TorchScriptExtractor, extract, open_model
 from .fit_config import ALL_METHODS, FitConfig, FitError
 from .fitting import FitResult, fit_guard
 from .report import write_report
@@ -41,7 +43,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--version", help="model version folder (default: the highest)")
     parser.add_argument("--triton-url", help="run the model on this Triton server (host:port, HTTP)")
     parser.add_argument(
-        "--data", required=True, help="in-distribution validation set with labels (npz, folder, mod:fn)"
+        "--data",
+        required=True,
+        action="append",
+        help="in-distribution validation set with labels (npz, folder, mod:fn, or a data set file of "
+        "`guardedmodel dataset`: .parquet, s3://, gs://, whose labelled rows it takes); repeatable: "
+        "the sets are concatenated",
     )
     parser.add_argument(
         "--fit-data", help="separate in-distribution set for detector statistics (e.g. training set)"
@@ -51,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="NAME=SPEC",
-        help="held-out OOD set to evaluate on (repeatable)",
+        help="held-out OOD set to evaluate on (repeatable); a data set file gives its ood rows",
     )
     parser.add_argument("--out", type=Path, help="artifact directory (default: <model>/<version>/guard)")
     parser.add_argument("--methods", default=",".join(ALL_METHODS), help="comma-separated OOD methods to fit")
@@ -129,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
 def fit_from_specs(
     *,
     model: Path,
-    data: str,
+    data: str | Sequence[str],
     version: str | None = None,
     triton_url: str | None = None,
     fit_data: str | None = None,
@@ -141,7 +148,8 @@ def fit_from_specs(
     class_names: Sequence[str] | None = None,
     batch_size: int = 256,
 ) -> FitOutcome:
-    """Load data, open the model, fit, write the artifact and its report."""
+    """Load data, open the model, fit, write the artifact and its report. ``data``: one set, or several
+    to concatenate."""
     extractor = open_model(
         model,
         version=version,
@@ -149,14 +157,22 @@ def fit_from_specs(
         logits_output=logits_output,
         features_output=features_output,
     )
-    val = load_dataset(data, name="validation", class_names=class_names)
+    specs = [data] if isinstance(data, str) else list(data)
+    named = len(specs) > 1
+    val = concatenate(
+        [
+            load_dataset(spec, name=f"validation {spec}" if named else "validation", class_names=class_names)
+            for spec in specs
+        ],
+        "validation",
+    )
     fit_set = load_dataset(fit_data, name="fit", class_names=class_names) if fit_data else None
     oods = []
     for item in ood:
         name, sep, spec = item.partition("=")
         if not sep or not name or not spec:
             raise DataError(f"--ood {item!r}: expected NAME=SPEC, e.g. near=heldout.npz")
-        oods.append(load_dataset(spec, name=name))
+        oods.append(load_dataset(spec, name=name, ood_rows=True))
     if out is None:
         if not (Path(model) / "config.pbtxt").is_file():
             raise FitError("--out is required when --model is a TorchScript file")
@@ -178,8 +194,12 @@ def fit_to_directory(
 ) -> FitOutcome:
     config = config or FitConfig()
     shape = extractor.spec.input_shape
+    # A TorchScript module's input has no name to compare with the one the requests were sent as.
+    input_name = None if isinstance(extractor, TorchScriptExtractor) else extractor.spec.input_name
     for ds in [val, *([fit_set] if fit_set else []), *ood_sets]:
-        check_compatible(ds, sample_shape=shape)
+        check_compatible(
+            ds, sample_shape=shape, input_name=input_name, input_datatype=extractor.spec.input_datatype
+        )
 
     def run_model(ds: Dataset) -> Extracted:
         return extract(extractor, ds, batch_size=batch_size, progress=config.progress)

@@ -8,7 +8,9 @@ A data set is named on the command line in one of three ways:
   sub-folder names, or ``class_names`` when given) or all in the folder itself (no labels);
   pixel values are scaled to [0, 1];
 - ``package.module:function``: a callable returning ``(inputs, labels)``, ``inputs`` alone, or a
-  mapping with the keys above.
+  mapping with the keys above;
+- ``path/to/set.parquet``, ``s3://…``, ``gs://…``: a data set file of reviewed requests written by
+  `guardedmodel dataset` (dataset_file.py): its labelled rows, or its OOD rows (``ood_rows``).
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ class Dataset:
     name: str  # how the user named it, for messages
     inputs: np.ndarray  # (n, *sample_shape) float32
     labels: np.ndarray | None  # (n,) int64
+    input_name: str | None = None  # the model input the rows were sent as, when the set says so
+    input_datatype: str | None = None  # and its v2 datatype (before the conversion to float32)
 
     def __len__(self) -> int:
         return int(self.inputs.shape[0])
@@ -47,17 +51,26 @@ class Dataset:
 
     def subset(self, index: np.ndarray, name: str | None = None) -> Dataset:
         labels = None if self.labels is None else self.labels[index]
-        return Dataset(name or self.name, self.inputs[index], labels)
+        return Dataset(name or self.name, self.inputs[index], labels, self.input_name, self.input_datatype)
 
 
 def load_dataset(
-    spec: str | Path | Callable[[], Any], *, name: str | None = None, class_names: Sequence[str] | None = None
+    spec: str | Path | Callable[[], Any],
+    *,
+    name: str | None = None,
+    class_names: Sequence[str] | None = None,
+    ood_rows: bool = False,
 ) -> Dataset:
-    """Load a data set from an npz file, an image folder or a callable (see the module doc)."""
+    """Load a data set from an npz file, an image folder, a callable or a data set file (see the
+    module doc); ``ood_rows``: a data set file's OOD rows instead of its labelled ones."""
     label = name or (getattr(spec, "__name__", None) if callable(spec) else str(spec)) or "data"
     if callable(spec):
         return _from_object(spec(), label)
     text = str(spec)
+    from .dataset_file import is_dataset_file, load_dataset_file  # pyarrow, for these files only
+
+    if is_dataset_file(text):
+        return load_dataset_file(text, name=label, ood_rows=ood_rows)
     path = Path(text).expanduser()
     if path.is_dir():
         return _from_image_folder(path, label, class_names)
@@ -110,7 +123,7 @@ def _from_object(obj: Any, label: str) -> Dataset:
         inputs = obj
     x = _to_array(inputs, label, "inputs")
     y = None if labels is None else _to_array(labels, label, "labels")
-    return _checked(label, x, y)
+    return validated(label, x, y)
 
 
 def _to_array(value: Any, label: str, what: str) -> np.ndarray:
@@ -122,7 +135,14 @@ def _to_array(value: Any, label: str, what: str) -> np.ndarray:
         raise DataError(f"{label}: {what} cannot be turned into an array: {exc}") from exc
 
 
-def _checked(label: str, x: np.ndarray, y: np.ndarray | None) -> Dataset:
+def validated(
+    label: str,
+    x: np.ndarray,
+    y: np.ndarray | None,
+    input_name: str | None = None,
+    input_datatype: str | None = None,
+) -> Dataset:
+    """A Dataset of ``x`` (as float32) and ``y`` (as int64 class indices), refusing what cannot be fitted."""
     if x.ndim < 2:
         raise DataError(f"{label}: inputs must be (samples, ...), got shape {x.shape}")
     if x.shape[0] == 0:
@@ -150,7 +170,7 @@ def _checked(label: str, x: np.ndarray, y: np.ndarray | None) -> Dataset:
         labels = y.astype(np.int64)
         if labels.min() < 0:
             raise DataError(f"{label}: labels must be >= 0, found {int(labels.min())}")
-    return Dataset(label, x, labels)
+    return Dataset(label, x, labels, input_name, input_datatype)
 
 
 def _from_image_folder(folder: Path, label: str, class_names: Sequence[str] | None) -> Dataset:
@@ -194,13 +214,59 @@ def _from_image_folder(folder: Path, label: str, class_names: Sequence[str] | No
             )
         arrays.append(arr)
     y = None if labels is None else np.asarray(labels, dtype=np.int64)
-    return _checked(label, np.stack(arrays), y)
+    return validated(label, np.stack(arrays), y)
+
+
+def concatenate(sets: Sequence[Dataset], name: str) -> Dataset:
+    """Several sets as one (``--data`` given more than once); their samples must have one shape."""
+    if len(sets) == 1:
+        return sets[0]
+    first = sets[0]
+    for other in sets[1:]:
+        if other.sample_shape != first.sample_shape:
+            raise DataError(
+                f"{name}: {other.name} has samples of shape {other.sample_shape} but {first.name} has "
+                f"{first.sample_shape}; give sets of one input shape"
+            )
+        if (other.labels is None) != (first.labels is None):
+            has, lacks = (first, other) if other.labels is None else (other, first)
+            raise DataError(f"{name}: {has.name} has labels but {lacks.name} has none")
+        if other.input_name and first.input_name and other.input_name != first.input_name:
+            raise DataError(
+                f"{name}: {other.name} holds input {other.input_name!r} but {first.name} {first.input_name!r}"
+            )
+    labels = (
+        None if first.labels is None else np.concatenate([s.labels for s in sets if s.labels is not None])
+    )
+    input_name = next((s.input_name for s in sets if s.input_name), None)
+    datatypes = {s.input_datatype for s in sets if s.input_datatype}
+    if len(datatypes) > 1:
+        raise DataError(f"{name}: the sets hold inputs of datatypes {', '.join(sorted(datatypes))}; give one")
+    inputs = np.concatenate([s.inputs for s in sets])
+    return Dataset(name, inputs, labels, input_name, next(iter(datatypes), None))
 
 
 def check_compatible(
-    dataset: Dataset, *, sample_shape: Sequence[int] | None, num_classes: int | None = None
+    dataset: Dataset,
+    *,
+    sample_shape: Sequence[int] | None,
+    num_classes: int | None = None,
+    input_name: str | None = None,
+    input_datatype: str | None = None,
 ) -> None:
-    """Raise DataError when ``dataset`` does not fit the model's input shape or class count."""
+    """Raise DataError when ``dataset`` does not fit the model's input (name, datatype, shape) or class
+    count; a name or datatype is compared only when both the set and the model declare it."""
+    if input_name is not None and dataset.input_name is not None and dataset.input_name != input_name:
+        raise DataError(
+            f"{dataset.name}: the rows were sent as input {dataset.input_name!r} but the model's input is "
+            f"{input_name!r}; pick the input with `guardedmodel dataset --input`"
+        )
+    if input_datatype is not None and dataset.input_datatype not in (None, input_datatype):
+        # Converting, say, UINT8 pixels to the FP32 a model takes would change their scale unseen.
+        raise DataError(
+            f"{dataset.name}: the rows are {dataset.input_datatype} but the model's input is "
+            f"{input_datatype}; give requests that were sent to this model"
+        )
     if sample_shape is not None:
         want = tuple(int(s) for s in sample_shape)
         got = dataset.sample_shape

@@ -42,6 +42,15 @@ class ModelSpec:
     input_shape: tuple[int, ...] | None  # per-sample, when the model declares it
     logits_output: str
     features_output: str | None  # None: the model exposes no features
+    input_datatype: str | None = None  # v2 name ("FP32"), when the model declares it
+
+
+def _v2_datatype(config_type: object) -> str | None:
+    """Triton's config type (TYPE_FP32, TYPE_STRING) as the protocol names it (FP32, BYTES)."""
+    if not isinstance(config_type, str) or not config_type.startswith("TYPE_"):
+        return None
+    name = config_type.removeprefix("TYPE_")
+    return "BYTES" if name == "STRING" else name
 
 
 class Extractor(Protocol):
@@ -139,7 +148,12 @@ class TritonClientExtractor:
                 f"{spec.name}: Triton model has no output {spec.logits_output!r} ({sorted(outputs)})"
             )
         features = spec.features_output if spec.features_output in outputs else None
-        self.spec = replace(spec, input_name=metadata["inputs"][0]["name"], features_output=features)
+        self.spec = replace(
+            spec,
+            input_name=metadata["inputs"][0]["name"],
+            input_datatype=metadata["inputs"][0].get("datatype") or spec.input_datatype,
+            features_output=features,
+        )
         config = self._client.get_model_config(spec.name, spec.version)
         # Triton refuses requests above the model's max_batch_size: split our batches to fit
         self._max_batch = int(config.get("max_batch_size", 0)) or None
@@ -219,6 +233,7 @@ def open_model(
         input_shape=tuple(int(d) for d in dims) if dims and all(int(d) > 0 for d in dims) else None,
         logits_output=logits_output,
         features_output=features_output,
+        input_datatype=_v2_datatype(inputs[0].get("data_type")),
     )
     if triton_url:
         return TritonClientExtractor(triton_url, spec)

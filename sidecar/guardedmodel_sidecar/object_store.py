@@ -253,3 +253,40 @@ def _looks_denied(text: str) -> bool:
     # The status is matched as the client words it: a bare "403" also occurs in ports and paths.
     markers = ("status code: 403", "status code: 401", "<Code>AccessDenied<", "<Code>InvalidAccessKeyId<")
     return any(marker in text for marker in markers)
+
+
+# The data loop's command-line tools (labels, data sets, fit on a data set in a bucket) use the
+# credentials of the environment they run in, and read whole objects.
+
+_ENVIRONMENT_HINTS = {
+    "s3": "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY in this command's environment (or the "
+    "machine's role), and that they may use bucket {bucket!r}",
+    "gs": "check the key file GOOGLE_SERVICE_ACCOUNT_PATH names in this command's environment (or the "
+    "machine's default credentials), and that it may use bucket {bucket!r}",
+}
+
+
+def environment_bucket(url: str) -> BucketWriter:
+    """The bucket of ``<scheme>://<bucket>/<prefix>`` for a command run by a person or a tool, whose
+    access-denied errors point at the command's environment rather than a pod's Secret."""
+    bucket = BucketWriter(url)
+    bucket.credentials_hint = _ENVIRONMENT_HINTS[bucket.scheme].format(bucket=bucket.bucket)
+    return bucket
+
+
+def object_at(url: str) -> tuple[BucketWriter, str]:
+    """The bucket of ``<scheme>://<bucket>/<path>/<name>`` (as ``environment_bucket``) and the name."""
+    folder, _, name = url.rstrip("/").rpartition("/")
+    if not name or folder.endswith(":/"):
+        raise ObjectStoreError(f"{url!r} does not name an object: write s3://<bucket>/<path>/<name>")
+    return environment_bucket(folder), name
+
+
+def read_object(bucket: BucketReader, name: str) -> bytes:
+    """A whole object; a missing one is an error that names it."""
+    try:
+        return bytes(obstore.get(bucket._store, bucket._key(name)).bytes())
+    except FileNotFoundError as error:
+        raise ObjectStoreError(f"{bucket.url(name)} does not exist (endpoint {bucket.endpoint})") from error
+    except (BaseError, OSError, ValueError) as error:
+        raise bucket._error(name, error) from error

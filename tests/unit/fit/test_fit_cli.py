@@ -6,11 +6,13 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 from fit_synthetic import gaussian_classes
 
 from guardedmodel_cli.main import main
+from guardedmodel_fit.dataset_file import DatasetRow, InputSpec, dataset_table
 from guardedmodel_sidecar.guard.artifact import FusedParams, load_artifact
 from guardedmodel_sidecar.guard.scoring import make_ood_scorer
 
@@ -133,3 +135,41 @@ def test_the_worked_example_is_cached_beside_the_other_caches(tmp_path: Path) ->
     assert default_out({"GUARDEDMODEL_CACHE": str(tmp_path)}) == tmp_path / "examples"
     assert default_out({"XDG_CACHE_HOME": str(tmp_path)}) == tmp_path / "guardedmodel" / "examples"
     assert default_out({}) == Path.home() / ".cache" / "guardedmodel" / "examples"
+
+
+def test_reviewed_data_set_files_are_fitted_on_and_evaluated_with(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    val = np.load(workdir / "val.npz")
+    far = np.load(workdir / "far.npz")["inputs"][:200]
+    spec = InputSpec("INPUT", "FP32", (8,))
+
+    def rows(x: np.ndarray, labels: list[int | None]) -> list[DatasetRow]:
+        return [
+            DatasetRow(f"r{i}", 0, y, y is None, x[i].astype("<f4").tobytes()) for i, y in enumerate(labels)
+        ]
+
+    first = workdir / "reviewed-1.parquet"
+    second = workdir / "reviewed-2.parquet"
+    pq.write_table(dataset_table(spec, rows(val["inputs"][:700], val["labels"][:700].tolist())), first)
+    tail = np.concatenate([val["inputs"][700:], far])
+    pq.write_table(
+        dataset_table(spec, rows(tail, [*val["labels"][700:].tolist(), *[None] * len(far)])), second
+    )
+    out = workdir / "guard-reviewed"
+    argv = ["fit", "--model", str(workdir / "model.pt"), "--data", str(first), "--data", str(second)]
+    argv += [
+        "--ood",
+        f"reviewed={second}",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--methods",
+        "mahalanobis,energy",
+    ]
+    assert main(argv) == 0, capsys.readouterr().err
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert report["detectors"]["mahalanobis"]["ood"]["reviewed"]["auroc"] > 0.95
+    samples = report["samples"]
+    assert samples["fit"] + samples["calibration"] + samples["evaluation"] == len(val["inputs"])  # both sets
+    assert samples["ood:reviewed"] == len(far)  # the ood rows only

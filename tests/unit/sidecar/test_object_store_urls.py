@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from guardedmodel_sidecar.fetch import FetchError, fetch_model
-from guardedmodel_sidecar.object_store import BucketReader, ObjectStoreError, _looks_denied
+from guardedmodel_sidecar.object_store import BucketReader, ObjectStoreError, _looks_denied, object_at
 
 
 @pytest.mark.parametrize(
@@ -70,3 +70,22 @@ def test_an_unreadable_gcs_key_file_says_which_secret_to_fix(
 )
 def test_only_the_servers_refusal_counts_as_access_denied(text: str, denied: bool) -> None:
     assert _looks_denied(text) is denied
+
+
+@pytest.mark.parametrize(
+    ("url", "name", "full"),
+    [
+        ("s3://loop/sets/reviewed.parquet", "reviewed.parquet", "s3://loop/sets/reviewed.parquet"),
+        ("gs://loop/a/b/c.parquet", "c.parquet", "gs://loop/a/b/c.parquet"),
+        ("s3://loop/set.parquet", "set.parquet", "s3://loop/set.parquet"),
+    ],
+)
+def test_an_object_url_is_split_into_its_bucket_and_name(url: str, name: str, full: str) -> None:
+    reader, got = object_at(url)
+    assert got == name and reader.url(got) == full
+
+
+@pytest.mark.parametrize("url", ["s3://loop", "s3://loop/", "gs://", "set.parquet"])
+def test_an_object_url_without_a_bucket_and_a_name_is_refused(url: str) -> None:
+    with pytest.raises(ObjectStoreError):
+        object_at(url)
