@@ -144,15 +144,21 @@ class AuditLog:
         *,
         model: str | None = None,
         version: str | None = None,
+        reviewed: bool = False,
     ) -> bool:
         """Keep this request's payload (``request_id`` is its audit record's ``id``) at sample_rate.
-        ``model`` and ``version`` (the version that answered) place the sample in its export partition."""
+        ``model`` and ``version`` (the version that answered) place the sample in its export partition.
+
+        ``reviewed``: the request went to human review. Its payload is kept whenever sampling is on,
+        outside the rate's credit: a reviewer's label is only worth something next to the input it
+        labels (the data loop joins them by id), and the rate's sample stays a sample of traffic."""
         if not self.enabled or self.sample_rate <= 0.0:
             return False
-        self._sample_credit += self.sample_rate
-        if self._sample_credit < 1.0 - 1e-9:  # tolerate float accumulation (10 x 0.1 < 1.0)
-            return False
-        self._sample_credit -= 1.0
+        if not reviewed:
+            self._sample_credit += self.sample_rate
+            if self._sample_credit < 1.0 - 1e-9:  # tolerate float accumulation (10 x 0.1 < 1.0)
+                return False
+            self._sample_credit -= 1.0
         entry = {
             "id": request_id,
             "ts": time.time(),

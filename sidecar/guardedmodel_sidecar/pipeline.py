@@ -260,7 +260,10 @@ class Pipeline:
             record["review"] = self.review.offer(review_item(record, request, rows))
             if record["review"] == SPOOLED:
                 self.metrics.cost.count_review(guard.version)
-        if self.audit.maybe_sample(request_id, request.inputs, model=self.model, version=guard.version):
+        reviewed = record.get("review") == SPOOLED
+        if self.audit.maybe_sample(
+            request_id, request.inputs, model=self.model, version=guard.version, reviewed=reviewed
+        ):
             record["sampled"] = True
         self.audit.record(record)
         if self.shadow is not None and guard.version == self.router.routing.stable_version:

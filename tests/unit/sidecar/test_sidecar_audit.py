@@ -86,6 +86,22 @@ def test_sampling_keeps_exactly_the_rate_with_the_payload(tmp_path: Path) -> Non
     np.testing.assert_array_equal(restored, x)
 
 
+def test_reviewed_requests_keep_their_payload_outside_the_rate(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path, sample_rate=0.1)
+    x = np.zeros((1, 3), dtype=np.float32)
+    inputs = [Tensor("X", "FP32", x.shape, x.tobytes(), x)]
+    kept = [log.maybe_sample(f"r{i}", inputs, reviewed=i % 4 == 0) for i in range(200)]
+    log.close()
+    reviewed = {f"r{i}" for i in range(0, 200, 4)}
+    sampled = {s["id"] for s in iter_records(tmp_path, "samples")}
+    assert reviewed <= sampled  # every reviewed request, whatever the rate
+    # the other 150 are sampled at the rate, untouched by the reviewed ones
+    assert len(sampled - reviewed) == 15 and sum(kept) == 65
+    off = AuditLog(tmp_path / "off", sample_rate=0.0)
+    assert not off.maybe_sample("r", inputs, reviewed=True)  # no payloads kept while sampling is off
+    off.close()
+
+
 def test_disabled_audit_writes_nothing(tmp_path: Path) -> None:
     log = AuditLog(tmp_path / "audit", enabled=False, sample_rate=1.0)
     log.record({"id": "x"})
