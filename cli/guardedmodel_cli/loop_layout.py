@@ -18,7 +18,7 @@ from urllib.parse import quote, unquote
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from guardedmodel_sidecar.object_store import BucketReader, BucketWriter, environment_bucket, read_object
+from guardedmodel_sidecar.object_store import BucketReader, BucketWriter, environment_bucket
 
 
 class LayoutError(ValueError):
@@ -97,7 +97,7 @@ def parquet_bytes(table: pa.Table) -> bytes:
 def read_tables(reader: BucketReader, names: Sequence[str]) -> Iterator[tuple[str, pa.Table]]:
     """Each named Parquet object as a table; one that is not Parquet is an error that names it."""
     for name in names:
-        data = read_object(reader, name)
+        data = reader.read(name)
         try:
             yield name, pq.read_table(io.BytesIO(data))
         except (pa.ArrowException, OSError) as error:

@@ -146,9 +146,10 @@ def input_spec(table: pa.Table, name: str) -> InputSpec:
 
 def _download(url: str) -> bytes:
     # Imported here: only a data set in a bucket needs the object store client.
-    from guardedmodel_sidecar.object_store import ObjectStoreError, object_at, read_object
+    from guardedmodel_sidecar.object_store import ObjectStoreError, object_at
 
     try:
-        return read_object(*object_at(url))
+        bucket, name = object_at(url)
+        return bucket.read(name)
     except ObjectStoreError as error:
         raise DataError(str(error)) from error

@@ -280,13 +280,3 @@ def object_at(url: str) -> tuple[BucketWriter, str]:
     if not name or folder.endswith(":/"):
         raise ObjectStoreError(f"{url!r} does not name an object: write s3://<bucket>/<path>/<name>")
     return environment_bucket(folder), name
-
-
-def read_object(bucket: BucketReader, name: str) -> bytes:
-    """A whole object; a missing one is an error that names it."""
-    try:
-        return bytes(obstore.get(bucket._store, bucket._key(name)).bytes())
-    except FileNotFoundError as error:
-        raise ObjectStoreError(f"{bucket.url(name)} does not exist (endpoint {bucket.endpoint})") from error
-    except (BaseError, OSError, ValueError) as error:
-        raise bucket._error(name, error) from error

@@ -28,7 +28,7 @@ from guardedmodel_fit.example import DEFAULT_OUT, ExampleBuild, build_example
 from guardedmodel_fit.example_data import NEAR_OOD_SET
 from guardedmodel_fit.example_network import INPUT_NAME, MODEL_NAME
 from guardedmodel_sidecar.guard.artifact import load_artifact
-from guardedmodel_sidecar.object_store import environment_bucket, read_object
+from guardedmodel_sidecar.object_store import environment_bucket
 from guardedmodel_testground.objstore import FakeGcsServer, MinioServer
 
 pytestmark = pytest.mark.integration
@@ -172,7 +172,7 @@ def test_labels_dataset_and_fit_close_the_loop_through_the_bucket(
 
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    table = pq.read_table(io.BytesIO(read_object(environment_bucket(url), "sets/reviewed.parquet")))
+    table = pq.read_table(io.BytesIO(environment_bucket(url).read("sets/reviewed.parquet")))
     assert json.loads(table.schema.metadata[INPUT_METADATA_KEY]) == {
         "name": INPUT_NAME,
         "datatype": "FP32",
