@@ -20,6 +20,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "guardedmodel_sidecar.fetch",
         "copy a model from a remote repository (the pod's init step)",
     ),
+    "publish": (
+        "guardedmodel_cli.publish",
+        "publish a new guard version of a model into its s3:// or gs:// repository",
+    ),
     "fit": ("guardedmodel_fit.cli", "fit a guard artifact (input gate + calibration) from data"),
     "cluster": ("guardedmodel_testground.cluster_cli", "start/stop the local Kubernetes test cluster"),
     "demo": ("guardedmodel_cli.demo", "run the local end-to-end demo"),
