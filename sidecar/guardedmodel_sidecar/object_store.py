@@ -37,8 +37,7 @@ class ObjectStoreError(RuntimeError):
 
 
 class BucketReader:
-    """Objects under ``<scheme>://<bucket>/<prefix>``, read (and, for publishing, written) with the
-    credentials of the environment."""
+    """Objects under ``<scheme>://<bucket>/<prefix>``, read with the credentials of the environment."""
 
     def __init__(self, repository: str, *, timeout: float = 300.0) -> None:
         url = urlparse(repository)
@@ -63,7 +62,7 @@ class BucketReader:
             self.credentials_hint = (
                 "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY in the Secret that "
                 "spec.model.storage.secretName names (or the role of the pod's service account), "
-                f"and that they may read (to publish: write) bucket {self.bucket!r}"
+                f"and that they may read bucket {self.bucket!r}"
             )
             self._store: S3Store | GCSStore = S3Store(self.bucket, client_options=client, retry_config=retry)
         else:
@@ -73,7 +72,7 @@ class BucketReader:
             self.credentials_hint = (
                 "check the key.json of the Secret that spec.model.storage.secretName names "
                 "(or the workload identity of the pod's service account), "
-                f"and that it may read (to publish: write) bucket {self.bucket!r}"
+                f"and that it may read bucket {self.bucket!r}"
             )
             self._store = GCSStore(self.bucket, client_options=client, retry_config=retry)
 
@@ -102,25 +101,17 @@ class BucketReader:
         except (BaseError, OSError, ValueError) as error:
             raise self._error(name, error) from error
 
-    def put(self, name: str, source: Path | bytes) -> None:
-        """Write an object whole, replacing what was there; readers never see a partial object (a
-        large file goes up in parts, committed at once)."""
-        try:
-            obstore.put(self._store, self._key(name), source)
-        except (BaseError, OSError, ValueError) as error:
-            raise self._error(name, error, action="write") from error
-
     def _key(self, name: str) -> str:
         return f"{self.prefix}/{name}" if self.prefix else name
 
-    def _error(self, name: str, error: Exception, *, action: str = "read") -> ObjectStoreError:
+    def _error(self, name: str, error: Exception) -> ObjectStoreError:
         first_line = _summary(error)
         if isinstance(error, (PermissionDeniedError, UnauthenticatedError)) or _looks_denied(str(error)):
             return ObjectStoreError(
                 f"{self.url(name)}: access denied by endpoint {self.endpoint} ({first_line}); "
                 + self.credentials_hint
             )
-        return ObjectStoreError(f"cannot {action} {self.url(name)} at endpoint {self.endpoint}: {first_line}")
+        return ObjectStoreError(f"cannot read {self.url(name)} from endpoint {self.endpoint}: {first_line}")
 
 
 def _key_file_endpoint(environ: Mapping[str, str]) -> str | None:
