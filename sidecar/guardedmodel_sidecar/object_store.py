@@ -11,7 +11,8 @@ the same environment variables the cloud tools use, so the pod is configured by 
   a key, the default chain (GKE workload identity through the metadata server).
 
 The bucket holds the same layout as an http(s) repository: ``<prefix>/<model>.tar.gz`` and,
-optionally, ``<prefix>/<model>.tar.gz.sha256``.
+optionally, ``<prefix>/<model>.tar.gz.sha256``. The data loop's command-line tools (labels, data sets)
+list, read and write objects through the same reader, with the credentials of their shell.
 """
 
 from __future__ import annotations
@@ -39,7 +40,9 @@ class ObjectStoreError(RuntimeError):
 class BucketReader:
     """Objects under ``<scheme>://<bucket>/<prefix>``, read with the credentials of the environment."""
 
-    def __init__(self, repository: str, *, timeout: float = 300.0) -> None:
+    def __init__(
+        self, repository: str, *, timeout: float = 300.0, credentials_from: str | None = None
+    ) -> None:
         url = urlparse(repository)
         if url.scheme not in SCHEMES or not url.netloc:
             raise ObjectStoreError(
@@ -60,9 +63,9 @@ class BucketReader:
                 )
             )
             self.credentials_hint = (
-                "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY in the Secret that "
-                "spec.model.storage.secretName names (or the role of the pod's service account), "
-                f"and that they may read bucket {self.bucket!r}"
+                "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY in "
+                + (credentials_from or "the Secret that spec.model.storage.secretName names")
+                + f" (or the role of the pod's service account), and that they may read bucket {self.bucket!r}"
             )
             self._store: S3Store | GCSStore = S3Store(self.bucket, client_options=client, retry_config=retry)
         else:
@@ -70,9 +73,9 @@ class BucketReader:
                 environ.get("GOOGLE_BASE_URL") or _key_file_endpoint(environ) or "storage.googleapis.com"
             )
             self.credentials_hint = (
-                "check the key.json of the Secret that spec.model.storage.secretName names "
-                "(or the workload identity of the pod's service account), "
-                f"and that it may read bucket {self.bucket!r}"
+                "check the key.json of "
+                + (credentials_from or "the Secret that spec.model.storage.secretName names")
+                + f" (or the workload identity of the pod's service account), and that it may read bucket {self.bucket!r}"
             )
             self._store = GCSStore(self.bucket, client_options=client, retry_config=retry)
 
@@ -101,17 +104,61 @@ class BucketReader:
         except (BaseError, OSError, ValueError) as error:
             raise self._error(name, error) from error
 
+    def names(self, under: str = "") -> list[str]:
+        """The names (relative to the prefix) of every object below ``under``, sorted."""
+        start = self._key(under.strip("/")).rstrip("/")
+        try:
+            listed = [
+                entry["path"]
+                for chunk in obstore.list(self._store, f"{start}/" if start else None)
+                for entry in chunk
+            ]
+        except (BaseError, OSError, ValueError) as error:
+            raise self._error(under, error) from error
+        cut = len(self.prefix) + 1 if self.prefix else 0
+        return sorted(path[cut:] for path in listed)
+
+    def read(self, name: str) -> bytes:
+        """A whole object; a missing one is an error that names it."""
+        try:
+            return bytes(obstore.get(self._store, self._key(name)).bytes())
+        except FileNotFoundError as error:
+            raise ObjectStoreError(f"{self.url(name)} does not exist (endpoint {self.endpoint})") from error
+        except (BaseError, OSError, ValueError) as error:
+            raise self._error(name, error) from error
+
+    def write(self, name: str, data: bytes) -> str:
+        """Store ``data`` as object ``name`` (replacing one of that name); its URL."""
+        try:
+            obstore.put(self._store, self._key(name), data)
+        except (BaseError, OSError, ValueError) as error:
+            raise self._error(name, error, writing=True) from error
+        return self.url(name)
+
     def _key(self, name: str) -> str:
         return f"{self.prefix}/{name}" if self.prefix else name
 
-    def _error(self, name: str, error: Exception) -> ObjectStoreError:
+    def _error(self, name: str, error: Exception, *, writing: bool = False) -> ObjectStoreError:
         first_line = _summary(error)
         if isinstance(error, (PermissionDeniedError, UnauthenticatedError)) or _looks_denied(str(error)):
-            return ObjectStoreError(
-                f"{self.url(name)}: access denied by endpoint {self.endpoint} ({first_line}); "
-                + self.credentials_hint
+            hint = (
+                self.credentials_hint.replace(" may read ", " may write ")
+                if writing
+                else self.credentials_hint
             )
-        return ObjectStoreError(f"cannot read {self.url(name)} from endpoint {self.endpoint}: {first_line}")
+            return ObjectStoreError(
+                f"{self.url(name)}: access denied by endpoint {self.endpoint} ({first_line}); " + hint
+            )
+        how = "write {} to" if writing else "read {} from"
+        return ObjectStoreError(f"cannot {how.format(self.url(name))} endpoint {self.endpoint}: {first_line}")
+
+
+def object_at(url: str, *, credentials_from: str | None = None) -> tuple[BucketReader, str]:
+    """The bucket reader of ``<scheme>://<bucket>/<path>/<name>`` and the object's name in it."""
+    folder, _, name = url.rstrip("/").rpartition("/")
+    if not name or folder.endswith(":/"):
+        raise ObjectStoreError(f"{url!r} does not name an object: write s3://<bucket>/<path>/<name>")
+    return BucketReader(folder, credentials_from=credentials_from), name
 
 
 def _key_file_endpoint(environ: Mapping[str, str]) -> str | None:

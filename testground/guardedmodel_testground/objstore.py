@@ -7,6 +7,7 @@ Both are built once per machine from the Go module proxy and cached like the clu
 - fake-gcs-server is the GCS emulator the Rust ``object_store`` crate (under obstore) runs its own
   tests against. Google's storage-testbench is a Python package installed from GitHub only, which
   this machine cannot reach; the emulator does not check credentials, so refusals are MinIO's part.
+  Clients reach it through ``GcsPutProxy``, which adds the XML API's object PUT the emulator lacks.
 
 A model is published to either the way a model team would: ``pack_model``'s archive and its
 ``.sha256`` under a prefix of a bucket.
@@ -31,6 +32,7 @@ from typing import Any, Self, TextIO
 import obstore
 from obstore.store import S3Store
 
+from .gcs_put_proxy import GcsPutProxy
 from .model_server import pack_model
 from .paths import cache_dir, go_command
 from .procs import LocalServer, ManagedProcess, free_port, http_ok, wait_until
@@ -149,14 +151,19 @@ class MinioServer(LocalServer):
 @dataclass
 class FakeGcsServer(LocalServer):
     """fake-gcs-server on 127.0.0.1; ``key_file`` is the service-account file a pod's Secret holds,
-    pointing the client at this server."""
+    pointing the client at this server (through its PUT proxy, ``endpoint``)."""
 
     state_dir: Path
     port: int = field(default=0, init=False)
+    proxy: GcsPutProxy | None = field(default=None, init=False)
+
+    @property
+    def emulator_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return self.proxy.endpoint if self.proxy else self.emulator_url
 
     @property
     def key_file(self) -> Path:
@@ -184,15 +191,16 @@ class FakeGcsServer(LocalServer):
                 "-public-host",
                 f"127.0.0.1:{self.port}",
                 "-external-url",
-                self.endpoint,
+                self.emulator_url,
                 "-log-level",
                 "warn",
             ],
             self.state_dir / "fake-gcs-server.log",
         ).start()
         wait_until(
-            "fake-gcs-server", lambda: http_ok(f"{self.endpoint}/storage/v1/b"), 60, process=self.process
+            "fake-gcs-server", lambda: http_ok(f"{self.emulator_url}/storage/v1/b"), 60, process=self.process
         )
+        self.proxy = GcsPutProxy(self.emulator_url).start()
         # The emulator takes no OAuth token; object_store's key files say so with disable_oauth.
         key: dict[str, Any] = {
             "gcs_base_url": self.endpoint,
@@ -204,11 +212,16 @@ class FakeGcsServer(LocalServer):
         self.key_file.write_text(json.dumps(key))
         return self
 
+    def stop(self) -> None:
+        if self.proxy:
+            self.proxy.stop()
+        super().stop()
+
     def upload(self, bucket: str, key: str, data: bytes) -> None:
         # The emulator's XML-API upload (object_store's put) does not take a "/" in the name; its
         # JSON-API media upload does.
         request = urllib.request.Request(
-            f"{self.endpoint}/upload/storage/v1/b/{bucket}/o?"
+            f"{self.emulator_url}/upload/storage/v1/b/{bucket}/o?"
             + urllib.parse.urlencode({"uploadType": "media", "name": key}),
             method="POST",
             data=data,
@@ -219,7 +232,7 @@ class FakeGcsServer(LocalServer):
 
     def create_bucket(self, bucket: str) -> None:
         request = urllib.request.Request(
-            f"{self.endpoint}/storage/v1/b",
+            f"{self.emulator_url}/storage/v1/b",
             method="POST",
             data=json.dumps({"name": bucket}).encode(),
             headers={"Content-Type": "application/json"},
