@@ -40,6 +40,9 @@ from guardedmodel_sidecar.fetch import FetchError, expected_digest, extract_arch
 from guardedmodel_sidecar.guard.artifact import ArtifactError, load_artifact
 from guardedmodel_sidecar.object_store import BucketReader, ObjectStoreError
 
+#: Where publish's credentials come from, for the hint of a refusal (it runs in a shell or a CI job).
+CREDENTIALS = "the environment (AWS_* / GOOGLE_SERVICE_ACCOUNT_PATH variables)"
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -94,7 +97,7 @@ def publish(
     if not model or "/" in model or model in (".", ".."):
         raise PublishError(f"model name {model!r} must be a single folder name")
     try:
-        bucket = BucketReader(repository, timeout=timeout)
+        bucket = BucketReader(repository, timeout=timeout, credentials_from=CREDENTIALS)
     except ObjectStoreError as error:
         raise PublishError(str(error)) from error
     name = f"{model}.tar.gz"
@@ -224,6 +227,6 @@ def _unpack(archive: Path, target: Path, url: str, model: str) -> dict[str, File
 
 def _put(bucket: BucketReader, name: str, source: Path | bytes) -> None:
     try:
-        bucket.put(name, source)
+        bucket.write(name, source.read_bytes() if isinstance(source, Path) else source)
     except ObjectStoreError as error:
         raise PublishError(str(error)) from error

@@ -183,12 +183,7 @@ def test_refusals_say_what_to_fix(
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="fake-gcs-server v1.56.1 takes a plain XML-API PUT (object_store's GCS upload) only as a signed "
-    "URL and answers 400 'invalid uploadType'; real GCS takes it",
-)
-def test_publish_to_gcs(example: ExampleBuild, tmp_path: Path) -> None:
+def test_publish_to_gcs_and_fetch_back_byte_for_byte(example: ExampleBuild, tmp_path: Path) -> None:
     with FakeGcsServer(tmp_path / "gcs") as server:
         server.create_bucket(BUCKET)
         publish_model(server, BUCKET, "team", example.model_dir, tmp_path / "public", versions=("1",))
