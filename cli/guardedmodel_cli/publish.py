@@ -38,10 +38,7 @@ from guardedmodel_cli.publish_archive import (
 )
 from guardedmodel_sidecar.fetch import FetchError, expected_digest, extract_archive
 from guardedmodel_sidecar.guard.artifact import ArtifactError, load_artifact
-from guardedmodel_sidecar.object_store import BucketReader, ObjectStoreError
-
-#: Where publish's credentials come from, for the hint of a refusal (it runs in a shell or a CI job).
-CREDENTIALS = "the environment (AWS_* / GOOGLE_SERVICE_ACCOUNT_PATH variables)"
+from guardedmodel_sidecar.object_store import ENVIRONMENT_CREDENTIALS, BucketReader, ObjectStoreError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -97,7 +94,7 @@ def publish(
     if not model or "/" in model or model in (".", ".."):
         raise PublishError(f"model name {model!r} must be a single folder name")
     try:
-        bucket = BucketReader(repository, timeout=timeout, credentials_from=CREDENTIALS)
+        bucket = BucketReader(repository, timeout=timeout, credentials_from=ENVIRONMENT_CREDENTIALS)
     except ObjectStoreError as error:
         raise PublishError(str(error)) from error
     name = f"{model}.tar.gz"

@@ -31,6 +31,9 @@ from obstore.exceptions import BaseError, PermissionDeniedError, Unauthenticated
 from obstore.store import GCSStore, S3Store
 
 SCHEMES = ("s3", "gs")
+#: Where a command-line tool's credentials come from (for the access-denied hint): its shell's variables.
+ENVIRONMENT_CREDENTIALS = "this command's environment (or the machine's default credentials)"
+_MODEL_SECRET = "the Secret that spec.model.storage.secretName names"
 
 
 class ObjectStoreError(RuntimeError):
@@ -64,8 +67,8 @@ class BucketReader:
             )
             self.credentials_hint = (
                 "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY in "
-                + (credentials_from or "the Secret that spec.model.storage.secretName names")
-                + f" (or the role of the pod's service account), and that they may read bucket {self.bucket!r}"
+                + (credentials_from or f"{_MODEL_SECRET} (or the role of the pod's service account)")
+                + f", and that they may read bucket {self.bucket!r}"
             )
             self._store: S3Store | GCSStore = S3Store(self.bucket, client_options=client, retry_config=retry)
         else:
@@ -73,10 +76,10 @@ class BucketReader:
                 environ.get("GOOGLE_BASE_URL") or _key_file_endpoint(environ) or "storage.googleapis.com"
             )
             self.credentials_hint = (
-                "check the key.json of "
-                + (credentials_from or "the Secret that spec.model.storage.secretName names")
-                + f" (or the workload identity of the pod's service account), and that it may read bucket {self.bucket!r}"
-            )
+                f"check the key file GOOGLE_SERVICE_ACCOUNT_PATH names in {credentials_from}"
+                if credentials_from
+                else f"check the key.json of {_MODEL_SECRET} (or the workload identity of the pod's service account)"
+            ) + f", and that it may read bucket {self.bucket!r}"
             self._store = GCSStore(self.bucket, client_options=client, retry_config=retry)
 
     def url(self, name: str) -> str:
