@@ -65,7 +65,19 @@ KINDS = {
 }
 
 #: The lines of a command's output the story shows (fit's summary is long; its report has it all).
-SHOWN_LINES = ("guard for", "temperature", "method auto", "report:", "published", "replaced", "finished")
+SHOWN_LINES = (
+    "data set of",
+    "labelled rows",
+    "OOD rows",
+    "labels without sample",
+    "guard for",
+    "temperature",
+    "mahalanobis ",
+    "method auto",
+    "published",
+    "replaced",
+    "finished",
+)
 
 
 @dataclass(frozen=True)
@@ -252,7 +264,13 @@ class EvergreenDemo(Demo):
         say(f"The sidecar exports the sampled payloads to {EXPORT_URL} (Parquet, Hive-partitioned)")
         self.wait_for_export()
         say("guardedmodel dataset: the exported samples joined with their labels, one row per reviewed row")
-        self.command("dataset", f"--export-url={EXPORT_URL}", f"--model={MODEL}", f"--out={DATASET_URL}")
+        self.command(
+            "dataset",
+            f"--export-url={EXPORT_URL}",
+            f"--model={MODEL}",
+            f"--out={DATASET_URL}",
+            show_output=True,
+        )
         return DATASET_URL
 
     def wait_for_export(self) -> None:
