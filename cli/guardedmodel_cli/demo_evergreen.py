@@ -293,26 +293,31 @@ class EvergreenDemo(Demo):
     def fit_new_guard(self, build: Any, dataset: str | None) -> Path:
         guard = self.state_dir / "guard-v2"
         data = build.data_dir
+        reviewed = [] if dataset is None else [f"--data={dataset}", f"--ood=reviewed={dataset}"]
         args = [
             f"--model={self.pod_models / MODEL}",
             "--version=1",
             f"--data={data / 'validation.npz'}",
+            *reviewed,
             f"--fit-data={data / 'fit.npz'}",
             f"--ood=near={data / 'held-out-classes.npz'}",
             "--mahalanobis-normalise",  # the example's recipe
             f"--out={guard}",
             "--no-progress",
         ]
-        if dataset is not None:
-            say(
-                "guardedmodel fit: a new guard for version 1's weights, on the validation set AND the reviewed set"
-            )
-            args += [f"--data={dataset}", f"--ood=reviewed={dataset}"]
-        else:
-            say(
-                "guardedmodel fit: a new guard for version 1's weights (no reviewed set in this installation)"
-            )
+        on = (
+            "the validation set AND the reviewed set"
+            if dataset
+            else "the validation set (no reviewed set here)"
+        )
+        say(f"guardedmodel fit: a new guard for version 1's weights, on {on}")
         self.command("fit", *args, show_output=True)
+        report = json.loads((guard / "report" / "report.json").read_text())
+        self.record["fit"] = {
+            "samples": report["samples"],
+            "auto": report["auto"]["method"],
+            "temperature": report["calibration"]["temperature"],
+        }
         return guard
 
     def publish_version_2(self, guard: Path) -> None:
