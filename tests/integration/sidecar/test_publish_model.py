@@ -6,29 +6,22 @@ Every command runs as a process with only the environment a pod's Secret (or a C
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import obstore
 import pytest
-from test_fetch_model_object_store import fetch, tree
+from test_fetch_model_object_store import BUCKET, cli, example, fetch, tree
 
-from guardedmodel_fit.example import DEFAULT_OUT, ExampleBuild, build_example
+from guardedmodel_fit.example import ExampleBuild
 from guardedmodel_sidecar.fetch import add_versions
 from guardedmodel_testground.objstore import FakeGcsServer, MinioServer, publish_model
 
 pytestmark = pytest.mark.integration
 
-BUCKET = "models"
 MODEL = "fashion-mnist"
-
-
-@pytest.fixture(scope="module")
-def example() -> ExampleBuild:
-    return build_example(DEFAULT_OUT, versions=("1", "2"), progress=False)
+__all__ = ["example"]  # the worked example's build, a fixture shared with the fetch tests
 
 
 @pytest.fixture(scope="module")
@@ -51,24 +44,15 @@ def repository(
 def publish(
     repository: str, guard: Path, env: dict[str, str], *extra: str
 ) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "GOOGLE_"))}
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "guardedmodel_cli.main",
-            "publish",
-            f"--repository={repository}",
-            f"--model={MODEL}",
-            "--from-version=1",
-            "--version=2",
-            f"--guard={guard}",
-            *extra,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**clean, **env},
+    return cli(
+        "publish",
+        f"--repository={repository}",
+        f"--model={MODEL}",
+        "--from-version=1",
+        "--version=2",
+        f"--guard={guard}",
+        *extra,
+        env=env,
     )
 
 
