@@ -14,7 +14,7 @@ PYTEST_ARGS ?= -m "not slow"
 # as another user its tests are skipped with that reason.
 POD_TIER_DEPS := $(if $(filter 0,$(shell id -u)),pod-deps node-deps)
 
-.PHONY: setup system-deps python-deps cluster-binaries lint test test-all test-pods test-reliability pod-deps node-deps demo demo-real-pods bench-sidecar bench-guard bench-operator bench-operator-day bench-soak bench-rollback bench-cost bench-ensemble fuzz crds-sync dashboard-sync dashboard-png clean
+.PHONY: setup system-deps python-deps cluster-binaries lint test test-all test-pods test-reliability pod-deps node-deps demo demo-real-pods demo-evergreen bench-sidecar bench-guard bench-operator bench-operator-day bench-soak bench-rollback bench-cost bench-ensemble fuzz crds-sync dashboard-sync dashboard-png clean
 
 setup: system-deps python-deps cluster-binaries
 
@@ -70,6 +70,11 @@ demo: setup
 # The same story with the operator and the model in real pods (root; images built on first use).
 demo-real-pods: setup pod-deps node-deps
 	$(BIN)/guardedmodel demo --real-pods
+
+# One turn of the data loop: the model in a bucket (MinIO), reviews, a new guard fitted, published and
+# rolled out.
+demo-evergreen: setup
+	$(BIN)/guardedmodel demo --evergreen
 
 # Benchmarks measure side by side and write bench/results/*.json + *.png; run them on a quiet machine.
 bench-sidecar: setup

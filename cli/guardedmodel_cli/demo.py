@@ -79,9 +79,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="run the operator and the model in real pods on a real kubelet (root; make pod-deps node-deps)",
     )
+    parser.add_argument(
+        "--evergreen",
+        action="store_true",
+        help="one turn of the data loop instead: models in a bucket, reviews, a new guard fitted and rolled out",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.evergreen and args.real_pods:
+        print("--evergreen runs on local processes: leave out --real-pods", file=sys.stderr)
+        return 2
     state_dir = (args.state_dir or default_state_dir() / "demo").resolve()
     if (state_dir / "cluster" / "state.json").exists():
         print(
@@ -91,9 +99,14 @@ def run(args: argparse.Namespace) -> int:
         return 1
     # Each run starts from scratch: a previous run's etcd data would replay its objects.
     shutil.rmtree(state_dir, ignore_errors=True)
-    demo = Demo(
-        state_dir, requests=args.requests, timeout=args.timeout, keep=args.keep, real_pods=args.real_pods
-    )
+    if args.evergreen:
+        from guardedmodel_cli.demo_evergreen import EvergreenDemo
+
+        demo: Demo = EvergreenDemo(state_dir, requests=args.requests, timeout=args.timeout, keep=args.keep)
+    else:
+        demo = Demo(
+            state_dir, requests=args.requests, timeout=args.timeout, keep=args.keep, real_pods=args.real_pods
+        )
     try:
         demo.run()
     except (StartError, DemoError, RealPodsError, subprocess.CalledProcessError) as error:
@@ -202,8 +215,12 @@ class Demo:
         )
         print(f"operator running (log {self.operator.log_path})")
 
-    def apply_manifest(self, adapt: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
-        say(f"kubectl apply -f {MANIFEST}  (repository pointed at the local build)")
+    def apply_manifest(
+        self,
+        adapt: Callable[[dict[str, Any]], dict[str, Any]],
+        note: str = "repository pointed at the local build",
+    ) -> None:
+        say(f"kubectl apply -f {MANIFEST}  ({note})")
         manifest = yaml.safe_load((repo_root() / MANIFEST).read_text())
         self.ood_alpha = manifest["spec"]["gate"]["ood"].get("alpha")
         manifest["metadata"]["namespace"] = NAMESPACE
@@ -215,14 +232,24 @@ class Demo:
             self.cluster.kubectl("get", "deploy,svc,cm,networkpolicy,pods", "-n", NAMESPACE).stdout.rstrip()
         )
 
-    def start_data_plane(self, repository: Path) -> None:
+    def start_data_plane(
+        self, repository: Path, *, model_source: str | None = None, env: dict[str, str] | None = None
+    ) -> None:
+        """``model_source``: the bucket ``repository`` was fetched from (later versions come from it);
+        ``env``: the processes' environment (default: the cluster's)."""
         say("Starting Triton and the sidecar with the config the operator rendered into the pod's ConfigMap")
         rendered = local_stack.rendered_sidecar_config(self.cluster, NAMESPACE)
         if rendered is None:
             raise DemoError("the operator rendered no ConfigMap with a sidecar.yaml")
         listen = {"host": "127.0.0.1", **self.ports}
         plane = local_stack.start_data_plane(
-            self.stack, rendered, repository, state_dir=self.state_dir, listen=listen, env=self.cluster.env
+            self.stack,
+            rendered,
+            repository,
+            state_dir=self.state_dir,
+            listen=listen,
+            env=env or self.cluster.env,
+            model_source=model_source,
         )
         self.triton, self.sidecar = plane.triton, plane.sidecar
         print(f"Triton {self.triton.http_url} (explicit model control, loopback only)")
@@ -279,8 +306,8 @@ class Demo:
             time.sleep(1.5)
         return previous
 
-    def rollout_canary(self) -> None:
-        say('Rolling out version 2 (a weaker model): kubectl patch gm fashion version "2"')
+    def rollout_canary(self, what: str = "a weaker model") -> None:
+        say(f'Rolling out version 2 ({what}): kubectl patch gm fashion version "2"')
         pods_before = self.model_pods()
         self.patch_version("2")
         deadline = time.monotonic() + self.timeout

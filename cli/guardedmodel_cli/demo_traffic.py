@@ -6,6 +6,7 @@ Requests go through an unchanged tritonclient, as a user's client would send the
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,20 +72,24 @@ def connection_lost() -> tuple[type[BaseException], ...]:
     return (OSError, HTTPConnectionClosed)
 
 
-def send(address: str, inputs: np.ndarray) -> Outcome:
+def send(
+    address: str, inputs: np.ndarray, *, request_ids: Sequence[str] | None = None, version: str = ""
+) -> Outcome:
     """One request per input to the sidecar's HTTP listener at `address` (host:port); the guard's
-    decision read from each answer."""
+    decision read from each answer. `request_ids`: the client's id of each request (the audit record
+    and a review item carry it); `version`: ask for that model version instead of the routed one."""
     import tritonclient.http as httpclient
     from tritonclient.utils import InferenceServerException
 
     client = httpclient.InferenceServerClient(address)
     outcome = Outcome()
     try:
-        for sample in inputs:
+        for index, sample in enumerate(inputs):
             tensor = httpclient.InferInput("INPUT", [1, *sample.shape], "FP32")
             tensor.set_data_from_numpy(sample[None], binary_data=True)
+            request_id = request_ids[index] if request_ids is not None else ""
             try:
-                result = client.infer(MODEL, [tensor])
+                result = client.infer(MODEL, [tensor], model_version=version, request_id=request_id)
             except InferenceServerException as error:
                 # 400: the gate refused a malformed input; 422: the scorer rejected it as OOD.
                 kind = "rejected as OOD" if str(error.status()) == "422" else "refused by gate"

@@ -20,6 +20,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "guardedmodel_sidecar.fetch",
         "copy a model from a remote repository (the pod's init step)",
     ),
+    "publish": (
+        "guardedmodel_cli.publish",
+        "publish a new guard version of a model into its s3:// or gs:// repository",
+    ),
     "fit": ("guardedmodel_fit.cli", "fit a guard artifact (input gate + calibration) from data"),
     "labels": ("guardedmodel_cli.labels", "store reviewers' labels beside the exported samples (labels put)"),
     "dataset": (

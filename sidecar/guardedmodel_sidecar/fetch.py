@@ -197,7 +197,7 @@ class _HttpReader:
 def _fetch_archive(reader: ArchiveReader, model: str, dest: Path) -> Path:
     name = f"{model}.tar.gz"
     archive_url = reader.url(name)
-    expected = _expected_digest(reader, name + ".sha256")
+    expected = expected_digest(reader, name + ".sha256")
     with tempfile.NamedTemporaryFile(dir=dest, prefix=f".{model}-", suffix=".tar.gz") as download:
         digest = hashlib.sha256()
         for chunk in reader.chunks(name):
@@ -260,7 +260,7 @@ def extract_archive(archive: tarfile.TarFile, staging: Path, source: str) -> Non
         target.chmod(0o755 if member.mode & 0o111 else 0o644)
 
 
-def _expected_digest(reader: ArchiveReader, name: str) -> str | None:
+def expected_digest(reader: ArchiveReader, name: str) -> str | None:
     data = reader.read_small(name)
     if data is None:
         return None

@@ -266,10 +266,10 @@ _ENVIRONMENT_HINTS = {
 }
 
 
-def environment_bucket(url: str) -> BucketWriter:
+def environment_bucket(url: str, *, timeout: float = 300.0) -> BucketWriter:
     """The bucket of ``<scheme>://<bucket>/<prefix>`` for a command run by a person or a tool, whose
     access-denied errors point at the command's environment rather than a pod's Secret."""
-    bucket = BucketWriter(url)
+    bucket = BucketWriter(url, timeout=timeout)
     bucket.credentials_hint = _ENVIRONMENT_HINTS[bucket.scheme].format(bucket=bucket.bucket)
     return bucket
 

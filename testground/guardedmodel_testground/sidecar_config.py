@@ -40,12 +40,16 @@ def localize_sidecar_config(
     listen: dict[str, Any],
     audit_dir: Path,
     spool_dir: Path,
+    model_source: str | None = None,
 ) -> dict[str, Any]:
     """`config` with what differs between the pod and this machine replaced: the Triton addresses,
     the model repository, the listeners and the writable directories. Here Triton reads the
-    repository itself, not a copy fetched at start, so there is no model source to fetch from."""
+    repository itself, not a copy fetched at start, so there is no model source to fetch from,
+    unless `model_source` names the remote repository `repository` was fetched from (as the pod's
+    init container does): then versions published later are fetched from it."""
     return {
         **{key: value for key, value in config.items() if key != "modelSource"},
+        **({"modelSource": model_source} if model_source else {}),
         "triton": triton,
         "modelRepository": str(repository),
         "listen": listen,

@@ -176,9 +176,11 @@ def start_data_plane(
     state_dir: Path,
     listen: dict[str, Any],
     env: Mapping[str, str],
+    model_source: str | None = None,
 ) -> DataPlane:
     """Triton (explicit model control) on `repository` and the sidecar in front of it, on the
-    operator's `rendered` config with this machine's addresses and directories."""
+    operator's `rendered` config with this machine's addresses and directories; `model_source`: the
+    remote repository `repository` was fetched from (the sidecar fetches later versions from it)."""
     triton = stack.enter_context(
         TritonServer(repository, model_control_mode="explicit", log_dir=state_dir / "logs")
     )
@@ -194,6 +196,7 @@ def start_data_plane(
         listen=listen,
         audit_dir=state_dir / "audit",
         spool_dir=state_dir / "review-spool",
+        model_source=model_source,
     )
     config_path = state_dir / "sidecar.yaml"
     config_path.write_text(yaml.safe_dump(config))

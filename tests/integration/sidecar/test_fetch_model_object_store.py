@@ -45,7 +45,7 @@ def minio(tmp_path_factory: pytest.TempPathFactory, example: ExampleBuild) -> It
 
 @pytest.fixture(scope="module")
 def gcs(tmp_path_factory: pytest.TempPathFactory, example: ExampleBuild) -> Iterator[FakeGcsServer]:
-    with FakeGcsServer(tmp_path_factory.mktemp("gcs")) as server:
+    with FakeGcsServer(tmp_path_factory.mktemp("gcs"), xml_uploads=True) as server:
         with_example(server, example)
         yield server
 
@@ -56,23 +56,20 @@ def store(request: pytest.FixtureRequest) -> tuple[str, MinioServer | FakeGcsSer
     return request.param, server
 
 
-def fetch(repository: str, model: str, dest: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`guardedmodel <args>` as a process with only `env`'s object store settings (a pod's or a CI job's)."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "GOOGLE_"))}
     return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "guardedmodel_cli.main",
-            "fetch-model",
-            f"--repository={repository}",
-            f"--model={model}",
-            f"--dest={dest}",
-        ],
+        [sys.executable, "-m", "guardedmodel_cli.main", *args],
         capture_output=True,
         text=True,
         timeout=120,
         env={**clean, **env},
     )
+
+
+def fetch(repository: str, model: str, dest: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return cli("fetch-model", f"--repository={repository}", f"--model={model}", f"--dest={dest}", env=env)
 
 
 def tree(root: Path) -> dict[str, bytes]:
