@@ -45,7 +45,7 @@ def minio(tmp_path_factory: pytest.TempPathFactory, example: ExampleBuild) -> It
 
 @pytest.fixture(scope="module")
 def gcs(tmp_path_factory: pytest.TempPathFactory, example: ExampleBuild) -> Iterator[FakeGcsServer]:
-    with FakeGcsServer(tmp_path_factory.mktemp("gcs"), xml_uploads=True) as server:
+    with FakeGcsServer(tmp_path_factory.mktemp("gcs")) as server:
         with_example(server, example)
         yield server
 
