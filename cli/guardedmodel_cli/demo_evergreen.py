@@ -37,16 +37,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from guardedmodel_cli import demo_output as out
 from guardedmodel_cli.demo import Demo, DemoError
 from guardedmodel_cli.demo_output import say
 from guardedmodel_cli.demo_traffic import FreshRows, Outcome, send
-from guardedmodel_cli.main import SUBCOMMANDS
 from guardedmodel_testground.cluster import LocalCluster
 from guardedmodel_testground.objstore import MinioServer, publish_model
-from guardedmodel_testground.paths import repo_root
 from guardedmodel_testground.procs import log_tail
 from guardedmodel_testground.review_inbox import ReviewInbox
 
@@ -55,7 +52,6 @@ REPOSITORY = f"s3://{BUCKET}/team"
 EXPORT_URL = f"s3://{BUCKET}/audit"
 DATASET_URL = f"s3://{BUCKET}/datasets/fashion-mnist-reviewed.parquet"
 MODEL = "fashion-mnist"
-CRD = "crds/guardedmodel.io_guardedmodels.yaml"
 #: The hard kinds of input and what a reviewer says of them: None = a valid input (its class is the
 #: label), True = not a valid input for this model (out of distribution).
 KINDS = {
@@ -96,8 +92,6 @@ class EvergreenDemo(Demo):
         self.truth: dict[str, Truth] = {}
         self.rows: dict[str, FreshRows] = {}
         self.labels_of: dict[str, np.ndarray] = {}
-        self.export_ready = crd_has_audit_export()
-        self.loop_ready = {"labels", "dataset"} <= set(SUBCOMMANDS)
 
     def run(self) -> None:
         with self.stack:
@@ -128,8 +122,6 @@ class EvergreenDemo(Demo):
             self.record["evergreen"] = {
                 "review_items": len(items),
                 "labels": dict(Counter("ood" if lab["ood"] else "class" for lab in labels)),
-                "export": self.export_ready,
-                "loop_commands": self.loop_ready,
                 "dataset": dataset,
                 "first_traffic": {k: dict(o.decisions) for k, o in before.items()},
                 "guards": {
@@ -161,10 +153,6 @@ class EvergreenDemo(Demo):
             self.minio, BUCKET, "team", build.model_dir, self.state_dir / "published", versions=("1",)
         )
         print(f"MinIO {self.minio.endpoint}; the shell and the pod get AWS_* variables for it")
-        if not self.export_ready:
-            print("  (this installation's CRD has no spec.audit.export: the export step is left out)")
-        if not self.loop_ready:
-            print("  (this installation has no `guardedmodel labels`/`dataset`: labels stay in a local file)")
 
     def evergreen_manifest(self, manifest: dict[str, Any]) -> dict[str, Any]:
         spec = manifest["spec"]
@@ -172,9 +160,11 @@ class EvergreenDemo(Demo):
         # Out-of-distribution rows go to people too, so that reviewers can say what they are.
         spec["gate"]["ood"]["action"] = "review"
         spec["confidence"]["review"] = {"webhook": self.inbox.url, "maxFraction": 1.0}
-        spec["audit"] = {"enabled": True, "sampleRate": 1.0}
-        if self.export_ready:
-            spec["audit"]["export"] = {"url": EXPORT_URL, "intervalSeconds": 5}
+        spec["audit"] = {
+            "enabled": True,
+            "sampleRate": 1.0,
+            "export": {"url": EXPORT_URL, "intervalSeconds": 5},
+        }
         return manifest
 
     def start_pod_copy(self) -> None:
@@ -242,11 +232,6 @@ class EvergreenDemo(Demo):
         return labels
 
     def put_labels(self, labels: list[dict[str, Any]]) -> None:
-        if not self.loop_ready:
-            say(
-                f"Labels written to {self.state_dir / 'labels.jsonl'} (`guardedmodel labels put` is not installed)"
-            )
-            return
         say("The review tool stores the labels beside the exported samples")
         self.command(
             "labels",
@@ -256,11 +241,8 @@ class EvergreenDemo(Demo):
             str(self.state_dir / "labels.jsonl"),
         )
 
-    def export_and_join(self) -> str | None:
-        """The data set URL, once the samples are exported and joined with their labels (None: a step of
-        the loop is not in this installation)."""
-        if not (self.export_ready and self.loop_ready):
-            return None
+    def export_and_join(self) -> str:
+        """The data set URL, once the samples are exported and joined with their labels."""
         say(f"The sidecar exports the sampled payloads to {EXPORT_URL} (Parquet, Hive-partitioned)")
         self.wait_for_export()
         say("guardedmodel dataset: the exported samples joined with their labels, one row per reviewed row")
@@ -290,10 +272,10 @@ class EvergreenDemo(Demo):
             f"the audit export did not catch up in {self.timeout:.0f}s; sidecar log:\n{log_tail(self.sidecar.log_path)}"
         )
 
-    def fit_new_guard(self, build: Any, dataset: str | None) -> Path:
+    def fit_new_guard(self, build: Any, dataset: str) -> Path:
         guard = self.state_dir / "guard-v2"
         data = build.data_dir
-        reviewed = [] if dataset is None else [f"--data={dataset}", f"--ood=reviewed={dataset}"]
+        reviewed = [f"--data={dataset}", f"--ood=reviewed={dataset}"]
         args = [
             f"--model={self.pod_models / MODEL}",
             "--version=1",
@@ -385,14 +367,3 @@ def metric_values(text: str, name: str) -> list[float]:
         if line.startswith(name) and line[len(name) : len(name) + 1] in ("{", " "):
             values.append(float(line.rsplit(" ", 1)[1]))
     return values
-
-
-def crd_has_audit_export() -> bool:
-    """Whether this checkout's CRD knows spec.audit.export (the API server refuses unknown fields)."""
-    documents = yaml.safe_load_all((repo_root() / CRD).read_text())
-    for document in documents:
-        for version in (document or {}).get("spec", {}).get("versions", []):
-            audit = version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"].get("audit", {})
-            if "export" in audit.get("properties", {}):
-                return True
-    return False
