@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,6 +29,16 @@ from guardedmodel_testground.triton import TritonServer
 
 sys.path.insert(0, str(Path(__file__).parent))
 from sidecar_toy import MODEL, write_toy_repository
+
+
+def copy_example_version(model_dir: Path, target: Path, version: str = "1") -> Path:
+    """A repository at ``target`` with ``version`` of the worked example (its model folder
+    ``model_dir``) and its guard, copied: the cached example may be refitted while a module runs."""
+    model = target / model_dir.name
+    model.mkdir(parents=True)
+    shutil.copy(model_dir / "config.pbtxt", model / "config.pbtxt")
+    shutil.copytree(model_dir / version, model / version, ignore=shutil.ignore_patterns("__pycache__"))
+    return target
 
 
 @pytest.fixture(scope="session")

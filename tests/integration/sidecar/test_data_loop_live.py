@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import tritonclient.http as httpclient
-from conftest import SidecarProcess, WebhookReceiver, launch_sidecar
+from conftest import SidecarProcess, WebhookReceiver, copy_example_version, launch_sidecar
 from review_harness import metric
 
 from guardedmodel_fit.example import DEFAULT_OUT, ExampleBuild, build_example
@@ -56,13 +56,7 @@ def example() -> ExampleBuild:
 @pytest.fixture(scope="module")
 def repository(example: ExampleBuild, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Version 1 without its guard's report, copied: the cached example may be refitted meanwhile."""
-    repo = tmp_path_factory.mktemp("fashion") / "models"
-    (repo / MODEL_NAME).mkdir(parents=True)
-    shutil.copy(example.model_dir / "config.pbtxt", repo / MODEL_NAME / "config.pbtxt")
-    shutil.copytree(
-        example.model_dir / "1", repo / MODEL_NAME / "1", ignore=shutil.ignore_patterns("__pycache__")
-    )
-    return repo
+    return copy_example_version(example.model_dir, tmp_path_factory.mktemp("fashion") / "models")
 
 
 @pytest.fixture(scope="module")

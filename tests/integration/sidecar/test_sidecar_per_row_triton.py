@@ -14,7 +14,6 @@ well outside it, so which rows are refused is known before the sidecar is asked.
 from __future__ import annotations
 
 import concurrent.futures
-import shutil
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -26,7 +25,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from conftest import SidecarProcess, WebhookReceiver, launch_sidecar
+from conftest import SidecarProcess, WebhookReceiver, copy_example_version, launch_sidecar
 from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
@@ -88,13 +87,7 @@ def example() -> ExampleBuild:
 @pytest.fixture(scope="module")
 def repository(example: ExampleBuild, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Version 1 and its guard, copied: the cached example may be refitted while this module runs."""
-    repo = tmp_path_factory.mktemp("fashion") / "models"
-    (repo / MODEL_NAME).mkdir(parents=True)
-    shutil.copy(example.model_dir / "config.pbtxt", repo / MODEL_NAME / "config.pbtxt")
-    shutil.copytree(
-        example.model_dir / "1", repo / MODEL_NAME / "1", ignore=shutil.ignore_patterns("__pycache__")
-    )
-    return repo
+    return copy_example_version(example.model_dir, tmp_path_factory.mktemp("fashion") / "models")
 
 
 @pytest.fixture(scope="module")
