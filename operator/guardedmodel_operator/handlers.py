@@ -36,7 +36,7 @@ from .labels import GROUP, MANAGED_BY, MANAGED_BY_LABEL, OWNER_NAME_LABEL, PLURA
 from .model_tasks import Memo, slim
 from .prometheus import PrometheusSource
 from .reconcile import reconcile
-from .resync import WATCH_BEHIND, models_behind
+from .resync import ROLLING_OUT, WATCH_BEHIND, models_behind
 from .rollout import wiring as rollout_wiring
 from .scaling import idle_wiring
 from .scaling import wiring as scaling_wiring
@@ -310,10 +310,13 @@ async def resync_once(state: OperatorState, behind_before: dict[Key, int]) -> di
     log.debug(f"resync: {len(listed)} models listed, {len(behind_now)} behind, {len(act)} to reconcile")
     for model in act:
         metrics.RESYNCS.labels(reason=model.reason).inc()
-        log.warning(
-            f"resync: {model.key[0]}/{model.key[1]} generation {model.generation} is still unreconciled "
-            f"({model.reason}); reconciling it from a fresh read"
-        )
+        if model.reason == ROLLING_OUT:
+            log.debug(f"resync: {model.key[0]}/{model.key[1]} is rolling out; looking at its pods' fetch")
+        else:
+            log.warning(
+                f"resync: {model.key[0]}/{model.key[1]} generation {model.generation} is still unreconciled "
+                f"({model.reason}); reconciling it from a fresh read"
+            )
         slimmed = slim(model.body)
         if model.reason == WATCH_BEHIND:
             state.remember(slimmed)  # newer than the index's copy: the reconcile reads this one

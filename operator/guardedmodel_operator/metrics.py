@@ -40,9 +40,9 @@ COALESCED = Counter(
 )
 RESYNCS = Counter(
     "guardedmodel_operator_resyncs_total",
-    "GuardedModels reconciled by the periodic resync because their spec generation stayed unreconciled "
-    "across two listings: watch_behind (the watch never delivered it: a lost watch event) or "
-    "not_converged (reconciles since have failed).",
+    "GuardedModels reconciled by the periodic resync: watch_behind (a spec generation the watch never "
+    "delivered across two listings: a lost watch event), not_converged (reconciles since have failed) or "
+    "rolling_out (routine: pods not rolled out whose init container fetches the model, looked at again).",
     ["reason"],
     registry=REGISTRY,
 )

@@ -11,6 +11,12 @@ the reconcile under way. A model in a steady state costs nothing but its place i
 
 What this heals is counted (``guardedmodel_operator_resyncs_total``) and logged: a non-zero count
 means watch events went missing, which is worth knowing about in itself.
+
+The same listing also finds models whose pods are not rolled out and copy their model in an init
+container (``fetch-model``: http(s), s3, gs). A failing init container (wrong keys, a missing
+object) changes nothing the operator watches: the Deployment just stays unavailable until its
+progress deadline. Such a model is reconciled at every listing, which reads its pods and turns the
+``ModelFetched`` condition within one interval (reason ``rolling_out``; routine, not a lost event).
 """
 
 from __future__ import annotations
@@ -25,6 +31,9 @@ Key = tuple[str, str]
 #: did and the reconciles since have not converged (they failed; the next event would retry them).
 WATCH_BEHIND = "watch_behind"
 NOT_CONVERGED = "not_converged"
+#: Its pods are not rolled out and fetch the model: their init containers are looked at again.
+ROLLING_OUT = "rolling_out"
+FETCHED_SCHEMES = ("http://", "https://", "s3://", "gs://")
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,19 @@ def unreconciled_generation(body: Mapping[str, Any]) -> int | None:
     return generation
 
 
+def rolling_out_with_fetch(body: Mapping[str, Any]) -> bool:
+    """Do the model's pods copy the model in an init container, and are they not rolled out yet (the
+    Ready condition's reason is not RolloutComplete)? Pure."""
+    if (body.get("metadata") or {}).get("deletionTimestamp"):
+        return False
+    repository = str(((body.get("spec") or {}).get("model") or {}).get("repository") or "")
+    if not repository.startswith(FETCHED_SCHEMES):
+        return False
+    conditions = (body.get("status") or {}).get("conditions") or []
+    ready = next((c for c in conditions if c.get("type") == "Ready"), None)
+    return ready is not None and ready.get("reason") != "RolloutComplete"
+
+
 def models_behind(
     listed: Iterable[Mapping[str, Any]],
     watched_generation: Mapping[Key, int],
@@ -63,6 +85,8 @@ def models_behind(
         key = (meta["namespace"], meta["name"])
         generation = unreconciled_generation(body)
         if generation is None:
+            if rolling_out_with_fetch(body):
+                act.append(Behind(key, int(meta.get("generation") or 0), ROLLING_OUT, body))
             continue
         behind_now[key] = generation
         if behind_before.get(key) != generation:

@@ -7,7 +7,14 @@ from typing import Any
 import pytest
 
 from guardedmodel_operator.config import ConfigError, OperatorConfig
-from guardedmodel_operator.resync import NOT_CONVERGED, WATCH_BEHIND, models_behind, unreconciled_generation
+from guardedmodel_operator.resync import (
+    NOT_CONVERGED,
+    ROLLING_OUT,
+    WATCH_BEHIND,
+    models_behind,
+    rolling_out_with_fetch,
+    unreconciled_generation,
+)
 
 
 def model(name: str, generation: int, observed: int | None, deleting: bool = False) -> dict[str, Any]:
@@ -69,3 +76,40 @@ def test_the_interval_is_validated() -> None:
     assert OperatorConfig(resync_interval_s=0).resync_interval_s == 0  # off
     with pytest.raises(ConfigError, match="resync interval"):
         OperatorConfig(resync_interval_s=-1)
+
+
+def rolling(repository: str, ready_reason: str | None, *, deleting: bool = False) -> dict[str, Any]:
+    body = model("r", 2, 2, deleting=deleting)
+    body["spec"] = {"model": {"repository": repository}}
+    if ready_reason is not None:
+        body["status"]["conditions"] = [{"type": "Ready", "status": "False", "reason": ready_reason}]
+    return body
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (rolling("s3://models/prod", "NoReadyReplicas"), True),  # the init container may be failing
+        (rolling("gs://models/prod", "ServingPreviousRevision"), True),
+        (rolling("https://models.example/prod", "DeploymentMissing"), True),
+        (rolling("s3://models/prod", "RolloutComplete"), False),  # past its fetch
+        (rolling("pvc://models/prod", "NoReadyReplicas"), False),  # no init container
+        (rolling("file:///models", "NoReadyReplicas"), False),
+        (rolling("s3://models/prod", None), False),  # never reconciled: the generation rule's
+        (rolling("s3://models/prod", "NoReadyReplicas", deleting=True), False),
+    ],
+)
+def test_models_rolling_out_with_a_fetch_are_looked_at_every_listing(
+    body: dict[str, Any], expected: bool
+) -> None:
+    assert rolling_out_with_fetch(body) is expected
+    act, behind = models_behind([body], {("ml", "r"): 2}, {})
+    assert [b.reason for b in act] == ([ROLLING_OUT] if expected else [])
+    assert behind == {}  # not behind: nothing for the next listing to compare
+
+
+def test_a_rolling_out_model_behind_is_reconciled_once_for_its_generation() -> None:
+    body = rolling("s3://models/prod", "NoReadyReplicas")
+    body["metadata"]["generation"] = 3
+    act, _ = models_behind([body], {("ml", "r"): 3}, {("ml", "r"): 3})
+    assert [b.reason for b in act] == [NOT_CONVERGED]
