@@ -74,17 +74,19 @@ def ensure_go_binary(module: str, version: str, *, log: TextIO = sys.stderr) -> 
 
 @dataclass
 class MinioServer(LocalServer):
-    """MinIO on 127.0.0.1 with one root key pair; ``env()`` is what a pod's Secret would give."""
+    """MinIO on ``host`` (loopback; a real node's pods reach it on the node's gateway address) with one
+    root key pair; ``env()`` is what a pod's Secret would give."""
 
     state_dir: Path
     access_key: str = "guardedmodel"
     secret_key: str = "guardedmodel-secret"
     region: str = "us-east-1"
+    host: str = "127.0.0.1"
     port: int = field(default=0, init=False)
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def env(self, *, secret_key: str | None = None) -> dict[str, str]:
         return {
@@ -108,7 +110,7 @@ class MinioServer(LocalServer):
                 "server",
                 str(data),
                 "--address",
-                f"127.0.0.1:{self.port}",
+                f"{self.host}:{self.port}",
                 "--console-address",
                 f"127.0.0.1:{free_port()}",
                 "--quiet",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,21 +31,28 @@ def serve_on_real_node(
     model_dir: Path,
     manifest: dict[str, Any],
     prometheus_url: str | None,
+    *,
+    repository: str | None = None,
+    before_apply: Callable[[], Any] | None = None,
+    extra_values: Sequence[Path] = (),
 ) -> None:
     """The images imported into the real node, the model repository served from the host (until
-    `stack` closes), the operator installed from the chart's minimal ci values (pointed at
-    `prometheus_url`, when given) and `manifest` applied, made to run on the CPU node, in a new
-    namespace of its own."""
+    `stack` closes; or `repository`, a bucket the caller filled), the operator installed from the
+    chart's minimal ci values (pointed at `prometheus_url`, when given) and `manifest` applied, made
+    to run on the CPU node, in a new namespace of its own (`before_apply` runs once it exists)."""
     assert cluster.real_node is not None
     real_pods.import_images(cluster.real_node, built)
-    url, _ = stack.enter_context(real_pods.serve_model(model_dir, workdir))
+    url = repository or stack.enter_context(real_pods.serve_model(model_dir, workdir))[0]
     values = [
         real_pods.CHART / "ci" / "minimal-values.yaml",
         real_pods.operator_values(workdir, prometheus_url),
+        *extra_values,
     ]
     install = real_pods.helm_release(cluster, "install", "gm", real_pods.OPERATOR_NAMESPACE, values)
     assert "STATUS: deployed" in install.stdout, install.stdout + install.stderr
     cluster.kubectl("create", "namespace", manifest["metadata"]["namespace"])
+    if before_apply is not None:
+        before_apply()
     placed = real_pods.real_node_manifest(manifest, repository=url, built=built)
     cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(placed))
 
