@@ -142,9 +142,20 @@ def test_compute_and_review_cost_per_version_from_triton_to_status(
     assert sum(predictions.values()) == REQUESTS
 
     # status.cost as the operator computes it from Prometheus, against the sidecar's exact counters
+    # Every counter the figures read, as settled: reviews settle with the answers, the compute time
+    # only with Triton's next republished metrics, so one scrape can hold the first and not the second.
+    def scraped(name: str) -> float:
+        return sum(float(r["value"][1]) for r in prometheus.query(name))
+
     _wait(
         "Prometheus to scrape the settled counters",
-        lambda: sum(float(r["value"][1]) for r in prometheus.query("guardedmodel_reviews_total")) >= reviewed,
+        lambda: (
+            scraped("guardedmodel_reviews_total") >= reviewed
+            and scraped("guardedmodel_samples_total") >= REQUESTS
+            and math.isclose(
+                scraped("guardedmodel_triton_compute_seconds_total"), sum(compute.values()), rel_tol=1e-6
+            )
+        ),
     )
     status = _fetch_status(prometheus.url)
     assert status is not None and status["currency"] == "EUR"
