@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 import pytest
 from pod_helpers import describe, example_manifest, pods, ready, serve_on_real_node, wait_for
 
+from guardedmodel_cli.demo_traffic import MODEL as TRITON_MODEL
 from guardedmodel_cli.demo_traffic import FreshRows, send
 from guardedmodel_sidecar.object_store import BucketWriter, StoreSettings
 from guardedmodel_testground import real_pods
@@ -40,7 +41,7 @@ from guardedmodel_testground.real_node import RealNodeSpec
 pytestmark = [pytest.mark.pods, pytest.mark.integration]
 
 NAMESPACE = "bucket"
-MODEL = "fashion"
+MODEL = "fashion"  # the GuardedModel; the export partitions by the model Triton serves (TRITON_MODEL)
 MODELS_BUCKET, PREFIX = "models", "team/prod"
 AUDIT_BUCKET = "audit"
 RESYNC_S = 10  # the chart's watch.resyncIntervalSeconds, shortened so the test waits less
@@ -144,11 +145,15 @@ def fetch_message(pod: dict) -> str:
 
 def test_wrong_keys_are_named_in_the_pod_and_the_model_status_then_fixed_by_the_secret(stage: Stage) -> None:
     cluster = stage.cluster
+    started = time.monotonic()
     failed = wait_for(
         "ModelFetched False",
         lambda: (c := fetched_condition(cluster)).get("status") == "False" and c,
         120 + 2 * RESYNC_S,
         lambda: explain(cluster),
+    )
+    print(
+        f"ModelFetched False {time.monotonic() - started:.1f}s into the test (the manifest was applied before)"
     )
     assert failed["reason"] == "FetchFailed", failed
     expected = f"s3://{MODELS_BUCKET}/{PREFIX}/{MODEL}"
@@ -173,6 +178,7 @@ def test_wrong_keys_are_named_in_the_pod_and_the_model_status_then_fixed_by_the_
         lambda: explain(cluster),
     )
     assert fixed["reason"] == "NoFetchFailure", fixed
+    print(f"ready with the model fetched {time.monotonic() - started:.1f}s into the test")
 
 
 def test_traffic_on_the_pod_is_exported_to_the_audit_bucket(stage: Stage) -> None:
@@ -195,7 +201,7 @@ def test_traffic_on_the_pod_is_exported_to_the_audit_bucket(stage: Stage) -> Non
 
     def exported_ids() -> set[str]:
         ids: set[str] = set()
-        for name, _ in bucket.list(f"records/model={MODEL}/"):
+        for name, _ in bucket.list(f"records/model={TRITON_MODEL}/"):
             table = pq.read_table(io.BytesIO(bucket.read(name)), columns=["client_id"])
             ids.update(str(v) for v in table.column("client_id").to_pylist() if v)
         return ids
@@ -204,5 +210,14 @@ def test_traffic_on_the_pod_is_exported_to_the_audit_bucket(stage: Stage) -> Non
     deadline = time.monotonic() + 60
     while not wanted <= (found := exported_ids()) and time.monotonic() < deadline:
         time.sleep(2)
-    assert wanted <= found, f"{len(wanted - found)} requests not exported\n{explain(cluster)}"
-    assert bucket.list(f"samples/model={MODEL}/"), "the sampled payloads were exported too"
+    if not wanted <= found:
+        logs = "".join(
+            cluster.kubectl(
+                "logs", "-n", NAMESPACE, p["metadata"]["name"], "-c", "sidecar", "--tail=60", check=False
+            ).stdout
+            for p in model_pods(cluster)
+        )
+        raise AssertionError(
+            f"{len(wanted - found)} requests not exported; objects: {bucket.list('')}\n{logs}\n{explain(cluster)}"
+        )
+    assert bucket.list(f"samples/model={TRITON_MODEL}/"), "the sampled payloads were exported too"
