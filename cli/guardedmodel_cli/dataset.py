@@ -26,13 +26,13 @@ from guardedmodel_cli.loop_layout import (
     labels_folder,
     object_names,
     open_location,
-    parquet_bytes,
     read_tables,
     sample_objects,
     samples_folder,
     selected,
 )
 from guardedmodel_fit.dataset_file import BUCKET_SCHEMES, dataset_table
+from guardedmodel_sidecar.audit_parquet import parquet_bytes
 from guardedmodel_sidecar.object_store import ObjectStoreError, object_at
 
 

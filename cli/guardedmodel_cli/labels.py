@@ -32,7 +32,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from guardedmodel_cli.loop_layout import labels_folder, open_location, parquet_bytes
+from guardedmodel_cli.loop_layout import labels_folder, open_location
+from guardedmodel_sidecar.audit_parquet import parquet_bytes
 from guardedmodel_sidecar.object_store import ObjectStoreError
 
 FIELDS = ("id", "row", "label", "ood", "reviewer", "ts")

@@ -13,21 +13,18 @@ import io
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date
-from urllib.parse import quote, unquote
+from urllib.parse import unquote
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+# Paths as the exporter writes them: one escaping for both sides.
+from guardedmodel_sidecar.audit_parquet import partition_value
 from guardedmodel_sidecar.object_store import BucketReader, BucketWriter, environment_bucket
 
 
 class LayoutError(ValueError):
     """An object under the export location does not fit the layout or cannot be read as a table."""
-
-
-def partition_value(value: str) -> str:
-    """A partition value as the exporter writes it in a path (Hive's escaping of '/', '=', '%'...)."""
-    return quote(value, safe="-_.~+@:,")
 
 
 def samples_folder(model: str) -> str:
@@ -86,12 +83,6 @@ def open_location(url: str) -> BucketWriter:
 def object_names(bucket: BucketWriter, folder: str) -> list[str]:
     """The names of the objects in ``folder`` (and below it), relative to the export location."""
     return [name for name, _ in bucket.list(folder)]
-
-
-def parquet_bytes(table: pa.Table) -> bytes:
-    sink = io.BytesIO()
-    pq.write_table(table, sink, compression="zstd")
-    return sink.getvalue()
 
 
 def read_tables(reader: BucketReader, names: Sequence[str]) -> Iterator[tuple[str, pa.Table]]:

@@ -67,7 +67,7 @@ class Partition:
 
     def path(self, stream: str) -> str:
         """``<stream>/model=<m>/version=<v>/date=<d>``; values escaped as Hive escapes them."""
-        return f"{stream}/model={_escape(self.model)}/version={_escape(self.version)}/date={self.date}"
+        return f"{stream}/model={partition_value(self.model)}/version={partition_value(self.version)}/date={self.date}"
 
 
 @dataclass
@@ -131,7 +131,7 @@ def parquet_bytes(table: pa.Table) -> bytes:
 
 def object_name(stream: str, partition: Partition, writer: str, file_id: str, offset: int) -> str:
     """Deterministic per exported line range: a retried batch overwrites its object, never adds one."""
-    return f"{partition.path(stream)}/{_escape(writer)}-{_escape(file_id)}-{offset}.parquet"
+    return f"{partition.path(stream)}/{partition_value(writer)}-{partition_value(file_id)}-{offset}.parquet"
 
 
 # ------------------------------------------------------------------------------------- rows
@@ -215,6 +215,6 @@ def _list(value: Any, element: Callable[[Any], Any]) -> list[Any] | None:
     return [element(v) for v in value]
 
 
-def _escape(value: str) -> str:
-    """Hive's partition escaping (percent-encoding of '/', '=', '%', control characters...)."""
+def partition_value(value: str) -> str:
+    """A value as it stands in an object's path: Hive's partition escaping (percent-encoding of '/', '=', '%', control characters...)."""
     return quote(value, safe="-_.~+@:,")

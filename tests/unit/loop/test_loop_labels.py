@@ -18,7 +18,7 @@ from guardedmodel_cli.labels import (
     object_name,
     parse_labels,
 )
-from guardedmodel_cli.loop_layout import parquet_bytes
+from guardedmodel_sidecar.audit_parquet import parquet_bytes
 
 NOW = datetime(2026, 3, 4, 5, 6, 7, 890123, tzinfo=UTC)
 
