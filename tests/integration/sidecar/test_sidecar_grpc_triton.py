@@ -153,3 +153,48 @@ def test_a_client_deadline_shorter_than_the_model_ends_the_call_at_the_deadline(
     x = toy_data().sample(1, seed=24)[0]
     result = client.infer(MODEL, [infer_input(x)], client_timeout=10.0)
     np.testing.assert_allclose(result.as_numpy("LOGITS"), reference_outputs(x)[0], rtol=1e-5)
+
+
+def test_every_method_of_tritons_service_is_answered_by_real_triton_as_the_allow_list_says(stack) -> None:
+    """Every method of the service, from its descriptor, on a raw channel: a forwarded call answers
+    Triton's own bytes, a refused one is PERMISSION_DENIED and never takes effect in Triton."""
+    import grpc
+    from tritonclient.grpc import service_pb2
+
+    from guardedmodel_sidecar.endpoints import GRPC_FORWARDED, GRPC_GUARDED, GRPC_LOCAL, GRPC_REFUSED
+
+    triton, sidecar = stack
+    methods = [m.name for m in service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods]
+    assert GRPC_LOCAL | GRPC_GUARDED | GRPC_FORWARDED | set(GRPC_REFUSED) <= set(methods)
+    bodies = {
+        "ModelMetadata": service_pb2.ModelMetadataRequest(name=MODEL),
+        "ModelReady": service_pb2.ModelReadyRequest(name=MODEL),
+        "ModelConfig": service_pb2.ModelConfigRequest(name=MODEL),
+        "RepositoryIndex": service_pb2.RepositoryIndexRequest(ready=True),
+        "RepositoryModelUnload": service_pb2.RepositoryModelUnloadRequest(model_name=MODEL),
+        "RepositoryModelLoad": service_pb2.RepositoryModelLoadRequest(model_name=MODEL),
+    }
+    with grpc.insecure_channel(sidecar.grpc_url) as guarded, grpc.insecure_channel(triton.grpc_url) as direct:
+
+        def call(channel: grpc.Channel, method: str) -> bytes:
+            body = bodies.get(method)
+            path = f"/inference.GRPCInferenceService/{method}"
+            return channel.unary_unary(path)(b"" if body is None else body.SerializeToString(), timeout=10)
+
+        for method in methods:
+            if method in GRPC_GUARDED or method == "ModelStatistics":
+                continue  # guarded: the tests above; statistics move with every call
+            if method in GRPC_FORWARDED or method in GRPC_LOCAL:
+                assert call(guarded, method) == call(direct, method), method
+                continue
+            with pytest.raises(grpc.RpcError) as refused:
+                call(guarded, method)
+            expected = (
+                grpc.StatusCode.PERMISSION_DENIED if method in GRPC_REFUSED else grpc.StatusCode.UNIMPLEMENTED
+            )
+            assert refused.value.code() == expected, method
+        stats = service_pb2.ModelStatisticsRequest(name=MODEL).SerializeToString()
+        answer = guarded.unary_unary("/inference.GRPCInferenceService/ModelStatistics")(stats, timeout=10)
+        assert service_pb2.ModelStatisticsResponse.FromString(answer).model_stats[0].name == MODEL
+    # The refused unload never reached Triton: the model is still loaded and ready there.
+    assert grpcclient.InferenceServerClient(triton.grpc_url).is_model_ready(MODEL)
