@@ -1,19 +1,22 @@
-"""The gRPC endpoint on grpcio's server: the allow-list toward Triton, the error mapping, deadlines,
-cancellation and ModelStreamInfer's ordering and bounds.
+"""The gRPC endpoint's own mechanics, with a guard the test controls: the bytes, metadata and deadline
+Triton receives for a forwarded call, a bug inside the decoder or the guard, deadlines and cancellation
+reaching the work behind a call, ModelStreamInfer's ordering and window, and the server's limits.
 
 The sidecar's real server and a real grpcio server standing in for Triton's gRPC endpoint run on
-loopback; a stand-in pipeline takes the guard's place, so each case controls what the guard answers.
-These are the cases real Triton cannot show: the bytes, metadata and deadline Triton received, and
-every guard outcome, error and stall on demand. Real Triton behind the real sidecar (guarded infer,
-streams, every method of the allow-list, deadlines) is tests/integration/sidecar/test_sidecar_grpc_triton.py.
+loopback; a stand-in pipeline takes the guard's place, so each case can make the guard fail, stall or
+finish out of order on demand, and count what reached it. Real Triton cannot show these: it does not
+report the metadata and deadline it received, and its model cannot be told to stall per call.
+
+Everything a caller sees from the real guard in front of real Triton is tested there:
+tests/integration/sidecar/test_sidecar_grpc_triton.py (guarded infer, streams, every method of the
+allow-list, deadlines), test_sidecar_grpc_errors_triton.py (each refusal's code, message, trailers and
+audit record) and test_sidecar_attacks.py (malformed and oversized metadata written byte by byte).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import socket
-import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -27,7 +30,7 @@ from tritonclient.grpc import service_pb2
 
 from guardedmodel_sidecar import grpc_server
 from guardedmodel_sidecar.endpoints import GRPC_FORWARDED, GRPC_GUARDED, GRPC_LOCAL, GRPC_REFUSED
-from guardedmodel_sidecar.errors import GuardError, InputRefused, OutOfDistribution
+from guardedmodel_sidecar.errors import GuardError, InputRefused
 from guardedmodel_sidecar.grpc_listener import SERVICE, server_options, start_grpc_server
 from guardedmodel_sidecar.grpc_server import DENIED, FORWARDED, GrpcService
 from guardedmodel_sidecar.limits import Limits
@@ -188,14 +191,6 @@ def test_the_grpc_allow_list_is_the_http_sides() -> None:
     assert GRPC_LOCAL | GRPC_GUARDED | GRPC_FORWARDED | set(GRPC_REFUSED) <= set(ALL_METHODS)
 
 
-async def test_methods_of_other_services_are_unimplemented(start_sidecar) -> None:
-    sidecar = await start_sidecar()
-    for path in ("/grpc.health.v1.Health/Check", "/inference.GRPCInferenceService/ModelGenerate", "/x"):
-        error = await rpc_error(sidecar.channel.unary_unary(path)(b"", timeout=5))
-        assert error.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert not sidecar.triton.calls
-
-
 async def test_forwarded_calls_carry_bytes_unchanged_and_the_callers_deadline(start_sidecar) -> None:
     sidecar = await start_sidecar(request_timeout_s=7.0)
     body = service_pb2.ModelMetadataRequest(name="m", version="1").SerializeToString()
@@ -213,14 +208,6 @@ async def test_forwarded_calls_carry_bytes_unchanged_and_the_callers_deadline(st
     key = "triton-grpc-protocol-" + RESTRICTED[0]  # the metadata name Triton's gRPC endpoint reads
     assert index_metadata.get(key) == RESTRICTED[1]
     assert key not in metadata and key not in config_metadata
-
-
-async def test_a_forwarded_body_that_does_not_parse_is_invalid_and_not_forwarded(start_sidecar) -> None:
-    sidecar = await start_sidecar()
-    error = await rpc_error(sidecar.call("ModelMetadata")(b"\x0a\xff\xff\xff\xff\x0f", timeout=5))
-    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "ModelMetadataRequest" in (error.details() or "")
-    assert not sidecar.triton.calls
 
 
 async def test_server_ready_answers_from_the_sidecars_view() -> None:
@@ -244,38 +231,6 @@ async def test_server_ready_answers_from_the_sidecars_view() -> None:
 # ------------------------------------------------------------------------------------------ errors
 
 
-async def test_a_body_that_does_not_parse_is_invalid_argument_and_audited(start_sidecar) -> None:
-    sidecar = await start_sidecar()
-    garbage = b"\x0a\xff\xff\xff\xff\x0f\x00"
-    error = await rpc_error(sidecar.call("ModelInfer")(garbage, timeout=5))
-    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "not a valid ModelInferRequest" in (error.details() or "")
-    assert [(m, body) for m, _, _, body in sidecar.pipeline.undecodable] == [("", garbage)]
-    assert not sidecar.pipeline.requests
-
-
-async def test_a_request_that_does_not_decode_is_invalid_argument_with_the_reason(start_sidecar) -> None:
-    sidecar = await start_sidecar()
-    msg = infer_request(model="m")
-    msg.raw_input_contents.append(b"one too many")
-    error = await rpc_error(sidecar.call("ModelInfer")(msg.SerializeToString(), timeout=5))
-    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "raw_input_contents has 2 entries for 1 inputs" in (error.details() or "")
-    ((model, _, exc, body),) = sidecar.pipeline.undecodable
-    assert model == "m" and body == msg.SerializeToString() and exc.http_status == 400
-
-
-async def test_a_declared_shape_over_the_element_budget_is_refused_before_decoding(start_sidecar) -> None:
-    sidecar = await start_sidecar()
-    msg = infer_request()
-    del msg.inputs[0].shape[:]
-    msg.inputs[0].shape.extend([1 << 40, 4])  # 16 bytes of data claiming 2^42 elements
-    error = await rpc_error(sidecar.call("ModelInfer")(msg.SerializeToString(), timeout=5))
-    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert "elements" in (error.details() or "")
-    assert not sidecar.pipeline.requests and len(sidecar.pipeline.undecodable) == 1
-
-
 async def test_a_decoder_gap_is_still_the_callers_invalid_argument(
     start_sidecar, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -288,40 +243,6 @@ async def test_a_decoder_gap_is_still_the_callers_invalid_argument(
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error.details() == "ModelInferRequest cannot be decoded (OverflowError)"
     assert len(sidecar.pipeline.undecodable) == 1
-
-
-async def test_an_oversized_message_is_resource_exhausted(start_sidecar) -> None:
-    sidecar = await start_sidecar(max_grpc_message_bytes=1024)
-    error = await rpc_error(
-        sidecar.call("ModelInfer")(infer_request(rows=100).SerializeToString(), timeout=5)
-    )
-    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert not sidecar.pipeline.requests
-
-
-async def test_guard_refusals_keep_their_code_message_and_guard_trailers(start_sidecar) -> None:
-    async def refuse(request: InferRequest) -> GuardedResult:
-        raise OutOfDistribution("input refused as out of distribution", headers={"Guard-Decision": "reject"})
-
-    sidecar = await start_sidecar(refuse)
-    error = await rpc_error(sidecar.call("ModelInfer")(infer_request().SerializeToString(), timeout=5))
-    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert error.details() == "input refused as out of distribution"
-    assert ("guard-decision", "reject") in tuple(error.trailing_metadata() or ())
-
-
-async def test_long_and_control_character_messages_are_escaped_and_capped(start_sidecar) -> None:
-    async def refuse(request: InferRequest) -> GuardedResult:
-        raise InputRefused(f"input '{request.model_name}' is wrong")
-
-    sidecar = await start_sidecar(refuse)
-    name = "\x1b[31mred" + "m" * 5000
-    error = await rpc_error(
-        sidecar.call("ModelInfer")(infer_request(model=name).SerializeToString(), timeout=5)
-    )
-    details = error.details() or ""
-    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert len(details) <= 1024 and "\x1b" not in details and "\\x1b[31mred" in details
 
 
 async def test_an_unexpected_error_is_internal_without_client_bytes_in_reply_or_log(
@@ -423,26 +344,6 @@ async def test_a_stream_reads_no_further_ahead_than_its_window(start_sidecar) ->
     assert sidecar.pipeline.most_running <= 4
 
 
-async def test_a_stream_message_that_does_not_parse_ends_the_stream_after_the_answers_before_it(
-    start_sidecar,
-) -> None:
-    sidecar = await start_sidecar()
-    call = sidecar.stream()
-    await call.write(infer_request(rid="ok").SerializeToString())
-    await call.write(b"\x0a\xff\xff\xff\xff\x0f\x00")
-    await call.write(infer_request(rid="never").SerializeToString())
-    await call.done_writing()
-    received: list[bytes] = []
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        async for reply in call:
-            received.append(reply)
-    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert [a.infer_response.id for a in stream_answers(received)] == ["ok"]
-    assert [r.id for r in sidecar.pipeline.requests] == ["ok"]
-    # The server goes on serving.
-    assert service_pb2.ServerLiveResponse.FromString(await sidecar.call("ServerLive")(b"", timeout=5)).live
-
-
 async def test_a_cancelled_stream_cancels_its_requests_in_flight(start_sidecar) -> None:
     sidecar = await start_sidecar(never_answers)
     call = sidecar.stream()
@@ -457,116 +358,7 @@ async def test_a_cancelled_stream_cancels_its_requests_in_flight(start_sidecar) 
     assert sidecar.pipeline.cancelled == 3 and sidecar.pipeline.running == 0
 
 
-# ------------------------------------------------------------------------------------------ metadata
-
-
-def _hpack_literal(name: bytes, value: bytes) -> bytes:
-    """One header as an HPACK literal without indexing, no Huffman (RFC 7541, 6.2.2)."""
-
-    def length(n: int) -> bytes:
-        if n < 127:
-            return bytes([n])
-        out, n = bytearray([127]), n - 127
-        while n >= 128:
-            out.append((n & 0x7F) | 0x80)
-            n >>= 7
-        out.append(n)
-        return bytes(out)
-
-    return b"\x00" + length(len(name)) + name + length(len(value)) + value
-
-
-def _frame(kind: int, flags: int, stream: int, payload: bytes) -> bytes:
-    return struct.pack(">I", len(payload))[1:] + bytes([kind, flags]) + struct.pack(">I", stream) + payload
-
-
-def raw_call(port: int, headers: list[tuple[bytes, bytes]], message: bytes) -> str:
-    """One gRPC call written by hand (a client that sends what grpcio's client never would). Returns how
-    the server ended it: "answered" (stream 1 ended), "reset" (RST_STREAM), "goaway", "closed", or
-    "no answer" after 5 s."""
-    block = b"".join(_hpack_literal(k, v) for k, v in headers)
-    # Header blocks over the default 16 KiB frame size continue in CONTINUATION frames.
-    pieces = [block[i : i + 16384] for i in range(0, len(block), 16384)]
-    header_frames = [
-        _frame(1 if i == 0 else 9, 0x4 if i == len(pieces) - 1 else 0, 1, piece)
-        for i, piece in enumerate(pieces)
-    ]
-    data = b"\x00" + struct.pack(">I", len(message)) + message
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        sock.sendall(
-            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-            + _frame(4, 0, 0, b"")
-            + b"".join(header_frames)
-            + _frame(0, 0x1, 1, data)
-        )
-        buffer = b""
-        while True:
-            try:
-                chunk = sock.recv(65536)
-            except TimeoutError:
-                return "no answer"
-            except ConnectionResetError:
-                return "closed"
-            if not chunk:
-                return "closed"
-            buffer += chunk
-            while len(buffer) >= 9:
-                size = int.from_bytes(buffer[:3], "big")
-                if len(buffer) < 9 + size:
-                    break
-                kind, flags, stream = buffer[3], buffer[4], int.from_bytes(buffer[5:9], "big") & 0x7FFFFFFF
-                buffer = buffer[9 + size :]
-                if kind == 4 and not flags & 0x1:
-                    sock.sendall(_frame(4, 0x1, 0, b""))  # acknowledge the server's SETTINGS
-                elif kind == 7:
-                    return "goaway"
-                elif stream == 1 and kind == 3:
-                    return "reset"
-                elif stream == 1 and kind == 1 and flags & 0x1:
-                    return "answered"
-
-
-def grpc_headers(method: str, **extra: bytes) -> list[tuple[bytes, bytes]]:
-    return [
-        (b":method", b"POST"),
-        (b":scheme", b"http"),
-        (b":path", f"/{SERVICE}/{method}".encode()),
-        (b":authority", b"sidecar"),
-        (b"content-type", b"application/grpc"),
-        (b"te", b"trailers"),
-        *((k.replace("_", "-").encode(), v) for k, v in extra.items()),
-    ]
-
-
-@pytest.mark.parametrize(
-    "metadata",
-    [
-        {"grpc_timeout": b"9" * 400 + b"S"},
-        {"grpc_timeout": b"-5m"},
-        {"grpc_timeout": b"S"},
-        {"grpc_encoding": b"no-such-codec"},
-        {"x_big": b"a" * 70_000},
-    ],
-    ids=["400-digit-timeout", "negative-timeout", "unitless-timeout", "unknown-encoding", "70k-metadata"],
-)
-async def test_malformed_metadata_ends_the_call_not_the_server(
-    start_sidecar, metadata: dict[str, bytes]
-) -> None:
-    sidecar = await start_sidecar()
-    ended = await asyncio.to_thread(raw_call, sidecar.port, grpc_headers("ServerLive", **metadata), b"")
-    assert ended in ("answered", "reset", "goaway"), ended
-    # The sidecar still answers, on new connections and on the channel it had.
-    assert service_pb2.ServerLiveResponse.FromString(await sidecar.call("ServerLive")(b"", timeout=5)).live
-    reply = await sidecar.call("ModelInfer")(infer_request().SerializeToString(), timeout=5)
-    assert service_pb2.ModelInferResponse.FromString(reply).outputs[0].name == "Y"
-
-
-async def test_metadata_over_the_header_limit_is_resource_exhausted(start_sidecar) -> None:
-    sidecar = await start_sidecar(max_header_bytes=8192)
-    big = (("x-big", "a" * 9000),)
-    error = await rpc_error(sidecar.call("ServerLive")(b"", metadata=big, timeout=5))
-    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert service_pb2.ServerLiveResponse.FromString(await sidecar.call("ServerLive")(b"", timeout=5)).live
+# ------------------------------------------------------------------------------------------ limits
 
 
 async def test_connections_and_calls_past_their_limits_are_refused_before_any_work(start_sidecar) -> None:
