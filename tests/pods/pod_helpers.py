@@ -1,19 +1,61 @@
-"""What the real-pod tests share: a guarded model served by a real pod, waiting with an explanation,
-and reading pods' state."""
+"""What the real-pod tests share: a module's stage (the worked example, its images, a cluster with a
+real node), a guarded model served by a real pod, waiting with an explanation, and reading pods' state."""
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import pytest
 import yaml
 
+from guardedmodel_cli.demo_traffic import FreshRows
 from guardedmodel_testground import real_pods
 from guardedmodel_testground.cluster import LocalCluster
 from guardedmodel_testground.paths import repo_root
+from guardedmodel_testground.real_node import RealNodeSpec
+
+if TYPE_CHECKING:  # the example's module loads at the fixture's start, as the tests that build it do
+    from guardedmodel_fit.example import ExampleBuild
+
+
+@dataclass
+class RealNodeGround:
+    """What a module's real-pod fixture builds on; `stack` holds what the module starts there and is
+    closed before the cluster stops."""
+
+    example: ExampleBuild
+    built: real_pods.Images
+    workdir: Path
+    cluster: LocalCluster
+    stack: contextlib.ExitStack
+
+    def fresh_rows(self) -> FreshRows:
+        """In-distribution rows the model was not trained on."""
+        return FreshRows(np.asarray(self.example.dataset("validation").inputs, dtype=np.float32))
+
+
+@contextlib.contextmanager
+def real_node_ground(
+    tmp_path_factory: pytest.TempPathFactory, name: str, versions: Sequence[str] = ("1",)
+) -> Iterator[RealNodeGround]:
+    """The worked example with `versions` built, the product's images built, and a cluster with a real
+    node in a work dir named `name`."""
+    from guardedmodel_fit.example import DEFAULT_OUT, build_example
+
+    example = build_example(DEFAULT_OUT, versions=versions, progress=False)
+    built = real_pods.ensure_images()
+    workdir = tmp_path_factory.mktemp(name)
+    with (
+        LocalCluster(workdir / "cluster", real_node=RealNodeSpec()) as cluster,
+        contextlib.ExitStack() as stack,
+    ):
+        yield RealNodeGround(example, built, workdir, cluster, stack)
 
 
 def example_manifest(name: str, namespace: str) -> dict[str, Any]:
@@ -24,11 +66,7 @@ def example_manifest(name: str, namespace: str) -> dict[str, Any]:
 
 
 def serve_on_real_node(
-    cluster: LocalCluster,
-    stack: contextlib.ExitStack,
-    workdir: Path,
-    built: real_pods.Images,
-    model_dir: Path,
+    ground: RealNodeGround,
     manifest: dict[str, Any],
     prometheus_url: str | None,
     *,
@@ -36,13 +74,17 @@ def serve_on_real_node(
     before_apply: Callable[[], Any] | None = None,
     extra_values: Sequence[Path] = (),
 ) -> None:
-    """The images imported into the real node, the model repository served from the host (until
-    `stack` closes; or `repository`, a bucket the caller filled), the operator installed from the
-    chart's minimal ci values (pointed at `prometheus_url`, when given) and `manifest` applied, made
-    to run on the CPU node, in a new namespace of its own (`before_apply` runs once it exists)."""
+    """The images imported into the real node, the example's model repository served from the host
+    (until the ground's stack closes; or `repository`, a bucket the caller filled), the operator
+    installed from the chart's minimal ci values (pointed at `prometheus_url`, when given) and
+    `manifest` applied, made to run on the CPU node, in a new namespace of its own (`before_apply`
+    runs once it exists)."""
+    cluster, workdir, built = ground.cluster, ground.workdir, ground.built
     assert cluster.real_node is not None
     real_pods.import_images(cluster.real_node, built)
-    url = repository or stack.enter_context(real_pods.serve_model(model_dir, workdir))[0]
+    url = (
+        repository or ground.stack.enter_context(real_pods.serve_model(ground.example.model_dir, workdir))[0]
+    )
     values = [
         real_pods.CHART / "ci" / "minimal-values.yaml",
         real_pods.operator_values(workdir, prometheus_url),

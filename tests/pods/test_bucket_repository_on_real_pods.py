@@ -17,7 +17,6 @@ Needs root, the node packages and the image builders (`make test-pods`).
 
 from __future__ import annotations
 
-import contextlib
 import io
 import time
 from collections.abc import Iterator
@@ -25,10 +24,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from pod_helpers import describe, example_manifest, pods, ready, serve_on_real_node, wait_for
+from pod_helpers import (
+    describe,
+    example_manifest,
+    pods,
+    ready,
+    real_node_ground,
+    serve_on_real_node,
+    wait_for,
+)
 
 from guardedmodel_cli.demo_traffic import MODEL as TRITON_MODEL
 from guardedmodel_cli.demo_traffic import FreshRows, send
@@ -66,19 +72,15 @@ def secret(cluster: LocalCluster, name: str, access_key: str, secret_key: str) -
 
 @pytest.fixture(scope="module")
 def stage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stage]:
-    from guardedmodel_fit.example import DEFAULT_OUT, build_example
-
-    example = build_example(DEFAULT_OUT, versions=("1",), progress=False)
-    built = real_pods.ensure_images()
-    workdir = tmp_path_factory.mktemp("bucket-on-real-pods")
-    with (
-        LocalCluster(workdir / "cluster", real_node=RealNodeSpec()) as cluster,
-        MinioServer(workdir / "minio", host=RealNodeSpec().gateway) as minio,
-        contextlib.ExitStack() as stack,
-    ):
+    with real_node_ground(tmp_path_factory, "bucket-on-real-pods") as ground:
+        cluster, workdir = ground.cluster, ground.workdir
+        # Entered first, so it stops after the operator and the pods' forwarding that the stack also holds.
+        minio = ground.stack.enter_context(MinioServer(workdir / "minio", host=RealNodeSpec().gateway))
         for bucket in (MODELS_BUCKET, AUDIT_BUCKET):
             minio.create_bucket(bucket)
-        publish_model(minio, MODELS_BUCKET, PREFIX, example.model_dir, workdir / "published", versions=("1",))
+        publish_model(
+            minio, MODELS_BUCKET, PREFIX, ground.example.model_dir, workdir / "published", versions=("1",)
+        )
         manifest = example_manifest(MODEL, NAMESPACE)
         spec = manifest["spec"]
         spec["replicas"] = {"min": 1, "max": 1}
@@ -105,16 +107,14 @@ def stage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stage]:
         values = workdir / "resync-values.yaml"
         values.write_text(f"watch:\n  resyncIntervalSeconds: {RESYNC_S}\n")
         serve_on_real_node(
-            cluster, stack, workdir, built, example.model_dir, manifest, None,
+            ground, manifest, None,
             repository=f"s3://{MODELS_BUCKET}/{PREFIX}", before_apply=secrets, extra_values=[values],
         )  # fmt: skip
         credentials = workdir / "audit-keys"
         credentials.mkdir()
         (credentials / "AWS_ACCESS_KEY_ID").write_text(minio.access_key)
         (credentials / "AWS_SECRET_ACCESS_KEY").write_text(minio.secret_key)
-        validation = np.asarray(example.dataset("validation").inputs, dtype=np.float32)
-        yield Stage(cluster, minio, FreshRows(validation), credentials)
-        stack.close()
+        yield Stage(cluster, minio, ground.fresh_rows(), credentials)
 
 
 def model_pods(cluster: LocalCluster) -> list[dict]:

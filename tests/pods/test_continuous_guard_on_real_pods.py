@@ -13,7 +13,6 @@ Needs root (`make test-pods`).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from collections.abc import Iterator
@@ -22,13 +21,21 @@ from typing import Any
 
 import numpy as np
 import pytest
-from pod_helpers import crash_looping, describe, example_manifest, pods, ready, serve_on_real_node, wait_for
+from pod_helpers import (
+    crash_looping,
+    describe,
+    example_manifest,
+    pods,
+    ready,
+    real_node_ground,
+    serve_on_real_node,
+    wait_for,
+)
 
 from guardedmodel_cli.demo_traffic import FreshRows, send
 from guardedmodel_testground import real_pods
 from guardedmodel_testground.chart_release import release_leftovers
 from guardedmodel_testground.cluster import LocalCluster
-from guardedmodel_testground.real_node import RealNodeSpec
 
 pytestmark = pytest.mark.pods
 
@@ -60,21 +67,14 @@ class Stage:
 
 @pytest.fixture(scope="module")
 def stage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stage]:
-    from guardedmodel_fit.example import DEFAULT_OUT, build_example
-
-    example = build_example(DEFAULT_OUT, versions=("1", "2"), progress=False)
-    built = real_pods.ensure_images()
-    workdir = tmp_path_factory.mktemp("continuous-guard")
-    with (
-        LocalCluster(workdir / "cluster", real_node=RealNodeSpec()) as cluster,
-        contextlib.ExitStack() as stack,
-    ):
-        monitoring = real_pods.start_pod_monitoring(stack, workdir / "monitoring", cluster, [NAMESPACE])
+    with real_node_ground(tmp_path_factory, "continuous-guard", versions=("1", "2")) as ground:
+        cluster = ground.cluster
+        monitoring = real_pods.start_pod_monitoring(
+            ground.stack, ground.workdir / "monitoring", cluster, [NAMESPACE]
+        )
         manifest = example_manifest(MODEL, NAMESPACE)
         manifest["spec"]["rollout"]["thresholds"] = THRESHOLDS
-        serve_on_real_node(
-            cluster, stack, workdir, built, example.model_dir, manifest, monitoring.prometheus.url
-        )
+        serve_on_real_node(ground, manifest, monitoring.prometheus.url)
 
         def address() -> str:
             return wait_for(
@@ -84,9 +84,7 @@ def stage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stage]:
                 lambda: explain(cluster),
             )
 
-        validation = np.asarray(example.dataset("validation").inputs, dtype=np.float32)
-        yield Stage(cluster, address, FreshRows(validation))
-        stack.close()
+        yield Stage(cluster, address, ground.fresh_rows())
 
 
 def status(cluster: LocalCluster) -> dict:

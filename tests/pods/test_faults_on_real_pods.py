@@ -19,7 +19,6 @@ Needs root, the node packages and the image builders (`make test-pods`).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import threading
@@ -29,15 +28,22 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pytest
-from pod_helpers import crash_looping, describe, example_manifest, pods, ready, serve_on_real_node, wait_for
+from pod_helpers import (
+    crash_looping,
+    describe,
+    example_manifest,
+    pods,
+    ready,
+    real_node_ground,
+    serve_on_real_node,
+    wait_for,
+)
 
 from guardedmodel_cli.demo_traffic import MODEL as TRITON_MODEL
 from guardedmodel_cli.demo_traffic import FreshRows, connection_lost
 from guardedmodel_testground import real_pods
 from guardedmodel_testground.cluster import LocalCluster
-from guardedmodel_testground.real_node import RealNodeSpec
 
 pytestmark = [pytest.mark.pods, pytest.mark.integration, pytest.mark.reliability]
 
@@ -59,22 +65,12 @@ class Stage:
 
 @pytest.fixture(scope="module")
 def stage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stage]:
-    from guardedmodel_fit.example import DEFAULT_OUT, build_example
-
-    example = build_example(DEFAULT_OUT, versions=("1",), progress=False)
-    built = real_pods.ensure_images()
-    workdir = tmp_path_factory.mktemp("faults-on-real-pods")
-    with (
-        LocalCluster(workdir / "cluster", real_node=RealNodeSpec()) as cluster,
-        contextlib.ExitStack() as stack,
-    ):
+    with real_node_ground(tmp_path_factory, "faults-on-real-pods") as ground:
         manifest = example_manifest(MODEL, NAMESPACE)
         manifest["spec"]["replicas"] = {"min": 1, "max": 1}
         manifest["spec"]["rollout"]["continuousGuard"] = False  # no Prometheus here
-        serve_on_real_node(cluster, stack, workdir, built, example.model_dir, manifest, None)
-        validation = np.asarray(example.dataset("validation").inputs, dtype=np.float32)
-        yield Stage(cluster, FreshRows(validation))
-        stack.close()
+        serve_on_real_node(ground, manifest, None)
+        yield Stage(ground.cluster, ground.fresh_rows())
 
 
 def model_pods(cluster: LocalCluster) -> list[dict]:
