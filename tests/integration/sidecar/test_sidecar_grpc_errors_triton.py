@@ -99,8 +99,16 @@ def decode_records(sidecar: SidecarProcess, digest: str, timeout: float = 10.0) 
         time.sleep(0.1)
 
 
-def digest_of(body: bytes) -> str:
-    return hashlib.sha256(body).hexdigest()[:32]
+def refused_before_decoding(
+    stack, channel: grpc.Channel, body: bytes
+) -> tuple[grpc.RpcError, dict[str, Any]]:
+    """ModelInfer's error for `body` and the one audit record of it; Triton executed nothing for it."""
+    triton, sidecar = stack
+    before = triton_executions(triton)
+    error = rpc_error(channel, "ModelInfer", body)
+    (record,) = decode_records(sidecar, hashlib.sha256(body).hexdigest()[:32])
+    assert triton_executions(triton) == before
+    return error, record
 
 
 def test_methods_of_other_services_are_unimplemented(channel: grpc.Channel) -> None:
@@ -118,46 +126,32 @@ def test_a_forwarded_body_that_does_not_parse_is_invalid_and_not_forwarded(chann
 
 
 def test_a_body_that_does_not_parse_is_invalid_argument_and_audited(stack, channel: grpc.Channel) -> None:
-    triton, sidecar = stack
-    before = triton_executions(triton)
-    error = rpc_error(channel, "ModelInfer", GARBAGE)
+    error, record = refused_before_decoding(stack, channel, GARBAGE)
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "not a valid ModelInferRequest" in (error.details() or "")
-    (record,) = decode_records(sidecar, digest_of(GARBAGE))
     assert (record["model"], record["status"], record["decision"]) == ("", 400, "reject")
-    assert triton_executions(triton) == before
 
 
 def test_a_request_that_does_not_decode_is_invalid_argument_with_the_reason(
     stack, channel: grpc.Channel
 ) -> None:
-    triton, sidecar = stack
-    before = triton_executions(triton)
     msg = good_request()
     msg.raw_input_contents.append(b"one too many")
-    body = msg.SerializeToString()
-    error = rpc_error(channel, "ModelInfer", body)
+    error, record = refused_before_decoding(stack, channel, msg.SerializeToString())
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "raw_input_contents has 2 entries for 1 inputs" in (error.details() or "")
-    (record,) = decode_records(sidecar, digest_of(body))
     assert record["model"] == MODEL and record["status"] == 400
-    assert triton_executions(triton) == before
 
 
 def test_a_declared_shape_over_the_element_budget_is_refused_before_decoding(
     stack, channel: grpc.Channel
 ) -> None:
-    triton, sidecar = stack
-    before = triton_executions(triton)
     msg = good_request()
     del msg.inputs[0].shape[:]
     msg.inputs[0].shape.extend([1 << 40, 8])  # 32 bytes of data claiming 2^43 elements
-    body = msg.SerializeToString()
-    error = rpc_error(channel, "ModelInfer", body)
+    error, _ = refused_before_decoding(stack, channel, msg.SerializeToString())
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "elements" in (error.details() or "")
-    assert len(decode_records(sidecar, digest_of(body))) == 1
-    assert triton_executions(triton) == before
 
 
 def test_an_oversized_message_is_resource_exhausted(stack, channel: grpc.Channel) -> None:
