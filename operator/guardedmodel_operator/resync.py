@@ -25,6 +25,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .spec import SpecError, parse_repository
+
 Key = tuple[str, str]
 
 #: Why a model is reconciled by the resync: the watch never delivered the listed generation, or it
@@ -33,7 +35,6 @@ WATCH_BEHIND = "watch_behind"
 NOT_CONVERGED = "not_converged"
 #: Its pods are not rolled out and fetch the model: their init containers are looked at again.
 ROLLING_OUT = "rolling_out"
-FETCHED_SCHEMES = ("http://", "https://", "s3://", "gs://")
 
 
 @dataclass(frozen=True)
@@ -62,8 +63,13 @@ def rolling_out_with_fetch(body: Mapping[str, Any]) -> bool:
     Ready condition's reason is not RolloutComplete)? Pure."""
     if (body.get("metadata") or {}).get("deletionTimestamp"):
         return False
-    repository = str(((body.get("spec") or {}).get("model") or {}).get("repository") or "")
-    if not repository.startswith(FETCHED_SCHEMES):
+    try:  # the same rule that gives the pod its fetch-model init container
+        fetched = parse_repository(
+            str(((body.get("spec") or {}).get("model") or {}).get("repository"))
+        ).is_remote
+    except SpecError:
+        return False  # an invalid spec builds no pods
+    if not fetched:
         return False
     conditions = (body.get("status") or {}).get("conditions") or []
     ready = next((c for c in conditions if c.get("type") == "Ready"), None)
