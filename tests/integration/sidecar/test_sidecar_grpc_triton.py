@@ -9,13 +9,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 from conftest import SidecarProcess, triton_and_sidecar
 from sidecar_toy import MODEL, reference_outputs, toy_data, write_toy_repository
+from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException
 
+from guardedmodel_sidecar.endpoints import GRPC_FORWARDED, GRPC_GUARDED, GRPC_LOCAL, GRPC_REFUSED
 from guardedmodel_testground.triton import TritonServer
 
 pytestmark = pytest.mark.integration
@@ -158,11 +161,6 @@ def test_a_client_deadline_shorter_than_the_model_ends_the_call_at_the_deadline(
 def test_every_method_of_tritons_service_is_answered_by_real_triton_as_the_allow_list_says(stack) -> None:
     """Every method of the service, from its descriptor, on a raw channel: a forwarded call answers
     Triton's own bytes, a refused one is PERMISSION_DENIED and never takes effect in Triton."""
-    import grpc
-    from tritonclient.grpc import service_pb2
-
-    from guardedmodel_sidecar.endpoints import GRPC_FORWARDED, GRPC_GUARDED, GRPC_LOCAL, GRPC_REFUSED
-
     triton, sidecar = stack
     methods = [m.name for m in service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods]
     assert GRPC_LOCAL | GRPC_GUARDED | GRPC_FORWARDED | set(GRPC_REFUSED) <= set(methods)
